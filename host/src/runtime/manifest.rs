@@ -1,0 +1,339 @@
+//! The plugin manifest and how it travels inside a component.
+//!
+//! A plugin is one file agencies can hand around: `nachfass plugin build`
+//! appends the manifest as a top-level custom section named
+//! [`SECTION_NAME`]. A component without the section may ship the manifest
+//! beside it as `<file>.manifest.json`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the custom section holding the manifest JSON.
+pub const SECTION_NAME: &str = "nachfass:manifest";
+
+/// The WIT package version plugins are built against.
+pub const API_VERSION: &str = "0.1.0";
+
+/// The three kinds of plugin, one per WIT world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    SegmentRule,
+    Scorer,
+    Channel,
+}
+
+impl World {
+    pub const ALL: [World; 3] = [World::SegmentRule, World::Scorer, World::Channel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::SegmentRule => "segment-rule",
+            World::Scorer => "scorer",
+            World::Channel => "channel",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for World {
+    type Err = ManifestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        World::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| ManifestError::UnknownWorld(s.to_owned()))
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub world: World,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub author: String,
+    /// The WIT package version the plugin was built against.
+    #[serde(default = "default_api")]
+    pub api: String,
+    /// Configuration keys the plugin reads through `host.config`.
+    #[serde(default)]
+    pub config: Vec<ConfigKey>,
+    /// Capabilities the plugin asks for beyond the `host` interface
+    /// (`http` for outgoing requests). A binding grants them.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+fn default_api() -> String {
+    API_VERSION.to_owned()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigKey {
+    pub key: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("unknown world `{0}`: expected segment-rule, scorer or channel")]
+    UnknownWorld(String),
+    #[error("the manifest is not valid: {0}")]
+    Invalid(String),
+    #[error(
+        "no manifest: the component has no `{SECTION_NAME}` section and no `.manifest.json` file beside it; build it with `nachfass plugin build`"
+    )]
+    Missing,
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Manifest {
+    /// `name@version`, the plugin's identity in the registry.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(ManifestError::Invalid(format!(
+                "name `{}` must be 1-64 characters of a-z, 0-9, `-` or `_`",
+                self.name
+            )));
+        }
+        let valid_version = !self.version.is_empty()
+            && self.version.len() <= 32
+            && self
+                .version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+        if !valid_version {
+            return Err(ManifestError::Invalid(format!(
+                "version `{}` must look like 1.2.3",
+                self.version
+            )));
+        }
+        if self.api.split('.').next() != API_VERSION.split('.').next()
+            || self.api.split('.').nth(1) != API_VERSION.split('.').nth(1)
+        {
+            return Err(ManifestError::Invalid(format!(
+                "built against nachfass:plugin@{}, this host speaks @{API_VERSION}; rebuild with a matching nachfass-sdk",
+                self.api
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the manifest of a component: its embedded section, else the
+    /// `<file>.manifest.json` beside `path`.
+    pub fn for_file(path: &Path, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if let Some(json) = read_section(bytes, SECTION_NAME)? {
+            return Manifest::from_json(json);
+        }
+        let beside = sidecar_path(path);
+        match std::fs::read(&beside) {
+            Ok(json) => Manifest::from_json(&json),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManifestError::Missing),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn from_json(json: &[u8]) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest =
+            serde_json::from_slice(json).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+}
+
+/// `plugin.wasm` → `plugin.wasm.manifest.json`.
+pub fn sidecar_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    path.with_file_name(name)
+}
+
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+/// Returns `bytes` with `manifest` as a top-level custom section, replacing
+/// an earlier manifest section.
+pub fn embed(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
+    let sections = top_level_sections(bytes)?;
+    let mut out = Vec::with_capacity(bytes.len() + 512);
+    out.extend_from_slice(&COMPONENT_HEADER);
+    for section in sections {
+        if section.custom_name != Some(SECTION_NAME) {
+            out.extend_from_slice(section.raw);
+        }
+    }
+    let json = serde_json::to_vec(manifest).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+    let mut payload = Vec::new();
+    write_leb(&mut payload, SECTION_NAME.len() as u64);
+    payload.extend_from_slice(SECTION_NAME.as_bytes());
+    payload.extend_from_slice(&json);
+    out.push(0); // custom section id
+    write_leb(&mut out, payload.len() as u64);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The payload of the top-level custom section `name`, if present.
+pub fn read_section<'a>(bytes: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, ManifestError> {
+    Ok(top_level_sections(bytes)?
+        .into_iter()
+        .find(|s| s.custom_name == Some(name))
+        .map(|s| s.custom_payload))
+}
+
+struct Section<'a> {
+    raw: &'a [u8],
+    custom_name: Option<&'a str>,
+    custom_payload: &'a [u8],
+}
+
+/// Splits a component binary into its top-level sections. Nested modules
+/// live inside section payloads, so their custom sections are not seen.
+fn top_level_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, ManifestError> {
+    if bytes.len() < 8 || bytes[..4] != COMPONENT_HEADER[..4] {
+        return Err(ManifestError::NotAComponent(
+            "the file does not start with the WebAssembly magic bytes".into(),
+        ));
+    }
+    if bytes[4..8] != COMPONENT_HEADER[4..8] {
+        return Err(ManifestError::NotAComponent(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2".into(),
+        ));
+    }
+    let mut sections = Vec::new();
+    let mut pos = 8;
+    while pos < bytes.len() {
+        let start = pos;
+        let id = bytes[pos];
+        pos += 1;
+        let (len, used) = read_leb(&bytes[pos..])
+            .ok_or_else(|| ManifestError::NotAComponent(format!("bad section size at byte {pos}")))?;
+        pos += used;
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| {
+                ManifestError::NotAComponent(format!("section at byte {start} runs past the end"))
+            })?;
+        let (mut custom_name, mut custom_payload) = (None, &[][..]);
+        if id == 0 {
+            let content = &bytes[pos..end];
+            let (name_len, used) = read_leb(content)
+                .ok_or_else(|| ManifestError::NotAComponent("bad custom section name".into()))?;
+            let name_end = used
+                .checked_add(name_len as usize)
+                .filter(|&e| e <= content.len())
+                .ok_or_else(|| ManifestError::NotAComponent("bad custom section name".into()))?;
+            custom_name = std::str::from_utf8(&content[used..name_end]).ok();
+            custom_payload = &content[name_end..];
+        }
+        sections.push(Section {
+            raw: &bytes[start..end],
+            custom_name,
+            custom_payload,
+        });
+        pos = end;
+    }
+    Ok(sections)
+}
+
+fn read_leb(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(5).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn write_leb(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "inactive-days".into(),
+            version: "1.0.0".into(),
+            world: World::SegmentRule,
+            description: "no activity for N days".into(),
+            author: "nachfass".into(),
+            api: API_VERSION.into(),
+            config: vec![],
+            capabilities: vec![],
+        }
+    }
+
+    #[test]
+    fn embed_then_read_round_trips_and_replaces() {
+        let empty = COMPONENT_HEADER.to_vec();
+        let once = embed(&empty, &manifest()).unwrap();
+        let mut changed = manifest();
+        changed.version = "1.1.0".into();
+        let twice = embed(&once, &changed).unwrap();
+        let json = read_section(&twice, SECTION_NAME).unwrap().unwrap();
+        assert_eq!(Manifest::from_json(json).unwrap(), changed);
+        assert_eq!(top_level_sections(&twice).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rejects_core_modules_and_garbage() {
+        let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+        assert!(matches!(read_section(&core, SECTION_NAME), Err(ManifestError::NotAComponent(m)) if m.contains("core")));
+        assert!(read_section(b"hello world", SECTION_NAME).is_err());
+        let mut truncated = COMPONENT_HEADER.to_vec();
+        truncated.extend_from_slice(&[0, 0x7f, 1, 2]);
+        assert!(read_section(&truncated, SECTION_NAME).is_err());
+    }
+
+    #[test]
+    fn validates_names_and_api() {
+        let mut bad = manifest();
+        bad.name = "Bad Name".into();
+        assert!(bad.validate().is_err());
+        let mut old = manifest();
+        old.api = "0.2.0".into();
+        assert!(old.validate().unwrap_err().to_string().contains("rebuild"));
+        assert!(Manifest::from_json(br#"{"name":"x","version":"1","world":"scorer","oops":1}"#).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! Bindings generated from the one copy of the WIT in `wit/`.
+//!
+//! Each world gets its own module; the `types` and `host` interfaces are
+//! generated once (with the segment-rule world) and shared by the other two
+//! through `with`. The export macros are public so that `export_*!` in a
+//! plugin crate can expand them; plugin crates never name anything here.
+
+#![allow(missing_docs, unsafe_code, clippy::all)]
+
+pub mod segment_rule {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "nachfass:plugin/segment-rule@0.1.0",
+        runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
+        pub_export_macro: true,
+        export_macro_name: "__export_segment_rule",
+        default_bindings_module: "::nachfass_sdk::__private::bindings::segment_rule",
+        additional_derives: [PartialEq],
+        generate_unused_types: true,
+    });
+}
+
+pub mod scorer {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "nachfass:plugin/scorer@0.1.0",
+        runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
+        pub_export_macro: true,
+        export_macro_name: "__export_scorer",
+        default_bindings_module: "::nachfass_sdk::__private::bindings::scorer",
+        with: {
+            "nachfass:plugin/types@0.1.0": super::segment_rule::nachfass::plugin::types,
+            "nachfass:plugin/host@0.1.0": super::segment_rule::nachfass::plugin::host,
+        },
+    });
+}
+
+pub mod channel {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "nachfass:plugin/channel@0.1.0",
+        runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
+        pub_export_macro: true,
+        export_macro_name: "__export_channel",
+        default_bindings_module: "::nachfass_sdk::__private::bindings::channel",
+        with: {
+            "nachfass:plugin/types@0.1.0": super::segment_rule::nachfass::plugin::types,
+            "nachfass:plugin/host@0.1.0": super::segment_rule::nachfass::plugin::host,
+        },
+        generate_all,
+    });
+}
