@@ -83,8 +83,9 @@ macro_rules! export_scorer {
                 fn on_event(
                     contact: $crate::Contact,
                     event: $crate::Event,
+                    activity: ::std::vec::Vec<$crate::ActivityCount>,
                 ) -> ::std::result::Result<$crate::ScoreChange, $crate::PluginError> {
-                    <$scorer as $crate::Scorer>::on_event(&$crate::Ctx::host(), &contact, &event)
+                    <$scorer as $crate::Scorer>::on_event(&$crate::Ctx::host(), &contact, &event, &activity)
                 }
                 fn on_profile(
                     contact: $crate::Contact,

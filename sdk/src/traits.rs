@@ -23,13 +23,20 @@ pub trait SegmentRule {
 /// Moves a contact's lead score. Both methods default to no change, so a
 /// scorer implements the one it cares about.
 pub trait Scorer {
-    /// Implicit scoring: a touchpoint happened.
-    fn on_event(ctx: &Ctx, contact: &Contact, event: &Event) -> Result<ScoreChange, PluginError> {
-        let _ = (ctx, contact, event);
+    /// Implicit scoring: a touchpoint happened. `activity` summarises the
+    /// history before it.
+    fn on_event(
+        ctx: &Ctx,
+        contact: &Contact,
+        event: &Event,
+        activity: &[ActivityCount],
+    ) -> Result<ScoreChange, PluginError> {
+        let _ = (ctx, contact, event, activity);
         Ok(ScoreChange::none())
     }
 
-    /// Explicit scoring: the profile changed.
+    /// Explicit scoring: the profile's whole worth from this scorer. The
+    /// host replaces the previous profile contribution with it.
     fn on_profile(ctx: &Ctx, contact: &Contact) -> Result<ScoreChange, PluginError> {
         let _ = (ctx, contact);
         Ok(ScoreChange::none())

@@ -169,13 +169,26 @@ impl Event {
 }
 
 impl ActivityCount {
-    pub fn new(kind: &str, total: u32, last_30_days: u32, last_at: Option<i64>) -> ActivityCount {
+    /// `kind` seen `total` times, the newest at `last_at`; the 24-hour and
+    /// 30-day windows start empty (set them with the `with_` methods).
+    pub fn new(kind: &str, total: u32, last_at: Option<i64>) -> ActivityCount {
         ActivityCount {
             kind: kind.to_owned(),
             total,
-            last_30_days,
+            last_24_hours: 0,
+            last_30_days: 0,
             last_at,
         }
+    }
+
+    pub fn with_last_24_hours(mut self, count: u32) -> ActivityCount {
+        self.last_24_hours = count;
+        self
+    }
+
+    pub fn with_last_30_days(mut self, count: u32) -> ActivityCount {
+        self.last_30_days = count;
+        self
     }
 }
 
