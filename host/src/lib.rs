@@ -1,0 +1,4 @@
+//! nachfass: follow-up and lead-nurturing engine with WebAssembly plugins.
+
+pub mod model;
+pub mod runtime;

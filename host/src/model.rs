@@ -121,6 +121,8 @@ pub struct ActivityCount {
     pub kind: String,
     pub total: u32,
     #[serde(default)]
+    pub last_24_hours: u32,
+    #[serde(default)]
     pub last_30_days: u32,
     #[serde(default)]
     pub last_at: Option<i64>,

@@ -110,10 +110,10 @@ macro_rules! export_channel {
                 fn describe() -> $crate::ChannelInfo {
                     <$channel as $crate::Channel>::describe()
                 }
-                fn send(
+                fn deliver(
                     message: $crate::Message,
                 ) -> ::std::result::Result<$crate::Delivery, $crate::SendError> {
-                    <$channel as $crate::Channel>::send(&$crate::Ctx::host(), &message)
+                    <$channel as $crate::Channel>::deliver(&$crate::Ctx::host(), &message)
                 }
                 fn parse_callback(
                     request: $crate::Callback,

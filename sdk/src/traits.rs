@@ -49,7 +49,7 @@ pub trait Channel {
 
     /// Deliver one message; pass `message.idempotency_key` on to the
     /// provider so a retry never delivers twice.
-    fn send(ctx: &Ctx, message: &Message) -> Result<Delivery, SendError>;
+    fn deliver(ctx: &Ctx, message: &Message) -> Result<Delivery, SendError>;
 
     /// Parse a provider callback into delivery outcomes. Defaults to none.
     fn parse_callback(ctx: &Ctx, request: &Callback) -> Result<Vec<DeliveryEvent>, PluginError> {

@@ -106,6 +106,11 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The version, parsed; [`Manifest::validate`] guarantees it parses.
+    pub fn semver(&self) -> semver::Version {
+        semver::Version::parse(&self.version).unwrap_or_else(|_| semver::Version::new(0, 0, 0))
+    }
+
     /// `name@version`, the plugin's identity in the registry.
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
@@ -124,15 +129,9 @@ impl Manifest {
                 self.name
             )));
         }
-        let valid_version = !self.version.is_empty()
-            && self.version.len() <= 32
-            && self
-                .version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
-        if !valid_version {
+        if let Err(e) = semver::Version::parse(&self.version) {
             return Err(ManifestError::Invalid(format!(
-                "version `{}` must look like 1.2.3",
+                "version `{}` is not a semantic version like 1.2.3: {e}",
                 self.version
             )));
         }

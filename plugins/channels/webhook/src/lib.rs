@@ -73,7 +73,7 @@ impl Channel for Webhook {
         }
     }
 
-    fn send(ctx: &Ctx, message: &Message) -> Result<Delivery, SendError> {
+    fn deliver(ctx: &Ctx, message: &Message) -> Result<Delivery, SendError> {
         let url = setting(ctx, "url")?;
         let secret = setting(ctx, "secret")?;
         let body = json!({
@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn posts_signed_json_with_the_idempotency_key() {
         let host = host(202);
-        let delivery = Webhook::send(&host.ctx(), &message()).unwrap();
+        let delivery = Webhook::deliver(&host.ctx(), &message()).unwrap();
         assert_eq!(delivery.provider_id.as_deref(), Some("rq-1"));
         let sent = &host.requests()[0];
         assert_eq!(sent.method, "POST");
@@ -206,19 +206,19 @@ mod tests {
 
     #[test]
     fn status_codes_map_to_retry_decisions() {
-        assert_eq!(Webhook::send(&host(429).ctx(), &message()), Err(SendError::RateLimited(7)));
-        assert!(matches!(Webhook::send(&host(503).ctx(), &message()), Err(SendError::Transient(_))));
-        assert!(matches!(Webhook::send(&host(410).ctx(), &message()), Err(SendError::Permanent(_))));
+        assert_eq!(Webhook::deliver(&host(429).ctx(), &message()), Err(SendError::RateLimited(7)));
+        assert!(matches!(Webhook::deliver(&host(503).ctx(), &message()), Err(SendError::Transient(_))));
+        assert!(matches!(Webhook::deliver(&host(410).ctx(), &message()), Err(SendError::Permanent(_))));
         let unconfigured = TestHost::new();
-        assert!(matches!(Webhook::send(&unconfigured.ctx(), &message()), Err(SendError::Permanent(m)) if m.contains("url")));
+        assert!(matches!(Webhook::deliver(&unconfigured.ctx(), &message()), Err(SendError::Permanent(m)) if m.contains("url")));
     }
 
     #[test]
     fn denied_destinations_are_permanent_and_failures_transient() {
         let denied = host(200).http(|_| Err(HttpError::Denied("not allowed".into())));
-        assert!(matches!(Webhook::send(&denied.ctx(), &message()), Err(SendError::Permanent(_))));
+        assert!(matches!(Webhook::deliver(&denied.ctx(), &message()), Err(SendError::Permanent(_))));
         let down = host(200).http(|_| Err(HttpError::Failed("connection refused".into())));
-        assert!(matches!(Webhook::send(&down.ctx(), &message()), Err(SendError::Transient(_))));
+        assert!(matches!(Webhook::deliver(&down.ctx(), &message()), Err(SendError::Transient(_))));
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! The plugin runtime: one wasmtime engine, sandboxed calls with limits, a
+//! registry of plugin versions with hot swap.
+
+pub mod bindings;
+pub mod cache;
+mod convert;
+pub mod error;
+pub mod limits;
+pub mod manifest;
+pub mod outgoing_http;
+pub mod plugin;
+pub mod registry;
+pub mod sandbox;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use error::{LoadError, RuntimeError, RuntimeErrorKind};
+pub use limits::{Limits, RuntimeLimits};
+pub use manifest::{Manifest, World};
+pub use plugin::{CallResult, Plugin};
+pub use registry::Registry;
+pub use sandbox::Binding;
+
+use sandbox::CallState;
+
+/// How to build a [`Runtime`].
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    pub limits: RuntimeLimits,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The engine and everything shared by all plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linkers: [Linker<CallState>; 3],
+    limits: RuntimeLimits,
+    cache: Option<cache::ArtifactCache>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let limits = config.limits;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 8)
+            .total_stacks(limits.max_instances)
+            .max_memory_size(limits.max_memory_bytes)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(limits.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+        spawn_epoch_ticker(&engine, limits.epoch_tick)?;
+        let linkers = [
+            sandbox::linker(&engine, World::SegmentRule)?,
+            sandbox::linker(&engine, World::Scorer)?,
+            sandbox::linker(&engine, World::Channel)?,
+        ];
+        let cache = config.cache_dir.map(cache::ArtifactCache::new).transpose()?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linkers,
+                limits,
+                cache,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.inner.limits
+    }
+
+    fn linker(&self, world: World) -> &Linker<CallState> {
+        let index = match world {
+            World::SegmentRule => 0,
+            World::Scorer => 1,
+            World::Channel => 2,
+        };
+        &self.inner.linkers[index]
+    }
+
+    /// Loads a plugin file: its manifest (embedded, or beside it), then
+    /// [`Runtime::load`].
+    pub async fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = tokio::fs::read(path).await?;
+        self.check_size(bytes.len())?;
+        let manifest = Manifest::for_file(path, &bytes)?;
+        self.load(bytes, manifest).await
+    }
+
+    /// Compiles (or takes from the cache) and type-checks a component
+    /// against the world its manifest claims. Nothing is registered here.
+    pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Plugin, LoadError> {
+        self.check_size(bytes.len())?;
+        manifest.validate()?;
+        let runtime = self.clone();
+        let hash = cache::content_hash(&bytes);
+        let span = tracing::info_span!("plugin_load", plugin = %manifest.id(), world = %manifest.world);
+        // Compiling takes milliseconds to seconds: keep it off the async
+        // workers so requests keep flowing during an upload.
+        tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            let (component, from_cache) = runtime.compile(&hash, &bytes)?;
+            Plugin::new(runtime, manifest, hash, component, from_cache)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("compilation was aborted: {e}")))?
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), LoadError> {
+        let limit = self.inner.limits.max_component_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+
+    fn compile(&self, hash: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
+        manifest::read_section(bytes, manifest::SECTION_NAME)?;
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, hash, bytes),
+            None => Component::new(&self.inner.engine, bytes).map(|c| (c, false)),
+        };
+        compiled.map_err(|e| LoadError::Invalid(format!("{e:#}")))
+    }
+}
+
+/// One thread advances the engine's epoch; stores trap once their deadline
+/// (in ticks) passes. It holds only a weak reference and ends with the engine.
+fn spawn_epoch_ticker(engine: &Engine, tick: std::time::Duration) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("nachfass-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .map(drop)
+}

@@ -1,0 +1,449 @@
+//! A loaded plugin version and its calls.
+//!
+//! Every call gets a fresh store and instance from the pre-instantiated
+//! component, runs under the binding's limits, and returns two tiers:
+//! `Err(RuntimeError)` when the runtime stopped it (trap, limit, bad
+//! output), `Ok(Err(PluginError))` when the plugin itself declined.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tracing::Instrument;
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{channel, scorer, segment_rule, types as wit};
+use super::convert;
+use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
+use super::limits::Limits;
+use super::manifest::{Manifest, World};
+use super::sandbox::{self, Binding, CallState};
+use super::Runtime;
+use crate::model;
+
+/// The outer tier is the runtime's verdict, the inner one the plugin's.
+pub type CallResult<T, E = model::PluginError> = Result<Result<T, E>, RuntimeError>;
+
+enum WorldPre {
+    SegmentRule(segment_rule::SegmentRulePre<CallState>),
+    Scorer(scorer::ScorerPre<CallState>),
+    Channel(channel::ChannelPre<CallState>),
+}
+
+/// Call counters of one plugin version.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    pub calls: AtomicU64,
+    pub plugin_errors: AtomicU64,
+    pub runtime_errors: AtomicU64,
+    pub busy_micros: AtomicU64,
+}
+
+/// One compiled, type-checked plugin version, ready to call.
+pub struct Plugin {
+    manifest: Manifest,
+    id: Arc<str>,
+    hash: String,
+    from_cache: bool,
+    pre: WorldPre,
+    runtime: Runtime,
+    stats: CallStats,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("id", &self.id).field("hash", &self.hash).finish()
+    }
+}
+
+impl Plugin {
+    pub(super) fn new(
+        runtime: Runtime,
+        manifest: Manifest,
+        hash: String,
+        component: Component,
+        from_cache: bool,
+    ) -> Result<Plugin, LoadError> {
+        let world = manifest.world;
+        let instance_pre = runtime
+            .linker(world)
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::ForbiddenImport {
+                world,
+                detail: format!("{e:#}"),
+            })?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            claimed: world,
+            detail: format!("{e:#}"),
+        };
+        let pre = match world {
+            World::SegmentRule => WorldPre::SegmentRule(segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?),
+            World::Scorer => WorldPre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(wrong_world)?),
+            World::Channel => WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?),
+        };
+        Ok(Plugin {
+            id: manifest.id().into(),
+            manifest,
+            hash,
+            from_cache,
+            pre,
+            runtime,
+            stats: CallStats::default(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// `name@version`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// SHA-256 of the component bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Whether the machine code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// Does `contact` belong to the segment?
+    pub async fn matches(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        contact: &model::Contact,
+        activity: &[model::ActivityCount],
+    ) -> CallResult<bool> {
+        let WorldPre::SegmentRule(pre) = &self.pre else {
+            return Err(self.not_a(World::SegmentRule));
+        };
+        let contact = wit::Contact::from(contact);
+        let activity = convert::activity(activity);
+        let limits = &binding.limits;
+        let answer = self
+            .run("matches", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_matches(&mut *store, &contact, &activity).await
+            })
+            .await?;
+        self.inner(answer, limits, |_| Ok(()))
+    }
+
+    /// One answer per contact, in order. Limits scale with the batch size.
+    pub async fn matches_batch(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        items: &[(model::Contact, Vec<model::ActivityCount>)],
+    ) -> CallResult<Vec<bool>> {
+        let WorldPre::SegmentRule(pre) = &self.pre else {
+            return Err(self.not_a(World::SegmentRule));
+        };
+        let inputs: Vec<wit::RuleInput> = items
+            .iter()
+            .map(|(contact, activity)| wit::RuleInput {
+                contact: contact.into(),
+                activity: convert::activity(activity),
+            })
+            .collect();
+        let limits = binding.limits.scaled(items.len());
+        let answer = self
+            .run("matches-batch", binding, &limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_matches_batch(&mut *store, &inputs).await
+            })
+            .await?;
+        self.inner(answer, &limits, |answers| {
+            if answers.len() == items.len() {
+                Ok(())
+            } else {
+                Err(RuntimeErrorKind::InvalidOutput {
+                    detail: format!("{} answers for {} contacts", answers.len(), items.len()),
+                })
+            }
+        })
+    }
+
+    /// Implicit scoring of one touchpoint.
+    pub async fn on_event(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        contact: &model::Contact,
+        event: &model::Event,
+        activity: &[model::ActivityCount],
+    ) -> CallResult<model::ScoreChange> {
+        let WorldPre::Scorer(pre) = &self.pre else {
+            return Err(self.not_a(World::Scorer));
+        };
+        let (contact, event) = (wit::Contact::from(contact), wit::Event::from(event));
+        let activity = convert::activity(activity);
+        let limits = &binding.limits;
+        let answer = self
+            .run("on-event", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_on_event(&mut *store, &contact, &event, &activity).await
+            })
+            .await?;
+        self.inner(answer, limits, |change| check_reasons(change, limits))
+            .map(|r| r.map(Into::into))
+    }
+
+    /// Explicit scoring of a profile.
+    pub async fn on_profile(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        contact: &model::Contact,
+    ) -> CallResult<model::ScoreChange> {
+        let WorldPre::Scorer(pre) = &self.pre else {
+            return Err(self.not_a(World::Scorer));
+        };
+        let contact = wit::Contact::from(contact);
+        let limits = &binding.limits;
+        let answer = self
+            .run("on-profile", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_on_profile(&mut *store, &contact).await
+            })
+            .await?;
+        self.inner(answer, limits, |change| check_reasons(change, limits))
+            .map(|r| r.map(Into::into))
+    }
+
+    /// What kind of channel this connector is.
+    pub async fn describe(&self, binding: &Arc<Binding>, now: i64) -> Result<model::ChannelInfo, RuntimeError> {
+        let WorldPre::Channel(pre) = &self.pre else {
+            return Err(self.not_a(World::Channel));
+        };
+        let limits = &binding.limits;
+        let info = self
+            .run("describe", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_describe(&mut *store).await
+            })
+            .await?;
+        if info.provider.len() > limits.max_output_bytes {
+            return Err(self.error(RuntimeErrorKind::OutputTooLarge {
+                detail: "provider name".into(),
+            }));
+        }
+        Ok(info.into())
+    }
+
+    /// Delivers one message.
+    pub async fn deliver(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        message: &model::Message,
+    ) -> CallResult<model::Delivery, model::SendError> {
+        let WorldPre::Channel(pre) = &self.pre else {
+            return Err(self.not_a(World::Channel));
+        };
+        let message = wit::Message::from(message);
+        let limits = &binding.limits;
+        let answer = self
+            .run("deliver", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_deliver(&mut *store, &message).await
+            })
+            .await?;
+        let size = match &answer {
+            Ok(delivery) => delivery.provider_id.as_ref().map_or(0, String::len),
+            Err(wit::SendError::Transient(why) | wit::SendError::Permanent(why)) => why.len(),
+            Err(wit::SendError::RateLimited(_)) => 0,
+        };
+        if size > limits.max_output_bytes {
+            return Err(self.error(RuntimeErrorKind::OutputTooLarge {
+                detail: format!("{size} bytes in the send result, limit {}", limits.max_output_bytes),
+            }));
+        }
+        self.count(answer.is_err());
+        Ok(answer.map(Into::into).map_err(Into::into))
+    }
+
+    /// Parses a provider callback into delivery outcomes.
+    pub async fn parse_callback(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        callback: &model::Callback,
+    ) -> CallResult<Vec<model::DeliveryEvent>> {
+        let WorldPre::Channel(pre) = &self.pre else {
+            return Err(self.not_a(World::Channel));
+        };
+        let callback = wit::Callback::from(callback);
+        let limits = &binding.limits;
+        let answer = self
+            .run("parse-callback", binding, limits, now, async |store| {
+                let world = pre.instantiate_async(&mut *store).await?;
+                world.call_parse_callback(&mut *store, &callback).await
+            })
+            .await?;
+        self.inner(answer, limits, |events| {
+            let size: usize = events
+                .iter()
+                .map(|e| 32 + e.message_ref.len() + e.detail.as_ref().map_or(0, String::len))
+                .sum();
+            within(size, limits, "delivery events")
+        })
+        .map(|r| r.map(|events| events.into_iter().map(Into::into).collect()))
+    }
+
+    /// Runs `call` in a fresh store under `limits` and turns traps, limit
+    /// breaches and timeouts into a [`RuntimeError`] naming the plugin.
+    async fn run<T>(
+        &self,
+        function: &'static str,
+        binding: &Arc<Binding>,
+        limits: &Limits,
+        now: i64,
+        call: impl AsyncFnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> Result<T, RuntimeError> {
+        let span = tracing::debug_span!("plugin_call", plugin = %self.id, binding = %binding.name, function);
+        async {
+            let started = Instant::now();
+            let state = CallState::new(self.id.clone(), binding.clone(), limits, now);
+            let tick = self.runtime.limits().epoch_tick;
+            let mut store = sandbox::store(self.runtime.engine(), state, limits, tick);
+            let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let result = match outcome {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(self.error(classify(e, &store, limits))),
+                Err(_elapsed) => Err(self.error(RuntimeErrorKind::WallTime {
+                    limit_ms: limits.wall_time.as_millis(),
+                })),
+            };
+            if let Err(e) = &result {
+                self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "plugin call failed");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Checks the plugin's own answer against the output limits.
+    fn inner<T>(
+        &self,
+        answer: Result<T, wit::PluginError>,
+        limits: &Limits,
+        check: impl FnOnce(&T) -> Result<(), RuntimeErrorKind>,
+    ) -> CallResult<T> {
+        let checked = match &answer {
+            Ok(value) => check(value),
+            Err(e) => within(e.code.len() + e.message.len(), limits, "plugin error"),
+        };
+        if let Err(kind) = checked {
+            self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(self.error(kind));
+        }
+        self.count(answer.is_err());
+        Ok(answer.map_err(Into::into))
+    }
+
+    fn count(&self, plugin_error: bool) {
+        if plugin_error {
+            self.stats.plugin_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn error(&self, kind: RuntimeErrorKind) -> RuntimeError {
+        RuntimeError {
+            plugin: self.id.to_string(),
+            kind,
+        }
+    }
+
+    fn not_a(&self, wanted: World) -> RuntimeError {
+        self.error(RuntimeErrorKind::Host {
+            detail: format!("is a {}, not a {wanted}", self.manifest.world),
+        })
+    }
+}
+
+fn within(size: usize, limits: &Limits, what: &str) -> Result<(), RuntimeErrorKind> {
+    if size > limits.max_output_bytes {
+        return Err(RuntimeErrorKind::OutputTooLarge {
+            detail: format!("{size} bytes of {what}, limit {} bytes", limits.max_output_bytes),
+        });
+    }
+    Ok(())
+}
+
+fn check_reasons(change: &wit::ScoreChange, limits: &Limits) -> Result<(), RuntimeErrorKind> {
+    within(change.reasons.iter().map(String::len).sum(), limits, "score reasons")
+}
+
+/// Names the limit or fault behind a failed call.
+fn classify(error: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -> RuntimeErrorKind {
+    let state = store.data();
+    if state.limiter.memory_exceeded {
+        return RuntimeErrorKind::Memory {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => RuntimeErrorKind::CpuTime {
+            limit_ms: limits.cpu_time.as_millis(),
+        },
+        Some(Trap::StackOverflow) => RuntimeErrorKind::StackOverflow,
+        Some(Trap::UnreachableCodeReached) if state.stderr_text().contains("panicked") => {
+            RuntimeErrorKind::Panicked {
+                message: panic_message(&state.stderr_text()),
+            }
+        }
+        Some(trap) => RuntimeErrorKind::Trapped {
+            message: trap.to_string(),
+        },
+        None => {
+            let message = format!("{error:#}");
+            if message.contains("maximum concurrent") || message.contains("pooling allocat") {
+                RuntimeErrorKind::Exhausted { detail: message }
+            } else {
+                RuntimeErrorKind::Trapped { message }
+            }
+        }
+    }
+}
+
+/// `thread '<unnamed>' panicked at src/lib.rs:7:9:\nboom\nnote: …` → `boom (src/lib.rs:7:9)`.
+fn panic_message(stderr: &str) -> String {
+    let mut lines = stderr.lines().filter(|l| !l.starts_with("note:"));
+    let header = lines.next().unwrap_or_default();
+    let location = header
+        .split_once(" panicked at ")
+        .map(|(_, at)| at.trim_end_matches(':').to_owned());
+    let text: Vec<&str> = lines.collect();
+    match (text.is_empty(), location) {
+        (false, Some(at)) => format!("{} ({at})", text.join(" ")),
+        (false, None) => text.join(" "),
+        (true, _) => header.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_messages_are_tidied() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:7:9:\nscorer gave up\nnote: run with `RUST_BACKTRACE=1`";
+        assert_eq!(panic_message(stderr), "scorer gave up (src/lib.rs:7:9)");
+    }
+}

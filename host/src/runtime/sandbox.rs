@@ -1,0 +1,247 @@
+//! What lives in a plugin call's `Store`: the empty WASI context, the
+//! binding's configuration, the resource limiter and the HTTP allow-list.
+//! A store serves one call (or one batch) and is dropped after it, so
+//! nothing leaks from one contact to the next.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::host;
+use super::limits::Limits;
+use super::manifest::World;
+use super::outgoing_http::AllowList;
+
+/// Stderr kept per call, so a guest panic message can be reported.
+const STDERR_CAPTURE: usize = 4096;
+/// Log lines one call may write; more are dropped.
+const MAX_LOG_LINES: u32 = 64;
+/// Longest log line kept.
+const MAX_LOG_LINE: usize = 1024;
+
+/// How an operator set up one use of a plugin: its configuration, limits
+/// and, for channels, where it may send HTTP requests.
+#[derive(Clone, Debug, Default)]
+pub struct Binding {
+    /// Binding name, for logs.
+    pub name: String,
+    pub config: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// `host` or `host:port` entries; `*.example.com` allows subdomains.
+    pub allow_http: Vec<String>,
+}
+
+impl Binding {
+    pub fn new(name: &str, world: World) -> Binding {
+        Binding {
+            name: name.to_owned(),
+            config: BTreeMap::new(),
+            limits: Limits::for_world(world),
+            allow_http: Vec::new(),
+        }
+    }
+
+    pub fn with_config(mut self, key: &str, value: &str) -> Binding {
+        self.config.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Binding {
+        self.limits = limits;
+        self
+    }
+
+    pub fn allowing_http(mut self, destination: &str) -> Binding {
+        self.allow_http.push(destination.to_owned());
+        self
+    }
+}
+
+/// The data of one call's store.
+pub struct CallState {
+    plugin: Arc<str>,
+    binding: Arc<Binding>,
+    now: i64,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    allow_list: AllowList,
+    pub(super) limiter: CallLimiter,
+    pub(super) stderr: MemoryOutputPipe,
+    log_lines: u32,
+}
+
+impl CallState {
+    pub fn new(plugin: Arc<str>, binding: Arc<Binding>, limits: &Limits, now: i64) -> CallState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock(now))
+            .monotonic_clock(FrozenClock(now))
+            .build();
+        CallState {
+            allow_list: AllowList::new(&binding.allow_http),
+            plugin,
+            binding,
+            now,
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: CallLimiter::new(limits.memory_bytes),
+            stderr,
+            log_lines: 0,
+        }
+    }
+
+    /// The guest's stderr, e.g. a Rust panic message.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    }
+}
+
+/// A fresh store for one call, with limits applied.
+pub fn store(engine: &wasmtime::Engine, state: CallState, limits: &Limits, tick: Duration) -> Store<CallState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_trap();
+    let ticks = limits.cpu_time.as_nanos().div_ceil(tick.as_nanos().max(1));
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    store
+}
+
+/// A linker with what `world` grants: WASI with an empty context for all,
+/// the `host` interface for all, outgoing HTTP for channels only.
+pub fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<CallState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
+    if world == World::Channel {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    Ok(linker)
+}
+
+impl host::Host for CallState {
+    fn log(&mut self, level: host::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (plugin, binding) = (&*self.plugin, &self.binding.name);
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, binding, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, binding, "{message}"),
+            host::Level::Info => tracing::info!(plugin, binding, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, binding, "{message}"),
+            host::Level::Error => tracing::error!(plugin, binding, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.binding.config.get(&key).cloned()
+    }
+
+    fn now(&mut self) -> i64 {
+        self.now
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.allow_list,
+        }
+    }
+}
+
+/// Caps linear memory and counts of instances and tables, and remembers
+/// whether the memory cap was hit so the error can say so.
+pub struct CallLimiter {
+    memory_bytes: usize,
+    pub(super) memory_exceeded: bool,
+}
+
+impl CallLimiter {
+    fn new(memory_bytes: usize) -> CallLimiter {
+        CallLimiter {
+            memory_bytes,
+            memory_exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// WASI clocks stand still at the evaluation time: a plugin sees the same
+/// time through std as through `host.now`, and replays are reproducible.
+struct FrozenClock(i64);
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0).unwrap_or(0).saturating_mul(1_000_000)
+    }
+}
