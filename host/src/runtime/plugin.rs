@@ -43,6 +43,8 @@ pub struct CallStats {
 /// One compiled, type-checked plugin version, ready to call.
 pub struct Plugin {
     manifest: Manifest,
+    imports: Vec<String>,
+    exports: Vec<String>,
     id: Arc<str>,
     hash: String,
     from_cache: bool,
@@ -82,7 +84,13 @@ impl Plugin {
             World::Scorer => WorldPre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(wrong_world)?),
             World::Channel => WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?),
         };
+        let engine = runtime.engine();
+        let ty = component.component_type();
+        let imports = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+        let exports = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
         Ok(Plugin {
+            imports,
+            exports,
             id: manifest.id().into(),
             manifest,
             hash,
@@ -95,6 +103,16 @@ impl Plugin {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Names of the interfaces and functions the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Names of what the component exports.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
     }
 
     /// `name@version`.

@@ -1,0 +1,58 @@
+//! The `nachfass` command line.
+
+mod plugin;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use plugin::PluginCommand;
+
+#[derive(Debug, Parser)]
+#[command(name = "nachfass", version, about = "Follow-up and lead nurturing with WebAssembly plugins")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where compiled plugins are cached.
+    #[arg(long, global = true, env = "NACHFASS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write, build, inspect and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// How a command failed; the exit code tells scripts which.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input or a broken plugin: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// The plugin ran and answered with its own error: exit 2.
+    #[error("the plugin answered with an error")]
+    PluginDeclined,
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            CliError::PluginDeclined => 2,
+        }
+    }
+}
+
+/// Runs a parsed command, writing its results to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Plugin(command) => plugin::run(command, cli.cache_dir, out).await,
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> CliError {
+    CliError::Failed(message.to_string())
+}
