@@ -136,6 +136,13 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
     let url = parse_url(&request.url)?;
     let failed = |what: &str| HttpError::Failed(what.to_owned());
     let headers = Fields::new();
+    // A known length spares the receiver a chunked body.
+    let has_length = request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if !has_length && (!request.body.is_empty() || request.method != "GET") {
+        headers
+            .append("content-length", request.body.len().to_string().as_bytes())
+            .map_err(|e| HttpError::Failed(format!("header content-length: {e:?}")))?;
+    }
     for (name, value) in &request.headers {
         headers
             .append(name, value.as_bytes())
@@ -170,15 +177,19 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
         other => HttpError::Failed(format!("{other:?}")),
     };
     let future = outgoing_handler::handle(outgoing, None).map_err(map_code)?;
+    // When the host refuses the request it closes the body; the reason is
+    // in the response future, so a failed write is reported only after it.
+    let mut write_error = None;
     {
         let stream = body.write().map_err(|()| failed("request body stream"))?;
         for chunk in request.body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Failed(format!("writing the body: {e:?}")))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                write_error = Some(HttpError::Failed(format!("writing the body: {e:?}")));
+                break;
+            }
         }
     }
-    OutgoingBody::finish(body, None).map_err(map_code)?;
+    let finished = OutgoingBody::finish(body, None);
 
     future.subscribe().block();
     let response = match future.get() {
@@ -186,6 +197,10 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
         Some(Ok(Err(code))) => return Err(map_code(code)),
         Some(Err(())) | None => return Err(failed("no response")),
     };
+    if let Some(error) = write_error {
+        return Err(error);
+    }
+    finished.map_err(map_code)?;
     let status = response.status();
     let headers = response
         .headers()

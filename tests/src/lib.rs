@@ -1,1 +1,163 @@
+//! Helpers for the integration tests: the guest components built by
+//! `build.rs`, packed with their manifests once per test process.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
+
+/// A guest crate and the component cargo built from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Guest {
+    pub wasm: &'static str,
+    pub crate_dir: &'static str,
+}
+
+/// Every guest crate in `plugins/`, by crate name in upper snake case.
+pub mod guests {
+    use super::Guest;
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+impl Guest {
+    /// The manifest from the crate's `Cargo.toml`.
+    #[track_caller]
+    pub fn manifest(&self) -> Manifest {
+        nachfass::pack::manifest_from_crate(Path::new(self.crate_dir)).expect("guest manifests are valid")
+    }
+
+    /// The raw component, without a manifest section.
+    #[track_caller]
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(self.wasm).expect("build.rs built it")
+    }
+
+    /// The component with its manifest embedded, as `nachfass plugin build`
+    /// writes it: one file in a directory shared by this test process.
+    #[track_caller]
+    pub fn packed(&self) -> PathBuf {
+        static PACKED: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+        static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
+        let mut packed = PACKED.get_or_init(Default::default).lock().expect("not poisoned");
+        packed
+            .entry(self.wasm)
+            .or_insert_with(|| {
+                let manifest = self.manifest();
+                let path = dir.path().join(format!("{}-{}.wasm", manifest.name, manifest.version));
+                nachfass::pack::pack(Path::new(self.wasm), &manifest, &path).expect("packing works");
+                path
+            })
+            .clone()
+    }
+}
+
+/// A runtime with default limits, sharing one artifact cache across test
+/// processes and runs so each component compiles once.
+#[track_caller]
+pub fn runtime() -> Runtime {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts")
+}
+
+/// Milliseconds in a day.
+pub const DAY: i64 = 24 * 60 * 60 * 1000;
+
+/// One request the [`HttpSink`] received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that records requests and answers
+/// each with a fixed status: the receiving end of a webhook.
+pub struct HttpSink {
+    pub addr: std::net::SocketAddr,
+    received: std::sync::Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpSink {
+    pub async fn start(status: u16) -> HttpSink {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("bound");
+        let received = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            // Bounded: a test never sends more than a few requests.
+            for n in 0..64 {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let head_end = loop {
+                    let Ok(read) = socket.read(&mut buf).await else { break None };
+                    if read == 0 {
+                        break None;
+                    }
+                    data.extend_from_slice(&buf[..read]);
+                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(end);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+                let mut lines = head.lines();
+                let request_line: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = data[head_end + 4..].to_vec();
+                while body.len() < length {
+                    let Ok(read) = socket.read(&mut buf).await else { break };
+                    if read == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&buf[..read]);
+                }
+                log.lock().expect("not poisoned").push(Recorded {
+                    method: request_line.first().copied().unwrap_or_default().to_owned(),
+                    path: request_line.get(1).copied().unwrap_or_default().to_owned(),
+                    headers,
+                    body,
+                });
+                let response = format!(
+                    "HTTP/1.1 {status} Sink\r\nX-Request-Id: rq-{n}\r\nRetry-After: 9\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        HttpSink { addr, received, task }
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        self.received.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

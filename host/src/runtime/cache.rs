@@ -56,13 +56,16 @@ impl ArtifactCache {
 }
 
 /// Only ever called on files this cache wrote itself, named by the content
-/// hash of the source and the engine's compatibility hash.
+/// hash of the source and the engine's compatibility hash. Read into memory
+/// rather than mapped: a mapped file that someone truncates while a plugin
+/// runs would kill the process with SIGBUS.
 #[allow(unsafe_code)]
 fn deserialize_own_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `path` lies in nachfass's own cache directory and was written
-    // by `Component::serialize` of an engine with the same compatibility
-    // hash; deserializing it is what wasmtime documents as sound.
-    unsafe { Component::deserialize_file(engine, path) }
+    let bytes = std::fs::read(path)?;
+    // SAFETY: the bytes come from nachfass's own cache directory and were
+    // written by `Component::serialize` of an engine with the same
+    // compatibility hash, which is what wasmtime documents as sound.
+    unsafe { Component::deserialize(engine, &bytes) }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

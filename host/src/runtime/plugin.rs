@@ -421,6 +421,11 @@ fn classify(error: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -
             limit_ms: limits.cpu_time.as_millis(),
         },
         Some(Trap::StackOverflow) => RuntimeErrorKind::StackOverflow,
+        // Rust and C guests keep part of their stack in linear memory below
+        // the data; overflowing it lands out of bounds.
+        Some(Trap::MemoryOutOfBounds) => RuntimeErrorKind::Trapped {
+            message: "out-of-bounds memory access (a bug in the plugin, or its in-memory stack overflowed)".into(),
+        },
         Some(Trap::UnreachableCodeReached) if state.stderr_text().contains("panicked") => {
             RuntimeErrorKind::Panicked {
                 message: panic_message(&state.stderr_text()),

@@ -1,0 +1,77 @@
+//! Builds every guest crate in `plugins/` (example plugins and hostile
+//! fixtures) once for wasm32-wasip2, and tells the tests where each
+//! component and crate lives. Fails the build when a fixture has no test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("tests/ lies in the workspace").to_path_buf();
+    let guests = root.join("plugins");
+    for watched in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let target_dir = root.join("target/guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(&guests)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Settings meant for the host build must not leak into the guest build.
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_MAKEFLAGS", "RUSTC_WORKSPACE_WRAPPER"] {
+        build.env_remove(var);
+    }
+    let output = build.output().expect("cargo runs");
+    if !output.status.success() {
+        panic!(
+            "building the guest crates in plugins/ failed (is `rustup target add wasm32-wasip2` done?):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let mut constants = String::new();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut names = Vec::new();
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(wasm) = message["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .find(|f| f.ends_with(".wasm"))
+        else {
+            continue;
+        };
+        let crate_dir = Path::new(message["manifest_path"].as_str().expect("cargo says")).parent().expect("has a dir");
+        let name = message["target"]["name"].as_str().expect("cargo says").to_uppercase().replace('-', "_");
+        constants.push_str(&format!(
+            "pub const {name}: Guest = Guest {{ wasm: {wasm:?}, crate_dir: {:?} }};\n",
+            crate_dir.display().to_string()
+        ));
+        names.push(name);
+    }
+    names.sort();
+    constants.push_str(&format!("pub const ALL: &[Guest] = &[{}];\n", names.join(", ")));
+
+    // Every fixture must be used by a test, or it rots unnoticed.
+    let tests = std::fs::read_dir(manifest_dir.join("tests"))
+        .expect("tests/tests exists")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect::<String>();
+    for name in &names {
+        if !tests.contains(&format!("guests::{name}")) {
+            panic!("guest `{name}` is built but no test in tests/tests uses `guests::{name}`");
+        }
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("guests.rs");
+    std::fs::write(out, constants).expect("OUT_DIR is writable");
+}
