@@ -2,7 +2,7 @@
 //!
 //! A plugin is a struct, one trait implementation and one export macro:
 //!
-//! ```ignore
+//! ```
 //! use nachfass_sdk::*;
 //!
 //! struct HasEmail;
@@ -14,6 +14,7 @@
 //! }
 //!
 //! export_segment_rule!(HasEmail);
+//! # fn main() {}
 //! ```
 //!
 //! Build it for `wasm32-wasip2` with `nachfass plugin build`. Test it natively

@@ -1,9 +1,21 @@
 //! Run a plugin natively in a unit test, with a host you control.
 //!
-//! ```ignore
+//! ```
+//! use nachfass_sdk::testing::{DAY, TestHost};
+//! use nachfass_sdk::*;
+//!
+//! struct Dormant;
+//! impl SegmentRule for Dormant {
+//!     fn matches(ctx: &Ctx, contact: &Contact, _: &[ActivityCount]) -> Result<bool, PluginError> {
+//!         let days: i64 = ctx.config_or("days", 30)?;
+//!         Ok(contact.last_seen_at.is_some_and(|seen| ctx.now() - seen >= days * DAY))
+//!     }
+//! }
+//!
 //! let host = TestHost::new().config("days", "30").now(DAY * 100);
 //! let contact = Contact::new("c1").with_last_seen_at(DAY * 10);
-//! assert!(Inactive::matches(&host.ctx(), &contact, &[]).unwrap());
+//! assert!(Dormant::matches(&host.ctx(), &contact, &[]).unwrap());
+//! assert!(!Dormant::matches(&host.ctx(), &Contact::new("c2").with_last_seen_at(DAY * 90), &[]).unwrap());
 //! ```
 //!
 //! To run the built component in the real sandbox instead, use

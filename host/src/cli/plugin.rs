@@ -49,6 +49,9 @@ pub enum PluginCommand {
         /// Output file; defaults to `<name>-<version>.wasm` in the crate's directory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Cargo target directory, to share compiled dependencies between plugins.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
     /// Print a plugin's world, imports, exports and manifest, or why it is unusable.
     Check { file: PathBuf },
@@ -82,7 +85,7 @@ pub enum PluginCommand {
 pub async fn run(command: PluginCommand, cache_dir: Option<PathBuf>, out: &mut dyn Write) -> Result<(), CliError> {
     match command {
         PluginCommand::New { world, name, dir } => new(world.into(), &name, &dir, out),
-        PluginCommand::Build { dir, out: target } => build(&dir, target, out),
+        PluginCommand::Build { dir, out: target, target_dir } => build(&dir, target, target_dir, out),
         PluginCommand::Check { file } => check(&runtime(cache_dir)?, &file, out).await,
         PluginCommand::Test {
             file,
@@ -210,13 +213,18 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
     )
 }
 
-fn build(dir: &Path, target: Option<PathBuf>, out: &mut dyn Write) -> Result<(), CliError> {
+fn build(dir: &Path, target: Option<PathBuf>, target_dir: Option<PathBuf>, out: &mut dyn Write) -> Result<(), CliError> {
     let manifest = pack::manifest_from_crate(dir).map_err(fail)?;
-    let output = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
         .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    if let Some(target_dir) = target_dir {
+        cargo.arg("--target-dir").arg(target_dir);
+    }
+    let output = cargo
         .output()
         .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
     if !output.status.success() {
