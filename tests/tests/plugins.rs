@@ -110,3 +110,10 @@ async fn a_plugin_called_as_the_wrong_world_is_refused() {
     let err = plugin.matches(&b, 0, &contact("c"), &[]).await.unwrap_err();
     assert!(err.to_string().contains("is a scorer, not a segment-rule"), "{err}");
 }
+
+#[tokio::test]
+async fn a_probe_instantiates_without_calling() {
+    let plugin = load(guests::B2B_FIT).await;
+    plugin.probe(&binding(World::Scorer, &[]), 0).await.unwrap();
+    assert_eq!(plugin.stats().calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

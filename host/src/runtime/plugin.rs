@@ -134,6 +134,19 @@ impl Plugin {
         &self.stats
     }
 
+    /// Creates a fresh store and instance and drops them without calling
+    /// anything: proves the component instantiates under `binding`'s limits
+    /// (a start function that traps fails here), and is what every call
+    /// pays before its first instruction.
+    pub async fn probe(&self, binding: &Arc<Binding>, now: i64) -> Result<(), RuntimeError> {
+        let limits = &binding.limits;
+        match &self.pre {
+            WorldPre::SegmentRule(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
+            WorldPre::Scorer(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
+            WorldPre::Channel(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
+        }
+    }
+
     /// Does `contact` belong to the segment?
     pub async fn matches(
         &self,
