@@ -7,7 +7,10 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("tests/ lies in the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ lies in the workspace")
+        .to_path_buf();
     let guests = root.join("plugins");
     for watched in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -18,11 +21,24 @@ fn main() {
     let mut build = Command::new(&cargo);
     build
         .current_dir(&guests)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_MAKEFLAGS", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         build.env_remove(var);
     }
     let output = build.output().expect("cargo runs");
@@ -37,7 +53,9 @@ fn main() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut names = Vec::new();
     for line in stdout.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if message["reason"] != "compiler-artifact" {
             continue;
         }
@@ -50,8 +68,14 @@ fn main() {
         else {
             continue;
         };
-        let crate_dir = Path::new(message["manifest_path"].as_str().expect("cargo says")).parent().expect("has a dir");
-        let name = message["target"]["name"].as_str().expect("cargo says").to_uppercase().replace('-', "_");
+        let crate_dir = Path::new(message["manifest_path"].as_str().expect("cargo says"))
+            .parent()
+            .expect("has a dir");
+        let name = message["target"]["name"]
+            .as_str()
+            .expect("cargo says")
+            .to_uppercase()
+            .replace('-', "_");
         constants.push_str(&format!(
             "pub const {name}: Guest = Guest {{ wasm: {wasm:?}, crate_dir: {:?} }};\n",
             crate_dir.display().to_string()
@@ -59,7 +83,10 @@ fn main() {
         names.push(name);
     }
     names.sort();
-    constants.push_str(&format!("pub const ALL: &[Guest] = &[{}];\n", names.join(", ")));
+    constants.push_str(&format!(
+        "pub const ALL: &[Guest] = &[{}];\n",
+        names.join(", ")
+    ));
 
     // Every fixture must be used by a test, or it rots unnoticed.
     let tests = std::fs::read_dir(manifest_dir.join("tests"))

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 pub use plugin::PluginCommand;
 
 #[derive(Debug, Parser)]
-#[command(name = "nachfass", version, about = "Follow-up and lead nurturing with WebAssembly plugins")]
+#[command(
+    name = "nachfass",
+    version,
+    about = "Follow-up and lead nurturing with WebAssembly plugins"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

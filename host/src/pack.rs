@@ -21,7 +21,10 @@ pub enum PackError {
 /// `[package.metadata.nachfass]`.
 pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
     let path = crate_dir.join("Cargo.toml");
-    let bad = |detail: String| PackError::CargoToml { path: path.clone(), detail };
+    let bad = |detail: String| PackError::CargoToml {
+        path: path.clone(),
+        detail,
+    };
     let doc: toml::Table = std::fs::read_to_string(&path)?
         .parse()
         .map_err(|e: toml::de::Error| bad(e.to_string()))?;
@@ -32,7 +35,9 @@ pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
     let workspace = workspace_package(crate_dir);
     let field = |key: &str| -> Option<toml::Value> {
         match package.get(key) {
-            Some(toml::Value::Table(t)) if t.get("workspace").and_then(toml::Value::as_bool) == Some(true) => {
+            Some(toml::Value::Table(t))
+                if t.get("workspace").and_then(toml::Value::as_bool) == Some(true) =>
+            {
                 workspace.as_ref().and_then(|w| w.get(key)).cloned()
             }
             other => other.cloned(),
@@ -50,11 +55,17 @@ pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
         .ok_or_else(|| bad("[package.metadata.nachfass] needs `world`".into()))?
         .parse()?;
     let config: Vec<ConfigKey> = match meta.get("config") {
-        Some(value) => value.clone().try_into().map_err(|e: toml::de::Error| bad(format!("config: {e}")))?,
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("config: {e}")))?,
         None => Vec::new(),
     };
     let capabilities: Vec<String> = match meta.get("capabilities") {
-        Some(value) => value.clone().try_into().map_err(|e: toml::de::Error| bad(format!("capabilities: {e}")))?,
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("capabilities: {e}")))?,
         None => Vec::new(),
     };
     let author = field("authors")
@@ -81,7 +92,10 @@ pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
 /// `[workspace.package]` of the nearest enclosing workspace, if any.
 fn workspace_package(crate_dir: &Path) -> Option<toml::Table> {
     crate_dir.ancestors().skip(1).find_map(|dir| {
-        let doc: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?.parse().ok()?;
+        let doc: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml"))
+            .ok()?
+            .parse()
+            .ok()?;
         doc.get("workspace")?.get("package")?.as_table().cloned()
     })
 }

@@ -72,7 +72,10 @@ impl Runtime {
             sandbox::linker(&engine, World::Scorer)?,
             sandbox::linker(&engine, World::Channel)?,
         ];
-        let cache = config.cache_dir.map(cache::ArtifactCache::new).transpose()?;
+        let cache = config
+            .cache_dir
+            .map(cache::ArtifactCache::new)
+            .transpose()?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -116,7 +119,8 @@ impl Runtime {
         manifest.validate()?;
         let runtime = self.clone();
         let hash = cache::content_hash(&bytes);
-        let span = tracing::info_span!("plugin_load", plugin = %manifest.id(), world = %manifest.world);
+        let span =
+            tracing::info_span!("plugin_load", plugin = %manifest.id(), world = %manifest.world);
         // Compiling takes milliseconds to seconds: keep it off the async
         // workers so requests keep flowing during an upload.
         tokio::task::spawn_blocking(move || {

@@ -62,9 +62,9 @@ impl Ctx {
     {
         self.config(key)
             .map(|raw| {
-                raw.trim()
-                    .parse()
-                    .map_err(|e| PluginError::bad_config(key, &format!("`{raw}` does not parse: {e}")))
+                raw.trim().parse().map_err(|e| {
+                    PluginError::bad_config(key, &format!("`{raw}` does not parse: {e}"))
+                })
             })
             .transpose()
     }

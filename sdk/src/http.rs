@@ -108,7 +108,9 @@ pub fn parse_url(url: &str) -> Result<Url<'_>, HttpError> {
     } else if let Some(rest) = url.strip_prefix("http://") {
         (false, rest)
     } else {
-        return Err(HttpError::InvalidUrl(format!("`{url}` must start with http:// or https://")));
+        return Err(HttpError::InvalidUrl(format!(
+            "`{url}` must start with http:// or https://"
+        )));
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
@@ -137,7 +139,10 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
     let failed = |what: &str| HttpError::Failed(what.to_owned());
     let headers = Fields::new();
     // A known length spares the receiver a chunked body.
-    let has_length = request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    let has_length = request
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     if !has_length && (!request.body.is_empty() || request.method != "GET") {
         headers
             .append("content-length", request.body.len().to_string().as_bytes())
@@ -158,9 +163,17 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
         "HEAD" => Method::Head,
         other => Method::Other(other.to_owned()),
     };
-    outgoing.set_method(&method).map_err(|()| failed("method"))?;
-    let scheme = if url.https { Scheme::Https } else { Scheme::Http };
-    outgoing.set_scheme(Some(&scheme)).map_err(|()| failed("scheme"))?;
+    outgoing
+        .set_method(&method)
+        .map_err(|()| failed("method"))?;
+    let scheme = if url.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    outgoing
+        .set_scheme(Some(&scheme))
+        .map_err(|()| failed("scheme"))?;
     outgoing
         .set_authority(Some(url.authority))
         .map_err(|()| HttpError::InvalidUrl(format!("bad host `{}`", url.authority)))?;
@@ -211,7 +224,9 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
     let incoming = response.consume().map_err(|()| failed("response body"))?;
     let mut body = Vec::new();
     {
-        let stream = incoming.stream().map_err(|()| failed("response body stream"))?;
+        let stream = incoming
+            .stream()
+            .map_err(|()| failed("response body stream"))?;
         while body.len() < MAX_RESPONSE_BYTES {
             match stream.blocking_read(64 << 10) {
                 Ok(chunk) => body.extend_from_slice(&chunk),

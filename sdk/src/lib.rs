@@ -59,7 +59,11 @@ macro_rules! export_segment_rule {
                     contact: $crate::Contact,
                     activity: ::std::vec::Vec<$crate::ActivityCount>,
                 ) -> ::std::result::Result<bool, $crate::PluginError> {
-                    <$rule as $crate::SegmentRule>::matches(&$crate::Ctx::host(), &contact, &activity)
+                    <$rule as $crate::SegmentRule>::matches(
+                        &$crate::Ctx::host(),
+                        &contact,
+                        &activity,
+                    )
                 }
                 fn matches_batch(
                     items: ::std::vec::Vec<$crate::RuleInput>,
@@ -86,7 +90,12 @@ macro_rules! export_scorer {
                     event: $crate::Event,
                     activity: ::std::vec::Vec<$crate::ActivityCount>,
                 ) -> ::std::result::Result<$crate::ScoreChange, $crate::PluginError> {
-                    <$scorer as $crate::Scorer>::on_event(&$crate::Ctx::host(), &contact, &event, &activity)
+                    <$scorer as $crate::Scorer>::on_event(
+                        &$crate::Ctx::host(),
+                        &contact,
+                        &event,
+                        &activity,
+                    )
                 }
                 fn on_profile(
                     contact: $crate::Contact,
@@ -118,8 +127,10 @@ macro_rules! export_channel {
                 }
                 fn parse_callback(
                     request: $crate::Callback,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::DeliveryEvent>, $crate::PluginError>
-                {
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::DeliveryEvent>,
+                    $crate::PluginError,
+                > {
                     <$channel as $crate::Channel>::parse_callback(&$crate::Ctx::host(), &request)
                 }
             }

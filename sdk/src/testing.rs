@@ -46,7 +46,9 @@ impl TestState {
         self.requests.borrow_mut().push(request.clone());
         match self.responder.borrow_mut().as_mut() {
             Some(respond) => respond(request),
-            None => Err(HttpError::Denied("this TestHost has no HTTP responder".into())),
+            None => Err(HttpError::Denied(
+                "this TestHost has no HTTP responder".into(),
+            )),
         }
     }
 }
@@ -75,7 +77,10 @@ impl TestHost {
 
     /// Sets a configuration value, as a binding would.
     pub fn config(self, key: &str, value: &str) -> TestHost {
-        self.0.config.borrow_mut().insert(key.to_owned(), value.to_owned());
+        self.0
+            .config
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_owned());
         self
     }
 
@@ -86,7 +91,10 @@ impl TestHost {
     }
 
     /// Answers the plugin's HTTP requests with `respond`.
-    pub fn http(self, respond: impl FnMut(&Request) -> Result<Response, HttpError> + 'static) -> TestHost {
+    pub fn http(
+        self,
+        respond: impl FnMut(&Request) -> Result<Response, HttpError> + 'static,
+    ) -> TestHost {
         *self.0.responder.borrow_mut() = Some(Box::new(respond));
         self
     }

@@ -8,7 +8,11 @@ use crate::{
 /// Decides whether a contact belongs to a segment.
 pub trait SegmentRule {
     /// Does `contact` belong? `activity` summarises their touchpoints per kind.
-    fn matches(ctx: &Ctx, contact: &Contact, activity: &[ActivityCount]) -> Result<bool, PluginError>;
+    fn matches(
+        ctx: &Ctx,
+        contact: &Contact,
+        activity: &[ActivityCount],
+    ) -> Result<bool, PluginError>;
 
     /// Many contacts at once, one answer per item in order. Override only
     /// when a batch can share work (parsing configuration once, say).

@@ -38,11 +38,19 @@ fn binding(world: World, config: &[(&str, &str)]) -> Arc<Binding> {
 }
 
 fn contact(i: usize) -> Contact {
-    let mut c: Contact = serde_json::from_value(serde_json::json!({ "id": format!("c{i}"), "email": format!("c{i}@example.com") })).unwrap();
+    let mut c: Contact = serde_json::from_value(
+        serde_json::json!({ "id": format!("c{i}"), "email": format!("c{i}@example.com") }),
+    )
+    .unwrap();
     let industries = ["software", "retail", "manufacturing", "finance"];
-    c.attributes.insert("industry".into(), Value::Text(industries[i % 4].into()));
-    c.attributes.insert("employees".into(), Value::Integer((i % 2000) as i64));
-    c.attributes.insert("country".into(), Value::Text(["DE", "AT", "CH", "FR"][i % 4].into()));
+    c.attributes
+        .insert("industry".into(), Value::Text(industries[i % 4].into()));
+    c.attributes
+        .insert("employees".into(), Value::Integer((i % 2000) as i64));
+    c.attributes.insert(
+        "country".into(),
+        Value::Text(["DE", "AT", "CH", "FR"][i % 4].into()),
+    );
     c
 }
 
@@ -52,22 +60,39 @@ async fn main() {
     let calls = 20_000;
 
     // 1. engagement: component vs native.
-    let engagement = runtime.load_file(&guests::ENGAGEMENT.packed()).await.unwrap();
+    let engagement = runtime
+        .load_file(&guests::ENGAGEMENT.packed())
+        .await
+        .unwrap();
     let b = binding(World::Scorer, &[]);
     let c = contact(1);
     let event: Event = serde_json::from_value(serde_json::json!({
         "id": "e1", "contact_id": "c1", "kind": "page.visited", "at": 5, "properties": { "url": "https://acme.example/pricing" }
     }))
     .unwrap();
-    let activity = vec![ActivityCount { kind: "page.visited".into(), total: 3, last_24_hours: 1, last_30_days: 3, last_at: Some(4) }];
+    let activity = vec![ActivityCount {
+        kind: "page.visited".into(),
+        total: 3,
+        last_24_hours: 1,
+        last_30_days: 3,
+        last_at: Some(4),
+    }];
     for _ in 0..500 {
-        engagement.on_event(&b, 10, &c, &event, &activity).await.unwrap().unwrap();
+        engagement
+            .on_event(&b, 10, &c, &event, &activity)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let mut samples = Vec::with_capacity(calls);
     let started = Instant::now();
     for _ in 0..calls {
         let t = Instant::now();
-        let change = engagement.on_event(&b, 10, &c, &event, &activity).await.unwrap().unwrap();
+        let change = engagement
+            .on_event(&b, 10, &c, &event, &activity)
+            .await
+            .unwrap()
+            .unwrap();
         samples.push(t.elapsed());
         assert_eq!(change.delta, 10);
     }
@@ -75,14 +100,22 @@ async fn main() {
     samples.sort();
 
     let native_contact = nachfass_sdk::Contact::new("c1").with_attr("industry", "software");
-    let native_event = nachfass_sdk::Event::new("page.visited", 5).with_prop("url", "https://acme.example/pricing");
-    let native_activity = [nachfass_sdk::ActivityCount::new("page.visited", 3, Some(4)).with_last_24_hours(1)];
+    let native_event = nachfass_sdk::Event::new("page.visited", 5)
+        .with_prop("url", "https://acme.example/pricing");
+    let native_activity =
+        [nachfass_sdk::ActivityCount::new("page.visited", 3, Some(4)).with_last_24_hours(1)];
     let host = nachfass_sdk::testing::TestHost::new().now(10);
     let native_calls = 1_000_000u32;
     let started = Instant::now();
     for _ in 0..native_calls {
         let ctx = host.ctx();
-        let change = engagement::Engagement::on_event(&ctx, &native_contact, &native_event, &native_activity).unwrap();
+        let change = engagement::Engagement::on_event(
+            &ctx,
+            &native_contact,
+            &native_event,
+            &native_activity,
+        )
+        .unwrap();
         std::hint::black_box(change);
     }
     let native_mean = started.elapsed() / native_calls;
@@ -94,8 +127,14 @@ async fn main() {
         micros(percentile(&samples, 0.50)),
         micros(percentile(&samples, 0.99))
     );
-    println!("native:    mean {:.3} µs ({native_calls} calls)", micros(native_mean));
-    println!("ratio component/native: {:.0}x", component_mean.as_secs_f64() / native_mean.as_secs_f64());
+    println!(
+        "native:    mean {:.3} µs ({native_calls} calls)",
+        micros(native_mean)
+    );
+    println!(
+        "ratio component/native: {:.0}x",
+        component_mean.as_secs_f64() / native_mean.as_secs_f64()
+    );
 
     // 2. A fresh sandboxed instance alone (store, WASI context, instance).
     let mut samples = Vec::with_capacity(calls);
@@ -112,10 +151,20 @@ async fn main() {
     );
 
     // 3. Segment-rule batch throughput.
-    let population: usize = std::env::var("NACHFASS_BENCH_CONTACTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let items: Vec<(Contact, Vec<ActivityCount>)> = (0..population).map(|i| (contact(i), Vec::new())).collect();
-    let rule = runtime.load_file(&guests::ATTRIBUTE_MATCH.packed()).await.unwrap();
-    let rb = binding(World::SegmentRule, &[("attribute", "employees"), ("op", "gt"), ("value", "249")]);
+    let population: usize = std::env::var("NACHFASS_BENCH_CONTACTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let items: Vec<(Contact, Vec<ActivityCount>)> =
+        (0..population).map(|i| (contact(i), Vec::new())).collect();
+    let rule = runtime
+        .load_file(&guests::ATTRIBUTE_MATCH.packed())
+        .await
+        .unwrap();
+    let rb = binding(
+        World::SegmentRule,
+        &[("attribute", "employees"), ("op", "gt"), ("value", "249")],
+    );
     println!("== segment rule rules/attribute-match (employees gt 249), {population} contacts ==");
     for batch in [100usize, 1_000, 10_000] {
         let started = Instant::now();
@@ -133,13 +182,18 @@ async fn main() {
     }
     let native_items: Vec<nachfass_sdk::RuleInput> = (0..population.min(200_000))
         .map(|i| {
-            let c = nachfass_sdk::Contact::new(&format!("c{i}")).with_attr("employees", (i % 2000) as i64);
+            let c = nachfass_sdk::Contact::new(&format!("c{i}"))
+                .with_attr("employees", (i % 2000) as i64);
             nachfass_sdk::RuleInput::new(c, vec![])
         })
         .collect();
-    let host = nachfass_sdk::testing::TestHost::new().config("attribute", "employees").config("op", "gt").config("value", "249");
+    let host = nachfass_sdk::testing::TestHost::new()
+        .config("attribute", "employees")
+        .config("op", "gt")
+        .config("value", "249");
     let started = Instant::now();
-    let answers = attribute_match::AttributeMatch::matches_batch(&host.ctx(), &native_items).unwrap();
+    let answers =
+        attribute_match::AttributeMatch::matches_batch(&host.ctx(), &native_items).unwrap();
     let elapsed = started.elapsed();
     println!(
         "native:       {:>10.0} contacts/s ({} contacts, {} members)",

@@ -24,7 +24,8 @@ impl Guest {
     /// The manifest from the crate's `Cargo.toml`.
     #[track_caller]
     pub fn manifest(&self) -> Manifest {
-        nachfass::pack::manifest_from_crate(Path::new(self.crate_dir)).expect("guest manifests are valid")
+        nachfass::pack::manifest_from_crate(Path::new(self.crate_dir))
+            .expect("guest manifests are valid")
     }
 
     /// The raw component, without a manifest section.
@@ -40,13 +41,19 @@ impl Guest {
         static PACKED: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
         static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
         let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
-        let mut packed = PACKED.get_or_init(Default::default).lock().expect("not poisoned");
+        let mut packed = PACKED
+            .get_or_init(Default::default)
+            .lock()
+            .expect("not poisoned");
         packed
             .entry(self.wasm)
             .or_insert_with(|| {
                 let manifest = self.manifest();
-                let path = dir.path().join(format!("{}-{}.wasm", manifest.name, manifest.version));
-                nachfass::pack::pack(Path::new(self.wasm), &manifest, &path).expect("packing works");
+                let path = dir
+                    .path()
+                    .join(format!("{}-{}.wasm", manifest.name, manifest.version));
+                nachfass::pack::pack(Path::new(self.wasm), &manifest, &path)
+                    .expect("packing works");
                 path
             })
             .clone()
@@ -79,7 +86,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -94,18 +104,24 @@ pub struct HttpSink {
 impl HttpSink {
     pub async fn start(status: u16) -> HttpSink {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("bound");
         let received = std::sync::Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
         let task = tokio::spawn(async move {
             // Bounded: a test never sends more than a few requests.
             for n in 0..64 {
-                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut data = Vec::new();
                 let mut buf = [0u8; 8192];
                 let head_end = loop {
-                    let Ok(read) = socket.read(&mut buf).await else { break None };
+                    let Ok(read) = socket.read(&mut buf).await else {
+                        break None;
+                    };
                     if read == 0 {
                         break None;
                     }
@@ -129,7 +145,9 @@ impl HttpSink {
                     .unwrap_or(0);
                 let mut body = data[head_end + 4..].to_vec();
                 while body.len() < length {
-                    let Ok(read) = socket.read(&mut buf).await else { break };
+                    let Ok(read) = socket.read(&mut buf).await else {
+                        break;
+                    };
                     if read == 0 {
                         break;
                     }
@@ -148,7 +166,11 @@ impl HttpSink {
                 let _ = socket.shutdown().await;
             }
         });
-        HttpSink { addr, received, task }
+        HttpSink {
+            addr,
+            received,
+            task,
+        }
     }
 
     pub fn received(&self) -> Vec<Recorded> {

@@ -7,7 +7,8 @@ use nachfass::cli::{Cli, CliError, run};
 use nachfass_tests::guests;
 
 async fn nachfass(args: &[&str]) -> (Result<(), CliError>, String) {
-    let cli = Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied())).expect("valid arguments");
+    let cli = Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
+        .expect("valid arguments");
     let mut out = Vec::new();
     let result = run(cli, &mut out).await;
     (result, String::from_utf8(out).expect("utf-8 output"))
@@ -27,8 +28,17 @@ async fn check_prints_world_imports_exports_and_manifest() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["plugin"], "engagement@0.1.0");
     assert_eq!(report["world"], "scorer");
-    assert_eq!(report["exports"], serde_json::json!(["on-event", "on-profile"]));
-    assert!(report["imports"].as_array().unwrap().iter().any(|i| i == "nachfass:plugin/host@0.1.0"));
+    assert_eq!(
+        report["exports"],
+        serde_json::json!(["on-event", "on-profile"])
+    );
+    assert!(
+        report["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "nachfass:plugin/host@0.1.0")
+    );
     assert_eq!(report["manifest"]["config"][0]["key"], "points");
 }
 
@@ -39,7 +49,10 @@ async fn check_says_precisely_why_a_file_is_unusable() {
     std::fs::copy(guests::HELLO.wasm, &raw).unwrap();
     let (result, _) = nachfass(&["plugin", "check", raw.to_str().unwrap()]).await;
     let message = result.unwrap_err().to_string();
-    assert!(message.contains("no manifest") && message.contains("nachfass plugin build"), "{message}");
+    assert!(
+        message.contains("no manifest") && message.contains("nachfass plugin build"),
+        "{message}"
+    );
 
     let corrupt = dir.path().join("corrupt.wasm");
     let mut bytes = std::fs::read(guests::HELLO.packed()).unwrap();
@@ -54,14 +67,28 @@ async fn check_says_precisely_why_a_file_is_unusable() {
 #[tokio::test]
 async fn test_runs_once_in_the_sandbox_and_prints_json() {
     let dir = tempfile::tempdir().unwrap();
-    let contact = write(dir.path(), "c.json", serde_json::json!({ "id": "c1", "email": "ada@acme.example" }));
+    let contact = write(
+        dir.path(),
+        "c.json",
+        serde_json::json!({ "id": "c1", "email": "ada@acme.example" }),
+    );
     let event = write(
         dir.path(),
         "e.json",
         serde_json::json!({ "id": "e1", "contact_id": "c1", "kind": "page.visited", "at": 1, "properties": { "url": "/pricing" } }),
     );
     let file = guests::ENGAGEMENT.packed();
-    let args = ["plugin", "test", file.to_str().unwrap(), "--contact", &contact, "--event", &event, "--config", "pricing_points=15"];
+    let args = [
+        "plugin",
+        "test",
+        file.to_str().unwrap(),
+        "--contact",
+        &contact,
+        "--event",
+        &event,
+        "--config",
+        "pricing_points=15",
+    ];
     let (result, out) = nachfass(&args).await;
     result.unwrap();
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -70,29 +97,68 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
 
     // The plugin's own error: printed, exit code 2.
     let rule = guests::ATTRIBUTE_MATCH.packed();
-    let (result, out) = nachfass(&["plugin", "test", rule.to_str().unwrap(), "--contact", &contact, "--config", "op=eq"]).await;
+    let (result, out) = nachfass(&[
+        "plugin",
+        "test",
+        rule.to_str().unwrap(),
+        "--contact",
+        &contact,
+        "--config",
+        "op=eq",
+    ])
+    .await;
     assert_eq!(result.unwrap_err().exit_code(), 2);
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["result"]["error"]["code"], "bad-config");
 
     // A trap: no JSON, exit code 1 and the limit in the message.
     let looping = guests::ENDLESS_LOOP.packed();
-    let (result, out) = nachfass(&["plugin", "test", looping.to_str().unwrap(), "--contact", &contact, "--event", &event]).await;
+    let (result, out) = nachfass(&[
+        "plugin",
+        "test",
+        looping.to_str().unwrap(),
+        "--contact",
+        &contact,
+        "--event",
+        &event,
+    ])
+    .await;
     let error = result.unwrap_err();
     assert_eq!((error.exit_code(), out.as_str()), (1, ""));
-    assert!(error.to_string().contains("endless-loop@0.1.0: CPU time limit"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("endless-loop@0.1.0: CPU time limit"),
+        "{error}"
+    );
 
     // Bad input files say which file and what is wrong.
-    let bad = write(dir.path(), "bad.json", serde_json::json!({ "id": "c", "mail": "x" }));
-    let (result, _) = nachfass(&["plugin", "test", file.to_str().unwrap(), "--contact", &bad]).await;
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        serde_json::json!({ "id": "c", "mail": "x" }),
+    );
+    let (result, _) =
+        nachfass(&["plugin", "test", file.to_str().unwrap(), "--contact", &bad]).await;
     let message = result.unwrap_err().to_string();
-    assert!(message.contains("bad.json") && message.contains("unknown field `mail`"), "{message}");
+    assert!(
+        message.contains("bad.json") && message.contains("unknown field `mail`"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn new_scaffolds_a_plugin_that_builds_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (result, _) = nachfass(&["plugin", "new", "scorer", "download-points", "--dir", dir.path().to_str().unwrap()]).await;
+    let (result, _) = nachfass(&[
+        "plugin",
+        "new",
+        "scorer",
+        "download-points",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
     result.unwrap();
     let crate_dir = dir.path().join("download-points");
     let out_file = dir.path().join("dp.wasm");
@@ -112,9 +178,21 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
     assert!(out.starts_with("download-points@0.1.0 → "), "{out}");
 
     let contact = write(dir.path(), "c.json", serde_json::json!({ "id": "c1" }));
-    let event = write(dir.path(), "e.json", serde_json::json!({ "id": "e", "contact_id": "c1", "kind": "download", "at": 1 }));
+    let event = write(
+        dir.path(),
+        "e.json",
+        serde_json::json!({ "id": "e", "contact_id": "c1", "kind": "download", "at": 1 }),
+    );
     let (result, out) = nachfass(&[
-        "plugin", "test", out_file.to_str().unwrap(), "--contact", &contact, "--event", &event, "--config", "points=7",
+        "plugin",
+        "test",
+        out_file.to_str().unwrap(),
+        "--contact",
+        &contact,
+        "--event",
+        &event,
+        "--config",
+        "points=7",
     ])
     .await;
     result.unwrap();
@@ -122,8 +200,28 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
     assert_eq!(answer["plugin"], "download-points@0.1.0");
     assert_eq!(answer["result"]["ok"]["delta"], 7);
 
-    let (again, _) = nachfass(&["plugin", "new", "scorer", "download-points", "--dir", dir.path().to_str().unwrap()]).await;
+    let (again, _) = nachfass(&[
+        "plugin",
+        "new",
+        "scorer",
+        "download-points",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
     assert!(again.unwrap_err().to_string().contains("already exists"));
-    let (bad, _) = nachfass(&["plugin", "new", "scorer", "Bad Name", "--dir", dir.path().to_str().unwrap()]).await;
-    assert!(bad.unwrap_err().to_string().contains("not a valid plugin name"));
+    let (bad, _) = nachfass(&[
+        "plugin",
+        "new",
+        "scorer",
+        "Bad Name",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("not a valid plugin name")
+    );
 }

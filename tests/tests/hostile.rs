@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use nachfass::model::{Contact, Event, ScoreChange};
 use nachfass::runtime::manifest::{self, Manifest};
-use nachfass::runtime::{Binding, LoadError, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, World};
+use nachfass::runtime::{
+    Binding, LoadError, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, World,
+};
 use nachfass_tests::{Guest, guests, runtime};
 
 fn contact() -> Contact {
@@ -13,7 +15,10 @@ fn contact() -> Contact {
 }
 
 fn event() -> Event {
-    serde_json::from_value(serde_json::json!({ "id": "e1", "contact_id": "c-17", "kind": "email.opened", "at": 1 })).unwrap()
+    serde_json::from_value(
+        serde_json::json!({ "id": "e1", "contact_id": "c-17", "kind": "email.opened", "at": 1 }),
+    )
+    .unwrap()
 }
 
 fn scorer_binding() -> Arc<Binding> {
@@ -21,7 +26,10 @@ fn scorer_binding() -> Arc<Binding> {
 }
 
 async fn load(runtime: &Runtime, guest: Guest) -> Plugin {
-    runtime.load_file(&guest.packed()).await.expect("fixture loads")
+    runtime
+        .load_file(&guest.packed())
+        .await
+        .expect("fixture loads")
 }
 
 /// Runs a hostile scorer once and returns how the runtime stopped it, then
@@ -38,13 +46,21 @@ async fn contained_by(guest: Guest, binding: Arc<Binding>) -> (String, RuntimeEr
         .await
         .expect_err("the runtime stops this plugin");
     let good = load(&runtime, guests::ENGAGEMENT).await;
-    let relaxed = Arc::new(Binding::new("good", World::Scorer).with_limits(nachfass::runtime::Limits {
-        cpu_time: std::time::Duration::from_secs(2),
-        wall_time: std::time::Duration::from_secs(5),
-        ..nachfass::runtime::Limits::for_world(World::Scorer)
-    }));
+    let relaxed = Arc::new(Binding::new("good", World::Scorer).with_limits(
+        nachfass::runtime::Limits {
+            cpu_time: std::time::Duration::from_secs(2),
+            wall_time: std::time::Duration::from_secs(5),
+            ..nachfass::runtime::Limits::for_world(World::Scorer)
+        },
+    ));
     let answer = good.on_event(&relaxed, 0, &contact(), &event(), &[]).await;
-    assert_eq!(answer.unwrap().unwrap(), ScoreChange { delta: 1, reasons: vec!["email.opened +1".into()] });
+    assert_eq!(
+        answer.unwrap().unwrap(),
+        ScoreChange {
+            delta: 1,
+            reasons: vec!["email.opened +1".into()]
+        }
+    );
     assert_eq!(error.plugin, hostile.id());
     (error.to_string(), error.kind)
 }
@@ -52,14 +68,23 @@ async fn contained_by(guest: Guest, binding: Arc<Binding>) -> (String, RuntimeEr
 #[tokio::test]
 async fn endless_loop_hits_the_cpu_limit() {
     let (message, kind) = contained(guests::ENDLESS_LOOP).await;
-    assert!(matches!(kind, RuntimeErrorKind::CpuTime { limit_ms: 10 }), "{message}");
-    assert_eq!(message, "plugin endless-loop@0.1.0: CPU time limit of 10 ms exceeded");
+    assert!(
+        matches!(kind, RuntimeErrorKind::CpuTime { limit_ms: 10 }),
+        "{message}"
+    );
+    assert_eq!(
+        message,
+        "plugin endless-loop@0.1.0: CPU time limit of 10 ms exceeded"
+    );
 }
 
 #[tokio::test]
 async fn memory_bomb_hits_the_memory_limit() {
     let (message, kind) = contained(guests::MEMORY_BOMB).await;
-    assert!(matches!(kind, RuntimeErrorKind::Memory { limit_bytes } if limit_bytes == 32 << 20), "{message}");
+    assert!(
+        matches!(kind, RuntimeErrorKind::Memory { limit_bytes } if limit_bytes == 32 << 20),
+        "{message}"
+    );
     assert!(message.contains("memory-bomb@0.1.0"), "{message}");
 }
 
@@ -72,8 +97,13 @@ async fn deep_recursion_overflows_the_stack() {
 #[tokio::test]
 async fn guest_panic_is_reported_with_its_message() {
     let (message, kind) = contained(guests::GUEST_PANIC).await;
-    let RuntimeErrorKind::Panicked { message: panic } = kind else { panic!("{message}") };
-    assert!(panic.starts_with("scorer gave up on contact c-17 ("), "{panic}");
+    let RuntimeErrorKind::Panicked { message: panic } = kind else {
+        panic!("{message}")
+    };
+    assert!(
+        panic.starts_with("scorer gave up on contact c-17 ("),
+        "{panic}"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +116,10 @@ async fn huge_output_is_refused() {
         ..nachfass::runtime::Limits::for_world(World::Scorer)
     });
     let (message, kind) = contained_by(guests::HUGE_OUTPUT, Arc::new(binding)).await;
-    assert!(matches!(kind, RuntimeErrorKind::OutputTooLarge { .. }), "{message}");
+    assert!(
+        matches!(kind, RuntimeErrorKind::OutputTooLarge { .. }),
+        "{message}"
+    );
     assert!(message.contains("score reasons"), "{message}");
 }
 
@@ -98,28 +131,66 @@ async fn files_environment_sockets_and_clocks_are_out_of_reach() {
     let runtime = runtime();
     let plugin = load(&runtime, guests::ESCAPE_ATTEMPTS).await;
     let mut probe = event();
-    probe.properties.insert("port".into(), nachfass::model::Value::Integer(i64::from(port)));
-    let binding = Arc::new(Binding::new("escape", World::Scorer).with_limits(nachfass::runtime::Limits {
-        cpu_time: std::time::Duration::from_secs(2),
-        wall_time: std::time::Duration::from_secs(5),
-        ..nachfass::runtime::Limits::for_world(World::Scorer)
-    }));
+    probe.properties.insert(
+        "port".into(),
+        nachfass::model::Value::Integer(i64::from(port)),
+    );
+    let binding = Arc::new(Binding::new("escape", World::Scorer).with_limits(
+        nachfass::runtime::Limits {
+            cpu_time: std::time::Duration::from_secs(2),
+            wall_time: std::time::Duration::from_secs(5),
+            ..nachfass::runtime::Limits::for_world(World::Scorer)
+        },
+    ));
     let now = 1_234_567;
-    let report = plugin.on_event(&binding, now, &contact(), &probe, &[]).await.unwrap().unwrap().reasons;
-    let line = |prefix: &str| report.iter().find(|r| r.starts_with(prefix)).cloned().unwrap_or_default();
+    let report = plugin
+        .on_event(&binding, now, &contact(), &probe, &[])
+        .await
+        .unwrap()
+        .unwrap()
+        .reasons;
+    let line = |prefix: &str| {
+        report
+            .iter()
+            .find(|r| r.starts_with(prefix))
+            .cloned()
+            .unwrap_or_default()
+    };
     assert!(line("fs:").starts_with("fs: refused"), "{report:?}");
-    assert!(line("fs-write:").starts_with("fs-write: refused"), "{report:?}");
+    assert!(
+        line("fs-write:").starts_with("fs-write: refused"),
+        "{report:?}"
+    );
     assert_eq!(line("env:"), "env: empty");
     assert!(line("tcp:").starts_with("tcp: refused"), "{report:?}");
     assert!(line("udp:").starts_with("udp: refused"), "{report:?}");
-    assert_eq!(line("clock:"), format!("clock: {now}"), "WASI clocks stand at the evaluation time");
-    assert!(listener.accept().is_err(), "nothing connected to the listener");
+    assert_eq!(
+        line("clock:"),
+        format!("clock: {now}"),
+        "WASI clocks stand at the evaluation time"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the listener"
+    );
 }
 
 #[tokio::test]
 async fn a_rule_that_imports_http_is_rejected_at_load() {
-    let err = runtime().load_file(&guests::SNEAKY_RULE.packed()).await.unwrap_err();
-    assert!(matches!(err, LoadError::ForbiddenImport { world: World::SegmentRule, .. }), "{err}");
+    let err = runtime()
+        .load_file(&guests::SNEAKY_RULE.packed())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::ForbiddenImport {
+                world: World::SegmentRule,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("wasi:http"), "{err}");
 }
 
@@ -127,9 +198,24 @@ async fn a_rule_that_imports_http_is_rejected_at_load() {
 async fn a_component_of_the_wrong_world_is_rejected_at_load() {
     let mut manifest = guests::ENGAGEMENT.manifest();
     manifest.world = World::SegmentRule;
-    let err = runtime().load(guests::ENGAGEMENT.bytes(), manifest).await.unwrap_err();
-    assert!(matches!(err, LoadError::WrongWorld { claimed: World::SegmentRule, .. }), "{err}");
-    assert!(err.to_string().contains("matches"), "names the missing export: {err}");
+    let err = runtime()
+        .load(guests::ENGAGEMENT.bytes(), manifest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::WrongWorld {
+                claimed: World::SegmentRule,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("matches"),
+        "names the missing export: {err}"
+    );
 }
 
 #[tokio::test]
@@ -138,11 +224,24 @@ async fn corrupt_bytes_are_rejected_with_a_reason() {
     let mut bytes = guests::HELLO.bytes();
     bytes.truncate(bytes.len() / 2);
     let err = runtime().load(bytes, manifest.clone()).await.unwrap_err();
-    assert!(matches!(err, LoadError::Invalid(_) | LoadError::Manifest(_)), "{err}");
+    assert!(
+        matches!(err, LoadError::Invalid(_) | LoadError::Manifest(_)),
+        "{err}"
+    );
 
-    let err = runtime().load(b"\0asm\x01\0\0\0".to_vec(), manifest.clone()).await.unwrap_err();
-    assert!(err.to_string().contains("core WebAssembly module, not a component"), "{err}");
-    let err = runtime().load(b"MZ not wasm at all".to_vec(), manifest).await.unwrap_err();
+    let err = runtime()
+        .load(b"\0asm\x01\0\0\0".to_vec(), manifest.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
+    let err = runtime()
+        .load(b"MZ not wasm at all".to_vec(), manifest)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("magic bytes"), "{err}");
 }
 
@@ -158,15 +257,27 @@ async fn a_component_over_the_size_limit_is_refused_before_compiling() {
     .unwrap();
     let size = guests::HELLO.bytes().len();
     let err = small.load_file(&guests::HELLO.packed()).await.unwrap_err();
-    assert!(matches!(err, LoadError::TooLarge { limit, .. } if limit == 64 << 10), "{err}");
+    assert!(
+        matches!(err, LoadError::TooLarge { limit, .. } if limit == 64 << 10),
+        "{err}"
+    );
 
     // Padding a real component past the default 10 MiB limit.
-    let padded = manifest::embed(&guests::HELLO.bytes(), &Manifest {
-        description: "x".repeat(11 << 20),
-        ..guests::HELLO.manifest()
-    })
+    let padded = manifest::embed(
+        &guests::HELLO.bytes(),
+        &Manifest {
+            description: "x".repeat(11 << 20),
+            ..guests::HELLO.manifest()
+        },
+    )
     .unwrap();
     assert!(padded.len() > size);
-    let err = runtime().load(padded, guests::HELLO.manifest()).await.unwrap_err();
-    assert!(matches!(err, LoadError::TooLarge { limit, .. } if limit == 10 << 20), "{err}");
+    let err = runtime()
+        .load(padded, guests::HELLO.manifest())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::TooLarge { limit, .. } if limit == 10 << 20),
+        "{err}"
+    );
 }

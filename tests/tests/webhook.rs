@@ -33,7 +33,10 @@ fn binding(url: &str, allow: &[String]) -> Arc<Binding> {
 }
 
 async fn webhook() -> Plugin {
-    runtime().load_file(&guests::WEBHOOK.packed()).await.unwrap()
+    runtime()
+        .load_file(&guests::WEBHOOK.packed())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -52,9 +55,15 @@ async fn delivers_signed_json_to_an_allowed_host() {
     let received = sink.received();
     assert_eq!(received.len(), 1);
     let request = &received[0];
-    assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/hooks/nachfass"));
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/hooks/nachfass")
+    );
     assert_eq!(request.header("Idempotency-Key"), Some("run-42:step-1"));
-    assert_eq!(request.header("X-Nachfass-Timestamp"), Some(now.to_string().as_str()));
+    assert_eq!(
+        request.header("X-Nachfass-Timestamp"),
+        Some(now.to_string().as_str())
+    );
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["subject"], "Ihr Whitepaper");
     assert_eq!(body["metadata"]["variant"], "B");
@@ -65,12 +74,19 @@ async fn delivers_signed_json_to_an_allowed_host() {
         path: "/v1/callbacks/crm-hook".into(),
         headers: vec![
             ("X-Nachfass-Timestamp".into(), now.to_string()),
-            ("X-Nachfass-Signature".into(), request.header("X-Nachfass-Signature").unwrap().to_owned()),
+            (
+                "X-Nachfass-Signature".into(),
+                request.header("X-Nachfass-Signature").unwrap().to_owned(),
+            ),
         ],
         body: request.body.clone(),
     };
     let verdict = plugin.parse_callback(&b, now, &callback).await.unwrap();
-    assert_eq!(verdict.unwrap_err().code, "bad-callback", "the signature holds; the body is no callback");
+    assert_eq!(
+        verdict.unwrap_err().code,
+        "bad-callback",
+        "the signature holds; the body is no callback"
+    );
 }
 
 #[tokio::test]
@@ -82,13 +98,27 @@ async fn callbacks_are_parsed_and_forgeries_refused() {
     let callback = |signature: &str| Callback {
         method: "POST".into(),
         path: "/v1/callbacks/crm-hook".into(),
-        headers: vec![("x-nachfass-timestamp".into(), "7".into()), ("x-nachfass-signature".into(), signature.into())],
+        headers: vec![
+            ("x-nachfass-timestamp".into(), "7".into()),
+            ("x-nachfass-signature".into(), signature.into()),
+        ],
         body: body.clone(),
     };
-    let events = plugin.parse_callback(&b, 0, &callback(&signature)).await.unwrap().unwrap();
+    let events = plugin
+        .parse_callback(&b, 0, &callback(&signature))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].status, events[0].detail.as_deref()), (DeliveryStatus::HardBounce, Some("550 5.1.1")));
-    let forged = plugin.parse_callback(&b, 0, &callback("sha256=00")).await.unwrap().unwrap_err();
+    assert_eq!(
+        (events[0].status, events[0].detail.as_deref()),
+        (DeliveryStatus::HardBounce, Some("550 5.1.1"))
+    );
+    let forged = plugin
+        .parse_callback(&b, 0, &callback("sha256=00"))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(forged.code, "bad-signature");
 }
 
@@ -97,9 +127,18 @@ async fn hosts_off_the_allow_list_are_denied_before_connecting() {
     let sink = HttpSink::start(200).await;
     let plugin = webhook().await;
     let url = format!("http://{}/hooks/nachfass", sink.addr);
-    for allow in [vec![], vec!["crm.example.com".to_owned()], vec![format!("127.0.0.1:{}", sink.addr.port() + 1)]] {
-        let answer = plugin.deliver(&binding(&url, &allow), 0, &message()).await.unwrap();
-        let Err(SendError::Permanent(why)) = answer else { panic!("{answer:?}") };
+    for allow in [
+        vec![],
+        vec!["crm.example.com".to_owned()],
+        vec![format!("127.0.0.1:{}", sink.addr.port() + 1)],
+    ] {
+        let answer = plugin
+            .deliver(&binding(&url, &allow), 0, &message())
+            .await
+            .unwrap();
+        let Err(SendError::Permanent(why)) = answer else {
+            panic!("{answer:?}")
+        };
         assert!(why.contains("denied"), "{why}");
     }
     assert!(sink.received().is_empty(), "no request reached the server");
@@ -111,7 +150,10 @@ async fn receiver_status_codes_become_retry_decisions() {
     for (status, expected) in [(429, "rate"), (503, "transient"), (404, "permanent")] {
         let sink = HttpSink::start(status).await;
         let url = format!("http://{}/in", sink.addr);
-        let answer = plugin.deliver(&binding(&url, &[sink.addr.to_string()]), 0, &message()).await.unwrap();
+        let answer = plugin
+            .deliver(&binding(&url, &[sink.addr.to_string()]), 0, &message())
+            .await
+            .unwrap();
         match (expected, answer) {
             ("rate", Err(SendError::RateLimited(9))) => {}
             ("transient", Err(SendError::Transient(_))) => {}

@@ -82,10 +82,18 @@ pub enum PluginCommand {
     },
 }
 
-pub async fn run(command: PluginCommand, cache_dir: Option<PathBuf>, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn run(
+    command: PluginCommand,
+    cache_dir: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     match command {
         PluginCommand::New { world, name, dir } => new(world.into(), &name, &dir, out),
-        PluginCommand::Build { dir, out: target, target_dir } => build(&dir, target, target_dir, out),
+        PluginCommand::Build {
+            dir,
+            out: target,
+            target_dir,
+        } => build(&dir, target, target_dir, out),
         PluginCommand::Check { file } => check(&runtime(cache_dir)?, &file, out).await,
         PluginCommand::Test {
             file,
@@ -97,7 +105,10 @@ pub async fn run(command: PluginCommand, cache_dir: Option<PathBuf>, out: &mut d
             allow_http,
             now,
         } => {
-            let plugin = runtime(cache_dir)?.load_file(&file).await.map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            let plugin = runtime(cache_dir)?
+                .load_file(&file)
+                .await
+                .map_err(|e| fail(format!("{}: {e}", file.display())))?;
             let mut binding = Binding::new("cli", plugin.manifest().world);
             for pair in config {
                 let (key, value) = pair
@@ -109,7 +120,10 @@ pub async fn run(command: PluginCommand, cache_dir: Option<PathBuf>, out: &mut d
             let inputs = TestInputs {
                 contact: contact.map(|p| read_json(&p)).transpose()?,
                 event: event.map(|p| read_json(&p)).transpose()?,
-                activity: activity.map(|p| read_json(&p)).transpose()?.unwrap_or_default(),
+                activity: activity
+                    .map(|p| read_json(&p))
+                    .transpose()?
+                    .unwrap_or_default(),
                 message: message.map(|p| read_json(&p)).transpose()?,
             };
             let now = now.unwrap_or_else(now_millis);
@@ -133,7 +147,8 @@ fn now_millis() -> i64 {
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
@@ -149,36 +164,61 @@ struct TestInputs {
     message: Option<model::Message>,
 }
 
-async fn test(plugin: &Plugin, binding: Arc<Binding>, now: i64, inputs: TestInputs, out: &mut dyn Write) -> Result<(), CliError> {
+async fn test(
+    plugin: &Plugin,
+    binding: Arc<Binding>,
+    now: i64,
+    inputs: TestInputs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let need_contact = || {
-        inputs
-            .contact
-            .clone()
-            .ok_or_else(|| fail(format!("{} is a {}: pass --contact c.json", plugin.id(), plugin.manifest().world)))
+        inputs.contact.clone().ok_or_else(|| {
+            fail(format!(
+                "{} is a {}: pass --contact c.json",
+                plugin.id(),
+                plugin.manifest().world
+            ))
+        })
     };
     let (function, answer) = match plugin.manifest().world {
         World::SegmentRule => {
             let contact = need_contact()?;
-            let answer = plugin.matches(&binding, now, &contact, &inputs.activity).await;
-            ("matches", answer.map(|r| r.map(|b| json!(b)).map_err(|e| json!(e))))
+            let answer = plugin
+                .matches(&binding, now, &contact, &inputs.activity)
+                .await;
+            (
+                "matches",
+                answer.map(|r| r.map(|b| json!(b)).map_err(|e| json!(e))),
+            )
         }
         World::Scorer => {
             let contact = need_contact()?;
             match &inputs.event {
                 Some(event) => {
-                    let answer = plugin.on_event(&binding, now, &contact, event, &inputs.activity).await;
-                    ("on-event", answer.map(|r| r.map(|c| json!(c)).map_err(|e| json!(e))))
+                    let answer = plugin
+                        .on_event(&binding, now, &contact, event, &inputs.activity)
+                        .await;
+                    (
+                        "on-event",
+                        answer.map(|r| r.map(|c| json!(c)).map_err(|e| json!(e))),
+                    )
                 }
                 None => {
                     let answer = plugin.on_profile(&binding, now, &contact).await;
-                    ("on-profile", answer.map(|r| r.map(|c| json!(c)).map_err(|e| json!(e))))
+                    (
+                        "on-profile",
+                        answer.map(|r| r.map(|c| json!(c)).map_err(|e| json!(e))),
+                    )
                 }
             }
         }
         World::Channel => match &inputs.message {
             Some(message) => {
                 let answer = plugin.deliver(&binding, now, message).await;
-                ("deliver", answer.map(|r| r.map(|d| json!(d)).map_err(|e| json!(e))))
+                (
+                    "deliver",
+                    answer.map(|r| r.map(|d| json!(d)).map_err(|e| json!(e))),
+                )
             }
             None => {
                 let answer = plugin.describe(&binding, now).await;
@@ -192,12 +232,22 @@ async fn test(plugin: &Plugin, binding: Arc<Binding>, now: i64, inputs: TestInpu
         Ok(value) => json!({ "ok": value }),
         Err(error) => json!({ "error": error }),
     };
-    print(out, &json!({ "plugin": plugin.id(), "function": function, "result": result }))?;
-    if declined { Err(CliError::PluginDeclined) } else { Ok(()) }
+    print(
+        out,
+        &json!({ "plugin": plugin.id(), "function": function, "result": result }),
+    )?;
+    if declined {
+        Err(CliError::PluginDeclined)
+    } else {
+        Ok(())
+    }
 }
 
 async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<(), CliError> {
-    let plugin = runtime.load_file(file).await.map_err(|e| fail(format!("{} is unusable: {e}", file.display())))?;
+    let plugin = runtime
+        .load_file(file)
+        .await
+        .map_err(|e| fail(format!("{} is unusable: {e}", file.display())))?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or_default();
     print(
         out,
@@ -213,11 +263,22 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
     )
 }
 
-fn build(dir: &Path, target: Option<PathBuf>, target_dir: Option<PathBuf>, out: &mut dyn Write) -> Result<(), CliError> {
+fn build(
+    dir: &Path,
+    target: Option<PathBuf>,
+    target_dir: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let manifest = pack::manifest_from_crate(dir).map_err(fail)?;
     let mut cargo = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
         .stderr(std::process::Stdio::inherit());
@@ -233,9 +294,14 @@ fn build(dir: &Path, target: Option<PathBuf>, target_dir: Option<PathBuf>, out: 
             dir.display()
         )));
     }
-    let component = component_artifact(&output.stdout, &manifest.name)
-        .ok_or_else(|| fail(format!("cargo built no .wasm for `{}`; is its crate-type cdylib?", manifest.name)))?;
-    let target = target.unwrap_or_else(|| dir.join(format!("{}-{}.wasm", manifest.name, manifest.version)));
+    let component = component_artifact(&output.stdout, &manifest.name).ok_or_else(|| {
+        fail(format!(
+            "cargo built no .wasm for `{}`; is its crate-type cdylib?",
+            manifest.name
+        ))
+    })?;
+    let target =
+        target.unwrap_or_else(|| dir.join(format!("{}-{}.wasm", manifest.name, manifest.version)));
     pack::pack(&component, &manifest, &target).map_err(fail)?;
     writeln!(out, "{} → {}", manifest.id(), target.display()).map_err(fail)
 }
@@ -254,10 +320,14 @@ fn component_artifact(messages: &[u8], name: &str) -> Option<PathBuf> {
 
 fn new(world: World, name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
     let valid = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.starts_with(|c: char| c.is_ascii_lowercase());
     if !valid {
-        return Err(fail(format!("`{name}` is not a valid plugin name: use lower-case letters, digits and `-`")));
+        return Err(fail(format!(
+            "`{name}` is not a valid plugin name: use lower-case letters, digits and `-`"
+        )));
     }
     let root = dir.join(name);
     if root.exists() {
@@ -294,7 +364,10 @@ config = []
         .split('-')
         .map(|part| {
             let mut chars = part.chars();
-            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
         })
         .collect();
     let body = match world {

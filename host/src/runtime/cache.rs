@@ -31,12 +31,18 @@ impl ArtifactCache {
     fn path(&self, engine: &Engine, hash: &str) -> PathBuf {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{hash}-{:016x}.cwasm", hasher.finish()))
+        self.dir
+            .join(format!("{hash}-{:016x}.cwasm", hasher.finish()))
     }
 
     /// Loads the artifact for `hash`, or compiles `bytes` and stores it.
     /// Returns the component and whether it came from the cache.
-    pub fn load_or_compile(&self, engine: &Engine, hash: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        hash: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, bool)> {
         let path = self.path(engine, hash);
         if path.exists() {
             match deserialize_own_artifact(engine, &path) {

@@ -232,8 +232,9 @@ fn top_level_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, ManifestError> {
         let start = pos;
         let id = bytes[pos];
         pos += 1;
-        let (len, used) = read_leb(&bytes[pos..])
-            .ok_or_else(|| ManifestError::NotAComponent(format!("bad section size at byte {pos}")))?;
+        let (len, used) = read_leb(&bytes[pos..]).ok_or_else(|| {
+            ManifestError::NotAComponent(format!("bad section size at byte {pos}"))
+        })?;
         pos += used;
         let end = pos
             .checked_add(len as usize)
@@ -318,7 +319,9 @@ mod tests {
     #[test]
     fn rejects_core_modules_and_garbage() {
         let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-        assert!(matches!(read_section(&core, SECTION_NAME), Err(ManifestError::NotAComponent(m)) if m.contains("core")));
+        assert!(
+            matches!(read_section(&core, SECTION_NAME), Err(ManifestError::NotAComponent(m)) if m.contains("core"))
+        );
         assert!(read_section(b"hello world", SECTION_NAME).is_err());
         let mut truncated = COMPONENT_HEADER.to_vec();
         truncated.extend_from_slice(&[0, 0x7f, 1, 2]);
@@ -333,6 +336,9 @@ mod tests {
         let mut old = manifest();
         old.api = "0.2.0".into();
         assert!(old.validate().unwrap_err().to_string().contains("rebuild"));
-        assert!(Manifest::from_json(br#"{"name":"x","version":"1","world":"scorer","oops":1}"#).is_err());
+        assert!(
+            Manifest::from_json(br#"{"name":"x","version":"1","world":"scorer","oops":1}"#)
+                .is_err()
+        );
     }
 }

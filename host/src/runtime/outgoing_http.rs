@@ -7,8 +7,15 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 type ResponseFuture = Box<
-    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>>
-        + Send,
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
 >;
 
 /// Destinations a binding may reach: `host`, `host:port` or `*.domain`.
@@ -26,7 +33,10 @@ struct Destination {
 impl AllowList {
     pub fn new(entries: &[String]) -> AllowList {
         AllowList {
-            entries: entries.iter().filter_map(|e| Destination::parse(e)).collect(),
+            entries: entries
+                .iter()
+                .filter_map(|e| Destination::parse(e))
+                .collect(),
         }
     }
 
@@ -88,7 +98,11 @@ mod tests {
 
     #[test]
     fn hosts_ports_and_wildcards() {
-        let list = AllowList::new(&["hooks.example.com".into(), "127.0.0.1:8080".into(), "*.crm.example".into()]);
+        let list = AllowList::new(&[
+            "hooks.example.com".into(),
+            "127.0.0.1:8080".into(),
+            "*.crm.example".into(),
+        ]);
         assert!(list.allows("hooks.example.com", 443, 443));
         assert!(list.allows("HOOKS.example.com.", 80, 80));
         assert!(!list.allows("hooks.example.com", 8443, 443));

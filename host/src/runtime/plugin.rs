@@ -13,13 +13,13 @@ use tracing::Instrument;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
+use super::Runtime;
 use super::bindings::{channel, scorer, segment_rule, types as wit};
 use super::convert;
 use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
 use super::limits::Limits;
 use super::manifest::{Manifest, World};
 use super::sandbox::{self, Binding, CallState};
-use super::Runtime;
 use crate::model;
 
 /// The outer tier is the runtime's verdict, the inner one the plugin's.
@@ -55,7 +55,10 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("id", &self.id).field("hash", &self.hash).finish()
+        f.debug_struct("Plugin")
+            .field("id", &self.id)
+            .field("hash", &self.hash)
+            .finish()
     }
 }
 
@@ -80,14 +83,26 @@ impl Plugin {
             detail: format!("{e:#}"),
         };
         let pre = match world {
-            World::SegmentRule => WorldPre::SegmentRule(segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?),
-            World::Scorer => WorldPre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(wrong_world)?),
-            World::Channel => WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?),
+            World::SegmentRule => WorldPre::SegmentRule(
+                segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?,
+            ),
+            World::Scorer => {
+                WorldPre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            World::Channel => {
+                WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?)
+            }
         };
         let engine = runtime.engine();
         let ty = component.component_type();
-        let imports = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
-        let exports = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+        let imports = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports = ty
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         Ok(Plugin {
             imports,
             exports,
@@ -141,9 +156,24 @@ impl Plugin {
     pub async fn probe(&self, binding: &Arc<Binding>, now: i64) -> Result<(), RuntimeError> {
         let limits = &binding.limits;
         match &self.pre {
-            WorldPre::SegmentRule(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
-            WorldPre::Scorer(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
-            WorldPre::Channel(pre) => self.run("instantiate", binding, limits, now, async |store| pre.instantiate_async(store).await.map(drop)).await,
+            WorldPre::SegmentRule(pre) => {
+                self.run("instantiate", binding, limits, now, async |store| {
+                    pre.instantiate_async(store).await.map(drop)
+                })
+                .await
+            }
+            WorldPre::Scorer(pre) => {
+                self.run("instantiate", binding, limits, now, async |store| {
+                    pre.instantiate_async(store).await.map(drop)
+                })
+                .await
+            }
+            WorldPre::Channel(pre) => {
+                self.run("instantiate", binding, limits, now, async |store| {
+                    pre.instantiate_async(store).await.map(drop)
+                })
+                .await
+            }
         }
     }
 
@@ -223,7 +253,9 @@ impl Plugin {
         let answer = self
             .run("on-event", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
-                world.call_on_event(&mut *store, &contact, &event, &activity).await
+                world
+                    .call_on_event(&mut *store, &contact, &event, &activity)
+                    .await
             })
             .await?;
         self.inner(answer, limits, |change| check_reasons(change, limits))
@@ -253,7 +285,11 @@ impl Plugin {
     }
 
     /// What kind of channel this connector is.
-    pub async fn describe(&self, binding: &Arc<Binding>, now: i64) -> Result<model::ChannelInfo, RuntimeError> {
+    pub async fn describe(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+    ) -> Result<model::ChannelInfo, RuntimeError> {
         let WorldPre::Channel(pre) = &self.pre else {
             return Err(self.not_a(World::Channel));
         };
@@ -297,7 +333,10 @@ impl Plugin {
         };
         if size > limits.max_output_bytes {
             return Err(self.error(RuntimeErrorKind::OutputTooLarge {
-                detail: format!("{size} bytes in the send result, limit {}", limits.max_output_bytes),
+                detail: format!(
+                    "{size} bytes in the send result, limit {}",
+                    limits.max_output_bytes
+                ),
             }));
         }
         self.count(answer.is_err());
@@ -411,14 +450,21 @@ impl Plugin {
 fn within(size: usize, limits: &Limits, what: &str) -> Result<(), RuntimeErrorKind> {
     if size > limits.max_output_bytes {
         return Err(RuntimeErrorKind::OutputTooLarge {
-            detail: format!("{size} bytes of {what}, limit {} bytes", limits.max_output_bytes),
+            detail: format!(
+                "{size} bytes of {what}, limit {} bytes",
+                limits.max_output_bytes
+            ),
         });
     }
     Ok(())
 }
 
 fn check_reasons(change: &wit::ScoreChange, limits: &Limits) -> Result<(), RuntimeErrorKind> {
-    within(change.reasons.iter().map(String::len).sum(), limits, "score reasons")
+    within(
+        change.reasons.iter().map(String::len).sum(),
+        limits,
+        "score reasons",
+    )
 }
 
 /// Names the limit or fault behind a failed call.

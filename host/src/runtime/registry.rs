@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use super::Runtime;
 use super::error::LoadError;
 use super::manifest::{Manifest, World};
 use super::plugin::Plugin;
-use super::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -29,8 +29,14 @@ pub enum RegistryError {
         version: String,
         installed: String,
     },
-    #[error("plugin `{name}` is a {live}; a new version cannot change it to a {new}. Publish it under a new name")]
-    WorldChanged { name: String, live: World, new: World },
+    #[error(
+        "plugin `{name}` is a {live}; a new version cannot change it to a {new}. Publish it under a new name"
+    )]
+    WorldChanged {
+        name: String,
+        live: World,
+        new: World,
+    },
     #[error("{id} is already installed with different content; give the new build a new version")]
     Conflict { id: String },
     #[error("plugin `{0}` has no previous version to roll back to")]
@@ -98,13 +104,22 @@ impl Registry {
     }
 
     /// Loads a plugin file and adds it.
-    pub async fn install_file(&self, path: &Path, activation: Activation) -> Result<Installed, RegistryError> {
+    pub async fn install_file(
+        &self,
+        path: &Path,
+        activation: Activation,
+    ) -> Result<Installed, RegistryError> {
         let plugin = self.runtime.load_file(path).await?;
         self.add(plugin, activation)
     }
 
     /// Loads a component with its manifest and adds it.
-    pub async fn install(&self, bytes: Vec<u8>, manifest: Manifest, activation: Activation) -> Result<Installed, RegistryError> {
+    pub async fn install(
+        &self,
+        bytes: Vec<u8>,
+        manifest: Manifest,
+        activation: Activation,
+    ) -> Result<Installed, RegistryError> {
         let plugin = self.runtime.load(bytes, manifest).await?;
         self.add(plugin, activation)
     }
@@ -123,11 +138,18 @@ impl Registry {
                 Arc::new(Slot {
                     world: plugin.manifest().world,
                     live: ArcSwap::new(plugin.clone()),
-                    state: Mutex::new(SlotState { versions, previous: None }),
+                    state: Mutex::new(SlotState {
+                        versions,
+                        previous: None,
+                    }),
                 }),
             );
             tracing::info!(plugin = %plugin.id(), hash = %plugin.hash(), "plugin installed and live");
-            return Ok(Installed { plugin, live: true, unchanged: false });
+            return Ok(Installed {
+                plugin,
+                live: true,
+                unchanged: false,
+            });
         };
         drop(slots);
         if slot.world != plugin.manifest().world {
@@ -140,11 +162,17 @@ impl Registry {
         let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = state.versions.get(&version) {
             if existing.hash() != plugin.hash() {
-                return Err(RegistryError::Conflict { id: plugin.id().to_owned() });
+                return Err(RegistryError::Conflict {
+                    id: plugin.id().to_owned(),
+                });
             }
             let existing = existing.clone();
             let live = Arc::ptr_eq(&slot.live.load(), &existing);
-            return Ok(Installed { plugin: existing, live, unchanged: true });
+            return Ok(Installed {
+                plugin: existing,
+                live,
+                unchanged: true,
+            });
         }
         state.versions.insert(version.clone(), plugin.clone());
         let live = match activation {
@@ -158,7 +186,11 @@ impl Registry {
         } else {
             tracing::info!(plugin = %plugin.id(), "plugin version installed, not live");
         }
-        Ok(Installed { plugin, live, unchanged: false })
+        Ok(Installed {
+            plugin,
+            live,
+            unchanged: false,
+        })
     }
 
     /// The live version of `name`. Hold the `Arc` for the whole call.
@@ -168,7 +200,9 @@ impl Registry {
 
     /// Makes an installed version live.
     pub fn activate(&self, name: &str, version: &str) -> Result<Arc<Plugin>, RegistryError> {
-        let slot = self.slot(name).ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
         let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         let wanted = semver::Version::parse(version)
             .ok()
@@ -176,7 +210,12 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownVersion {
                 name: name.to_owned(),
                 version: version.to_owned(),
-                installed: state.versions.keys().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                installed: state
+                    .versions
+                    .keys()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         let old = slot.live.swap(wanted.clone());
         if !Arc::ptr_eq(&old, &wanted) {
@@ -189,7 +228,9 @@ impl Registry {
     /// Makes the version that was live before the last activation live
     /// again; rolling back twice returns to where you started.
     pub fn rollback(&self, name: &str) -> Result<Arc<Plugin>, RegistryError> {
-        let slot = self.slot(name).ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
         let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         let previous = state
             .previous
@@ -211,7 +252,10 @@ impl Registry {
                     name: name.clone(),
                     world: slot.world,
                     live: live.manifest().version.clone(),
-                    previous: state.previous.as_ref().map(|p| p.manifest().version.clone()),
+                    previous: state
+                        .previous
+                        .as_ref()
+                        .map(|p| p.manifest().version.clone()),
                     versions: state.versions.keys().map(ToString::to_string).collect(),
                     description: live.manifest().description.clone(),
                 }
@@ -220,6 +264,10 @@ impl Registry {
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        self.slots.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::host;
@@ -104,12 +106,19 @@ impl CallState {
 
     /// The guest's stderr, e.g. a Rust panic message.
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned()
     }
 }
 
 /// A fresh store for one call, with limits applied.
-pub fn store(engine: &wasmtime::Engine, state: CallState, limits: &Limits, tick: Duration) -> Store<CallState> {
+pub fn store(
+    engine: &wasmtime::Engine,
+    state: CallState,
+    limits: &Limits,
+    tick: Duration,
+) -> Store<CallState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_trap();
@@ -138,7 +147,10 @@ impl host::Host for CallState {
         }
         let mut message = message;
         if message.len() > MAX_LOG_LINE {
-            let cut = (0..=MAX_LOG_LINE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=MAX_LOG_LINE)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
             message.truncate(cut);
             message.push('…');
         }
@@ -197,7 +209,12 @@ impl CallLimiter {
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
@@ -205,7 +222,12 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 

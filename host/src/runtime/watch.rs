@@ -50,7 +50,9 @@ impl PluginDir {
         };
         files.sort();
         for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             let print = Fingerprint {
                 len: meta.len(),
                 modified: meta.modified().ok(),
@@ -66,7 +68,11 @@ impl PluginDir {
             self.seen.insert(path.clone(), print);
             let outcome = match registry.install_file(&path, Activation::IfNewer).await {
                 Ok(installed) => {
-                    let state = if installed.live { "live" } else { "installed, an equal or newer version is live" };
+                    let state = if installed.live {
+                        "live"
+                    } else {
+                        "installed, an equal or newer version is live"
+                    };
                     tracing::info!(file = %path.display(), plugin = %installed.plugin.id(), state, "plugin file loaded");
                     Ok(format!("{} {state}", installed.plugin.id()))
                 }
@@ -81,7 +87,11 @@ impl PluginDir {
     }
 
     /// Scans now, then every `interval` until the registry is dropped.
-    pub fn spawn(mut self, registry: Arc<Registry>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        mut self,
+        registry: Arc<Registry>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&registry);
         drop(registry);
         tokio::spawn(async move {
@@ -96,7 +106,8 @@ impl PluginDir {
 
 async fn settled(path: &Path, print: Fingerprint) -> bool {
     tokio::time::sleep(Duration::from_millis(50)).await;
-    std::fs::metadata(path).is_ok_and(|m| m.len() == print.len && m.modified().ok() == print.modified)
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.len() == print.len && m.modified().ok() == print.modified)
 }
 
 fn list_wasm(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -39,7 +39,10 @@ fn verify(secret: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
     };
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect();
     bytes.is_some_and(|bytes| mac(secret, timestamp, body).verify_slice(&bytes).is_ok())
 }
@@ -57,7 +60,12 @@ fn to_json(value: &Value) -> Json {
 }
 
 fn fields(fields: &[Field]) -> Json {
-    Json::Object(fields.iter().map(|f| (f.key.clone(), to_json(&f.value))).collect::<Map<_, _>>())
+    Json::Object(
+        fields
+            .iter()
+            .map(|f| (f.key.clone(), to_json(&f.value)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn setting(ctx: &Ctx, key: &str) -> Result<String, SendError> {
@@ -91,7 +99,10 @@ impl Channel for Webhook {
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", &message.idempotency_key)
             .header(TIMESTAMP_HEADER, &timestamp)
-            .header(SIGNATURE_HEADER, &sign(&secret, &timestamp, body.as_bytes()))
+            .header(
+                SIGNATURE_HEADER,
+                &sign(&secret, &timestamp, body.as_bytes()),
+            )
             .body(body);
         let response = ctx.http(&request).map_err(|e| match e {
             HttpError::Failed(why) => SendError::Transient(why),
@@ -107,7 +118,10 @@ impl Channel for Webhook {
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(60),
             )),
-            408 | 500..=599 => Err(SendError::Transient(format!("receiver answered {}", response.status))),
+            408 | 500..=599 => Err(SendError::Transient(format!(
+                "receiver answered {}",
+                response.status
+            ))),
             status => Err(SendError::Permanent(format!("receiver answered {status}"))),
         }
     }
@@ -117,7 +131,10 @@ impl Channel for Webhook {
         let timestamp = request.header(TIMESTAMP_HEADER).unwrap_or_default();
         let signature = request.header(SIGNATURE_HEADER).unwrap_or_default();
         if !verify(&secret, timestamp, &request.body, signature) {
-            return Err(PluginError::new("bad-signature", "X-Nachfass-Signature does not match the body"));
+            return Err(PluginError::new(
+                "bad-signature",
+                "X-Nachfass-Signature does not match the body",
+            ));
         }
         let body: Json = serde_json::from_slice(&request.body)
             .map_err(|e| PluginError::new("bad-callback", format!("body is not JSON: {e}")))?;
@@ -136,13 +153,18 @@ impl Channel for Webhook {
                     "clicked" => DeliveryStatus::Clicked,
                     "unsubscribed" => DeliveryStatus::Unsubscribed,
                     other => {
-                        return Err(PluginError::new("bad-callback", format!("unknown status `{other}`")));
+                        return Err(PluginError::new(
+                            "bad-callback",
+                            format!("unknown status `{other}`"),
+                        ));
                     }
                 };
                 Ok(DeliveryEvent {
                     message_ref: event["message_ref"]
                         .as_str()
-                        .ok_or_else(|| PluginError::new("bad-callback", "event without message_ref"))?
+                        .ok_or_else(|| {
+                            PluginError::new("bad-callback", "event without message_ref")
+                        })?
                         .to_owned(),
                     status,
                     at: event["at"].as_i64().unwrap_or_else(|| ctx.now()),
@@ -169,7 +191,10 @@ mod tests {
             text: "Hallo Ada".into(),
             html: None,
             headers: vec![],
-            metadata: vec![Field { key: "journey".into(), value: Value::Text("welcome".into()) }],
+            metadata: vec![Field {
+                key: "journey".into(),
+                value: Value::Text("welcome".into()),
+            }],
         }
     }
 
@@ -181,7 +206,9 @@ mod tests {
             .http(move |_| {
                 let mut response = Response::new(status);
                 response.headers.push(("retry-after".into(), "7".into()));
-                response.headers.push(("x-request-id".into(), "rq-1".into()));
+                response
+                    .headers
+                    .push(("x-request-id".into(), "rq-1".into()));
                 Ok(response)
             })
     }
@@ -194,7 +221,12 @@ mod tests {
         let sent = &host.requests()[0];
         assert_eq!(sent.method, "POST");
         assert_eq!(sent.url, "https://crm.example/hook");
-        let header = |name: &str| sent.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let header = |name: &str| {
+            sent.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(header("Idempotency-Key").as_deref(), Some("run-7:step-2"));
         let signature = header(SIGNATURE_HEADER).unwrap();
         assert!(verify("s3cret", "1700000000000", &sent.body, &signature));
@@ -206,19 +238,36 @@ mod tests {
 
     #[test]
     fn status_codes_map_to_retry_decisions() {
-        assert_eq!(Webhook::deliver(&host(429).ctx(), &message()), Err(SendError::RateLimited(7)));
-        assert!(matches!(Webhook::deliver(&host(503).ctx(), &message()), Err(SendError::Transient(_))));
-        assert!(matches!(Webhook::deliver(&host(410).ctx(), &message()), Err(SendError::Permanent(_))));
+        assert_eq!(
+            Webhook::deliver(&host(429).ctx(), &message()),
+            Err(SendError::RateLimited(7))
+        );
+        assert!(matches!(
+            Webhook::deliver(&host(503).ctx(), &message()),
+            Err(SendError::Transient(_))
+        ));
+        assert!(matches!(
+            Webhook::deliver(&host(410).ctx(), &message()),
+            Err(SendError::Permanent(_))
+        ));
         let unconfigured = TestHost::new();
-        assert!(matches!(Webhook::deliver(&unconfigured.ctx(), &message()), Err(SendError::Permanent(m)) if m.contains("url")));
+        assert!(
+            matches!(Webhook::deliver(&unconfigured.ctx(), &message()), Err(SendError::Permanent(m)) if m.contains("url"))
+        );
     }
 
     #[test]
     fn denied_destinations_are_permanent_and_failures_transient() {
         let denied = host(200).http(|_| Err(HttpError::Denied("not allowed".into())));
-        assert!(matches!(Webhook::deliver(&denied.ctx(), &message()), Err(SendError::Permanent(_))));
+        assert!(matches!(
+            Webhook::deliver(&denied.ctx(), &message()),
+            Err(SendError::Permanent(_))
+        ));
         let down = host(200).http(|_| Err(HttpError::Failed("connection refused".into())));
-        assert!(matches!(Webhook::deliver(&down.ctx(), &message()), Err(SendError::Transient(_))));
+        assert!(matches!(
+            Webhook::deliver(&down.ctx(), &message()),
+            Err(SendError::Transient(_))
+        ));
     }
 
     #[test]
@@ -228,14 +277,19 @@ mod tests {
         let callback = |signature: String| Callback {
             method: "POST".into(),
             path: "/v1/callbacks/hook".into(),
-            headers: vec![(TIMESTAMP_HEADER.into(), "9".into()), (SIGNATURE_HEADER.into(), signature)],
+            headers: vec![
+                (TIMESTAMP_HEADER.into(), "9".into()),
+                (SIGNATURE_HEADER.into(), signature),
+            ],
             body: body.to_vec(),
         };
-        let events = Webhook::parse_callback(&host.ctx(), &callback(sign("s3cret", "9", body))).unwrap();
+        let events =
+            Webhook::parse_callback(&host.ctx(), &callback(sign("s3cret", "9", body))).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].status, DeliveryStatus::HardBounce);
         assert_eq!(events[0].detail.as_deref(), Some("550 no such user"));
-        let forged = Webhook::parse_callback(&host.ctx(), &callback(sign("guess", "9", body))).unwrap_err();
+        let forged =
+            Webhook::parse_callback(&host.ctx(), &callback(sign("guess", "9", body))).unwrap_err();
         assert_eq!(forged.code, "bad-signature");
     }
 }

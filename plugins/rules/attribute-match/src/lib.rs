@@ -29,7 +29,11 @@ struct Condition {
 impl Condition {
     fn from_config(ctx: &Ctx) -> Result<Condition, PluginError> {
         let attribute: String = ctx.config_required("attribute")?;
-        let op = match ctx.config_required::<String>("op")?.to_ascii_lowercase().as_str() {
+        let op = match ctx
+            .config_required::<String>("op")?
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "eq" => Op::Eq,
             "ne" => Op::Ne,
             "contains" => Op::Contains,
@@ -49,7 +53,10 @@ impl Condition {
             return Err(PluginError::bad_config("value", "is required for this op"));
         }
         if matches!(op, Op::Gt | Op::Lt) && value.trim().parse::<f64>().is_err() {
-            return Err(PluginError::bad_config("value", &format!("`{value}` is not a number")));
+            return Err(PluginError::bad_config(
+                "value",
+                &format!("`{value}` is not a number"),
+            ));
         }
         let list = value
             .split(',')
@@ -97,7 +104,11 @@ impl Condition {
                 let (Some(have), Ok(want)) = (value.as_f64(), self.value.parse::<f64>()) else {
                     return false;
                 };
-                if self.op == Op::Gt { have > want } else { have < want }
+                if self.op == Op::Gt {
+                    have > want
+                } else {
+                    have < want
+                }
             }
         }
     }
@@ -126,7 +137,10 @@ impl SegmentRule for AttributeMatch {
 
     fn matches_batch(ctx: &Ctx, items: &[RuleInput]) -> Result<Vec<bool>, PluginError> {
         let condition = Condition::from_config(ctx)?;
-        Ok(items.iter().map(|item| condition.check(&item.contact)).collect())
+        Ok(items
+            .iter()
+            .map(|item| condition.check(&item.contact))
+            .collect())
     }
 }
 
@@ -194,23 +208,40 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_a_plugin_error() {
-        let host = TestHost::new().config("attribute", "x").config("op", "like").config("value", "1");
+        let host = TestHost::new()
+            .config("attribute", "x")
+            .config("op", "like")
+            .config("value", "1");
         let err = AttributeMatch::matches(&host.ctx(), &acme(), &[]).unwrap_err();
         assert_eq!(err.code, "bad-config");
         assert!(err.message.contains("`like` is unknown"), "{}", err.message);
-        let host = TestHost::new().config("attribute", "x").config("op", "gt").config("value", "lots");
+        let host = TestHost::new()
+            .config("attribute", "x")
+            .config("op", "gt")
+            .config("value", "lots");
         assert!(AttributeMatch::matches(&host.ctx(), &acme(), &[]).is_err());
         let host = TestHost::new().config("op", "eq").config("value", "x");
-        assert!(AttributeMatch::matches(&host.ctx(), &acme(), &[]).unwrap_err().message.contains("attribute"));
+        assert!(
+            AttributeMatch::matches(&host.ctx(), &acme(), &[])
+                .unwrap_err()
+                .message
+                .contains("attribute")
+        );
     }
 
     #[test]
     fn batch_answers_in_order() {
-        let host = TestHost::new().config("attribute", "employees").config("op", "gt").config("value", "100");
+        let host = TestHost::new()
+            .config("attribute", "employees")
+            .config("op", "gt")
+            .config("value", "100");
         let items = vec![
             RuleInput::new(acme(), vec![]),
             RuleInput::new(Contact::new("small").with_attr("employees", 5), vec![]),
         ];
-        assert_eq!(AttributeMatch::matches_batch(&host.ctx(), &items).unwrap(), vec![true, false]);
+        assert_eq!(
+            AttributeMatch::matches_batch(&host.ctx(), &items).unwrap(),
+            vec![true, false]
+        );
     }
 }

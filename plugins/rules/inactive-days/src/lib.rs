@@ -44,7 +44,10 @@ impl Settings {
     fn from_config(ctx: &Ctx) -> Result<Settings, PluginError> {
         let days: i64 = ctx.config_or("days", 30)?;
         if days <= 0 {
-            return Err(PluginError::bad_config("days", "must be a positive number of days"));
+            return Err(PluginError::bad_config(
+                "days",
+                "must be a positive number of days",
+            ));
         }
         let kinds = ctx.config("kinds").map(|list| {
             list.split(',')
@@ -74,7 +77,11 @@ impl Settings {
 }
 
 impl SegmentRule for InactiveDays {
-    fn matches(ctx: &Ctx, contact: &Contact, activity: &[ActivityCount]) -> Result<bool, PluginError> {
+    fn matches(
+        ctx: &Ctx,
+        contact: &Contact,
+        activity: &[ActivityCount],
+    ) -> Result<bool, PluginError> {
         Ok(Settings::from_config(ctx)?.inactive(ctx.now(), contact, activity))
     }
 
@@ -105,7 +112,13 @@ mod tests {
     #[test]
     fn counts_days_since_the_last_thing_the_contact_did() {
         let host = TestHost::new().config("days", "60").now(NOW);
-        let visited = |days_ago| [ActivityCount::new("page.visited", 3, Some(NOW - days_ago * DAY))];
+        let visited = |days_ago| {
+            [ActivityCount::new(
+                "page.visited",
+                3,
+                Some(NOW - days_ago * DAY),
+            )]
+        };
         assert!(inactive(&host, &visited(61)));
         assert!(inactive(&host, &visited(60)));
         assert!(!inactive(&host, &visited(59)));
@@ -124,7 +137,9 @@ mod tests {
 
     #[test]
     fn configured_kinds_narrow_what_counts() {
-        let host = TestHost::new().config("kinds", "purchase, email.*").now(NOW);
+        let host = TestHost::new()
+            .config("kinds", "purchase, email.*")
+            .now(NOW);
         let activity = [
             ActivityCount::new("page.visited", 5, Some(NOW - DAY)),
             ActivityCount::new("email.clicked", 1, Some(NOW - 45 * DAY)),

@@ -9,9 +9,11 @@ use nachfass_sdk::*;
 
 pub struct B2bFit;
 
-const DEFAULT_INDUSTRY: &str = "software:20,it:20,saas:20,finance:15,manufacturing:10,consulting:10,retail:5";
+const DEFAULT_INDUSTRY: &str =
+    "software:20,it:20,saas:20,finance:15,manufacturing:10,consulting:10,retail:5";
 const DEFAULT_SIZE: &str = "1-9:0,10-49:5,50-249:10,250-999:15,1000+:20";
-const DEFAULT_POSITION: &str = "ceo:20,cto:20,founder:20,owner:20,vp:15,head:15,director:15,lead:10,manager:5";
+const DEFAULT_POSITION: &str =
+    "ceo:20,cto:20,founder:20,owner:20,vp:15,head:15,director:15,lead:10,manager:5";
 const DEFAULT_BUDGET: &str = "0-999:0,1000-9999:10,10000-49999:15,50000+:20";
 
 /// `key:points` pairs from a comma-separated list.
@@ -21,13 +23,12 @@ fn pairs(ctx: &Ctx, key: &str, default: &str) -> Result<Vec<(String, i64)>, Plug
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .map(|entry| {
-            let (name, points) = entry
-                .rsplit_once(':')
-                .ok_or_else(|| PluginError::bad_config(key, &format!("entry `{entry}` is not `name:points`")))?;
-            let points = points
-                .trim()
-                .parse()
-                .map_err(|_| PluginError::bad_config(key, &format!("points in `{entry}` are not a whole number")))?;
+            let (name, points) = entry.rsplit_once(':').ok_or_else(|| {
+                PluginError::bad_config(key, &format!("entry `{entry}` is not `name:points`"))
+            })?;
+            let points = points.trim().parse().map_err(|_| {
+                PluginError::bad_config(key, &format!("points in `{entry}` are not a whole number"))
+            })?;
             Ok((name.trim().to_lowercase(), points))
         })
         .collect()
@@ -35,7 +36,8 @@ fn pairs(ctx: &Ctx, key: &str, default: &str) -> Result<Vec<(String, i64)>, Plug
 
 /// `10-49` or `1000+` contains `value`?
 fn in_range(key: &str, range: &str, value: f64) -> Result<bool, PluginError> {
-    let bad = || PluginError::bad_config(key, &format!("range `{range}` is not `low-high` or `low+`"));
+    let bad =
+        || PluginError::bad_config(key, &format!("range `{range}` is not `low-high` or `low+`"));
     if let Some(low) = range.strip_suffix('+') {
         return Ok(value >= low.trim().parse::<f64>().map_err(|_| bad())?);
     }
@@ -47,7 +49,12 @@ fn in_range(key: &str, range: &str, value: f64) -> Result<bool, PluginError> {
 
 fn score(ctx: &Ctx, contact: &Contact) -> Result<ScoreChange, PluginError> {
     let mut change = ScoreChange::none();
-    let text = |key: &str| contact.attr(key).and_then(Value::as_str).map(|s| s.trim().to_lowercase());
+    let text = |key: &str| {
+        contact
+            .attr(key)
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_lowercase())
+    };
 
     let industries = pairs(ctx, "industry_points", DEFAULT_INDUSTRY)?;
     if let Some(industry) = text("industry") {
@@ -109,7 +116,12 @@ mod tests {
         assert_eq!(change.delta, 20 + 15 + 15 + 15);
         assert_eq!(
             change.reasons,
-            ["industry software +20", "employees 250-999 +15", "budget 10000-49999 +15", "position head +15"]
+            [
+                "industry software +20",
+                "employees 250-999 +15",
+                "budget 10000-49999 +15",
+                "position head +15"
+            ]
         );
     }
 
@@ -140,13 +152,17 @@ mod tests {
         let err = B2bFit::on_profile(&host.ctx(), &contact).unwrap_err();
         assert!(err.message.contains("size_points"), "{}", err.message);
         let host = TestHost::new().config("industry_points", "software=5");
-        assert_eq!(B2bFit::on_profile(&host.ctx(), &contact).unwrap_err().code, "bad-config");
+        assert_eq!(
+            B2bFit::on_profile(&host.ctx(), &contact).unwrap_err().code,
+            "bad-config"
+        );
     }
 
     #[test]
     fn profile_changes_do_not_score_events() {
         let event = Event::new("page.visited", 0);
-        let change = B2bFit::on_event(&TestHost::new().ctx(), &Contact::new("c"), &event, &[]).unwrap();
+        let change =
+            B2bFit::on_event(&TestHost::new().ctx(), &Contact::new("c"), &event, &[]).unwrap();
         assert_eq!(change.delta, 0);
     }
 }

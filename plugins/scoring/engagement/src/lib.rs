@@ -24,12 +24,15 @@ const DEFAULT_POINTS: &[(&str, i64)] = &[
 fn points_for(ctx: &Ctx, kind: &str) -> Result<i64, PluginError> {
     if let Some(table) = ctx.config("points") {
         for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, points) = entry
-                .rsplit_once(':')
-                .ok_or_else(|| PluginError::bad_config("points", &format!("entry `{entry}` is not `kind:points`")))?;
+            let (name, points) = entry.rsplit_once(':').ok_or_else(|| {
+                PluginError::bad_config("points", &format!("entry `{entry}` is not `kind:points`"))
+            })?;
             if name.trim() == kind {
                 return points.trim().parse().map_err(|_| {
-                    PluginError::bad_config("points", &format!("points in `{entry}` are not a whole number"))
+                    PluginError::bad_config(
+                        "points",
+                        &format!("points in `{entry}` are not a whole number"),
+                    )
                 });
             }
         }
@@ -41,7 +44,9 @@ fn points_for(ctx: &Ctx, kind: &str) -> Result<i64, PluginError> {
 }
 
 fn is_pricing_visit(ctx: &Ctx, event: &Event) -> bool {
-    let marker = ctx.config("pricing_path").unwrap_or_else(|| "/pricing".to_owned());
+    let marker = ctx
+        .config("pricing_path")
+        .unwrap_or_else(|| "/pricing".to_owned());
     event.kind == "page.visited"
         && ["url", "path"]
             .iter()
@@ -59,7 +64,10 @@ impl Scorer for Engagement {
         let max_per_day: u32 = ctx.config_or("max_per_day", 5)?;
         let mut change = ScoreChange::none();
         let (points, reason) = if is_pricing_visit(ctx, event) {
-            (ctx.config_or("pricing_points", 10)?, "pricing page visit (micro conversion)")
+            (
+                ctx.config_or("pricing_points", 10)?,
+                "pricing page visit (micro conversion)",
+            )
         } else {
             (points_for(ctx, &event.kind)?, event.kind.as_str())
         };
@@ -93,17 +101,27 @@ mod tests {
         let host = TestHost::new();
         assert_eq!(score(&host, Event::new("email.clicked", 0), 0).delta, 3);
         assert_eq!(score(&host, Event::new("webinar.attended", 0), 0).delta, 10);
-        assert_eq!(score(&host, Event::new("email.unsubscribed", 0), 0).delta, -10);
-        assert_eq!(score(&host, Event::new("something.else", 0), 0), ScoreChange::none());
+        assert_eq!(
+            score(&host, Event::new("email.unsubscribed", 0), 0).delta,
+            -10
+        );
+        assert_eq!(
+            score(&host, Event::new("something.else", 0), 0),
+            ScoreChange::none()
+        );
     }
 
     #[test]
     fn pricing_page_is_a_micro_conversion() {
         let host = TestHost::new();
-        let visit = Event::new("page.visited", 0).with_prop("url", "https://acme.example/Pricing?plan=pro");
+        let visit =
+            Event::new("page.visited", 0).with_prop("url", "https://acme.example/Pricing?plan=pro");
         let change = score(&host, visit, 0);
         assert_eq!(change.delta, 10);
-        assert_eq!(change.reasons, ["pricing page visit (micro conversion) +10"]);
+        assert_eq!(
+            change.reasons,
+            ["pricing page visit (micro conversion) +10"]
+        );
         let blog = Event::new("page.visited", 0).with_prop("path", "/blog/follow-up");
         assert_eq!(score(&host, blog, 0).delta, 1);
     }
@@ -118,7 +136,9 @@ mod tests {
 
     #[test]
     fn configured_points_override_defaults() {
-        let host = TestHost::new().config("points", "email.opened:0, demo.booked:30").config("pricing_points", "25");
+        let host = TestHost::new()
+            .config("points", "email.opened:0, demo.booked:30")
+            .config("pricing_points", "25");
         assert_eq!(score(&host, Event::new("email.opened", 0), 0).delta, 0);
         assert_eq!(score(&host, Event::new("demo.booked", 0), 0).delta, 30);
         assert_eq!(score(&host, Event::new("email.clicked", 0), 0).delta, 3);
@@ -129,9 +149,18 @@ mod tests {
     #[test]
     fn malformed_config_is_reported() {
         let host = TestHost::new().config("points", "email.opened=3");
-        let err = Engagement::on_event(&host.ctx(), &Contact::new("c"), &Event::new("email.opened", 0), &[]).unwrap_err();
+        let err = Engagement::on_event(
+            &host.ctx(),
+            &Contact::new("c"),
+            &Event::new("email.opened", 0),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.code, "bad-config");
         let host = TestHost::new().config("max_per_day", "many");
-        assert!(Engagement::on_event(&host.ctx(), &Contact::new("c"), &Event::new("x", 0), &[]).is_err());
+        assert!(
+            Engagement::on_event(&host.ctx(), &Contact::new("c"), &Event::new("x", 0), &[])
+                .is_err()
+        );
     }
 }
