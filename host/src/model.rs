@@ -220,6 +220,7 @@ pub struct DeliveryEvent {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -245,6 +245,7 @@ fn wasi_send(request: &Request) -> Result<Response, HttpError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

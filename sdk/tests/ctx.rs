@@ -1,5 +1,7 @@
 //! The SDK's context and helpers, natively.
 
+#![allow(clippy::unwrap_used)]
+
 use nachfass_sdk::http::{HttpError, Request, Response};
 use nachfass_sdk::testing::TestHost;
 use nachfass_sdk::*;

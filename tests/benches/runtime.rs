@@ -8,6 +8,8 @@
 //! `cargo bench -p nachfass-tests --bench runtime` (set NACHFASS_BENCH_CONTACTS
 //! for another population size).
 
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! The `nachfass plugin` commands, run in-process on real files.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use clap::Parser;

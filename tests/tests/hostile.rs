@@ -1,6 +1,8 @@
 //! Hostile plugins: each is contained with an error that names the plugin
 //! and the limit, and the next call to a good plugin succeeds.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use nachfass::model::{Contact, Event, ScoreChange};

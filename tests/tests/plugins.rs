@@ -1,5 +1,7 @@
 //! The example plugins, built as components and run in the real sandbox.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Hot swap, rollback, the watched plugins directory and the artifact cache.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

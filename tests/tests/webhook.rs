@@ -1,6 +1,8 @@
 //! The webhook connector against a real HTTP server on 127.0.0.1, with the
 //! binding's allow-list enforced by the host.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

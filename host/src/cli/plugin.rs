@@ -385,6 +385,7 @@ impl SegmentRule for {type_name} {{
 export_segment_rule!({type_name});
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {{
     use super::*;
     use nachfass_sdk::testing::TestHost;
@@ -417,6 +418,7 @@ impl Scorer for {type_name} {{
 export_scorer!({type_name});
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {{
     use super::*;
     use nachfass_sdk::testing::TestHost;

@@ -288,6 +288,7 @@ fn write_leb(out: &mut Vec<u8>, mut value: u64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -93,6 +93,7 @@ impl WasiHttpHooks for AllowList {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -520,6 +520,7 @@ fn panic_message(stderr: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::panic_message;
 

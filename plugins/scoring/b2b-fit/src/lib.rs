@@ -57,10 +57,10 @@ fn score(ctx: &Ctx, contact: &Contact) -> Result<ScoreChange, PluginError> {
     };
 
     let industries = pairs(ctx, "industry_points", DEFAULT_INDUSTRY)?;
-    if let Some(industry) = text("industry") {
-        if let Some((name, points)) = industries.iter().find(|(name, _)| *name == industry) {
-            change.add(*points, format!("industry {name} {points:+}"));
-        }
+    if let Some(industry) = text("industry")
+        && let Some((name, points)) = industries.iter().find(|(name, _)| *name == industry)
+    {
+        change.add(*points, format!("industry {name} {points:+}"));
     }
 
     for (key, attribute, default) in [
