@@ -191,3 +191,26 @@ async fn a_probe_instantiates_without_calling() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_manifest_may_ship_beside_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hello.wasm");
+    std::fs::copy(guests::HELLO.wasm, &wasm).unwrap();
+    let sidecar = nachfass::runtime::manifest::sidecar_path(&wasm);
+    std::fs::write(
+        &sidecar,
+        serde_json::to_vec(&guests::HELLO.manifest()).unwrap(),
+    )
+    .unwrap();
+    let plugin = runtime().load_file(&wasm).await.unwrap();
+    assert_eq!(plugin.id(), "hello@0.1.0");
+
+    std::fs::write(
+        &sidecar,
+        br#"{"name":"hello","version":"1","world":"segment-rule"}"#,
+    )
+    .unwrap();
+    let err = runtime().load_file(&wasm).await.unwrap_err();
+    assert!(err.to_string().contains("not a semantic version"), "{err}");
+}
