@@ -93,11 +93,21 @@ async fn hot_swap_under_load_loses_no_call() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     registry.add(v2, Activation::Now).unwrap();
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        registry.rollback("version-tag").unwrap();
-    }
-    registry.activate("version-tag", "2.0.0").unwrap();
+    // The swaps come from a plain OS thread while the calls run on the
+    // async workers.
+    let swapper = {
+        let registry = registry.clone();
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(2));
+                registry.rollback("version-tag").unwrap();
+            }
+            registry.activate("version-tag", "2.0.0").unwrap();
+        })
+    };
+    tokio::task::spawn_blocking(move || swapper.join().unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     swapping.store(false, Ordering::Relaxed);
     let answers = caller.await.unwrap();
