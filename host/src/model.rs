@@ -82,6 +82,9 @@ pub struct Contact {
     pub id: String,
     #[serde(default)]
     pub email: Option<String>,
+    /// The contact's id in another system (CRM, shop), unique like the email.
+    #[serde(default)]
+    pub external_id: Option<String>,
     #[serde(default)]
     pub phone: Option<String>,
     #[serde(default)]

@@ -183,3 +183,64 @@ impl Drop for HttpSink {
         self.task.abort();
     }
 }
+
+/// A fresh store on each dialect: an SQLite file in a temp dir and a new
+/// database on the PostgreSQL server at `NACHFASS_TEST_POSTGRES_URL`
+/// (`tests/run` starts one). Every store test runs against both.
+pub async fn stores() -> Vec<(&'static str, nachfass::store::Store, TempStore)> {
+    use sqlx::Executor;
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite_url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
+    let sqlite = nachfass::store::Store::connect(&sqlite_url)
+        .await
+        .expect("sqlite store");
+
+    let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
+        "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
+    );
+    sqlx::any::install_default_drivers();
+    let name = format!(
+        "nt_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("postgres reachable");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create test database");
+    let (server, _) = base.rsplit_once('/').expect("URL has a database");
+    let postgres = nachfass::store::Store::connect(&format!("{server}/{name}"))
+        .await
+        .expect("postgres store");
+    vec![
+        ("sqlite", sqlite, TempStore::Sqlite(dir)),
+        ("postgres", postgres, TempStore::Postgres { base, name }),
+    ]
+}
+
+/// Keeps a test store's backing alive; PostgreSQL databases are dropped by
+/// [`TempStore::cleanup`].
+pub enum TempStore {
+    Sqlite(tempfile::TempDir),
+    Postgres { base: String, name: String },
+}
+
+impl TempStore {
+    pub async fn cleanup(self, store: nachfass::store::Store) {
+        use sqlx::Executor;
+        store.pool().close().await;
+        if let TempStore::Postgres { base, name } = self
+            && let Ok(mut admin) = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await
+        {
+            let drop = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"));
+            let _ = admin.execute(drop).await;
+        }
+    }
+}

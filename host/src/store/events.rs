@@ -1,0 +1,246 @@
+//! Touchpoints: ingest (idempotent by client event id, creating unknown
+//! contacts from the identity an event carries), timeline, activity.
+
+use serde::Deserialize;
+use sqlx::Row;
+
+use super::contacts::{ContactInput, upsert_in};
+use super::{Store, StoreError, is_unique_violation, new_id};
+use crate::model::{ActivityCount, Event, Fields};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// One touchpoint to record. The contact is named by `contact_id`, or by
+/// `email` / `external_id` (created on the fly when unknown).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    pub kind: String,
+    /// Unix epoch milliseconds; defaults to the time of ingestion.
+    #[serde(default)]
+    pub at: Option<i64>,
+    #[serde(default)]
+    pub properties: Fields,
+    /// The sender's id for this event: a resend with the same id is
+    /// recorded once.
+    #[serde(default)]
+    pub client_event_id: Option<String>,
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+/// What ingesting one event did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingested {
+    pub event: Event,
+    /// The event was recorded before (same client event id); nothing changed.
+    pub duplicate: bool,
+    pub contact_created: bool,
+}
+
+/// `page.visited`, `email.opened`, `purchase`: lower-case words joined by
+/// dots, underscores or dashes.
+fn validate_kind(kind: &str) -> Result<(), StoreError> {
+    let valid = !kind.is_empty()
+        && kind.len() <= 64
+        && kind.starts_with(|c: char| c.is_ascii_lowercase())
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "event kind `{kind}` must be 1-64 lower-case letters, digits, `.`, `_` or `-`, starting with a letter"
+        )))
+    }
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
+    let properties: String = row.try_get("properties")?;
+    Ok(Event {
+        id: row.try_get("id")?,
+        contact_id: row.try_get("contact_id")?,
+        kind: row.try_get("kind")?,
+        at: row.try_get("at")?,
+        properties: serde_json::from_str(&properties)
+            .map_err(|e| StoreError::Invalid(format!("stored properties are not valid: {e}")))?,
+    })
+}
+
+impl Store {
+    /// Records one touchpoint. Contact creation, the event and the
+    /// contact's `last_seen_at` commit together.
+    pub async fn ingest_event(&self, input: &EventInput, now: i64) -> Result<Ingested, StoreError> {
+        validate_kind(&input.kind)?;
+        if let Some(existing) = self
+            .event_by_client_id(input.client_event_id.as_deref())
+            .await?
+        {
+            return Ok(Ingested {
+                event: existing,
+                duplicate: true,
+                contact_created: false,
+            });
+        }
+        let properties = serde_json::to_string(&input.properties)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let at = input.at.unwrap_or(now);
+        let mut tx = self.pool.begin().await?;
+        let (contact_id, contact_created) =
+            match (&input.contact_id, &input.email, &input.external_id) {
+                (Some(id), _, _) => {
+                    let exists = sqlx::query("SELECT id FROM contacts WHERE id = $1")
+                        .bind(id.clone())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound(format!("contact {id}")));
+                    }
+                    (id.clone(), false)
+                }
+                (None, None, None) => {
+                    return Err(StoreError::Invalid(
+                        "an event needs a contact_id, an email or an external_id".into(),
+                    ));
+                }
+                (None, email, external_id) => {
+                    let identity = ContactInput {
+                        email: email.clone(),
+                        external_id: external_id.clone(),
+                        ..ContactInput::default()
+                    };
+                    let record = upsert_in(&mut tx, &identity, now).await?;
+                    (record.contact.id, record.created)
+                }
+            };
+        let event = Event {
+            id: new_id("e"),
+            contact_id: contact_id.clone(),
+            kind: input.kind.clone(),
+            at,
+            properties: input.properties.clone(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(event.id.clone())
+        .bind(contact_id.clone())
+        .bind(event.kind.clone())
+        .bind(at)
+        .bind(properties)
+        .bind(input.client_event_id.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // A concurrent resend won the race: report its event.
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                if let Some(existing) = self
+                    .event_by_client_id(input.client_event_id.as_deref())
+                    .await?
+                {
+                    return Ok(Ingested {
+                        event: existing,
+                        duplicate: true,
+                        contact_created: false,
+                    });
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query(
+            "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",
+        )
+        .bind(at)
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ingested {
+            event,
+            duplicate: false,
+            contact_created,
+        })
+    }
+
+    async fn event_by_client_id(
+        &self,
+        client_event_id: Option<&str>,
+    ) -> Result<Option<Event>, StoreError> {
+        let Some(client_event_id) = client_event_id else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events WHERE client_event_id = $1",
+        )
+        .bind(client_event_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The contact's touchpoints, newest first; `before` pages back in time.
+    pub async fn timeline(
+        &self,
+        contact_id: &str,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE contact_id = $1 AND at < $2 ORDER BY at DESC, id DESC LIMIT $3",
+        )
+        .bind(contact_id.to_owned())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Per event kind: total, last 24 hours, last 30 days, newest time —
+    /// the summary segment rules and scorers receive.
+    pub async fn activity(
+        &self,
+        contact_id: &str,
+        now: i64,
+    ) -> Result<Vec<ActivityCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, COUNT(*) AS total, \
+                    SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
+                    SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
+                    MAX(at) AS last_at \
+             FROM events WHERE contact_id = $3 AND at <= $4 GROUP BY kind ORDER BY kind",
+        )
+        .bind(now - DAY_MS)
+        .bind(now - 30 * DAY_MS)
+        .bind(contact_id.to_owned())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |column: &str| -> Result<u32, StoreError> {
+                    let n: i64 = row.try_get(column)?;
+                    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+                };
+                Ok(ActivityCount {
+                    kind: row.try_get("kind")?,
+                    total: count("total")?,
+                    last_24_hours: count("last_24_hours")?,
+                    last_30_days: count("last_30_days")?,
+                    last_at: row.try_get("last_at")?,
+                })
+            })
+            .collect()
+    }
+}
