@@ -1,6 +1,8 @@
 //! nachfass: follow-up and lead-nurturing engine with WebAssembly plugins.
 
+pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod model;
 pub mod pack;
 pub mod runtime;

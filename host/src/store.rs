@@ -6,6 +6,7 @@
 //! appearance: PostgreSQL reads them natively and SQLite as named
 //! parameters bound by position.
 
+mod api_keys;
 mod contacts;
 mod events;
 
@@ -14,6 +15,7 @@ use std::str::FromStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use api_keys::{ApiKey, Scope};
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};
 
