@@ -30,7 +30,10 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/contacts", post(contacts::upsert))
-        .route("/v1/contacts/{id}", get(contacts::get).delete(contacts::delete))
+        .route(
+            "/v1/contacts/{id}",
+            get(contacts::get).delete(contacts::delete),
+        )
         .route("/v1/contacts/{id}/timeline", get(events::timeline))
         .route("/v1/events", post(events::ingest))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -16,17 +16,32 @@ pub async fn upsert(
     ApiJson(input): ApiJson<ContactInput>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Write)?;
-    let record = state.store.upsert_contact(&input, state.clock.now()).await?;
-    let status = if record.created { StatusCode::CREATED } else { StatusCode::OK };
+    let record = state
+        .store
+        .upsert_contact(&input, state.clock.now())
+        .await?;
+    let status = if record.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(json!(record.contact))))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     Ok(Json(json!(state.store.contact(&id).await?)))
 }
 
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Write)?;
     if state.store.delete_contact(&id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -70,7 +70,8 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { details, .. } => details.clone(),
             _ => Value::Null,
         };
-        let body = json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
+        let body =
+            json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
         (status, Json(body)).into_response()
     }
 }

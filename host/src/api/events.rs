@@ -34,11 +34,18 @@ pub async fn ingest(
     let now = state.clock.now();
     match body {
         EventsBody::One(value) => {
-            let input: EventInput =
-                serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("event: {e}")))?;
+            let input: EventInput = serde_json::from_value(value)
+                .map_err(|e| ApiError::invalid(format!("event: {e}")))?;
             let ingested = state.store.ingest_event(&input, now).await?;
-            let status = if ingested.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            Ok((status, Json(json!({ "event": ingested.event, "duplicate": ingested.duplicate }))))
+            let status = if ingested.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((
+                status,
+                Json(json!({ "event": ingested.event, "duplicate": ingested.duplicate })),
+            ))
         }
         EventsBody::Batch { events } => {
             if events.len() > MAX_BATCH {
@@ -51,7 +58,11 @@ pub async fn ingest(
             let (mut accepted, mut rejected) = (0, 0);
             for (index, value) in events.into_iter().enumerate() {
                 let outcome = match serde_json::from_value::<EventInput>(value) {
-                    Ok(input) => state.store.ingest_event(&input, now).await.map_err(ApiError::from),
+                    Ok(input) => state
+                        .store
+                        .ingest_event(&input, now)
+                        .await
+                        .map_err(ApiError::from),
                     Err(e) => Err(ApiError::invalid(e.to_string())),
                 };
                 match outcome {
@@ -66,8 +77,15 @@ pub async fn ingest(
                     }
                 }
             }
-            let status = if rejected == 0 { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
-            Ok((status, Json(json!({ "accepted": accepted, "rejected": rejected, "results": results }))))
+            let status = if rejected == 0 {
+                StatusCode::CREATED
+            } else {
+                StatusCode::MULTI_STATUS
+            };
+            Ok((
+                status,
+                Json(json!({ "accepted": accepted, "rejected": rejected, "results": results })),
+            ))
         }
     }
 }
@@ -90,7 +108,10 @@ pub async fn timeline(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     state.store.contact(&id).await?;
-    let events = state.store.timeline(&id, query.limit.unwrap_or(100), query.before).await?;
+    let events = state
+        .store
+        .timeline(&id, query.limit.unwrap_or(100), query.before)
+        .await?;
     let next = events.last().map(|e| e.at);
     Ok(Json(json!({ "events": events, "next_before": next })))
 }

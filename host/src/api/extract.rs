@@ -29,14 +29,21 @@ pub struct Caller(pub ApiKey);
 
 impl Caller {
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.0.allows(scope) { Ok(()) } else { Err(ApiError::Forbidden(scope.as_str())) }
+        if self.0.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope.as_str()))
+        }
     }
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let secret = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -45,7 +52,11 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let key = state.store.api_key(secret).await?.ok_or(ApiError::Unauthorized)?;
+        let key = state
+            .store
+            .api_key(secret)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
         Ok(Caller(key))
     }
 }

@@ -59,11 +59,20 @@ fn hash(secret: &str) -> String {
 impl Store {
     /// Creates a key and returns it with its secret, the only time the
     /// secret is seen.
-    pub async fn create_api_key(&self, name: &str, scopes: &[Scope], now: i64) -> Result<(ApiKey, String), StoreError> {
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        now: i64,
+    ) -> Result<(ApiKey, String), StoreError> {
         if scopes.is_empty() {
             return Err(StoreError::Invalid("a key needs at least one scope".into()));
         }
-        let secret = format!("nf_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let secret = format!(
+            "nf_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         let key = ApiKey {
             id: new_id("k"),
             name: name.to_owned(),

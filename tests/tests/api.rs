@@ -1,0 +1,295 @@
+//! The REST API in-process (`app(state)` + `oneshot`) on SQLite and
+//! PostgreSQL: authorization, errors, dedupe, batch ingestion, timeline.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nachfass::api::{AppState, app};
+use nachfass::clock::ManualClock;
+use nachfass::store::{Scope, Store};
+use nachfass_tests::{DAY, stores};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Client {
+    router: axum::Router,
+}
+
+impl Client {
+    fn new(store: Store) -> Client {
+        let state = AppState {
+            store,
+            clock: Arc::new(ManualClock::new(100 * DAY)),
+        };
+        Client { router: app(state) }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, json)
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some(key), Some(body.to_string()))
+            .await
+    }
+
+    async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.send("GET", path, Some(key), None).await
+    }
+}
+
+#[tokio::test]
+async fn every_route_checks_the_key_and_its_scope() {
+    for (dialect, store, temp) in stores().await {
+        let (_, admin) = store
+            .create_api_key("admin", &[Scope::Admin], 0)
+            .await
+            .unwrap();
+        let (_, reader) = store
+            .create_api_key("reader", &[Scope::Read], 0)
+            .await
+            .unwrap();
+        let (_, ingest) = store
+            .create_api_key("site", &[Scope::Ingest], 0)
+            .await
+            .unwrap();
+        let client = Client::new(store.clone());
+        let (_, created) = client
+            .post(
+                "/v1/contacts",
+                &admin,
+                json!({ "email": "ada@acme.example" }),
+            )
+            .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let routes = [
+            (
+                "POST",
+                "/v1/contacts".to_owned(),
+                Some(json!({ "email": "x@acme.example" })),
+                Scope::Write,
+            ),
+            ("GET", format!("/v1/contacts/{id}"), None, Scope::Read),
+            (
+                "GET",
+                format!("/v1/contacts/{id}/timeline"),
+                None,
+                Scope::Read,
+            ),
+            ("DELETE", format!("/v1/contacts/{id}"), None, Scope::Write),
+            (
+                "POST",
+                "/v1/events".to_owned(),
+                Some(json!({ "kind": "x", "email": "y@acme.example" })),
+                Scope::Ingest,
+            ),
+        ];
+        for (method, path, body, scope) in routes {
+            let body = body.map(|b| b.to_string());
+            let (status, error) = client.send(method, &path, None, body.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{dialect} {method} {path}"
+            );
+            assert_eq!(error["error"]["code"], "unauthorized");
+            let (status, _) = client
+                .send(method, &path, Some("nf_forged"), body.clone())
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{dialect} {method} {path}"
+            );
+            let wrong = if scope == Scope::Read {
+                &ingest
+            } else {
+                &reader
+            };
+            let (status, error) = client.send(method, &path, Some(wrong), body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{dialect} {method} {path}");
+            assert!(
+                error["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("scope"),
+                "{error}"
+            );
+        }
+        temp.cleanup(store).await;
+    }
+}
+
+#[tokio::test]
+async fn contacts_dedupe_and_bad_input_changes_nothing() {
+    for (dialect, store, temp) in stores().await {
+        let (_, key) = store
+            .create_api_key("writer", &[Scope::Write, Scope::Read], 0)
+            .await
+            .unwrap();
+        let client = Client::new(store.clone());
+        let (status, first) = client
+            .post(
+                "/v1/contacts",
+                &key,
+                json!({ "email": " Ada@ACME.example", "attributes": { "industry": "software" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{dialect}");
+        let (status, second) = client
+            .post(
+                "/v1/contacts",
+                &key,
+                json!({ "email": "ada@acme.example", "attributes": { "employees": 250 } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        assert_eq!(first["id"], second["id"]);
+        assert_eq!(
+            second["attributes"],
+            json!({ "industry": "software", "employees": 250 })
+        );
+
+        let (status, error) = client
+            .post("/v1/contacts", &key, json!({ "mail": "x@acme.example" }))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `mail`"),
+            "{error}"
+        );
+        let (status, error) = client
+            .send(
+                "POST",
+                "/v1/contacts",
+                Some(&key),
+                Some("{\"email\": ".into()),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{dialect}: {error}"
+        );
+        let (status, _) = client
+            .post("/v1/contacts", &key, json!({ "email": "nope" }))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        let (status, error) = client.get("/v1/contacts/c_missing", &key).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+
+        let huge =
+            json!({ "email": "big@acme.example", "attributes": { "blob": "x".repeat(5 << 20) } });
+        let (status, _) = client.post("/v1/contacts", &key, huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
+        temp.cleanup(store).await;
+    }
+}
+
+#[tokio::test]
+async fn batches_keep_valid_items_and_resends_are_idempotent() {
+    for (dialect, store, temp) in stores().await {
+        let (_, site) = store
+            .create_api_key("site", &[Scope::Ingest], 0)
+            .await
+            .unwrap();
+        let (_, reader) = store
+            .create_api_key("reader", &[Scope::Read], 0)
+            .await
+            .unwrap();
+        let client = Client::new(store.clone());
+        let batch = json!({ "events": [
+            { "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" },
+            { "kind": "Bad Kind", "email": "eve@example.org" },
+            { "kind": "download", "email": "eve@example.org", "at": 20, "properties": { "asset": "wp.pdf" } },
+            { "kind": "download", "oops": true },
+            { "kind": "download" }
+        ]});
+        let (status, report) = client.post("/v1/events", &site, batch).await;
+        assert_eq!(status, StatusCode::MULTI_STATUS, "{dialect}: {report}");
+        assert_eq!(
+            (report["accepted"].as_i64(), report["rejected"].as_i64()),
+            (Some(2), Some(3))
+        );
+        assert!(
+            report["results"][1]["error"]
+                .as_str()
+                .unwrap()
+                .contains("event kind"),
+            "{report}"
+        );
+        assert!(
+            report["results"][3]["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `oops`"),
+            "{report}"
+        );
+
+        let resend = json!({ "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" });
+        let (status, again) = client.post("/v1/events", &site, resend).await;
+        assert_eq!(
+            (status, again["duplicate"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "{dialect}"
+        );
+        let contact_id = again["event"]["contact_id"].as_str().unwrap().to_owned();
+
+        let (status, timeline) = client
+            .get(&format!("/v1/contacts/{contact_id}/timeline"), &reader)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        let kinds: Vec<&str> = timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["download", "page.visited"],
+            "newest first, the resend recorded once: {dialect}"
+        );
+
+        let too_many =
+            json!({ "events": vec![json!({ "kind": "x", "email": "a@b.example" }); 1001] });
+        let (status, _) = client.post("/v1/events", &site, too_many).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        temp.cleanup(store).await;
+    }
+}
