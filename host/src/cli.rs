@@ -1,6 +1,7 @@
 //! The `nachfass` command line.
 
 mod plugin;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use plugin::PluginCommand;
+pub use serve::{CreateKeyArgs, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,9 +27,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server: REST API, plugin runtime, watched plugins directory.
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Write, build, inspect and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (shown only this once).
+    Create(CreateKeyArgs),
 }
 
 /// How a command failed; the exit code tells scripts which.
@@ -54,6 +67,8 @@ impl CliError {
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Plugin(command) => plugin::run(command, cli.cache_dir, out).await,
+        Command::Serve(args) => serve::serve(args, cli.cache_dir).await,
+        Command::Keys(KeysCommand::Create(args)) => serve::create_key(args, out).await,
     }
 }
 

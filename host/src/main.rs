@@ -7,7 +7,8 @@ fn main() -> ExitCode {
     let cli = nachfass::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("nachfass=warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("nachfass=info,tower_http=info")),
         )
         .with_writer(std::io::stderr)
         .init();

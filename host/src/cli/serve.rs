@@ -1,0 +1,115 @@
+//! `nachfass serve` and `nachfass keys create`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{CliError, fail};
+use crate::api::{AppState, app};
+use crate::clock::{Clock, SystemClock};
+use crate::runtime::watch::PluginDir;
+use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::store::{Scope, Store};
+
+/// Where the data lives. Shared by `serve` and `keys`.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://path` (created if missing) or `postgres://user:pass@host/db`.
+    #[arg(
+        long,
+        env = "NACHFASS_DATABASE_URL",
+        default_value = "sqlite://nachfass.db"
+    )]
+    pub database: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address and port to listen on.
+    #[arg(long, env = "NACHFASS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Plugins directory: loaded at start, then watched for new versions.
+    #[arg(long, env = "NACHFASS_PLUGINS_DIR", default_value = "plugins.d")]
+    pub plugins_dir: PathBuf,
+    /// How often the plugins directory is scanned, in milliseconds.
+    #[arg(long, env = "NACHFASS_PLUGINS_SCAN_MS", default_value_t = 1000)]
+    pub plugins_scan_ms: u64,
+}
+
+pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
+    let store = Store::connect(&args.db.database)
+        .await
+        .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
+    let registry = Arc::new(Registry::new(runtime));
+    std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
+        fail(format!(
+            "plugins directory {}: {e}",
+            args.plugins_dir.display()
+        ))
+    })?;
+    let mut plugins = PluginDir::new(&args.plugins_dir);
+    plugins.scan(&registry).await;
+    plugins.spawn(
+        registry.clone(),
+        Duration::from_millis(args.plugins_scan_ms),
+    );
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
+    let address = listener.local_addr().map_err(fail)?;
+    tracing::info!(%address, database = %args.db.database, plugins = %args.plugins_dir.display(), "nachfass listening");
+    if store.count_api_keys().await.map_err(fail)? == 0 {
+        tracing::warn!(
+            "no API key yet: create the first with `nachfass keys create --name admin --scope admin --database {}`",
+            args.db.database
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = app(AppState { store, clock });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| fail(format!("server stopped: {e}")))
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// A name to recognise the key by.
+    #[arg(long)]
+    pub name: String,
+    /// Scopes: admin, write, read, ingest; repeatable.
+    #[arg(long = "scope", required = true, value_parser = parse_scope)]
+    pub scopes: Vec<Scope>,
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("`{s}` is not a scope: use admin, write, read or ingest"))
+}
+
+/// Prints the new key's secret: the only time it is shown.
+pub async fn create_key(args: CreateKeyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let store = Store::connect(&args.db.database).await.map_err(fail)?;
+    let (key, secret) = store
+        .create_api_key(&args.name, &args.scopes, SystemClock.now())
+        .await
+        .map_err(fail)?;
+    writeln!(out, "{secret}").map_err(fail)?;
+    tracing::info!(id = %key.id, name = %key.name, "API key created");
+    Ok(())
+}
