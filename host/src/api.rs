@@ -5,8 +5,6 @@ mod error;
 mod events;
 mod extract;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -14,8 +12,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-use crate::clock::Clock;
-use crate::store::Store;
+use crate::ingest::Pipeline;
 
 /// Largest request body: a batch of 1,000 events fits comfortably.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -23,8 +20,7 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
-    pub clock: Arc<dyn Clock>,
+    pub pipeline: Pipeline,
 }
 
 pub fn app(state: AppState) -> Router {

@@ -7,6 +7,7 @@
 //! parameters bound by position.
 
 mod api_keys;
+mod bindings;
 mod contacts;
 mod events;
 
@@ -16,6 +17,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use api_keys::{ApiKey, Scope};
+pub use bindings::{BindingDef, BindingKind, ScoreEntry};
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};
 

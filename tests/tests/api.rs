@@ -10,6 +10,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
+use nachfass::ingest::Pipeline;
+use nachfass::runtime::Registry;
+use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
 use nachfass_tests::{DAY, stores};
 use serde_json::{Value, json};
@@ -21,11 +24,15 @@ struct Client {
 
 impl Client {
     fn new(store: Store) -> Client {
-        let state = AppState {
+        let pipeline = Pipeline {
             store,
+            registry: Arc::new(Registry::new(nachfass_tests::runtime())),
             clock: Arc::new(ManualClock::new(100 * DAY)),
+            stages: StageThresholds::default(),
         };
-        Client { router: app(state) }
+        Client {
+            router: app(AppState { pipeline }),
+        }
     }
 
     async fn send(

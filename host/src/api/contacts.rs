@@ -17,8 +17,9 @@ pub async fn upsert(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Write)?;
     let record = state
+        .pipeline
         .store
-        .upsert_contact(&input, state.clock.now())
+        .upsert_contact(&input, state.pipeline.clock.now())
         .await?;
     let status = if record.created {
         StatusCode::CREATED
@@ -34,7 +35,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(json!(state.store.contact(&id).await?)))
+    Ok(Json(json!(state.pipeline.store.contact(&id).await?)))
 }
 
 pub async fn delete(
@@ -43,7 +44,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Write)?;
-    if state.store.delete_contact(&id).await? {
+    if state.pipeline.store.delete_contact(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("contact {id} does not exist")))

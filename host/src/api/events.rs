@@ -31,12 +31,11 @@ pub async fn ingest(
     if !caller.0.allows(Scope::Ingest) && !caller.0.allows(Scope::Write) {
         return Err(ApiError::Forbidden(Scope::Ingest.as_str()));
     }
-    let now = state.clock.now();
     match body {
         EventsBody::One(value) => {
             let input: EventInput = serde_json::from_value(value)
                 .map_err(|e| ApiError::invalid(format!("event: {e}")))?;
-            let ingested = state.store.ingest_event(&input, now).await?;
+            let ingested = state.pipeline.ingest(&input).await?;
             let status = if ingested.duplicate {
                 StatusCode::OK
             } else {
@@ -58,11 +57,7 @@ pub async fn ingest(
             let (mut accepted, mut rejected) = (0, 0);
             for (index, value) in events.into_iter().enumerate() {
                 let outcome = match serde_json::from_value::<EventInput>(value) {
-                    Ok(input) => state
-                        .store
-                        .ingest_event(&input, now)
-                        .await
-                        .map_err(ApiError::from),
+                    Ok(input) => state.pipeline.ingest(&input).await.map_err(ApiError::from),
                     Err(e) => Err(ApiError::invalid(e.to_string())),
                 };
                 match outcome {
@@ -107,8 +102,9 @@ pub async fn timeline(
     Query(query): Query<TimelineQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    state.store.contact(&id).await?;
+    state.pipeline.store.contact(&id).await?;
     let events = state
+        .pipeline
         .store
         .timeline(&id, query.limit.unwrap_or(100), query.before)
         .await?;

@@ -53,6 +53,7 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|s| !s.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let key = state
+            .pipeline
             .store
             .api_key(secret)
             .await?

@@ -10,8 +10,10 @@ use clap::Args;
 use super::{CliError, fail};
 use crate::api::{AppState, app};
 use crate::clock::{Clock, SystemClock};
+use crate::ingest::Pipeline;
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::scoring::StageThresholds;
 use crate::store::{Scope, Store};
 
 /// Where the data lives. Shared by `serve` and `keys`.
@@ -76,7 +78,13 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = app(AppState { store, clock });
+    let pipeline = Pipeline {
+        store,
+        registry,
+        clock,
+        stages: StageThresholds::default(),
+    };
+    let app = app(AppState { pipeline });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -1,0 +1,85 @@
+//! Ingest: store a touchpoint, then let it move the score and the segment
+//! memberships of its contact. Data flow: ingest → score → segment.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::model::{ActivityCount, Event, Fields, Value};
+use crate::runtime::Registry;
+use crate::scoring::{self, StageThresholds};
+use crate::segments;
+use crate::store::{EventInput, Ingested, Store, StoreError};
+
+/// Everything an event passes through after it is stored.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    pub stages: StageThresholds,
+}
+
+impl Pipeline {
+    /// Stores the event; a new one (not a resend) is scored and the
+    /// contact's segments re-evaluated.
+    pub async fn ingest(&self, input: &EventInput) -> Result<Ingested, StoreError> {
+        let now = self.clock.now();
+        let ingested = self.store.ingest_event(input, now).await?;
+        if !ingested.duplicate {
+            let span = tracing::debug_span!("after_event", event = %ingested.event.id, kind = %ingested.event.kind);
+            self.after_event(&ingested.event, now)
+                .instrument(span)
+                .await?;
+        }
+        Ok(ingested)
+    }
+
+    async fn after_event(&self, event: &Event, now: i64) -> Result<(), StoreError> {
+        let activity = self.store.activity(&event.contact_id, now).await?;
+        scoring::score_event(self, event, &before(&activity, event), now).await?;
+        segments::evaluate_contact(self, &event.contact_id, &activity, now).await
+    }
+
+    /// Writes an event about the contact that nachfass itself caused
+    /// (`stage.changed`, `segment.entered`): on the same timeline, but not
+    /// scored again.
+    pub(crate) async fn record(
+        &self,
+        contact_id: &str,
+        kind: &str,
+        properties: &[(&str, &str)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let properties: Fields = properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+            .collect();
+        let input = EventInput {
+            kind: kind.to_owned(),
+            at: Some(now),
+            properties,
+            contact_id: Some(contact_id.to_owned()),
+            ..EventInput::default()
+        };
+        self.store.ingest_event(&input, now).await.map(drop)
+    }
+}
+
+/// The activity summary as it was before `event`: scorers cap per day on
+/// what came before.
+fn before(activity: &[ActivityCount], event: &Event) -> Vec<ActivityCount> {
+    activity
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            if a.kind == event.kind {
+                a.total = a.total.saturating_sub(1);
+                a.last_24_hours = a.last_24_hours.saturating_sub(1);
+                a.last_30_days = a.last_30_days.saturating_sub(1);
+            }
+            a
+        })
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! Live scoring: every scorer binding sees every new touchpoint; deltas and
+//! their reasons go to the score history; thresholds move the stage.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::Pipeline;
+use crate::model::{ActivityCount, Event};
+use crate::runtime::{Binding, World};
+use crate::store::{BindingDef, BindingKind, StoreError};
+
+/// Score thresholds of the lifecycle stages. `customer` is reached by a
+/// `purchase`, never by points.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageThresholds {
+    pub lead: i64,
+    pub mql: i64,
+    pub sql: i64,
+}
+
+impl Default for StageThresholds {
+    fn default() -> Self {
+        StageThresholds {
+            lead: 10,
+            mql: 50,
+            sql: 100,
+        }
+    }
+}
+
+const ORDER: [&str; 5] = ["subscriber", "lead", "mql", "sql", "customer"];
+
+impl StageThresholds {
+    /// The stage a score earns. Stages only move forward here: a falling
+    /// score does not demote, that is a decision for people.
+    pub fn stage_for(&self, current: &str, score: i64, event_kind: &str) -> String {
+        let earned = if event_kind == "purchase" {
+            "customer"
+        } else if score >= self.sql {
+            "sql"
+        } else if score >= self.mql {
+            "mql"
+        } else if score >= self.lead {
+            "lead"
+        } else {
+            "subscriber"
+        };
+        let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(0);
+        if rank(earned) > rank(current) {
+            earned.to_owned()
+        } else {
+            current.to_owned()
+        }
+    }
+}
+
+pub(crate) fn runtime_binding(def: &BindingDef, world: World) -> Arc<Binding> {
+    let mut binding = Binding::new(&def.name, world);
+    binding.config = def.config.clone();
+    Arc::new(binding)
+}
+
+pub(crate) async fn score_event(
+    pipeline: &Pipeline,
+    event: &Event,
+    activity: &[ActivityCount],
+    now: i64,
+) -> Result<(), StoreError> {
+    let bindings = pipeline.store.bindings(BindingKind::Scorer).await?;
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    let mut contact = pipeline.store.contact(&event.contact_id).await?;
+    contact.segments = pipeline.store.memberships(&contact.id).await?;
+    for def in bindings {
+        let Some(plugin) = pipeline.registry.live(&def.plugin) else {
+            tracing::warn!(binding = %def.name, plugin = %def.plugin, "scorer plugin not installed; skipped");
+            continue;
+        };
+        let binding = runtime_binding(&def, World::Scorer);
+        match plugin
+            .on_event(&binding, now, &contact, event, activity)
+            .await
+        {
+            Ok(Ok(change)) if change.delta != 0 => {
+                contact.score = pipeline
+                    .store
+                    .apply_score(&contact.id, &def.name, &change, Some(&event.id), now)
+                    .await?;
+            }
+            Ok(Ok(_)) => {}
+            // A scorer's failure must not lose the touchpoint: it is logged
+            // and counted on the plugin, and the event stays recorded.
+            Ok(Err(declined)) => {
+                tracing::warn!(binding = %def.name, error = %declined, "scorer declined")
+            }
+            Err(failed) => tracing::warn!(binding = %def.name, error = %failed, "scorer failed"),
+        }
+    }
+    let stage = pipeline
+        .stages
+        .stage_for(&contact.stage, contact.score, &event.kind);
+    if stage != contact.stage {
+        pipeline.store.set_stage(&contact.id, &stage, now).await?;
+        let score = contact.score.to_string();
+        pipeline
+            .record(
+                &contact.id,
+                "stage.changed",
+                &[("from", &contact.stage), ("to", &stage), ("score", &score)],
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageThresholds;
+
+    #[test]
+    fn stages_follow_thresholds_forward_only() {
+        let t = StageThresholds::default();
+        assert_eq!(t.stage_for("subscriber", 12, "email.opened"), "lead");
+        assert_eq!(t.stage_for("subscriber", 120, "email.opened"), "sql");
+        assert_eq!(t.stage_for("mql", 3, "email.opened"), "mql");
+        assert_eq!(t.stage_for("lead", 0, "purchase"), "customer");
+        assert_eq!(t.stage_for("customer", 500, "download"), "customer");
+    }
+}

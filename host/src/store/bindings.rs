@@ -1,0 +1,222 @@
+//! Bindings (a plugin with its configuration, used as a scorer or a
+//! segment), the score history and segment memberships.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::{Store, StoreError, is_unique_violation, new_id};
+use crate::model::ScoreChange;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingKind {
+    Scorer,
+    Segment,
+}
+
+impl BindingKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BindingKind::Scorer => "scorer",
+            BindingKind::Segment => "segment",
+        }
+    }
+}
+
+/// A named use of a plugin. A segment's name is the segment's name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDef {
+    pub name: String,
+    pub kind: BindingKind,
+    /// Plugin name; its live version serves the binding.
+    pub plugin: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// One recorded score change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoreEntry {
+    pub binding: String,
+    pub delta: i64,
+    pub reasons: Vec<String>,
+    pub event_id: Option<String>,
+    pub at: i64,
+}
+
+impl Store {
+    pub async fn create_binding(&self, def: &BindingDef, now: i64) -> Result<(), StoreError> {
+        let valid = !def.name.is_empty()
+            && def.name.len() <= 64
+            && def
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            return Err(StoreError::Invalid(format!(
+                "binding name `{}` must be 1-64 characters of a-z, 0-9, `-` or `_`",
+                def.name
+            )));
+        }
+        let config =
+            serde_json::to_string(&def.config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(def.name.clone())
+            .bind(def.kind.as_str())
+            .bind(def.plugin.clone())
+            .bind(config)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a binding named `{}` exists", def.name))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    pub async fn bindings(&self, kind: BindingKind) -> Result<Vec<BindingDef>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, plugin, config FROM bindings WHERE kind = $1 ORDER BY name")
+                .bind(kind.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let config: String = row.try_get("config")?;
+                Ok(BindingDef {
+                    name: row.try_get("name")?,
+                    kind,
+                    plugin: row.try_get("plugin")?,
+                    config: serde_json::from_str(&config)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a score change to the contact's score and history, atomically.
+    /// Returns the new score.
+    pub async fn apply_score(
+        &self,
+        contact_id: &str,
+        binding: &str,
+        change: &ScoreChange,
+        event_id: Option<&str>,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let reasons = serde_json::to_string(&change.reasons)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO score_changes (id, contact_id, binding, delta, reasons, event_id, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new_id("s"))
+        .bind(contact_id.to_owned())
+        .bind(binding.to_owned())
+        .bind(change.delta)
+        .bind(reasons)
+        .bind(event_id.map(str::to_owned))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "UPDATE contacts SET score = score + $1, updated_at = $2 WHERE id = $3 RETURNING score",
+        )
+        .bind(change.delta)
+        .bind(now)
+        .bind(contact_id.to_owned())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.try_get("score")?)
+    }
+
+    pub async fn score_history(&self, contact_id: &str) -> Result<Vec<ScoreEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT binding, delta, reasons, event_id, at FROM score_changes WHERE contact_id = $1 ORDER BY at, id",
+        )
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let reasons: String = row.try_get("reasons")?;
+                Ok(ScoreEntry {
+                    binding: row.try_get("binding")?,
+                    delta: row.try_get("delta")?,
+                    reasons: serde_json::from_str(&reasons)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    event_id: row.try_get("event_id")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn set_stage(
+        &self,
+        contact_id: &str,
+        stage: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE contacts SET stage = $1, updated_at = $2 WHERE id = $3")
+            .bind(stage.to_owned())
+            .bind(now)
+            .bind(contact_id.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The segments a contact belongs to.
+    pub async fn memberships(&self, contact_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT segment FROM segment_members WHERE contact_id = $1 ORDER BY segment",
+        )
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("segment")?)).collect()
+    }
+
+    /// Sets membership; returns whether it changed.
+    pub async fn set_membership(
+        &self,
+        segment: &str,
+        contact_id: &str,
+        member: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = if member {
+            let inserted = sqlx::query(
+                "INSERT INTO segment_members (segment, contact_id, since) VALUES ($1, $2, $3)",
+            )
+            .bind(segment.to_owned())
+            .bind(contact_id.to_owned())
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(done) => done.rows_affected(),
+                Err(e) if is_unique_violation(&e) => 0,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
+                .bind(segment.to_owned())
+                .bind(contact_id.to_owned())
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+        };
+        Ok(done > 0)
+    }
+}
