@@ -4,10 +4,13 @@ mod contacts;
 mod error;
 mod events;
 mod extract;
+mod plugins;
+
+use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -17,10 +20,15 @@ use crate::ingest::Pipeline;
 /// Largest request body: a batch of 1,000 events fits comfortably.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
+/// Largest plugin upload accepted at the HTTP edge.
+pub const MAX_UPLOAD_BYTES: usize = 16 << 20;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
+    /// Uploaded plugins are also written here, so a restart finds them.
+    pub plugins_dir: Option<PathBuf>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -32,6 +40,20 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/contacts/{id}/timeline", get(events::timeline))
         .route("/v1/events", post(events::ingest))
+        // Components may be up to the runtime's size limit (10 MiB); the
+        // runtime refuses larger ones with a precise error.
+        .route(
+            "/v1/plugins",
+            get(plugins::list)
+                .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
+        )
+        .route("/v1/plugins/{name}/activate", post(plugins::activate))
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
+        .route(
+            "/v1/bindings",
+            get(plugins::list_bindings).post(plugins::create_binding),
+        )
+        .route("/v1/bindings/{name}", delete(plugins::delete_binding))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -31,7 +31,10 @@ impl Client {
             stages: StageThresholds::default(),
         };
         Client {
-            router: app(AppState { pipeline }),
+            router: app(AppState {
+                pipeline,
+                plugins_dir: None,
+            }),
         }
     }
 

@@ -220,3 +220,27 @@ impl Store {
         Ok(done > 0)
     }
 }
+
+impl Store {
+    /// Every binding, scorers and segments.
+    pub async fn all_bindings(&self) -> Result<Vec<BindingDef>, StoreError> {
+        let mut all = self.bindings(BindingKind::Scorer).await?;
+        all.extend(self.bindings(BindingKind::Segment).await?);
+        Ok(all)
+    }
+
+    /// Removes a binding and, for a segment, its members. Returns whether it existed.
+    pub async fn delete_binding(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM segment_members WHERE segment = $1")
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM bindings WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

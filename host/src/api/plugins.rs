@@ -1,0 +1,204 @@
+//! `/v1/plugins` and `/v1/bindings`: upload, list, activate, roll back and
+//! bind plugins while the server runs.
+
+use std::path::Path as FsPath;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{ApiJson, Caller};
+use super::{ApiError, AppState};
+use crate::runtime::manifest::{Manifest, ManifestError};
+use crate::runtime::registry::{Activation, RegistryError};
+use crate::runtime::{LoadError, World};
+use crate::store::{BindingDef, BindingKind, Scope};
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::Load(LoadError::Io(e)) => ApiError::Internal(e.to_string()),
+            RegistryError::Load(e) => ApiError::invalid(e.to_string()),
+            e @ (RegistryError::UnknownPlugin(_) | RegistryError::UnknownVersion { .. }) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(json!({ "plugins": state.pipeline.registry.list() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Make the new version live at once (default) or keep it for later.
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Uploads a component built by `nachfass plugin build` (manifest embedded)
+/// as the request body. It is compiled, type-checked against its world and
+/// only then installed; it is also written to the plugins directory so a
+/// restart finds it.
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let bytes = body.to_vec();
+    let manifest = match crate::runtime::manifest::read_section(
+        &bytes,
+        crate::runtime::manifest::SECTION_NAME,
+    ) {
+        Ok(Some(json)) => {
+            Manifest::from_json(json).map_err(|e| ApiError::invalid(e.to_string()))?
+        }
+        Ok(None) => return Err(ApiError::invalid(ManifestError::Missing.to_string())),
+        Err(e) => return Err(ApiError::invalid(e.to_string())),
+    };
+    let activation = if query.activate {
+        Activation::Now
+    } else {
+        Activation::Later
+    };
+    let installed = state
+        .pipeline
+        .registry
+        .install(bytes.clone(), manifest.clone(), activation)
+        .await?;
+    if let Some(dir) = &state.plugins_dir {
+        keep_in_plugins_dir(dir, &manifest, &bytes)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    let status = if installed.unchanged {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(json!({
+            "plugin": installed.plugin.id(),
+            "world": manifest.world,
+            "sha256": installed.plugin.hash(),
+            "live": installed.live,
+        })),
+    ))
+}
+
+fn keep_in_plugins_dir(dir: &FsPath, manifest: &Manifest, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(format!("{}-{}.wasm", manifest.name, manifest.version));
+    let tmp = dir.join(format!(".{}-{}.upload", manifest.name, manifest.version));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    pub version: String,
+}
+
+pub async fn activate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ActivateBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let plugin = state.pipeline.registry.activate(&name, &body.version)?;
+    Ok(Json(json!({ "live": plugin.id() })))
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let plugin = state.pipeline.registry.rollback(&name)?;
+    Ok(Json(json!({ "live": plugin.id() })))
+}
+
+pub async fn list_bindings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(
+        json!({ "bindings": state.pipeline.store.all_bindings().await? }),
+    ))
+}
+
+/// Binds an installed plugin as a scorer or a segment; its world must fit.
+pub async fn create_binding(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(def): ApiJson<BindingDef>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let plugin = state.pipeline.registry.live(&def.plugin).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "no plugin named `{}` is installed; upload it first",
+            def.plugin
+        ))
+    })?;
+    let wanted = match def.kind {
+        BindingKind::Scorer => World::Scorer,
+        BindingKind::Segment => World::SegmentRule,
+    };
+    if plugin.manifest().world != wanted {
+        return Err(ApiError::invalid(format!(
+            "plugin `{}` is a {}; a {:?} binding needs a {wanted}",
+            def.plugin,
+            plugin.manifest().world,
+            def.kind
+        )));
+    }
+    let missing: Vec<&str> = plugin
+        .manifest()
+        .config
+        .iter()
+        .filter(|key| key.required && !def.config.contains_key(&key.key))
+        .map(|key| key.key.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "plugin `{}` needs configuration: {}",
+            def.plugin,
+            missing.join(", ")
+        )));
+    }
+    state
+        .pipeline
+        .store
+        .create_binding(&def, state.pipeline.clock.now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(def))))
+}
+
+pub async fn delete_binding(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    if state.pipeline.store.delete_binding(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("binding {name} does not exist")))
+    }
+}
