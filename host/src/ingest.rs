@@ -10,7 +10,7 @@ use crate::model::{ActivityCount, Event, Fields, Value};
 use crate::runtime::Registry;
 use crate::scoring::{self, StageThresholds};
 use crate::segments;
-use crate::store::{EventInput, Ingested, Store, StoreError};
+use crate::store::{ContactInput, ContactRecord, EventInput, Ingested, Store, StoreError};
 
 /// Everything an event passes through after it is stored.
 #[derive(Clone)]
@@ -34,6 +34,25 @@ impl Pipeline {
                 .await?;
         }
         Ok(ingested)
+    }
+
+    /// Creates or updates a contact; a profile change is scored (explicit
+    /// scoring) and the contact's segments re-evaluated.
+    pub async fn upsert_contact(&self, input: &ContactInput) -> Result<ContactRecord, StoreError> {
+        let now = self.clock.now();
+        let record = self.store.upsert_contact(input, now).await?;
+        let id = record.contact.id.clone();
+        async {
+            scoring::score_profile(self, &id, now).await?;
+            let activity = self.store.activity(&id, now).await?;
+            segments::evaluate_contact(self, &id, &activity, now).await
+        }
+        .instrument(tracing::debug_span!("after_profile", contact = %id))
+        .await?;
+        Ok(ContactRecord {
+            contact: self.store.contact(&id).await?,
+            created: record.created,
+        })
     }
 
     async fn after_event(&self, event: &Event, now: i64) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::Pipeline;
-use crate::model::{ActivityCount, Event};
+use crate::model::{ActivityCount, Contact, Event, ScoreChange};
 use crate::runtime::{Binding, World};
 use crate::store::{BindingDef, BindingKind, StoreError};
 
@@ -98,19 +98,80 @@ pub(crate) async fn score_event(
             Err(failed) => tracing::warn!(binding = %def.name, error = %failed, "scorer failed"),
         }
     }
+    update_stage(pipeline, &contact, &event.kind, now).await
+}
+
+/// Explicit scoring after a profile change: each scorer's `on-profile`
+/// answer replaces its previous profile contribution.
+pub(crate) async fn score_profile(
+    pipeline: &Pipeline,
+    contact_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let bindings = pipeline.store.bindings(BindingKind::Scorer).await?;
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    let mut contact = pipeline.store.contact(contact_id).await?;
+    contact.segments = pipeline.store.memberships(contact_id).await?;
+    for def in bindings {
+        let Some(plugin) = pipeline.registry.live(&def.plugin) else {
+            continue;
+        };
+        let binding = runtime_binding(&def, World::Scorer);
+        let change = match plugin.on_profile(&binding, now, &contact).await {
+            Ok(Ok(change)) => change,
+            Ok(Err(declined)) => {
+                tracing::warn!(binding = %def.name, error = %declined, "scorer declined the profile");
+                continue;
+            }
+            Err(failed) => {
+                tracing::warn!(binding = %def.name, error = %failed, "scorer failed on the profile");
+                continue;
+            }
+        };
+        let previous = pipeline.store.profile_points(contact_id, &def.name).await?;
+        if change.delta != previous {
+            let mut reasons = change.reasons.clone();
+            if previous != 0 {
+                reasons.push(format!("replaces the earlier profile score {previous:+}"));
+            }
+            let difference = ScoreChange {
+                delta: change.delta - previous,
+                reasons,
+            };
+            contact.score = pipeline
+                .store
+                .apply_score(contact_id, &def.name, &difference, None, now)
+                .await?;
+            pipeline
+                .store
+                .set_profile_points(contact_id, &def.name, change.delta)
+                .await?;
+        }
+    }
+    update_stage(pipeline, &contact, "profile.changed", now).await
+}
+
+async fn update_stage(
+    pipeline: &Pipeline,
+    contact: &Contact,
+    cause: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     let stage = pipeline
         .stages
-        .stage_for(&contact.stage, contact.score, &event.kind);
+        .stage_for(&contact.stage, contact.score, cause);
     if stage != contact.stage {
         pipeline.store.set_stage(&contact.id, &stage, now).await?;
         let score = contact.score.to_string();
+        let properties = [
+            ("from", contact.stage.as_str()),
+            ("to", stage.as_str()),
+            ("score", score.as_str()),
+        ];
         pipeline
-            .record(
-                &contact.id,
-                "stage.changed",
-                &[("from", &contact.stage), ("to", &stage), ("score", &score)],
-                now,
-            )
+            .record(&contact.id, "stage.changed", &properties, now)
             .await?;
     }
     Ok(())

@@ -205,3 +205,70 @@ async fn a_failing_scorer_never_loses_the_touchpoint() {
         temp.cleanup(store).await;
     }
 }
+
+#[tokio::test]
+async fn profile_changes_replace_the_profile_score_instead_of_adding_up() {
+    let registry = Arc::new(Registry::new(runtime()));
+    registry
+        .install_file(&guests::B2B_FIT.packed(), Activation::Now)
+        .await
+        .unwrap();
+    for (dialect, store, temp) in stores().await {
+        let pipeline = Pipeline {
+            store: store.clone(),
+            registry: registry.clone(),
+            clock: Arc::new(ManualClock::new(DAY)),
+            stages: StageThresholds::default(),
+        };
+        let def = BindingDef {
+            name: "fit".into(),
+            kind: BindingKind::Scorer,
+            plugin: "b2b-fit".into(),
+            config: Default::default(),
+        };
+        store.create_binding(&def, 0).await.unwrap();
+        let profile = |attrs: &[(&str, Value)]| nachfass::store::ContactInput {
+            email: Some("cto@fabrik.example".into()),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        let first = pipeline
+            .upsert_contact(&profile(&[("industry", Value::Text("software".into()))]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.contact.score, first.contact.stage.as_str()),
+            (20, "lead"),
+            "{dialect}"
+        );
+        let grown = pipeline
+            .upsert_contact(&profile(&[("employees", Value::Integer(320))]))
+            .await
+            .unwrap();
+        assert_eq!(grown.contact.score, 35, "{dialect}");
+        let same = pipeline
+            .upsert_contact(&profile(&[("employees", Value::Integer(320))]))
+            .await
+            .unwrap();
+        assert_eq!(
+            same.contact.score, 35,
+            "calling twice never counts twice: {dialect}"
+        );
+        let history = store.score_history(&first.contact.id).await.unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.delta).collect::<Vec<_>>(),
+            [20, 15],
+            "{dialect}"
+        );
+        assert!(
+            history[1]
+                .reasons
+                .contains(&"employees 250-999 +15".to_owned()),
+            "{dialect}: {history:?}"
+        );
+        temp.cleanup(store).await;
+    }
+}

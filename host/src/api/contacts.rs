@@ -16,11 +16,7 @@ pub async fn upsert(
     ApiJson(input): ApiJson<ContactInput>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Write)?;
-    let record = state
-        .pipeline
-        .store
-        .upsert_contact(&input, state.pipeline.clock.now())
-        .await?;
+    let record = state.pipeline.upsert_contact(&input).await?;
     let status = if record.created {
         StatusCode::CREATED
     } else {

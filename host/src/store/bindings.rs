@@ -244,3 +244,41 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 }
+
+impl Store {
+    /// The profile contribution `binding` last gave `contact_id`.
+    pub async fn profile_points(&self, contact_id: &str, binding: &str) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT points FROM profile_scores WHERE contact_id = $1 AND binding = $2")
+                .bind(contact_id.to_owned())
+                .bind(binding.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => row.try_get("points")?,
+            None => 0,
+        })
+    }
+
+    pub async fn set_profile_points(
+        &self,
+        contact_id: &str,
+        binding: &str,
+        points: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM profile_scores WHERE contact_id = $1 AND binding = $2")
+            .bind(contact_id.to_owned())
+            .bind(binding.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO profile_scores (contact_id, binding, points) VALUES ($1, $2, $3)")
+            .bind(contact_id.to_owned())
+            .bind(binding.to_owned())
+            .bind(points)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
