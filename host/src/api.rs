@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod extract;
 mod plugins;
+mod segments;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,18 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// Uploaded plugins are also written here, so a restart finds them.
     pub plugins_dir: Option<PathBuf>,
+    /// Progress of segment rebuilds.
+    pub rebuilds: segments::Rebuilds,
+}
+
+impl AppState {
+    pub fn new(pipeline: Pipeline, plugins_dir: Option<PathBuf>) -> AppState {
+        AppState {
+            pipeline,
+            plugins_dir,
+            rebuilds: Default::default(),
+        }
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -54,6 +67,8 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/segments/{name}", get(segments::show))
+        .route("/v1/segments/{name}/members", get(segments::members))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

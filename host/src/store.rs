@@ -10,6 +10,7 @@ mod api_keys;
 mod bindings;
 mod contacts;
 mod events;
+mod segments;
 
 use std::str::FromStr;
 

@@ -31,10 +31,7 @@ impl Client {
             stages: StageThresholds::default(),
         };
         Client {
-            router: app(AppState {
-                pipeline,
-                plugins_dir: None,
-            }),
+            router: app(AppState::new(pipeline, None)),
         }
     }
 

@@ -94,10 +94,7 @@ async fn upload_bind_and_swap_while_ingesting_without_a_failed_request() {
             clock: Arc::new(ManualClock::new(10 * DAY)),
             stages: StageThresholds::default(),
         };
-        let router = app(AppState {
-            pipeline,
-            plugins_dir: Some(dir.path().to_owned()),
-        });
+        let router = app(AppState::new(pipeline, Some(dir.path().to_owned())));
 
         // Bad uploads say why and install nothing.
         let (status, error) = upload(&router, &admin, b"not wasm".to_vec()).await;

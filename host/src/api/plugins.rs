@@ -83,6 +83,9 @@ pub async fn upload(
         keep_in_plugins_dir(dir, &manifest, &bytes)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
+    if installed.live && !installed.unchanged {
+        super::segments::rebuild_segments_of(&state, &manifest.name).await?;
+    }
     let status = if installed.unchanged {
         StatusCode::OK
     } else {
@@ -120,6 +123,7 @@ pub async fn activate(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let plugin = state.pipeline.registry.activate(&name, &body.version)?;
+    super::segments::rebuild_segments_of(&state, &name).await?;
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
@@ -130,6 +134,7 @@ pub async fn rollback(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let plugin = state.pipeline.registry.rollback(&name)?;
+    super::segments::rebuild_segments_of(&state, &name).await?;
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
@@ -187,6 +192,9 @@ pub async fn create_binding(
         .store
         .create_binding(&def, state.pipeline.clock.now())
         .await?;
+    if def.kind == BindingKind::Segment {
+        super::segments::start_rebuild(&state, &def.name);
+    }
     Ok((StatusCode::CREATED, Json(json!(def))))
 }
 

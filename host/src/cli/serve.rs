@@ -84,10 +84,7 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         clock,
         stages: StageThresholds::default(),
     };
-    let app = app(AppState {
-        pipeline,
-        plugins_dir: Some(args.plugins_dir.clone()),
-    });
+    let app = app(AppState::new(pipeline, Some(args.plugins_dir.clone())));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -68,7 +68,7 @@ fn normalize_external_id(raw: &str) -> Result<String, StoreError> {
     Ok(id.to_owned())
 }
 
-fn from_row(row: &sqlx::any::AnyRow) -> Result<Contact, StoreError> {
+pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Contact, StoreError> {
     let attributes: String = row.try_get("attributes")?;
     Ok(Contact {
         id: row.try_get("id")?,

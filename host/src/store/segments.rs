@@ -1,0 +1,131 @@
+//! Reading contacts page by page for segment rebuilds, and segment members.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::model::{ActivityCount, Contact};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl Store {
+    pub async fn count_contacts(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM contacts")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Contacts in id order after `after` (keyset pagination), with their
+    /// segments filled in.
+    pub async fn contacts_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Contact>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
+             FROM contacts WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or("").to_owned())
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut contacts = rows
+            .iter()
+            .map(super::contacts::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(first), Some(last)) = (contacts.first(), contacts.last()) {
+            let rows = sqlx::query(
+                "SELECT contact_id, segment FROM segment_members WHERE contact_id >= $1 AND contact_id <= $2 ORDER BY segment",
+            )
+            .bind(first.id.clone())
+            .bind(last.id.clone())
+            .fetch_all(&self.pool)
+            .await?;
+            let mut by_contact: HashMap<String, Vec<String>> = HashMap::new();
+            for row in rows {
+                by_contact
+                    .entry(row.try_get("contact_id")?)
+                    .or_default()
+                    .push(row.try_get("segment")?);
+            }
+            for contact in &mut contacts {
+                contact.segments = by_contact.remove(&contact.id).unwrap_or_default();
+            }
+        }
+        Ok(contacts)
+    }
+
+    /// Activity summaries of every contact with an id in `first..=last`, in
+    /// one query.
+    pub async fn activity_range(
+        &self,
+        first: &str,
+        last: &str,
+        now: i64,
+    ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT contact_id, kind, COUNT(*) AS total, \
+                    SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
+                    SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
+                    MAX(at) AS last_at \
+             FROM events WHERE contact_id >= $3 AND contact_id <= $4 AND at <= $5 \
+             GROUP BY contact_id, kind ORDER BY contact_id, kind",
+        )
+        .bind(now - DAY_MS)
+        .bind(now - 30 * DAY_MS)
+        .bind(first.to_owned())
+        .bind(last.to_owned())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_contact: HashMap<String, Vec<ActivityCount>> = HashMap::new();
+        for row in rows {
+            let count = |column: &str| -> Result<u32, StoreError> {
+                let n: i64 = row.try_get(column)?;
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            };
+            by_contact
+                .entry(row.try_get("contact_id")?)
+                .or_default()
+                .push(ActivityCount {
+                    kind: row.try_get("kind")?,
+                    total: count("total")?,
+                    last_24_hours: count("last_24_hours")?,
+                    last_30_days: count("last_30_days")?,
+                    last_at: row.try_get("last_at")?,
+                });
+        }
+        Ok(by_contact)
+    }
+
+    pub async fn segment_size(&self, segment: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM segment_members WHERE segment = $1")
+            .bind(segment.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Member contact ids in id order after `after`.
+    pub async fn segment_members(
+        &self,
+        segment: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT contact_id FROM segment_members WHERE segment = $1 AND contact_id > $2 ORDER BY contact_id LIMIT $3",
+        )
+        .bind(segment.to_owned())
+        .bind(after.unwrap_or("").to_owned())
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get("contact_id")?))
+            .collect()
+    }
+}
