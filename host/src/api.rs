@@ -4,6 +4,7 @@ mod contacts;
 mod error;
 mod events;
 mod extract;
+pub mod openapi;
 mod plugins;
 mod segments;
 
@@ -67,6 +68,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

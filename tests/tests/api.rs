@@ -300,3 +300,48 @@ async fn batches_keep_valid_items_and_resends_are_idempotent() {
         temp.cleanup(store).await;
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let (_, store, temp) = stores().await.into_iter().next().unwrap();
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let client = Client::new(store.clone());
+    let (status, document) = client.send("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = document["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        nachfass::api::openapi::OPERATIONS.len()
+    );
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "c_none").replace("{name}", "none");
+            let body = (method == "post").then(|| "{}".to_owned());
+            let (status, answer) = client
+                .send(&method.to_uppercase(), &concrete, Some(&admin), body)
+                .await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(
+                status != StatusCode::NOT_FOUND || answer["error"]["code"] == "not_found",
+                "{method} {path} has no route"
+            );
+            if path != "/v1/openapi.json" {
+                let (status, _) = client
+                    .send(&method.to_uppercase(), &concrete, None, None)
+                    .await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} is documented as needing a key"
+                );
+            }
+        }
+    }
+    temp.cleanup(store).await;
+}

@@ -1,0 +1,192 @@
+//! The OpenAPI document at `/v1/openapi.json`, generated from one table of
+//! operations that the tests check against the router.
+
+use axum::Json;
+use serde_json::{Map, Value, json};
+
+/// One documented operation.
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub scope: &'static str,
+    pub summary: &'static str,
+    pub body: Option<&'static str>,
+}
+
+pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "post",
+        path: "/v1/contacts",
+        scope: "write",
+        summary: "Create a contact, or update the one with the same email or external_id",
+        body: Some("ContactInput"),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/contacts/{id}",
+        scope: "read",
+        summary: "One contact",
+        body: None,
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/contacts/{id}",
+        scope: "write",
+        summary: "Delete a contact and its events",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/contacts/{id}/timeline",
+        scope: "read",
+        summary: "The contact's touchpoints, newest first (?limit, ?before)",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/events",
+        scope: "ingest",
+        summary: "Ingest one event, or {\"events\": [...]} (up to 1,000, per-item results)",
+        body: Some("EventInput"),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/plugins",
+        scope: "read",
+        summary: "Installed plugins with versions and the live one",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/plugins",
+        scope: "admin",
+        summary: "Upload a component built by `nachfass plugin build` (?activate=false to keep it for later)",
+        body: Some("Component"),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/plugins/{name}/activate",
+        scope: "admin",
+        summary: "Make an installed version live",
+        body: Some("Activate"),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/plugins/{name}/rollback",
+        scope: "admin",
+        summary: "Return to the version live before the last activation",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/bindings",
+        scope: "read",
+        summary: "Scorer and segment bindings",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/bindings",
+        scope: "admin",
+        summary: "Bind a plugin as a scorer or a segment (a segment is rebuilt at once)",
+        body: Some("Binding"),
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/bindings/{name}",
+        scope: "admin",
+        summary: "Remove a binding",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/segments/{name}",
+        scope: "read",
+        summary: "Segment size and rebuild progress",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/segments/{name}/members",
+        scope: "read",
+        summary: "Member contact ids (?after, ?limit)",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/openapi.json",
+        scope: "none",
+        summary: "This document",
+        body: None,
+    },
+];
+
+fn schemas() -> Value {
+    let text = json!({ "type": "string" });
+    let fields = json!({ "type": "object", "additionalProperties": {
+        "description": "null, boolean, number, string, list of strings, or {\"timestamp\": ms}" } });
+    json!({
+        "ContactInput": { "type": "object", "additionalProperties": false, "properties": {
+            "email": text, "external_id": text, "phone": text, "timezone": text, "attributes": fields } },
+        "EventInput": { "type": "object", "additionalProperties": false, "required": ["kind"], "properties": {
+            "kind": text, "at": { "type": "integer", "description": "Unix epoch ms" }, "properties": fields,
+            "client_event_id": text, "contact_id": text, "email": text, "external_id": text } },
+        "Activate": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": { "version": text } },
+        "Binding": { "type": "object", "additionalProperties": false, "required": ["name", "kind", "plugin"], "properties": {
+            "name": text, "kind": { "enum": ["scorer", "segment"] }, "plugin": text,
+            "config": { "type": "object", "additionalProperties": text } } },
+        "Component": { "type": "string", "format": "binary" },
+        "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
+            "code": text, "message": text, "details": {} } } } },
+    })
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let mut operation = json!({
+            "summary": op.summary,
+            "responses": {
+                "200": { "description": "OK" },
+                "401": { "description": "No or unknown API key", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "403": { "description": format!("The key lacks the `{}` scope", op.scope) },
+                "422": { "description": "Invalid input; the message says what and where" },
+            },
+        });
+        if op.scope != "none" {
+            operation["security"] = json!([{ "apiKey": [op.scope] }]);
+        }
+        if let Some(body) = op.body {
+            let media = if body == "Component" {
+                "application/wasm"
+            } else {
+                "application/json"
+            };
+            operation["requestBody"] = json!({ "required": true, "content": { media: { "schema": { "$ref": format!("#/components/schemas/{body}") } } } });
+        }
+        let params: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            operation["parameters"] = Value::Array(params);
+        }
+        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "nachfass", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
+        },
+    })
+}
+
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
