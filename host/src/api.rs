@@ -47,7 +47,8 @@ impl AppState {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/contacts", post(contacts::upsert))
+        .route("/v1/contacts", get(contacts::list).post(contacts::upsert))
+        .route("/v1/contacts/{id}/merge", post(contacts::merge))
         .route(
             "/v1/contacts/{id}",
             get(contacts::get).delete(contacts::delete),

@@ -10,7 +10,9 @@ use crate::model::{ActivityCount, Event, Fields, Value};
 use crate::runtime::Registry;
 use crate::scoring::{self, StageThresholds};
 use crate::segments;
-use crate::store::{ContactInput, ContactRecord, EventInput, Ingested, Store, StoreError};
+use crate::store::{
+    ContactInput, ContactRecord, EventInput, Ingested, MergeReport, Store, StoreError,
+};
 
 /// Everything an event passes through after it is stored.
 #[derive(Clone)]
@@ -53,6 +55,25 @@ impl Pipeline {
             contact: self.store.contact(&id).await?,
             created: record.created,
         })
+    }
+
+    /// Merges `merged` into `survivor`, records `contact.merged` with what
+    /// moved, and re-scores and re-segments the survivor.
+    pub async fn merge(&self, survivor: &str, merged: &str) -> Result<MergeReport, StoreError> {
+        let now = self.clock.now();
+        let report = self.store.merge_contacts(survivor, merged, now).await?;
+        let moved = report.events_moved.to_string();
+        self.record(
+            survivor,
+            "contact.merged",
+            &[("merged", merged), ("events_moved", &moved)],
+            now,
+        )
+        .await?;
+        scoring::score_profile(self, survivor, now).await?;
+        let activity = self.store.activity(survivor, now).await?;
+        segments::evaluate_contact(self, survivor, &activity, now).await?;
+        Ok(report)
     }
 
     async fn after_event(&self, event: &Event, now: i64) -> Result<(), StoreError> {

@@ -10,6 +10,7 @@ mod api_keys;
 mod bindings;
 mod contacts;
 mod events;
+mod merge;
 mod segments;
 
 use std::str::FromStr;
@@ -21,6 +22,7 @@ pub use api_keys::{ApiKey, Scope};
 pub use bindings::{BindingDef, BindingKind, ScoreEntry};
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};
+pub use merge::{ContactFilter, MergeReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

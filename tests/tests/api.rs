@@ -345,3 +345,117 @@ async fn the_openapi_document_matches_the_routes() {
     }
     temp.cleanup(store).await;
 }
+
+#[tokio::test]
+async fn contacts_list_with_filters_and_merge_moves_everything() {
+    for (dialect, store, temp) in stores().await {
+        let (_, key) = store
+            .create_api_key("writer", &[Scope::Write, Scope::Read, Scope::Ingest], 0)
+            .await
+            .unwrap();
+        let client = Client::new(store.clone());
+        for i in 0..5 {
+            client
+                .post(
+                    "/v1/contacts",
+                    &key,
+                    json!({ "email": format!("p{i}@liste.example") }),
+                )
+                .await;
+        }
+        let (_, first) = client
+            .post(
+                "/v1/events",
+                &key,
+                json!({ "kind": "signup", "email": "ada@liste.example", "at": 1 }),
+            )
+            .await;
+        let ada = first["event"]["contact_id"].as_str().unwrap().to_owned();
+        let (_, second) = client
+            .post(
+                "/v1/events",
+                &key,
+                json!({ "kind": "download", "external_id": "crm-2", "at": 2 }),
+            )
+            .await;
+        let dup = second["event"]["contact_id"].as_str().unwrap().to_owned();
+        client
+            .post(
+                "/v1/contacts",
+                &key,
+                json!({ "external_id": "crm-2", "attributes": { "company": "Fabrik AG" } }),
+            )
+            .await;
+        let change = nachfass::model::ScoreChange {
+            delta: 5,
+            reasons: vec!["test".into()],
+        };
+        store
+            .apply_score(&dup, "manual", &change, None, 3)
+            .await
+            .unwrap();
+
+        let (status, page) = client.get("/v1/contacts?limit=4", &key).await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        assert_eq!(page["contacts"].as_array().unwrap().len(), 4, "{dialect}");
+        let after = page["next_after"].as_str().unwrap();
+        let (_, rest) = client
+            .get(&format!("/v1/contacts?limit=4&after={after}"), &key)
+            .await;
+        assert_eq!(
+            rest["contacts"].as_array().unwrap().len(),
+            3,
+            "7 contacts in all: {dialect}"
+        );
+        let (_, scored) = client.get("/v1/contacts?min_score=1", &key).await;
+        assert_eq!(scored["contacts"].as_array().unwrap().len(), 1, "{dialect}");
+        let (status, _) = client.get("/v1/contacts?colour=blue", &key).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown filters are refused: {dialect}"
+        );
+
+        let (status, report) = client
+            .post(
+                &format!("/v1/contacts/{ada}/merge"),
+                &key,
+                json!({ "from": dup }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}: {report}");
+        assert_eq!(
+            (
+                report["events_moved"].as_u64(),
+                report["score_added"].as_i64()
+            ),
+            (Some(1), Some(5)),
+            "{dialect}"
+        );
+        let (_, merged) = client.get(&format!("/v1/contacts/{ada}"), &key).await;
+        assert_eq!(merged["external_id"], "crm-2", "{dialect}");
+        assert_eq!(merged["attributes"]["company"], "Fabrik AG", "{dialect}");
+        assert_eq!(merged["score"], 5, "{dialect}");
+        let (status, _) = client.get(&format!("/v1/contacts/{dup}"), &key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{dialect}");
+        let (_, timeline) = client
+            .get(&format!("/v1/contacts/{ada}/timeline"), &key)
+            .await;
+        let kinds: Vec<&str> = timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["contact.merged", "download", "signup"], "{dialect}");
+        let (status, _) = client
+            .post(
+                &format!("/v1/contacts/{ada}/merge"),
+                &key,
+                json!({ "from": ada }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        temp.cleanup(store).await;
+    }
+}

@@ -3,11 +3,12 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::store::{ContactInput, Scope};
+use crate::store::{ContactFilter, ContactInput, Scope};
 
 /// Creates a contact, or updates the one with the same email or external id.
 pub async fn upsert(
@@ -45,4 +46,36 @@ pub async fn delete(
     } else {
         Err(ApiError::NotFound(format!("contact {id} does not exist")))
     }
+}
+
+/// Contacts in id order with filters: `?stage=`, `?segment=`,
+/// `?min_score=`, `?limit=`; `?after=<last id>` for the next page.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(filter): ApiQuery<ContactFilter>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let contacts = state.pipeline.store.list_contacts(&filter).await?;
+    let next = contacts.last().map(|c| c.id.clone());
+    Ok(Json(json!({ "contacts": contacts, "next_after": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeBody {
+    /// The contact to merge into this one; it is deleted afterwards.
+    pub from: String,
+}
+
+/// Merges another contact into this one and reports what moved.
+pub async fn merge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MergeBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Write)?;
+    let report = state.pipeline.merge(&id, &body.from).await?;
+    Ok(Json(json!(report)))
 }

@@ -1,12 +1,12 @@
 //! `/v1/events` and the timeline.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::store::{EventInput, Scope};
 
@@ -99,7 +99,7 @@ pub async fn timeline(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<TimelineQuery>,
+    ApiQuery(query): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     state.pipeline.store.contact(&id).await?;

@@ -61,3 +61,18 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller(key))
     }
 }
+
+/// Query parameters; unknown or malformed ones become a 422 in our error
+/// shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))
+    }
+}

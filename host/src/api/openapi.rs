@@ -136,6 +136,7 @@ fn schemas() -> Value {
             "name": text, "kind": { "enum": ["scorer", "segment"] }, "plugin": text,
             "config": { "type": "object", "additionalProperties": text } } },
         "Component": { "type": "string", "format": "binary" },
+        "Merge": { "type": "object", "additionalProperties": false, "required": ["from"], "properties": { "from": text } },
         "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
             "code": text, "message": text, "details": {} } } } },
     })

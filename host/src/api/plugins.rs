@@ -5,12 +5,12 @@ use std::path::Path as FsPath;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::runtime::manifest::{Manifest, ManifestError};
 use crate::runtime::registry::{Activation, RegistryError};
@@ -54,7 +54,7 @@ fn yes() -> bool {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;

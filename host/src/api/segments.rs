@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::extract::Caller;
+use super::extract::{ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::segments::{RebuildProgress, rebuild};
 use crate::store::{BindingKind, Scope};
@@ -99,7 +99,7 @@ pub async fn members(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(query): Query<MembersQuery>,
+    ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let members = state
