@@ -1,5 +1,6 @@
 //! The `nachfass` command line.
 
+mod demo;
 mod plugin;
 mod serve;
 
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: REST API, plugin runtime, watched plugins directory.
     Serve(ServeArgs),
+    /// Load a realistic demo data set: example plugins, contacts, weeks of touchpoints.
+    Demo(demo::DemoArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -68,6 +71,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Plugin(command) => plugin::run(command, cli.cache_dir, out).await,
         Command::Serve(args) => serve::serve(args, cli.cache_dir).await,
+        Command::Demo(args) => demo::demo(args, cli.cache_dir, out).await,
         Command::Keys(KeysCommand::Create(args)) => serve::create_key(args, out).await,
     }
 }

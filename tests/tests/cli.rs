@@ -227,3 +227,46 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
             .contains("not a valid plugin name")
     );
 }
+
+#[tokio::test]
+async fn demo_loads_contacts_with_scores_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let plugins = dir.path().join("plugins.d");
+    let (result, out) = nachfass(&[
+        "demo",
+        "--contacts",
+        "40",
+        "--days",
+        "10",
+        "--database",
+        &database,
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+    ])
+    .await;
+    result.unwrap();
+    assert!(out.contains("demo loaded: 40 contacts"), "{out}");
+    let store = nachfass::store::Store::connect(&database).await.unwrap();
+    let contacts = store
+        .list_contacts(&nachfass::store::ContactFilter {
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(contacts.len(), 40);
+    assert!(
+        contacts.iter().filter(|c| c.score > 0).count() > 20,
+        "most contacts have a score"
+    );
+    assert!(
+        contacts.iter().any(|c| c.stage != "subscriber"),
+        "some moved on in the funnel"
+    );
+    assert!(store.segment_size("software").await.unwrap() > 0);
+    assert!(
+        std::fs::read_dir(&plugins).unwrap().count() >= 4,
+        "the example plugins are kept for `serve`"
+    );
+}
