@@ -1,0 +1,203 @@
+//! Store and API figures: events ingested per second over real HTTP with one
+//! scorer and ten segment bindings, and contacts re-evaluated per second in
+//! a full segment rebuild; on SQLite and on PostgreSQL.
+//!
+//! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench ingest`
+//! Sizes: NACHFASS_BENCH_EVENTS (default 5000), NACHFASS_BENCH_REBUILD (default 1000000).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nachfass::api::{AppState, app};
+use nachfass::clock::SystemClock;
+use nachfass::ingest::Pipeline;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scoring::StageThresholds;
+use nachfass::store::{BindingDef, BindingKind, Scope, Store};
+use nachfass_tests::{guests, runtime};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn post(port: u16, key: &str, body: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
+    let store = Store::connect(url).await.unwrap();
+    let (_, key) = store
+        .create_api_key("bench", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let scorer = BindingDef {
+        name: "engagement".into(),
+        kind: BindingKind::Scorer,
+        plugin: "engagement".into(),
+        config: Default::default(),
+    };
+    store.create_binding(&scorer, 0).await.unwrap();
+    for i in 0..10 {
+        let config = [
+            ("attribute", "contact.score".to_owned()),
+            ("op", "gt".to_owned()),
+            ("value", (i * 5).to_string()),
+        ];
+        let def = BindingDef {
+            name: format!("score-over-{}", i * 5),
+            kind: BindingKind::Segment,
+            plugin: "attribute-match".into(),
+            config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        };
+        store.create_binding(&def, 0).await.unwrap();
+    }
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry,
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(
+        axum::serve(listener, app(AppState::new(pipeline.clone(), None))).into_future(),
+    );
+
+    let events = env("NACHFASS_BENCH_EVENTS", 5000);
+    let workers = 8;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let key = key.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut failed = 0;
+            for i in (w..events).step_by(workers) {
+                let kind = ["email.opened", "email.clicked", "page.visited", "download"][i % 4];
+                let body = format!(
+                    r#"{{"kind":"{kind}","email":"p{}@bench.example","client_event_id":"b-{i}"}}"#,
+                    i % 500
+                );
+                if post(port, &key, &body) != 201 {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{dialect}: {events} events over HTTP, 1 scorer + 10 segments, {workers} clients: {:.0} events/s ({:.2} s, {failed} failed)",
+        events as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    server.abort();
+
+    let contacts = env("NACHFASS_BENCH_REBUILD", 1_000_000);
+    let started = Instant::now();
+    let fill = if dialect == "sqlite" {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}) \
+             INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
+             SELECT printf('c_bench%012d', i), printf('r%d@rebuild.example', i), '{{\"employees\":' || (i % 2000) || '}}', 0, 0 FROM n",
+            last = contacts - 1
+        )
+    } else {
+        format!(
+            "INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
+             SELECT format('c_bench%s', lpad(i::text, 12, '0')), format('r%s@rebuild.example', i), \
+                    format('{{\"employees\":%s}}', i % 2000), 0, 0 FROM generate_series(0, {last}) AS i",
+            last = contacts - 1
+        )
+    };
+    use sqlx::Executor;
+    store
+        .pool()
+        .execute(sqlx::AssertSqlSafe(fill))
+        .await
+        .unwrap();
+    let filled = started.elapsed();
+    let def = BindingDef {
+        name: "mittelstand".into(),
+        kind: BindingKind::Segment,
+        plugin: "attribute-match".into(),
+        config: [("attribute", "employees"), ("op", "gt"), ("value", "249")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    store.create_binding(&def, 0).await.unwrap();
+    let started = Instant::now();
+    let progress = nachfass::segments::rebuild(&pipeline, "mittelstand", 1, |_| {})
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    println!(
+        "{dialect}: segment rebuild of {} contacts ({} entered): {:.0} contacts/s ({:.1} s; inserting them took {:.1} s)",
+        progress.evaluated,
+        progress.entered,
+        progress.evaluated as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        filled.as_secs_f64()
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let registry = Arc::new(Registry::new(runtime()));
+    for guest in [guests::ENGAGEMENT, guests::ATTRIBUTE_MATCH] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    bench(
+        "sqlite",
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
+        registry.clone(),
+    )
+    .await;
+    match std::env::var("NACHFASS_TEST_POSTGRES_URL") {
+        Ok(base) => {
+            let name = format!("nachfass_bench_{}", std::process::id());
+            let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+                .await
+                .unwrap();
+            use sqlx::Executor;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .unwrap();
+            let (server, _) = base.rsplit_once('/').unwrap();
+            bench("postgres", &format!("{server}/{name}"), registry).await;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {name} WITH (FORCE)"
+                )))
+                .await
+                .unwrap();
+        }
+        Err(_) => println!(
+            "postgres: skipped; set NACHFASS_TEST_POSTGRES_URL (tests/support/postgres.sh prints one)"
+        ),
+    }
+}
