@@ -184,17 +184,14 @@ impl Drop for HttpSink {
     }
 }
 
-/// A fresh store on each dialect: an SQLite file in a temp dir and a new
-/// database on the PostgreSQL server at `NACHFASS_TEST_POSTGRES_URL`
-/// (`tests/run` starts one). Every store test runs against both.
-pub async fn stores() -> Vec<(&'static str, nachfass::store::Store, TempStore)> {
+/// A fresh database on each dialect, as URLs: an SQLite file in a temp dir
+/// and a new database on the PostgreSQL server at
+/// `NACHFASS_TEST_POSTGRES_URL` (`tests/run` starts one).
+pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
     use sqlx::Executor;
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite_url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
-    let sqlite = nachfass::store::Store::connect(&sqlite_url)
-        .await
-        .expect("sqlite store");
 
     let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
         "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
@@ -216,13 +213,24 @@ pub async fn stores() -> Vec<(&'static str, nachfass::store::Store, TempStore)> 
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    let postgres = nachfass::store::Store::connect(&format!("{server}/{name}"))
-        .await
-        .expect("postgres store");
+    let postgres_url = format!("{server}/{name}");
     vec![
-        ("sqlite", sqlite, TempStore::Sqlite(dir)),
-        ("postgres", postgres, TempStore::Postgres { base, name }),
+        ("sqlite", sqlite_url, TempStore::Sqlite(dir)),
+        ("postgres", postgres_url, TempStore::Postgres { base, name }),
     ]
+}
+
+/// A fresh store on each dialect (see [`databases`]). Every store test runs
+/// against both.
+pub async fn stores() -> Vec<(&'static str, nachfass::store::Store, TempStore)> {
+    let mut stores = Vec::new();
+    for (dialect, url, temp) in databases().await {
+        let store = nachfass::store::Store::connect(&url)
+            .await
+            .expect("store connects");
+        stores.push((dialect, store, temp));
+    }
+    stores
 }
 
 /// Keeps a test store's backing alive; PostgreSQL databases are dropped by

@@ -47,10 +47,18 @@ fn http(port: u16, request: &str) -> (u16, serde_json::Value) {
     )
 }
 
-#[test]
-fn serve_answers_over_http_with_a_created_key() {
+#[tokio::test]
+async fn serve_answers_over_http_on_sqlite_and_postgres() {
+    for (dialect, database, temp) in nachfass_tests::databases().await {
+        serve_answers_over_http(&database);
+        let store = nachfass::store::Store::connect(&database).await.unwrap();
+        assert_eq!(store.count_contacts().await.unwrap(), 1, "{dialect}");
+        temp.cleanup(store).await;
+    }
+}
+
+fn serve_answers_over_http(database: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("nachfass.db").display());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,7 +73,7 @@ fn serve_answers_over_http_with_a_created_key() {
             "--scope",
             "admin",
             "--database",
-            &database,
+            database,
         ])
         .output()
         .unwrap();
@@ -84,7 +92,7 @@ fn serve_answers_over_http_with_a_created_key() {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--database",
-                &database,
+                database,
             ])
             .arg("--plugins-dir")
             .arg(dir.path().join("plugins.d"))
