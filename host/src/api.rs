@@ -51,7 +51,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/contacts/{id}/merge", post(contacts::merge))
         .route(
             "/v1/contacts/{id}",
-            get(contacts::get).delete(contacts::delete),
+            get(contacts::get)
+                .patch(contacts::update)
+                .delete(contacts::delete),
         )
         .route("/v1/contacts/{id}/timeline", get(events::timeline))
         .route("/v1/events", post(events::ingest))

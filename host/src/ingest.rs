@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::model::{ActivityCount, Event, Fields, Value};
+use crate::model::{ActivityCount, Contact, Event, Fields, Value};
 use crate::runtime::Registry;
 use crate::scoring::{self, StageThresholds};
 use crate::segments;
@@ -44,17 +44,34 @@ impl Pipeline {
         let now = self.clock.now();
         let record = self.store.upsert_contact(input, now).await?;
         let id = record.contact.id.clone();
-        async {
-            scoring::score_profile(self, &id, now).await?;
-            let activity = self.store.activity(&id, now).await?;
-            segments::evaluate_contact(self, &id, &activity, now).await
-        }
-        .instrument(tracing::debug_span!("after_profile", contact = %id))
-        .await?;
+        self.after_profile(&id, now).await?;
         Ok(ContactRecord {
             contact: self.store.contact(&id).await?,
             created: record.created,
         })
+    }
+
+    /// Changes a contact by id, then scores the profile and re-evaluates
+    /// its segments.
+    pub async fn update_contact(
+        &self,
+        id: &str,
+        patch: &ContactInput,
+    ) -> Result<Contact, StoreError> {
+        let now = self.clock.now();
+        self.store.update_contact(id, patch, now).await?;
+        self.after_profile(id, now).await?;
+        self.store.contact(id).await
+    }
+
+    async fn after_profile(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        async {
+            scoring::score_profile(self, id, now).await?;
+            let activity = self.store.activity(id, now).await?;
+            segments::evaluate_contact(self, id, &activity, now).await
+        }
+        .instrument(tracing::debug_span!("after_profile", contact = %id))
+        .await
     }
 
     /// Merges `merged` into `survivor`, records `contact.merged` with what

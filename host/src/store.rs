@@ -97,6 +97,19 @@ impl Store {
         Ok(Store { pool, dialect })
     }
 
+    /// A transaction that will write. SQLite takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+    /// upgrades later fails with "database is locked" under concurrent
+    /// writers instead of waiting for the busy timeout.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }

@@ -459,3 +459,36 @@ async fn contacts_list_with_filters_and_merge_moves_everything() {
         temp.cleanup(store).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_never_see_a_failed_ingest() {
+    for (dialect, store, temp) in stores().await {
+        let (_, key) = store
+            .create_api_key("site", &[Scope::Ingest], 0)
+            .await
+            .unwrap();
+        let client = Arc::new(Client::new(store.clone()));
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let (client, key) = (client.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..15 {
+                    // The same few new identities from every worker at once.
+                    let event = json!({ "kind": "page.visited", "email": format!("race{}@example.org", i % 3),
+                                        "client_event_id": format!("w{worker}-{i}") });
+                    statuses.push(client.post("/v1/events", &key, event).await);
+                }
+                statuses
+            }));
+        }
+        for task in tasks {
+            for (status, body) in task.await.unwrap() {
+                assert_eq!(status, StatusCode::CREATED, "{dialect}: {body}");
+            }
+        }
+        let contacts = store.list_contacts(&Default::default()).await.unwrap();
+        assert_eq!(contacts.len(), 3, "one contact per identity: {dialect}");
+        temp.cleanup(store).await;
+    }
+}

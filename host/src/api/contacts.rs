@@ -79,3 +79,16 @@ pub async fn merge(
     let report = state.pipeline.merge(&id, &body.from).await?;
     Ok(Json(json!(report)))
 }
+
+/// Changes a contact by id; given fields replace, attributes merge.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ContactInput>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Write)?;
+    Ok(Json(json!(
+        state.pipeline.update_contact(&id, &patch).await?
+    )))
+}

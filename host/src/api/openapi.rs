@@ -29,6 +29,13 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "patch",
+        path: "/v1/contacts/{id}",
+        scope: "write",
+        summary: "Change a contact: given fields replace (email too), attributes merge",
+        body: Some("ContactInput"),
+    },
+    Operation {
         method: "delete",
         path: "/v1/contacts/{id}",
         scope: "write",

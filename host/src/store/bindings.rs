@@ -113,7 +113,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let reasons = serde_json::to_string(&change.reasons)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO score_changes (id, contact_id, binding, delta, reasons, event_id, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -231,7 +231,7 @@ impl Store {
 
     /// Removes a binding and, for a segment, its members. Returns whether it existed.
     pub async fn delete_binding(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM segment_members WHERE segment = $1")
             .bind(name.to_owned())
             .execute(&mut *tx)
@@ -266,7 +266,7 @@ impl Store {
         binding: &str,
         points: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM profile_scores WHERE contact_id = $1 AND binding = $2")
             .bind(contact_id.to_owned())
             .bind(binding.to_owned())

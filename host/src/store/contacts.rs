@@ -106,7 +106,7 @@ impl Store {
         input: &ContactInput,
         now: i64,
     ) -> Result<ContactRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let record = upsert_in(&mut tx, input, now).await?;
         tx.commit().await?;
         Ok(record)
@@ -281,5 +281,45 @@ mod tests {
         ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
+    }
+}
+
+impl Store {
+    /// Changes a contact by id: given fields replace stored ones (an email
+    /// change included), attributes merge. Another contact's email or
+    /// external id is a conflict.
+    pub async fn update_contact(
+        &self,
+        id: &str,
+        patch: &ContactInput,
+        now: i64,
+    ) -> Result<Contact, StoreError> {
+        let mut contact = self.contact(id).await?;
+        if let Some(email) = &patch.email {
+            contact.email = Some(normalize_email(email)?);
+        }
+        if let Some(external_id) = &patch.external_id {
+            contact.external_id = Some(normalize_external_id(external_id)?);
+        }
+        contact.phone = patch.phone.clone().or(contact.phone);
+        contact.timezone = patch.timezone.clone().or(contact.timezone);
+        contact.attributes.extend(patch.attributes.clone());
+        let attributes = serde_json::to_string(&contact.attributes)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "UPDATE contacts SET email = $1, external_id = $2, phone = $3, timezone = $4, \
+             attributes = $5, updated_at = $6 WHERE id = $7",
+        )
+        .bind(contact.email.clone())
+        .bind(contact.external_id.clone())
+        .bind(contact.phone.clone())
+        .bind(contact.timezone.clone())
+        .bind(attributes)
+        .bind(now)
+        .bind(id.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_on_unique)?;
+        Ok(contact)
     }
 }

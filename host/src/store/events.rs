@@ -74,8 +74,22 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
 
 impl Store {
     /// Records one touchpoint. Contact creation, the event and the
-    /// contact's `last_seen_at` commit together.
+    /// contact's `last_seen_at` commit together. Two first events of the
+    /// same new identity at once race to create the contact; the loser
+    /// tries again and finds it.
     pub async fn ingest_event(&self, input: &EventInput, now: i64) -> Result<Ingested, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.ingest_once(input, now).await {
+                Err(StoreError::Conflict(_)) if attempt < 2 && input.contact_id.is_none() => {
+                    attempt += 1
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn ingest_once(&self, input: &EventInput, now: i64) -> Result<Ingested, StoreError> {
         validate_kind(&input.kind)?;
         if let Some(existing) = self
             .event_by_client_id(input.client_event_id.as_deref())
@@ -90,7 +104,7 @@ impl Store {
         let properties = serde_json::to_string(&input.properties)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let at = input.at.unwrap_or(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let (contact_id, contact_created) =
             match (&input.contact_id, &input.email, &input.external_id) {
                 (Some(id), _, _) => {

@@ -88,7 +88,7 @@ impl Store {
         // Profile points are re-earned by the survivor's own profile scoring.
         let score_added = gone.score - profile_points;
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE contacts SET email = NULL, external_id = NULL WHERE id = $1")
             .bind(merged.to_owned())
             .execute(&mut *tx)
