@@ -260,30 +260,6 @@ fn conflict_on_unique(error: sqlx::Error) -> StoreError {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::normalize_email;
-
-    #[test]
-    fn emails_are_normalized_or_refused() {
-        assert_eq!(
-            normalize_email("  Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
-        for bad in [
-            "",
-            "ada",
-            "@example.com",
-            "ada@localhost",
-            "a da@example.com",
-            "a@b@c.de",
-        ] {
-            assert!(normalize_email(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 impl Store {
     /// Changes a contact by id: given fields replace stored ones (an email
     /// change included), attributes merge. Another contact's email or
@@ -321,5 +297,29 @@ impl Store {
         .await
         .map_err(conflict_on_unique)?;
         Ok(contact)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::normalize_email;
+
+    #[test]
+    fn emails_are_normalized_or_refused() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@localhost",
+            "a da@example.com",
+            "a@b@c.de",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
     }
 }
