@@ -118,6 +118,7 @@ impl Pipeline {
             at: Some(now),
             properties,
             contact_id: Some(contact_id.to_owned()),
+            system: true,
             ..EventInput::default()
         };
         self.store.ingest_event(&input, now).await.map(drop)

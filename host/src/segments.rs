@@ -128,29 +128,20 @@ pub async fn rebuild(
                 break;
             }
         };
-        for ((contact, _), member) in items.iter().zip(answers) {
-            let was = contact.segments.iter().any(|s| s == segment);
-            if was != member
-                && pipeline
-                    .store
-                    .set_membership(segment, &contact.id, member, now)
-                    .await?
-            {
-                let kind = if member {
-                    "segment.entered"
-                } else {
-                    "segment.left"
-                };
-                pipeline
-                    .record(&contact.id, kind, &[("segment", segment)], now)
-                    .await?;
-                if member {
-                    progress.entered += 1
-                } else {
-                    progress.left += 1
-                }
-            }
-        }
+        let changes: Vec<(String, bool)> = items
+            .iter()
+            .zip(answers)
+            .filter(|((contact, _), member)| {
+                contact.segments.iter().any(|s| s == segment) != *member
+            })
+            .map(|((contact, _), member)| (contact.id.clone(), member))
+            .collect();
+        let (entered, left) = pipeline
+            .store
+            .apply_segment_changes(segment, &changes, now)
+            .await?;
+        progress.entered += entered;
+        progress.left += left;
         progress.evaluated += i64::try_from(items.len()).unwrap_or(i64::MAX);
         report(&progress);
     }

@@ -31,6 +31,11 @@ pub struct EventInput {
     pub email: Option<String>,
     #[serde(default)]
     pub external_id: Option<String>,
+    /// Written by nachfass about the contact (`stage.changed`,
+    /// `segment.entered`): on the timeline, but not the contact's own
+    /// activity, so `last_seen_at` stays.
+    #[serde(skip)]
+    pub system: bool,
 }
 
 /// What ingesting one event did.
@@ -171,13 +176,15 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        sqlx::query(
-            "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",
-        )
-        .bind(at)
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
+        if !input.system {
+            sqlx::query(
+                "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",
+            )
+            .bind(at)
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(Ingested {
             event,

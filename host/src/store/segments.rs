@@ -129,3 +129,61 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Writes a batch of membership changes of one segment and their
+    /// `segment.entered` / `segment.left` events in one transaction.
+    /// Returns (entered, left).
+    pub async fn apply_segment_changes(
+        &self,
+        segment: &str,
+        changes: &[(String, bool)],
+        now: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let properties = serde_json::json!({ "segment": segment }).to_string();
+        let (mut entered, mut left) = (0, 0);
+        let mut tx = self.write_tx().await?;
+        for (contact_id, member) in changes {
+            let changed = if *member {
+                sqlx::query(
+                    "INSERT INTO segment_members (segment, contact_id, since) SELECT $1, $2, $3 \
+                     WHERE NOT EXISTS (SELECT 1 FROM segment_members WHERE segment = $1 AND contact_id = $2)",
+                )
+                .bind(segment.to_owned())
+                .bind(contact_id.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
+                    .bind(segment.to_owned())
+                    .bind(contact_id.clone())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            };
+            if changed == 0 {
+                continue;
+            }
+            let kind = if *member {
+                "segment.entered"
+            } else {
+                "segment.left"
+            };
+            sqlx::query(
+                "INSERT INTO events (id, contact_id, kind, at, properties, received_at) VALUES ($1, $2, $3, $4, $5, $4)",
+            )
+            .bind(super::new_id("e"))
+            .bind(contact_id.clone())
+            .bind(kind)
+            .bind(now)
+            .bind(properties.clone())
+            .execute(&mut *tx)
+            .await?;
+            if *member { entered += 1 } else { left += 1 }
+        }
+        tx.commit().await?;
+        Ok((entered, left))
+    }
+}
