@@ -38,10 +38,12 @@ pub(crate) async fn evaluate_contact(
                 continue;
             }
         };
-        if pipeline
-            .store
-            .set_membership(&def.name, contact_id, member, now)
-            .await?
+        let was = contact.segments.iter().any(|s| *s == def.name);
+        if was != member
+            && pipeline
+                .store
+                .set_membership(&def.name, contact_id, member, now)
+                .await?
         {
             let kind = if member {
                 "segment.entered"

@@ -193,22 +193,7 @@ pub(super) async fn upsert_in(
             contact.phone = input.phone.clone().or(contact.phone);
             contact.timezone = input.timezone.clone().or(contact.timezone);
             contact.attributes.extend(input.attributes.clone());
-            let attributes = serde_json::to_string(&contact.attributes)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            sqlx::query(
-                "UPDATE contacts SET email = $1, external_id = $2, phone = $3, timezone = $4, \
-                 attributes = $5, updated_at = $6 WHERE id = $7",
-            )
-            .bind(contact.email.clone())
-            .bind(contact.external_id.clone())
-            .bind(contact.phone.clone())
-            .bind(contact.timezone.clone())
-            .bind(attributes)
-            .bind(now)
-            .bind(contact.id.clone())
-            .execute(&mut **tx)
-            .await
-            .map_err(conflict_on_unique)?;
+            write_fields(&mut **tx, &contact, now).await?;
             Ok(ContactRecord {
                 contact,
                 created: false,
@@ -252,6 +237,32 @@ pub(super) async fn upsert_in(
     }
 }
 
+/// Writes the fields a caller can change: identities, phone, time zone,
+/// attributes.
+async fn write_fields<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    contact: &Contact,
+    now: i64,
+) -> Result<(), StoreError> {
+    let attributes = serde_json::to_string(&contact.attributes)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query(
+        "UPDATE contacts SET email = $1, external_id = $2, phone = $3, timezone = $4, \
+         attributes = $5, updated_at = $6 WHERE id = $7",
+    )
+    .bind(contact.email.clone())
+    .bind(contact.external_id.clone())
+    .bind(contact.phone.clone())
+    .bind(contact.timezone.clone())
+    .bind(attributes)
+    .bind(now)
+    .bind(contact.id.clone())
+    .execute(executor)
+    .await
+    .map_err(conflict_on_unique)?;
+    Ok(())
+}
+
 fn conflict_on_unique(error: sqlx::Error) -> StoreError {
     if is_unique_violation(&error) {
         StoreError::Conflict("another contact has this email or external_id".into())
@@ -280,22 +291,7 @@ impl Store {
         contact.phone = patch.phone.clone().or(contact.phone);
         contact.timezone = patch.timezone.clone().or(contact.timezone);
         contact.attributes.extend(patch.attributes.clone());
-        let attributes = serde_json::to_string(&contact.attributes)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "UPDATE contacts SET email = $1, external_id = $2, phone = $3, timezone = $4, \
-             attributes = $5, updated_at = $6 WHERE id = $7",
-        )
-        .bind(contact.email.clone())
-        .bind(contact.external_id.clone())
-        .bind(contact.phone.clone())
-        .bind(contact.timezone.clone())
-        .bind(attributes)
-        .bind(now)
-        .bind(id.to_owned())
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_on_unique)?;
+        write_fields(&self.pool, &contact, now).await?;
         Ok(contact)
     }
 }

@@ -248,20 +248,22 @@ impl Store {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let count = |column: &str| -> Result<u32, StoreError> {
-                    let n: i64 = row.try_get(column)?;
-                    Ok(u32::try_from(n).unwrap_or(u32::MAX))
-                };
-                Ok(ActivityCount {
-                    kind: row.try_get("kind")?,
-                    total: count("total")?,
-                    last_24_hours: count("last_24_hours")?,
-                    last_30_days: count("last_30_days")?,
-                    last_at: row.try_get("last_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(activity_from_row).collect()
     }
+}
+
+/// An `ActivityCount` from a row with kind, total, last_24_hours,
+/// last_30_days and last_at.
+pub(super) fn activity_from_row(row: &sqlx::any::AnyRow) -> Result<ActivityCount, StoreError> {
+    let count = |column: &str| -> Result<u32, StoreError> {
+        let n: i64 = row.try_get(column)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(ActivityCount {
+        kind: row.try_get("kind")?,
+        total: count("total")?,
+        last_24_hours: count("last_24_hours")?,
+        last_30_days: count("last_30_days")?,
+        last_at: row.try_get("last_at")?,
+    })
 }

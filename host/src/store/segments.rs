@@ -83,20 +83,11 @@ impl Store {
         .await?;
         let mut by_contact: HashMap<String, Vec<ActivityCount>> = HashMap::new();
         for row in rows {
-            let count = |column: &str| -> Result<u32, StoreError> {
-                let n: i64 = row.try_get(column)?;
-                Ok(u32::try_from(n).unwrap_or(u32::MAX))
-            };
+            let contact_id: String = row.try_get("contact_id")?;
             by_contact
-                .entry(row.try_get("contact_id")?)
+                .entry(contact_id)
                 .or_default()
-                .push(ActivityCount {
-                    kind: row.try_get("kind")?,
-                    total: count("total")?,
-                    last_24_hours: count("last_24_hours")?,
-                    last_30_days: count("last_30_days")?,
-                    last_at: row.try_get("last_at")?,
-                });
+                .push(super::events::activity_from_row(&row)?);
         }
         Ok(by_contact)
     }
