@@ -38,7 +38,7 @@ pub(crate) async fn evaluate_contact(
                 continue;
             }
         };
-        let was = contact.segments.iter().any(|s| *s == def.name);
+        let was = contact.segments.contains(&def.name);
         if was != member
             && pipeline
                 .store
