@@ -4,6 +4,7 @@ mod contacts;
 mod error;
 mod events;
 mod extract;
+mod journeys;
 pub mod openapi;
 mod plugins;
 mod segments;
@@ -17,7 +18,11 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use std::sync::Arc;
+
 use crate::ingest::Pipeline;
+use crate::journeys::Journeys;
+use crate::policy::Policy;
 
 /// Largest request body: a batch of 1,000 events fits comfortably.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -33,14 +38,22 @@ pub struct AppState {
     pub plugins_dir: Option<PathBuf>,
     /// Progress of segment rebuilds.
     pub rebuilds: segments::Rebuilds,
+    pub journeys: Arc<Journeys>,
 }
 
 impl AppState {
+    /// State with journeys under the default policy.
     pub fn new(pipeline: Pipeline, plugins_dir: Option<PathBuf>) -> AppState {
+        let journeys = Journeys::new(pipeline.clone(), Policy::default());
+        AppState::with_journeys(journeys, plugins_dir)
+    }
+
+    pub fn with_journeys(journeys: Arc<Journeys>, plugins_dir: Option<PathBuf>) -> AppState {
         AppState {
-            pipeline,
+            pipeline: journeys.pipeline.clone(),
             plugins_dir,
             rebuilds: Default::default(),
+            journeys,
         }
     }
 }
@@ -74,6 +87,33 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))
+        .route("/v1/journeys", get(journeys::list))
+        .route(
+            "/v1/journeys/{name}",
+            get(journeys::show).put(journeys::save),
+        )
+        .route(
+            "/v1/journeys/{name}/versions/{version}",
+            get(journeys::version),
+        )
+        .route("/v1/journeys/{name}/stop", post(journeys::stop))
+        .route("/v1/journeys/{name}/start", post(journeys::start))
+        .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
+        .route("/v1/journey-templates", get(journeys::templates))
+        .route(
+            "/v1/journey-templates/{template}/install",
+            post(journeys::install),
+        )
+        .route("/v1/contacts/{id}/journeys", get(journeys::contact_runs))
+        .route(
+            "/v1/contacts/{id}/messages",
+            get(journeys::contact_messages),
+        )
+        .route(
+            "/v1/contacts/{id}/consents",
+            get(journeys::consents).put(journeys::set_consent),
+        )
+        .route("/v1/scheduler", get(journeys::scheduler))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -29,7 +29,8 @@ impl Default for StageThresholds {
     }
 }
 
-const ORDER: [&str; 5] = ["subscriber", "lead", "mql", "sql", "customer"];
+/// The lifecycle stages, in order.
+pub const STAGES: [&str; 5] = ["subscriber", "lead", "mql", "sql", "customer"];
 
 impl StageThresholds {
     /// The stage a score earns. Stages only move forward here: a falling
@@ -46,7 +47,7 @@ impl StageThresholds {
         } else {
             "subscriber"
         };
-        let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(0);
+        let rank = |s: &str| STAGES.iter().position(|o| *o == s).unwrap_or(0);
         if rank(earned) > rank(current) {
             earned.to_owned()
         } else {
@@ -58,6 +59,7 @@ impl StageThresholds {
 pub(crate) fn runtime_binding(def: &BindingDef, world: World) -> Arc<Binding> {
     let mut binding = Binding::new(&def.name, world);
     binding.config = def.config.clone();
+    binding.allow_http = def.allow_http.clone();
     Arc::new(binding)
 }
 

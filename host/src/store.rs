@@ -10,10 +10,14 @@ mod api_keys;
 mod bindings;
 mod contacts;
 mod events;
+pub mod jobs;
+pub mod journeys;
 mod merge;
 mod segments;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
@@ -22,6 +26,8 @@ pub use api_keys::{ApiKey, Scope};
 pub use bindings::{BindingDef, BindingKind, ScoreEntry};
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};
+pub use jobs::{ClaimedJob, QueueCounts};
+pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,9 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Whether a journey exists: then every new event also queues a job
+    /// that routes it to journeys, in the event's own transaction.
+    routing: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -94,7 +103,25 @@ impl Store {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Dialect::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, dialect })
+        let store = Store {
+            pool,
+            dialect,
+            routing: Arc::default(),
+        };
+        store.refresh_routing().await?;
+        Ok(store)
+    }
+
+    /// Re-reads whether any journey is active (another node may have saved
+    /// one).
+    pub async fn refresh_routing(&self) -> Result<(), StoreError> {
+        let any = self.has_journeys().await?;
+        self.routing.store(any, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub(crate) fn routes_events(&self) -> bool {
+        self.routing.load(Ordering::SeqCst)
     }
 
     /// A transaction that will write. SQLite takes the write lock at once

@@ -164,6 +164,7 @@ pub async fn create_binding(
     let wanted = match def.kind {
         BindingKind::Scorer => World::Scorer,
         BindingKind::Segment => World::SegmentRule,
+        BindingKind::Channel => World::Channel,
     };
     if plugin.manifest().world != wanted {
         return Err(ApiError::invalid(format!(

@@ -129,6 +129,7 @@ pub async fn demo(
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            allow_http: Vec::new(),
         };
         match store.create_binding(&def, now).await {
             Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {}

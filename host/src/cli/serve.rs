@@ -11,8 +11,11 @@ use super::{CliError, fail};
 use crate::api::{AppState, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
+use crate::journeys::Journeys;
+use crate::policy::Policy;
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::scoring::StageThresholds;
 use crate::store::{Scope, Store};
 
@@ -41,6 +44,13 @@ pub struct ServeArgs {
     /// How often the plugins directory is scanned, in milliseconds.
     #[arg(long, env = "NACHFASS_PLUGINS_SCAN_MS", default_value_t = 1000)]
     pub plugins_scan_ms: u64,
+    /// Serve the API only; leave journeys and sends to other nodes.
+    #[arg(long, env = "NACHFASS_NO_SCHEDULER")]
+    pub no_scheduler: bool,
+    /// How long a node holds a claimed job before others may take it, in
+    /// milliseconds.
+    #[arg(long, env = "NACHFASS_LEASE_MS", default_value_t = 60_000)]
+    pub lease_ms: i64,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -84,13 +94,32 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         clock,
         stages: StageThresholds::default(),
     };
-    let app = app(AppState::new(pipeline, Some(args.plugins_dir.clone())));
-    axum::serve(listener, app)
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = (!args.no_scheduler).then(|| {
+        let config = SchedulerConfig {
+            lease_ms: args.lease_ms,
+            ..SchedulerConfig::default()
+        };
+        let scheduler = Scheduler::new(journeys.clone(), config);
+        tracing::info!(worker = scheduler.worker(), "scheduler running");
+        tokio::spawn(scheduler.run_forever(stopped))
+    });
+    let app = app(AppState::with_journeys(
+        journeys,
+        Some(args.plugins_dir.clone()),
+    ));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-        .map_err(|e| fail(format!("server stopped: {e}")))
+        .map_err(|e| fail(format!("server stopped: {e}")));
+    let _ = stop.send(true);
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
+    served
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,8 @@ use crate::model::ScoreChange;
 pub enum BindingKind {
     Scorer,
     Segment,
+    /// A channel connector that journeys send through.
+    Channel,
 }
 
 impl BindingKind {
@@ -21,6 +23,7 @@ impl BindingKind {
         match self {
             BindingKind::Scorer => "scorer",
             BindingKind::Segment => "segment",
+            BindingKind::Channel => "channel",
         }
     }
 }
@@ -35,6 +38,10 @@ pub struct BindingDef {
     pub plugin: String,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Hosts a channel binding may reach over HTTP (`host`, `host:port`,
+    /// `*.example.com`); nothing else is reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_http: Vec<String>,
 }
 
 /// One recorded score change.
@@ -63,11 +70,26 @@ impl Store {
         }
         let config =
             serde_json::to_string(&def.config).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, created_at) VALUES ($1, $2, $3, $4, $5)")
+        if def.kind != BindingKind::Channel && !def.allow_http.is_empty() {
+            return Err(StoreError::Invalid(
+                "only channel bindings may reach hosts over HTTP; remove allow_http".into(),
+            ));
+        }
+        if let Some(bad) = def
+            .allow_http
+            .iter()
+            .find(|h| h.is_empty() || h.contains([',', '/', ' ']))
+        {
+            return Err(StoreError::Invalid(format!(
+                "allow_http entry `{bad}` must be a host, host:port or *.domain"
+            )));
+        }
+        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(def.name.clone())
             .bind(def.kind.as_str())
             .bind(def.plugin.clone())
             .bind(config)
+            .bind(def.allow_http.join(","))
             .bind(now)
             .execute(&self.pool)
             .await
@@ -82,20 +104,27 @@ impl Store {
     }
 
     pub async fn bindings(&self, kind: BindingKind) -> Result<Vec<BindingDef>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, plugin, config FROM bindings WHERE kind = $1 ORDER BY name")
-                .bind(kind.as_str())
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, plugin, config, allow_http FROM bindings WHERE kind = $1 ORDER BY name",
+        )
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 let config: String = row.try_get("config")?;
+                let allow_http: String = row.try_get("allow_http")?;
                 Ok(BindingDef {
                     name: row.try_get("name")?,
                     kind,
                     plugin: row.try_get("plugin")?,
                     config: serde_json::from_str(&config)
                         .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    allow_http: allow_http
+                        .split(',')
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                 })
             })
             .collect()
@@ -222,10 +251,11 @@ impl Store {
 }
 
 impl Store {
-    /// Every binding, scorers and segments.
+    /// Every binding: scorers, segments and channels.
     pub async fn all_bindings(&self) -> Result<Vec<BindingDef>, StoreError> {
         let mut all = self.bindings(BindingKind::Scorer).await?;
         all.extend(self.bindings(BindingKind::Segment).await?);
+        all.extend(self.bindings(BindingKind::Channel).await?);
         Ok(all)
     }
 

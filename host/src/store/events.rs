@@ -65,7 +65,7 @@ fn validate_kind(kind: &str) -> Result<(), StoreError> {
     }
 }
 
-fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
+pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
     let properties: String = row.try_get("properties")?;
     Ok(Event {
         id: row.try_get("id")?,
@@ -184,6 +184,12 @@ impl Store {
             .bind(contact_id)
             .execute(&mut *tx)
             .await?;
+        }
+        if self.routes_events() {
+            let job = crate::journeys::Job::Route {
+                event_id: event.id.clone(),
+            };
+            super::jobs::enqueue_in(&mut tx, &job.unique_key(), &job.payload(), now, now).await?;
         }
         tx.commit().await?;
         Ok(Ingested {

@@ -162,16 +162,22 @@ impl Store {
             } else {
                 "segment.left"
             };
+            let event_id = super::new_id("e");
             sqlx::query(
                 "INSERT INTO events (id, contact_id, kind, at, properties, received_at) VALUES ($1, $2, $3, $4, $5, $4)",
             )
-            .bind(super::new_id("e"))
+            .bind(event_id.clone())
             .bind(contact_id.clone())
             .bind(kind)
             .bind(now)
             .bind(properties.clone())
             .execute(&mut *tx)
             .await?;
+            if self.routes_events() {
+                let job = crate::journeys::Job::Route { event_id };
+                super::jobs::enqueue_in(&mut tx, &job.unique_key(), &job.payload(), now, now)
+                    .await?;
+            }
             if *member { entered += 1 } else { left += 1 }
         }
         tx.commit().await?;

@@ -1,0 +1,326 @@
+//! Follow-up journeys: definitions, enrolment, and the steps a run takes.
+//!
+//! Data flow: an event is stored with a `route` job (one transaction) →
+//! routing ends runs that reached a goal, wakes runs waiting for it and
+//! enrols contacts whose trigger it matches → each run's steps advance in
+//! `advance` jobs, a send passing the policy gate into the outbox → the
+//! outbox's `deliver` jobs call the channel plugin. Every job is durable
+//! and every transition carries the run's `seq`, so a job that runs twice
+//! (a crash, an expired lease) changes nothing the second time.
+
+mod advance;
+pub mod condition;
+pub mod definition;
+pub mod ready_made;
+mod route;
+mod send;
+mod sweep;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration as StdDuration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::Pipeline;
+use crate::model::{Fields, Value};
+use crate::policy::Policy;
+use crate::store::jobs::ClaimedJob;
+use crate::store::{BindingKind, StoreError};
+
+pub use definition::JourneyDef;
+pub use validate::Known;
+
+/// The durable jobs of journeys, stored as JSON in the job queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "snake_case")]
+pub enum Job {
+    /// Route a new event to goals, waits and triggers.
+    Route { event_id: String },
+    /// Run the run's current step; stale unless the run is at `seq`.
+    Advance { run_id: String, seq: i64 },
+    /// A `wait_until` ran out of time.
+    Timeout { run_id: String, seq: i64 },
+    /// Hand an outbox entry to its channel.
+    Deliver { outbox_id: String },
+    /// A scheduled journey's sweep at cron time `at`.
+    Sweep {
+        journey: String,
+        version: i64,
+        at: i64,
+    },
+}
+
+impl Job {
+    /// One job per event, run transition, message and sweep time.
+    pub fn unique_key(&self) -> String {
+        match self {
+            Job::Route { event_id } => format!("route:{event_id}"),
+            Job::Advance { run_id, seq } => format!("advance:{run_id}:{seq}"),
+            Job::Timeout { run_id, seq } => format!("timeout:{run_id}:{seq}"),
+            Job::Deliver { outbox_id } => format!("deliver:{outbox_id}"),
+            Job::Sweep {
+                journey,
+                version,
+                at,
+            } => format!("sweep:{journey}:{version}:{at}"),
+        }
+    }
+
+    pub fn payload(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What became of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    /// Its work committed, and the job with it.
+    Done,
+    /// Try again after `after_ms` (a transient failure).
+    Retry { after_ms: i64, error: String },
+    /// Out of attempts or unrecoverable; recorded.
+    Failed { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JourneyError {
+    #[error("the journey definition is not valid")]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What saving a definition did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Saved {
+    pub name: String,
+    pub version: i64,
+    /// False when the definition equals the latest version.
+    pub created: bool,
+}
+
+/// The journeys engine: shared by the API and the scheduler.
+pub struct Journeys {
+    pub pipeline: Pipeline,
+    pub policy: Policy,
+    /// Saved versions never change, so they are cached for good.
+    versions: Mutex<HashMap<(String, i64), Arc<JourneyDef>>>,
+    /// The latest active versions, for trigger matching; re-read after a
+    /// save here and every few seconds for saves on other nodes.
+    active: Mutex<(Option<Instant>, Arc<Vec<(i64, Arc<JourneyDef>)>>)>,
+    /// Channel kind (`email`, `sms`) of each channel plugin version.
+    channel_kinds: Mutex<HashMap<String, String>>,
+}
+
+const ACTIVE_REFRESH: StdDuration = StdDuration::from_secs(5);
+
+impl Journeys {
+    pub fn new(pipeline: Pipeline, policy: Policy) -> Arc<Journeys> {
+        Arc::new(Journeys {
+            pipeline,
+            policy,
+            versions: Mutex::default(),
+            active: Mutex::default(),
+            channel_kinds: Mutex::default(),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        self.pipeline.clock.now()
+    }
+
+    /// Parses, validates and stores a definition as a new version, then
+    /// schedules its first sweep if it has a cron trigger.
+    pub async fn save(&self, json: &[u8]) -> Result<Saved, JourneyError> {
+        let def = JourneyDef::from_json(json).map_err(|e| JourneyError::Invalid(vec![e]))?;
+        self.save_def(&def).await
+    }
+
+    pub async fn save_def(&self, def: &JourneyDef) -> Result<Saved, JourneyError> {
+        validate::validate(def, &self.known().await?).map_err(JourneyError::Invalid)?;
+        let canonical =
+            serde_json::to_string(def).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let now = self.now();
+        let (version, created) = self
+            .pipeline
+            .store
+            .save_journey(&def.name, &canonical, now)
+            .await?;
+        self.pipeline.store.refresh_routing().await?;
+        self.forget_active();
+        sweep::schedule_next(self, &def.name, version, def, now).await?;
+        Ok(Saved {
+            name: def.name.clone(),
+            version,
+            created,
+        })
+    }
+
+    /// The bindings and segments a definition may name.
+    pub async fn known(&self) -> Result<Known, StoreError> {
+        let store = &self.pipeline.store;
+        Ok(Known {
+            channel_bindings: store
+                .bindings(BindingKind::Channel)
+                .await?
+                .into_iter()
+                .map(|b| b.name)
+                .collect(),
+            segments: store
+                .bindings(BindingKind::Segment)
+                .await?
+                .into_iter()
+                .map(|b| b.name)
+                .collect(),
+        })
+    }
+
+    pub async fn definition(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Arc<JourneyDef>, StoreError> {
+        let key = (name.to_owned(), version);
+        if let Some(def) = lock(&self.versions).get(&key) {
+            return Ok(def.clone());
+        }
+        let json = self
+            .pipeline
+            .store
+            .journey_definition(name, version)
+            .await?;
+        let def =
+            Arc::new(JourneyDef::from_json(json.as_bytes()).map_err(|e| {
+                StoreError::Invalid(format!("stored journey {name} v{version}: {e}"))
+            })?);
+        lock(&self.versions).insert(key, def.clone());
+        Ok(def)
+    }
+
+    /// Latest versions of the journeys that take new entries.
+    pub async fn active(&self) -> Result<Arc<Vec<(i64, Arc<JourneyDef>)>>, StoreError> {
+        {
+            let cached = lock(&self.active);
+            if let (Some(at), list) = &*cached
+                && at.elapsed() < ACTIVE_REFRESH
+            {
+                return Ok(list.clone());
+            }
+        }
+        let mut list = Vec::new();
+        for version in self.pipeline.store.latest_journeys().await? {
+            if version.active {
+                list.push((
+                    version.version,
+                    self.definition(&version.name, version.version).await?,
+                ));
+            }
+        }
+        let list = Arc::new(list);
+        *lock(&self.active) = (Some(Instant::now()), list.clone());
+        Ok(list)
+    }
+
+    pub fn forget_active(&self) {
+        lock(&self.active).0 = None;
+    }
+
+    /// Enrols a contact by hand (`POST /v1/journeys/{name}/enroll`).
+    /// Returns the new run's id, or `None` when the re-entry policy says no.
+    pub async fn enroll(&self, name: &str, contact_id: &str) -> Result<Option<String>, StoreError> {
+        let latest = self
+            .pipeline
+            .store
+            .journey_versions(name)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NotFound(format!("journey {name}")))?;
+        if !latest.active {
+            return Err(StoreError::Conflict(format!(
+                "journey {name} is stopped; save it again to take new entries"
+            )));
+        }
+        let def = self.definition(name, latest.version).await?;
+        let now = self.now();
+        let store = &self.pipeline.store;
+        let mut tx = store.write_tx().await?;
+        if crate::store::journeys::contact_in(&mut tx, contact_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound(format!("contact {contact_id}")));
+        }
+        let run = route::enroll(&mut tx, &def, latest.version, contact_id, None, now).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// Runs one claimed job.
+    pub async fn run_job(&self, job: &ClaimedJob) -> Result<JobOutcome, StoreError> {
+        let parsed: Job = serde_json::from_str(&job.payload)
+            .map_err(|e| StoreError::Invalid(format!("job {} has a bad payload: {e}", job.id)))?;
+        match parsed {
+            Job::Route { event_id } => route::route(self, job, &event_id).await,
+            Job::Advance { run_id, seq } => advance::advance(self, job, &run_id, seq, false).await,
+            Job::Timeout { run_id, seq } => advance::advance(self, job, &run_id, seq, true).await,
+            Job::Deliver { outbox_id } => crate::outbox::deliver(self, job, &outbox_id).await,
+            Job::Sweep {
+                journey,
+                version,
+                at,
+            } => sweep::sweep(self, job, &journey, version, at).await,
+        }
+    }
+
+    /// The channel kind of a channel binding's live plugin.
+    pub(crate) async fn channel_kind(&self, binding: &str) -> Result<Option<String>, StoreError> {
+        let Some(def) = self
+            .pipeline
+            .store
+            .bindings(BindingKind::Channel)
+            .await?
+            .into_iter()
+            .find(|b| b.name == binding)
+        else {
+            return Ok(None);
+        };
+        let Some(plugin) = self.pipeline.registry.live(&def.plugin) else {
+            return Ok(None);
+        };
+        if let Some(kind) = lock(&self.channel_kinds).get(plugin.id()) {
+            return Ok(Some(kind.clone()));
+        }
+        let runtime_binding = crate::scoring::runtime_binding(&def, crate::runtime::World::Channel);
+        let info = match plugin.describe(&runtime_binding, self.now()).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(binding, error = %e, "channel describe failed");
+                return Ok(None);
+            }
+        };
+        let kind = serde_json::to_value(info.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "webhook".to_owned());
+        lock(&self.channel_kinds).insert(plugin.id().to_owned(), kind.clone());
+        Ok(Some(kind))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not stop the engine; the data is a cache.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `[("journey", "welcome")]` as event properties.
+pub(crate) fn props(pairs: &[(&str, &str)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+        .collect()
+}

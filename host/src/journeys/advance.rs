@@ -1,0 +1,216 @@
+//! Running a run's steps until it waits, is deferred or ends. Everything a
+//! job does to a run commits in one transaction with the job's removal.
+
+use std::collections::BTreeMap;
+
+use sqlx::AnyConnection;
+
+use super::condition::{self, Facts};
+use super::definition::{JourneyDef, Step};
+use super::send::{SendOutcome, send};
+use super::{Job, JobOutcome, Journeys, props};
+use crate::store::StoreError;
+use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::journeys::{
+    Run, contact_in, last_event_times_in, record_in, run_in, set_attribute_in, update_run_in,
+};
+
+/// Steps one job may take without pausing; validation refuses loops
+/// without a wait, so this only guards against the unforeseen.
+const MAX_STEPS_PER_JOB: usize = 100;
+
+pub(super) async fn advance(
+    journeys: &Journeys,
+    job: &ClaimedJob,
+    run_id: &str,
+    seq: i64,
+    timed_out: bool,
+) -> Result<JobOutcome, StoreError> {
+    let store = &journeys.pipeline.store;
+    let now = journeys.now();
+    let mut tx = store.write_tx().await?;
+    let run = run_in(&mut tx, store.dialect(), run_id).await?;
+    // A job for a transition that already happened (or a run that ended)
+    // is stale: the work was done, by this job's earlier attempt or another.
+    let current = run
+        .filter(|r| r.ended_at.is_none() && r.seq == seq && (r.status == "waiting") == timed_out);
+    if let Some(mut run) = current {
+        let def = journeys.definition(&run.journey, run.version).await?;
+        if timed_out {
+            let next = match run.step.as_deref().and_then(|s| def.step(s)) {
+                Some((index, Step::WaitUntil { on_timeout, .. })) => {
+                    def.resolve(index, on_timeout.as_deref())
+                }
+                _ => None,
+            };
+            move_to(&mut tx, &mut run, next, now).await?;
+        } else {
+            drive(journeys, &mut tx, &def, &mut run, now).await?;
+        }
+        update_run_in(&mut tx, &run).await?;
+    }
+    if !finish_in(&mut tx, job).await? {
+        return Ok(JobOutcome::Done);
+    }
+    tx.commit().await?;
+    Ok(JobOutcome::Done)
+}
+
+/// Takes steps until the run pauses or ends.
+async fn drive(
+    journeys: &Journeys,
+    tx: &mut AnyConnection,
+    def: &JourneyDef,
+    run: &mut Run,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(mut contact) = contact_in(tx, &run.contact_id).await? else {
+        return finish_run(tx, run, "exited", Some("contact deleted"), now).await;
+    };
+    for _ in 0..MAX_STEPS_PER_JOB {
+        let Some(step_id) = run.step.clone() else {
+            return finish_run(tx, run, "completed", None, now).await;
+        };
+        let Some((index, step)) = def.step(&step_id) else {
+            let why = format!("step `{step_id}` is not in version {}", run.version);
+            return finish_run(tx, run, "exited", Some(&why), now).await;
+        };
+        match step {
+            Step::Wait { duration, next, .. } => {
+                run.step = def.resolve(index, next.as_deref());
+                return pause(tx, run, now + duration.millis, now).await;
+            }
+            Step::WaitUntil { event, timeout, .. } => {
+                run.status = "waiting".to_owned();
+                run.waiting_for = Some(event.clone());
+                run.seq += 1;
+                let job = Job::Timeout {
+                    run_id: run.id.clone(),
+                    seq: run.seq,
+                };
+                enqueue_in(
+                    tx,
+                    &job.unique_key(),
+                    &job.payload(),
+                    now + timeout.millis,
+                    now,
+                )
+                .await?;
+                return Ok(());
+            }
+            Step::Branch {
+                condition,
+                then,
+                otherwise,
+                ..
+            } => {
+                let kinds = condition::event_kinds(condition);
+                let last_events = if kinds.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    last_event_times_in(tx, &contact.id, &kinds).await?
+                };
+                let facts = Facts {
+                    contact: &contact,
+                    last_events: &last_events,
+                    now,
+                };
+                let taken = if condition::holds(condition, &facts) {
+                    then
+                } else {
+                    otherwise
+                };
+                run.step = Some(taken.clone());
+            }
+            Step::SetAttribute {
+                name, value, next, ..
+            } => {
+                contact.attributes.insert(name.clone(), value.clone());
+                set_attribute_in(tx, &contact, now).await?;
+                run.step = def.resolve(index, next.as_deref());
+            }
+            Step::Exit { reason, .. } => {
+                let reason = reason.as_deref().unwrap_or("exit step");
+                return finish_run(tx, run, "exited", Some(reason), now).await;
+            }
+            Step::Send { next, .. } => {
+                match send(journeys, tx, def, run, &contact, step, now).await? {
+                    SendOutcome::Queued | SendOutcome::Skipped => {
+                        run.step = def.resolve(index, next.as_deref());
+                    }
+                    SendOutcome::Deferred(until) => return pause(tx, run, until, now).await,
+                }
+            }
+        }
+    }
+    finish_run(
+        tx,
+        run,
+        "exited",
+        Some("too many steps without a wait"),
+        now,
+    )
+    .await
+}
+
+/// The run continues at its current step at `until`.
+async fn pause(
+    tx: &mut AnyConnection,
+    run: &mut Run,
+    until: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    run.seq += 1;
+    let job = Job::Advance {
+        run_id: run.id.clone(),
+        seq: run.seq,
+    };
+    enqueue_in(tx, &job.unique_key(), &job.payload(), until, now).await?;
+    Ok(())
+}
+
+/// Leaves a wait for `next` (or ends the run there is none), continuing
+/// at once in a new job.
+pub(super) async fn move_to(
+    tx: &mut AnyConnection,
+    run: &mut Run,
+    next: Option<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    run.status = "active".to_owned();
+    run.waiting_for = None;
+    match next {
+        Some(step) => {
+            run.step = Some(step);
+            pause(tx, run, now, now).await
+        }
+        None => finish_run(tx, run, "completed", None, now).await,
+    }
+}
+
+/// Ends a run (`completed`, `converted`, `exited`) and says so on the
+/// contact's timeline. The caller writes the run.
+pub(super) async fn finish_run(
+    tx: &mut AnyConnection,
+    run: &mut Run,
+    status: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    run.status = status.to_owned();
+    run.step = None;
+    run.waiting_for = None;
+    run.ended_at = Some(now);
+    run.exit_reason = reason.map(str::to_owned);
+    run.seq += 1;
+    update_run_in(tx, run).await?;
+    if status != "converted" {
+        let kind = format!("journey.{status}");
+        let mut properties = props(&[("journey", &run.journey), ("run", &run.id)]);
+        if let Some(reason) = reason {
+            properties.extend(props(&[("reason", reason)]));
+        }
+        record_in(tx, &run.contact_id, &kind, properties, now).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Routing a new event: stop events suppress and end marketing runs, goals
+//! convert runs, waiting runs wake, and triggers enrol — all in the one
+//! transaction that also removes the route job.
+
+use sqlx::AnyConnection;
+
+use super::advance::{finish_run, move_to};
+use super::definition::{JourneyDef, ReEntry, Step, Trigger, properties_match};
+use super::{Job, JobOutcome, Journeys, props};
+use crate::model::{Contact, Event, Value};
+use crate::policy::Suppression;
+use crate::store::StoreError;
+use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::journeys::{
+    Run, contact_in, event_in, insert_run_in, last_run_in, new_run_id, open_runs_in, record_in,
+    suppress_in, update_run_in,
+};
+
+pub(super) async fn route(
+    journeys: &Journeys,
+    job: &ClaimedJob,
+    event_id: &str,
+) -> Result<JobOutcome, StoreError> {
+    let active = journeys.active().await?;
+    let now = journeys.now();
+    let mut tx = journeys.pipeline.store.write_tx().await?;
+    let found = match event_in(&mut tx, event_id).await? {
+        Some(event) => contact_in(&mut tx, &event.contact_id)
+            .await?
+            .map(|contact| (event, contact)),
+        None => None,
+    };
+    // The contact may have been deleted since; then there is nothing to do.
+    if let Some((event, contact)) = found {
+        let stopped = apply_stop(&mut tx, &event, now).await?;
+        for mut run in open_runs_in(&mut tx, &contact.id).await? {
+            let def = journeys.definition(&run.journey, run.version).await?;
+            if stopped.is_some_and(|scope| scope == "all" || run.purpose == "marketing") {
+                finish_run(&mut tx, &mut run, "exited", Some(&event.kind), now).await?;
+            } else if let Some(goal) = def
+                .goals
+                .iter()
+                .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
+            {
+                finish_run(&mut tx, &mut run, "converted", Some(&goal.event), now).await?;
+                let mut properties = props(&[
+                    ("journey", &run.journey),
+                    ("run", &run.id),
+                    ("goal", &goal.event),
+                ]);
+                if let Some(value) = event.properties.get("value") {
+                    properties.insert("value".into(), value.clone());
+                }
+                record_in(&mut tx, &contact.id, "journey.converted", properties, now).await?;
+            } else {
+                wake(&mut tx, &def, &mut run, &event, now).await?;
+            }
+        }
+        if stopped.is_none() {
+            for (version, def) in active.iter() {
+                if triggers(&def.trigger, &event, &contact) {
+                    enroll(&mut tx, def, *version, &contact.id, Some(&event.id), now).await?;
+                }
+            }
+        }
+    }
+    if !finish_in(&mut tx, job).await? {
+        // The lease ran out and another worker has the job: roll back.
+        return Ok(JobOutcome::Done);
+    }
+    tx.commit().await?;
+    Ok(JobOutcome::Done)
+}
+
+/// A run waiting for this event moves on to its `on_event` step.
+async fn wake(
+    tx: &mut AnyConnection,
+    def: &JourneyDef,
+    run: &mut Run,
+    event: &Event,
+    now: i64,
+) -> Result<(), StoreError> {
+    if run.status != "waiting" || run.waiting_for.as_deref() != Some(event.kind.as_str()) {
+        return Ok(());
+    }
+    let Some((
+        index,
+        Step::WaitUntil {
+            filter, on_event, ..
+        },
+    )) = run.step.as_deref().and_then(|s| def.step(s))
+    else {
+        return Ok(());
+    };
+    if !properties_match(filter, &event.properties) {
+        return Ok(());
+    }
+    let next = def.resolve(index, on_event.as_deref());
+    move_to(tx, run, next, now).await?;
+    update_run_in(tx, run).await
+}
+
+/// Events that mean "stop": they suppress the contact and end its
+/// marketing runs (a complaint or hard bounce ends every run on that
+/// address). Returns the scope of runs to end.
+async fn apply_stop(
+    tx: &mut AnyConnection,
+    event: &Event,
+    now: i64,
+) -> Result<Option<&'static str>, StoreError> {
+    let text = |key: &str| match event.properties.get(key) {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    };
+    let (channel, reason, scope) = match event.kind.as_str() {
+        "unsubscribed" | "email.unsubscribed" => {
+            (text("channel").unwrap_or("*"), "unsubscribed", "marketing")
+        }
+        "objected" => ("*", "objected", "marketing"),
+        "email.bounced" if text("type") == Some("hard") => ("email", "hard_bounced", "all"),
+        "email.hard_bounced" => ("email", "hard_bounced", "all"),
+        "email.complained" => ("email", "complained", "all"),
+        _ => return Ok(None),
+    };
+    let suppression = Suppression {
+        channel: channel.to_owned(),
+        reason: reason.to_owned(),
+        scope: scope.to_owned(),
+        at: now,
+    };
+    suppress_in(tx, &event.contact_id, &suppression).await?;
+    Ok(Some(scope))
+}
+
+fn triggers(trigger: &Trigger, event: &Event, contact: &Contact) -> bool {
+    let property = |key: &str, wanted: &str| matches!(event.properties.get(key), Some(Value::Text(t)) if t == wanted);
+    match trigger {
+        Trigger::Event { kind, filter } => {
+            event.kind == *kind && properties_match(filter, &event.properties)
+        }
+        Trigger::SegmentEntered(segment) => {
+            event.kind == "segment.entered" && property("segment", segment)
+        }
+        Trigger::SegmentLeft(segment) => {
+            event.kind == "segment.left" && property("segment", segment)
+        }
+        Trigger::StageChanged(stage) => event.kind == "stage.changed" && property("to", stage),
+        Trigger::ScoreAtLeast(points) => contact.score >= *points,
+        Trigger::Manual | Trigger::Schedule { .. } => false,
+    }
+}
+
+/// Starts a run if the re-entry policy allows. `cause` is the event (or
+/// sweep) that enrolled the contact; the same cause never enrols twice.
+pub(super) async fn enroll(
+    tx: &mut AnyConnection,
+    def: &JourneyDef,
+    version: i64,
+    contact_id: &str,
+    cause: Option<&str>,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    if let Some(last) = last_run_in(tx, &def.name, contact_id).await? {
+        let allowed = last.ended_at.is_some()
+            && cause.is_none_or(|c| last.trigger_event.as_deref() != Some(c))
+            && match &def.re_entry {
+                ReEntry::Never => false,
+                ReEntry::AfterExit => true,
+                ReEntry::After(span) => last.started_at + span.millis <= now,
+            };
+        if !allowed {
+            return Ok(None);
+        }
+    }
+    let Some(first) = def.steps.first() else {
+        return Ok(None);
+    };
+    let run = Run {
+        id: new_run_id(),
+        journey: def.name.clone(),
+        version,
+        contact_id: contact_id.to_owned(),
+        purpose: def.purpose.as_str().to_owned(),
+        status: "active".to_owned(),
+        step: Some(first.id().to_owned()),
+        seq: 0,
+        waiting_for: None,
+        trigger_event: cause.map(str::to_owned),
+        started_at: now,
+        ended_at: None,
+        exit_reason: None,
+    };
+    // Another worker enrolled the contact a moment ago: one run is enough.
+    if !insert_run_in(tx, &run).await? {
+        return Ok(None);
+    }
+    let job = Job::Advance {
+        run_id: run.id.clone(),
+        seq: 0,
+    };
+    enqueue_in(tx, &job.unique_key(), &job.payload(), now, now).await?;
+    let version = version.to_string();
+    record_in(
+        tx,
+        contact_id,
+        "journey.entered",
+        props(&[
+            ("journey", &def.name),
+            ("version", &version),
+            ("run", &run.id),
+        ]),
+        now,
+    )
+    .await?;
+    Ok(Some(run.id))
+}
