@@ -70,7 +70,8 @@ pub(crate) async fn score_event(
     now: i64,
 ) -> Result<(), StoreError> {
     let bindings = pipeline.store.bindings(BindingKind::Scorer).await?;
-    if bindings.is_empty() {
+    // A purchase makes a customer even where nothing scores.
+    if bindings.is_empty() && event.kind != "purchase" {
         return Ok(());
     }
     let mut contact = pipeline.store.contact(&event.contact_id).await?;
