@@ -321,7 +321,11 @@ async fn the_openapi_document_matches_the_routes() {
     );
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
-            let concrete = path.replace("{id}", "c_none").replace("{name}", "none");
+            let concrete = path
+                .replace("{id}", "c_none")
+                .replace("{name}", "none")
+                .replace("{template}", "none")
+                .replace("{version}", "1");
             let body = (method == "post").then(|| "{}".to_owned());
             let (status, answer) = client
                 .send(&method.to_uppercase(), &concrete, Some(&admin), body)
@@ -489,6 +493,195 @@ async fn concurrent_clients_never_see_a_failed_ingest() {
         }
         let contacts = store.list_contacts(&Default::default()).await.unwrap();
         assert_eq!(contacts.len(), 3, "one contact per identity: {dialect}");
+        temp.cleanup(store).await;
+    }
+}
+
+#[tokio::test]
+async fn journeys_are_validated_versioned_and_enrolled_over_http() {
+    for (dialect, store, temp) in stores().await {
+        let (_, admin) = store
+            .create_api_key("admin", &[Scope::Admin], 0)
+            .await
+            .unwrap();
+        let (_, reader) = store
+            .create_api_key("reader", &[Scope::Read], 0)
+            .await
+            .unwrap();
+        let hook = nachfass::store::BindingDef {
+            name: "mail-hook".into(),
+            kind: nachfass::store::BindingKind::Channel,
+            plugin: "webhook".into(),
+            config: Default::default(),
+            allow_http: vec!["127.0.0.1:9".into()],
+        };
+        store.create_binding(&hook, 0).await.unwrap();
+        let client = Client::new(store.clone());
+        let put = |body: String, key: String| {
+            let client = &client;
+            async move {
+                client
+                    .send("PUT", "/v1/journeys/nurture", Some(&key), Some(body))
+                    .await
+            }
+        };
+
+        let (status, answer) = put("{\"name\": ".into(), admin.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains("EOF"),
+            "{dialect}: {answer}"
+        );
+
+        let broken = json!({ "name": "nurture", "trigger": { "segment_entered": "nope" }, "steps": [
+            { "id": "a", "type": "send", "binding": "sms", "template": { "text": "{{ x" }, "next": "ghost" },
+            { "id": "b", "type": "branch", "condition": { "score_at_least": 1 }, "then": "b", "else": "a" } ] });
+        let (status, answer) = put(broken.to_string(), admin.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        let problems = answer["error"]["details"]["problems"].to_string();
+        for expected in [
+            "unknown segment `nope`",
+            "missing binding `sms`",
+            "unknown step target `ghost`",
+            "does not parse",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{dialect}: {expected} in {problems}"
+            );
+        }
+        assert_eq!(
+            store.latest_journeys().await.unwrap().len(),
+            0,
+            "{dialect}: nothing saved"
+        );
+
+        let mut good = json!({ "name": "nurture", "trigger": "manual", "steps": [
+            { "id": "hello", "type": "send", "binding": "mail-hook", "template": { "subject": "Hallo", "text": "Hallo {{ contact.email }}" } } ] });
+        let (status, _) = put(good.to_string(), reader.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{dialect}");
+        let (status, saved) = put(good.to_string(), admin.clone()).await;
+        assert_eq!(
+            (status, saved["version"].as_i64()),
+            (StatusCode::CREATED, Some(1)),
+            "{dialect}"
+        );
+        let (status, saved) = put(good.to_string(), admin.clone()).await;
+        assert_eq!(
+            (status, saved["created"].as_bool()),
+            (StatusCode::OK, Some(false)),
+            "{dialect}"
+        );
+        good["steps"][0]["template"]["subject"] = json!("Guten Tag");
+        let (_, saved) = put(good.to_string(), admin.clone()).await;
+        assert_eq!(saved["version"], 2, "{dialect}");
+        let (_, v1) = client.get("/v1/journeys/nurture/versions/1", &reader).await;
+        assert_eq!(
+            v1["definition"]["steps"][0]["template"]["subject"], "Hallo",
+            "{dialect}"
+        );
+
+        let (status, contact) = client
+            .post(
+                "/v1/contacts",
+                &admin,
+                json!({ "email": "ada@b2b.example" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{dialect}");
+        let id = contact["id"].as_str().unwrap().to_owned();
+        let enroll = json!({ "contact_id": id });
+        let (status, first) = client
+            .post("/v1/journeys/nurture/enroll", &admin, enroll.clone())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{dialect}");
+        assert!(
+            first["run_id"].as_str().unwrap().starts_with("r_"),
+            "{dialect}"
+        );
+        let (status, second) = client
+            .post("/v1/journeys/nurture/enroll", &admin, enroll)
+            .await;
+        assert_eq!(
+            (status, &second["run_id"]),
+            (StatusCode::OK, &Value::Null),
+            "{dialect}: one open run"
+        );
+        let (_, runs) = client
+            .get(&format!("/v1/contacts/{id}/journeys"), &reader)
+            .await;
+        assert_eq!(runs["runs"][0]["version"], 2, "{dialect}");
+        let (_, queue) = client.get("/v1/scheduler", &reader).await;
+        assert_eq!(
+            queue["jobs"]["due"], 1,
+            "{dialect}: the run's first step waits for the scheduler"
+        );
+
+        let (status, _) = client
+            .send(
+                "PUT",
+                &format!("/v1/contacts/{id}/consents"),
+                Some(&admin),
+                Some(json!({ "channel": "email", "status": "maybe" }).to_string()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        let consent = json!({ "channel": "email", "status": "granted", "source": "signup form", "ip": "192.0.2.7" });
+        let (status, answer) = client
+            .send(
+                "PUT",
+                &format!("/v1/contacts/{id}/consents"),
+                Some(&admin),
+                Some(consent.to_string()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        assert_eq!(answer["consents"][0]["purpose"], "marketing", "{dialect}");
+
+        let (_, templates) = client.get("/v1/journey-templates", &reader).await;
+        assert_eq!(
+            templates["templates"].as_array().unwrap().len(),
+            9,
+            "{dialect}"
+        );
+        let (status, _) = client
+            .post(
+                "/v1/journey-templates/cart-abandonment/install",
+                &admin,
+                json!({ "binding": "nope" }),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{dialect}: the binding must exist"
+        );
+        let (status, installed) = client
+            .post(
+                "/v1/journey-templates/cart-abandonment/install",
+                &admin,
+                json!({ "binding": "mail-hook", "name": "warenkorb" }),
+            )
+            .await;
+        assert_eq!(
+            (status, &installed["name"]),
+            (StatusCode::CREATED, &json!("warenkorb")),
+            "{dialect}"
+        );
+        let (_, list) = client.get("/v1/journeys", &reader).await;
+        let names: Vec<&str> = list["journeys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["nurture", "warenkorb"], "{dialect}");
+        let (status, _) = client
+            .post("/v1/journeys/warenkorb/stop", &admin, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        let (_, shown) = client.get("/v1/journeys/warenkorb", &reader).await;
+        assert_eq!(shown["active"], false, "{dialect}");
         temp.cleanup(store).await;
     }
 }

@@ -42,7 +42,12 @@ async fn registry() -> Arc<Registry> {
 }
 
 impl World {
-    async fn new(store: Store, temp: TempStore, registry: Arc<Registry>, sink_status: u16) -> World {
+    async fn new(
+        store: Store,
+        temp: TempStore,
+        registry: Arc<Registry>,
+        sink_status: u16,
+    ) -> World {
         let sink = HttpSink::start(sink_status).await;
         let clock = Arc::new(ManualClock::new(MONDAY_10));
         let pipeline = Pipeline {
@@ -93,7 +98,10 @@ impl World {
             user_agent: None,
             updated_at: 0,
         };
-        self.store.set_consent(&id, &consent, self.clock.now()).await.unwrap();
+        self.store
+            .set_consent(&id, &consent, self.clock.now())
+            .await
+            .unwrap();
         id
     }
 
@@ -174,7 +182,10 @@ async fn worlds(sink_status: u16) -> Vec<(&'static str, World)> {
     let registry = registry().await;
     let mut worlds = Vec::new();
     for (dialect, store, temp) in stores().await {
-        worlds.push((dialect, World::new(store, temp, registry.clone(), sink_status).await));
+        worlds.push((
+            dialect,
+            World::new(store, temp, registry.clone(), sink_status).await,
+        ));
     }
     worlds
 }
@@ -187,15 +198,29 @@ async fn cart_abandonment_reminds_twice_and_stops_on_purchase_or_unsubscribe() {
         let bob = w.contact("bob@shop.example").await;
         let cem = w.contact("cem@shop.example").await;
         for email in ["ada@shop.example", "bob@shop.example", "cem@shop.example"] {
-            w.ingest(email, "cart.abandoned", &[("total", "89.90")]).await;
+            w.ingest(email, "cart.abandoned", &[("total", "89.90")])
+                .await;
         }
-        assert!(w.sink.received().is_empty(), "{dialect}: nothing before an hour");
+        assert!(
+            w.sink.received().is_empty(),
+            "{dialect}: nothing before an hour"
+        );
         w.pass(HOUR).await;
-        assert_eq!(w.subjects("ada@shop.example"), ["Sie haben etwas vergessen"], "{dialect}");
+        assert_eq!(
+            w.subjects("ada@shop.example"),
+            ["Sie haben etwas vergessen"],
+            "{dialect}"
+        );
         let first = &w.sink.received()[0];
         let body: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
-        assert!(body["text"].as_str().unwrap().contains("über 89.90 €"), "{dialect}: {body}");
-        assert_eq!(first.header("Idempotency-Key"), body["idempotency_key"].as_str());
+        assert!(
+            body["text"].as_str().unwrap().contains("über 89.90 €"),
+            "{dialect}: {body}"
+        );
+        assert_eq!(
+            first.header("Idempotency-Key"),
+            body["idempotency_key"].as_str()
+        );
 
         // Bob buys, Cem unsubscribes; only Ada gets the second reminder.
         w.ingest("bob@shop.example", "purchase", &[]).await;
@@ -204,11 +229,26 @@ async fn cart_abandonment_reminds_twice_and_stops_on_purchase_or_unsubscribe() {
         assert_eq!(w.subjects("ada@shop.example").len(), 2, "{dialect}");
         assert_eq!(w.subjects("bob@shop.example").len(), 1, "{dialect}");
         assert_eq!(w.subjects("cem@shop.example").len(), 1, "{dialect}");
-        assert_eq!(w.run_status(&ada, "cart-abandonment").await, ["completed"], "{dialect}");
-        assert_eq!(w.run_status(&bob, "cart-abandonment").await, ["converted"], "{dialect}");
-        assert_eq!(w.run_status(&cem, "cart-abandonment").await, ["exited"], "{dialect}");
+        assert_eq!(
+            w.run_status(&ada, "cart-abandonment").await,
+            ["completed"],
+            "{dialect}"
+        );
+        assert_eq!(
+            w.run_status(&bob, "cart-abandonment").await,
+            ["converted"],
+            "{dialect}"
+        );
+        assert_eq!(
+            w.run_status(&cem, "cart-abandonment").await,
+            ["exited"],
+            "{dialect}"
+        );
         let kinds = w.kinds(&bob).await;
-        assert!(kinds.contains(&"journey.converted".to_owned()), "{dialect}: {kinds:?}");
+        assert!(
+            kinds.contains(&"journey.converted".to_owned()),
+            "{dialect}: {kinds:?}"
+        );
         let suppressions = w.store.suppressions(&cem).await.unwrap();
         assert_eq!(suppressions[0].reason, "unsubscribed", "{dialect}");
 
@@ -217,7 +257,12 @@ async fn cart_abandonment_reminds_twice_and_stops_on_purchase_or_unsubscribe() {
         w.pass(25 * HOUR).await;
         assert_eq!(w.subjects("cem@shop.example").len(), 1, "{dialect}");
         let skipped = w.reasons(&cem, "message.skipped").await;
-        assert!(skipped.iter().any(|r| r.contains("suppressed (unsubscribed)")), "{dialect}: {skipped:?}");
+        assert!(
+            skipped
+                .iter()
+                .any(|r| r.contains("suppressed (unsubscribed)")),
+            "{dialect}: {skipped:?}"
+        );
         w.close().await;
     }
 }
@@ -239,7 +284,11 @@ async fn night_sends_wait_for_the_window_and_say_why() {
             "{dialect}"
         );
         w.pass(9 * HOUR + 30 * 60_000).await;
-        assert_eq!(w.subjects("ada@shop.example").len(), 1, "{dialect}: sent at 08:00");
+        assert_eq!(
+            w.subjects("ada@shop.example").len(),
+            1,
+            "{dialect}: sent at 08:00"
+        );
         w.close().await;
     }
 }
@@ -255,28 +304,56 @@ async fn welcome_nurture_branches_on_engagement_and_ends_on_a_goal() {
         }
         let bob = ids[1].clone();
         for email in ["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"] {
-            assert_eq!(w.subjects(email).len(), 1, "{dialect}: welcome at once to {email}");
+            assert_eq!(
+                w.subjects(email).len(),
+                1,
+                "{dialect}: welcome at once to {email}"
+            );
         }
         w.ingest("cem@b2b.example", "demo.booked", &[]).await;
         w.pass(2 * DAY).await;
         w.ingest("ada@b2b.example", "email.clicked", &[]).await;
         // Three days later is Saturday: the branch's send waits for Monday.
         w.pass(3 * DAY).await;
-        assert_eq!(w.subjects("ada@b2b.example").len(), 2, "{dialect}: nothing on the weekend");
+        assert_eq!(
+            w.subjects("ada@b2b.example").len(),
+            2,
+            "{dialect}: nothing on the weekend"
+        );
         w.pass(2 * DAY).await;
         assert_eq!(
             w.subjects("ada@b2b.example")[2],
             "Wie andere Teams es machen",
             "{dialect}: the clicker gets the case study"
         );
-        assert_eq!(w.subjects("bob@b2b.example")[2], "Ihr Einstieg in fünf Minuten", "{dialect}");
-        assert_eq!(w.subjects("cem@b2b.example").len(), 1, "{dialect}: demo booked ends it");
+        assert_eq!(
+            w.subjects("bob@b2b.example")[2],
+            "Ihr Einstieg in fünf Minuten",
+            "{dialect}"
+        );
+        assert_eq!(
+            w.subjects("cem@b2b.example").len(),
+            1,
+            "{dialect}: demo booked ends it"
+        );
         let deferred = w.reasons(&bob, "message.deferred").await;
-        assert_eq!(deferred, ["deferred: outside send window until Mon 08:00 Europe/Berlin"], "{dialect}");
-        assert_eq!(w.run_status(&bob, "welcome-nurture").await, ["exited"], "{dialect}: exit step");
+        assert_eq!(
+            deferred,
+            ["deferred: outside send window until Mon 08:00 Europe/Berlin"],
+            "{dialect}"
+        );
+        assert_eq!(
+            w.run_status(&bob, "welcome-nurture").await,
+            ["exited"],
+            "{dialect}: exit step"
+        );
         // `re_entry: never`: a second signup does not start it again.
         w.ingest("bob@b2b.example", "signup", &[]).await;
-        assert_eq!(w.run_status(&bob, "welcome-nurture").await.len(), 1, "{dialect}");
+        assert_eq!(
+            w.run_status(&bob, "welcome-nurture").await.len(),
+            1,
+            "{dialect}"
+        );
         w.close().await;
     }
 }
@@ -288,29 +365,63 @@ async fn content_and_webinar_follow_ups_personalize_and_wait_for_events() {
         w.install("webinar-follow-up").await;
         w.contact("ada@b2b.example").await;
         w.contact("bob@b2b.example").await;
-        w.ingest("ada@b2b.example", "download", &[("title", "Whitepaper KI im Vertrieb")]).await;
-        assert_eq!(w.subjects("ada@b2b.example"), ["Ihr Download: Whitepaper KI im Vertrieb"], "{dialect}");
+        w.ingest(
+            "ada@b2b.example",
+            "download",
+            &[("title", "Whitepaper KI im Vertrieb")],
+        )
+        .await;
+        assert_eq!(
+            w.subjects("ada@b2b.example"),
+            ["Ihr Download: Whitepaper KI im Vertrieb"],
+            "{dialect}"
+        );
         let body: serde_json::Value = serde_json::from_slice(&w.sink.received()[0].body).unwrap();
         assert!(
-            body["text"].as_str().unwrap().contains("Sie haben sich für Whitepaper KI im Vertrieb angemeldet"),
+            body["text"]
+                .as_str()
+                .unwrap()
+                .contains("Sie haben sich für Whitepaper KI im Vertrieb angemeldet"),
             "{dialect}: {body}"
         );
         // A second download within 7 days does not re-enter.
-        w.ingest("ada@b2b.example", "download", &[("title", "Checkliste")]).await;
+        w.ingest("ada@b2b.example", "download", &[("title", "Checkliste")])
+            .await;
         w.pass(2 * DAY).await;
-        assert_eq!(w.subjects("ada@b2b.example").len(), 2, "{dialect}: thanks and offer only");
+        assert_eq!(
+            w.subjects("ada@b2b.example").len(),
+            2,
+            "{dialect}: thanks and offer only"
+        );
 
         for email in ["ada@b2b.example", "bob@b2b.example"] {
-            w.ingest(email, "webinar.attended", &[("title", "Follow-up mit System")]).await;
+            w.ingest(
+                email,
+                "webinar.attended",
+                &[("title", "Follow-up mit System")],
+            )
+            .await;
         }
         w.pass(HOUR).await;
-        w.ingest("ada@b2b.example", "page.visited", &[("page", "recording")]).await;
+        w.ingest("ada@b2b.example", "page.visited", &[("page", "recording")])
+            .await;
         // The timeout falls on Saturday: the summary goes out on Monday.
         w.pass(5 * DAY).await;
         let ada = w.subjects("ada@b2b.example");
         let bob = w.subjects("bob@b2b.example");
-        assert_eq!(ada.last().unwrap(), "Die Aufzeichnung: Follow-up mit System", "{dialect}: {ada:?}");
-        assert_eq!(bob, ["Die Aufzeichnung: Follow-up mit System", "Das Wichtigste in fünf Punkten"], "{dialect}");
+        assert_eq!(
+            ada.last().unwrap(),
+            "Die Aufzeichnung: Follow-up mit System",
+            "{dialect}: {ada:?}"
+        );
+        assert_eq!(
+            bob,
+            [
+                "Die Aufzeichnung: Follow-up mit System",
+                "Das Wichtigste in fünf Punkten"
+            ],
+            "{dialect}"
+        );
         w.close().await;
     }
 }
@@ -323,20 +434,36 @@ async fn transactional_journeys_need_no_consent_and_ignore_the_night() {
         w.install("review-request").await;
         // Sunday 03:00, and no consent recorded at all.
         w.clock.set(MONDAY_10 + 6 * DAY - 7 * HOUR);
-        let order = w.ingest("eva@shop.example", "purchase", &[("order_id", "A-1001")]).await;
-        assert_eq!(w.subjects("eva@shop.example"), ["Danke für Ihre Bestellung A-1001"], "{dialect}");
+        let order = w
+            .ingest("eva@shop.example", "purchase", &[("order_id", "A-1001")])
+            .await;
+        assert_eq!(
+            w.subjects("eva@shop.example"),
+            ["Danke für Ihre Bestellung A-1001"],
+            "{dialect}"
+        );
         // Review requests are marketing: without consent they are skipped.
         w.ingest("eva@shop.example", "order.delivered", &[]).await;
         w.pass(14 * DAY).await;
         assert_eq!(w.subjects("eva@shop.example").len(), 1, "{dialect}");
         let skipped = w.reasons(&order.contact_id, "message.skipped").await;
-        assert_eq!(skipped, ["skipped: no marketing consent for webhook (none recorded)"], "{dialect}");
+        assert_eq!(
+            skipped,
+            ["skipped: no marketing consent for webhook (none recorded)"],
+            "{dialect}"
+        );
 
-        w.ingest("eva@shop.example", "ticket.closed", &[("ticket", "T-7")]).await;
+        w.ingest("eva@shop.example", "ticket.closed", &[("ticket", "T-7")])
+            .await;
         w.pass(DAY).await;
-        assert_eq!(w.subjects("eva@shop.example")[1], "Ist Ihr Anliegen gelöst? (Ticket T-7)", "{dialect}");
+        assert_eq!(
+            w.subjects("eva@shop.example")[1],
+            "Ist Ihr Anliegen gelöst? (Ticket T-7)",
+            "{dialect}"
+        );
         // A ticket reopened before the day is over ends the follow-up.
-        w.ingest("eva@shop.example", "ticket.closed", &[("ticket", "T-8")]).await;
+        w.ingest("eva@shop.example", "ticket.closed", &[("ticket", "T-8")])
+            .await;
         w.ingest("eva@shop.example", "ticket.reopened", &[]).await;
         w.pass(DAY).await;
         assert_eq!(w.subjects("eva@shop.example").len(), 2, "{dialect}");
@@ -356,7 +483,11 @@ async fn review_requests_wait_two_weeks_unless_a_review_came() {
         w.ingest("bob@shop.example", "review.submitted", &[]).await;
         assert!(w.sink.received().is_empty(), "{dialect}");
         w.pass(DAY).await;
-        assert_eq!(w.subjects("ada@shop.example"), ["Wie zufrieden sind Sie?"], "{dialect}");
+        assert_eq!(
+            w.subjects("ada@shop.example"),
+            ["Wie zufrieden sind Sie?"],
+            "{dialect}"
+        );
         assert!(w.subjects("bob@shop.example").is_empty(), "{dialect}");
         w.close().await;
     }
@@ -379,17 +510,28 @@ async fn scheduled_sweeps_wake_up_inactive_contacts_and_win_back_customers() {
         w.install("reactivation").await;
         w.pass(2 * HOUR).await;
         // 09:00 sweep: Ada only (Bob is a customer, Cem is active).
-        assert_eq!(w.subjects("ada@shop.example"), ["Was es Neues gibt"], "{dialect}");
+        assert_eq!(
+            w.subjects("ada@shop.example"),
+            ["Was es Neues gibt"],
+            "{dialect}"
+        );
         assert!(w.subjects("cem@shop.example").is_empty(), "{dialect}");
         // 10:00 Monday sweep: Bob, a customer without activity for 200 days.
         let bob = w.subjects("bob@shop.example");
         assert_eq!(bob.len(), 1, "{dialect}: {bob:?}");
-        assert!(bob[0].starts_with("Wir vermissen Sie"), "{dialect}: {bob:?}");
+        assert!(
+            bob[0].starts_with("Wir vermissen Sie"),
+            "{dialect}: {bob:?}"
+        );
         // Next morning's sweep does not enrol Ada twice.
         w.pass(DAY).await;
         assert_eq!(w.subjects("ada@shop.example").len(), 1, "{dialect}");
         w.pass(7 * DAY).await;
-        assert_eq!(w.subjects("ada@shop.example")[1], "Sollen wir Ihnen weiter schreiben?", "{dialect}");
+        assert_eq!(
+            w.subjects("ada@shop.example")[1],
+            "Sollen wir Ihnen weiter schreiben?",
+            "{dialect}"
+        );
         w.close().await;
     }
 }
@@ -407,10 +549,16 @@ async fn the_frequency_cap_spans_journeys() {
         w.ingest("ada@b2b.example", "webinar.attended", &[]).await;
         w.ingest("ada@b2b.example", "cart.abandoned", &[]).await;
         w.pass(2 * HOUR).await;
-        assert_eq!(w.subjects("ada@b2b.example").len(), 3, "{dialect}: at most 3 in 7 days");
+        assert_eq!(
+            w.subjects("ada@b2b.example").len(),
+            3,
+            "{dialect}: at most 3 in 7 days"
+        );
         let deferred = w.reasons(&ada, "message.deferred").await;
         assert!(
-            deferred.iter().any(|r| r.starts_with("deferred: frequency cap 3 per 1w reached until Mon")),
+            deferred
+                .iter()
+                .any(|r| r.starts_with("deferred: frequency cap 3 per 1w reached until Mon")),
             "{dialect}: {deferred:?}"
         );
         w.close().await;
@@ -428,13 +576,18 @@ async fn failing_receivers_are_retried_with_backoff_then_given_up() {
         w.pass(10 * HOUR).await;
         let attempts = w.sink.received();
         assert_eq!(attempts.len(), 8, "{dialect}: eight attempts");
-        let keys: std::collections::BTreeSet<_> =
-            attempts.iter().map(|r| r.header("Idempotency-Key").unwrap().to_owned()).collect();
+        let keys: std::collections::BTreeSet<_> = attempts
+            .iter()
+            .map(|r| r.header("Idempotency-Key").unwrap().to_owned())
+            .collect();
         assert_eq!(keys.len(), 1, "{dialect}: the same key on every retry");
         let messages = w.store.contact_outbox(&event.contact_id).await.unwrap();
         assert_eq!(messages[0].status, "failed", "{dialect}");
         let failed = w.reasons(&event.contact_id, "message.failed").await;
-        assert!(failed[0].contains("gave up after 8 attempts: transient: receiver answered 503"), "{dialect}: {failed:?}");
+        assert!(
+            failed[0].contains("gave up after 8 attempts: transient: receiver answered 503"),
+            "{dialect}: {failed:?}"
+        );
         w.close().await;
     }
 }
@@ -448,7 +601,12 @@ async fn a_permanent_refusal_fails_the_message_at_once() {
         assert_eq!(w.sink.received().len(), 1, "{dialect}");
         let failed = w.reasons(&event.contact_id, "message.failed").await;
         assert_eq!(failed, ["permanent: receiver answered 400"], "{dialect}");
-        assert_eq!(w.run_status(&event.contact_id, "post-purchase-thank-you").await, ["completed"], "{dialect}");
+        assert_eq!(
+            w.run_status(&event.contact_id, "post-purchase-thank-you")
+                .await,
+            ["completed"],
+            "{dialect}"
+        );
         w.close().await;
     }
 }
@@ -466,11 +624,18 @@ async fn a_running_contact_stays_on_its_version() {
         let saved = w.journeys.save_def(&changed).await.unwrap();
         assert_eq!((saved.version, saved.created), (2, true), "{dialect}");
         let again = w.journeys.save_def(&changed).await.unwrap();
-        assert!(!again.created, "{dialect}: the same definition is no new version");
+        assert!(
+            !again.created,
+            "{dialect}: the same definition is no new version"
+        );
         w.contact("bob@shop.example").await;
         w.ingest("bob@shop.example", "order.delivered", &[]).await;
         w.pass(14 * DAY).await;
-        assert_eq!(w.subjects("ada@shop.example"), ["Wie zufrieden sind Sie?"], "{dialect}");
+        assert_eq!(
+            w.subjects("ada@shop.example"),
+            ["Wie zufrieden sind Sie?"],
+            "{dialect}"
+        );
         assert_eq!(w.subjects("bob@shop.example"), ["Version 2"], "{dialect}");
         w.close().await;
     }

@@ -105,9 +105,12 @@ pub async fn show(
 pub async fn version(
     State(state): State<AppState>,
     caller: Caller,
-    Path((name, version)): Path<(String, i64)>,
+    Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
+    let version: i64 = version.parse().map_err(|_| {
+        ApiError::invalid(format!("version `{version}` is not a number: use 1, 2, …"))
+    })?;
     let def = state.journeys.definition(&name, version).await?;
     Ok(Json(
         json!({ "name": name, "version": version, "definition": *def }),
