@@ -22,10 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
 
 use crate::ingest::Pipeline;
 use crate::model::{Fields, Value};
 use crate::policy::Policy;
+use crate::store::bindings::bindings_in;
 use crate::store::jobs::ClaimedJob;
 use crate::store::{BindingKind, StoreError};
 
@@ -182,15 +184,24 @@ impl Journeys {
         name: &str,
         version: i64,
     ) -> Result<Arc<JourneyDef>, StoreError> {
+        let mut conn = self.pipeline.store.pool().acquire().await?;
+        self.definition_in(&mut conn, name, version).await
+    }
+
+    /// A saved version, read on the caller's connection when not cached:
+    /// a job's transaction must not wait for a second pooled connection
+    /// (with SQLite's few connections, that wait can deadlock).
+    pub(crate) async fn definition_in(
+        &self,
+        conn: &mut AnyConnection,
+        name: &str,
+        version: i64,
+    ) -> Result<Arc<JourneyDef>, StoreError> {
         let key = (name.to_owned(), version);
         if let Some(def) = lock(&self.versions).get(&key) {
             return Ok(def.clone());
         }
-        let json = self
-            .pipeline
-            .store
-            .journey_definition(name, version)
-            .await?;
+        let json = crate::store::journeys::definition_in(conn, name, version).await?;
         let def =
             Arc::new(JourneyDef::from_json(json.as_bytes()).map_err(|e| {
                 StoreError::Invalid(format!("stored journey {name} v{version}: {e}"))
@@ -275,12 +286,14 @@ impl Journeys {
         }
     }
 
-    /// The channel kind of a channel binding's live plugin.
-    pub(crate) async fn channel_kind(&self, binding: &str) -> Result<Option<String>, StoreError> {
-        let Some(def) = self
-            .pipeline
-            .store
-            .bindings(BindingKind::Channel)
+    /// The channel kind of a channel binding's live plugin, reading the
+    /// binding on the caller's connection.
+    pub(crate) async fn channel_kind_in(
+        &self,
+        conn: &mut AnyConnection,
+        binding: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(def) = bindings_in(conn, BindingKind::Channel)
             .await?
             .into_iter()
             .find(|b| b.name == binding)

@@ -7,7 +7,7 @@
 //! parameters bound by position.
 
 mod api_keys;
-mod bindings;
+pub mod bindings;
 mod contacts;
 mod events;
 pub mod jobs;

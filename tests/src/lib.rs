@@ -7,6 +7,8 @@ use std::sync::{Mutex, OnceLock};
 
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod server;
+
 /// A guest crate and the component cargo built from it.
 #[derive(Clone, Copy, Debug)]
 pub struct Guest {

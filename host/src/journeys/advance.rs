@@ -35,7 +35,9 @@ pub(super) async fn advance(
     let current = run
         .filter(|r| r.ended_at.is_none() && r.seq == seq && (r.status == "waiting") == timed_out);
     if let Some(mut run) = current {
-        let def = journeys.definition(&run.journey, run.version).await?;
+        let def = journeys
+            .definition_in(&mut tx, &run.journey, run.version)
+            .await?;
         if timed_out {
             let next = match run.step.as_deref().and_then(|s| def.step(s)) {
                 Some((index, Step::WaitUntil { on_timeout, .. })) => {

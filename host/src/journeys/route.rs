@@ -34,7 +34,9 @@ pub(super) async fn route(
     if let Some((event, contact)) = found {
         let stopped = apply_stop(&mut tx, &event, now).await?;
         for mut run in open_runs_in(&mut tx, &contact.id).await? {
-            let def = journeys.definition(&run.journey, run.version).await?;
+            let def = journeys
+                .definition_in(&mut tx, &run.journey, run.version)
+                .await?;
             if stopped.is_some_and(|scope| scope == "all" || run.purpose == "marketing") {
                 finish_run(&mut tx, &mut run, "exited", Some(&event.kind), now).await?;
             } else if let Some(goal) = def

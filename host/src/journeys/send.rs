@@ -43,7 +43,7 @@ pub(super) async fn send(
     else {
         return Ok(SendOutcome::Skipped);
     };
-    let Some(channel) = journeys.channel_kind(binding).await? else {
+    let Some(channel) = journeys.channel_kind_in(tx, binding).await? else {
         // Retried by the scheduler: the plugin may be uploaded meanwhile.
         return Err(StoreError::Invalid(format!(
             "channel binding `{binding}` has no live plugin; install it or fix the binding"

@@ -104,30 +104,8 @@ impl Store {
     }
 
     pub async fn bindings(&self, kind: BindingKind) -> Result<Vec<BindingDef>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, plugin, config, allow_http FROM bindings WHERE kind = $1 ORDER BY name",
-        )
-        .bind(kind.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let config: String = row.try_get("config")?;
-                let allow_http: String = row.try_get("allow_http")?;
-                Ok(BindingDef {
-                    name: row.try_get("name")?,
-                    kind,
-                    plugin: row.try_get("plugin")?,
-                    config: serde_json::from_str(&config)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    allow_http: allow_http
-                        .split(',')
-                        .filter(|h| !h.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                })
-            })
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        bindings_in(&mut conn, kind).await
     }
 
     /// Adds a score change to the contact's score and history, atomically.
@@ -311,4 +289,36 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The bindings of one kind, on the caller's connection (a job's
+/// transaction must not wait for a second connection from the pool).
+pub async fn bindings_in(
+    conn: &mut sqlx::AnyConnection,
+    kind: BindingKind,
+) -> Result<Vec<BindingDef>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, plugin, config, allow_http FROM bindings WHERE kind = $1 ORDER BY name",
+    )
+    .bind(kind.as_str())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let config: String = row.try_get("config")?;
+            let allow_http: String = row.try_get("allow_http")?;
+            Ok(BindingDef {
+                name: row.try_get("name")?,
+                kind,
+                plugin: row.try_get("plugin")?,
+                config: serde_json::from_str(&config)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                allow_http: allow_http
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+        })
+        .collect()
 }

@@ -184,6 +184,20 @@ pub async fn record_in(
     Ok(event)
 }
 
+pub async fn definition_in(
+    conn: &mut AnyConnection,
+    name: &str,
+    version: i64,
+) -> Result<String, StoreError> {
+    let row = sqlx::query("SELECT definition FROM journeys WHERE name = $1 AND version = $2")
+        .bind(name.to_owned())
+        .bind(version)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("journey {name} version {version}")))?;
+    Ok(row.try_get("definition")?)
+}
+
 pub async fn event_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Event>, StoreError> {
     let row = sqlx::query("SELECT id, contact_id, kind, at, properties FROM events WHERE id = $1")
         .bind(id.to_owned())
@@ -553,16 +567,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(version_from_row).collect()
-    }
-
-    pub async fn journey_definition(&self, name: &str, version: i64) -> Result<String, StoreError> {
-        let row = sqlx::query("SELECT definition FROM journeys WHERE name = $1 AND version = $2")
-            .bind(name.to_owned())
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("journey {name} version {version}")))?;
-        Ok(row.try_get("definition")?)
     }
 
     /// Runs by status, for one journey.

@@ -1,0 +1,145 @@
+//! `nachfass` as a real child process, and a small blocking HTTP client
+//! for talking to it on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The debug binary `tests/run` builds before the tests.
+pub fn binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nachfass");
+    assert!(
+        path.exists(),
+        "{} is missing: run `tests/run` or `cargo build -p nachfass` first",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Creates an admin key with `nachfass keys create` and returns its secret.
+pub fn create_admin_key(database: &str) -> String {
+    let created = Command::new(binary())
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "admin",
+            "--scope",
+            "admin",
+            "--database",
+            database,
+        ])
+        .output()
+        .expect("nachfass runs");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    String::from_utf8(created.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// A running `nachfass serve`; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `nachfass serve` with its plugins and cache under `dir` and
+    /// waits until it listens. `extra` are more `serve` arguments.
+    pub fn start(database: &str, dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let log = std::fs::File::create(dir.join(format!("serve-{port}.log"))).expect("log file");
+        let child = Command::new(binary())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database",
+                database,
+            ])
+            .arg("--plugins-dir")
+            .arg(dir.join("plugins.d"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nachfass serve starts");
+        let server = Server { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// SIGKILL: no shutdown, no flushing — a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the JSON body (`Null` if
+/// none).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("server reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout set");
+    stream.write_all(request.as_bytes()).expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
