@@ -50,6 +50,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         kind: BindingKind::Scorer,
         plugin: "engagement".into(),
         config: Default::default(),
+        allow_http: Vec::new(),
     };
     store.create_binding(&scorer, 0).await.unwrap();
     for i in 0..10 {
@@ -63,6 +64,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             kind: BindingKind::Segment,
             plugin: "attribute-match".into(),
             config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            allow_http: Vec::new(),
         };
         store.create_binding(&def, 0).await.unwrap();
     }
@@ -143,6 +145,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
+        allow_http: Vec::new(),
     };
     store.create_binding(&def, 0).await.unwrap();
     let started = Instant::now();

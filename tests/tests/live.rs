@@ -51,6 +51,7 @@ async fn touchpoints_move_score_stage_and_segments() {
             kind: BindingKind::Scorer,
             plugin: "engagement".into(),
             config: Default::default(),
+            allow_http: Vec::new(),
         };
         store.create_binding(&scorer, 0).await.unwrap();
         let engaged = BindingDef {
@@ -61,6 +62,7 @@ async fn touchpoints_move_score_stage_and_segments() {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            allow_http: Vec::new(),
         };
         store.create_binding(&engaged, 0).await.unwrap();
 
@@ -173,6 +175,7 @@ async fn a_failing_scorer_never_loses_the_touchpoint() {
             kind: BindingKind::Scorer,
             plugin: "guest-panic".into(),
             config: Default::default(),
+            allow_http: Vec::new(),
         };
         store.create_binding(&def, 0).await.unwrap();
         let ingested = pipeline
@@ -225,6 +228,7 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up() {
             kind: BindingKind::Scorer,
             plugin: "b2b-fit".into(),
             config: Default::default(),
+            allow_http: Vec::new(),
         };
         store.create_binding(&def, 0).await.unwrap();
         let profile = |attrs: &[(&str, Value)]| nachfass::store::ContactInput {
