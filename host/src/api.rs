@@ -7,7 +7,9 @@ mod extract;
 mod journeys;
 pub mod openapi;
 mod plugins;
+mod privacy;
 mod segments;
+mod tracking;
 
 use std::path::PathBuf;
 
@@ -114,6 +116,17 @@ pub fn app(state: AppState) -> Router {
             get(journeys::consents).put(journeys::set_consent),
         )
         .route("/v1/scheduler", get(journeys::scheduler))
+        .route("/v1/contacts/{id}/export", get(privacy::export))
+        .route("/v1/contacts/{id}/erase", post(privacy::erase))
+        .route("/v1/contacts/{id}/object", post(privacy::object))
+        .route("/v1/contacts/{id}/audit", get(privacy::audit))
+        .route("/v1/callbacks/{binding}", post(tracking::callback))
+        .route("/t/o/{token}", get(tracking::open))
+        .route("/t/c/{token}", get(tracking::click))
+        .route(
+            "/u/{token}",
+            get(tracking::unsubscribe).post(tracking::unsubscribe),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -30,6 +30,7 @@ use crate::policy::Policy;
 use crate::store::bindings::bindings_in;
 use crate::store::jobs::ClaimedJob;
 use crate::store::{BindingKind, StoreError};
+use crate::tracking::Tracking;
 
 pub use definition::JourneyDef;
 pub use validate::Known;
@@ -114,6 +115,9 @@ pub struct Journeys {
     active: Mutex<(Option<Instant>, Arc<Vec<(i64, Arc<JourneyDef>)>>)>,
     /// Channel kind (`email`, `sms`) of each channel plugin version.
     channel_kinds: Mutex<HashMap<String, String>>,
+    /// Where tracking and unsubscribe links point.
+    public_url: Mutex<String>,
+    tracking: Mutex<Option<Tracking>>,
 }
 
 const ACTIVE_REFRESH: StdDuration = StdDuration::from_secs(5);
@@ -126,7 +130,36 @@ impl Journeys {
             versions: Mutex::default(),
             active: Mutex::default(),
             channel_kinds: Mutex::default(),
+            public_url: Mutex::new("http://127.0.0.1:8080".to_owned()),
+            tracking: Mutex::default(),
         })
+    }
+
+    /// The address recipients reach this server at (`https://…`), for
+    /// tracking and unsubscribe links.
+    pub fn set_public_url(&self, url: &str) {
+        *lock(&self.public_url) = url.trim_end_matches('/').to_owned();
+        *lock(&self.tracking) = None;
+    }
+
+    pub async fn tracking(&self) -> Result<Tracking, StoreError> {
+        let mut conn = self.pipeline.store.pool().acquire().await?;
+        self.tracking_in(&mut conn).await
+    }
+
+    /// The link signer, with the secret read (or made) on the caller's
+    /// connection the first time.
+    pub(crate) async fn tracking_in(
+        &self,
+        conn: &mut AnyConnection,
+    ) -> Result<Tracking, StoreError> {
+        if let Some(tracking) = lock(&self.tracking).clone() {
+            return Ok(tracking);
+        }
+        let secret = crate::store::tracking::signing_secret_in(conn).await?;
+        let tracking = Tracking::new(&secret, &lock(&self.public_url));
+        *lock(&self.tracking) = Some(tracking.clone());
+        Ok(tracking)
     }
 
     fn now(&self) -> i64 {

@@ -62,6 +62,10 @@ pub struct SendFacts<'a> {
     pub channel: &'a str,
     /// Status of the contact's consent for this channel and marketing.
     pub consent: Option<&'a str>,
+    /// When that consent was last recorded.
+    pub consent_at: Option<i64>,
+    /// When the contact's address was erased before (it came back since).
+    pub erased_at: Option<i64>,
     pub suppressions: &'a [Suppression],
     /// The step's window, else the journey's.
     pub window: Option<&'a SendWindow>,
@@ -85,6 +89,15 @@ pub fn decide(policy: &Policy, facts: &SendFacts<'_>) -> Decision {
     }) {
         return Decision::Skip {
             reason: format!("skipped: contact is suppressed ({})", s.reason),
+        };
+    }
+    // An erased address that came back is not mailed until it gives
+    // consent again, whatever the purpose.
+    if let Some(erased) = facts.erased_at
+        && facts.consent_at.is_none_or(|at| at <= erased)
+    {
+        return Decision::Skip {
+            reason: "skipped: this address was erased; it needs new consent first".into(),
         };
     }
     if marketing && facts.consent != Some("granted") {
@@ -206,6 +219,8 @@ mod tests {
             purpose: Purpose::Marketing,
             channel: "email",
             consent: Some("granted"),
+            consent_at: Some(0),
+            erased_at: None,
             suppressions: &[],
             window: None,
             contact_timezone: None,
@@ -306,6 +321,19 @@ mod tests {
         // A send older than the period no longer counts.
         let sends = [now - 8 * day, now - 2 * day, now - day];
         f.recent_sends = &sends;
+        assert_eq!(decide(&policy, &f), Decision::Send);
+    }
+
+    #[test]
+    fn an_erased_address_needs_new_consent() {
+        let policy = Policy::default();
+        let mut f = facts(berlin(24, 10, 0));
+        f.erased_at = Some(5);
+        f.purpose = Purpose::Transactional;
+        assert!(
+            matches!(decide(&policy, &f), Decision::Skip { reason } if reason.contains("erased"))
+        );
+        f.consent_at = Some(6);
         assert_eq!(decide(&policy, &f), Decision::Send);
     }
 

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod journeys;
 mod merge;
 mod segments;
+pub mod tracking;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -325,6 +325,8 @@ async fn the_openapi_document_matches_the_routes() {
                 .replace("{id}", "c_none")
                 .replace("{name}", "none")
                 .replace("{template}", "none")
+                .replace("{binding}", "none")
+                .replace("{token}", "none")
                 .replace("{version}", "1");
             let body = (method == "post").then(|| "{}".to_owned());
             let (status, answer) = client
@@ -335,7 +337,7 @@ async fn the_openapi_document_matches_the_routes() {
                 status != StatusCode::NOT_FOUND || answer["error"]["code"] == "not_found",
                 "{method} {path} has no route"
             );
-            if path != "/v1/openapi.json" {
+            if methods[method].get("security").is_some() {
                 let (status, _) = client
                     .send(&method.to_uppercase(), &concrete, None, None)
                     .await;

@@ -640,3 +640,364 @@ async fn a_running_contact_stays_on_its_version() {
         w.close().await;
     }
 }
+
+/// The API in-process, for the public tracking endpoints.
+struct Web(axum::Router);
+
+impl Web {
+    fn new(w: &World) -> Web {
+        Web(nachfass::api::app(nachfass::api::AppState::with_journeys(
+            w.journeys.clone(),
+            None,
+        )))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let response = self
+            .0
+            .clone()
+            .oneshot(request.body(axum::body::Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, headers, bytes)
+    }
+
+    async fn get(&self, uri: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        self.send("GET", uri, Vec::new(), &[]).await
+    }
+}
+
+fn path_of(url: &str) -> String {
+    url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn offer_journey(w: &World) {
+    let def = serde_json::json!({ "name": "offer", "trigger": { "event": { "kind": "signup" } },
+        "steps": [
+            { "id": "offer", "type": "send", "binding": "mail-hook", "template": {
+                "subject": "Ihr Angebot", "text": "Hier entlang: https://shop.example/angebot",
+                "html": "<html><body><a href=\"https://shop.example/angebot\">Angebot</a></body></html>" } },
+            { "id": "pause", "type": "wait", "duration": "2d" },
+            { "id": "again", "type": "send", "binding": "mail-hook", "template": { "subject": "Noch einmal", "text": "…" } } ] });
+    w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+}
+
+#[tokio::test]
+async fn opens_clicks_and_one_click_unsubscribe_come_back_as_events() {
+    for (dialect, w) in worlds(200).await {
+        offer_journey(&w).await;
+        let web = Web::new(&w);
+        let ada = w.contact("ada@b2b.example").await;
+        w.ingest("ada@b2b.example", "signup", &[]).await;
+        let body: serde_json::Value = serde_json::from_slice(&w.sink.received()[0].body).unwrap();
+        let html = body["html"].as_str().unwrap();
+        assert!(
+            !html.contains("https://shop.example"),
+            "{dialect}: the link is tracked: {html}"
+        );
+        let pixel = html
+            .split("<img src=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let click = html
+            .split("<a href=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let unsubscribe = body["headers"]["List-Unsubscribe"]
+            .as_str()
+            .unwrap()
+            .trim_matches(['<', '>']);
+        assert_eq!(
+            body["headers"]["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click",
+            "{dialect}"
+        );
+
+        for _ in 0..2 {
+            let (status, headers, _) = web.get(&path_of(pixel)).await;
+            assert_eq!(
+                (status, header(&headers, "content-type")),
+                (200, Some("image/gif")),
+                "{dialect}"
+            );
+        }
+        // The redirect goes where the message pointed, whatever the request adds.
+        let (status, headers, _) = web
+            .get(&format!("{}?url=https://evil.example", path_of(click)))
+            .await;
+        assert_eq!(
+            (status, header(&headers, "location")),
+            (302, Some("https://shop.example/angebot")),
+            "{dialect}"
+        );
+        let events = w.store.timeline(&ada, 100, None).await.unwrap();
+        let opens: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == "webhook.opened")
+            .collect();
+        assert_eq!(opens.len(), 2, "{dialect}: total opens");
+        assert_eq!(
+            opens
+                .iter()
+                .filter(|e| e.properties["unique"] == Value::Boolean(true))
+                .count(),
+            1,
+            "{dialect}: unique opens"
+        );
+        let clicks: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == "webhook.clicked")
+            .collect();
+        assert_eq!(
+            clicks[0].properties["url"],
+            Value::Text("https://shop.example/angebot".into()),
+            "{dialect}"
+        );
+
+        // Forged and altered tokens are refused.
+        let click_path = path_of(click);
+        let forged = format!("{}0", &click_path[..click_path.len() - 1]);
+        let forged = if forged == click_path {
+            format!("{}1", &click_path[..click_path.len() - 1])
+        } else {
+            forged
+        };
+        assert_eq!(web.get(&forged).await.0, 404, "{dialect}");
+        assert_eq!(
+            web.get(&click_path.replacen(".0.", ".1.", 1)).await.0,
+            404,
+            "{dialect}"
+        );
+        assert_eq!(
+            web.get(&path_of(pixel).replace("/t/o/o.", "/t/o/u."))
+                .await
+                .0,
+            404,
+            "{dialect}"
+        );
+
+        // The unsubscribe page asks; the one-click POST unsubscribes and
+        // ends the running journey before its second message.
+        let (status, _, page) = web.get(&path_of(unsubscribe)).await;
+        assert!(
+            status == 200 && String::from_utf8_lossy(&page).contains("<form method=\"post\""),
+            "{dialect}"
+        );
+        let headers = [(
+            "content-type",
+            "application/x-www-form-urlencoded".to_owned(),
+        )];
+        let (status, _, _) = web
+            .send(
+                "POST",
+                &path_of(unsubscribe),
+                b"List-Unsubscribe=One-Click".to_vec(),
+                &headers,
+            )
+            .await;
+        assert_eq!(status, 200, "{dialect}");
+        w.run().await;
+        assert_eq!(w.run_status(&ada, "offer").await, ["exited"], "{dialect}");
+        w.pass(3 * DAY).await;
+        assert_eq!(w.subjects("ada@b2b.example"), ["Ihr Angebot"], "{dialect}");
+        let audit = w.store.audit_entries(&ada).await.unwrap();
+        assert_eq!(audit[0].action, "unsubscribed", "{dialect}");
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_signed_hard_bounce_callback_suppresses_the_address() {
+    for (dialect, w) in worlds(200).await {
+        w.install("post-purchase-thank-you").await;
+        let web = Web::new(&w);
+        let first = w.ingest("eva@shop.example", "purchase", &[]).await;
+        let key = w.sink.received()[0]
+            .header("Idempotency-Key")
+            .unwrap()
+            .to_owned();
+        let body = serde_json::json!({ "events": [ { "message_ref": key, "status": "hard_bounce", "detail": "550 no such user" } ] }).to_string();
+        let timestamp = "1700000000".to_owned();
+        let signature = webhook::sign("s3cret", &timestamp, body.as_bytes());
+        let forged = [
+            ("X-Nachfass-Timestamp", timestamp.clone()),
+            ("X-Nachfass-Signature", "sha256=00".to_owned()),
+        ];
+        let (status, _, _) = web
+            .send(
+                "POST",
+                "/v1/callbacks/mail-hook",
+                body.clone().into_bytes(),
+                &forged,
+            )
+            .await;
+        assert_eq!(status, 422, "{dialect}: a forged callback is refused");
+        let signed = [
+            ("X-Nachfass-Timestamp", timestamp),
+            ("X-Nachfass-Signature", signature),
+        ];
+        let (status, _, answer) = web
+            .send(
+                "POST",
+                "/v1/callbacks/mail-hook",
+                body.into_bytes(),
+                &signed,
+            )
+            .await;
+        assert_eq!(
+            status,
+            200,
+            "{dialect}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        w.run().await;
+        let suppressions = w.store.suppressions(&first.contact_id).await.unwrap();
+        assert_eq!(
+            (
+                suppressions[0].reason.as_str(),
+                suppressions[0].scope.as_str()
+            ),
+            ("hard_bounced", "all"),
+            "{dialect}"
+        );
+        // Even a transactional message is not sent to a dead address.
+        w.ingest("eva@shop.example", "purchase", &[]).await;
+        assert_eq!(w.sink.received().len(), 1, "{dialect}");
+        let skipped = w.reasons(&first.contact_id, "message.skipped").await;
+        assert_eq!(
+            skipped,
+            ["skipped: contact is suppressed (hard_bounced)"],
+            "{dialect}"
+        );
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn erasure_forgets_the_contact_and_a_reimport_needs_new_consent() {
+    for (dialect, w) in worlds(200).await {
+        offer_journey(&w).await;
+        w.install("post-purchase-thank-you").await;
+        let ada = w.contact("ada@b2b.example").await;
+        w.ingest("ada@b2b.example", "signup", &[]).await;
+        let export = nachfass::privacy::export(&w.journeys.pipeline, &ada, "k_admin")
+            .await
+            .unwrap();
+        assert_eq!(export["contact"]["email"], "ada@b2b.example", "{dialect}");
+        assert!(
+            export["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "signup"),
+            "{dialect}"
+        );
+        assert_eq!(export["consents"][0]["status"], "granted", "{dialect}");
+        assert_eq!(export["messages"].as_array().unwrap().len(), 1, "{dialect}");
+
+        let erased = nachfass::privacy::erase(&w.journeys.pipeline, &ada, "k_admin")
+            .await
+            .unwrap();
+        assert_eq!(erased.addresses_remembered, 1, "{dialect}");
+        assert!(w.store.contact(&ada).await.is_err(), "{dialect}: gone");
+        let audit = w.store.audit_entries(&ada).await.unwrap();
+        let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["exported", "erased"], "{dialect}");
+        assert!(
+            !audit[1].detail.to_string().contains("ada@"),
+            "{dialect}: no personal data in the log"
+        );
+        w.run().await;
+
+        // Re-imported without consent: nothing, not even a transactional mail.
+        let again = w.ingest("ada@b2b.example", "signup", &[]).await;
+        w.ingest("ada@b2b.example", "purchase", &[]).await;
+        w.pass(3 * DAY).await;
+        assert_eq!(w.subjects("ada@b2b.example").len(), 1, "{dialect}");
+        let skipped = w.reasons(&again.contact_id, "message.skipped").await;
+        assert!(
+            skipped.iter().all(|r| r.contains("erased")) && skipped.len() == 3,
+            "{dialect}: {skipped:?}"
+        );
+        // New consent lifts it.
+        let consent = Consent {
+            channel: "webhook".into(),
+            purpose: "marketing".into(),
+            status: "granted".into(),
+            source: Some("new signup form".into()),
+            text_version: Some("v2".into()),
+            ip: None,
+            user_agent: None,
+            updated_at: 0,
+        };
+        w.clock.advance(1000);
+        w.store
+            .set_consent(&again.contact_id, &consent, w.clock.now())
+            .await
+            .unwrap();
+        w.ingest("ada@b2b.example", "purchase", &[]).await;
+        assert_eq!(w.subjects("ada@b2b.example").len(), 2, "{dialect}");
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_objection_stops_marketing_but_not_transactional_mail() {
+    for (dialect, w) in worlds(200).await {
+        offer_journey(&w).await;
+        w.install("post-purchase-thank-you").await;
+        let ada = w.contact("ada@b2b.example").await;
+        w.ingest("ada@b2b.example", "signup", &[]).await;
+        nachfass::privacy::object(&w.journeys.pipeline, &ada, "k_admin")
+            .await
+            .unwrap();
+        w.run().await;
+        assert_eq!(w.run_status(&ada, "offer").await, ["exited"], "{dialect}");
+        w.ingest("ada@b2b.example", "signup", &[]).await;
+        w.ingest("ada@b2b.example", "purchase", &[]).await;
+        let subjects = w.subjects("ada@b2b.example");
+        assert_eq!(
+            subjects,
+            ["Ihr Angebot", "Danke für Ihre Bestellung"],
+            "{dialect}"
+        );
+        w.close().await;
+    }
+}

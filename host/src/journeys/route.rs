@@ -33,7 +33,8 @@ pub(super) async fn route(
     // The contact may have been deleted since; then there is nothing to do.
     if let Some((event, contact)) = found {
         let stopped = apply_stop(&mut tx, &event, now).await?;
-        for mut run in open_runs_in(&mut tx, &contact.id).await? {
+        for mut run in open_runs_in(&mut tx, journeys.pipeline.store.dialect(), &contact.id).await?
+        {
             let def = journeys
                 .definition_in(&mut tx, &run.journey, run.version)
                 .await?;
@@ -114,14 +115,17 @@ async fn apply_stop(
         Some(Value::Text(t)) => Some(t.as_str()),
         _ => None,
     };
-    let (channel, reason, scope) = match event.kind.as_str() {
-        "unsubscribed" | "email.unsubscribed" => {
-            (text("channel").unwrap_or("*"), "unsubscribed", "marketing")
-        }
+    // `email.unsubscribed`, `sms.complained`: the channel, then what happened.
+    let (channel, what) = event
+        .kind
+        .split_once('.')
+        .unwrap_or(("*", event.kind.as_str()));
+    let (channel, reason, scope) = match what {
+        "unsubscribed" => (text("channel").unwrap_or("*"), "unsubscribed", "marketing"),
         "objected" => ("*", "objected", "marketing"),
-        "email.bounced" if text("type") == Some("hard") => ("email", "hard_bounced", "all"),
-        "email.hard_bounced" => ("email", "hard_bounced", "all"),
-        "email.complained" => ("email", "complained", "all"),
+        "bounced" if text("type") == Some("hard") => (channel, "hard_bounced", "all"),
+        "hard_bounced" => (channel, "hard_bounced", "all"),
+        "complained" => (channel, "complained", "all"),
         _ => return Ok(None),
     };
     let suppression = Suppression {

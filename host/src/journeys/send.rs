@@ -9,6 +9,7 @@ use super::definition::{JourneyDef, Purpose, Step, Variant};
 use super::{Job, Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::policy::{self, Decision, SendFacts};
+use crate::privacy::address_hash;
 use crate::render::{self, JourneyContext, RenderContext};
 use crate::store::StoreError;
 use crate::store::jobs::enqueue_in;
@@ -16,6 +17,7 @@ use crate::store::journeys::{
     OutboxEntry, Run, consent_in, event_in, insert_outbox_in, marketing_sends_since_in,
     new_outbox_id, record_in, suppressions_in,
 };
+use crate::store::tracking::{erased_at_in, signing_secret_in};
 
 pub(super) enum SendOutcome {
     Queued,
@@ -50,13 +52,27 @@ pub(super) async fn send(
         )));
     };
     let consent = consent_in(tx, &contact.id, &channel, "marketing").await?;
+    let address = match channel.as_str() {
+        "email" => contact.email.clone(),
+        "sms" => contact.phone.clone(),
+        _ => Some(contact.email.clone().unwrap_or_else(|| contact.id.clone())),
+    };
+    let erased_at = match &address {
+        Some(address) => {
+            let secret = signing_secret_in(tx).await?;
+            erased_at_in(tx, &address_hash(&secret, address)).await?
+        }
+        None => None,
+    };
     let suppressions = suppressions_in(tx, &contact.id).await?;
     let cap = &journeys.policy.cap;
     let recent = marketing_sends_since_in(tx, &contact.id, now - cap.per.millis).await?;
     let facts = SendFacts {
         purpose: def.purpose,
         channel: &channel,
-        consent: consent.as_deref(),
+        consent: consent.as_ref().map(|(status, _)| status.as_str()),
+        consent_at: consent.as_ref().map(|(_, at)| *at),
+        erased_at,
         suppressions: &suppressions,
         window: send_window.as_ref().or(def.send_window.as_ref()),
         contact_timezone: contact.timezone.as_deref(),
@@ -86,12 +102,7 @@ pub(super) async fn send(
         }
         Decision::Send => {}
     }
-    let to = match channel.as_str() {
-        "email" => contact.email.clone(),
-        "sms" => contact.phone.clone(),
-        _ => Some(contact.email.clone().unwrap_or_else(|| contact.id.clone())),
-    };
-    let Some(to) = to else {
+    let Some(to) = address else {
         return skip(
             tx,
             &format!("skipped: the contact has no address for {channel}"),
@@ -131,7 +142,8 @@ pub(super) async fn send(
     if let Some(v) = &variant_name {
         metadata.insert("variant".into(), Value::Text(v.clone()));
     }
-    let message = Message {
+    let outbox_id = new_outbox_id();
+    let mut message = Message {
         idempotency_key: key.clone(),
         to,
         subject: rendered.subject,
@@ -140,8 +152,14 @@ pub(super) async fn send(
         headers: Default::default(),
         metadata,
     };
+    // Messages people read get tracked links and an unsubscribe link; an
+    // ads audience update is no message.
+    if channel != "audience" {
+        let tracking = journeys.tracking_in(tx).await?;
+        tracking.instrument(&mut message, &outbox_id, def.purpose == Purpose::Marketing);
+    }
     let entry = OutboxEntry {
-        id: new_outbox_id(),
+        id: outbox_id,
         idempotency_key: key.clone(),
         run_id: run.id.clone(),
         journey: def.name.clone(),

@@ -234,6 +234,17 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Every event of the contact, oldest first (for a data export).
+    pub async fn all_events(&self, contact_id: &str) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events WHERE contact_id = $1 ORDER BY at, id",
+        )
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Per event kind: total, last 24 hours, last 30 days, newest time —
     /// the summary segment rules and scorers receive.
     pub async fn activity(

@@ -291,18 +291,31 @@ pub async fn run_in(
     row.as_ref().map(run_from_row).transpose()
 }
 
+/// The contact's open runs, locked for this transaction on PostgreSQL so a
+/// concurrent step job waits instead of overwriting the routing's change.
 pub async fn open_runs_in(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     contact_id: &str,
 ) -> Result<Vec<Run>, StoreError> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM journey_runs WHERE contact_id = $1 AND ended_at IS NULL ORDER BY started_at"
-    ))
-    .bind(contact_id.to_owned())
-    .fetch_all(conn)
-    .await?;
+    macro_rules! open_runs {
+        ($lock:literal) => {
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM journey_runs WHERE contact_id = $1 AND ended_at IS NULL ORDER BY started_at",
+                $lock
+            )
+        };
+    }
+    let sql = match dialect {
+        Dialect::Postgres => open_runs!(" FOR UPDATE"),
+        Dialect::Sqlite => open_runs!(""),
+    };
+    let rows = sqlx::query(sql)
+        .bind(contact_id.to_owned())
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(run_from_row).collect()
 }
 
@@ -433,21 +446,25 @@ pub async fn marketing_sends_since_in(
     rows.iter().map(|r| Ok(r.try_get("created_at")?)).collect()
 }
 
+/// The consent's status and when it was recorded.
 pub async fn consent_in(
     conn: &mut AnyConnection,
     contact_id: &str,
     channel: &str,
     purpose: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<(String, i64)>, StoreError> {
     let row = sqlx::query(
-        "SELECT status FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3",
+        "SELECT status, updated_at FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3",
     )
     .bind(contact_id.to_owned())
     .bind(channel.to_owned())
     .bind(purpose.to_owned())
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| r.try_get("status")).transpose()?)
+    match row {
+        Some(row) => Ok(Some((row.try_get("status")?, row.try_get("updated_at")?))),
+        None => Ok(None),
+    }
 }
 
 pub async fn suppressions_in(

@@ -1,0 +1,30 @@
+-- Server settings (the signing secret), what recipients did with each
+-- message, the audit log of data-protection actions, and salted hashes of
+-- erased addresses (so a re-import without new consent is never mailed).
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+CREATE TABLE message_events (
+    outbox_id  TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    detail     TEXT,
+    at         BIGINT NOT NULL
+);
+CREATE INDEX message_events_by_message ON message_events (outbox_id, kind);
+
+CREATE TABLE audit_log (
+    id          TEXT PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    contact_id  TEXT,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX audit_log_by_contact ON audit_log (contact_id, at);
+
+CREATE TABLE erased_addresses (
+    address_hash  TEXT PRIMARY KEY,
+    at            BIGINT NOT NULL
+);

@@ -1,0 +1,231 @@
+//! Public endpoints recipients and providers reach without an API key:
+//! open pixel `/t/o/{token}`, click redirect `/t/c/{token}`, unsubscribe
+//! page and RFC 8058 one-click `/u/{token}`, and provider callbacks
+//! `/v1/callbacks/{binding}` (authenticated by the connector, e.g. a
+//! signature it checks).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::model::{Callback, DeliveryStatus, Value as FieldValue};
+use crate::runtime::World;
+use crate::store::{BindingKind, EventInput, OutboxEntry};
+use crate::tracking::{LINKS, TokenKind};
+
+/// A transparent 1×1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+fn refused() -> ApiError {
+    ApiError::NotFound("this link is not valid: it may have been altered or cut short".into())
+}
+
+/// The message a genuine token of the wanted kind names.
+async fn message_of(
+    state: &AppState,
+    token: &str,
+    wanted: fn(TokenKind) -> bool,
+) -> Result<(TokenKind, OutboxEntry), ApiError> {
+    let tracking = state.journeys.tracking().await?;
+    let (kind, outbox_id) = tracking
+        .verify(token)
+        .filter(|(k, _)| wanted(*k))
+        .ok_or_else(refused)?;
+    let entry = state
+        .pipeline
+        .store
+        .outbox_entry(&outbox_id)
+        .await?
+        .ok_or_else(refused)?;
+    Ok((kind, entry))
+}
+
+/// Stores what the recipient did as an event on their timeline, with
+/// `unique: true` the first time for this message.
+async fn record(
+    state: &AppState,
+    entry: &OutboxEntry,
+    what: &str,
+    extra: &[(&str, &str)],
+) -> Result<(), ApiError> {
+    let now = state.pipeline.clock.now();
+    let before = state
+        .pipeline
+        .store
+        .message_event(&entry.id, what, extra.first().map(|(_, v)| *v), now)
+        .await?;
+    let mut properties = crate::journeys::props(&[
+        ("message", &entry.idempotency_key),
+        ("journey", &entry.journey),
+        ("step", &entry.step),
+    ]);
+    if let Some(variant) = &entry.variant {
+        properties.insert("variant".into(), FieldValue::Text(variant.clone()));
+    }
+    properties.extend(crate::journeys::props(extra));
+    properties.insert("unique".into(), FieldValue::Boolean(before == 0));
+    let event = EventInput {
+        kind: format!("{}.{what}", entry.channel),
+        contact_id: Some(entry.contact_id.clone()),
+        properties,
+        ..EventInput::default()
+    };
+    state.pipeline.ingest(&event).await?;
+    Ok(())
+}
+
+pub async fn open(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, entry) = message_of(&state, &token, |k| k == TokenKind::Open).await?;
+    record(&state, &entry, "opened", &[]).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PIXEL,
+    )
+        .into_response())
+}
+
+/// Redirects to the link of the message the token names; a URL from the
+/// request is never followed, so this is no open redirect.
+pub async fn click(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (kind, entry) = message_of(&state, &token, |k| matches!(k, TokenKind::Click(_))).await?;
+    let TokenKind::Click(index) = kind else {
+        return Err(refused());
+    };
+    let message: crate::model::Message = serde_json::from_str(&entry.message)
+        .map_err(|e| ApiError::Internal(format!("outbox {}: {e}", entry.id)))?;
+    let url = match message.metadata.get(LINKS) {
+        Some(FieldValue::Texts(links)) => links.get(index as usize).cloned(),
+        _ => None,
+    }
+    .ok_or_else(refused)?;
+    record(&state, &entry, "clicked", &[("url", &url)]).await?;
+    Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+}
+
+/// The unsubscribe page: GET asks, POST (the page's button, or a mail
+/// client's RFC 8058 one-click) unsubscribes.
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    method: Method,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, entry) = message_of(&state, &token, |k| k == TokenKind::Unsubscribe).await?;
+    if method == Method::GET {
+        let page = format!(
+            "<!doctype html><html lang=\"de\"><meta charset=\"utf-8\"><title>Abmelden</title>\
+             <body><h1>Keine weiteren Nachrichten?</h1>\
+             <form method=\"post\" action=\"/u/{token}\"><button type=\"submit\">Abmelden</button></form></body></html>"
+        );
+        return Ok(Html(page).into_response());
+    }
+    // Suppressed at once, before any queued message goes out; the event
+    // then ends the contact's marketing journeys.
+    let detail = json!({ "message": entry.idempotency_key, "channel": entry.channel });
+    crate::privacy::unsubscribe(&state.pipeline, &entry.contact_id, "recipient", &detail).await?;
+    record(&state, &entry, "unsubscribed", &[]).await?;
+    Ok(Html(
+        "<!doctype html><html lang=\"de\"><meta charset=\"utf-8\"><title>Abgemeldet</title>\
+         <body><h1>Sie sind abgemeldet.</h1><p>Sie erhalten keine Werbung mehr von uns.</p></body></html>",
+    )
+    .into_response())
+}
+
+/// A provider's delivery report, parsed by the binding's connector.
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(binding): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let store = &state.pipeline.store;
+    let def = store
+        .bindings(BindingKind::Channel)
+        .await?
+        .into_iter()
+        .find(|b| b.name == binding)
+        .ok_or_else(|| ApiError::NotFound(format!("channel binding {binding} does not exist")))?;
+    let plugin = state
+        .pipeline
+        .registry
+        .live(&def.plugin)
+        .ok_or_else(|| ApiError::Conflict(format!("plugin {} is not installed", def.plugin)))?;
+    let callback = Callback {
+        method: method.to_string(),
+        path: format!("/v1/callbacks/{binding}"),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let runtime_binding = crate::scoring::runtime_binding(&def, World::Channel);
+    let events = match plugin
+        .parse_callback(&runtime_binding, state.pipeline.clock.now(), &callback)
+        .await
+    {
+        Ok(Ok(events)) => events,
+        Ok(Err(declined)) => {
+            return Err(ApiError::invalid(format!(
+                "the connector refused the callback: {declined}"
+            )));
+        }
+        Err(failed) => return Err(ApiError::Internal(failed.to_string())),
+    };
+    let (mut accepted, mut unknown) = (0, 0);
+    for event in events {
+        let Some(outbox_id) = store.outbox_by_reference(&event.message_ref).await? else {
+            unknown += 1;
+            continue;
+        };
+        let Some(entry) = store.outbox_entry(&outbox_id).await? else {
+            unknown += 1;
+            continue;
+        };
+        let detail = event.detail.clone().unwrap_or_default();
+        match event.status {
+            DeliveryStatus::Delivered => record(&state, &entry, "delivered", &[]).await?,
+            DeliveryStatus::SoftBounce => {
+                record(
+                    &state,
+                    &entry,
+                    "bounced",
+                    &[("type", "soft"), ("detail", &detail)],
+                )
+                .await?
+            }
+            DeliveryStatus::HardBounce => {
+                record(
+                    &state,
+                    &entry,
+                    "bounced",
+                    &[("type", "hard"), ("detail", &detail)],
+                )
+                .await?
+            }
+            DeliveryStatus::Complaint => record(&state, &entry, "complained", &[]).await?,
+            DeliveryStatus::Opened => record(&state, &entry, "opened", &[]).await?,
+            DeliveryStatus::Clicked => record(&state, &entry, "clicked", &[]).await?,
+            DeliveryStatus::Unsubscribed => record(&state, &entry, "unsubscribed", &[]).await?,
+        }
+        accepted += 1;
+    }
+    Ok(Json(json!({ "accepted": accepted, "unknown": unknown })))
+}

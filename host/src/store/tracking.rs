@@ -1,0 +1,177 @@
+//! The signing secret, what recipients did with each message, the audit
+//! log of data-protection actions, and hashes of erased addresses.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, new_id};
+
+/// The server's secret for signed links and address hashes: made once,
+/// shared by every node through the database.
+pub async fn signing_secret_in(conn: &mut AnyConnection) -> Result<Vec<u8>, StoreError> {
+    let read = async |conn: &mut AnyConnection| -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = 'signing_secret'")
+            .fetch_optional(conn)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    };
+    if let Some(secret) = read(conn).await? {
+        return hex::decode(secret)
+            .map_err(|e| StoreError::Invalid(format!("signing secret: {e}")));
+    }
+    let fresh = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('signing_secret', $1) ON CONFLICT DO NOTHING",
+    )
+    .bind(fresh)
+    .execute(&mut *conn)
+    .await?;
+    let secret = read(conn)
+        .await?
+        .ok_or_else(|| StoreError::Invalid("the signing secret vanished".into()))?;
+    hex::decode(secret).map_err(|e| StoreError::Invalid(format!("signing secret: {e}")))
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: i64,
+    /// The API key (its id) or the party (`recipient`) that acted.
+    pub actor: String,
+    pub action: String,
+    pub contact_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+pub async fn audit_in(
+    conn: &mut AnyConnection,
+    actor: &str,
+    action: &str,
+    contact_id: Option<&str>,
+    detail: &serde_json::Value,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, contact_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(new_id("a"))
+    .bind(now)
+    .bind(actor.to_owned())
+    .bind(action.to_owned())
+    .bind(contact_id.map(str::to_owned))
+    .bind(detail.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn signing_secret(&self) -> Result<Vec<u8>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        signing_secret_in(&mut conn).await
+    }
+
+    /// Records what a recipient did with a message; returns how many times
+    /// they did it before (0: this is the first, a unique open or click).
+    pub async fn message_event(
+        &self,
+        outbox_id: &str,
+        kind: &str,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM message_events WHERE outbox_id = $1 AND kind = $2",
+        )
+        .bind(outbox_id.to_owned())
+        .bind(kind.to_owned())
+        .fetch_one(&mut *tx)
+        .await?;
+        let before: i64 = row.try_get("n")?;
+        sqlx::query(
+            "INSERT INTO message_events (outbox_id, kind, detail, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(outbox_id.to_owned())
+        .bind(kind.to_owned())
+        .bind(detail.map(str::to_owned))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(before)
+    }
+
+    /// The outbox entry with this idempotency key or provider id.
+    pub async fn outbox_by_reference(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM outbox WHERE idempotency_key = $1 OR provider_id = $1 LIMIT 1",
+        )
+        .bind(reference.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        contact_id: Option<&str>,
+        detail: &serde_json::Value,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        audit_in(&mut conn, actor, action, contact_id, detail, now).await
+    }
+
+    pub async fn audit_entries(&self, contact_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, contact_id, detail FROM audit_log WHERE contact_id = $1 ORDER BY at, id",
+        )
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    contact_id: r.try_get("contact_id")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers that an address was erased (as a salted hash, never the
+    /// address itself).
+    pub async fn remember_erased(&self, address_hash: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO erased_addresses (address_hash, at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(address_hash.to_owned())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// When an address was erased, if it was.
+pub async fn erased_at_in(
+    conn: &mut AnyConnection,
+    address_hash: &str,
+) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query("SELECT at FROM erased_addresses WHERE address_hash = $1")
+        .bind(address_hash.to_owned())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("at")).transpose()?)
+}

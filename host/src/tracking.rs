@@ -1,0 +1,281 @@
+//! Tracking: open pixel, click redirect and unsubscribe links with
+//! HMAC-signed tokens. A token names one outbox message (and for a click,
+//! the index of a link in it), so a forged or altered token is refused and
+//! a click can only lead to a link that was in the message.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::model::{Message, Value};
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    Open,
+    Click(u32),
+    Unsubscribe,
+}
+
+impl TokenKind {
+    fn tag(self) -> (char, u32) {
+        match self {
+            TokenKind::Open => ('o', 0),
+            TokenKind::Click(index) => ('c', index),
+            TokenKind::Unsubscribe => ('u', 0),
+        }
+    }
+}
+
+/// The signing secret and the public address links point to.
+#[derive(Clone)]
+pub struct Tracking {
+    secret: Vec<u8>,
+    /// `https://nachfass.example.com`, without a trailing slash.
+    pub base_url: String,
+}
+
+impl std::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracking")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Metadata key of the message's original links, in token index order.
+pub const LINKS: &str = "links";
+
+impl Tracking {
+    pub fn new(secret: &[u8], base_url: &str) -> Tracking {
+        Tracking {
+            secret: secret.to_vec(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn mac(&self, body: &str) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| {
+            Hmac::<Sha256>::new_from_slice(b"nachfass").expect("a fixed key is valid")
+        });
+        mac.update(body.as_bytes());
+        mac
+    }
+
+    /// `o.m_0192….0.<mac>`: readable, URL-safe, and useless when changed.
+    pub fn token(&self, kind: TokenKind, outbox_id: &str) -> String {
+        let (tag, index) = kind.tag();
+        let body = format!("{tag}.{outbox_id}.{index}");
+        let mac = self.mac(&body).finalize().into_bytes();
+        format!("{body}.{}", hex::encode(&mac[..16]))
+    }
+
+    /// The message and purpose a token names, if it is genuine.
+    pub fn verify(&self, token: &str) -> Option<(TokenKind, String)> {
+        let (body, signature) = token.rsplit_once('.')?;
+        let signature = hex::decode(signature).ok()?;
+        if signature.len() != 16 {
+            return None;
+        }
+        // Constant time: a forger learns nothing from how long we took.
+        self.mac(body).verify_truncated_left(&signature).ok()?;
+        let mut parts = body.splitn(3, '.');
+        let (tag, outbox_id, index) = (parts.next()?, parts.next()?, parts.next()?);
+        let index: u32 = index.parse().ok()?;
+        let kind = match tag {
+            "o" => TokenKind::Open,
+            "c" => TokenKind::Click(index),
+            "u" => TokenKind::Unsubscribe,
+            _ => return None,
+        };
+        Some((kind, outbox_id.to_owned()))
+    }
+
+    pub fn url(&self, kind: TokenKind, outbox_id: &str) -> String {
+        let path = match kind {
+            TokenKind::Open => "t/o",
+            TokenKind::Click(_) => "t/c",
+            TokenKind::Unsubscribe => "u",
+        };
+        format!("{}/{path}/{}", self.base_url, self.token(kind, outbox_id))
+    }
+
+    /// Rewrites an email before it is queued: links go through the click
+    /// redirect, HTML gets the open pixel, and marketing mail gets an
+    /// unsubscribe link and the RFC 8058 one-click headers.
+    pub fn instrument(&self, message: &mut Message, outbox_id: &str, marketing: bool) {
+        let mut links: Vec<String> = Vec::new();
+        let mut track = |url: &str| {
+            let index = match links.iter().position(|l| l == url) {
+                Some(index) => index,
+                None => {
+                    links.push(url.to_owned());
+                    links.len() - 1
+                }
+            };
+            self.url(
+                TokenKind::Click(u32::try_from(index).unwrap_or(u32::MAX)),
+                outbox_id,
+            )
+        };
+        message.text = rewrite_text_links(&message.text, &mut track);
+        if let Some(html) = &message.html {
+            let mut html = rewrite_html_links(html, &mut track);
+            let pixel = format!(
+                "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:none\">",
+                self.url(TokenKind::Open, outbox_id)
+            );
+            let unsubscribe = marketing.then(|| {
+                format!(
+                    "<p style=\"font-size:small\"><a href=\"{}\">Abmelden</a></p>",
+                    self.url(TokenKind::Unsubscribe, outbox_id)
+                )
+            });
+            let tail = format!("{}{pixel}", unsubscribe.unwrap_or_default());
+            match html.rfind("</body>") {
+                Some(at) => html.insert_str(at, &tail),
+                None => html.push_str(&tail),
+            }
+            message.html = Some(html);
+        }
+        if marketing {
+            let unsubscribe = self.url(TokenKind::Unsubscribe, outbox_id);
+            message
+                .text
+                .push_str(&format!("\n\n--\nAbmelden: {unsubscribe}\n"));
+            message.headers.insert(
+                "List-Unsubscribe".into(),
+                Value::Text(format!("<{unsubscribe}>")),
+            );
+            message.headers.insert(
+                "List-Unsubscribe-Post".into(),
+                Value::Text("List-Unsubscribe=One-Click".into()),
+            );
+        }
+        message.metadata.insert(LINKS.into(), Value::Texts(links));
+    }
+}
+
+fn is_url_start(rest: &str) -> bool {
+    rest.starts_with("https://") || rest.starts_with("http://")
+}
+
+/// Replaces every `http(s)://…` in plain text (up to whitespace or a
+/// closing bracket or quote).
+fn rewrite_text_links(text: &str, track: &mut impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("http") {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        if !is_url_start(candidate) {
+            out.push_str("http");
+            rest = &candidate[4..];
+            continue;
+        }
+        let end = candidate
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '>' | '"' | '\'' | '<'))
+            .unwrap_or(candidate.len());
+        // A sentence's full stop or comma is not part of the link.
+        let url = candidate[..end].trim_end_matches(['.', ',', ';', ':', '!', '?']);
+        out.push_str(&track(url));
+        rest = &candidate[url.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces the value of every `href="http(s)://…"`.
+fn rewrite_html_links(html: &str, track: &mut impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(start) = rest.find("href=\"") {
+        let value_start = start + "href=\"".len();
+        out.push_str(&rest[..value_start]);
+        let value = &rest[value_start..];
+        let end = value.find('"').unwrap_or(value.len());
+        let url = &value[..end];
+        if is_url_start(url) {
+            // The HTML was escaped when rendered: `&amp;` stands for `&`.
+            out.push_str(&track(&url.replace("&amp;", "&")));
+        } else {
+            out.push_str(url);
+        }
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tracking() -> Tracking {
+        Tracking::new(b"secret", "https://t.example/")
+    }
+
+    #[test]
+    fn tokens_verify_and_refuse_any_change() {
+        let t = tracking();
+        let token = t.token(TokenKind::Click(2), "m_1");
+        assert_eq!(
+            t.verify(&token),
+            Some((TokenKind::Click(2), "m_1".to_owned()))
+        );
+        let altered = token.replacen(".2.", ".3.", 1);
+        assert_eq!(t.verify(&altered), None);
+        let other = token.replacen("m_1", "m_2", 1);
+        assert_eq!(t.verify(&other), None);
+        assert_eq!(t.verify("c.m_1.2.00000000000000000000000000000000"), None);
+        assert_eq!(t.verify("nonsense"), None);
+        let foreign = Tracking::new(b"other", "https://t.example").token(TokenKind::Open, "m_1");
+        assert_eq!(t.verify(&foreign), None);
+    }
+
+    #[test]
+    fn emails_get_tracked_links_a_pixel_and_one_click_unsubscribe() {
+        let mut message: Message = serde_json::from_str(
+            r#"{"idempotency_key":"k","to":"a@b.example","text":"Hier: https://shop.example/cart?id=1. Und http://x.example","html":"<body><a href=\"https://shop.example/cart?id=1&amp;x=2\">Warenkorb</a><a href=\"mailto:a@b\">m</a></body>"}"#,
+        )
+        .unwrap();
+        tracking().instrument(&mut message, "m_9", true);
+        assert!(!message.text.contains("shop.example"), "{}", message.text);
+        assert!(
+            message.text.contains("https://t.example/t/c/c.m_9.0."),
+            "{}",
+            message.text
+        );
+        assert!(
+            message
+                .text
+                .contains("Abmelden: https://t.example/u/u.m_9.0."),
+            "{}",
+            message.text
+        );
+        let html = message.html.clone().unwrap();
+        assert!(html.contains("https://t.example/t/o/o.m_9.0."), "{html}");
+        assert!(html.contains("mailto:a@b"), "{html}");
+        assert!(
+            html.find("display:none").unwrap() < html.find("</body>").unwrap(),
+            "{html}"
+        );
+        assert_eq!(
+            message.metadata[LINKS],
+            Value::Texts(vec![
+                "https://shop.example/cart?id=1".into(),
+                "http://x.example".into(),
+                "https://shop.example/cart?id=1&x=2".into(),
+            ])
+        );
+        assert_eq!(
+            message.headers["List-Unsubscribe-Post"],
+            Value::Text("List-Unsubscribe=One-Click".into())
+        );
+        let mut transactional = message.clone();
+        transactional.headers.clear();
+        tracking().instrument(&mut transactional, "m_8", false);
+        assert!(!transactional.headers.contains_key("List-Unsubscribe"));
+    }
+}
