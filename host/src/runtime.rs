@@ -6,6 +6,7 @@ pub mod cache;
 mod convert;
 pub mod error;
 pub mod limits;
+mod mail;
 pub mod manifest;
 pub mod outgoing_http;
 pub mod plugin;

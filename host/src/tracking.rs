@@ -194,16 +194,37 @@ fn rewrite_html_links(html: &str, track: &mut impl FnMut(&str) -> String) -> Str
         out.push_str(&rest[..value_start]);
         let value = &rest[value_start..];
         let end = value.find('"').unwrap_or(value.len());
-        let url = &value[..end];
-        if is_url_start(url) {
-            // The HTML was escaped when rendered: `&amp;` stands for `&`.
-            out.push_str(&track(&url.replace("&amp;", "&")));
+        // Rendering escaped the HTML (`&amp;`, `&#x2f;`): track the link
+        // the reader's browser would follow.
+        let url = unescape(&value[..end]);
+        if is_url_start(&url) {
+            out.push_str(&track(&url));
         } else {
-            out.push_str(url);
+            out.push_str(&value[..end]);
         }
         rest = &value[end..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Undoes the entity escaping of an HTML attribute value.
+fn unescape(value: &str) -> String {
+    const ENTITIES: [(&str, &str); 9] = [
+        ("&#x2f;", "/"),
+        ("&#47;", "/"),
+        ("&#x27;", "'"),
+        ("&#39;", "'"),
+        ("&quot;", "\""),
+        ("&#34;", "\""),
+        ("&lt;", "<"),
+        ("&gt;", ">"),
+        ("&amp;", "&"),
+    ];
+    let mut out = value.to_owned();
+    for (entity, plain) in ENTITIES {
+        out = out.replace(entity, plain);
+    }
     out
 }
 
@@ -237,7 +258,7 @@ mod tests {
     #[test]
     fn emails_get_tracked_links_a_pixel_and_one_click_unsubscribe() {
         let mut message: Message = serde_json::from_str(
-            r#"{"idempotency_key":"k","to":"a@b.example","text":"Hier: https://shop.example/cart?id=1. Und http://x.example","html":"<body><a href=\"https://shop.example/cart?id=1&amp;x=2\">Warenkorb</a><a href=\"mailto:a@b\">m</a></body>"}"#,
+            r#"{"idempotency_key":"k","to":"a@b.example","text":"Hier: https://shop.example/cart?id=1. Und http://x.example","html":"<body><a href=\"https:&#x2f;&#x2f;shop.example&#x2f;cart?id=1&amp;x=2\">Warenkorb</a><a href=\"mailto:a@b\">m</a></body>"}"#,
         )
         .unwrap();
         tracking().instrument(&mut message, "m_9", true);

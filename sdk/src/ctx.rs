@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::http::{HttpError, Request, Response};
 use crate::testing::TestState;
-use crate::{Level, PluginError};
+use crate::{Level, MailError, PluginError};
 
 /// The host as seen from inside one call: the binding's configuration, the
 /// evaluation time, the log and (for channels) outgoing HTTP.
@@ -82,6 +82,24 @@ impl Ctx {
         match &self.test {
             Some(state) => state.logs.borrow_mut().push((level, message.to_owned())),
             None => host::log(level, message),
+        }
+    }
+
+    /// Sends an email through the SMTP server of the binding's
+    /// configuration. Only channel plugins may. `message` is the complete
+    /// RFC 5322 message (CRLF line ends); `sender` and `recipients` are the
+    /// SMTP envelope. Returns the server's reply.
+    pub fn mail(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<String, MailError> {
+        match &self.test {
+            Some(state) => state.answer_mail(sender, recipients, message),
+            None => {
+                crate::bindings::channel::nachfass::plugin::mail::send(sender, recipients, message)
+            }
         }
     }
 

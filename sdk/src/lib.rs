@@ -33,6 +33,7 @@ mod values;
 
 pub mod testing;
 
+pub use bindings::channel::nachfass::plugin::mail::MailError;
 pub use bindings::segment_rule::nachfass::plugin::host::Level;
 pub use bindings::segment_rule::nachfass::plugin::types::{
     ActivityCount, Callback, ChannelInfo, ChannelKind, Contact, Delivery, DeliveryEvent,

@@ -26,12 +26,28 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::http::{HttpError, Request, Response};
-use crate::{Ctx, Level};
+use crate::{Ctx, Level, MailError};
 
 /// One day in milliseconds, for building timestamps in tests.
 pub const DAY: i64 = 24 * 60 * 60 * 1000;
 
 type Responder = Box<dyn FnMut(&Request) -> Result<Response, HttpError>>;
+type MailResponder = Box<dyn FnMut(&SentMail) -> Result<String, MailError>>;
+
+/// A message a plugin handed to `Ctx::mail` in a test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentMail {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+impl SentMail {
+    /// The message as text (it is 7-bit or UTF-8 in practice).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.message).into_owned()
+    }
+}
 
 pub(crate) struct TestState {
     pub(crate) config: RefCell<BTreeMap<String, String>>,
@@ -39,9 +55,29 @@ pub(crate) struct TestState {
     pub(crate) logs: RefCell<Vec<(Level, String)>>,
     requests: RefCell<Vec<Request>>,
     responder: RefCell<Option<Responder>>,
+    mails: RefCell<Vec<SentMail>>,
+    mail_responder: RefCell<Option<MailResponder>>,
 }
 
 impl TestState {
+    pub(crate) fn answer_mail(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<String, MailError> {
+        let mail = SentMail {
+            sender: sender.to_owned(),
+            recipients: recipients.to_vec(),
+            message: message.to_vec(),
+        };
+        self.mails.borrow_mut().push(mail.clone());
+        match self.mail_responder.borrow_mut().as_mut() {
+            Some(respond) => respond(&mail),
+            None => Ok("250 OK (TestHost)".to_owned()),
+        }
+    }
+
     pub(crate) fn answer_http(&self, request: &Request) -> Result<Response, HttpError> {
         self.requests.borrow_mut().push(request.clone());
         match self.responder.borrow_mut().as_mut() {
@@ -72,6 +108,8 @@ impl TestHost {
             logs: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
             responder: RefCell::new(None),
+            mails: RefCell::new(Vec::new()),
+            mail_responder: RefCell::new(None),
         }))
     }
 
@@ -97,6 +135,21 @@ impl TestHost {
     ) -> TestHost {
         *self.0.responder.borrow_mut() = Some(Box::new(respond));
         self
+    }
+
+    /// Answers the plugin's mails with `respond` (by default each is
+    /// accepted with `250 OK`).
+    pub fn mail(
+        self,
+        respond: impl FnMut(&SentMail) -> Result<String, MailError> + 'static,
+    ) -> TestHost {
+        *self.0.mail_responder.borrow_mut() = Some(Box::new(respond));
+        self
+    }
+
+    /// Every mail the plugin sent so far.
+    pub fn mails(&self) -> Vec<SentMail> {
+        self.0.mails.borrow().clone()
     }
 
     /// The context to pass to the plugin's trait methods.

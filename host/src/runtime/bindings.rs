@@ -30,6 +30,8 @@ pub mod channel {
         path: "../wit",
         world: "nachfass:plugin/channel",
         exports: { default: async },
+        // Sending mail waits on the network: the call's timeout still holds.
+        imports: { "nachfass:plugin/mail.send": async },
         with: {
             "nachfass:plugin/types": super::segment_rule::nachfass::plugin::types,
             "nachfass:plugin/host": super::segment_rule::nachfass::plugin::host,
@@ -40,5 +42,6 @@ pub mod channel {
     });
 }
 
+pub use channel::nachfass::plugin::mail;
 pub use segment_rule::nachfass::plugin::host;
 pub use segment_rule::nachfass::plugin::types;

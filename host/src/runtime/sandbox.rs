@@ -104,6 +104,10 @@ impl CallState {
         }
     }
 
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+
     /// The guest's stderr, e.g. a Rust panic message.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
@@ -128,13 +132,17 @@ pub fn store(
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,
-/// the `host` interface for all, outgoing HTTP for channels only.
+/// the `host` interface for all, outgoing HTTP and mail for channels only.
 pub fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<CallState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
     if world == World::Channel {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        super::bindings::mail::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )?;
     }
     Ok(linker)
 }

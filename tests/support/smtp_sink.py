@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""A real SMTP server on 127.0.0.1 for the tests, built on aiosmtpd.
+
+Usage: smtp_sink.py PORT DIR. Prints "ready" once listening and runs until
+its standard input closes. Each accepted message is written to
+DIR/<n>.eml; a recipient whose address contains "+retry" is refused once
+with 451 (try again later) and that attempt is kept as DIR/<n>.refused.eml.
+"""
+import pathlib
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, directory):
+        self.dir = pathlib.Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.refused = set()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.count += 1
+        for recipient in envelope.rcpt_tos:
+            if "+retry" in recipient and recipient not in self.refused:
+                self.refused.add(recipient)
+                (self.dir / f"{self.count:05}.refused.eml").write_bytes(envelope.content)
+                return "451 4.3.0 try again later"
+        (self.dir / f"{self.count:05}.eml").write_bytes(envelope.content)
+        return f"250 OK queued as {self.count}"
+
+
+def main():
+    port, directory = int(sys.argv[1]), sys.argv[2]
+    controller = Controller(Sink(directory), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+//! Email end to end: journeys send through the real `smtp-email` component
+//! and the host's SMTP connection (lettre) to a real SMTP server on
+//! 127.0.0.1 (aiosmtpd); opens, clicks and one-click unsubscribes come back
+//! through the tracking endpoints. On SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use nachfass::clock::{Clock, ManualClock};
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::{Journeys, ready_made};
+use nachfass::model::Value;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
+use nachfass_tests::server::free_port;
+use nachfass_tests::{DAY, TempStore, guests, runtime, stores};
+
+const HOUR: i64 = 60 * 60 * 1000;
+/// Monday 2026-11-23, 10:00 in Berlin.
+const MONDAY_10: i64 = 1_795_424_400_000;
+
+/// aiosmtpd on 127.0.0.1, writing what it accepts to a directory.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (tests/run installs aiosmtpd)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(
+            ready.trim(),
+            "ready",
+            "the SMTP sink did not start: is aiosmtpd installed?"
+        );
+        SmtpSink { child, port, dir }
+    }
+
+    /// Accepted messages (or refused attempts), oldest first.
+    fn messages(&self, refused: bool) -> Vec<Mail> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".refused.eml") == refused)
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| Mail(std::fs::read_to_string(p).unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw message as the SMTP server received it.
+struct Mail(String);
+
+impl Mail {
+    fn header(&self, name: &str) -> Option<String> {
+        let (head, _) = self
+            .0
+            .split_once("\n\n")
+            .or_else(|| self.0.split_once("\r\n\r\n"))?;
+        let prefix = format!("{}: ", name.to_ascii_lowercase());
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    }
+
+    /// Every base64 part, decoded (the text part first, then the HTML).
+    fn parts(&self) -> Vec<String> {
+        let body = self.0.replace("\r\n", "\n");
+        body.split("Content-Transfer-Encoding: base64\n\n")
+            .skip(1)
+            .map(|rest| {
+                let encoded: String = rest
+                    .lines()
+                    .take_while(|l| !l.is_empty() && !l.starts_with("--"))
+                    .collect();
+                String::from_utf8(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn to(&self) -> String {
+        self.header("To").unwrap_or_default()
+    }
+}
+
+struct World {
+    store: Store,
+    clock: Arc<ManualClock>,
+    journeys: Arc<Journeys>,
+    scheduler: Arc<Scheduler>,
+    web: axum::Router,
+    smtp: SmtpSink,
+    temp: Option<TempStore>,
+}
+
+impl World {
+    async fn new(store: Store, temp: TempStore, registry: Arc<Registry>) -> World {
+        let smtp = SmtpSink::start();
+        let clock = Arc::new(ManualClock::new(MONDAY_10));
+        let pipeline = Pipeline {
+            store: store.clone(),
+            registry,
+            clock: clock.clone(),
+            stages: StageThresholds::default(),
+        };
+        let binding = BindingDef {
+            name: "mail".into(),
+            kind: BindingKind::Channel,
+            plugin: "smtp-email".into(),
+            config: [
+                ("from", "Beispiel Shop <news@shop.example>".to_owned()),
+                ("smtp_host", "127.0.0.1".to_owned()),
+                ("smtp_port", smtp.port.to_string()),
+                ("smtp_tls", "none".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            allow_http: Vec::new(),
+        };
+        store.create_binding(&binding, 0).await.unwrap();
+        let journeys = Journeys::new(pipeline, Policy::default());
+        journeys.set_public_url("https://t.shop.example");
+        let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+        let web = nachfass::api::app(nachfass::api::AppState::with_journeys(
+            journeys.clone(),
+            None,
+        ));
+        World {
+            store,
+            clock,
+            journeys,
+            scheduler,
+            web,
+            smtp,
+            temp: Some(temp),
+        }
+    }
+
+    async fn install(&self, template: &str) {
+        let def = ready_made::adapt(template, "mail", None).unwrap();
+        self.journeys.save_def(&def).await.unwrap();
+    }
+
+    async fn contact(&self, email: &str, first_name: &str) -> String {
+        let id = self.ingest(email, "contact.imported", &[]).await;
+        let mut patch = nachfass::store::ContactInput::default();
+        patch
+            .attributes
+            .insert("first_name".into(), Value::Text(first_name.into()));
+        self.journeys
+            .pipeline
+            .update_contact(&id, &patch)
+            .await
+            .unwrap();
+        let consent = Consent {
+            channel: "email".into(),
+            purpose: "marketing".into(),
+            status: "granted".into(),
+            source: Some("checkout".into()),
+            text_version: Some("2026-01".into()),
+            ip: Some("192.0.2.1".into()),
+            user_agent: None,
+            updated_at: 0,
+        };
+        self.store
+            .set_consent(&id, &consent, self.clock.now())
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn ingest(&self, email: &str, kind: &str, properties: &[(&str, &str)]) -> String {
+        let input = EventInput {
+            kind: kind.into(),
+            email: Some(email.into()),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+                .collect(),
+            ..EventInput::default()
+        };
+        let id = self
+            .journeys
+            .pipeline
+            .ingest(&input)
+            .await
+            .unwrap()
+            .event
+            .contact_id;
+        self.scheduler.run_until_idle().await.unwrap();
+        id
+    }
+
+    async fn pass(&self, span: i64) {
+        let end = self.clock.now() + span;
+        while self.clock.now() < end {
+            self.clock.set((self.clock.now() + HOUR).min(end));
+            self.scheduler.run_until_idle().await.unwrap();
+        }
+    }
+
+    fn mails_to(&self, address: &str) -> Vec<Mail> {
+        self.smtp
+            .messages(false)
+            .into_iter()
+            .filter(|m| m.to().contains(address))
+            .collect()
+    }
+
+    /// Follows a tracked URL in-process; returns the status and Location.
+    async fn follow(&self, method: &str, url: &str) -> (u16, Option<String>) {
+        use tower::ServiceExt;
+        let path = url.strip_prefix("https://t.shop.example").unwrap();
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from("List-Unsubscribe=One-Click"))
+            .unwrap();
+        let response = self.web.clone().oneshot(request).await.unwrap();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        self.scheduler.run_until_idle().await.unwrap();
+        (response.status().as_u16(), location)
+    }
+
+    async fn close(mut self) {
+        if let Some(temp) = self.temp.take() {
+            temp.cleanup(self.store.clone()).await;
+        }
+    }
+}
+
+async fn worlds() -> Vec<(&'static str, World)> {
+    let registry = Arc::new(Registry::new(runtime()));
+    registry
+        .install_file(&guests::SMTP_EMAIL.packed(), Activation::Now)
+        .await
+        .unwrap();
+    let mut worlds = Vec::new();
+    for (dialect, store, temp) in stores().await {
+        worlds.push((dialect, World::new(store, temp, registry.clone()).await));
+    }
+    worlds
+}
+
+fn link(html: &str, marker: &str) -> String {
+    html.split(marker)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn cart_abandonment_mails_are_personal_multipart_and_tracked() {
+    for (dialect, w) in worlds().await {
+        w.install("cart-abandonment").await;
+        let joerg = w.contact("joerg@kunde.example", "Jörg").await;
+        w.ingest(
+            "joerg@kunde.example",
+            "cart.abandoned",
+            &[
+                ("total", "129.00"),
+                ("cart_url", "https://shop.example/cart/77"),
+            ],
+        )
+        .await;
+        w.pass(HOUR).await;
+        let mails = w.mails_to("joerg@kunde.example");
+        assert_eq!(mails.len(), 1, "{dialect}");
+        let mail = &mails[0];
+        let key = w.store.contact_outbox(&joerg).await.unwrap()[0]
+            .idempotency_key
+            .clone();
+        assert_eq!(
+            mail.header("Message-ID"),
+            Some(format!("<{key}@shop.example>")),
+            "{dialect}"
+        );
+        assert_eq!(
+            mail.header("List-Unsubscribe-Post").as_deref(),
+            Some("List-Unsubscribe=One-Click"),
+            "{dialect}"
+        );
+        assert!(
+            mail.header("List-Unsubscribe")
+                .unwrap()
+                .starts_with("<https://t.shop.example/u/"),
+            "{dialect}"
+        );
+        assert!(
+            mail.header("Content-Type")
+                .unwrap()
+                .starts_with("multipart/alternative"),
+            "{dialect}"
+        );
+        let parts = mail.parts();
+        assert!(
+            parts[0].starts_with("Hallo Jörg,"),
+            "{dialect}: {}",
+            parts[0]
+        );
+        assert!(parts[0].contains("über 129.00 €"), "{dialect}");
+        assert!(
+            !parts[1].contains("shop.example/cart/77"),
+            "{dialect}: the link is tracked"
+        );
+
+        // Open twice, click once: unique vs total, and the click lands on the cart.
+        let pixel = link(&parts[1], "<img src=\"");
+        let click = link(&parts[1], "<a href=\"");
+        assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
+        assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
+        let (status, location) = w.follow("GET", &click).await;
+        assert_eq!(
+            (status, location.as_deref()),
+            (302, Some("https://shop.example/cart/77")),
+            "{dialect}"
+        );
+        let events = w.store.timeline(&joerg, 200, None).await.unwrap();
+        let count = |kind: &str, unique: Option<bool>| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.kind == kind
+                        && unique
+                            .is_none_or(|u| e.properties.get("unique") == Some(&Value::Boolean(u)))
+                })
+                .count()
+        };
+        assert_eq!(
+            (
+                count("email.opened", None),
+                count("email.opened", Some(true))
+            ),
+            (2, 1),
+            "{dialect}"
+        );
+        assert_eq!(count("email.clicked", None), 1, "{dialect}");
+
+        // A purchase ends it: no second reminder.
+        w.ingest("joerg@kunde.example", "purchase", &[]).await;
+        w.pass(24 * HOUR).await;
+        assert_eq!(w.mails_to("joerg@kunde.example").len(), 1, "{dialect}");
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn welcome_nurture_branches_on_real_clicks_and_one_click_unsubscribe_ends_it() {
+    for (dialect, w) in worlds().await {
+        w.install("welcome-nurture").await;
+        let ada = w.contact("ada@b2b.example", "Ada").await;
+        let bob = w.contact("bob@b2b.example", "Bob").await;
+        for email in ["ada@b2b.example", "bob@b2b.example"] {
+            w.ingest(email, "signup", &[]).await;
+        }
+        w.pass(2 * DAY).await;
+        // The tips mail: Ada clicks through, Bob unsubscribes with one click.
+        let tips = &w.mails_to("ada@b2b.example")[1];
+        let click = link(&tips.parts()[1], "<a href=\"");
+        assert_eq!(
+            w.follow("GET", &click).await.1.as_deref(),
+            Some("https://beispiel.example/tipps"),
+            "{dialect}"
+        );
+        let bobs = w.mails_to("bob@b2b.example");
+        let unsubscribe = bobs[1]
+            .header("List-Unsubscribe")
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .to_owned();
+        assert_eq!(w.follow("POST", &unsubscribe).await.0, 200, "{dialect}");
+        w.pass(5 * DAY).await;
+        let subjects: Vec<String> = w
+            .mails_to("ada@b2b.example")
+            .iter()
+            .map(|m| m.header("Subject").unwrap())
+            .collect();
+        assert_eq!(subjects.len(), 3, "{dialect}: {subjects:?}");
+        assert_eq!(
+            subjects[2], "Wie andere Teams es machen",
+            "{dialect}: the clicker gets the case study"
+        );
+        assert_eq!(
+            w.mails_to("bob@b2b.example").len(),
+            2,
+            "{dialect}: nothing after the unsubscribe"
+        );
+        let runs = w.store.contact_runs(&bob).await.unwrap();
+        assert_eq!(
+            (runs[0].status.as_str(), runs[0].exit_reason.as_deref()),
+            ("exited", Some("email.unsubscribed")),
+            "{dialect}"
+        );
+        assert_eq!(
+            w.store.contact_runs(&ada).await.unwrap()[0].status,
+            "exited",
+            "{dialect}: finished by its exit step"
+        );
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_mail_is_retried_with_the_same_message_id() {
+    for (dialect, w) in worlds().await {
+        w.install("post-purchase-thank-you").await;
+        w.ingest("eva+retry@shop.example", "purchase", &[("order_id", "A-7")])
+            .await;
+        assert_eq!(
+            w.smtp.messages(true).len(),
+            1,
+            "{dialect}: the first attempt got 451"
+        );
+        assert!(w.mails_to("eva+retry@shop.example").is_empty(), "{dialect}");
+        w.pass(HOUR).await;
+        let accepted = w.mails_to("eva+retry@shop.example");
+        assert_eq!(accepted.len(), 1, "{dialect}");
+        let refused = &w.smtp.messages(true)[0];
+        assert_eq!(
+            accepted[0].header("Message-ID"),
+            refused.header("Message-ID"),
+            "{dialect}"
+        );
+        assert!(
+            accepted[0].header("List-Unsubscribe").is_none(),
+            "{dialect}: transactional mail has none"
+        );
+        assert_eq!(
+            accepted[0].parts()[0].lines().next(),
+            Some("Hallo ,"),
+            "{dialect}: a missing name renders empty"
+        );
+        w.close().await;
+    }
+}
