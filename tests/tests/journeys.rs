@@ -34,10 +34,17 @@ struct World {
 
 async fn registry() -> Arc<Registry> {
     let registry = Arc::new(Registry::new(runtime()));
-    registry
-        .install_file(&guests::WEBHOOK.packed(), Activation::Now)
-        .await
-        .unwrap();
+    for guest in [
+        guests::WEBHOOK,
+        guests::SMS_HTTP,
+        guests::AUDIENCE_SYNC,
+        guests::ATTRIBUTE_MATCH,
+    ] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
     registry
 }
 
@@ -1000,4 +1007,151 @@ async fn an_objection_stops_marketing_but_not_transactional_mail() {
         );
         w.close().await;
     }
+}
+
+impl World {
+    /// Another channel binding of `plugin`, sending to the receiver.
+    async fn bind(&self, name: &str, plugin: &str, config: &[(&str, &str)]) {
+        let def = BindingDef {
+            name: name.into(),
+            kind: BindingKind::Channel,
+            plugin: plugin.into(),
+            config: config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            allow_http: vec![self.sink.addr.to_string()],
+        };
+        self.store.create_binding(&def, 0).await.unwrap();
+    }
+
+    async fn grant(&self, contact: &str, channel: &str) {
+        let consent = Consent {
+            channel: channel.into(),
+            purpose: "marketing".into(),
+            status: "granted".into(),
+            source: Some("test".into()),
+            text_version: None,
+            ip: None,
+            user_agent: None,
+            updated_at: 0,
+        };
+        self.store
+            .set_consent(contact, &consent, self.clock.now())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sms_go_out_as_a_gateway_form_post() {
+    for (dialect, w) in worlds(200).await {
+        let url = format!("http://{}/Messages.json", w.sink.addr);
+        w.bind(
+            "sms",
+            "sms-http",
+            &[
+                ("url", &url),
+                ("from", "Shop"),
+                ("account", "AC1"),
+                ("token", "t"),
+            ],
+        )
+        .await;
+        let def = serde_json::json!({ "name": "pickup", "purpose": "transactional",
+            "trigger": { "event": { "kind": "order.ready" } },
+            "steps": [ { "id": "sms", "type": "send", "binding": "sms",
+                         "template": { "text": "Ihre Bestellung {{ event.properties.order }} liegt bereit." } } ] });
+        w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+        let mut input = nachfass::store::ContactInput::default();
+        input.email = Some("eva@shop.example".into());
+        input.phone = Some("+49 151 2345678".into());
+        w.journeys.pipeline.upsert_contact(&input).await.unwrap();
+        w.ingest("eva@shop.example", "order.ready", &[("order", "A-9")])
+            .await;
+        let sent = &w.sink.received()[0];
+        assert_eq!(sent.path, "/Messages.json", "{dialect}");
+        let body = String::from_utf8(sent.body.clone()).unwrap();
+        assert_eq!(
+            body, "To=%2B49+151+2345678&From=Shop&Body=Ihre+Bestellung+A-9+liegt+bereit.",
+            "{dialect}"
+        );
+        assert!(
+            sent.header("Authorization").unwrap().starts_with("Basic "),
+            "{dialect}"
+        );
+        w.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_retargeting_audience_follows_its_segment() {
+    for (dialect, w) in worlds(200).await {
+        let url = format!("http://{}/v1/audiences/7/members", w.sink.addr);
+        w.bind("ads", "audience-sync", &[("url", &url), ("token", "tok")])
+            .await;
+        let segment = BindingDef {
+            name: "pro-plan".into(),
+            kind: BindingKind::Segment,
+            plugin: "attribute-match".into(),
+            config: [("attribute", "plan"), ("op", "eq"), ("value", "pro")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            allow_http: Vec::new(),
+        };
+        w.store.create_binding(&segment, 0).await.unwrap();
+        for (name, trigger, op) in [
+            ("audience-add", "segment_entered", "add"),
+            ("audience-remove", "segment_left", "remove"),
+        ] {
+            let def = serde_json::json!({ "name": name, "trigger": { trigger: "pro-plan" }, "send_window": { "days": ["mon","tue","wed","thu","fri","sat","sun"], "start": "00:00", "end": "24:00" },
+                "steps": [ { "id": "sync", "type": "send", "binding": "ads", "template": { "text": op } } ] });
+            w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+        }
+        let ada = w.contact("ada@b2b.example").await;
+        w.grant(&ada, "audience").await;
+        let mut patch = nachfass::store::ContactInput::default();
+        patch
+            .attributes
+            .insert("plan".into(), Value::Text("pro".into()));
+        w.journeys
+            .pipeline
+            .update_contact(&ada, &patch)
+            .await
+            .unwrap();
+        w.run().await;
+        patch
+            .attributes
+            .insert("plan".into(), Value::Text("free".into()));
+        w.journeys
+            .pipeline
+            .update_contact(&ada, &patch)
+            .await
+            .unwrap();
+        w.run().await;
+        let paths: Vec<String> = w.sink.received().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/v1/audiences/7/members:add",
+                "/v1/audiences/7/members:remove"
+            ],
+            "{dialect}"
+        );
+        let body = String::from_utf8(w.sink.received()[0].body.clone()).unwrap();
+        assert!(
+            body.contains(&sha256_hex("ada@b2b.example")) && !body.contains("ada@"),
+            "{dialect}: {body}"
+        );
+        w.close().await;
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
