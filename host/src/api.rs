@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/journeys/{name}/stop", post(journeys::stop))
         .route("/v1/journeys/{name}/start", post(journeys::start))
         .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
+        .route("/v1/journeys/{name}/preview", post(journeys::preview))
         .route("/v1/journey-templates", get(journeys::templates))
         .route(
             "/v1/journey-templates/{template}/install",
@@ -126,6 +127,11 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/u/{token}",
             get(tracking::unsubscribe).post(tracking::unsubscribe),
+        )
+        .route("/c/{token}", get(tracking::confirm))
+        .route(
+            "/v1/contacts/{id}/consents/request",
+            post(journeys::request_consent),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

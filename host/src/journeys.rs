@@ -13,7 +13,7 @@ pub mod condition;
 pub mod definition;
 pub mod ready_made;
 mod route;
-mod send;
+pub(crate) mod send;
 mod sweep;
 pub mod validate;
 
@@ -47,6 +47,10 @@ pub enum Job {
     Timeout { run_id: String, seq: i64 },
     /// Hand an outbox entry to its channel.
     Deliver { outbox_id: String },
+    /// Remind a contact of an unconfirmed double opt-in request.
+    ConsentReminder { request_id: String },
+    /// An unconfirmed double opt-in request runs out.
+    ConsentExpiry { request_id: String },
     /// A scheduled journey's sweep at cron time `at`.
     Sweep {
         journey: String,
@@ -63,6 +67,8 @@ impl Job {
             Job::Advance { run_id, seq } => format!("advance:{run_id}:{seq}"),
             Job::Timeout { run_id, seq } => format!("timeout:{run_id}:{seq}"),
             Job::Deliver { outbox_id } => format!("deliver:{outbox_id}"),
+            Job::ConsentReminder { request_id } => format!("consent-reminder:{request_id}"),
+            Job::ConsentExpiry { request_id } => format!("consent-expiry:{request_id}"),
             Job::Sweep {
                 journey,
                 version,
@@ -311,6 +317,12 @@ impl Journeys {
             Job::Advance { run_id, seq } => advance::advance(self, job, &run_id, seq, false).await,
             Job::Timeout { run_id, seq } => advance::advance(self, job, &run_id, seq, true).await,
             Job::Deliver { outbox_id } => crate::outbox::deliver(self, job, &outbox_id).await,
+            Job::ConsentReminder { request_id } => {
+                crate::consent::remind(self, job, &request_id).await
+            }
+            Job::ConsentExpiry { request_id } => {
+                crate::consent::expire(self, job, &request_id).await
+            }
             Job::Sweep {
                 journey,
                 version,

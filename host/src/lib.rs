@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod consent;
 pub mod ingest;
 pub mod journeys;
 pub mod model;

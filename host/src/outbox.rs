@@ -6,13 +6,31 @@
 
 use tracing::Instrument;
 
-use crate::journeys::{JobOutcome, Journeys, props};
+use crate::journeys::{Job, JobOutcome, Journeys, props};
 use crate::model::{Message, SendError, Value};
 use crate::runtime::World;
 use crate::scheduler::backoff;
-use crate::store::jobs::{ClaimedJob, finish_in};
-use crate::store::journeys::{OutboxEntry, record_in, settle_outbox_in};
+use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::journeys::{OutboxEntry, insert_outbox_in, record_in, settle_outbox_in};
 use crate::store::{BindingKind, StoreError};
+
+/// Queues a message with its delivery job, in the caller's transaction.
+/// Returns false when a message with the same idempotency key is queued
+/// already (then nothing is added).
+pub(crate) async fn queue_in(
+    tx: &mut sqlx::AnyConnection,
+    entry: &OutboxEntry,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !insert_outbox_in(tx, entry).await? {
+        return Ok(false);
+    }
+    let job = Job::Deliver {
+        outbox_id: entry.id.clone(),
+    };
+    enqueue_in(tx, &job.unique_key(), &job.payload(), now, now).await?;
+    Ok(true)
+}
 
 /// Attempts before a message that keeps failing transiently is given up.
 pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;

@@ -14,6 +14,8 @@ pub enum TokenKind {
     Open,
     Click(u32),
     Unsubscribe,
+    /// Confirms a double opt-in request (the id is the request's).
+    Confirm,
 }
 
 impl TokenKind {
@@ -22,6 +24,7 @@ impl TokenKind {
             TokenKind::Open => ('o', 0),
             TokenKind::Click(index) => ('c', index),
             TokenKind::Unsubscribe => ('u', 0),
+            TokenKind::Confirm => ('k', 0),
         }
     }
 }
@@ -86,6 +89,7 @@ impl Tracking {
             "o" => TokenKind::Open,
             "c" => TokenKind::Click(index),
             "u" => TokenKind::Unsubscribe,
+            "k" => TokenKind::Confirm,
             _ => return None,
         };
         Some((kind, outbox_id.to_owned()))
@@ -96,6 +100,7 @@ impl Tracking {
             TokenKind::Open => "t/o",
             TokenKind::Click(_) => "t/c",
             TokenKind::Unsubscribe => "u",
+            TokenKind::Confirm => "c",
         };
         format!("{}/{path}/{}", self.base_url, self.token(kind, outbox_id))
     }

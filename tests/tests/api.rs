@@ -609,6 +609,30 @@ async fn journeys_are_validated_versioned_and_enrolled_over_http() {
             (StatusCode::OK, &Value::Null),
             "{dialect}: one open run"
         );
+        let (status, preview) = client
+            .post(
+                "/v1/journeys/nurture/preview",
+                &admin,
+                json!({ "contact_id": id, "step": "hello" }),
+            )
+            .await;
+        assert_eq!(
+            (status, preview["text"].as_str()),
+            (StatusCode::OK, Some("Hallo ada@b2b.example")),
+            "{dialect}"
+        );
+        assert_eq!(
+            preview["subject"], "Guten Tag",
+            "{dialect}: the latest version"
+        );
+        let (status, _) = client
+            .post(
+                "/v1/journeys/nurture/preview",
+                &admin,
+                json!({ "contact_id": id, "step": "nope" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
         let (_, runs) = client
             .get(&format!("/v1/contacts/{id}/journeys"), &reader)
             .await;

@@ -479,3 +479,105 @@ async fn a_refused_mail_is_retried_with_the_same_message_id() {
         w.close().await;
     }
 }
+
+#[tokio::test]
+async fn double_opt_in_grants_consent_only_after_the_click() {
+    for (dialect, w) in worlds().await {
+        w.install("content-follow-up").await;
+        let ids: Vec<String> = {
+            let mut ids = Vec::new();
+            for email in ["ada@b2b.example", "bob@b2b.example"] {
+                ids.push(w.ingest(email, "contact.imported", &[]).await);
+            }
+            ids
+        };
+        for id in &ids {
+            let asked = nachfass::consent::ConsentRequest {
+                channel: "email".into(),
+                purpose: "marketing".into(),
+                binding: "mail".into(),
+                source: Some("newsletter form".into()),
+                text_version: Some("2026-11".into()),
+                ip: Some("192.0.2.10".into()),
+                user_agent: Some("Firefox".into()),
+            };
+            nachfass::consent::request(&w.journeys, id, &asked, "k_site")
+                .await
+                .unwrap();
+        }
+        w.scheduler.run_until_idle().await.unwrap();
+        let confirmation = &w.mails_to("ada@b2b.example")[0];
+        let link = confirmation.parts()[0]
+            .lines()
+            .find(|l| l.starts_with("https://t.shop.example/c/"))
+            .unwrap()
+            .to_owned();
+        assert!(
+            confirmation.header("List-Unsubscribe").is_none(),
+            "{dialect}"
+        );
+
+        // Pending consent is no consent: the download follow-up is skipped.
+        w.ingest("ada@b2b.example", "download", &[("title", "Leitfaden")])
+            .await;
+        assert_eq!(w.mails_to("ada@b2b.example").len(), 1, "{dialect}");
+        let forged = format!("{}0", &link[..link.len() - 1]);
+        let forged = if forged == link {
+            format!("{}1", &link[..link.len() - 1])
+        } else {
+            forged
+        };
+        assert_eq!(w.follow("GET", &forged).await.0, 404, "{dialect}");
+        assert_eq!(w.follow("GET", &link).await.0, 200, "{dialect}");
+        let consents = w.store.consents(&ids[0]).await.unwrap();
+        assert_eq!(consents[0].status, "granted", "{dialect}");
+        assert!(
+            consents[0]
+                .source
+                .as_deref()
+                .unwrap()
+                .contains("double opt-in confirmed"),
+            "{dialect}"
+        );
+        w.pass(7 * DAY).await;
+        w.ingest("ada@b2b.example", "download", &[("title", "Checkliste")])
+            .await;
+        let subjects: Vec<String> = w
+            .mails_to("ada@b2b.example")
+            .iter()
+            .map(|m| m.header("Subject").unwrap())
+            .collect();
+        assert_eq!(
+            subjects.last().unwrap(),
+            "Ihr Download: Checkliste",
+            "{dialect}: {subjects:?}"
+        );
+
+        // Bob never clicks: one reminder after a day, expiry after a week.
+        let bobs = w.mails_to("bob@b2b.example");
+        assert_eq!(bobs.len(), 2, "{dialect}: confirmation and one reminder");
+        let bob_link = bobs[0].parts()[0]
+            .lines()
+            .find(|l| l.starts_with("https://t.shop.example/c/"))
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            w.follow("GET", &bob_link).await.0,
+            410,
+            "{dialect}: expired"
+        );
+        assert_eq!(
+            w.store.consents(&ids[1]).await.unwrap()[0].status,
+            "expired",
+            "{dialect}"
+        );
+        let audit = w.store.audit_entries(&ids[0]).await.unwrap();
+        let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["consent.requested", "consent.confirmed"],
+            "{dialect}"
+        );
+        w.close().await;
+    }
+}

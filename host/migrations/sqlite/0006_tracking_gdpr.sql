@@ -28,3 +28,21 @@ CREATE TABLE erased_addresses (
     address_hash  TEXT PRIMARY KEY,
     at            BIGINT NOT NULL
 );
+
+-- Double opt-in: a consent asked for and waiting for its confirmation.
+CREATE TABLE consent_requests (
+    id            TEXT PRIMARY KEY,
+    contact_id    TEXT NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+    channel       TEXT NOT NULL,
+    purpose       TEXT NOT NULL,
+    binding       TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    source        TEXT,
+    text_version  TEXT,
+    ip            TEXT,
+    user_agent    TEXT,
+    created_at    BIGINT NOT NULL,
+    reminded_at   BIGINT,
+    decided_at    BIGINT
+);
+CREATE INDEX consent_requests_by_contact ON consent_requests (contact_id);

@@ -275,6 +275,17 @@ pub async fn set_consent(
     caller.require(Scope::Write)?;
     let now = state.pipeline.clock.now();
     state.pipeline.store.set_consent(&id, &consent, now).await?;
+    state
+        .pipeline
+        .store
+        .audit(
+            &caller.0.id,
+            &format!("consent.{}", consent.status),
+            Some(&id),
+            &json!(consent),
+            now,
+        )
+        .await?;
     Ok(Json(
         json!({ "consents": state.pipeline.store.consents(&id).await? }),
     ))
@@ -292,4 +303,103 @@ pub async fn scheduler(
         _ => 0,
     };
     Ok(Json(json!({ "jobs": counts, "lag_ms": lag })))
+}
+
+/// Starts a double opt-in: the consent is pending until the contact clicks
+/// the link in the confirmation message.
+pub async fn request_consent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(asked): ApiJson<crate::consent::ConsentRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Write)?;
+    let request = crate::consent::request(&state.journeys, &id, &asked, &caller.0.id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "request_id": request, "status": "pending" })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    contact_id: String,
+    /// A send step of the journey's latest version.
+    step: String,
+    #[serde(default)]
+    variant: Option<String>,
+    /// The touchpoint to render as `event`; none by default.
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+/// Renders a send step for one contact, as it would go out (before
+/// tracking links are added).
+pub async fn preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<PreviewRequest>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let store = &state.pipeline.store;
+    let latest = store
+        .journey_versions(&name)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::NotFound(format!("journey {name} does not exist")))?;
+    let def = state.journeys.definition(&name, latest.version).await?;
+    let Some((
+        _,
+        crate::journeys::definition::Step::Send {
+            template, variants, ..
+        },
+    )) = def.step(&request.step)
+    else {
+        return Err(ApiError::invalid(format!(
+            "journey {name} has no send step `{}`",
+            request.step
+        )));
+    };
+    let template = match &request.variant {
+        Some(wanted) => variants
+            .iter()
+            .find(|v| &v.name == wanted)
+            .map(|v| &v.template)
+            .ok_or_else(|| {
+                ApiError::invalid(format!("step `{}` has no variant `{wanted}`", request.step))
+            })?,
+        None => template
+            .as_ref()
+            .or(variants.first().map(|v| &v.template))
+            .ok_or_else(|| ApiError::invalid("the step has no template"))?,
+    };
+    let mut contact = store.contact(&request.contact_id).await?;
+    contact.segments = store.memberships(&contact.id).await?;
+    let event = match &request.event_id {
+        Some(id) => {
+            let mut conn = store
+                .pool()
+                .acquire()
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            crate::store::journeys::event_in(&mut conn, id)
+                .await?
+                .filter(|e| e.contact_id == contact.id)
+        }
+        None => None,
+    };
+    let context = crate::render::RenderContext {
+        contact: &contact,
+        event: event.as_ref(),
+        journey: crate::render::JourneyContext {
+            name: &name,
+            step: &request.step,
+            variant: request.variant.as_deref(),
+        },
+    };
+    let rendered = crate::render::render(template, &context).map_err(ApiError::invalid)?;
+    Ok(Json(json!(rendered)))
 }

@@ -287,6 +287,27 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Unsubscribe (the page's button or RFC 8058 one-click)",
         body: None,
     },
+    Operation {
+        method: "post",
+        path: "/v1/contacts/{id}/consents/request",
+        scope: "write",
+        summary: "Double opt-in: pending consent and a confirmation message with a signed link (reminder after a day, expiry after a week)",
+        body: Some("ConsentRequest"),
+    },
+    Operation {
+        method: "get",
+        path: "/c/{token}",
+        scope: "none",
+        summary: "Confirm a double opt-in request (signed token)",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/journeys/{name}/preview",
+        scope: "read",
+        summary: "Render a send step (and variant) for one contact, as it would go out",
+        body: Some("Preview"),
+    },
 ];
 
 fn schemas() -> Value {
@@ -306,6 +327,11 @@ fn schemas() -> Value {
             "allow_http": { "type": "array", "items": text } } },
         "Journey": { "type": "object", "description": "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README", "required": ["name", "trigger", "steps"] },
         "Enroll": { "type": "object", "additionalProperties": false, "required": ["contact_id"], "properties": { "contact_id": text } },
+        "ConsentRequest": { "type": "object", "additionalProperties": false, "required": ["channel", "binding"], "properties": {
+            "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "binding": text,
+            "source": text, "text_version": text, "ip": text, "user_agent": text } },
+        "Preview": { "type": "object", "additionalProperties": false, "required": ["contact_id", "step"], "properties": {
+            "contact_id": text, "step": text, "variant": text, "event_id": text } },
         "Install": { "type": "object", "additionalProperties": false, "required": ["binding"], "properties": { "binding": text, "name": text } },
         "Consent": { "type": "object", "additionalProperties": false, "required": ["channel", "status"], "properties": {
             "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "status": { "enum": ["granted", "pending", "withdrawn"] },

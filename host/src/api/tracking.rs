@@ -229,3 +229,39 @@ pub async fn callback(
     }
     Ok(Json(json!({ "accepted": accepted, "unknown": unknown })))
 }
+
+/// The double opt-in confirmation link.
+pub async fn confirm(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').next().unwrap_or("").trim().to_owned());
+    let agent = header(header::USER_AGENT);
+    let outcome = crate::consent::confirm(&state.journeys, &token, ip.as_deref(), agent.as_deref())
+        .await?
+        .ok_or_else(refused)?;
+    let (status, text) = match outcome {
+        crate::consent::Confirmation::Confirmed { .. }
+        | crate::consent::Confirmation::AlreadyConfirmed => {
+            (StatusCode::OK, "Danke! Ihre Anmeldung ist bestätigt.")
+        }
+        crate::consent::Confirmation::Expired => (
+            StatusCode::GONE,
+            "Dieser Link ist abgelaufen. Bitte melden Sie sich erneut an.",
+        ),
+    };
+    let page = format!(
+        "<!doctype html><html lang=\"de\"><meta charset=\"utf-8\"><title>Anmeldung</title><body><h1>{text}</h1></body></html>"
+    );
+    Ok((status, Html(page)).into_response())
+}

@@ -6,16 +6,15 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use super::definition::{JourneyDef, Purpose, Step, Variant};
-use super::{Job, Journeys, props};
+use super::{Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::policy::{self, Decision, SendFacts};
 use crate::privacy::address_hash;
 use crate::render::{self, JourneyContext, RenderContext};
 use crate::store::StoreError;
-use crate::store::jobs::enqueue_in;
 use crate::store::journeys::{
-    OutboxEntry, Run, consent_in, event_in, insert_outbox_in, marketing_sends_since_in,
-    new_outbox_id, record_in, suppressions_in,
+    OutboxEntry, Run, consent_in, event_in, marketing_sends_since_in, new_outbox_id, record_in,
+    suppressions_in,
 };
 use crate::store::tracking::{erased_at_in, signing_secret_in};
 
@@ -178,11 +177,7 @@ pub(super) async fn send(
     };
     // The key is unique: a second insert for the same step visit is the
     // same message, already queued.
-    if insert_outbox_in(tx, &entry).await? {
-        let job = Job::Deliver {
-            outbox_id: entry.id.clone(),
-        };
-        enqueue_in(tx, &job.unique_key(), &job.payload(), now, now).await?;
+    if crate::outbox::queue_in(tx, &entry, now).await? {
         let mut properties = props(&base);
         properties.extend(props(&[
             ("binding", binding),

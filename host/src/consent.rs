@@ -1,0 +1,461 @@
+//! Double opt-in: a consent is asked for, a confirmation message with a
+//! signed link goes out, and only the click makes the consent `granted`.
+//! Unconfirmed requests get one reminder after a day and expire after a
+//! week. Every step is on the contact's timeline and in the audit log, with
+//! the proof (time, IP, user agent, wording version).
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{AnyConnection, Row};
+
+use crate::journeys::send::idempotency_key;
+use crate::journeys::{Job, JobOutcome, Journeys, props};
+use crate::model::{Contact, Message, Value};
+use crate::store::StoreError;
+use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::journeys::{OutboxEntry, contact_in, new_outbox_id, record_in};
+use crate::store::tracking::audit_in;
+use crate::tracking::TokenKind;
+
+const HOUR: i64 = 60 * 60 * 1000;
+/// An unconfirmed request gets its reminder after this long.
+pub const REMIND_AFTER: i64 = 24 * HOUR;
+/// An unconfirmed request expires after this long.
+pub const EXPIRE_AFTER: i64 = 7 * 24 * HOUR;
+
+/// `POST /v1/contacts/{id}/consents/request`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    /// The channel kind consented to (`email`, `sms`).
+    pub channel: String,
+    #[serde(default = "marketing")]
+    pub purpose: String,
+    /// The channel binding the confirmation message goes through.
+    pub binding: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub text_version: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+}
+
+fn marketing() -> String {
+    "marketing".to_owned()
+}
+
+/// What became of a confirmation click.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Confirmation {
+    Confirmed { contact_id: String },
+    AlreadyConfirmed,
+    Expired,
+}
+
+struct Pending {
+    contact_id: String,
+    channel: String,
+    purpose: String,
+    binding: String,
+    status: String,
+    source: Option<String>,
+    text_version: Option<String>,
+    created_at: i64,
+}
+
+async fn pending_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Pending>, StoreError> {
+    let row = sqlx::query(
+        "SELECT contact_id, channel, purpose, binding, status, source, text_version, created_at \
+         FROM consent_requests WHERE id = $1",
+    )
+    .bind(id.to_owned())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(Pending {
+            contact_id: r.try_get("contact_id")?,
+            channel: r.try_get("channel")?,
+            purpose: r.try_get("purpose")?,
+            binding: r.try_get("binding")?,
+            status: r.try_get("status")?,
+            source: r.try_get("source")?,
+            text_version: r.try_get("text_version")?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Writes the consent row (one per contact, channel and purpose).
+#[allow(clippy::too_many_arguments)]
+async fn write_consent_in(
+    conn: &mut AnyConnection,
+    contact_id: &str,
+    channel: &str,
+    purpose: &str,
+    status: &str,
+    source: Option<&str>,
+    text_version: Option<&str>,
+    ip: Option<&str>,
+    user_agent: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3")
+        .bind(contact_id.to_owned())
+        .bind(channel.to_owned())
+        .bind(purpose.to_owned())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO consents (contact_id, channel, purpose, status, source, text_version, ip, user_agent, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(contact_id.to_owned())
+    .bind(channel.to_owned())
+    .bind(purpose.to_owned())
+    .bind(status.to_owned())
+    .bind(source.map(str::to_owned))
+    .bind(text_version.map(str::to_owned))
+    .bind(ip.map(str::to_owned))
+    .bind(user_agent.map(str::to_owned))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Asks for consent: the consent is `pending` and the confirmation message
+/// is queued. Returns the request's id.
+pub async fn request(
+    journeys: &Journeys,
+    contact_id: &str,
+    asked: &ConsentRequest,
+    actor: &str,
+) -> Result<String, StoreError> {
+    let store = &journeys.pipeline.store;
+    let now = journeys.pipeline.clock.now();
+    let id = crate::store::journeys::new_run_id().replacen("r_", "cr_", 1);
+    let mut tx = store.write_tx().await?;
+    let contact = contact_in(&mut tx, contact_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("contact {contact_id}")))?;
+    let channel = journeys
+        .channel_kind_in(&mut tx, &asked.binding)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "channel binding `{}` does not exist or has no live plugin",
+                asked.binding
+            ))
+        })?;
+    if channel != asked.channel {
+        return Err(StoreError::Invalid(format!(
+            "binding `{}` sends {channel}, but the consent is for {}",
+            asked.binding, asked.channel
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO consent_requests (id, contact_id, channel, purpose, binding, status, source, text_version, ip, user_agent, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)",
+    )
+    .bind(id.clone())
+    .bind(contact_id.to_owned())
+    .bind(asked.channel.clone())
+    .bind(asked.purpose.clone())
+    .bind(asked.binding.clone())
+    .bind(asked.source.clone())
+    .bind(asked.text_version.clone())
+    .bind(asked.ip.clone())
+    .bind(asked.user_agent.clone())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    write_consent_in(
+        &mut tx,
+        contact_id,
+        &asked.channel,
+        &asked.purpose,
+        "pending",
+        asked.source.as_deref(),
+        asked.text_version.as_deref(),
+        asked.ip.as_deref(),
+        asked.user_agent.as_deref(),
+        now,
+    )
+    .await?;
+    queue_confirmation(
+        journeys,
+        &mut tx,
+        &id,
+        &contact,
+        &asked.binding,
+        &channel,
+        "confirm",
+        now,
+    )
+    .await?;
+    for (job, due) in [
+        (
+            Job::ConsentReminder {
+                request_id: id.clone(),
+            },
+            now + REMIND_AFTER,
+        ),
+        (
+            Job::ConsentExpiry {
+                request_id: id.clone(),
+            },
+            now + EXPIRE_AFTER,
+        ),
+    ] {
+        enqueue_in(&mut tx, &job.unique_key(), &job.payload(), due, now).await?;
+    }
+    record_in(
+        &mut tx,
+        contact_id,
+        "consent.requested",
+        props(&[
+            ("channel", &asked.channel),
+            ("purpose", &asked.purpose),
+            ("request", &id),
+        ]),
+        now,
+    )
+    .await?;
+    let detail = json!({ "request": id, "channel": asked.channel, "purpose": asked.purpose,
+                         "source": asked.source, "text_version": asked.text_version, "ip": asked.ip });
+    audit_in(
+        &mut tx,
+        actor,
+        "consent.requested",
+        Some(contact_id),
+        &detail,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// The confirmation (or reminder) message with its signed link, as a
+/// transactional message: it needs no consent, it asks for one.
+#[allow(clippy::too_many_arguments)]
+async fn queue_confirmation(
+    journeys: &Journeys,
+    tx: &mut AnyConnection,
+    request_id: &str,
+    contact: &Contact,
+    binding: &str,
+    channel: &str,
+    step: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let to = match channel {
+        "sms" => contact.phone.clone(),
+        _ => contact.email.clone(),
+    }
+    .ok_or_else(|| StoreError::Invalid(format!("the contact has no address for {channel}")))?;
+    let tracking = journeys.tracking_in(tx).await?;
+    let link = tracking.url(TokenKind::Confirm, request_id);
+    let name = match contact.attributes.get("first_name") {
+        Some(Value::Text(name)) => format!(" {name}"),
+        _ => String::new(),
+    };
+    let subject = match step {
+        "reminder" => "Erinnerung: Bitte bestätigen Sie Ihre Anmeldung",
+        _ => "Bitte bestätigen Sie Ihre Anmeldung",
+    };
+    let run_id = format!("consent:{request_id}");
+    let key = idempotency_key(&run_id, step, 0);
+    let message = Message {
+        idempotency_key: key.clone(),
+        to,
+        subject: Some(subject.to_owned()),
+        text: format!(
+            "Hallo{name},\n\nbitte bestätigen Sie, dass Sie Nachrichten von uns erhalten möchten:\n{link}\n\n\
+             Ohne Ihre Bestätigung schicken wir Ihnen nichts. Der Link gilt 7 Tage.\n"
+        ),
+        html: None,
+        headers: Default::default(),
+        metadata: props(&[("contact_id", &contact.id), ("consent_request", request_id)]),
+    };
+    let entry = OutboxEntry {
+        id: new_outbox_id(),
+        idempotency_key: key,
+        run_id,
+        journey: "double-opt-in".to_owned(),
+        step: step.to_owned(),
+        variant: None,
+        contact_id: contact.id.clone(),
+        binding: binding.to_owned(),
+        channel: channel.to_owned(),
+        purpose: "transactional".to_owned(),
+        message: serde_json::to_string(&message).map_err(|e| StoreError::Invalid(e.to_string()))?,
+        status: "pending".to_owned(),
+        provider_id: None,
+        last_error: None,
+        created_at: now,
+        sent_at: None,
+    };
+    crate::outbox::queue_in(tx, &entry, now).await?;
+    Ok(())
+}
+
+/// The click on the confirmation link. `ip` and `user_agent` are the
+/// proof of who confirmed.
+pub async fn confirm(
+    journeys: &Journeys,
+    token: &str,
+    ip: Option<&str>,
+    user_agent: Option<&str>,
+) -> Result<Option<Confirmation>, StoreError> {
+    let tracking = journeys.tracking().await?;
+    let Some((TokenKind::Confirm, request_id)) = tracking.verify(token) else {
+        return Ok(None);
+    };
+    let now = journeys.pipeline.clock.now();
+    let mut tx = journeys.pipeline.store.write_tx().await?;
+    let Some(pending) = pending_in(&mut tx, &request_id).await? else {
+        return Ok(None);
+    };
+    let outcome = match pending.status.as_str() {
+        "confirmed" => Confirmation::AlreadyConfirmed,
+        "pending" if now < pending.created_at + EXPIRE_AFTER => {
+            sqlx::query(
+                "UPDATE consent_requests SET status = 'confirmed', decided_at = $1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(request_id.clone())
+            .execute(&mut *tx)
+            .await?;
+            let source = format!(
+                "{} (double opt-in confirmed)",
+                pending.source.as_deref().unwrap_or("consent request")
+            );
+            write_consent_in(
+                &mut tx,
+                &pending.contact_id,
+                &pending.channel,
+                &pending.purpose,
+                "granted",
+                Some(&source),
+                pending.text_version.as_deref(),
+                ip,
+                user_agent,
+                now,
+            )
+            .await?;
+            record_in(
+                &mut tx,
+                &pending.contact_id,
+                "consent.confirmed",
+                props(&[
+                    ("channel", &pending.channel),
+                    ("purpose", &pending.purpose),
+                    ("request", &request_id),
+                ]),
+                now,
+            )
+            .await?;
+            let detail = json!({ "request": request_id, "ip": ip, "user_agent": user_agent });
+            audit_in(
+                &mut tx,
+                "recipient",
+                "consent.confirmed",
+                Some(&pending.contact_id),
+                &detail,
+                now,
+            )
+            .await?;
+            Confirmation::Confirmed {
+                contact_id: pending.contact_id.clone(),
+            }
+        }
+        _ => Confirmation::Expired,
+    };
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+/// One reminder for a request still waiting after a day.
+pub(crate) async fn remind(
+    journeys: &Journeys,
+    job: &ClaimedJob,
+    request_id: &str,
+) -> Result<JobOutcome, StoreError> {
+    let now = journeys.pipeline.clock.now();
+    let mut tx = journeys.pipeline.store.write_tx().await?;
+    if let Some(pending) = pending_in(&mut tx, request_id)
+        .await?
+        .filter(|p| p.status == "pending")
+        && let Some(contact) = contact_in(&mut tx, &pending.contact_id).await?
+    {
+        queue_confirmation(
+            journeys,
+            &mut tx,
+            request_id,
+            &contact,
+            &pending.binding,
+            &pending.channel,
+            "reminder",
+            now,
+        )
+        .await?;
+        sqlx::query("UPDATE consent_requests SET reminded_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(request_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if finish_in(&mut tx, job).await? {
+        tx.commit().await?;
+    }
+    Ok(JobOutcome::Done)
+}
+
+/// An unconfirmed request expires: the consent stays unusable.
+pub(crate) async fn expire(
+    journeys: &Journeys,
+    job: &ClaimedJob,
+    request_id: &str,
+) -> Result<JobOutcome, StoreError> {
+    let now = journeys.pipeline.clock.now();
+    let mut tx = journeys.pipeline.store.write_tx().await?;
+    if let Some(pending) = pending_in(&mut tx, request_id)
+        .await?
+        .filter(|p| p.status == "pending")
+    {
+        sqlx::query(
+            "UPDATE consent_requests SET status = 'expired', decided_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(request_id.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE consents SET status = 'expired', updated_at = $1 \
+             WHERE contact_id = $2 AND channel = $3 AND purpose = $4 AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(pending.contact_id.clone())
+        .bind(pending.channel.clone())
+        .bind(pending.purpose.clone())
+        .execute(&mut *tx)
+        .await?;
+        record_in(
+            &mut tx,
+            &pending.contact_id,
+            "consent.expired",
+            props(&[("channel", &pending.channel), ("request", request_id)]),
+            now,
+        )
+        .await?;
+    }
+    if finish_in(&mut tx, job).await? {
+        tx.commit().await?;
+    }
+    Ok(JobOutcome::Done)
+}
