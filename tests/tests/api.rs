@@ -664,6 +664,55 @@ async fn journeys_are_validated_versioned_and_enrolled_over_http() {
         assert_eq!(status, StatusCode::OK, "{dialect}");
         assert_eq!(answer["consents"][0]["purpose"], "marketing", "{dialect}");
 
+        let (status, _) = client
+            .send(
+                "PATCH",
+                &format!("/v1/contacts/{id}"),
+                Some(&admin),
+                Some(json!({ "attributes": { "first_name": "Ada" } }).to_string()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        let (status, _) = client
+            .post(&format!("/v1/contacts/{id}/object"), &admin, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        let (status, _) = client
+            .get(&format!("/v1/contacts/{id}/export"), &reader)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{dialect}: an export needs admin"
+        );
+        let (status, export) = client
+            .get(&format!("/v1/contacts/{id}/export"), &admin)
+            .await;
+        assert_eq!(
+            (status, &export["contact"]["attributes"]["first_name"]),
+            (StatusCode::OK, &json!("Ada")),
+            "{dialect}"
+        );
+        assert_eq!(export["suppressions"][0]["reason"], "objected", "{dialect}");
+        let (_, audit) = client
+            .get(&format!("/v1/contacts/{id}/audit"), &admin)
+            .await;
+        let actions: Vec<&str> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["consent.granted", "rectified", "objected", "exported"],
+            "{dialect}"
+        );
+        assert_eq!(
+            audit["entries"][1]["detail"]["fields"],
+            json!(["first_name"]),
+            "{dialect}"
+        );
         let (_, templates) = client.get("/v1/journey-templates", &reader).await;
         assert_eq!(
             templates["templates"].as_array().unwrap().len(),

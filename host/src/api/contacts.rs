@@ -88,7 +88,30 @@ pub async fn update(
     ApiJson(patch): ApiJson<ContactInput>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Write)?;
-    Ok(Json(json!(
-        state.pipeline.update_contact(&id, &patch).await?
-    )))
+    let contact = state.pipeline.update_contact(&id, &patch).await?;
+    // Rectification is a data-protection action: logged with the fields
+    // changed, not their values.
+    let mut fields: Vec<&str> = [
+        ("email", patch.email.is_some()),
+        ("external_id", patch.external_id.is_some()),
+        ("phone", patch.phone.is_some()),
+        ("timezone", patch.timezone.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    fields.extend(patch.attributes.keys().map(String::as_str));
+    let now = state.pipeline.clock.now();
+    state
+        .pipeline
+        .store
+        .audit(
+            &caller.0.id,
+            "rectified",
+            Some(&id),
+            &json!({ "fields": fields }),
+            now,
+        )
+        .await?;
+    Ok(Json(json!(contact)))
 }
