@@ -118,13 +118,16 @@ pub struct Journeys {
     versions: Mutex<HashMap<(String, i64), Arc<JourneyDef>>>,
     /// The latest active versions, for trigger matching; re-read after a
     /// save here and every few seconds for saves on other nodes.
-    active: Mutex<(Option<Instant>, Arc<Vec<(i64, Arc<JourneyDef>)>>)>,
+    active: Mutex<(Option<Instant>, ActiveJourneys)>,
     /// Channel kind (`email`, `sms`) of each channel plugin version.
     channel_kinds: Mutex<HashMap<String, String>>,
     /// Where tracking and unsubscribe links point.
     public_url: Mutex<String>,
     tracking: Mutex<Option<Tracking>>,
 }
+
+/// The latest version of each journey taking entries, with its number.
+pub type ActiveJourneys = Arc<Vec<(i64, Arc<JourneyDef>)>>;
 
 const ACTIVE_REFRESH: StdDuration = StdDuration::from_secs(5);
 
@@ -250,7 +253,7 @@ impl Journeys {
     }
 
     /// Latest versions of the journeys that take new entries.
-    pub async fn active(&self) -> Result<Arc<Vec<(i64, Arc<JourneyDef>)>>, StoreError> {
+    pub async fn active(&self) -> Result<ActiveJourneys, StoreError> {
         {
             let cached = lock(&self.active);
             if let (Some(at), list) = &*cached

@@ -1063,9 +1063,11 @@ async fn sms_go_out_as_a_gateway_form_post() {
             "steps": [ { "id": "sms", "type": "send", "binding": "sms",
                          "template": { "text": "Ihre Bestellung {{ event.properties.order }} liegt bereit." } } ] });
         w.journeys.save(def.to_string().as_bytes()).await.unwrap();
-        let mut input = nachfass::store::ContactInput::default();
-        input.email = Some("eva@shop.example".into());
-        input.phone = Some("+49 151 2345678".into());
+        let input = nachfass::store::ContactInput {
+            email: Some("eva@shop.example".into()),
+            phone: Some("+49 151 2345678".into()),
+            ..Default::default()
+        };
         w.journeys.pipeline.upsert_contact(&input).await.unwrap();
         w.ingest("eva@shop.example", "order.ready", &[("order", "A-9")])
             .await;

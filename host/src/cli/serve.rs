@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, env = "NACHFASS_LEASE_MS", default_value_t = 60_000)]
     pub lease_ms: i64,
+    /// The address recipients reach this server at, for tracking,
+    /// unsubscribe and confirmation links (default: http://<listen>).
+    #[arg(long, env = "NACHFASS_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -95,6 +99,11 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         stages: StageThresholds::default(),
     };
     let journeys = Journeys::new(pipeline, Policy::default());
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    journeys.set_public_url(&public_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = (!args.no_scheduler).then(|| {
         let config = SchedulerConfig {
