@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod extract;
 mod journeys;
+mod kpis;
 pub mod openapi;
 mod plugins;
 mod privacy;
@@ -102,6 +103,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/journeys/{name}/start", post(journeys::start))
         .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
         .route("/v1/journeys/{name}/preview", post(journeys::preview))
+        .route("/v1/journeys/{name}/kpis", get(kpis::journey))
+        .route("/v1/journeys/{name}/ab/promote", post(kpis::promote))
+        .route("/metrics", get(kpis::metrics))
         .route("/v1/journey-templates", get(journeys::templates))
         .route(
             "/v1/journey-templates/{template}/install",
@@ -134,6 +138,7 @@ pub fn app(state: AppState) -> Router {
             post(journeys::request_consent),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(kpis::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

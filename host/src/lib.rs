@@ -1,11 +1,14 @@
 //! nachfass: follow-up and lead-nurturing engine with WebAssembly plugins.
 
+pub mod ab;
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod consent;
 pub mod ingest;
 pub mod journeys;
+pub mod kpis;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod pack;

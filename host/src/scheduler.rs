@@ -27,6 +27,23 @@ pub fn backoff(attempts: i64, seed: &str) -> i64 {
     base + base * spread / 1000
 }
 
+/// The job's kind (`advance`, `deliver`) from its payload, for metrics.
+fn job_kind(payload: &str) -> &'static str {
+    const KINDS: [&str; 7] = [
+        "route",
+        "advance",
+        "timeout",
+        "deliver",
+        "consent_reminder",
+        "consent_expiry",
+        "sweep",
+    ];
+    KINDS
+        .into_iter()
+        .find(|k| payload.contains(&format!("\"job\":\"{k}\"")))
+        .unwrap_or("other")
+}
+
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// How long a claimed job belongs to this node.
@@ -98,6 +115,17 @@ impl Scheduler {
             },
         };
         let now = self.journeys.pipeline.clock.now();
+        let kind = job_kind(&job.payload);
+        let label = match &outcome {
+            JobOutcome::Done => "done",
+            JobOutcome::Retry { .. } => "retry",
+            JobOutcome::Failed { .. } => "failed",
+        };
+        crate::metrics::counters().add(
+            "nachfass_jobs_total",
+            &[("kind", kind), ("outcome", label)],
+            1,
+        );
         let written = match &outcome {
             JobOutcome::Done => Ok(()),
             JobOutcome::Retry { after_ms, error } => {

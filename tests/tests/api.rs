@@ -56,10 +56,12 @@ impl Client {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        // JSON, or the text of a non-JSON answer (`/metrics`).
         let json = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap()
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         (status, json)
     }
@@ -713,6 +715,20 @@ async fn journeys_are_validated_versioned_and_enrolled_over_http() {
             json!(["first_name"]),
             "{dialect}"
         );
+        let (status, metrics) = client.get("/metrics", &reader).await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        for expected in [
+            "nachfass_http_requests_total{method=\"PUT\",route=\"/v1/journeys/{name}\",status=\"201\"}",
+            "nachfass_scheduler_jobs{state=\"due\"} ",
+            "nachfass_scheduler_lag_seconds ",
+            "nachfass_events_ingested_total ",
+        ] {
+            assert!(
+                metrics.contains(expected),
+                "{dialect}: {expected} in\n{metrics}"
+            );
+        }
         let (_, templates) = client.get("/v1/journey-templates", &reader).await;
         assert_eq!(
             templates["templates"].as_array().unwrap().len(),

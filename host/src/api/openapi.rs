@@ -308,6 +308,27 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Render a send step (and variant) for one contact, as it would go out",
         body: Some("Preview"),
     },
+    Operation {
+        method: "get",
+        path: "/v1/journeys/{name}/kpis",
+        scope: "read",
+        summary: "KPIs per step, variant and channel (?from, ?to in Unix ms), A/B results and promotions",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/journeys/{name}/ab/promote",
+        scope: "admin",
+        summary: "Promote significant winners of auto-promoting A/B tests (new version)",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/metrics",
+        scope: "read",
+        summary: "Prometheus metrics (text format)",
+        body: None,
+    },
 ];
 
 fn schemas() -> Value {

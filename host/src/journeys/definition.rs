@@ -39,7 +39,45 @@ pub struct JourneyDef {
     /// When sends may go out; a send step may set its own.
     #[serde(default)]
     pub send_window: Option<SendWindow>,
+    /// How the journey is measured: response events, attribution window,
+    /// cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpi: Option<KpiSettings>,
     pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiSettings {
+    /// Events that count as a response to a message (`reply`,
+    /// `meeting.booked`).
+    #[serde(default)]
+    pub response_events: Vec<String>,
+    /// How long after a message a response or goal is credited to it, and
+    /// after entry a goal counts as a conversion.
+    #[serde(default = "seven_days")]
+    pub attribution_window: Duration,
+    /// Fixed cost of the journey (production, tools), for ROI.
+    #[serde(default)]
+    pub cost: f64,
+    /// Cost of each message handed to a provider.
+    #[serde(default)]
+    pub cost_per_message: f64,
+}
+
+impl Default for KpiSettings {
+    fn default() -> Self {
+        KpiSettings {
+            response_events: Vec::new(),
+            attribution_window: seven_days(),
+            cost: 0.0,
+            cost_per_message: 0.0,
+        }
+    }
+}
+
+fn seven_days() -> Duration {
+    Duration::hours(7 * 24)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +165,9 @@ pub enum Step {
         variants: Vec<Variant>,
         #[serde(default)]
         send_window: Option<SendWindow>,
+        /// Compare the variants and, if asked, promote a significant winner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ab_test: Option<crate::ab::AbTest>,
         #[serde(default)]
         next: Option<String>,
     },

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
 use crate::store::journeys::{
     Run, contact_in, event_in, insert_run_in, last_run_in, new_run_id, open_runs_in, record_in,
-    suppress_in, update_run_in,
+    set_conversion_value_in, suppress_in, update_run_in,
 };
 
 pub(super) async fn route(
@@ -53,6 +53,15 @@ pub(super) async fn route(
                 ]);
                 if let Some(value) = event.properties.get("value") {
                     properties.insert("value".into(), value.clone());
+                    let amount = match value {
+                        Value::Integer(i) => Some(*i as f64),
+                        Value::Float(f) => Some(*f),
+                        Value::Text(t) => t.parse().ok(),
+                        _ => None,
+                    };
+                    if let Some(amount) = amount {
+                        set_conversion_value_in(&mut tx, &run.id, amount).await?;
+                    }
                 }
                 record_in(&mut tx, &contact.id, "journey.converted", properties, now).await?;
             } else {

@@ -137,6 +137,7 @@ fn check_step(at: &str, step: &Step, known: &Known, problems: &mut Vec<String>) 
             template,
             variants,
             send_window,
+            ab_test,
             ..
         } => {
             if !known.channel_bindings.contains(binding) {
@@ -164,6 +165,16 @@ fn check_step(at: &str, step: &Step, known: &Known, problems: &mut Vec<String>) 
                     &variant.template,
                     problems,
                 );
+            }
+            if let Some(test) = ab_test {
+                if variants.len() < 2 {
+                    problems.push(format!("{at}: an ab_test needs at least two variants"));
+                }
+                if !(0.5..1.0).contains(&test.confidence) {
+                    problems.push(format!(
+                        "{at}: ab_test confidence must be at least 0.5 and below 1, e.g. 0.95"
+                    ));
+                }
             }
             if !variants.is_empty() && variants.iter().all(|v| v.weight == 0) {
                 problems.push(format!("{at}: every variant has weight 0"));

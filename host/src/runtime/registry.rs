@@ -263,6 +263,18 @@ impl Registry {
             .collect()
     }
 
+    /// Every installed version of every plugin, for metrics.
+    pub fn all_versions(&self) -> Vec<Arc<Plugin>> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .values()
+            .flat_map(|slot| {
+                let state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.versions.values().cloned().collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         self.slots
             .read()

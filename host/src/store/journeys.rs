@@ -360,6 +360,20 @@ pub async fn insert_run_in(conn: &mut AnyConnection, run: &Run) -> Result<bool, 
     Ok(done.rows_affected() == 1)
 }
 
+/// The value the goal event brought (an order's total), for revenue.
+pub async fn set_conversion_value_in(
+    conn: &mut AnyConnection,
+    run_id: &str,
+    value: f64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE journey_runs SET conversion_value = $1 WHERE id = $2")
+        .bind(value)
+        .bind(run_id.to_owned())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn update_run_in(conn: &mut AnyConnection, run: &Run) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE journey_runs SET status = $1, step = $2, seq = $3, waiting_for = $4, ended_at = $5, exit_reason = $6 WHERE id = $7",

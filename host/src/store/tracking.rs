@@ -152,6 +152,34 @@ impl Store {
             .collect()
     }
 
+    /// The latest entries of one action (e.g. `ab.promoted`), newest first.
+    pub async fn audit_by_action(
+        &self,
+        action: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, contact_id, detail FROM audit_log WHERE action = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(action.to_owned())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    contact_id: r.try_get("contact_id")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+
     /// Remembers that an address was erased (as a salted hash, never the
     /// address itself).
     pub async fn remember_erased(&self, address_hash: &str, now: i64) -> Result<(), StoreError> {
