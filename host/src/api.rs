@@ -10,6 +10,7 @@ pub mod openapi;
 mod plugins;
 mod privacy;
 mod segments;
+mod stats;
 mod tracking;
 
 use std::path::PathBuf;
@@ -106,6 +107,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/journeys/{name}/kpis", get(kpis::journey))
         .route("/v1/journeys/{name}/ab/promote", post(kpis::promote))
         .route("/metrics", get(kpis::metrics))
+        .route("/", get(stats::root))
+        .route("/dashboard", get(stats::dashboard))
+        .route("/v1/stats/overview", get(stats::overview))
+        .route("/v1/stats/segments", get(stats::segments))
+        .route("/v1/stats/plugins", get(stats::plugins))
+        .route("/v1/contacts/{id}/scores", get(stats::scores))
         .route("/v1/journey-templates", get(journeys::templates))
         .route(
             "/v1/journey-templates/{template}/install",

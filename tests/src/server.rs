@@ -127,19 +127,46 @@ pub fn http(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout set");
     stream.write_all(request.as_bytes()).expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    let status = response
+    // Read the head, then exactly Content-Length bytes: some servers
+    // (chromedriver) keep the connection open whatever we ask.
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    let head_end = loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let read = stream.read(&mut buf).expect("response read");
+        assert!(read > 0, "the connection closed before the response head");
+        data.extend_from_slice(&buf[..read]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("an HTTP status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = data[head_end + 4..].to_vec();
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let read = stream.read(&mut buf).expect("response read");
+                if read == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..read]);
+            }
+        }
+        None => {
+            stream.read_to_end(&mut body).expect("response read");
+        }
+    }
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     )
 }

@@ -329,6 +329,41 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Prometheus metrics (text format)",
         body: None,
     },
+    Operation {
+        method: "get",
+        path: "/v1/stats/overview",
+        scope: "read",
+        summary: "Dashboard overview: contacts, events per day (30 days), active journeys, sends, open and click rate",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/stats/segments",
+        scope: "read",
+        summary: "Segments with members and size per day (30 days)",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/stats/plugins",
+        scope: "read",
+        summary: "Calls, errors, traps and mean latency per plugin version",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/contacts/{id}/scores",
+        scope: "read",
+        summary: "The contact's score history with reasons, newest first",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/dashboard",
+        scope: "none",
+        summary: "The operator dashboard (log in with an API key)",
+        body: None,
+    },
 ];
 
 fn schemas() -> Value {

@@ -13,6 +13,8 @@ pub struct ContactFilter {
     pub stage: Option<String>,
     pub segment: Option<String>,
     pub min_score: Option<i64>,
+    /// Part of the email address (case-insensitive).
+    pub q: Option<String>,
     /// Cursor: the last id of the previous page.
     pub after: Option<String>,
     pub limit: Option<u32>,
@@ -39,12 +41,20 @@ impl Store {
             "SELECT id FROM contacts \
              WHERE id > $1 AND ($2 = '' OR stage = $2) AND score >= $3 \
                AND ($4 = '' OR id IN (SELECT contact_id FROM segment_members WHERE segment = $4)) \
-             ORDER BY id LIMIT $5",
+               AND ($5 = '' OR email LIKE $5) \
+             ORDER BY id LIMIT $6",
         )
         .bind(filter.after.clone().unwrap_or_default())
         .bind(filter.stage.clone().unwrap_or_default())
         .bind(filter.min_score.unwrap_or(i64::MIN))
         .bind(filter.segment.clone().unwrap_or_default())
+        .bind(
+            filter
+                .q
+                .as_deref()
+                .map(|q| format!("%{}%", q.trim().to_lowercase().replace(['%', '_'], "")))
+                .unwrap_or_default(),
+        )
         .bind(i64::from(filter.limit.unwrap_or(100).clamp(1, 1000)))
         .fetch_all(&self.pool)
         .await?;

@@ -1,0 +1,349 @@
+//! The operator dashboard in a real browser: headless Chromium driven by
+//! chromedriver (WebDriver) against the server on 127.0.0.1. Data is
+//! created through the API; the test logs in with a key, opens every page,
+//! checks it shows that data, and saves a screenshot of each page to
+//! `target/test-artifacts/screenshots/`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use nachfass::api::{AppState, app};
+use nachfass::clock::SystemClock;
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::Scope;
+use nachfass_tests::server::{free_port, http};
+use nachfass_tests::{HttpSink, guests, runtime, stores};
+use serde_json::{Value, json};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver with one headless Chromium session.
+struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (tests/run installs Debian's chromium-driver)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let capabilities = json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
+            "binary": chromium(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"] } } } });
+        let (status, answer) = http(
+            port,
+            "POST",
+            "/session",
+            None,
+            Some(&capabilities.to_string()),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let session = answer["value"]["sessionId"].as_str().unwrap().to_owned();
+        Browser {
+            driver,
+            port,
+            session,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        // WebDriver wants a JSON object with every POST, `{}` at least.
+        let body = (method == "POST").then(|| {
+            if body.is_null() {
+                "{}".to_owned()
+            } else {
+                body.to_string()
+            }
+        });
+        let (status, answer) = http(self.port, method, &path, None, body.as_deref());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url }));
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.call(
+            "POST",
+            "/element",
+            json!({ "using": "css selector", "value": css }),
+        );
+        found[ELEMENT].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the page's text contains `wanted`; returns the text.
+    fn wait_for_text(&self, wanted: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let text = self
+                .script("return document.body.innerText")
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if text.contains(wanted) {
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "`{wanted}` never appeared; the page shows:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `condition` (JavaScript) is true; returns the page text.
+    fn wait_until(&self, condition: &str) -> String {
+        let started = Instant::now();
+        while self.script(&format!("return Boolean({condition})")) != Value::Bool(true) {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never true: {condition}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.script("return document.body.innerText")
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn screenshot(&self, name: &str) {
+        let png = self.call("GET", "/screenshot", Value::Null);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let path = format!("/session/{}", self.session);
+        let _ = http(self.port, "DELETE", &path, None, None);
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn chromium() -> String {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Debian's chromium is installed (tests/run installs it)")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_what_the_api_created() {
+    let (_, store, temp) = stores().await.into_iter().next().unwrap();
+    let registry = Arc::new(Registry::new(runtime()));
+    for guest in [guests::ENGAGEMENT, guests::ATTRIBUTE_MATCH, guests::WEBHOOK] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry,
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let (_, key) = store
+        .create_api_key("dashboard", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduling = tokio::spawn(scheduler.run_forever(stopped));
+    let state = AppState::with_journeys(journeys, None);
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let sink = HttpSink::start(200).await;
+
+    // Data, all through the API.
+    let api = |method: &'static str, path: String, body: Value| {
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            let (status, answer) = http(port, method, &path, Some(&key), Some(&body.to_string()));
+            assert!(
+                (200..300).contains(&status),
+                "{method} {path}: {status} {answer}"
+            );
+            answer
+        })
+    };
+    api(
+        "POST",
+        "/v1/bindings".into(),
+        json!({ "name": "engagement", "kind": "scorer", "plugin": "engagement" }),
+    )
+    .await
+    .unwrap();
+    api(
+        "POST",
+        "/v1/bindings".into(),
+        json!({ "name": "pricing-visitors", "kind": "segment", "plugin": "attribute-match",
+        "config": { "attribute": "contact.score", "op": "gt", "value": "0" } }),
+    )
+    .await
+    .unwrap();
+    api("POST", "/v1/bindings".into(), json!({ "name": "hook", "kind": "channel", "plugin": "webhook",
+        "config": { "url": format!("http://{}/hook", sink.addr), "secret": "s" }, "allow_http": [sink.addr.to_string()] })).await.unwrap();
+    api("PUT", "/v1/journeys/welcome-b2b".into(), json!({ "name": "welcome-b2b", "purpose": "transactional",
+        "trigger": { "event": { "kind": "signup" } },
+        "steps": [ { "id": "hello", "type": "send", "binding": "hook", "template": { "subject": "Hallo", "text": "Willkommen" } },
+                   { "id": "pause", "type": "wait", "duration": "2d" } ] })).await.unwrap();
+    for (email, kind) in [
+        ("ada@dashboard.example", "signup"),
+        ("ada@dashboard.example", "page.visited"),
+        ("bob@dashboard.example", "signup"),
+    ] {
+        api(
+            "POST",
+            "/v1/events".into(),
+            json!({ "kind": kind, "email": email, "properties": { "url": "/pricing" } }),
+        )
+        .await
+        .unwrap();
+    }
+
+    // Both welcome messages delivered before the browser looks.
+    let started = Instant::now();
+    loop {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE status = 'delivered'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        if row.try_get::<i64, _>("n").unwrap() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the welcome messages were not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let key_for_browser = key.clone();
+    tokio::task::spawn_blocking(move || {
+        let browser = Browser::start();
+        browser.go(&format!("{base}/dashboard"));
+        let text = browser.wait_for_text("API-Schlüssel");
+        assert!(
+            !text.contains("Kontakte"),
+            "nothing is visible before logging in"
+        );
+        browser.screenshot("login");
+        let input = browser.element("#key");
+        browser.call(
+            "POST",
+            &format!("/element/{input}/value"),
+            json!({ "text": key_for_browser }),
+        );
+        let button = browser.element("#login-button");
+        browser.call("POST", &format!("/element/{button}/click"), Value::Null);
+
+        let overview = browser.wait_for_text("Ereignisse pro Tag");
+        let contacts = browser.script("return document.getElementById('stat-contacts').innerText");
+        assert_eq!(contacts, "2", "{overview}");
+        browser.screenshot("overview");
+
+        browser.go(&format!("{base}/dashboard#/contacts"));
+        browser.wait_for_text("bob@dashboard.example");
+        browser.screenshot("contacts");
+        browser.go(&format!("{base}/dashboard#/contacts?q=ada"));
+        let list = browser.wait_until(
+            "document.getElementById('search') && document.getElementById('search').value === 'ada' \
+             && !document.body.innerText.includes('bob@dashboard.example')",
+        );
+        assert!(list.contains("ada@dashboard.example"), "search finds: {list}");
+        let link = browser.element("#contacts a");
+        browser.call("POST", &format!("/element/{link}/click"), Value::Null);
+        let profile = browser.wait_for_text("Zeitleiste");
+        for expected in [
+            "page.visited",
+            "signup",
+            "Score-Verlauf",
+            "pricing-visitors",
+            "message.sent",
+        ] {
+            assert!(
+                profile.contains(expected),
+                "the profile shows {expected}:\n{profile}"
+            );
+        }
+        browser.screenshot("contact");
+
+        browser.go(&format!("{base}/dashboard#/segments"));
+        browser.wait_for_text("pricing-visitors");
+        browser.screenshot("segments");
+
+        browser.go(&format!("{base}/dashboard#/journeys"));
+        browser.wait_for_text("welcome-b2b");
+        browser.screenshot("journeys");
+        browser.go(&format!("{base}/dashboard#/journeys/welcome-b2b"));
+        let flow = browser.wait_for_text("Ablauf");
+        assert!(
+            flow.contains("hello") && flow.contains("2 versandt"),
+            "the flow shows the step and its sends:\n{flow}"
+        );
+        browser.screenshot("journey");
+
+        browser.go(&format!("{base}/dashboard#/plugins"));
+        let plugins = browser.wait_for_text("attribute-match");
+        assert!(
+            plugins.contains("webhook") && plugins.contains("engagement"),
+            "{plugins}"
+        );
+        browser.screenshot("plugins");
+    })
+    .await
+    .unwrap();
+    server.abort();
+    let _ = stop.send(true);
+    scheduling.await.unwrap();
+    temp.cleanup(store).await;
+}
