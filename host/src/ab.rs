@@ -175,10 +175,7 @@ pub async fn promote_winners(
     actor: &str,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let store = &journeys.pipeline.store;
-    let Some(latest) = store.journey_versions(name).await?.into_iter().next() else {
-        return Ok(Vec::new());
-    };
-    let def = journeys.definition(name, latest.version).await?;
+    let (latest, def) = journeys.latest(name).await?;
     let now = journeys.pipeline.clock.now();
     let kpis = journey_kpis(store, &def, 0, now + 1).await?;
     let mut promoted = Vec::new();

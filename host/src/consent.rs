@@ -11,9 +11,10 @@ use sqlx::{AnyConnection, Row};
 use crate::journeys::send::idempotency_key;
 use crate::journeys::{Job, JobOutcome, Journeys, props};
 use crate::model::{Contact, Message, Value};
+use crate::store::Consent;
 use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
-use crate::store::journeys::{OutboxEntry, contact_in, new_outbox_id, record_in};
+use crate::store::journeys::{OutboxEntry, contact_in, new_outbox_id, record_in, write_consent_in};
 use crate::store::tracking::audit_in;
 use crate::tracking::TokenKind;
 
@@ -89,44 +90,6 @@ async fn pending_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Pending
     .transpose()
 }
 
-/// Writes the consent row (one per contact, channel and purpose).
-#[allow(clippy::too_many_arguments)]
-async fn write_consent_in(
-    conn: &mut AnyConnection,
-    contact_id: &str,
-    channel: &str,
-    purpose: &str,
-    status: &str,
-    source: Option<&str>,
-    text_version: Option<&str>,
-    ip: Option<&str>,
-    user_agent: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3")
-        .bind(contact_id.to_owned())
-        .bind(channel.to_owned())
-        .bind(purpose.to_owned())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO consents (contact_id, channel, purpose, status, source, text_version, ip, user_agent, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(contact_id.to_owned())
-    .bind(channel.to_owned())
-    .bind(purpose.to_owned())
-    .bind(status.to_owned())
-    .bind(source.map(str::to_owned))
-    .bind(text_version.map(str::to_owned))
-    .bind(ip.map(str::to_owned))
-    .bind(user_agent.map(str::to_owned))
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Asks for consent: the consent is `pending` and the confirmation message
 /// is queued. Returns the request's id.
 pub async fn request(
@@ -173,19 +136,17 @@ pub async fn request(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    write_consent_in(
-        &mut tx,
-        contact_id,
-        &asked.channel,
-        &asked.purpose,
-        "pending",
-        asked.source.as_deref(),
-        asked.text_version.as_deref(),
-        asked.ip.as_deref(),
-        asked.user_agent.as_deref(),
-        now,
-    )
-    .await?;
+    let pending = Consent {
+        channel: asked.channel.clone(),
+        purpose: asked.purpose.clone(),
+        status: "pending".into(),
+        source: asked.source.clone(),
+        text_version: asked.text_version.clone(),
+        ip: asked.ip.clone(),
+        user_agent: asked.user_agent.clone(),
+        updated_at: now,
+    };
+    write_consent_in(&mut tx, contact_id, &pending, now).await?;
     queue_confirmation(
         journeys,
         &mut tx,
@@ -335,19 +296,17 @@ pub async fn confirm(
                 "{} (double opt-in confirmed)",
                 pending.source.as_deref().unwrap_or("consent request")
             );
-            write_consent_in(
-                &mut tx,
-                &pending.contact_id,
-                &pending.channel,
-                &pending.purpose,
-                "granted",
-                Some(&source),
-                pending.text_version.as_deref(),
-                ip,
-                user_agent,
-                now,
-            )
-            .await?;
+            let granted = Consent {
+                channel: pending.channel.clone(),
+                purpose: pending.purpose.clone(),
+                status: "granted".into(),
+                source: Some(source),
+                text_version: pending.text_version.clone(),
+                ip: ip.map(str::to_owned),
+                user_agent: user_agent.map(str::to_owned),
+                updated_at: now,
+            };
+            write_consent_in(&mut tx, &pending.contact_id, &granted, now).await?;
             record_in(
                 &mut tx,
                 &pending.contact_id,

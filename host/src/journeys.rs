@@ -29,7 +29,7 @@ use crate::model::{Fields, Value};
 use crate::policy::Policy;
 use crate::store::bindings::bindings_in;
 use crate::store::jobs::ClaimedJob;
-use crate::store::{BindingKind, StoreError};
+use crate::store::{BindingKind, JourneyVersion, StoreError};
 use crate::tracking::Tracking;
 
 pub use definition::JourneyDef;
@@ -252,6 +252,23 @@ impl Journeys {
         Ok(def)
     }
 
+    /// A journey's latest version and its definition.
+    pub async fn latest(
+        &self,
+        name: &str,
+    ) -> Result<(JourneyVersion, Arc<JourneyDef>), StoreError> {
+        let latest = self
+            .pipeline
+            .store
+            .journey_versions(name)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NotFound(format!("journey {name}")))?;
+        let def = self.definition(name, latest.version).await?;
+        Ok((latest, def))
+    }
+
     /// Latest versions of the journeys that take new entries.
     pub async fn active(&self) -> Result<ActiveJourneys, StoreError> {
         {
@@ -283,20 +300,12 @@ impl Journeys {
     /// Enrols a contact by hand (`POST /v1/journeys/{name}/enroll`).
     /// Returns the new run's id, or `None` when the re-entry policy says no.
     pub async fn enroll(&self, name: &str, contact_id: &str) -> Result<Option<String>, StoreError> {
-        let latest = self
-            .pipeline
-            .store
-            .journey_versions(name)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::NotFound(format!("journey {name}")))?;
+        let (latest, def) = self.latest(name).await?;
         if !latest.active {
             return Err(StoreError::Conflict(format!(
                 "journey {name} is stopped; save it again to take new entries"
             )));
         }
-        let def = self.definition(name, latest.version).await?;
         let now = self.now();
         let store = &self.pipeline.store;
         let mut tx = store.write_tx().await?;

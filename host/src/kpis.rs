@@ -151,22 +151,21 @@ pub async fn journey_kpis(
 ) -> Result<JourneyKpis, StoreError> {
     let settings = def.kpi.clone().unwrap_or_default();
     let window = settings.attribution_window.millis;
+    // One pass over the journey's messages: each carries its own counters.
     let rows = sqlx::query(
-        "SELECT o.step, o.variant, o.channel, \
-           COUNT(DISTINCT o.id) AS queued, \
-           COUNT(DISTINCT CASE WHEN o.status = 'delivered' THEN o.id END) AS sent, \
-           COUNT(DISTINCT CASE WHEN o.status = 'failed' THEN o.id END) AS failed, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'bounced' AND m.detail = 'hard' THEN o.id END) AS bounced_hard, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'bounced' AND (m.detail IS NULL OR m.detail <> 'hard') THEN o.id END) AS bounced_soft, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'opened' THEN o.id END) AS opened_unique, \
-           COUNT(CASE WHEN m.kind = 'opened' THEN 1 END) AS opened_total, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'clicked' THEN o.id END) AS clicked_unique, \
-           COUNT(CASE WHEN m.kind = 'clicked' THEN 1 END) AS clicked_total, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'unsubscribed' THEN o.id END) AS unsubscribed, \
-           COUNT(DISTINCT CASE WHEN m.kind = 'complained' THEN o.id END) AS complained \
-         FROM outbox o LEFT JOIN message_events m ON m.outbox_id = o.id \
-         WHERE o.journey = $1 AND o.created_at >= $2 AND o.created_at < $3 \
-         GROUP BY o.step, o.variant, o.channel ORDER BY o.step, o.variant, o.channel",
+        "SELECT step, variant, channel, COUNT(*) AS queued, \
+           COUNT(CASE WHEN status = 'delivered' THEN 1 END) AS sent, \
+           COUNT(CASE WHEN status = 'failed' THEN 1 END) AS failed, \
+           COUNT(CASE WHEN bounce = 'hard' THEN 1 END) AS bounced_hard, \
+           COUNT(CASE WHEN bounce = 'soft' THEN 1 END) AS bounced_soft, \
+           COUNT(CASE WHEN opens > 0 THEN 1 END) AS opened_unique, \
+           CAST(COALESCE(SUM(opens), 0) AS BIGINT) AS opened_total, \
+           COUNT(CASE WHEN clicks > 0 THEN 1 END) AS clicked_unique, \
+           CAST(COALESCE(SUM(clicks), 0) AS BIGINT) AS clicked_total, \
+           COUNT(CASE WHEN unsubscribes > 0 THEN 1 END) AS unsubscribed, \
+           COUNT(CASE WHEN complaints > 0 THEN 1 END) AS complained \
+         FROM outbox WHERE journey = $1 AND created_at >= $2 AND created_at < $3 \
+         GROUP BY step, variant, channel ORDER BY step, variant, channel",
     )
     .bind(def.name.clone())
     .bind(from)

@@ -76,9 +76,9 @@ async fn seed(store: &Store, contacts: i64, events: i64) {
             series(messages - 1), pad("i"), pad("i")
         ),
         format!(
-            "{} INSERT INTO outbox (id, idempotency_key, run_id, journey, step, variant, contact_id, binding, channel, purpose, message, status, created_at, sent_at) \
+            "{} INSERT INTO outbox (id, idempotency_key, run_id, journey, step, variant, contact_id, binding, channel, purpose, message, status, created_at, sent_at, opens, clicks) \
              SELECT 'm_' || {}, 'k_' || {}, 'r_' || {}, 'bench', 'offer', CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END, 'c_' || {}, 'mail', 'email', 'marketing', '{{}}', 'delivered', \
-                    {NOW} - (i % 30) * {DAY}, {NOW} - (i % 30) * {DAY} FROM n",
+                    {NOW} - (i % 30) * {DAY}, {NOW} - (i % 30) * {DAY}, i % 3, CASE WHEN i % 5 = 0 THEN 1 ELSE 0 END FROM n",
             series(messages - 1), pad("i"), pad("i"), pad("i"), pad("i")
         ),
         format!(
@@ -86,6 +86,8 @@ async fn seed(store: &Store, contacts: i64, events: i64) {
              SELECT 'm_' || {}, CASE WHEN i % 3 = 2 THEN 'clicked' ELSE 'opened' END, {NOW} FROM n",
             series(3 * messages - 1), pad(&format!("i % {messages}"))
         ),
+        // What the counters would hold had these events come through ingest.
+        "INSERT INTO event_days (day, shard, events) SELECT at / 86400000, 0, COUNT(*) FROM events GROUP BY at / 86400000".to_owned(),
         "INSERT INTO journeys (name, version, definition, created_at) VALUES ('bench', 1, \
          '{\"name\":\"bench\",\"trigger\":\"manual\",\"steps\":[{\"id\":\"offer\",\"type\":\"send\",\"binding\":\"mail\",\"variants\":[{\"name\":\"a\",\"template\":{\"text\":\"a\"}},{\"name\":\"b\",\"template\":{\"text\":\"b\"}}],\"ab_test\":{\"metric\":\"clicked\"}}]}', 0)".to_owned(),
         "INSERT INTO journey_states (name, active, updated_at) VALUES ('bench', 1, 0)".to_owned(),
@@ -119,8 +121,10 @@ async fn bench(dialect: &str, url: &str, contacts: i64, events: i64) {
         stages: StageThresholds::default(),
     };
     let router = app(AppState::new(pipeline, None));
+    let messages = 100_000.min(contacts);
     println!(
-        "{dialect}: {contacts} contacts, {events} events, 100000 messages (seeded in {:.0} s)",
+        "{dialect}: {contacts} contacts, {events} events, {messages} messages with {} opens and clicks (seeded in {:.0} s)",
+        3 * messages,
         seeded.as_secs_f64()
     );
     let queries = [

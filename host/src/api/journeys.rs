@@ -344,13 +344,7 @@ pub async fn preview(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let store = &state.pipeline.store;
-    let latest = store
-        .journey_versions(&name)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::NotFound(format!("journey {name} does not exist")))?;
-    let def = state.journeys.definition(&name, latest.version).await?;
+    let (_, def) = state.journeys.latest(&name).await?;
     let Some((
         _,
         crate::journeys::definition::Step::Send {

@@ -31,13 +31,7 @@ pub async fn journey(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     let store = &state.pipeline.store;
-    let latest = store
-        .journey_versions(&name)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::NotFound(format!("journey {name} does not exist")))?;
-    let def = state.journeys.definition(&name, latest.version).await?;
+    let (_, def) = state.journeys.latest(&name).await?;
     let to = range.to.unwrap_or_else(|| state.pipeline.clock.now() + 1);
     let from = range.from.unwrap_or(0);
     if from >= to {

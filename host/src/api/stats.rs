@@ -38,9 +38,9 @@ pub async fn overview(
     let now = state.pipeline.clock.now();
     let since = (now / DAY - 29) * DAY;
     let days = sqlx::query(
-        "SELECT at / 86400000 AS day, COUNT(*) AS n FROM events WHERE at >= $1 GROUP BY at / 86400000 ORDER BY day",
+        "SELECT day, CAST(SUM(events) AS BIGINT) AS n FROM event_days WHERE day >= $1 GROUP BY day ORDER BY day",
     )
-    .bind(since)
+    .bind(since / DAY)
     .fetch_all(store.pool())
     .await
     .map_err(internal)?;
@@ -55,11 +55,11 @@ pub async fn overview(
         events_per_day.push(json!({ "day": day * DAY, "count": n }));
     }
     let messages = sqlx::query(
-        "SELECT COUNT(DISTINCT CASE WHEN o.status = 'delivered' THEN o.id END) AS sent, \
-                COUNT(DISTINCT CASE WHEN m.kind = 'opened' THEN o.id END) AS opened, \
-                COUNT(DISTINCT CASE WHEN m.kind = 'clicked' THEN o.id END) AS clicked, \
-                COUNT(DISTINCT CASE WHEN m.kind = 'bounced' THEN o.id END) AS bounced \
-         FROM outbox o LEFT JOIN message_events m ON m.outbox_id = o.id WHERE o.created_at >= $1",
+        "SELECT COUNT(CASE WHEN status = 'delivered' THEN 1 END) AS sent, \
+                COUNT(CASE WHEN opens > 0 THEN 1 END) AS opened, \
+                COUNT(CASE WHEN clicks > 0 THEN 1 END) AS clicked, \
+                COUNT(CASE WHEN bounce IS NOT NULL THEN 1 END) AS bounced \
+         FROM outbox WHERE created_at >= $1",
     )
     .bind(since)
     .fetch_one(store.pool())

@@ -65,6 +65,25 @@ fn validate_kind(kind: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Counts an event on its day, for the dashboard; the shard (from the
+/// event's id) spreads concurrent writers over 16 rows.
+pub(crate) async fn count_event_in(
+    conn: &mut sqlx::AnyConnection,
+    event_id: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let shard = event_id.bytes().last().map_or(0, |b| i64::from(b % 16));
+    sqlx::query(
+        "INSERT INTO event_days (day, shard, events) VALUES ($1, $2, 1) \
+         ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + 1",
+    )
+    .bind(at.div_euclid(DAY_MS))
+    .bind(shard)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
     let properties: String = row.try_get("properties")?;
     Ok(Event {
@@ -176,6 +195,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        count_event_in(&mut tx, &event.id, at).await?;
         if !input.system {
             sqlx::query(
                 "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",

@@ -179,8 +179,9 @@ pub async fn record_in(
     .bind(event.kind.clone())
     .bind(now)
     .bind(json)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    super::events::count_event_in(conn, &event.id, now).await?;
     Ok(event)
 }
 
@@ -460,6 +461,38 @@ pub async fn marketing_sends_since_in(
     rows.iter().map(|r| Ok(r.try_get("created_at")?)).collect()
 }
 
+/// Writes the contact's one consent row for the consent's channel and
+/// purpose.
+pub async fn write_consent_in(
+    conn: &mut AnyConnection,
+    contact_id: &str,
+    consent: &Consent,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3")
+        .bind(contact_id.to_owned())
+        .bind(consent.channel.clone())
+        .bind(consent.purpose.clone())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO consents (contact_id, channel, purpose, status, source, text_version, ip, user_agent, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(contact_id.to_owned())
+    .bind(consent.channel.clone())
+    .bind(consent.purpose.clone())
+    .bind(consent.status.clone())
+    .bind(consent.source.clone())
+    .bind(consent.text_version.clone())
+    .bind(consent.ip.clone())
+    .bind(consent.user_agent.clone())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The consent's status and when it was recorded.
 pub async fn consent_in(
     conn: &mut AnyConnection,
@@ -672,27 +705,7 @@ impl Store {
         if contact_in(&mut tx, contact_id).await?.is_none() {
             return Err(StoreError::NotFound(format!("contact {contact_id}")));
         }
-        sqlx::query("DELETE FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3")
-            .bind(contact_id.to_owned())
-            .bind(consent.channel.clone())
-            .bind(consent.purpose.clone())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO consents (contact_id, channel, purpose, status, source, text_version, ip, user_agent, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(contact_id.to_owned())
-        .bind(consent.channel.clone())
-        .bind(consent.purpose.clone())
-        .bind(consent.status.clone())
-        .bind(consent.source.clone())
-        .bind(consent.text_version.clone())
-        .bind(consent.ip.clone())
-        .bind(consent.user_agent.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        write_consent_in(&mut tx, contact_id, consent, now).await?;
         let mut properties = Fields::new();
         for (key, value) in [
             ("channel", &consent.channel),

@@ -173,6 +173,7 @@ impl Store {
             .bind(properties.clone())
             .execute(&mut *tx)
             .await?;
+            super::events::count_event_in(&mut tx, &event_id, now).await?;
             if self.routes_events() {
                 let job = crate::journeys::Job::Route { event_id };
                 super::jobs::enqueue_in(&mut tx, &job.unique_key(), &job.payload(), now, now)

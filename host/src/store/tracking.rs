@@ -36,6 +36,18 @@ pub async fn signing_secret_in(conn: &mut AnyConnection) -> Result<Vec<u8>, Stor
     hex::decode(secret).map_err(|e| StoreError::Invalid(format!("signing secret: {e}")))
 }
 
+fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        contact_id: row.try_get("contact_id")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 /// One entry of the audit log.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditEntry {
@@ -86,14 +98,53 @@ impl Store {
         now: i64,
     ) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM message_events WHERE outbox_id = $1 AND kind = $2",
-        )
-        .bind(outbox_id.to_owned())
-        .bind(kind.to_owned())
-        .fetch_one(&mut *tx)
-        .await?;
-        let before: i64 = row.try_get("n")?;
+        // The message's own counters (the KPIs read these), and what it was
+        // before this one.
+        let counter = match kind {
+            "opened" => Some((
+                "SELECT opens AS n FROM outbox WHERE id = $1",
+                "UPDATE outbox SET opens = opens + 1 WHERE id = $1",
+            )),
+            "clicked" => Some((
+                "SELECT clicks AS n FROM outbox WHERE id = $1",
+                "UPDATE outbox SET clicks = clicks + 1 WHERE id = $1",
+            )),
+            "unsubscribed" => Some((
+                "SELECT unsubscribes AS n FROM outbox WHERE id = $1",
+                "UPDATE outbox SET unsubscribes = unsubscribes + 1 WHERE id = $1",
+            )),
+            "complained" => Some((
+                "SELECT complaints AS n FROM outbox WHERE id = $1",
+                "UPDATE outbox SET complaints = complaints + 1 WHERE id = $1",
+            )),
+            _ => None,
+        };
+        let mut before = 0;
+        if let Some((read, bump)) = counter {
+            if let Some(row) = sqlx::query(read)
+                .bind(outbox_id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                before = row.try_get("n")?;
+            }
+            sqlx::query(bump)
+                .bind(outbox_id.to_owned())
+                .execute(&mut *tx)
+                .await?;
+        } else if kind == "bounced" {
+            // A hard bounce stays hard.
+            let bounce = if detail == Some("hard") {
+                "hard"
+            } else {
+                "soft"
+            };
+            sqlx::query("UPDATE outbox SET bounce = CASE WHEN bounce = 'hard' THEN 'hard' ELSE $1 END WHERE id = $2")
+                .bind(bounce)
+                .bind(outbox_id.to_owned())
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO message_events (outbox_id, kind, detail, at) VALUES ($1, $2, $3, $4)",
         )
@@ -137,19 +188,7 @@ impl Store {
         .bind(contact_id.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    contact_id: r.try_get("contact_id")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(audit_from_row).collect()
     }
 
     /// The latest entries of one action (e.g. `ab.promoted`), newest first.
@@ -165,19 +204,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    contact_id: r.try_get("contact_id")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(audit_from_row).collect()
     }
 
     /// Remembers that an address was erased (as a salted hash, never the
