@@ -262,32 +262,37 @@ pub async fn journey_kpis(
     }
     total.finish();
 
-    let runs = sqlx::query(
-        "SELECT status, started_at, ended_at, conversion_value FROM journey_runs \
-         WHERE journey = $1 AND started_at >= $2 AND started_at < $3",
+    // Runs: counted in the database; only the converted ones come back,
+    // for their times to goal.
+    let entered: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM journey_runs WHERE journey = $1 AND started_at >= $2 AND started_at < $3",
     )
     .bind(def.name.clone())
     .bind(from)
     .bind(to)
+    .fetch_one(store.pool())
+    .await?
+    .try_get("n")?;
+    let converted_runs = sqlx::query(
+        "SELECT ended_at - started_at AS took, conversion_value FROM journey_runs \
+         WHERE journey = $1 AND started_at >= $2 AND started_at < $3 \
+           AND status = 'converted' AND ended_at - started_at <= $4",
+    )
+    .bind(def.name.clone())
+    .bind(from)
+    .bind(to)
+    .bind(window)
     .fetch_all(store.pool())
     .await?;
-    let mut durations = Vec::new();
+    let mut durations = Vec::with_capacity(converted_runs.len());
     let mut revenue = 0.0;
-    for run in &runs {
-        let status: String = run.try_get("status")?;
-        let (started, ended): (i64, Option<i64>) =
-            (run.try_get("started_at")?, run.try_get("ended_at")?);
-        if let (true, Some(ended)) = (status == "converted", ended)
-            && ended - started <= window
-        {
-            durations.push(ended - started);
-            revenue += run
-                .try_get::<Option<f64>, _>("conversion_value")?
-                .unwrap_or(0.0);
-        }
+    for run in &converted_runs {
+        durations.push(run.try_get::<i64, _>("took")?);
+        revenue += run
+            .try_get::<Option<f64>, _>("conversion_value")?
+            .unwrap_or(0.0);
     }
     durations.sort_unstable();
-    let entered = runs.len() as i64;
     let converted = durations.len() as i64;
     let cost = settings.cost + settings.cost_per_message * total.sent as f64;
     Ok(JourneyKpis {

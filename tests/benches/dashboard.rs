@@ -5,7 +5,8 @@
 //! the slowest are printed.
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench dashboard`
-//! Sizes: NACHFASS_BENCH_CONTACTS (default 1000000), NACHFASS_BENCH_EVENTS (default 10000000).
+//! Sizes: NACHFASS_BENCH_CONTACTS (default 1000000), NACHFASS_BENCH_EVENTS (default 10000000);
+//! NACHFASS_BENCH_ONLY=sqlite or postgres runs one database.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -188,8 +189,12 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let contacts = env("NACHFASS_BENCH_CONTACTS", 1_000_000);
     let events = env("NACHFASS_BENCH_EVENTS", 10_000_000);
+    // NACHFASS_BENCH_ONLY=sqlite (or postgres) runs one database.
+    let only = std::env::var("NACHFASS_BENCH_ONLY").ok();
     for (dialect, url, temp) in nachfass_tests::databases().await {
-        bench(dialect, &url, contacts, events).await;
+        if only.as_deref().is_none_or(|o| o == dialect) {
+            bench(dialect, &url, contacts, events).await;
+        }
         let store = Store::connect(&url).await.unwrap();
         temp.cleanup(store).await;
     }
