@@ -203,9 +203,10 @@ pub async fn journey_kpis(
     // window before the goal.
     let rows = sqlx::query(
         "SELECT o.step, o.variant, o.channel, COUNT(DISTINCT o.id) AS converted \
-         FROM outbox o JOIN journey_runs r ON r.id = o.run_id \
-         WHERE o.journey = $1 AND o.created_at >= $2 AND o.created_at < $3 AND o.status = 'delivered' \
-           AND r.status = 'converted' AND r.ended_at >= o.sent_at AND r.ended_at <= o.sent_at + $4 \
+         FROM journey_runs r JOIN outbox o ON o.run_id = r.id \
+         WHERE r.journey = $1 AND r.status = 'converted' \
+           AND o.created_at >= $2 AND o.created_at < $3 AND o.status = 'delivered' \
+           AND r.ended_at >= o.sent_at AND r.ended_at <= o.sent_at + $4 \
          GROUP BY o.step, o.variant, o.channel",
     )
     .bind(def.name.clone())

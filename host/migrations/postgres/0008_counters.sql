@@ -22,3 +22,7 @@ CREATE TABLE event_days (
     PRIMARY KEY (day, shard)
 );
 INSERT INTO event_days (day, shard, events) SELECT at / 86400000, 0, COUNT(*) FROM events GROUP BY at / 86400000;
+
+-- Conversions are credited from the converted runs to their messages.
+CREATE INDEX outbox_by_run ON outbox (run_id);
+CREATE INDEX journey_runs_converted ON journey_runs (journey, ended_at) WHERE status = 'converted';

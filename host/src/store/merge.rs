@@ -36,11 +36,14 @@ impl Store {
     /// next page.
     pub async fn list_contacts(&self, filter: &ContactFilter) -> Result<Vec<Contact>, StoreError> {
         // Unused filters bind neutral values rather than NULL, so one
-        // statement serves every combination on both databases.
+        // statement serves every combination on both databases. The
+        // segment test is a correlated EXISTS: an index probe per contact
+        // in id order, where PostgreSQL would otherwise plan `IN` badly
+        // behind the `OR` (14 s over 1M contacts).
         let rows = sqlx::query(
             "SELECT id FROM contacts \
              WHERE id > $1 AND ($2 = '' OR stage = $2) AND score >= $3 \
-               AND ($4 = '' OR id IN (SELECT contact_id FROM segment_members WHERE segment = $4)) \
+               AND ($4 = '' OR EXISTS (SELECT 1 FROM segment_members m WHERE m.segment = $4 AND m.contact_id = contacts.id)) \
                AND ($5 = '' OR email LIKE $5) \
              ORDER BY id LIMIT $6",
         )
