@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::journeys::{JobOutcome, Journeys};
-use crate::store::StoreError;
 use crate::store::jobs::ClaimedJob;
+use crate::store::{Dialect, StoreError};
 
 /// Attempts before a job that keeps failing is marked failed.
 pub const MAX_ATTEMPTS: i64 = 12;
@@ -92,11 +92,27 @@ impl Scheduler {
             .claim_jobs(&self.worker, now, self.config.lease_ms, self.config.batch)
             .await?;
         let claimed = jobs.len();
+        // SQLite has one writer and 8 pooled connections: more than 4 jobs
+        // at once would only queue for the lock while holding connections
+        // the API needs. PostgreSQL runs the whole batch at once.
+        let at_once = match store.dialect() {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => claimed.max(1),
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(at_once));
         let mut running = JoinSet::new();
         for job in jobs {
             let this = self.clone();
+            let permits = permits.clone();
             let span = tracing::debug_span!("job", id = %job.id, attempt = job.attempts);
-            running.spawn(async move { this.run(job).await }.instrument(span));
+            running.spawn(
+                async move {
+                    // The semaphore is never closed, so a permit always comes.
+                    let _permit = permits.acquire_owned().await;
+                    this.run(job).await
+                }
+                .instrument(span),
+            );
         }
         while running.join_next().await.is_some() {}
         Ok(claimed)

@@ -124,7 +124,8 @@ pub fn http(
     );
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("server reachable");
     stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        // Generous: a debug build on two cores under load is slow, not stuck.
+        .set_read_timeout(Some(Duration::from_secs(120)))
         .expect("timeout set");
     stream.write_all(request.as_bytes()).expect("request sent");
     // Read the head, then exactly Content-Length bytes: some servers

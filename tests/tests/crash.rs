@@ -121,9 +121,9 @@ async fn crash_run(database: &str, nodes: usize) -> String {
                 "steps": [ send("one"), { "id": "w1", "type": "wait", "duration": "2s" },
                            send("two"), { "id": "w2", "type": "wait", "duration": "2s" }, send("three") ] }),
     );
-    for batch in 0..CONTACTS / 1000 {
-        let events: Vec<_> = (0..1000)
-            .map(|i| json!({ "kind": "crash.test", "email": format!("c{}@crash.example", batch * 1000 + i) }))
+    for batch in 0..CONTACTS / 250 {
+        let events: Vec<_> = (0..250)
+            .map(|i| json!({ "kind": "crash.test", "email": format!("c{}@crash.example", batch * 250 + i) }))
             .collect();
         api("POST", "/v1/events", json!({ "events": events }));
     }

@@ -1,7 +1,7 @@
 -- Counters kept as things happen, so the dashboard reads a few rows rather
--- than millions: what recipients did with each message, and events per day
--- in 16 shards (concurrent ingests rarely wait on the same row). Existing
--- data is counted once here.
+-- than millions: what recipients did with each message, and touchpoints per
+-- day in 64 shards (concurrent ingests rarely wait on the same row).
+-- Existing data is counted once here.
 ALTER TABLE outbox ADD COLUMN opens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN clicks BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN unsubscribes BIGINT NOT NULL DEFAULT 0;

@@ -65,14 +65,17 @@ fn validate_kind(kind: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Counts an event on its day, for the dashboard; the shard (from the
-/// event's id) spreads concurrent writers over 16 rows.
+/// Counts a touchpoint on its day, for the dashboard; the shard (a hash
+/// of the event's id) spreads concurrent writers over 64 rows.
 pub(crate) async fn count_event_in(
     conn: &mut sqlx::AnyConnection,
     event_id: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    let shard = event_id.bytes().last().map_or(0, |b| i64::from(b % 16));
+    let hash = event_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let shard = i64::try_from(hash % 64).unwrap_or(0);
     sqlx::query(
         "INSERT INTO event_days (day, shard, events) VALUES ($1, $2, 1) \
          ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + 1",
