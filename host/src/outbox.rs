@@ -49,9 +49,10 @@ pub async fn deliver(
     let marketing = entry.purpose == "marketing";
     // A stop that came after the message was queued still wins.
     let suppressions = store.suppressions(&entry.contact_id).await?;
-    if let Some(s) = suppressions.iter().find(|s| {
-        (s.channel == "*" || s.channel == entry.channel) && (s.scope == "all" || marketing)
-    }) {
+    if let Some(s) = suppressions
+        .iter()
+        .find(|s| s.applies(&entry.channel, marketing))
+    {
         let reason = format!("cancelled: contact is suppressed ({})", s.reason);
         return settle(
             journeys,

@@ -55,6 +55,13 @@ pub struct Suppression {
     pub at: i64,
 }
 
+impl Suppression {
+    /// Whether it stops a message on `channel` (marketing or not).
+    pub fn applies(&self, channel: &str, marketing: bool) -> bool {
+        (self.channel == "*" || self.channel == channel) && (self.scope == "all" || marketing)
+    }
+}
+
 /// Everything the gate looks at for one send.
 #[derive(Clone, Debug)]
 pub struct SendFacts<'a> {
@@ -84,9 +91,11 @@ pub enum Decision {
 
 pub fn decide(policy: &Policy, facts: &SendFacts<'_>) -> Decision {
     let marketing = facts.purpose == Purpose::Marketing;
-    if let Some(s) = facts.suppressions.iter().find(|s| {
-        (s.channel == "*" || s.channel == facts.channel) && (s.scope == "all" || marketing)
-    }) {
+    if let Some(s) = facts
+        .suppressions
+        .iter()
+        .find(|s| s.applies(facts.channel, marketing))
+    {
         return Decision::Skip {
             reason: format!("skipped: contact is suppressed ({})", s.reason),
         };

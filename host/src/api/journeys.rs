@@ -67,7 +67,13 @@ pub async fn save(
             def.name
         )));
     }
-    let saved = state.journeys.save_def(&def).await?;
+    saved(&state, &def).await
+}
+
+/// Saves a definition: 201 for a new version, 200 when it equals the
+/// latest.
+async fn saved(state: &AppState, def: &JourneyDef) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let saved = state.journeys.save_def(def).await?;
     let status = if saved.created {
         StatusCode::CREATED
     } else {
@@ -211,13 +217,7 @@ pub async fn install(
             ))
         },
     )?;
-    let saved = state.journeys.save_def(&def).await?;
-    let status = if saved.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!(saved))))
+    saved(&state, &def).await
 }
 
 pub async fn contact_runs(
