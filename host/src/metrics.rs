@@ -214,6 +214,11 @@ pub async fn render(pipeline: &Pipeline) -> Result<String, StoreError> {
             "counter",
             "Time spent in plugin calls",
         ),
+        (
+            "nachfass_plugin_fuel_total",
+            "counter",
+            "Wasm instructions (fuel) used by plugin calls",
+        ),
     ] {
         help(&mut out, name, kind, text);
         for plugin in &plugins {
@@ -232,6 +237,7 @@ pub async fn render(pipeline: &Pipeline) -> Result<String, StoreError> {
                 "nachfass_plugin_traps_total" => {
                     stats.runtime_errors.load(Ordering::Relaxed) as f64
                 }
+                "nachfass_plugin_fuel_total" => stats.fuel_used.load(Ordering::Relaxed) as f64,
                 _ => stats.busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
             };
             let _ = writeln!(out, "{name}{{{labels}}} {value}");

@@ -21,7 +21,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use error::{LoadError, RuntimeError, RuntimeErrorKind};
-pub use limits::{Limits, RuntimeLimits};
+pub use limits::{DEFAULT_FUEL, LimitOverrides, Limits, RuntimeLimits};
 pub use manifest::{Manifest, World};
 pub use plugin::{CallResult, Plugin};
 pub use registry::Registry;
@@ -64,6 +64,7 @@ impl Runtime {
             .max_tables_per_component(16);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
+            .consume_fuel(limits.consume_fuel)
             .max_wasm_stack(limits.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)?;
@@ -151,8 +152,8 @@ impl Runtime {
     }
 }
 
-/// One thread advances the engine's epoch; stores trap once their deadline
-/// (in ticks) passes. It holds only a weak reference and ends with the engine.
+/// One thread advances the engine's epoch; stores trap once their
+/// wall-clock backstop (in ticks) passes. It holds only a weak reference and ends with the engine.
 fn spawn_epoch_ticker(engine: &Engine, tick: std::time::Duration) -> std::io::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()

@@ -29,7 +29,7 @@ fn micros(d: Duration) -> f64 {
 
 fn binding(world: World, config: &[(&str, &str)]) -> Arc<Binding> {
     let mut binding = Binding::new("bench", world).with_limits(Limits {
-        cpu_time: Duration::from_secs(5),
+        fuel: 1_000 * nachfass::runtime::DEFAULT_FUEL,
         wall_time: Duration::from_secs(30),
         ..Limits::for_world(world)
     });

@@ -96,6 +96,9 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["function"], "on-event");
     assert_eq!(answer["result"]["ok"]["delta"], 15);
+    // The instructions the call used, well inside the default budget.
+    let fuel = answer["fuel"].as_u64().unwrap();
+    assert!(fuel > 0 && fuel < 11_000_000, "{answer}");
 
     // The plugin's own error: printed, exit code 2.
     let rule = guests::ATTRIBUTE_MATCH.packed();
@@ -130,7 +133,7 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
     assert!(
         error
             .to_string()
-            .contains("endless-loop@0.1.0: CPU time limit"),
+            .contains("endless-loop@0.1.0: CPU budget of 11000000 instructions exceeded"),
         "{error}"
     );
 

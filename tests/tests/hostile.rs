@@ -50,7 +50,6 @@ async fn contained_by(guest: Guest, binding: Arc<Binding>) -> (String, RuntimeEr
     let good = load(&runtime, guests::ENGAGEMENT).await;
     let relaxed = Arc::new(Binding::new("good", World::Scorer).with_limits(
         nachfass::runtime::Limits {
-            cpu_time: std::time::Duration::from_secs(2),
             wall_time: std::time::Duration::from_secs(5),
             ..nachfass::runtime::Limits::for_world(World::Scorer)
         },
@@ -68,15 +67,15 @@ async fn contained_by(guest: Guest, binding: Arc<Binding>) -> (String, RuntimeEr
 }
 
 #[tokio::test]
-async fn endless_loop_hits_the_cpu_limit() {
+async fn endless_loop_hits_the_cpu_budget() {
     let (message, kind) = contained(guests::ENDLESS_LOOP).await;
     assert!(
-        matches!(kind, RuntimeErrorKind::CpuTime { limit_ms: 10 }),
+        matches!(kind, RuntimeErrorKind::Fuel { limit: 11_000_000 }),
         "{message}"
     );
     assert_eq!(
         message,
-        "plugin endless-loop@0.1.0: CPU time limit of 10 ms exceeded"
+        "plugin endless-loop@0.1.0: CPU budget of 11000000 instructions exceeded"
     );
 }
 
@@ -110,10 +109,10 @@ async fn guest_panic_is_reported_with_its_message() {
 
 #[tokio::test]
 async fn huge_output_is_refused() {
-    // Copying 8 MiB out of the guest takes longer than the default 10 ms of
-    // CPU in a debug build; give it time so the output limit is what stops it.
+    // Building 8 MiB of reasons takes more than the default instruction
+    // budget; give it more so the output limit is what stops it.
     let binding = Binding::new("hostile", World::Scorer).with_limits(nachfass::runtime::Limits {
-        cpu_time: std::time::Duration::from_secs(5),
+        fuel: 1_000_000_000,
         wall_time: std::time::Duration::from_secs(10),
         ..nachfass::runtime::Limits::for_world(World::Scorer)
     });
@@ -139,7 +138,6 @@ async fn files_environment_sockets_and_clocks_are_out_of_reach() {
     );
     let binding = Arc::new(Binding::new("escape", World::Scorer).with_limits(
         nachfass::runtime::Limits {
-            cpu_time: std::time::Duration::from_secs(2),
             wall_time: std::time::Duration::from_secs(5),
             ..nachfass::runtime::Limits::for_world(World::Scorer)
         },
@@ -282,4 +280,66 @@ async fn a_component_over_the_size_limit_is_refused_before_compiling() {
         matches!(err, LoadError::TooLarge { limit, .. } if limit == 10 << 20),
         "{err}"
     );
+}
+
+/// The CPU limit counts instructions, not time: with the machine
+/// oversubscribed (4 spinning threads per core beside the calls), a healthy
+/// scorer never hits it, and the endless loop is still stopped by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_machine_fails_no_healthy_call_and_still_stops_the_loop() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let runtime = runtime();
+    let scorer = load(&runtime, guests::B2B_FIT).await;
+    let looping = load(&runtime, guests::ENDLESS_LOOP).await;
+    let mut c = contact();
+    c.attributes.insert(
+        "industry".into(),
+        nachfass::model::Value::Text("software".into()),
+    );
+    c.attributes
+        .insert("employees".into(), nachfass::model::Value::Integer(120));
+    // Default limits, as a binding without limits gets.
+    let binding = scorer_binding();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..4 * cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    let mut points = std::collections::BTreeSet::new();
+    for _ in 0..10_000 {
+        match scorer.on_profile(&binding, 0, &c).await {
+            Ok(Ok(change)) => {
+                points.insert(change.delta);
+            }
+            Ok(Err(declined)) => failures.push(declined.to_string()),
+            Err(limit) => failures.push(limit.to_string()),
+        }
+    }
+    let stopped = looping.on_event(&binding, 0, &c, &event(), &[]).await;
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+
+    assert_eq!(failures.len(), 0, "first failures: {:?}", &failures[..failures.len().min(3)]);
+    assert_eq!(points.len(), 1, "the same answer every time: {points:?}");
+    assert!(points.iter().all(|p| *p > 0), "{points:?}");
+    let error = stopped.expect_err("the loop is stopped");
+    assert!(
+        matches!(error.kind, RuntimeErrorKind::Fuel { limit: 11_000_000 }),
+        "{error}"
+    );
+    let used = scorer.stats().fuel_used.load(Ordering::Relaxed);
+    assert!(used > 0 && used / 10_000 < 11_000_000, "fuel per call: {}", used / 10_000);
 }

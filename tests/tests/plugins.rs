@@ -13,7 +13,6 @@ fn relaxed(world: World) -> Limits {
     // Functional tests are not about limits; a loaded CI machine must not
     // turn a slow instantiation into a failure.
     Limits {
-        cpu_time: Duration::from_secs(2),
         wall_time: Duration::from_secs(5),
         ..Limits::for_world(world)
     }

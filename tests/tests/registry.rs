@@ -26,7 +26,6 @@ fn event() -> Event {
 
 fn binding() -> Arc<Binding> {
     Arc::new(Binding::new("swap", World::Scorer).with_limits(Limits {
-        cpu_time: Duration::from_secs(2),
         wall_time: Duration::from_secs(5),
         ..Limits::for_world(World::Scorer)
     }))

@@ -27,7 +27,6 @@ fn binding(url: &str, allow: &[String]) -> Arc<Binding> {
         .with_config("secret", "geheim")
         .with_limits(Limits {
             wall_time: Duration::from_secs(5),
-            cpu_time: Duration::from_secs(5),
             ..Limits::for_world(World::Channel)
         });
     binding.allow_http = allow.to_vec();

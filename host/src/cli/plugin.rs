@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use clap::{Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
@@ -79,6 +80,10 @@ pub enum PluginCommand {
         /// Evaluation time, Unix epoch milliseconds; defaults to now.
         #[arg(long)]
         now: Option<i64>,
+        /// Instruction budget (wasmtime fuel) for the call; defaults to the
+        /// world's default, as a binding without limits gets.
+        #[arg(long)]
+        fuel: Option<u64>,
     },
 }
 
@@ -104,6 +109,7 @@ pub async fn run(
             config,
             allow_http,
             now,
+            fuel,
         } => {
             let plugin = runtime(cache_dir)?
                 .load_file(&file)
@@ -117,6 +123,9 @@ pub async fn run(
                 binding.config.insert(key.to_owned(), value.to_owned());
             }
             binding.allow_http = allow_http;
+            if let Some(fuel) = fuel {
+                binding.limits.fuel = fuel;
+            }
             let inputs = TestInputs {
                 contact: contact.map(|p| read_json(&p)).transpose()?,
                 event: event.map(|p| read_json(&p)).transpose()?,
@@ -232,9 +241,11 @@ async fn test(
         Ok(value) => json!({ "ok": value }),
         Err(error) => json!({ "error": error }),
     };
+    // One call ran: the last call's fuel is this call's.
+    let fuel = plugin.stats().last_fuel.load(Ordering::Relaxed);
     print(
         out,
-        &json!({ "plugin": plugin.id(), "function": function, "result": result }),
+        &json!({ "plugin": plugin.id(), "function": function, "result": result, "fuel": fuel }),
     )?;
     if declined {
         Err(CliError::PluginDeclined)

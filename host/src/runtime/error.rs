@@ -36,8 +36,8 @@ pub struct RuntimeError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeErrorKind {
-    #[error("CPU time limit of {limit_ms} ms exceeded")]
-    CpuTime { limit_ms: u128 },
+    #[error("CPU budget of {limit} instructions exceeded")]
+    Fuel { limit: u64 },
     #[error("wall-clock limit of {limit_ms} ms exceeded")]
     WallTime { limit_ms: u128 },
     #[error("memory limit of {limit_bytes} bytes exceeded")]
@@ -62,7 +62,7 @@ impl RuntimeErrorKind {
     /// A short machine-readable name for metrics and API errors.
     pub fn code(&self) -> &'static str {
         match self {
-            RuntimeErrorKind::CpuTime { .. } => "cpu-time",
+            RuntimeErrorKind::Fuel { .. } => "cpu-budget",
             RuntimeErrorKind::WallTime { .. } => "wall-time",
             RuntimeErrorKind::Memory { .. } => "memory",
             RuntimeErrorKind::StackOverflow => "stack-overflow",

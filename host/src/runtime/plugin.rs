@@ -38,6 +38,10 @@ pub struct CallStats {
     pub plugin_errors: AtomicU64,
     pub runtime_errors: AtomicU64,
     pub busy_micros: AtomicU64,
+    /// Instructions (wasmtime fuel) used by all calls.
+    pub fuel_used: AtomicU64,
+    /// Instructions used by the most recent call.
+    pub last_fuel: AtomicU64,
 }
 
 /// One compiled, type-checked plugin version, ready to call.
@@ -385,12 +389,17 @@ impl Plugin {
         async {
             let started = Instant::now();
             let state = CallState::new(self.id.clone(), binding.clone(), limits, now);
-            let tick = self.runtime.limits().epoch_tick;
-            let mut store = sandbox::store(self.runtime.engine(), state, limits, tick);
+            let runtime_limits = self.runtime.limits();
+            let mut store = sandbox::store(self.runtime.engine(), state, limits, runtime_limits);
             let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            if runtime_limits.consume_fuel {
+                let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
+                self.stats.last_fuel.store(used, Ordering::Relaxed);
+            }
             let result = match outcome {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => Err(self.error(classify(e, &store, limits))),
@@ -476,8 +485,10 @@ fn classify(error: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -
         };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => RuntimeErrorKind::CpuTime {
-            limit_ms: limits.cpu_time.as_millis(),
+        Some(Trap::OutOfFuel) => RuntimeErrorKind::Fuel { limit: limits.fuel },
+        // The epoch deadline is the wall-clock backstop.
+        Some(Trap::Interrupt) => RuntimeErrorKind::WallTime {
+            limit_ms: limits.wall_time.as_millis(),
         },
         Some(Trap::StackOverflow) => RuntimeErrorKind::StackOverflow,
         // Rust and C guests keep part of their stack in linear memory below

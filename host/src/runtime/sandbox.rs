@@ -16,7 +16,7 @@ use wasmtime_wasi::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::host;
-use super::limits::Limits;
+use super::limits::{Limits, RuntimeLimits};
 use super::manifest::World;
 use super::outgoing_http::AllowList;
 
@@ -116,17 +116,24 @@ impl CallState {
     }
 }
 
-/// A fresh store for one call, with limits applied.
+/// A fresh store for one call, with limits applied: `limits.fuel`
+/// instructions, and an epoch deadline at the wall-clock backstop (a
+/// running guest never yields to the async timeout, the epoch stops it).
 pub fn store(
     engine: &wasmtime::Engine,
     state: CallState,
     limits: &Limits,
-    tick: Duration,
+    runtime: &RuntimeLimits,
 ) -> Store<CallState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    if runtime.consume_fuel {
+        // Only fails when the engine does not meter fuel, checked above.
+        let _ = store.set_fuel(limits.fuel);
+    }
     store.epoch_deadline_trap();
-    let ticks = limits.cpu_time.as_nanos().div_ceil(tick.as_nanos().max(1));
+    let tick = runtime.epoch_tick.as_nanos().max(1);
+    let ticks = limits.wall_time.as_nanos().div_ceil(tick);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
     store
 }
