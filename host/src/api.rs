@@ -40,8 +40,6 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// Uploaded plugins are also written here, so a restart finds them.
     pub plugins_dir: Option<PathBuf>,
-    /// Progress of segment rebuilds.
-    pub rebuilds: segments::Rebuilds,
     pub journeys: Arc<Journeys>,
 }
 
@@ -56,7 +54,6 @@ impl AppState {
         AppState {
             pipeline: journeys.pipeline.clone(),
             plugins_dir,
-            rebuilds: Default::default(),
             journeys,
         }
     }
@@ -88,6 +85,9 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/plugin-tasks", get(plugins::list_tasks))
+        .route("/v1/plugin-tasks/{id}", get(plugins::show_task))
+        .route("/v1/plugin-audit", get(plugins::audit))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))

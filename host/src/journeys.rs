@@ -57,6 +57,11 @@ pub enum Job {
         version: i64,
         at: i64,
     },
+    /// Re-evaluate every contact against a segment (a plugin task, queued
+    /// by the store with its progress row).
+    SegmentRebuild { task: String },
+    /// Re-run a scorer binding's `on-profile` for every contact.
+    Rescore { task: String },
 }
 
 impl Job {
@@ -74,6 +79,7 @@ impl Job {
                 version,
                 at,
             } => format!("sweep:{journey}:{version}:{at}"),
+            Job::SegmentRebuild { task } | Job::Rescore { task } => format!("task:{task}"),
         }
     }
 
@@ -340,6 +346,14 @@ impl Journeys {
                 version,
                 at,
             } => sweep::sweep(self, job, &journey, version, at).await,
+            Job::SegmentRebuild { task } => {
+                crate::segments::run_rebuild_task(&self.pipeline, job, &task).await?;
+                Ok(JobOutcome::Done)
+            }
+            Job::Rescore { task } => {
+                crate::scoring::run_rescore_task(&self.pipeline, job, &task).await?;
+                Ok(JobOutcome::Done)
+            }
         }
     }
 

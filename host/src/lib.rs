@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod pack;
+pub mod plugins;
 pub mod policy;
 pub mod privacy;
 pub mod render;

@@ -29,7 +29,7 @@ pub fn backoff(attempts: i64, seed: &str) -> i64 {
 
 /// The job's kind (`advance`, `deliver`) from its payload, for metrics.
 fn job_kind(payload: &str) -> &'static str {
-    const KINDS: [&str; 7] = [
+    const KINDS: [&str; 9] = [
         "route",
         "advance",
         "timeout",
@@ -37,6 +37,8 @@ fn job_kind(payload: &str) -> &'static str {
         "consent_reminder",
         "consent_expiry",
         "sweep",
+        "segment_rebuild",
+        "rescore",
     ];
     KINDS
         .into_iter()

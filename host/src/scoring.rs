@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::Pipeline;
 use crate::model::{ActivityCount, Contact, Event, ScoreChange};
-use crate::runtime::{Binding, World};
-use crate::store::{BindingDef, BindingKind, StoreError};
+use crate::runtime::{Binding, Plugin, World};
+use crate::store::{BindingDef, BindingKind, ClaimedJob, StoreError};
 
 /// Score thresholds of the lifecycle stages. `customer` is reached by a
 /// `purchase`, never by points.
@@ -60,6 +60,7 @@ pub(crate) fn runtime_binding(def: &BindingDef, world: World) -> Arc<Binding> {
     let mut binding = Binding::new(&def.name, world);
     binding.config = def.config.clone();
     binding.allow_http = def.allow_http.clone();
+    binding.limits = binding.limits.with_overrides(&def.limits);
     Arc::new(binding)
 }
 
@@ -122,38 +123,115 @@ pub(crate) async fn score_profile(
             continue;
         };
         let binding = runtime_binding(&def, World::Scorer);
-        let change = match plugin.on_profile(&binding, now, &contact).await {
-            Ok(Ok(change)) => change,
-            Ok(Err(declined)) => {
-                tracing::warn!(binding = %def.name, error = %declined, "scorer declined the profile");
-                continue;
-            }
-            Err(failed) => {
-                tracing::warn!(binding = %def.name, error = %failed, "scorer failed on the profile");
-                continue;
-            }
-        };
-        let previous = pipeline.store.profile_points(contact_id, &def.name).await?;
-        if change.delta != previous {
-            let mut reasons = change.reasons.clone();
-            if previous != 0 {
-                reasons.push(format!("replaces the earlier profile score {previous:+}"));
-            }
-            let difference = ScoreChange {
-                delta: change.delta - previous,
-                reasons,
-            };
-            contact.score = pipeline
-                .store
-                .apply_score(contact_id, &def.name, &difference, None, now)
-                .await?;
-            pipeline
-                .store
-                .set_profile_points(contact_id, &def.name, change.delta)
-                .await?;
-        }
+        profile_score(pipeline, &plugin, &binding, &mut contact, now).await?;
     }
     update_stage(pipeline, &contact, "profile.changed", now).await
+}
+
+/// Asks one scorer binding about a profile and replaces its earlier profile
+/// contribution with the answer. Returns whether the score changed.
+async fn profile_score(
+    pipeline: &Pipeline,
+    plugin: &Plugin,
+    binding: &Arc<Binding>,
+    contact: &mut Contact,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let name = binding.name.as_str();
+    let change = match plugin.on_profile(binding, now, contact).await {
+        Ok(Ok(change)) => change,
+        Ok(Err(declined)) => {
+            tracing::warn!(binding = %name, error = %declined, "scorer declined the profile");
+            return Ok(false);
+        }
+        Err(failed) => {
+            tracing::warn!(binding = %name, error = %failed, "scorer failed on the profile");
+            return Ok(false);
+        }
+    };
+    let previous = pipeline.store.profile_points(&contact.id, name).await?;
+    if change.delta == previous {
+        return Ok(false);
+    }
+    let mut reasons = change.reasons.clone();
+    if previous != 0 {
+        reasons.push(format!("replaces the earlier profile score {previous:+}"));
+    }
+    let difference = ScoreChange {
+        delta: change.delta - previous,
+        reasons,
+    };
+    contact.score = pipeline
+        .store
+        .apply_score(&contact.id, name, &difference, None, now)
+        .await?;
+    pipeline
+        .store
+        .set_profile_points(&contact.id, name, change.delta)
+        .await?;
+    Ok(true)
+}
+
+/// Contacts per page of a re-score.
+const RESCORE_BATCH: u32 = 200;
+
+/// Runs a re-score task: one scorer binding's `on-profile` for every
+/// contact, from the task's cursor, recording progress and extending the
+/// job's lease after every page. Re-scoring a contact twice (after a crash)
+/// changes nothing the second time: the answer replaces the binding's
+/// earlier profile contribution.
+pub async fn run_rescore_task(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    task_id: &str,
+) -> Result<(), StoreError> {
+    let store = &pipeline.store;
+    let task = store.task(task_id).await?;
+    let now = pipeline.clock.now();
+    let Some(def) = store
+        .bindings(BindingKind::Scorer)
+        .await?
+        .into_iter()
+        .find(|b| b.name == task.target)
+    else {
+        let why = format!("scorer binding {} does not exist any more", task.target);
+        store.finish_task(job, task_id, Some(&why), now).await?;
+        return Ok(());
+    };
+    // Not loaded on this node yet: the job is retried, by any node.
+    let plugin = pipeline
+        .registry
+        .live(&def.plugin)
+        .ok_or_else(|| StoreError::Invalid(format!("plugin `{}` is not installed", def.plugin)))?;
+    let binding = runtime_binding(&def, World::Scorer);
+    store
+        .set_task_total(task_id, store.count_contacts().await?, now)
+        .await?;
+    let mut after = task.cursor;
+    loop {
+        let now = pipeline.clock.now();
+        let page = store.contacts_page(after.as_deref(), RESCORE_BATCH).await?;
+        let Some(last) = page.last().map(|c| c.id.clone()) else {
+            store.finish_task(job, task_id, None, now).await?;
+            return Ok(());
+        };
+        let page_len = i64::try_from(page.len()).unwrap_or(i64::MAX);
+        let mut changed = 0;
+        for mut contact in page {
+            if profile_score(pipeline, &plugin, &binding, &mut contact, now).await? {
+                changed += 1;
+                update_stage(pipeline, &contact, "profile.changed", now).await?;
+            }
+        }
+        if !store
+            .task_batch_done(job, task_id, &last, page_len, changed, 0, now)
+            .await?
+        {
+            tracing::warn!(binding = %task.target, "lease lost; another node continues the re-score");
+            return Ok(());
+        }
+        after = Some(last);
+    }
 }
 
 async fn update_stage(

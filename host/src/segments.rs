@@ -2,11 +2,13 @@
 //! re-evaluated against every segment binding; changes are written as
 //! `segment.entered` / `segment.left` events.
 
+use std::sync::Arc;
+
 use crate::ingest::Pipeline;
 use crate::model::ActivityCount;
-use crate::runtime::World;
+use crate::runtime::{Binding, Plugin, World};
 use crate::scoring::runtime_binding;
-use crate::store::{BindingKind, StoreError};
+use crate::store::{BindingDef, BindingKind, ClaimedJob, StoreError};
 
 pub(crate) async fn evaluate_contact(
     pipeline: &Pipeline,
@@ -81,6 +83,44 @@ pub async fn rebuild(
     now: i64,
     mut report: impl FnMut(&RebuildProgress),
 ) -> Result<RebuildProgress, StoreError> {
+    let (def, plugin) = segment_plugin(pipeline, segment).await?;
+    let binding = runtime_binding(&def, World::SegmentRule);
+    let mut progress = RebuildProgress {
+        total: pipeline.store.count_contacts().await?,
+        ..Default::default()
+    };
+    report(&progress);
+    let mut after: Option<String> = None;
+    loop {
+        match rebuild_batch(pipeline, &plugin, &binding, after.as_deref(), now).await? {
+            Batch::Done => break,
+            Batch::Failed(error) => {
+                progress.error = Some(error);
+                break;
+            }
+            Batch::Evaluated {
+                last,
+                evaluated,
+                entered,
+                left,
+            } => {
+                after = Some(last);
+                progress.entered += entered;
+                progress.left += left;
+                progress.evaluated += evaluated;
+                report(&progress);
+            }
+        }
+    }
+    progress.done = true;
+    report(&progress);
+    Ok(progress)
+}
+
+async fn segment_plugin(
+    pipeline: &Pipeline,
+    segment: &str,
+) -> Result<(BindingDef, Arc<Plugin>), StoreError> {
     let def = pipeline
         .store
         .bindings(BindingKind::Segment)
@@ -92,62 +132,127 @@ pub async fn rebuild(
         .registry
         .live(&def.plugin)
         .ok_or_else(|| StoreError::Invalid(format!("plugin `{}` is not installed", def.plugin)))?;
-    let binding = runtime_binding(&def, World::SegmentRule);
-    let mut progress = RebuildProgress {
-        total: pipeline.store.count_contacts().await?,
-        ..Default::default()
+    Ok((def, plugin))
+}
+
+/// What one batch of a rebuild did.
+enum Batch {
+    /// No contacts after the cursor.
+    Done,
+    /// The rule failed on the batch; the rebuild stops there.
+    Failed(String),
+    Evaluated {
+        last: String,
+        evaluated: i64,
+        entered: i64,
+        left: i64,
+    },
+}
+
+/// Evaluates the contacts after `after` (one batch) and applies the
+/// changes. Applying is idempotent: a batch evaluated again after a crash
+/// finds the memberships already changed and changes nothing.
+async fn rebuild_batch(
+    pipeline: &Pipeline,
+    plugin: &Plugin,
+    binding: &Arc<Binding>,
+    after: Option<&str>,
+    now: i64,
+) -> Result<Batch, StoreError> {
+    let segment = binding.name.as_str();
+    let page = pipeline.store.contacts_page(after, REBUILD_BATCH).await?;
+    let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        return Ok(Batch::Done);
     };
-    report(&progress);
-    let mut after: Option<String> = None;
+    let last = last.id.clone();
+    let mut activity = pipeline
+        .store
+        .activity_range(&first.id, &last, now)
+        .await?;
+    let items: Vec<_> = page
+        .into_iter()
+        .map(|contact| {
+            let summary = activity.remove(&contact.id).unwrap_or_default();
+            (contact, summary)
+        })
+        .collect();
+    let answers = match plugin.matches_batch(binding, now, &items).await {
+        Ok(Ok(answers)) => answers,
+        Ok(Err(declined)) => return Ok(Batch::Failed(format!("the rule declined: {declined}"))),
+        Err(failed) => return Ok(Batch::Failed(failed.to_string())),
+    };
+    let changes: Vec<(String, bool)> = items
+        .iter()
+        .zip(answers)
+        .filter(|((contact, _), member)| contact.segments.iter().any(|s| s == segment) != *member)
+        .map(|((contact, _), member)| (contact.id.clone(), member))
+        .collect();
+    let (entered, left) = pipeline
+        .store
+        .apply_segment_changes(segment, &changes, now)
+        .await?;
+    Ok(Batch::Evaluated {
+        last,
+        evaluated: i64::try_from(items.len()).unwrap_or(i64::MAX),
+        entered,
+        left,
+    })
+}
+
+/// Runs a segment-rebuild task from its cursor, recording progress and
+/// extending the job's lease after every batch; finishes the task and its
+/// job together. Stops quietly when another node took the job over.
+pub async fn run_rebuild_task(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    task_id: &str,
+) -> Result<(), StoreError> {
+    let store = &pipeline.store;
+    let task = store.task(task_id).await?;
+    let now = pipeline.clock.now();
+    let (def, plugin) = match segment_plugin(pipeline, &task.target).await {
+        Ok(found) => found,
+        // The segment was deleted meanwhile: nothing left to do.
+        Err(StoreError::NotFound(what)) => {
+            let why = format!("{what} does not exist any more");
+            store.finish_task(job, task_id, Some(&why), now).await?;
+            return Ok(());
+        }
+        // Not loaded on this node yet: retried, by any node.
+        Err(e) => return Err(e),
+    };
+    let binding = runtime_binding(&def, World::SegmentRule);
+    store
+        .set_task_total(task_id, store.count_contacts().await?, now)
+        .await?;
+    let mut after = task.cursor;
     loop {
-        let page = pipeline
-            .store
-            .contacts_page(after.as_deref(), REBUILD_BATCH)
-            .await?;
-        let (Some(first), Some(last)) = (page.first(), page.last()) else {
-            break;
-        };
-        let mut activity = pipeline
-            .store
-            .activity_range(&first.id, &last.id, now)
-            .await?;
-        after = Some(last.id.clone());
-        let items: Vec<_> = page
-            .into_iter()
-            .map(|contact| {
-                let summary = activity.remove(&contact.id).unwrap_or_default();
-                (contact, summary)
-            })
-            .collect();
-        let answers = match plugin.matches_batch(&binding, now, &items).await {
-            Ok(Ok(answers)) => answers,
-            Ok(Err(declined)) => {
-                progress.error = Some(format!("the rule declined: {declined}"));
-                break;
+        let now = pipeline.clock.now();
+        match rebuild_batch(pipeline, &plugin, &binding, after.as_deref(), now).await? {
+            Batch::Done => {
+                store.finish_task(job, task_id, None, now).await?;
+                return Ok(());
             }
-            Err(failed) => {
-                progress.error = Some(failed.to_string());
-                break;
+            Batch::Failed(error) => {
+                tracing::warn!(segment = %task.target, %error, "segment rebuild stopped");
+                store.finish_task(job, task_id, Some(&error), now).await?;
+                return Ok(());
             }
-        };
-        let changes: Vec<(String, bool)> = items
-            .iter()
-            .zip(answers)
-            .filter(|((contact, _), member)| {
-                contact.segments.iter().any(|s| s == segment) != *member
-            })
-            .map(|((contact, _), member)| (contact.id.clone(), member))
-            .collect();
-        let (entered, left) = pipeline
-            .store
-            .apply_segment_changes(segment, &changes, now)
-            .await?;
-        progress.entered += entered;
-        progress.left += left;
-        progress.evaluated += i64::try_from(items.len()).unwrap_or(i64::MAX);
-        report(&progress);
+            Batch::Evaluated {
+                last,
+                evaluated,
+                entered,
+                left,
+            } => {
+                let held = store
+                    .task_batch_done(job, task_id, &last, evaluated, entered, left, now)
+                    .await?;
+                if !held {
+                    tracing::warn!(segment = %task.target, "lease lost; another node continues the rebuild");
+                    return Ok(());
+                }
+                after = Some(last);
+            }
+        }
     }
-    progress.done = true;
-    report(&progress);
-    Ok(progress)
 }

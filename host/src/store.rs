@@ -13,7 +13,9 @@ mod events;
 pub mod jobs;
 pub mod journeys;
 mod merge;
+pub mod plugins;
 mod segments;
+pub mod tasks;
 pub mod tracking;
 
 use std::str::FromStr;
@@ -30,6 +32,8 @@ pub use events::{EventInput, Ingested};
 pub use jobs::{ClaimedJob, QueueCounts};
 pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
+pub use plugins::{PluginState, Saved, StoredVersion};
+pub use tasks::TaskProgress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

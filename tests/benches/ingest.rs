@@ -51,6 +51,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         plugin: "engagement".into(),
         config: Default::default(),
         allow_http: Vec::new(),
+        limits: Default::default(),
     };
     store.create_binding(&scorer, 0).await.unwrap();
     for i in 0..10 {
@@ -65,6 +66,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             plugin: "attribute-match".into(),
             config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&def, 0).await.unwrap();
     }
@@ -146,6 +148,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         allow_http: Vec::new(),
+        limits: Default::default(),
     };
     store.create_binding(&def, 0).await.unwrap();
     let started = Instant::now();

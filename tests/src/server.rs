@@ -114,20 +114,41 @@ pub fn http(
     key: Option<&str>,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    let body = body.unwrap_or("");
+    http_bytes(
+        port,
+        method,
+        path,
+        key,
+        "application/json",
+        body.as_bytes(),
+    )
+}
+
+/// One HTTP/1.1 request with a body of any type (a component upload).
+pub fn http_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("server reachable");
     stream
         // Generous: a debug build on two cores under load is slow, not stuck.
         .set_read_timeout(Some(Duration::from_secs(120)))
         .expect("timeout set");
-    stream.write_all(request.as_bytes()).expect("request sent");
+    stream.write_all(&request).expect("request sent");
     // Read the head, then exactly Content-Length bytes: some servers
     // (chromedriver) keep the connection open whatever we ask.
     let mut data = Vec::new();

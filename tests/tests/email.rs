@@ -156,6 +156,7 @@ impl World {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&binding, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());

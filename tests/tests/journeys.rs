@@ -73,6 +73,7 @@ impl World {
             ]
             .into(),
             allow_http: vec![sink.addr.to_string()],
+            limits: Default::default(),
         };
         store.create_binding(&hook, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());
@@ -1021,6 +1022,7 @@ impl World {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             allow_http: vec![self.sink.addr.to_string()],
+            limits: Default::default(),
         };
         self.store.create_binding(&def, 0).await.unwrap();
     }
@@ -1101,6 +1103,7 @@ async fn a_retargeting_audience_follows_its_segment() {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         w.store.create_binding(&segment, 0).await.unwrap();
         for (name, trigger, op) in [

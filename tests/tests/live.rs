@@ -52,6 +52,7 @@ async fn touchpoints_move_score_stage_and_segments() {
             plugin: "engagement".into(),
             config: Default::default(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&scorer, 0).await.unwrap();
         let engaged = BindingDef {
@@ -63,6 +64,7 @@ async fn touchpoints_move_score_stage_and_segments() {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&engaged, 0).await.unwrap();
 
@@ -176,6 +178,7 @@ async fn a_failing_scorer_never_loses_the_touchpoint() {
             plugin: "guest-panic".into(),
             config: Default::default(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&def, 0).await.unwrap();
         let ingested = pipeline
@@ -229,6 +232,7 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up() {
             plugin: "b2b-fit".into(),
             config: Default::default(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         store.create_binding(&def, 0).await.unwrap();
         let profile = |attrs: &[(&str, Value)]| nachfass::store::ContactInput {

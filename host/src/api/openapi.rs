@@ -95,7 +95,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "post",
         path: "/v1/bindings",
         scope: "admin",
-        summary: "Bind a plugin as a scorer or a segment (a segment is rebuilt at once)",
+        summary: "Bind a plugin as a scorer or a segment (a segment is rebuilt, a scorer re-scores every contact, as a durable task)",
         body: Some("Binding"),
     },
     Operation {
@@ -103,6 +103,27 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/bindings/{name}",
         scope: "admin",
         summary: "Remove a binding",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/plugin-tasks",
+        scope: "read",
+        summary: "Segment rebuilds and re-scores that plugin and binding changes queued, newest first, with progress",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/plugin-tasks/{id}",
+        scope: "read",
+        summary: "One rebuild or re-score with its progress",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/plugin-audit",
+        scope: "read",
+        summary: "Uploads, activations, rollbacks and breaker events from the audit log",
         body: None,
     },
     Operation {
@@ -379,8 +400,11 @@ fn schemas() -> Value {
         "Activate": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": { "version": text } },
         "Binding": { "type": "object", "additionalProperties": false, "required": ["name", "kind", "plugin"], "properties": {
             "name": text, "kind": { "enum": ["scorer", "segment", "channel"] }, "plugin": text,
-            "config": { "type": "object", "additionalProperties": text },
-            "allow_http": { "type": "array", "items": text } } },
+            "config": { "type": "object", "description": "only the keys the plugin's manifest declares", "additionalProperties": { "type": ["string", "number", "boolean"] } },
+            "allow_http": { "type": "array", "items": text },
+            "limits": { "type": "object", "additionalProperties": false, "properties": {
+                "fuel": { "type": "integer", "description": "instructions per call (default 11000000 for rules and scorers)" },
+                "wall_time_ms": { "type": "integer" }, "memory_bytes": { "type": "integer" }, "max_output_bytes": { "type": "integer" } } } } },
         "Journey": { "type": "object", "description": "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README", "required": ["name", "trigger", "steps"] },
         "Enroll": { "type": "object", "additionalProperties": false, "required": ["contact_id"], "properties": { "contact_id": text } },
         "ConsentRequest": { "type": "object", "additionalProperties": false, "required": ["channel", "binding"], "properties": {

@@ -1,8 +1,6 @@
 //! `/v1/plugins` and `/v1/bindings`: upload, list, activate, roll back and
 //! bind plugins while the server runs.
 
-use std::path::Path as FsPath;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,9 +11,11 @@ use serde_json::{Value, json};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::runtime::manifest::{Manifest, ManifestError};
-use crate::runtime::registry::{Activation, RegistryError};
-use crate::runtime::{LoadError, World};
-use crate::store::{BindingDef, BindingKind, Scope};
+use crate::plugins::{Plugins, PluginsError};
+use crate::runtime::registry::RegistryError;
+use crate::runtime::{Limits, LoadError, World};
+use crate::store::tasks::{RESCORE, SEGMENT_REBUILD};
+use crate::store::{BindingDef, BindingKind, Scope, StoreError};
 
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
@@ -26,6 +26,19 @@ impl From<RegistryError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             e => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<PluginsError> for ApiError {
+    fn from(error: PluginsError) -> Self {
+        match error {
+            PluginsError::Load(LoadError::Io(e)) => ApiError::Internal(e.to_string()),
+            PluginsError::Load(e) => ApiError::invalid(e.to_string()),
+            PluginsError::Registry(e) => e.into(),
+            // The store's messages name what is missing and what exists.
+            PluginsError::Store(StoreError::NotFound(why)) => ApiError::NotFound(why),
+            PluginsError::Store(e) => e.into(),
         }
     }
 }
@@ -48,9 +61,8 @@ fn yes() -> bool {
 }
 
 /// Uploads a component built by `nachfass plugin build` (manifest embedded)
-/// as the request body. It is compiled, type-checked against its world and
-/// only then installed; it is also written to the plugins directory so a
-/// restart finds it.
+/// as the request body. It is compiled, type-checked against its world,
+/// stored in the database and only then made live, on every node.
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -69,23 +81,9 @@ pub async fn upload(
         Ok(None) => return Err(ApiError::invalid(ManifestError::Missing.to_string())),
         Err(e) => return Err(ApiError::invalid(e.to_string())),
     };
-    let activation = if query.activate {
-        Activation::Now
-    } else {
-        Activation::Later
-    };
-    let installed = state
-        .pipeline
-        .registry
-        .install(bytes.clone(), manifest.clone(), activation)
+    let installed = plugins(&state)
+        .upload(bytes, manifest.clone(), query.activate, "operator")
         .await?;
-    if let Some(dir) = &state.plugins_dir {
-        keep_in_plugins_dir(dir, &manifest, &bytes)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
-    if installed.live && !installed.unchanged {
-        super::segments::rebuild_segments_of(&state, &manifest.name).await?;
-    }
     let status = if installed.unchanged {
         StatusCode::OK
     } else {
@@ -102,11 +100,14 @@ pub async fn upload(
     ))
 }
 
-fn keep_in_plugins_dir(dir: &FsPath, manifest: &Manifest, bytes: &[u8]) -> std::io::Result<()> {
-    let path = dir.join(format!("{}-{}.wasm", manifest.name, manifest.version));
-    let tmp = dir.join(format!(".{}-{}.upload", manifest.name, manifest.version));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+/// The cluster's plugins as this node sees them.
+pub(super) fn plugins(state: &AppState) -> Plugins {
+    let pipeline = &state.pipeline;
+    Plugins::new(
+        pipeline.store.clone(),
+        pipeline.registry.clone(),
+        pipeline.clock.clone(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -122,8 +123,11 @@ pub async fn activate(
     ApiJson(body): ApiJson<ActivateBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
-    let plugin = state.pipeline.registry.activate(&name, &body.version)?;
-    super::segments::rebuild_segments_of(&state, &name).await?;
+    // Segments and scorers of the plugin are rebuilt and re-scored by
+    // durable jobs the activation queued.
+    let plugin = plugins(&state)
+        .activate(&name, &body.version, "operator")
+        .await?;
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
@@ -133,8 +137,7 @@ pub async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
-    let plugin = state.pipeline.registry.rollback(&name)?;
-    super::segments::rebuild_segments_of(&state, &name).await?;
+    let plugin = plugins(&state).rollback(&name, "operator", "").await?;
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
@@ -174,29 +177,34 @@ pub async fn create_binding(
             def.kind
         )));
     }
-    let missing: Vec<&str> = plugin
+    plugin
         .manifest()
-        .config
-        .iter()
-        .filter(|key| key.required && !def.config.contains_key(&key.key))
-        .map(|key| key.key.as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "plugin `{}` needs configuration: {}",
-            def.plugin,
-            missing.join(", ")
-        )));
+        .check_config(def.config.keys().map(String::as_str))
+        .map_err(|why| ApiError::invalid(format!("binding `{}`: {why}", def.name)))?;
+    let runtime = state.pipeline.registry.runtime();
+    Limits::for_world(wanted)
+        .with_overrides(&def.limits)
+        .check_within(runtime.limits())
+        .map_err(|why| ApiError::invalid(format!("binding `{}` limits: {why}", def.name)))?;
+    let now = state.pipeline.clock.now();
+    state.pipeline.store.create_binding(&def, now).await?;
+    // A new segment is built over every contact, a new scorer scores every
+    // existing profile: durable jobs, resumed after a crash, by any node.
+    let task = match def.kind {
+        BindingKind::Segment => Some(SEGMENT_REBUILD),
+        BindingKind::Scorer => Some(RESCORE),
+        BindingKind::Channel => None,
+    };
+    let mut answer = json!(def);
+    if let Some(kind) = task {
+        let id = state
+            .pipeline
+            .store
+            .enqueue_task(kind, &def.name, "binding created", now)
+            .await?;
+        answer["task"] = json!(id);
     }
-    state
-        .pipeline
-        .store
-        .create_binding(&def, state.pipeline.clock.now())
-        .await?;
-    if def.kind == BindingKind::Segment {
-        super::segments::start_rebuild(&state, &def.name);
-    }
-    Ok((StatusCode::CREATED, Json(json!(def))))
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 pub async fn delete_binding(
@@ -210,4 +218,36 @@ pub async fn delete_binding(
     } else {
         Err(ApiError::NotFound(format!("binding {name} does not exist")))
     }
+}
+
+/// The newest plugin tasks (segment rebuilds, re-scores) with progress.
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(
+        json!({ "tasks": state.pipeline.store.recent_tasks(100).await? }),
+    ))
+}
+
+/// One task's progress, from any node.
+pub async fn show_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(json!(state.pipeline.store.task(&id).await?)))
+}
+
+/// Plugin and binding changes from the audit log, oldest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(
+        json!({ "entries": state.pipeline.store.plugin_audit().await? }),
+    ))
 }

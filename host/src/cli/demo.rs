@@ -76,8 +76,10 @@ pub async fn demo(
     })
     .map_err(|e| fail(format!("{e:#}")))?;
     let registry = Arc::new(Registry::new(runtime));
+    // Imported into the database, where every node of the cluster finds them.
+    let cluster = crate::plugins::Plugins::new(store.clone(), registry.clone(), Arc::new(SystemClock));
     let mut dir = crate::runtime::watch::PluginDir::new(&args.plugins_dir);
-    for report in dir.scan(&registry).await {
+    for report in dir.scan(&cluster).await {
         report
             .outcome
             .map_err(|e| fail(format!("{}: {e}", report.path.display())))?;
@@ -130,6 +132,7 @@ pub async fn demo(
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             allow_http: Vec::new(),
+            limits: Default::default(),
         };
         match store.create_binding(&def, now).await {
             Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {}

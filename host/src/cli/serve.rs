@@ -12,12 +12,13 @@ use crate::api::{AppState, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
+use crate::plugins::Plugins;
 use crate::policy::Policy;
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::scoring::StageThresholds;
-use crate::store::{Scope, Store};
+use crate::store::{Dialect, Scope, Store};
 
 /// Where the data lives. Shared by `serve` and `keys`.
 #[derive(Debug, Args)]
@@ -44,6 +45,11 @@ pub struct ServeArgs {
     /// How often the plugins directory is scanned, in milliseconds.
     #[arg(long, env = "NACHFASS_PLUGINS_SCAN_MS", default_value_t = 1000)]
     pub plugins_scan_ms: u64,
+    /// How often this node re-reads the cluster's plugin state, in
+    /// milliseconds. On PostgreSQL changes arrive at once by LISTEN/NOTIFY;
+    /// this is the safety net (and SQLite's only way).
+    #[arg(long, env = "NACHFASS_PLUGINS_RECONCILE_MS", default_value_t = 1000)]
+    pub plugins_reconcile_ms: u64,
     /// Serve the API only; leave journeys and sends to other nodes.
     #[arg(long, env = "NACHFASS_NO_SCHEDULER")]
     pub no_scheduler: bool,
@@ -67,17 +73,30 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
     let registry = Arc::new(Registry::new(runtime));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The database is the truth about plugins: load what it holds, then
+    // import the plugins directory into it, then follow other nodes.
+    let cluster = Arc::new(Plugins::new(store.clone(), registry.clone(), clock.clone()));
+    cluster
+        .reconcile()
+        .await
+        .map_err(|e| fail(format!("cannot load the plugins stored in the database: {e}")))?;
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
             "plugins directory {}: {e}",
             args.plugins_dir.display()
         ))
     })?;
-    let mut plugins = PluginDir::new(&args.plugins_dir);
-    plugins.scan(&registry).await;
-    plugins.spawn(
-        registry.clone(),
+    let mut plugins_dir = PluginDir::new(&args.plugins_dir);
+    plugins_dir.scan(&*cluster).await;
+    plugins_dir.spawn(
+        cluster.clone(),
         Duration::from_millis(args.plugins_scan_ms),
+    );
+    let listen_url = (store.dialect() == Dialect::Postgres).then(|| args.db.database.clone());
+    Plugins::clone(&cluster).spawn_sync(
+        Duration::from_millis(args.plugins_reconcile_ms),
+        listen_url,
     );
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -91,7 +110,6 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             args.db.database
         );
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let pipeline = Pipeline {
         store,
         registry,
@@ -118,6 +136,8 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         journeys,
         Some(args.plugins_dir.clone()),
     ));
+    // The directory watch runs as long as this importer lives.
+    let _importer = cluster;
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

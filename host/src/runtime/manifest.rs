@@ -160,6 +160,55 @@ impl Manifest {
         }
     }
 
+    /// Checks a binding's configuration keys against the ones this plugin
+    /// declares: a key it does not read (a typo) and a required key left out
+    /// are refused, each naming what the plugin knows.
+    pub fn check_config<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+        let known: Vec<&str> = self.config.iter().map(|k| k.key.as_str()).collect();
+        let given: Vec<&str> = keys.into_iter().collect();
+        let unknown: Vec<&str> = given
+            .iter()
+            .copied()
+            .filter(|key| !known.contains(key))
+            .collect();
+        let missing: Vec<&str> = self
+            .config
+            .iter()
+            .filter(|k| k.required && !given.contains(&k.key.as_str()))
+            .map(|k| k.key.as_str())
+            .collect();
+        let mut problems = Vec::new();
+        if !unknown.is_empty() {
+            let known = if known.is_empty() {
+                "it reads no configuration".to_owned()
+            } else {
+                format!("known keys: {}", known.join(", "))
+            };
+            problems.push(format!(
+                "unknown configuration key{} {} for plugin `{}`; {known}",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.name
+            ));
+        }
+        if !missing.is_empty() {
+            problems.push(format!(
+                "plugin `{}` needs configuration: {}",
+                self.name,
+                missing.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     pub fn from_json(json: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest =
             serde_json::from_slice(json).map_err(|e| ManifestError::Invalid(e.to_string()))?;
@@ -327,6 +376,31 @@ mod tests {
         let mut truncated = COMPONENT_HEADER.to_vec();
         truncated.extend_from_slice(&[0, 0x7f, 1, 2]);
         assert!(read_section(&truncated, SECTION_NAME).is_err());
+    }
+
+    #[test]
+    fn binding_configuration_is_checked_against_the_declared_keys() {
+        let mut m = manifest();
+        m.config = vec![
+            ConfigKey {
+                key: "trial_points".into(),
+                description: String::new(),
+                required: false,
+            },
+            ConfigKey {
+                key: "days".into(),
+                description: String::new(),
+                required: true,
+            },
+        ];
+        assert!(m.check_config(["days", "trial_points"]).is_ok());
+        let typo = m.check_config(["days", "trial_point"]).unwrap_err();
+        assert_eq!(
+            typo,
+            "unknown configuration key `trial_point` for plugin `inactive-days`; known keys: trial_points, days"
+        );
+        let missing = m.check_config([]).unwrap_err();
+        assert!(missing.contains("needs configuration: days"), "{missing}");
     }
 
     #[test]

@@ -89,6 +89,9 @@ struct SlotState {
 pub struct Registry {
     runtime: Runtime,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Held while this registry is brought in line with the cluster's
+    /// state, so an older reading never overwrites a newer one.
+    sync: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -96,6 +99,7 @@ impl Registry {
         Registry {
             runtime,
             slots: RwLock::new(BTreeMap::new()),
+            sync: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -196,6 +200,68 @@ impl Registry {
     /// The live version of `name`. Hold the `Arc` for the whole call.
     pub fn live(&self, name: &str) -> Option<Arc<Plugin>> {
         self.slot(name).map(|slot| slot.live.load_full())
+    }
+
+    /// Serialises bringing this registry in line with the cluster's state.
+    pub async fn sync_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sync.lock().await
+    }
+
+    /// An installed version of `name`.
+    pub fn version(&self, name: &str, version: &str) -> Option<Arc<Plugin>> {
+        let slot = self.slot(name)?;
+        let state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let version = semver::Version::parse(version).ok()?;
+        state.versions.get(&version).cloned()
+    }
+
+    /// Whether `name@version` with this content is installed.
+    pub fn has(&self, name: &str, version: &str, hash: &str) -> bool {
+        let Some(slot) = self.slot(name) else {
+            return false;
+        };
+        let state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        semver::Version::parse(version)
+            .ok()
+            .and_then(|v| state.versions.get(&v).map(|p| p.hash() == hash))
+            .unwrap_or(false)
+    }
+
+    /// Sets the live and previous version as the cluster's state says.
+    /// Returns whether the live version changed.
+    pub fn set_live(
+        &self,
+        name: &str,
+        live: &str,
+        previous: Option<&str>,
+    ) -> Result<bool, RegistryError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let find = |version: &str| {
+            semver::Version::parse(version)
+                .ok()
+                .and_then(|v| state.versions.get(&v).cloned())
+        };
+        let wanted = find(live).ok_or_else(|| RegistryError::UnknownVersion {
+            name: name.to_owned(),
+            version: live.to_owned(),
+            installed: state
+                .versions
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let previous = previous.and_then(find);
+        let old = slot.live.swap(wanted.clone());
+        state.previous = previous;
+        let changed = !Arc::ptr_eq(&old, &wanted);
+        if changed {
+            tracing::info!(plugin = %wanted.id(), "plugin version live");
+        }
+        Ok(changed)
     }
 
     /// Makes an installed version live.

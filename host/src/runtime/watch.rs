@@ -1,6 +1,7 @@
 //! The plugins directory: loaded at start, then watched. Dropping a newer
 //! version in makes it live without a restart; a broken file is reported
-//! and whatever is live stays live.
+//! and whatever is live stays live. Where a file goes is the [`Import`]'s
+//! business: a server imports into the database, the cluster's truth.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,27 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::registry::{Activation, Registry};
+
+/// Takes one plugin file in; answers what became of it.
+pub trait Import: Send + Sync + 'static {
+    fn import(&self, path: &Path) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// A registry alone (no database): newer versions go live in this process.
+impl Import for Registry {
+    async fn import(&self, path: &Path) -> Result<String, String> {
+        let installed = self
+            .install_file(path, Activation::IfNewer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = if installed.live {
+            "live"
+        } else {
+            "installed, an equal or newer version is live"
+        };
+        Ok(format!("{} {state}", installed.plugin.id()))
+    }
+}
 
 /// What the directory scan saw of one file, to notice changes cheaply.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,7 +61,7 @@ impl PluginDir {
     }
 
     /// Loads every new or changed `.wasm` file; newer versions go live.
-    pub async fn scan(&mut self, registry: &Registry) -> Vec<ScanReport> {
+    pub async fn scan(&mut self, importer: &impl Import) -> Vec<ScanReport> {
         let mut reports = Vec::new();
         let mut files = match list_wasm(&self.dir) {
             Ok(files) => files,
@@ -66,38 +88,30 @@ impl PluginDir {
                 continue;
             }
             self.seen.insert(path.clone(), print);
-            let outcome = match registry.install_file(&path, Activation::IfNewer).await {
-                Ok(installed) => {
-                    let state = if installed.live {
-                        "live"
-                    } else {
-                        "installed, an equal or newer version is live"
-                    };
-                    tracing::info!(file = %path.display(), plugin = %installed.plugin.id(), state, "plugin file loaded");
-                    Ok(format!("{} {state}", installed.plugin.id()))
-                }
+            let outcome = importer.import(&path).await;
+            match &outcome {
+                Ok(what) => tracing::info!(file = %path.display(), outcome = %what, "plugin file loaded"),
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "plugin file rejected; the live version stays");
-                    Err(e.to_string())
+                    tracing::error!(file = %path.display(), error = %e, "plugin file rejected; the live version stays")
                 }
-            };
+            }
             reports.push(ScanReport { path, outcome });
         }
         reports
     }
 
-    /// Scans now, then every `interval` until the registry is dropped.
-    pub fn spawn(
+    /// Scans now, then every `interval` until the importer is dropped.
+    pub fn spawn<I: Import>(
         mut self,
-        registry: Arc<Registry>,
+        importer: Arc<I>,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(&registry);
-        drop(registry);
+        let weak = Arc::downgrade(&importer);
+        drop(importer);
         tokio::spawn(async move {
-            while let Some(registry) = weak.upgrade() {
-                self.scan(&registry).await;
-                drop(registry);
+            while let Some(importer) = weak.upgrade() {
+                self.scan(&*importer).await;
+                drop(importer);
                 tokio::time::sleep(interval).await;
             }
         })

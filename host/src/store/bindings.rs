@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::ScoreChange;
+use crate::runtime::LimitOverrides;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,12 +37,41 @@ pub struct BindingDef {
     pub kind: BindingKind,
     /// Plugin name; its live version serves the binding.
     pub plugin: String,
-    #[serde(default)]
+    /// What `host.config` answers. Numbers and booleans are accepted and
+    /// kept as their text (`25`, `true`), the form plugins read.
+    #[serde(default, deserialize_with = "config_values")]
     pub config: BTreeMap<String, String>,
     /// Hosts a channel binding may reach over HTTP (`host`, `host:port`,
     /// `*.example.com`); nothing else is reachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_http: Vec<String>,
+    /// Limits of this binding's calls; unset fields keep the world's
+    /// defaults. Checked against the server's maxima when bound.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
+}
+
+/// Configuration values as strings, numbers or booleans; anything else
+/// (objects, lists, null) is refused with the key named.
+fn config_values<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "configuration key `{key}` must be a string, number or boolean, not {other}"
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
 }
 
 /// One recorded score change.
@@ -84,12 +114,15 @@ impl Store {
                 "allow_http entry `{bad}` must be a host, host:port or *.domain"
             )));
         }
-        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        let limits =
+            serde_json::to_string(&def.limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, limits, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(def.name.clone())
             .bind(def.kind.as_str())
             .bind(def.plugin.clone())
             .bind(config)
             .bind(def.allow_http.join(","))
+            .bind(limits)
             .bind(now)
             .execute(&self.pool)
             .await
@@ -298,7 +331,7 @@ pub async fn bindings_in(
     kind: BindingKind,
 ) -> Result<Vec<BindingDef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, plugin, config, allow_http FROM bindings WHERE kind = $1 ORDER BY name",
+        "SELECT name, plugin, config, allow_http, limits FROM bindings WHERE kind = $1 ORDER BY name",
     )
     .bind(kind.as_str())
     .fetch_all(conn)
@@ -307,6 +340,7 @@ pub async fn bindings_in(
         .map(|row| {
             let config: String = row.try_get("config")?;
             let allow_http: String = row.try_get("allow_http")?;
+            let limits: String = row.try_get("limits")?;
             Ok(BindingDef {
                 name: row.try_get("name")?,
                 kind,
@@ -318,6 +352,8 @@ pub async fn bindings_in(
                     .filter(|h| !h.is_empty())
                     .map(str::to_owned)
                     .collect(),
+                limits: serde_json::from_str(&limits)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
             })
         })
         .collect()

@@ -18,6 +18,8 @@ pub struct ClaimedJob {
     /// Including this one.
     pub attempts: i64,
     pub leased_by: String,
+    /// How long a lease lasts; long work extends it by this much.
+    pub lease_ms: i64,
 }
 
 /// How many jobs wait, for the API and metrics.
@@ -118,6 +120,7 @@ impl Store {
                     due_at: row.try_get("due_at")?,
                     attempts: row.try_get("attempts")?,
                     leased_by: worker.to_owned(),
+                    lease_ms,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -36,7 +36,7 @@ pub async fn signing_secret_in(conn: &mut AnyConnection) -> Result<Vec<u8>, Stor
     hex::decode(secret).map_err(|e| StoreError::Invalid(format!("signing secret: {e}")))
 }
 
-fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+pub(super) fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
     let detail: String = row.try_get("detail")?;
     Ok(AuditEntry {
         id: row.try_get("id")?,

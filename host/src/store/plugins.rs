@@ -1,0 +1,325 @@
+//! Plugins as cluster state: every uploaded version (component bytes and
+//! manifest, addressed by SHA-256) and each plugin's live and previous
+//! version. Nodes load from here; every change is announced on PostgreSQL
+//! (`NOTIFY nachfass_plugins`) and found by a periodic reconcile anyway.
+
+use sqlx::Row;
+
+use super::tasks::enqueue_consequences_in;
+use super::tracking::{AuditEntry, audit_from_row, audit_in};
+use super::{Dialect, Store, StoreError};
+use crate::runtime::Manifest;
+
+/// The PostgreSQL channel every plugin change is announced on.
+pub const PLUGINS_CHANNEL: &str = "nachfass_plugins";
+
+/// A stored plugin version, without its bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredVersion {
+    pub sha256: String,
+    pub manifest: Manifest,
+}
+
+/// Which version of a plugin serves its bindings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginState {
+    pub name: String,
+    pub world: String,
+    pub live: String,
+    pub previous: Option<String>,
+}
+
+/// What saving a version did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// A new version.
+    New,
+    /// The same name, version and content was stored already.
+    Unchanged,
+}
+
+impl Store {
+    /// Stores a component with its manifest. The same `name@version` with
+    /// other content, or a version of another world than the plugin's, is
+    /// a conflict; nothing changes then.
+    pub async fn save_plugin_version(
+        &self,
+        sha256: &str,
+        manifest: &Manifest,
+        component: &[u8],
+        now: i64,
+    ) -> Result<Saved, StoreError> {
+        let json =
+            serde_json::to_string(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.write_tx().await?;
+        let existing = sqlx::query(
+            "SELECT sha256, world, version FROM plugin_versions WHERE name = $1",
+        )
+        .bind(manifest.name.clone())
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &existing {
+            let (hash, world, version): (String, String, String) =
+                (row.try_get("sha256")?, row.try_get("world")?, row.try_get("version")?);
+            if world != manifest.world.as_str() {
+                return Err(StoreError::Conflict(format!(
+                    "plugin `{}` is a {world}; a new version cannot change it to a {}. Publish it under a new name",
+                    manifest.name, manifest.world
+                )));
+            }
+            if version == manifest.version {
+                return if hash == sha256 {
+                    Ok(Saved::Unchanged)
+                } else {
+                    Err(StoreError::Conflict(format!(
+                        "{} is already installed with different content; give the new build a new version",
+                        manifest.id()
+                    )))
+                };
+            }
+        }
+        let same_bytes = sqlx::query("SELECT name, version FROM plugin_versions WHERE sha256 = $1")
+            .bind(sha256.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = same_bytes {
+            let (name, version): (String, String) = (row.try_get("name")?, row.try_get("version")?);
+            return Err(StoreError::Conflict(format!(
+                "this component is stored already as {name}@{version}; a new version needs a new build"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO plugin_versions (sha256, name, version, world, manifest, component, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(sha256.to_owned())
+        .bind(manifest.name.clone())
+        .bind(manifest.version.clone())
+        .bind(manifest.world.as_str())
+        .bind(json)
+        .bind(component.to_vec())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit_in(
+            &mut tx,
+            "operator",
+            "plugin.uploaded",
+            None,
+            &serde_json::json!({ "plugin": manifest.name, "version": manifest.version, "sha256": sha256 }),
+            now,
+        )
+        .await?;
+        notify_in(&mut tx, self.dialect).await?;
+        tx.commit().await?;
+        Ok(Saved::New)
+    }
+
+    /// Every stored version, oldest first, without the component bytes.
+    pub async fn plugin_versions(&self) -> Result<Vec<StoredVersion>, StoreError> {
+        let rows =
+            sqlx::query("SELECT sha256, manifest FROM plugin_versions ORDER BY created_at, sha256")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let manifest: String = row.try_get("manifest")?;
+                Ok(StoredVersion {
+                    sha256: row.try_get("sha256")?,
+                    manifest: Manifest::from_json(manifest.as_bytes())
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// The component bytes of a stored version.
+    pub async fn plugin_component(&self, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        let row = sqlx::query("SELECT component FROM plugin_versions WHERE sha256 = $1")
+            .bind(sha256.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("plugin version {sha256}")))?;
+        Ok(row.try_get("component")?)
+    }
+
+    /// Live and previous version of every plugin.
+    pub async fn plugin_states(&self) -> Result<Vec<PluginState>, StoreError> {
+        let rows = sqlx::query("SELECT name, world, live, previous FROM plugins ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PluginState {
+                    name: row.try_get("name")?,
+                    world: row.try_get("world")?,
+                    live: row.try_get("live")?,
+                    previous: row.try_get("previous")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a stored version live; the version live before becomes the
+    /// previous one. `only_if_newer` leaves a newer or equal live version in
+    /// place (how a plugins directory is imported). Returns whether the live
+    /// version changed.
+    pub async fn set_live_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        only_if_newer: bool,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let stored = sqlx::query("SELECT world FROM plugin_versions WHERE name = $1 AND version = $2")
+            .bind(name.to_owned())
+            .bind(version.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(stored) = stored else {
+            let installed: Vec<String> = sqlx::query(
+                "SELECT version FROM plugin_versions WHERE name = $1 ORDER BY created_at",
+            )
+            .bind(name.to_owned())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("version"))
+            .collect::<Result<_, _>>()?;
+            return Err(if installed.is_empty() {
+                StoreError::NotFound(format!("no plugin named `{name}` is installed"))
+            } else {
+                StoreError::NotFound(format!(
+                    "plugin `{name}` has no version {version}; installed: {}",
+                    installed.join(", ")
+                ))
+            });
+        };
+        let world: String = stored.try_get("world")?;
+        let current = sqlx::query("SELECT live FROM plugins WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match current {
+            None => {
+                sqlx::query(
+                    "INSERT INTO plugins (name, world, live, previous, updated_at) VALUES ($1, $2, $3, NULL, $4)",
+                )
+                .bind(name.to_owned())
+                .bind(world)
+                .bind(version.to_owned())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(row) => {
+                let live: String = row.try_get("live")?;
+                let newer = match (semver::Version::parse(version), semver::Version::parse(&live)) {
+                    (Ok(new), Ok(old)) => new > old,
+                    _ => false,
+                };
+                if live == version || (only_if_newer && !newer) {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE plugins SET live = $1, previous = $2, updated_at = $3 WHERE name = $4",
+                )
+                .bind(version.to_owned())
+                .bind(live)
+                .bind(now)
+                .bind(name.to_owned())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        enqueue_consequences_in(&mut tx, name, &format!("{name}@{version} live"), now).await?;
+        audit_in(
+            &mut tx,
+            actor,
+            "plugin.activated",
+            None,
+            &serde_json::json!({ "plugin": name, "version": version }),
+            now,
+        )
+        .await?;
+        notify_in(&mut tx, self.dialect).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The audit log of plugin and binding changes (uploads, activations,
+    /// rollbacks, breaker trips and resumes), oldest first.
+    pub async fn plugin_audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, contact_id, detail FROM audit_log \
+             WHERE action LIKE 'plugin.%' OR action LIKE 'binding.%' ORDER BY at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// Makes the previous version live again (and the live one previous).
+    /// Returns the version now live.
+    pub async fn rollback_plugin(
+        &self,
+        name: &str,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT live, previous FROM plugins WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no plugin named `{name}` is installed")))?;
+        let live: String = row.try_get("live")?;
+        let previous: Option<String> = row.try_get("previous")?;
+        let Some(previous) = previous else {
+            return Err(StoreError::Conflict(format!(
+                "plugin `{name}` has no previous version to roll back to"
+            )));
+        };
+        sqlx::query("UPDATE plugins SET live = $1, previous = $2, updated_at = $3 WHERE name = $4")
+            .bind(previous.clone())
+            .bind(live.clone())
+            .bind(now)
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        enqueue_consequences_in(
+            &mut tx,
+            name,
+            &format!("{name}@{previous} live again (rollback)"),
+            now,
+        )
+        .await?;
+        audit_in(
+            &mut tx,
+            actor,
+            "plugin.rolled_back",
+            None,
+            &serde_json::json!({ "plugin": name, "from": live, "to": previous, "reason": reason }),
+            now,
+        )
+        .await?;
+        notify_in(&mut tx, self.dialect).await?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+}
+
+/// Tells the other nodes (PostgreSQL only) that plugin state changed; the
+/// notice is delivered when the transaction commits, never before.
+async fn notify_in(conn: &mut sqlx::AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
+    if dialect == Dialect::Postgres {
+        // The channel is PLUGINS_CHANNEL; NOTIFY takes no bind parameters.
+        sqlx::query("NOTIFY nachfass_plugins")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
