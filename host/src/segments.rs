@@ -165,10 +165,7 @@ async fn rebuild_batch(
         return Ok(Batch::Done);
     };
     let last = last.id.clone();
-    let mut activity = pipeline
-        .store
-        .activity_range(&first.id, &last, now)
-        .await?;
+    let mut activity = pipeline.store.activity_range(&first.id, &last, now).await?;
     let items: Vec<_> = page
         .into_iter()
         .map(|contact| {

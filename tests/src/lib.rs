@@ -285,5 +285,8 @@ pub async fn database(dialect: &str) -> (String, TempStore) {
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    (format!("{server}/{name}"), TempStore::Postgres { base, name })
+    (
+        format!("{server}/{name}"),
+        TempStore::Postgres { base, name },
+    )
 }

@@ -115,14 +115,7 @@ pub fn http(
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
     let body = body.unwrap_or("");
-    http_bytes(
-        port,
-        method,
-        path,
-        key,
-        "application/json",
-        body.as_bytes(),
-    )
+    http_bytes(port, method, path, key, "application/json", body.as_bytes())
 }
 
 /// One HTTP/1.1 request with a body of any type (a component upload).

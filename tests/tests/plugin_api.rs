@@ -135,9 +135,17 @@ async fn upload_bind_and_swap_while_ingesting_without_a_failed_request() {
             (StatusCode::CREATED, Some("version-tag@1.0.0")),
             "{dialect}"
         );
-        assert!(
-            dir.path().join("version-tag-1.0.0.wasm").exists(),
-            "kept for restarts"
+        let stored = store.plugin_versions().await.unwrap();
+        assert_eq!(
+            stored
+                .iter()
+                .map(|v| (v.manifest.id(), v.sha256.as_str()))
+                .collect::<Vec<_>>(),
+            [(
+                "version-tag@1.0.0".to_owned(),
+                installed["sha256"].as_str().unwrap()
+            )],
+            "{dialect}: kept in the database for every node and for restarts"
         );
         let (status, _) = upload(
             &router,

@@ -12,9 +12,12 @@ use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
 use nachfass::model::Value;
+use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{ContactInput, Scope};
 use nachfass_tests::{DAY, guests, runtime, stores};
@@ -71,7 +74,12 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress() {
             clock: Arc::new(ManualClock::new(DAY)),
             stages: StageThresholds::default(),
         };
-        let router = app(AppState::new(pipeline, None));
+        // The rebuild is a durable job: a scheduler runs it.
+        let journeys = Journeys::new(pipeline, Policy::default());
+        let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(scheduler.run_forever(stopped));
+        let router = app(AppState::with_journeys(journeys, None));
         let binding = json!({ "name": "mittelstand", "kind": "segment", "plugin": "attribute-match",
                               "config": { "attribute": "employees", "op": "gt", "value": "249" } });
         let (status, _) = call(&router, "POST", "/v1/bindings", &admin, Some(binding)).await;
@@ -115,6 +123,8 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress() {
         let member = page["members"][0].as_str().unwrap();
         let timeline = store.timeline(member, 5, None).await.unwrap();
         assert_eq!(timeline[0].kind, "segment.entered", "{dialect}");
+        stop.send(true).unwrap();
+        running.await.unwrap();
         temp.cleanup(store).await;
     }
 }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::runtime::manifest::{Manifest, ManifestError};
 use crate::plugins::{Plugins, PluginsError};
+use crate::runtime::manifest::{Manifest, ManifestError};
 use crate::runtime::registry::RegistryError;
 use crate::runtime::{Limits, LoadError, World};
 use crate::store::tasks::{RESCORE, SEGMENT_REBUILD};
@@ -242,10 +242,7 @@ pub async fn show_task(
 }
 
 /// Plugin and binding changes from the audit log, oldest first.
-pub async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
     Ok(Json(
         json!({ "entries": state.pipeline.store.plugin_audit().await? }),

@@ -77,7 +77,8 @@ pub async fn demo(
     .map_err(|e| fail(format!("{e:#}")))?;
     let registry = Arc::new(Registry::new(runtime));
     // Imported into the database, where every node of the cluster finds them.
-    let cluster = crate::plugins::Plugins::new(store.clone(), registry.clone(), Arc::new(SystemClock));
+    let cluster =
+        crate::plugins::Plugins::new(store.clone(), registry.clone(), Arc::new(SystemClock));
     let mut dir = crate::runtime::watch::PluginDir::new(&args.plugins_dir);
     for report in dir.scan(&cluster).await {
         report

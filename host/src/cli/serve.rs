@@ -77,10 +77,11 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     // The database is the truth about plugins: load what it holds, then
     // import the plugins directory into it, then follow other nodes.
     let cluster = Arc::new(Plugins::new(store.clone(), registry.clone(), clock.clone()));
-    cluster
-        .reconcile()
-        .await
-        .map_err(|e| fail(format!("cannot load the plugins stored in the database: {e}")))?;
+    cluster.reconcile().await.map_err(|e| {
+        fail(format!(
+            "cannot load the plugins stored in the database: {e}"
+        ))
+    })?;
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
             "plugins directory {}: {e}",
@@ -89,15 +90,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     })?;
     let mut plugins_dir = PluginDir::new(&args.plugins_dir);
     plugins_dir.scan(&*cluster).await;
-    plugins_dir.spawn(
-        cluster.clone(),
-        Duration::from_millis(args.plugins_scan_ms),
-    );
+    plugins_dir.spawn(cluster.clone(), Duration::from_millis(args.plugins_scan_ms));
     let listen_url = (store.dialect() == Dialect::Postgres).then(|| args.db.database.clone());
-    Plugins::clone(&cluster).spawn_sync(
-        Duration::from_millis(args.plugins_reconcile_ms),
-        listen_url,
-    );
+    Plugins::clone(&cluster)
+        .spawn_sync(Duration::from_millis(args.plugins_reconcile_ms), listen_url);
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

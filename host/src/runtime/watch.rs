@@ -90,7 +90,9 @@ impl PluginDir {
             self.seen.insert(path.clone(), print);
             let outcome = importer.import(&path).await;
             match &outcome {
-                Ok(what) => tracing::info!(file = %path.display(), outcome = %what, "plugin file loaded"),
+                Ok(what) => {
+                    tracing::info!(file = %path.display(), outcome = %what, "plugin file loaded")
+                }
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "plugin file rejected; the live version stays")
                 }

@@ -52,15 +52,17 @@ impl Store {
         let json =
             serde_json::to_string(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.write_tx().await?;
-        let existing = sqlx::query(
-            "SELECT sha256, world, version FROM plugin_versions WHERE name = $1",
-        )
-        .bind(manifest.name.clone())
-        .fetch_all(&mut *tx)
-        .await?;
+        let existing =
+            sqlx::query("SELECT sha256, world, version FROM plugin_versions WHERE name = $1")
+                .bind(manifest.name.clone())
+                .fetch_all(&mut *tx)
+                .await?;
         for row in &existing {
-            let (hash, world, version): (String, String, String) =
-                (row.try_get("sha256")?, row.try_get("world")?, row.try_get("version")?);
+            let (hash, world, version): (String, String, String) = (
+                row.try_get("sha256")?,
+                row.try_get("world")?,
+                row.try_get("version")?,
+            );
             if world != manifest.world.as_str() {
                 return Err(StoreError::Conflict(format!(
                     "plugin `{}` is a {world}; a new version cannot change it to a {}. Publish it under a new name",
@@ -173,11 +175,12 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        let stored = sqlx::query("SELECT world FROM plugin_versions WHERE name = $1 AND version = $2")
-            .bind(name.to_owned())
-            .bind(version.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let stored =
+            sqlx::query("SELECT world FROM plugin_versions WHERE name = $1 AND version = $2")
+                .bind(name.to_owned())
+                .bind(version.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(stored) = stored else {
             let installed: Vec<String> = sqlx::query(
                 "SELECT version FROM plugin_versions WHERE name = $1 ORDER BY created_at",
@@ -216,7 +219,10 @@ impl Store {
             }
             Some(row) => {
                 let live: String = row.try_get("live")?;
-                let newer = match (semver::Version::parse(version), semver::Version::parse(&live)) {
+                let newer = match (
+                    semver::Version::parse(version),
+                    semver::Version::parse(&live),
+                ) {
                     (Ok(new), Ok(old)) => new > old,
                     _ => false,
                 };
@@ -275,7 +281,9 @@ impl Store {
             .bind(name.to_owned())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no plugin named `{name}` is installed")))?;
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("no plugin named `{name}` is installed"))
+            })?;
         let live: String = row.try_get("live")?;
         let previous: Option<String> = row.try_get("previous")?;
         let Some(previous) = previous else {
@@ -317,9 +325,7 @@ impl Store {
 async fn notify_in(conn: &mut sqlx::AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
     if dialect == Dialect::Postgres {
         // The channel is PLUGINS_CHANNEL; NOTIFY takes no bind parameters.
-        sqlx::query("NOTIFY nachfass_plugins")
-            .execute(conn)
-            .await?;
+        sqlx::query("NOTIFY nachfass_plugins").execute(conn).await?;
     }
     Ok(())
 }

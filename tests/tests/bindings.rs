@@ -1,0 +1,354 @@
+//! Bindings over HTTP, one test per dialect: configuration checked against
+//! the plugin's manifest, limits within the server's maxima, and a new
+//! scorer re-scoring every existing contact as a durable task that resumes
+//! from its cursor after a crash.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nachfass::api::{AppState, app};
+use nachfass::clock::{Clock, ManualClock};
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::model::Value as Attr;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::{ContactInput, Scope, Store};
+use nachfass_tests::{DAY, TempStore, database, guests, runtime};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Setup {
+    router: axum::Router,
+    store: Store,
+    admin: String,
+    clock: Arc<ManualClock>,
+    journeys: Arc<Journeys>,
+    temp: TempStore,
+}
+
+async fn setup(dialect: &str) -> Setup {
+    let (url, temp) = database(dialect).await;
+    let store = Store::connect(&url).await.unwrap();
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(10 * DAY));
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(Registry::new(runtime())),
+        clock: clock.clone(),
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let router = app(AppState::with_journeys(journeys.clone(), None));
+    Setup {
+        router,
+        store,
+        admin,
+        clock,
+        journeys,
+        temp,
+    }
+}
+
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Body,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn upload(s: &Setup, guest: nachfass_tests::Guest) {
+    let bytes = std::fs::read(guest.packed()).unwrap();
+    let (status, answer) = call(
+        &s.router,
+        "POST",
+        "/v1/plugins",
+        &s.admin,
+        Body::from(bytes),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+async fn bind(s: &Setup, binding: Value) -> (StatusCode, Value) {
+    call(
+        &s.router,
+        "POST",
+        "/v1/bindings",
+        &s.admin,
+        Body::from(binding.to_string()),
+    )
+    .await
+}
+
+fn message(answer: &Value) -> &str {
+    answer["error"]["message"].as_str().unwrap_or_default()
+}
+
+async fn configuration_is_checked_against_the_manifest(dialect: &str) {
+    let s = setup(dialect).await;
+    upload(&s, guests::ENGAGEMENT).await;
+    upload(&s, guests::ATTRIBUTE_MATCH).await;
+
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement", "config": { "pricing_point": 15 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(
+        message(&refused),
+        "binding `eng`: unknown configuration key `pricing_point` for plugin `engagement`; known keys: points, pricing_points, pricing_path, max_per_day",
+        "{dialect}"
+    );
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement", "config": { "points": { "a": 1 } } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        message(&refused).contains("`points` must be a string, number or boolean"),
+        "{refused}"
+    );
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement", "limits": { "fuel": 1u64 << 60 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        message(&refused).contains("fuel 1152921504606846976 is over the server's maximum"),
+        "{refused}"
+    );
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement", "limits": { "cpu_time": 5 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let (status, listed) = call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+    assert_eq!(
+        (status, listed["bindings"].as_array().unwrap().len()),
+        (StatusCode::OK, 0),
+        "refusals change nothing"
+    );
+
+    // Numbers and booleans are taken, as the text plugins read.
+    let (status, bound) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement",
+                "config": { "pricing_points": 15 }, "limits": { "fuel": 20_000_000 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bound}");
+    let (status, bound) = bind(
+        &s,
+        json!({ "name": "trial", "kind": "segment", "plugin": "attribute-match",
+                "config": { "attribute": "trial", "op": "eq", "value": true } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bound}");
+    let (_, listed) = call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+    let by_name = |name: &str| {
+        listed["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_name("eng")["config"]["pricing_points"],
+        "15",
+        "{dialect}"
+    );
+    assert_eq!(by_name("eng")["limits"]["fuel"], 20_000_000, "{dialect}");
+    assert_eq!(by_name("trial")["config"]["value"], "true", "{dialect}");
+
+    // The stored configuration reaches the plugin: a pricing visit scores 15.
+    let (status, ingested) = call(
+        &s.router,
+        "POST",
+        "/v1/events",
+        &s.admin,
+        Body::from(json!({ "kind": "page.visited", "email": "p@example.org", "properties": { "url": "/pricing" } }).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ingested}");
+    let contact = s
+        .store
+        .contact(ingested["event"]["contact_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(contact.score, 15, "{dialect}");
+    s.temp.cleanup(s.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_is_checked_against_the_manifest_sqlite() {
+    configuration_is_checked_against_the_manifest("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_is_checked_against_the_manifest_postgres() {
+    configuration_is_checked_against_the_manifest("postgres").await;
+}
+
+/// A new scorer binding scores every existing profile, as a durable task.
+/// A node that dies half-way leaves its cursor; after its lease runs out
+/// another node resumes there instead of starting over.
+async fn a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash(dialect: &str) {
+    let s = setup(dialect).await;
+    let count = 30;
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let input = ContactInput {
+            email: Some(format!("fit{i}@firma.example")),
+            attributes: [
+                ("industry".to_owned(), Attr::Text("software".into())),
+                ("employees".to_owned(), Attr::Integer(120)),
+            ]
+            .into(),
+            ..ContactInput::default()
+        };
+        ids.push(s.store.upsert_contact(&input, 0).await.unwrap().contact.id);
+    }
+    ids.sort();
+    upload(&s, guests::B2B_FIT).await;
+    let (status, bound) = bind(
+        &s,
+        json!({ "name": "fit", "kind": "scorer", "plugin": "b2b-fit" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bound}");
+    let task = bound["task"].as_str().unwrap().to_owned();
+
+    // A node claims the task's job, gets through the first ten contacts'
+    // page (recorded as done) and dies.
+    let now = s.clock.now();
+    let claimed = s
+        .store
+        .claim_jobs("doomed-node", now, 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{dialect}: {claimed:?}");
+    let held = s
+        .store
+        .task_batch_done(&claimed[0], &task, &ids[9], 10, 0, 0, now)
+        .await
+        .unwrap();
+    assert!(held);
+    let (_, progress) = call(
+        &s.router,
+        "GET",
+        &format!("/v1/plugin-tasks/{task}"),
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (progress["evaluated"].as_i64(), progress["done"].as_bool()),
+        (Some(10), Some(false)),
+        "{progress}"
+    );
+
+    // Its lease runs out; another node's scheduler takes over.
+    s.clock.advance(61_000);
+    let scheduler = Scheduler::new(s.journeys.clone(), SchedulerConfig::default());
+    scheduler.run_until_idle().await.unwrap();
+
+    let (status, progress) = call(
+        &s.router,
+        "GET",
+        &format!("/v1/plugin-tasks/{task}"),
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            progress["done"].as_bool(),
+            progress["evaluated"].as_i64(),
+            progress["entered"].as_i64(),
+            progress["total"].as_i64(),
+            progress["error"].clone()
+        ),
+        (
+            Some(true),
+            Some(count),
+            Some(count - 10),
+            Some(count),
+            Value::Null
+        ),
+        "{dialect}: {progress}"
+    );
+    let mut scores = Vec::new();
+    for id in &ids {
+        scores.push(s.store.contact(id).await.unwrap().score);
+    }
+    // The first ten were "done" by the dead node (which never scored
+    // them): resumed from the cursor, not started over.
+    assert!(
+        scores[..10].iter().all(|&p| p == 0),
+        "{dialect}: {scores:?}"
+    );
+    assert!(scores[10].is_positive(), "{dialect}: {scores:?}");
+    assert!(
+        scores[10..].iter().all(|&p| p == scores[10]),
+        "{dialect}: {scores:?}"
+    );
+    let history = s.store.score_history(&ids[20]).await.unwrap();
+    assert_eq!(history.len(), 1, "scored once: {history:?}");
+    assert_eq!(history[0].binding, "fit");
+
+    // The task is listed for every node to see.
+    let (_, tasks) = call(
+        &s.router,
+        "GET",
+        "/v1/plugin-tasks",
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(tasks["tasks"][0]["id"], task.as_str(), "{tasks}");
+    assert_eq!(tasks["tasks"][0]["kind"], "rescore");
+    s.temp.cleanup(s.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash_sqlite() {
+    a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash_postgres() {
+    a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash("postgres").await;
+}

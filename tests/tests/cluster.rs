@@ -1,0 +1,273 @@
+//! Plugins as cluster state, with real `nachfass serve` processes: a
+//! version uploaded, activated or rolled back at one node serves the next
+//! call at every node, and survives restarts; the plugins directory only
+//! imports into the database.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nachfass::runtime::manifest::embed;
+use nachfass_tests::server::{Server, create_admin_key, free_port, http, http_bytes};
+use nachfass_tests::{database, guests};
+use serde_json::{Value, json};
+
+/// version-tag built as 1.0.0 or 2.0.0, packed under one name.
+fn tag(version: u8) -> Vec<u8> {
+    let guest = if version == 1 {
+        guests::VERSION_TAG
+    } else {
+        guests::VERSION_TAG_NEXT
+    };
+    let mut manifest = guest.manifest();
+    manifest.name = "version-tag".into();
+    embed(&guest.bytes(), &manifest).unwrap()
+}
+
+fn upload(port: u16, key: &str, bytes: &[u8]) -> (u16, Value) {
+    http_bytes(
+        port,
+        "POST",
+        "/v1/plugins",
+        Some(key),
+        "application/wasm",
+        bytes,
+    )
+}
+
+fn post(port: u16, key: &str, path: &str, body: Value) -> (u16, Value) {
+    http(port, "POST", path, Some(key), Some(&body.to_string()))
+}
+
+/// `version-tag`'s live version as `port` lists it.
+fn live_on(port: u16, key: &str) -> Option<String> {
+    let (status, listed) = http(port, "GET", "/v1/plugins", Some(key), None);
+    assert_eq!(status, 200, "{listed}");
+    listed["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "version-tag")
+        .and_then(|p| p["live"].as_str().map(str::to_owned))
+}
+
+/// Ingests a touchpoint at `port` and returns the version of `version-tag`
+/// that scored it (the fixture answers with its own version).
+fn scored_by(port: u16, key: &str) -> String {
+    let (status, ingested) = post(
+        port,
+        key,
+        "/v1/events",
+        json!({ "kind": "page.visited", "email": "cluster@example.org" }),
+    );
+    assert_eq!(status, 201, "{ingested}");
+    let event = ingested["event"]["id"].as_str().unwrap();
+    let contact = ingested["event"]["contact_id"].as_str().unwrap();
+    let (status, scores) = http(
+        port,
+        "GET",
+        &format!("/v1/contacts/{contact}/scores"),
+        Some(key),
+        None,
+    );
+    assert_eq!(status, 200, "{scores}");
+    scores["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["event_id"] == event)
+        .map(|h| h["reasons"][0].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| "not scored".into())
+}
+
+/// Waits (up to a minute: a loaded debug build is slow, not wrong) until
+/// `check` holds, and returns how long that took.
+#[track_caller]
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "gave up waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+fn start(database: &str, dir: &Path, port: u16) -> Server {
+    // The periodic reconcile stays slow here, so on PostgreSQL what is
+    // measured is the LISTEN/NOTIFY path.
+    Server::start(
+        database,
+        dir,
+        port,
+        &["--plugins-scan-ms", "200", "--plugins-reconcile-ms", "5000"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_uploads_activations_and_rollbacks_postgres() {
+    let (url, temp) = database("postgres").await;
+    let key = create_admin_key(&url);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start(&url, dir_a.path(), port_a);
+    let b = start(&url, dir_b.path(), port_b);
+
+    let (status, uploaded) = upload(port_a, &key, &tag(1));
+    assert_eq!(status, 201, "{uploaded}");
+    wait_for("B lists the plugin uploaded at A", || {
+        live_on(port_b, &key).as_deref() == Some("1.0.0")
+    });
+    let (status, bound) = post(
+        port_a,
+        &key,
+        "/v1/bindings",
+        json!({ "name": "tag", "kind": "scorer", "plugin": "version-tag" }),
+    );
+    assert_eq!(status, 201, "{bound}");
+    assert_eq!(scored_by(port_b, &key), "1.0.0", "B scores with A's upload");
+
+    let (status, _) = upload(port_a, &key, &tag(2));
+    assert_eq!(status, 201);
+    wait_for("B scores with 2.0.0", || scored_by(port_b, &key) == "2.0.0");
+    let (status, rolled) = post(
+        port_a,
+        &key,
+        "/v1/plugins/version-tag/rollback",
+        json!(null),
+    );
+    assert_eq!(
+        (status, rolled["live"].as_str()),
+        (200, Some("version-tag@1.0.0"))
+    );
+    wait_for("B follows the rollback", || {
+        scored_by(port_b, &key) == "1.0.0"
+    });
+
+    // From an activation at A to the first call at B with that version.
+    let mut delays = Vec::new();
+    for round in 0..20 {
+        let version = if round % 2 == 0 { "2.0.0" } else { "1.0.0" };
+        let (status, _) = post(
+            port_a,
+            &key,
+            "/v1/plugins/version-tag/activate",
+            json!({ "version": version }),
+        );
+        assert_eq!(status, 200);
+        delays.push(wait_for("B calls the activated version", || {
+            scored_by(port_b, &key) == version
+        }));
+    }
+    delays.sort();
+    eprintln!(
+        "activation at A -> first call at B: p50 {:?}, p99 {:?}, max {:?} over {} rounds",
+        delays[delays.len() / 2],
+        delays[(delays.len() * 99 / 100).min(delays.len() - 1)],
+        delays[delays.len() - 1],
+        delays.len()
+    );
+
+    // Live is 1.0.0 after an even number of rounds; make 2.0.0 live, roll
+    // back, and tempt the restart with the newer file in A's directory.
+    post(
+        port_a,
+        &key,
+        "/v1/plugins/version-tag/activate",
+        json!({ "version": "2.0.0" }),
+    );
+    let (status, _) = post(
+        port_a,
+        &key,
+        "/v1/plugins/version-tag/rollback",
+        json!(null),
+    );
+    assert_eq!(status, 200);
+    std::fs::create_dir_all(dir_a.path().join("plugins.d")).unwrap();
+    std::fs::write(
+        dir_a.path().join("plugins.d/version-tag-2.0.0.wasm"),
+        tag(2),
+    )
+    .unwrap();
+    a.kill();
+    b.kill();
+    let a = start(&url, dir_a.path(), port_a);
+    let b = start(&url, dir_b.path(), port_b);
+    for port in [port_a, port_b] {
+        assert_eq!(
+            live_on(port, &key).as_deref(),
+            Some("1.0.0"),
+            "after restart"
+        );
+        assert_eq!(scored_by(port, &key), "1.0.0", "after restart");
+    }
+    let (_, listed) = http(port_b, "GET", "/v1/plugins", Some(&key), None);
+    assert_eq!(listed["plugins"][0]["previous"], "2.0.0", "{listed}");
+    drop((a, b));
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let audit = store.plugin_audit().await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "plugin.rolled_back"),
+        "{audit:?}"
+    );
+    temp.cleanup(store).await;
+}
+
+/// One node: the plugins directory imports into the database; a rollback
+/// survives a restart although the newer file is still in the directory.
+async fn directory_imports_and_rollback_survives_restart(dialect: &str) {
+    let (url, temp) = database(dialect).await;
+    let key = create_admin_key(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("version-tag-1.0.0.wasm"), tag(1)).unwrap();
+    std::fs::write(plugins.join("version-tag-2.0.0.wasm"), tag(2)).unwrap();
+    let port = free_port();
+    let server = start(&url, dir.path(), port);
+    assert_eq!(live_on(port, &key).as_deref(), Some("2.0.0"), "{dialect}");
+    let (status, _) = post(
+        port,
+        &key,
+        "/v1/bindings",
+        json!({ "name": "tag", "kind": "scorer", "plugin": "version-tag" }),
+    );
+    assert_eq!(status, 201);
+    assert_eq!(scored_by(port, &key), "2.0.0");
+    let (status, _) = post(port, &key, "/v1/plugins/version-tag/rollback", json!(null));
+    assert_eq!(status, 200);
+    assert_eq!(scored_by(port, &key), "1.0.0");
+    server.kill();
+
+    let server = start(&url, dir.path(), port);
+    assert_eq!(live_on(port, &key).as_deref(), Some("1.0.0"), "{dialect}");
+    assert_eq!(scored_by(port, &key), "1.0.0", "{dialect}");
+    drop(server);
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let mut stored: Vec<String> = store
+        .plugin_versions()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.manifest.id())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        ["version-tag@1.0.0", "version-tag@2.0.0"],
+        "{dialect}"
+    );
+    temp.cleanup(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_imports_and_rollback_survives_restart_sqlite() {
+    directory_imports_and_rollback_survives_restart("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_imports_and_rollback_survives_restart_postgres() {
+    directory_imports_and_rollback_survives_restart("postgres").await;
+}
