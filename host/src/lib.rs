@@ -2,6 +2,7 @@
 
 pub mod ab;
 pub mod api;
+pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod consent;

@@ -2,6 +2,7 @@
 //! registry of plugin versions with hot swap.
 
 pub mod bindings;
+pub mod breaker;
 pub mod cache;
 mod convert;
 pub mod error;

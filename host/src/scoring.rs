@@ -78,15 +78,20 @@ pub(crate) async fn score_event(
     let mut contact = pipeline.store.contact(&event.contact_id).await?;
     contact.segments = pipeline.store.memberships(&contact.id).await?;
     for def in bindings {
+        // Paused by the circuit breaker: no contribution until resumed.
+        if def.paused.is_some() {
+            continue;
+        }
         let Some(plugin) = pipeline.registry.live(&def.plugin) else {
             tracing::warn!(binding = %def.name, plugin = %def.plugin, "scorer plugin not installed; skipped");
             continue;
         };
         let binding = runtime_binding(&def, World::Scorer);
-        match plugin
+        let answer = plugin
             .on_event(&binding, now, &contact, event, activity)
-            .await
-        {
+            .await;
+        crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
+        match answer {
             Ok(Ok(change)) if change.delta != 0 => {
                 contact.score = pipeline
                     .store
@@ -122,6 +127,9 @@ pub(crate) async fn score_profile(
         let Some(plugin) = pipeline.registry.live(&def.plugin) else {
             continue;
         };
+        if def.paused.is_some() {
+            continue;
+        }
         let binding = runtime_binding(&def, World::Scorer);
         profile_score(pipeline, &plugin, &binding, &mut contact, now).await?;
     }
@@ -138,7 +146,9 @@ async fn profile_score(
     now: i64,
 ) -> Result<bool, StoreError> {
     let name = binding.name.as_str();
-    let change = match plugin.on_profile(binding, now, contact).await {
+    let answer = plugin.on_profile(binding, now, contact).await;
+    crate::breaker::observe(pipeline, name, plugin, !matches!(answer, Ok(Ok(_)))).await;
+    let change = match answer {
         Ok(Ok(change)) => change,
         Ok(Err(declined)) => {
             tracing::warn!(binding = %name, error = %declined, "scorer declined the profile");
@@ -198,6 +208,11 @@ pub async fn run_rescore_task(
         store.finish_task(job, task_id, Some(&why), now).await?;
         return Ok(());
     };
+    if let Some(paused) = &def.paused {
+        let why = format!("binding {} is paused: {paused}", def.name);
+        store.finish_task(job, task_id, Some(&why), now).await?;
+        return Ok(());
+    }
     // Not loaded on this node yet: the job is retried, by any node.
     let plugin = pipeline
         .registry

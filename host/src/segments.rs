@@ -23,12 +23,18 @@ pub(crate) async fn evaluate_contact(
     let mut contact = pipeline.store.contact(contact_id).await?;
     contact.segments = pipeline.store.memberships(contact_id).await?;
     for def in bindings {
+        // Paused by the circuit breaker: memberships stay as they are.
+        if def.paused.is_some() {
+            continue;
+        }
         let Some(plugin) = pipeline.registry.live(&def.plugin) else {
             tracing::warn!(segment = %def.name, plugin = %def.plugin, "segment plugin not installed; skipped");
             continue;
         };
         let binding = runtime_binding(&def, World::SegmentRule);
-        let member = match plugin.matches(&binding, now, &contact, activity).await {
+        let answer = plugin.matches(&binding, now, &contact, activity).await;
+        crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
+        let member = match answer {
             Ok(Ok(member)) => member,
             // Keep the membership as it is when the rule cannot decide.
             Ok(Err(declined)) => {
@@ -218,6 +224,11 @@ pub async fn run_rebuild_task(
         // Not loaded on this node yet: retried, by any node.
         Err(e) => return Err(e),
     };
+    if let Some(paused) = &def.paused {
+        let why = format!("segment {} is paused: {paused}", def.name);
+        store.finish_task(job, task_id, Some(&why), now).await?;
+        return Ok(());
+    }
     let binding = runtime_binding(&def, World::SegmentRule);
     store
         .set_task_total(task_id, store.count_contacts().await?, now)

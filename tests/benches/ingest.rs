@@ -52,6 +52,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         config: Default::default(),
         allow_http: Vec::new(),
         limits: Default::default(),
+        paused: None,
     };
     store.create_binding(&scorer, 0).await.unwrap();
     for i in 0..10 {
@@ -67,6 +68,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&def, 0).await.unwrap();
     }
@@ -149,6 +151,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             .collect(),
         allow_http: Vec::new(),
         limits: Default::default(),
+        paused: None,
     };
     store.create_binding(&def, 0).await.unwrap();
     let started = Instant::now();

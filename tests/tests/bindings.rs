@@ -352,3 +352,132 @@ async fn a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash_sqlit
 async fn a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash_postgres() {
     a_new_scorer_rescores_existing_contacts_and_resumes_after_a_crash("postgres").await;
 }
+
+/// A version that starts trapping, with no version to roll back to: the
+/// breaker pauses the binding (no more score from it, the touchpoints are
+/// still stored), writes the audit log and a metric; an operator resumes.
+async fn the_breaker_pauses_a_binding_without_a_previous_version(dialect: &str) {
+    let s = setup(dialect).await;
+    upload(&s, guests::FLAKY_SCORER).await;
+    let (status, bound) = bind(
+        &s,
+        json!({ "name": "flaky", "kind": "scorer", "plugin": "flaky-scorer" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bound}");
+    let mut statuses = Vec::new();
+    for seq in 1..=30 {
+        let event = json!({ "kind": "page.visited", "email": "f@example.org", "properties": { "seq": seq } });
+        statuses.push(
+            call(
+                &s.router,
+                "POST",
+                "/v1/events",
+                &s.admin,
+                Body::from(event.to_string()),
+            )
+            .await
+            .0,
+        );
+    }
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "no touchpoint lost: {statuses:?}"
+    );
+    let (_, listed) = call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+    let paused = listed["bindings"][0]["paused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        paused.contains("10 of 20 calls of flaky-scorer@2.0.0"),
+        "{dialect}: {listed}"
+    );
+    let contact = s
+        .store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("f@example.org".into()),
+                ..ContactInput::default()
+            },
+            0,
+        )
+        .await
+        .unwrap()
+        .contact;
+    assert_eq!(
+        contact.score, 10,
+        "{dialect}: ten healthy calls scored, nothing after the pause"
+    );
+
+    let (_, audit) = call(
+        &s.router,
+        "GET",
+        "/v1/plugin-audit",
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"plugin.breaker_tripped") && actions.contains(&"binding.paused"),
+        "{dialect}: {actions:?}"
+    );
+    let (_, metrics) = {
+        let request = Request::builder()
+            .uri("/metrics")
+            .header("authorization", format!("Bearer {}", s.admin))
+            .body(Body::empty())
+            .unwrap();
+        let response = s.router.clone().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        ((), String::from_utf8_lossy(&bytes).into_owned())
+    };
+    assert!(
+        metrics.contains("nachfass_plugin_breaker_trips_total{binding=\"flaky\",plugin=\"flaky-scorer\",version=\"2.0.0\"}"),
+        "{metrics}"
+    );
+
+    // Resumed, healthy events score again.
+    let (status, resumed) = call(
+        &s.router,
+        "POST",
+        "/v1/bindings/flaky/resume",
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, resumed["resumed"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{resumed}"
+    );
+    let event =
+        json!({ "kind": "page.visited", "email": "f@example.org", "properties": { "seq": 1 } });
+    call(
+        &s.router,
+        "POST",
+        "/v1/events",
+        &s.admin,
+        Body::from(event.to_string()),
+    )
+    .await;
+    let contact = s.store.contact(&contact.id).await.unwrap();
+    assert_eq!(contact.score, 11, "{dialect}");
+    s.temp.cleanup(s.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_pauses_a_binding_without_a_previous_version_sqlite() {
+    the_breaker_pauses_a_binding_without_a_previous_version("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_pauses_a_binding_without_a_previous_version_postgres() {
+    the_breaker_pauses_a_binding_without_a_previous_version("postgres").await;
+}

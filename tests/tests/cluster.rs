@@ -271,3 +271,84 @@ async fn directory_imports_and_rollback_survives_restart_sqlite() {
 async fn directory_imports_and_rollback_survives_restart_postgres() {
     directory_imports_and_rollback_survives_restart("postgres").await;
 }
+
+/// A version that starts trapping trips the breaker at A; the cluster rolls
+/// back to the previous version, so B serves it too; all in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_rolls_back_on_every_node_postgres() {
+    let (url, temp) = database("postgres").await;
+    let key = create_admin_key(&url);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = start(&url, dir_a.path(), port_a);
+    let _b = start(&url, dir_b.path(), port_b);
+
+    // 1.0.0 is healthy (version-tag under the fixture's name), 2.0.0 traps
+    // from the eleventh event on.
+    let mut healthy = guests::VERSION_TAG.manifest();
+    healthy.name = "flaky-scorer".into();
+    let healthy = embed(&guests::VERSION_TAG.bytes(), &healthy).unwrap();
+    assert_eq!(upload(port_a, &key, &healthy).0, 201);
+    let flaky = std::fs::read(guests::FLAKY_SCORER.packed()).unwrap();
+    assert_eq!(upload(port_a, &key, &flaky).0, 201);
+    let (status, bound) = post(
+        port_a,
+        &key,
+        "/v1/bindings",
+        json!({ "name": "flaky", "kind": "scorer", "plugin": "flaky-scorer" }),
+    );
+    assert_eq!(status, 201, "{bound}");
+    let live = |port: u16| {
+        let (_, listed) = http(port, "GET", "/v1/plugins", Some(&key), None);
+        listed["plugins"][0]["live"].as_str().map(str::to_owned)
+    };
+    wait_for("B has 2.0.0 live", || {
+        live(port_b).as_deref() == Some("2.0.0")
+    });
+
+    for seq in 1..=40 {
+        let (status, _) = post(
+            port_a,
+            &key,
+            "/v1/events",
+            json!({ "kind": "page.visited", "email": "flaky@example.org", "properties": { "seq": seq } }),
+        );
+        assert_eq!(status, 201, "a failing scorer never loses the touchpoint");
+    }
+    assert_eq!(live(port_a).as_deref(), Some("1.0.0"), "A rolled back");
+    wait_for("B follows the breaker's rollback", || {
+        live(port_b).as_deref() == Some("1.0.0")
+    });
+    let (status, ingested) = post(
+        port_b,
+        &key,
+        "/v1/events",
+        json!({ "kind": "page.visited", "email": "flaky@example.org", "properties": { "seq": 99 } }),
+    );
+    assert_eq!(status, 201);
+    let contact = ingested["event"]["contact_id"].as_str().unwrap();
+    let (_, scores) = http(
+        port_b,
+        "GET",
+        &format!("/v1/contacts/{contact}/scores"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(scores["history"][0]["reasons"][0], "1.0.0", "{scores}");
+
+    let (_, audit) = http(port_b, "GET", "/v1/plugin-audit", Some(&key), None);
+    let by_breaker: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "breaker")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        by_breaker,
+        ["plugin.breaker_tripped", "plugin.rolled_back"],
+        "{audit}"
+    );
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    temp.cleanup(store).await;
+}

@@ -157,6 +157,7 @@ impl World {
             .collect(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&binding, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());

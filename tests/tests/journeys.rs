@@ -74,6 +74,7 @@ impl World {
             .into(),
             allow_http: vec![sink.addr.to_string()],
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&hook, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());
@@ -1023,6 +1024,7 @@ impl World {
                 .collect(),
             allow_http: vec![self.sink.addr.to_string()],
             limits: Default::default(),
+            paused: None,
         };
         self.store.create_binding(&def, 0).await.unwrap();
     }
@@ -1104,6 +1106,7 @@ async fn a_retargeting_audience_follows_its_segment() {
                 .collect(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         w.store.create_binding(&segment, 0).await.unwrap();
         for (name, trigger, op) in [

@@ -53,6 +53,7 @@ async fn touchpoints_move_score_stage_and_segments() {
             config: Default::default(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&scorer, 0).await.unwrap();
         let engaged = BindingDef {
@@ -65,6 +66,7 @@ async fn touchpoints_move_score_stage_and_segments() {
                 .collect(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&engaged, 0).await.unwrap();
 
@@ -179,6 +181,7 @@ async fn a_failing_scorer_never_loses_the_touchpoint() {
             config: Default::default(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&def, 0).await.unwrap();
         let ingested = pipeline
@@ -233,6 +236,7 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up() {
             config: Default::default(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&def, 0).await.unwrap();
         let profile = |attrs: &[(&str, Value)]| nachfass::store::ContactInput {

@@ -23,6 +23,9 @@ CREATE TABLE plugins (
 -- Limits per binding: JSON of the fields a binding overrides (fuel,
 -- wall_time_ms, memory_bytes, max_output_bytes).
 ALTER TABLE bindings ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+-- Why the circuit breaker paused a binding (NULL: active); an operator
+-- resumes it.
+ALTER TABLE bindings ADD COLUMN paused TEXT;
 
 -- Long work a plugin change causes (a segment rebuild, a re-score of every
 -- contact), run as a durable job that resumes from `cursor` after a crash;

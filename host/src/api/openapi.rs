@@ -106,6 +106,13 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "post",
+        path: "/v1/bindings/{name}/resume",
+        scope: "admin",
+        summary: "Resume a binding the circuit breaker paused",
+        body: None,
+    },
+    Operation {
         method: "get",
         path: "/v1/plugin-tasks",
         scope: "read",

@@ -248,3 +248,18 @@ pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json
         json!({ "entries": state.pipeline.store.plugin_audit().await? }),
     ))
 }
+
+/// An operator resumes a binding the circuit breaker paused.
+pub async fn resume_binding(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let store = &state.pipeline.store;
+    let was_paused = store
+        .resume_binding(&name, state.pipeline.clock.now())
+        .await?;
+    state.pipeline.registry.breakers().reset(&name);
+    Ok(Json(json!({ "binding": name, "resumed": was_paused })))
+}

@@ -134,6 +134,7 @@ pub async fn demo(
                 .collect(),
             allow_http: Vec::new(),
             limits: Default::default(),
+            paused: None,
         };
         match store.create_binding(&def, now).await {
             Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {}

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::Runtime;
+use super::breaker::Breakers;
 use super::error::LoadError;
 use super::manifest::{Manifest, World};
 use super::plugin::Plugin;
@@ -92,6 +93,7 @@ pub struct Registry {
     /// Held while this registry is brought in line with the cluster's
     /// state, so an older reading never overwrites a newer one.
     sync: tokio::sync::Mutex<()>,
+    breakers: Breakers,
 }
 
 impl Registry {
@@ -100,6 +102,7 @@ impl Registry {
             runtime,
             slots: RwLock::new(BTreeMap::new()),
             sync: tokio::sync::Mutex::new(()),
+            breakers: Breakers::default(),
         }
     }
 
@@ -200,6 +203,11 @@ impl Registry {
     /// The live version of `name`. Hold the `Arc` for the whole call.
     pub fn live(&self, name: &str) -> Option<Arc<Plugin>> {
         self.slot(name).map(|slot| slot.live.load_full())
+    }
+
+    /// This node's circuit breakers, per binding and plugin version.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     /// Serialises bringing this registry in line with the cluster's state.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::tracking::audit_in;
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::ScoreChange;
 use crate::runtime::LimitOverrides;
@@ -49,6 +50,11 @@ pub struct BindingDef {
     /// defaults. Checked against the server's maxima when bound.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// Set (to the reason) when the circuit breaker paused the binding: it
+    /// then contributes no score and changes no membership until an
+    /// operator resumes it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// Configuration values as strings, numbers or booleans; anything else
@@ -287,6 +293,68 @@ impl Store {
 }
 
 impl Store {
+    /// Pauses a binding (the circuit breaker found no version to roll back
+    /// to). Returns whether it was active until now.
+    pub async fn pause_binding(
+        &self,
+        name: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let done =
+            sqlx::query("UPDATE bindings SET paused = $1 WHERE name = $2 AND paused IS NULL")
+                .bind(reason.to_owned())
+                .bind(name.to_owned())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if done == 1 {
+            audit_in(
+                &mut tx,
+                "breaker",
+                "binding.paused",
+                None,
+                &serde_json::json!({ "binding": name, "reason": reason }),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done == 1)
+    }
+
+    /// An operator resumes a paused binding. Returns whether it was paused.
+    pub async fn resume_binding(&self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let exists = sqlx::query("SELECT paused FROM bindings WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("binding {name}")))?;
+        let paused: Option<String> = exists.try_get("paused")?;
+        if paused.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE bindings SET paused = NULL WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        audit_in(
+            &mut tx,
+            "operator",
+            "binding.resumed",
+            None,
+            &serde_json::json!({ "binding": name, "was": paused }),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+impl Store {
     /// The profile contribution `binding` last gave `contact_id`.
     pub async fn profile_points(&self, contact_id: &str, binding: &str) -> Result<i64, StoreError> {
         let row =
@@ -331,7 +399,7 @@ pub async fn bindings_in(
     kind: BindingKind,
 ) -> Result<Vec<BindingDef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, plugin, config, allow_http, limits FROM bindings WHERE kind = $1 ORDER BY name",
+        "SELECT name, plugin, config, allow_http, limits, paused FROM bindings WHERE kind = $1 ORDER BY name",
     )
     .bind(kind.as_str())
     .fetch_all(conn)
@@ -354,6 +422,7 @@ pub async fn bindings_in(
                     .collect(),
                 limits: serde_json::from_str(&limits)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                paused: row.try_get("paused")?,
             })
         })
         .collect()

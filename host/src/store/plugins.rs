@@ -29,6 +29,17 @@ pub struct PluginState {
     pub previous: Option<String>,
 }
 
+/// What a breaker's rollback did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BreakerRollback {
+    /// The previous version is live again.
+    RolledBack { to: String },
+    /// The failing version is no longer live: another node acted first.
+    NotLive,
+    /// There is no previous version: the binding has to be paused.
+    NoPrevious,
+}
+
 /// What saving a version did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Saved {
@@ -265,6 +276,62 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    /// The circuit breaker's rollback of `version`, only if it is still live
+    /// (the first node to trip acts, the others find it done). The failed
+    /// version is not kept as the previous one, so a second trip pauses
+    /// instead of flipping back to it.
+    pub async fn breaker_rollback(
+        &self,
+        name: &str,
+        version: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<BreakerRollback, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT live, previous FROM plugins WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(BreakerRollback::NotLive);
+        };
+        let live: String = row.try_get("live")?;
+        let previous: Option<String> = row.try_get("previous")?;
+        if live != version {
+            return Ok(BreakerRollback::NotLive);
+        }
+        let Some(previous) = previous else {
+            return Ok(BreakerRollback::NoPrevious);
+        };
+        sqlx::query(
+            "UPDATE plugins SET live = $1, previous = NULL, updated_at = $2 WHERE name = $3",
+        )
+        .bind(previous.clone())
+        .bind(now)
+        .bind(name.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        enqueue_consequences_in(
+            &mut tx,
+            name,
+            &format!("{name}@{previous} live again (circuit breaker)"),
+            now,
+        )
+        .await?;
+        audit_in(
+            &mut tx,
+            "breaker",
+            "plugin.rolled_back",
+            None,
+            &serde_json::json!({ "plugin": name, "from": live, "to": previous, "reason": reason }),
+            now,
+        )
+        .await?;
+        notify_in(&mut tx, self.dialect).await?;
+        tx.commit().await?;
+        Ok(BreakerRollback::RolledBack { to: previous })
     }
 
     /// Makes the previous version live again (and the live one previous).
