@@ -3,7 +3,11 @@
 //! - `scoring/engagement` per call as a component (fresh sandbox each call)
 //!   against the same logic compiled natively, and their ratio;
 //! - the cost of a fresh sandboxed instance alone;
-//! - segment-rule batch throughput over 1M contacts.
+//! - segment-rule batch throughput over 1M contacts;
+//! - what counting instructions (fuel, the CPU limit) costs against an
+//!   engine without fuel, where only the epoch backstop limits CPU.
+//!
+//! `NACHFASS_BENCH_FUEL_ONLY=1` runs only the last comparison.
 //!
 //! `cargo bench -p nachfass-tests --bench runtime` (set NACHFASS_BENCH_CONTACTS
 //! for another population size).
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nachfass::model::{ActivityCount, Contact, Event, Value};
-use nachfass::runtime::{Binding, Limits, World};
+use nachfass::runtime::{Binding, Limits, Runtime, RuntimeConfig, RuntimeLimits, World};
 use nachfass_sdk::Scorer as _;
 use nachfass_sdk::SegmentRule as _;
 use nachfass_tests::{guests, runtime};
@@ -56,8 +60,81 @@ fn contact(i: usize) -> Contact {
     c
 }
 
+/// The same calls on an engine with fuel (the default) and one without.
+async fn fuel_against_epoch_only() {
+    let with_fuel = runtime();
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let epoch_only = Runtime::new(RuntimeConfig {
+        limits: RuntimeLimits {
+            consume_fuel: false,
+            ..RuntimeLimits::default()
+        },
+        cache_dir: Some(cache),
+    })
+    .unwrap();
+    let calls = 20_000;
+    let c = contact(7);
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "id": "e1", "contact_id": "c7", "kind": "page.visited", "at": 5, "properties": { "url": "https://acme.example/pricing" }
+    }))
+    .unwrap();
+    let population = 200_000;
+    let items: Vec<(Contact, Vec<ActivityCount>)> =
+        (0..population).map(|i| (contact(i), Vec::new())).collect();
+    println!("== fuel (instruction budget) against epoch-only ==");
+    for (label, runtime) in [("fuel", &with_fuel), ("epoch-only", &epoch_only)] {
+        let scorer = runtime
+            .load_file(&guests::ENGAGEMENT.packed())
+            .await
+            .unwrap();
+        let b = binding(World::Scorer, &[]);
+        for _ in 0..500 {
+            scorer
+                .on_event(&b, 10, &c, &event, &[])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..calls {
+            scorer
+                .on_event(&b, 10, &c, &event, &[])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let per_call = started.elapsed() / calls as u32;
+        let fuel = scorer
+            .stats()
+            .fuel_used
+            .load(std::sync::atomic::Ordering::Relaxed)
+            / (calls as u64 + 500);
+        let rule = runtime
+            .load_file(&guests::ATTRIBUTE_MATCH.packed())
+            .await
+            .unwrap();
+        let rb = binding(
+            World::SegmentRule,
+            &[("attribute", "employees"), ("op", "gt"), ("value", "249")],
+        );
+        let started = Instant::now();
+        for chunk in items.chunks(1_000) {
+            rule.matches_batch(&rb, 0, chunk).await.unwrap().unwrap();
+        }
+        let rate = population as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{label:>10}: engagement on-event {:.2} µs per call ({fuel} instructions); attribute-match batches of 1,000: {rate:.0} contacts/s",
+            micros(per_call)
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    if std::env::var_os("NACHFASS_BENCH_FUEL_ONLY").is_some() {
+        fuel_against_epoch_only().await;
+        return;
+    }
     let runtime = runtime();
     let calls = 20_000;
 
@@ -203,4 +280,6 @@ async fn main() {
         native_items.len(),
         answers.iter().filter(|m| **m).count()
     );
+
+    fuel_against_epoch_only().await;
 }
