@@ -55,6 +55,10 @@ async fn check_says_precisely_why_a_file_is_unusable() {
         message.contains("no manifest") && message.contains("nachfass plugin build"),
         "{message}"
     );
+    assert!(
+        message.contains("no `raw.wasm.manifest.json` beside it"),
+        "the exact sidecar name: {message}"
+    );
 
     let corrupt = dir.path().join("corrupt.wasm");
     let mut bytes = std::fs::read(guests::HELLO.packed()).unwrap();

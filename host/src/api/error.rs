@@ -22,6 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     TooLarge,
+    #[error("the upload is over the limit of {limit} bytes")]
+    UploadTooLarge { limit: usize },
     #[error("internal error")]
     Internal(String),
 }
@@ -41,7 +43,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::TooLarge | ApiError::UploadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -68,6 +72,7 @@ impl IntoResponse for ApiError {
                 Value::Null
             }
             ApiError::Invalid { details, .. } => details.clone(),
+            ApiError::UploadTooLarge { limit } => json!({ "limit_bytes": limit }),
             _ => Value::Null,
         };
         let body =

@@ -3,15 +3,15 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::plugins::{Plugins, PluginsError};
-use crate::runtime::manifest::{Manifest, ManifestError};
+use crate::runtime::manifest::Manifest;
 use crate::runtime::registry::RegistryError;
 use crate::runtime::{Limits, LoadError, World};
 use crate::store::tasks::{RESCORE, SEGMENT_REBUILD};
@@ -60,26 +60,54 @@ fn yes() -> bool {
     true
 }
 
-/// Uploads a component built by `nachfass plugin build` (manifest embedded)
-/// as the request body. It is compiled, type-checked against its world,
-/// stored in the database and only then made live, on every node.
+/// Uploads a component: either the body alone, built by `nachfass plugin
+/// build` (manifest embedded), or `multipart/form-data` with a `component`
+/// part and a `manifest` part (the JSON of a `.manifest.json` sidecar), for
+/// components built by other toolchains. It is compiled, type-checked
+/// against its world, stored in the database and only then made live, on
+/// every node.
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<UploadQuery>,
-    body: Bytes,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
-    let bytes = body.to_vec();
-    let manifest = match crate::runtime::manifest::read_section(
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (bytes, sidecar) = if multipart {
+        let form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
+        component_and_manifest(form).await?
+    } else {
+        let body = Bytes::from_request(request, &state)
+            .await
+            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
+        (body.to_vec(), None)
+    };
+    let embedded = match crate::runtime::manifest::read_section(
         &bytes,
         crate::runtime::manifest::SECTION_NAME,
     ) {
-        Ok(Some(json)) => {
+        Ok(found) => found,
+        Err(e) => return Err(ApiError::invalid(e.to_string())),
+    };
+    let manifest = match (embedded, sidecar) {
+        (_, Some(json)) => Manifest::from_json(&json)
+            .map_err(|e| ApiError::invalid(format!("the `manifest` part: {e}")))?,
+        (Some(json), None) => {
             Manifest::from_json(json).map_err(|e| ApiError::invalid(e.to_string()))?
         }
-        Ok(None) => return Err(ApiError::invalid(ManifestError::Missing.to_string())),
-        Err(e) => return Err(ApiError::invalid(e.to_string())),
+        (None, None) => {
+            return Err(ApiError::invalid(format!(
+                "no manifest: the component has no `{}` section. Build it with `nachfass plugin build`, or send it as multipart/form-data with a `component` part and a `manifest` part holding its `.manifest.json`",
+                crate::runtime::manifest::SECTION_NAME
+            )));
+        }
     };
     let installed = plugins(&state)
         .upload(bytes, manifest.clone(), query.activate, "operator")
@@ -98,6 +126,49 @@ pub async fn upload(
             "live": installed.live,
         })),
     ))
+}
+
+/// A body the server would not take: over the upload limit (413 naming
+/// the limit), or a form it cannot read.
+fn upload_rejected(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::UploadTooLarge {
+            limit: super::MAX_UPLOAD_BYTES,
+        }
+    } else {
+        ApiError::invalid(format!("the upload cannot be read: {text}"))
+    }
+}
+
+/// The `component` and optional `manifest` parts of an upload form.
+async fn component_and_manifest(
+    mut form: Multipart,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    let (mut component, mut manifest) = (None, None);
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| upload_rejected(e.status(), e.body_text()))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
+        match name.as_str() {
+            "component" => component = Some(data.to_vec()),
+            "manifest" => manifest = Some(data.to_vec()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown form part `{other}`: send `component` and `manifest`"
+                )));
+            }
+        }
+    }
+    let component = component.ok_or_else(|| {
+        ApiError::invalid("the form has no `component` part with the component's bytes")
+    })?;
+    Ok((component, manifest))
 }
 
 /// The cluster's plugins as this node sees them.

@@ -96,9 +96,12 @@ pub enum ManifestError {
     #[error("the manifest is not valid: {0}")]
     Invalid(String),
     #[error(
-        "no manifest: the component has no `{SECTION_NAME}` section and no `.manifest.json` file beside it; build it with `nachfass plugin build`"
+        "no manifest: the component has no `{SECTION_NAME}` section and there is no `{sidecar}` beside it; build it with `nachfass plugin build`"
     )]
-    Missing,
+    Missing {
+        /// The exact sidecar file name that was looked for.
+        sidecar: String,
+    },
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
     #[error(transparent)]
@@ -155,7 +158,13 @@ impl Manifest {
         let beside = sidecar_path(path);
         match std::fs::read(&beside) {
             Ok(json) => Manifest::from_json(&json),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManifestError::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManifestError::Missing {
+                sidecar: beside
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            }),
             Err(e) => Err(e.into()),
         }
     }
