@@ -84,7 +84,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/bindings",
             get(plugins::list_bindings).post(plugins::create_binding),
         )
-        .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route(
+            "/v1/bindings/{name}",
+            delete(plugins::delete_binding).put(plugins::update_binding),
+        )
         .route("/v1/bindings/{name}/resume", post(plugins::resume_binding))
         .route("/v1/plugin-tasks", get(plugins::list_tasks))
         .route("/v1/plugin-tasks/{id}", get(plugins::show_task))

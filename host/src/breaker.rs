@@ -71,16 +71,37 @@ async fn act(pipeline: &Pipeline, plugin: &Plugin, trip: &Trip) -> Result<(), St
                 tracing::warn!(error = %e, "reconcile after the breaker's rollback failed; the periodic one follows");
             }
         }
-        BreakerRollback::NotLive => {}
-        BreakerRollback::NoPrevious => {
-            if pipeline
+        BreakerRollback::NotLive => {
+            // Not live, yet this binding runs it: the binding pins it, and
+            // a rollback of the live version would not help.
+            let pinned_to_it = pipeline
                 .store
-                .pause_binding(&trip.binding, &reason, now)
+                .all_bindings()
                 .await?
-            {
-                tracing::warn!(binding = %trip.binding, "paused by the circuit breaker");
+                .into_iter()
+                .find(|def| def.name == trip.binding)
+                .and_then(|def| {
+                    pipeline
+                        .registry
+                        .resolve(&def.plugin, def.version.as_deref())
+                })
+                .is_some_and(|runs| runs.id() == trip.plugin);
+            if pinned_to_it {
+                pause(pipeline, trip, &reason, now).await?;
             }
         }
+        BreakerRollback::NoPrevious => pause(pipeline, trip, &reason, now).await?,
+    }
+    Ok(())
+}
+
+async fn pause(pipeline: &Pipeline, trip: &Trip, reason: &str, now: i64) -> Result<(), StoreError> {
+    if pipeline
+        .store
+        .pause_binding(&trip.binding, reason, now)
+        .await?
+    {
+        tracing::warn!(binding = %trip.binding, "paused by the circuit breaker");
     }
     Ok(())
 }

@@ -371,7 +371,11 @@ impl Journeys {
         else {
             return Ok(None);
         };
-        let Some(plugin) = self.pipeline.registry.live(&def.plugin) else {
+        let Some(plugin) = self
+            .pipeline
+            .registry
+            .resolve(&def.plugin, def.version.as_deref())
+        else {
             return Ok(None);
         };
         if let Some(kind) = lock(&self.channel_kinds).get(plugin.id()) {

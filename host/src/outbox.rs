@@ -70,7 +70,11 @@ pub async fn deliver(
         let reason = format!("channel binding `{}` was deleted", entry.binding);
         return settle(journeys, job, Some((&entry, "failed", None, Some(&reason)))).await;
     };
-    let Some(plugin) = journeys.pipeline.registry.live(&binding.plugin) else {
+    let Some(plugin) = journeys
+        .pipeline
+        .registry
+        .resolve(&binding.plugin, binding.version.as_deref())
+    else {
         return Ok(retry(
             job,
             format!("plugin `{}` is not installed", binding.plugin),

@@ -82,7 +82,10 @@ pub(crate) async fn score_event(
         if def.paused.is_some() {
             continue;
         }
-        let Some(plugin) = pipeline.registry.live(&def.plugin) else {
+        let Some(plugin) = pipeline
+            .registry
+            .resolve(&def.plugin, def.version.as_deref())
+        else {
             tracing::warn!(binding = %def.name, plugin = %def.plugin, "scorer plugin not installed; skipped");
             continue;
         };
@@ -124,7 +127,10 @@ pub(crate) async fn score_profile(
     let mut contact = pipeline.store.contact(contact_id).await?;
     contact.segments = pipeline.store.memberships(contact_id).await?;
     for def in bindings {
-        let Some(plugin) = pipeline.registry.live(&def.plugin) else {
+        let Some(plugin) = pipeline
+            .registry
+            .resolve(&def.plugin, def.version.as_deref())
+        else {
             continue;
         };
         if def.paused.is_some() {
@@ -216,7 +222,7 @@ pub async fn run_rescore_task(
     // Not loaded on this node yet: the job is retried, by any node.
     let plugin = pipeline
         .registry
-        .live(&def.plugin)
+        .resolve(&def.plugin, def.version.as_deref())
         .ok_or_else(|| StoreError::Invalid(format!("plugin `{}` is not installed", def.plugin)))?;
     let binding = runtime_binding(&def, World::Scorer);
     store

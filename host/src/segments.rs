@@ -27,7 +27,10 @@ pub(crate) async fn evaluate_contact(
         if def.paused.is_some() {
             continue;
         }
-        let Some(plugin) = pipeline.registry.live(&def.plugin) else {
+        let Some(plugin) = pipeline
+            .registry
+            .resolve(&def.plugin, def.version.as_deref())
+        else {
             tracing::warn!(segment = %def.name, plugin = %def.plugin, "segment plugin not installed; skipped");
             continue;
         };
@@ -136,7 +139,7 @@ async fn segment_plugin(
         .ok_or_else(|| StoreError::NotFound(format!("segment {segment}")))?;
     let plugin = pipeline
         .registry
-        .live(&def.plugin)
+        .resolve(&def.plugin, def.version.as_deref())
         .ok_or_else(|| StoreError::Invalid(format!("plugin `{}` is not installed", def.plugin)))?;
     Ok((def, plugin))
 }

@@ -53,6 +53,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        version: None,
     };
     store.create_binding(&scorer, 0).await.unwrap();
     for i in 0..10 {
@@ -69,6 +70,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&def, 0).await.unwrap();
     }
@@ -152,6 +154,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        version: None,
     };
     store.create_binding(&def, 0).await.unwrap();
     let started = Instant::now();

@@ -481,3 +481,167 @@ async fn the_breaker_pauses_a_binding_without_a_previous_version_sqlite() {
 async fn the_breaker_pauses_a_binding_without_a_previous_version_postgres() {
     the_breaker_pauses_a_binding_without_a_previous_version("postgres").await;
 }
+
+/// version-tag built as 1.0.0 or 2.0.0, packed under one name.
+fn tag(version: u8) -> Vec<u8> {
+    let guest = if version == 1 {
+        guests::VERSION_TAG
+    } else {
+        guests::VERSION_TAG_NEXT
+    };
+    let mut manifest = guest.manifest();
+    manifest.name = "version-tag".into();
+    nachfass::runtime::manifest::embed(&guest.bytes(), &manifest).unwrap()
+}
+
+/// A binding follows the live version or pins a version or a range; the
+/// API says which version each binding runs; a change re-scores.
+async fn bindings_follow_live_or_pin_a_version(dialect: &str) {
+    let s = setup(dialect).await;
+    for version in [1, 2] {
+        let (status, answer) = call(
+            &s.router,
+            "POST",
+            "/v1/plugins",
+            &s.admin,
+            Body::from(tag(version)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "pinned", "kind": "scorer", "plugin": "version-tag", "version": "^3" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        message(&refused),
+        "no installed version of `version-tag` fits `^3`; installed: 1.0.0, 2.0.0"
+    );
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "pinned", "kind": "scorer", "plugin": "version-tag", "version": "one" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let (status, _) = bind(
+        &s,
+        json!({ "name": "pinned", "kind": "scorer", "plugin": "version-tag", "version": "1.0.0" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = bind(
+        &s,
+        json!({ "name": "follows", "kind": "scorer", "plugin": "version-tag" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let runs = |listed: &Value, name: &str| {
+        listed["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap()["runs"]
+            .clone()
+    };
+    let (_, listed) = call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+    assert_eq!(
+        runs(&listed, "pinned"),
+        "version-tag@1.0.0",
+        "{dialect}: {listed}"
+    );
+    assert_eq!(
+        runs(&listed, "follows"),
+        "version-tag@2.0.0",
+        "{dialect}: {listed}"
+    );
+    let event = json!({ "kind": "page.visited", "email": "pin@example.org" });
+    let (_, ingested) = call(
+        &s.router,
+        "POST",
+        "/v1/events",
+        &s.admin,
+        Body::from(event.to_string()),
+    )
+    .await;
+    let contact = ingested["event"]["contact_id"].as_str().unwrap().to_owned();
+    let mut scored: Vec<(String, String)> = s
+        .store
+        .score_history(&contact)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.binding, h.reasons[0].clone()))
+        .collect();
+    scored.sort();
+    assert_eq!(
+        scored,
+        [
+            ("follows".to_owned(), "2.0.0".to_owned()),
+            ("pinned".to_owned(), "1.0.0".to_owned())
+        ],
+        "{dialect}"
+    );
+
+    // A change: the pin moves to a range; the binding is re-scored.
+    let change =
+        json!({ "name": "pinned", "kind": "scorer", "plugin": "version-tag", "version": "^2" });
+    let (status, changed) = call(
+        &s.router,
+        "PUT",
+        "/v1/bindings/pinned",
+        &s.admin,
+        Body::from(change.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert!(changed["task"].is_string(), "{changed}");
+    let (_, listed) = call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+    assert_eq!(
+        runs(&listed, "pinned"),
+        "version-tag@2.0.0",
+        "{dialect}: {listed}"
+    );
+    let renamed = json!({ "name": "other", "kind": "scorer", "plugin": "version-tag" });
+    let (status, _) = call(
+        &s.router,
+        "PUT",
+        "/v1/bindings/pinned",
+        &s.admin,
+        Body::from(renamed.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, audit) = call(
+        &s.router,
+        "GET",
+        "/v1/plugin-audit",
+        &s.admin,
+        Body::empty(),
+    )
+    .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"binding.created") && actions.contains(&"binding.changed"),
+        "{actions:?}"
+    );
+    s.temp.cleanup(s.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_follow_live_or_pin_a_version_sqlite() {
+    bindings_follow_live_or_pin_a_version("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_follow_live_or_pin_a_version_postgres() {
+    bindings_follow_live_or_pin_a_version("postgres").await;
+}

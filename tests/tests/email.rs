@@ -158,6 +158,7 @@ impl World {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&binding, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());

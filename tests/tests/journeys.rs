@@ -75,6 +75,7 @@ impl World {
             allow_http: vec![sink.addr.to_string()],
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&hook, 0).await.unwrap();
         let journeys = Journeys::new(pipeline, Policy::default());
@@ -1025,6 +1026,7 @@ impl World {
             allow_http: vec![self.sink.addr.to_string()],
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         self.store.create_binding(&def, 0).await.unwrap();
     }
@@ -1107,6 +1109,7 @@ async fn a_retargeting_audience_follows_its_segment() {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         w.store.create_binding(&segment, 0).await.unwrap();
         for (name, trigger, op) in [

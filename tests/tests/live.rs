@@ -54,6 +54,7 @@ async fn touchpoints_move_score_stage_and_segments() {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&scorer, 0).await.unwrap();
         let engaged = BindingDef {
@@ -67,6 +68,7 @@ async fn touchpoints_move_score_stage_and_segments() {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&engaged, 0).await.unwrap();
 
@@ -182,6 +184,7 @@ async fn a_failing_scorer_never_loses_the_touchpoint() {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&def, 0).await.unwrap();
         let ingested = pipeline
@@ -237,6 +240,7 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up() {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         store.create_binding(&def, 0).await.unwrap();
         let profile = |attrs: &[(&str, Value)]| nachfass::store::ContactInput {

@@ -26,6 +26,8 @@ ALTER TABLE bindings ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
 -- Why the circuit breaker paused a binding (NULL: active); an operator
 -- resumes it.
 ALTER TABLE bindings ADD COLUMN paused TEXT;
+-- A pinned version or semver range; NULL follows the live version.
+ALTER TABLE bindings ADD COLUMN version TEXT;
 
 -- Long work a plugin change causes (a segment rebuild, a re-score of every
 -- contact), run as a durable job that resumes from `cursor` after a crash;

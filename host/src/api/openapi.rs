@@ -99,6 +99,13 @@ pub const OPERATIONS: &[Operation] = &[
         body: Some("Binding"),
     },
     Operation {
+        method: "put",
+        path: "/v1/bindings/{name}",
+        scope: "admin",
+        summary: "Change a binding (plugin, version pin, configuration, limits); its segment is rebuilt or its scorer re-scores every contact",
+        body: Some("Binding"),
+    },
+    Operation {
         method: "delete",
         path: "/v1/bindings/{name}",
         scope: "admin",
@@ -407,6 +414,7 @@ fn schemas() -> Value {
         "Activate": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": { "version": text } },
         "Binding": { "type": "object", "additionalProperties": false, "required": ["name", "kind", "plugin"], "properties": {
             "name": text, "kind": { "enum": ["scorer", "segment", "channel"] }, "plugin": text,
+            "version": { "type": "string", "description": "pin: a version (1.2.0) or a range (^1.2); absent follows the live version" },
             "config": { "type": "object", "description": "only the keys the plugin's manifest declares", "additionalProperties": { "type": ["string", "number", "boolean"] } },
             "allow_http": { "type": "array", "items": text },
             "limits": { "type": "object", "additionalProperties": false, "properties": {

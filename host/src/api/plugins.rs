@@ -12,7 +12,7 @@ use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::plugins::{Plugins, PluginsError};
 use crate::runtime::manifest::Manifest;
-use crate::runtime::registry::RegistryError;
+use crate::runtime::registry::{Pin, RegistryError};
 use crate::runtime::{Limits, LoadError, World};
 use crate::store::tasks::{RESCORE, SEGMENT_REBUILD};
 use crate::store::{BindingDef, BindingKind, Scope, StoreError};
@@ -212,29 +212,58 @@ pub async fn rollback(
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
+/// Every binding, with the plugin version it runs on this node.
 pub async fn list_bindings(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(
-        json!({ "bindings": state.pipeline.store.all_bindings().await? }),
-    ))
+    let registry = &state.pipeline.registry;
+    let bindings: Vec<Value> = state
+        .pipeline
+        .store
+        .all_bindings()
+        .await?
+        .into_iter()
+        .map(|def| {
+            let runs = registry
+                .resolve(&def.plugin, def.version.as_deref())
+                .map(|p| p.id().to_owned());
+            let mut shown = json!(def);
+            shown["runs"] = json!(runs);
+            shown
+        })
+        .collect();
+    Ok(Json(json!({ "bindings": bindings })))
 }
 
-/// Binds an installed plugin as a scorer or a segment; its world must fit.
-pub async fn create_binding(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiJson(def): ApiJson<BindingDef>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Scope::Admin)?;
-    let plugin = state.pipeline.registry.live(&def.plugin).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "no plugin named `{}` is installed; upload it first",
-            def.plugin
-        ))
-    })?;
+/// Checks a binding before it is stored: the plugin (at its pin) is
+/// installed and of the right world, the configuration fits its manifest,
+/// the limits fit the server's maxima.
+fn check_binding(state: &AppState, def: &BindingDef) -> Result<(), ApiError> {
+    let registry = &state.pipeline.registry;
+    if let Some(pin) = &def.version {
+        Pin::parse(pin).map_err(ApiError::invalid)?;
+    }
+    let plugin = registry
+        .resolve(&def.plugin, def.version.as_deref())
+        .ok_or_else(|| {
+            let installed = registry
+                .list()
+                .into_iter()
+                .find(|p| p.name == def.plugin)
+                .map(|p| p.versions.join(", "));
+            ApiError::invalid(match (installed, &def.version) {
+                (Some(versions), Some(pin)) => format!(
+                    "no installed version of `{}` fits `{pin}`; installed: {versions}",
+                    def.plugin
+                ),
+                _ => format!(
+                    "no plugin named `{}` is installed; upload it first",
+                    def.plugin
+                ),
+            })
+        })?;
     let wanted = match def.kind {
         BindingKind::Scorer => World::Scorer,
         BindingKind::Segment => World::SegmentRule,
@@ -252,30 +281,80 @@ pub async fn create_binding(
         .manifest()
         .check_config(def.config.keys().map(String::as_str))
         .map_err(|why| ApiError::invalid(format!("binding `{}`: {why}", def.name)))?;
-    let runtime = state.pipeline.registry.runtime();
     Limits::for_world(wanted)
         .with_overrides(&def.limits)
-        .check_within(runtime.limits())
-        .map_err(|why| ApiError::invalid(format!("binding `{}` limits: {why}", def.name)))?;
+        .check_within(registry.runtime().limits())
+        .map_err(|why| ApiError::invalid(format!("binding `{}` limits: {why}", def.name)))
+}
+
+/// Queues what a new or changed binding needs: a segment is built over
+/// every contact, a scorer scores every existing profile; durable jobs,
+/// resumed after a crash, by any node. Returns the task's id.
+async fn queue_consequences(
+    state: &AppState,
+    def: &BindingDef,
+    reason: &str,
+    now: i64,
+) -> Result<Option<String>, ApiError> {
+    let kind = match def.kind {
+        BindingKind::Segment => SEGMENT_REBUILD,
+        BindingKind::Scorer => RESCORE,
+        BindingKind::Channel => return Ok(None),
+    };
+    let store = &state.pipeline.store;
+    let id = store.enqueue_task(kind, &def.name, reason, now).await?;
+    store
+        .audit(
+            "operator",
+            &format!("binding.{reason}"),
+            None,
+            &json!({ "binding": def.name, "plugin": def.plugin, "version": def.version }),
+            now,
+        )
+        .await?;
+    Ok(Some(id))
+}
+
+/// Binds an installed plugin as a scorer or a segment; its world must fit.
+pub async fn create_binding(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(def): ApiJson<BindingDef>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    check_binding(&state, &def)?;
     let now = state.pipeline.clock.now();
     state.pipeline.store.create_binding(&def, now).await?;
-    // A new segment is built over every contact, a new scorer scores every
-    // existing profile: durable jobs, resumed after a crash, by any node.
-    let task = match def.kind {
-        BindingKind::Segment => Some(SEGMENT_REBUILD),
-        BindingKind::Scorer => Some(RESCORE),
-        BindingKind::Channel => None,
-    };
     let mut answer = json!(def);
-    if let Some(kind) = task {
-        let id = state
-            .pipeline
-            .store
-            .enqueue_task(kind, &def.name, "binding created", now)
-            .await?;
-        answer["task"] = json!(id);
+    if let Some(task) = queue_consequences(&state, &def, "created", now).await? {
+        answer["task"] = json!(task);
     }
     Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Changes a binding (plugin, pin, configuration, limits, allow-list);
+/// the segment is rebuilt or the scorer re-scores every contact.
+pub async fn update_binding(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(def): ApiJson<BindingDef>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    if def.name != name {
+        return Err(ApiError::invalid(format!(
+            "the body names binding `{}`, the path `{name}`; a binding cannot be renamed",
+            def.name
+        )));
+    }
+    check_binding(&state, &def)?;
+    let now = state.pipeline.clock.now();
+    state.pipeline.store.update_binding(&def).await?;
+    let mut answer = json!(def);
+    if let Some(task) = queue_consequences(&state, &def, "changed", now).await? {
+        answer["task"] = json!(task);
+    }
+    Ok(Json(answer))
 }
 
 pub async fn delete_binding(
@@ -284,7 +363,18 @@ pub async fn delete_binding(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
-    if state.pipeline.store.delete_binding(&name).await? {
+    let store = &state.pipeline.store;
+    if store.delete_binding(&name).await? {
+        let detail = json!({ "binding": name });
+        store
+            .audit(
+                "operator",
+                "binding.deleted",
+                None,
+                &detail,
+                state.pipeline.clock.now(),
+            )
+            .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("binding {name} does not exist")))

@@ -165,7 +165,7 @@ pub async fn callback(
     let plugin = state
         .pipeline
         .registry
-        .live(&def.plugin)
+        .resolve(&def.plugin, def.version.as_deref())
         .ok_or_else(|| ApiError::Conflict(format!("plugin {} is not installed", def.plugin)))?;
     let callback = Callback {
         method: method.to_string(),

@@ -135,6 +135,7 @@ pub async fn demo(
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            version: None,
         };
         match store.create_binding(&def, now).await {
             Ok(()) | Err(crate::store::StoreError::Conflict(_)) => {}

@@ -44,6 +44,33 @@ pub enum RegistryError {
     NothingToRollBack(String),
 }
 
+/// A binding's pin: one version, or a semantic-version range.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pin {
+    Exact(semver::Version),
+    Range(semver::VersionReq),
+}
+
+impl Pin {
+    /// `1.2.0` is that version exactly (not cargo's `^1.2.0`); anything
+    /// else is a range (`^1.2`, `~1.2.3`, `>=1, <2`, `=1.2.0`).
+    pub fn parse(pin: &str) -> Result<Pin, String> {
+        if let Ok(version) = semver::Version::parse(pin.trim()) {
+            return Ok(Pin::Exact(version));
+        }
+        semver::VersionReq::parse(pin).map(Pin::Range).map_err(|e| {
+            format!("version `{pin}` is neither a version like 1.2.0 nor a range like ^1.2: {e}")
+        })
+    }
+
+    pub fn matches(&self, version: &semver::Version) -> bool {
+        match self {
+            Pin::Exact(pinned) => pinned == version,
+            Pin::Range(range) => range.matches(version),
+        }
+    }
+}
+
 /// Whether a newly installed version goes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -213,6 +240,28 @@ impl Registry {
     /// Serialises bringing this registry in line with the cluster's state.
     pub async fn sync_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.sync.lock().await
+    }
+
+    /// The version a binding runs: the live one, or with a pin the version
+    /// it names (`1.2.0`) or, for a range (`^1.2`, `>=1, <2`), the live
+    /// version if it fits, else the newest installed one that does.
+    pub fn resolve(&self, name: &str, pin: Option<&str>) -> Option<Arc<Plugin>> {
+        let Some(pin) = pin else {
+            return self.live(name);
+        };
+        let slot = self.slot(name)?;
+        let wanted = Pin::parse(pin).ok()?;
+        let live = slot.live.load_full();
+        if wanted.matches(&live.manifest().semver()) {
+            return Some(live);
+        }
+        let state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .versions
+            .iter()
+            .rev()
+            .find(|(version, _)| wanted.matches(version))
+            .map(|(_, plugin)| plugin.clone())
     }
 
     /// An installed version of `name`.

@@ -36,8 +36,13 @@ impl BindingKind {
 pub struct BindingDef {
     pub name: String,
     pub kind: BindingKind,
-    /// Plugin name; its live version serves the binding.
+    /// Plugin name; its live version serves the binding unless `version`
+    /// pins one.
     pub plugin: String,
+    /// A pinned version (`1.2.0`) or semantic-version range (`^1.2`);
+    /// absent, the binding follows the plugin's live version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// What `host.config` answers. Numbers and booleans are accepted and
     /// kept as their text (`25`, `true`), the form plugins read.
     #[serde(default, deserialize_with = "config_values")]
@@ -122,7 +127,7 @@ impl Store {
         }
         let limits =
             serde_json::to_string(&def.limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, limits, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, limits, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(def.name.clone())
             .bind(def.kind.as_str())
             .bind(def.plugin.clone())
@@ -130,6 +135,7 @@ impl Store {
             .bind(def.allow_http.join(","))
             .bind(limits)
             .bind(now)
+            .bind(def.version.clone())
             .execute(&self.pool)
             .await
             .map_err(|e| {
@@ -293,6 +299,35 @@ impl Store {
 }
 
 impl Store {
+    /// Replaces a binding's plugin, pin, configuration, allow-list and
+    /// limits (its name and kind stay). A paused binding stays paused.
+    pub async fn update_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
+        let config =
+            serde_json::to_string(&def.config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let limits =
+            serde_json::to_string(&def.limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE bindings SET plugin = $1, version = $2, config = $3, allow_http = $4, limits = $5 \
+             WHERE name = $6 AND kind = $7",
+        )
+        .bind(def.plugin.clone())
+        .bind(def.version.clone())
+        .bind(config)
+        .bind(def.allow_http.join(","))
+        .bind(limits)
+        .bind(def.name.clone())
+        .bind(def.kind.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "{:?} binding {}",
+                def.kind, def.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Pauses a binding (the circuit breaker found no version to roll back
     /// to). Returns whether it was active until now.
     pub async fn pause_binding(
@@ -399,7 +434,7 @@ pub async fn bindings_in(
     kind: BindingKind,
 ) -> Result<Vec<BindingDef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, plugin, config, allow_http, limits, paused FROM bindings WHERE kind = $1 ORDER BY name",
+        "SELECT name, plugin, version, config, allow_http, limits, paused FROM bindings WHERE kind = $1 ORDER BY name",
     )
     .bind(kind.as_str())
     .fetch_all(conn)
@@ -413,6 +448,7 @@ pub async fn bindings_in(
                 name: row.try_get("name")?,
                 kind,
                 plugin: row.try_get("plugin")?,
+                version: row.try_get("version")?,
                 config: serde_json::from_str(&config)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?,
                 allow_http: allow_http
