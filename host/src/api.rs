@@ -12,6 +12,7 @@ mod privacy;
 mod segments;
 mod stats;
 mod tracking;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,15 @@ impl AppState {
     }
 }
 
+/// Makes this node's runtime follow the trusted keys in the database at once.
+async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
+    Ok(state
+        .pipeline
+        .store
+        .reload_trust(state.pipeline.registry.runtime())
+        .await?)
+}
+
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/contacts", get(contacts::list).post(contacts::upsert))
@@ -88,6 +98,8 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
+        .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))

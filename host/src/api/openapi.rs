@@ -86,6 +86,27 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/v1/trusted-keys",
+        scope: "admin",
+        summary: "Publisher keys whose signed plugin bundles are accepted, and the signature policy",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/trusted-keys",
+        scope: "admin",
+        summary: "Trust a publisher's key ({public_key: \"ed25519:…\", publisher}); audited",
+        body: Some("TrustedKey"),
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/trusted-keys/{key}",
+        scope: "admin",
+        summary: "Stop trusting a key (installed versions stay); audited",
+        body: None,
+    },
+    Operation {
+        method: "get",
         path: "/v1/bindings",
         scope: "read",
         summary: "Scorer and segment bindings",
@@ -393,6 +414,8 @@ fn schemas() -> Value {
             "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "status": { "enum": ["granted", "pending", "withdrawn"] },
             "source": text, "text_version": text, "ip": text, "user_agent": text } },
         "Component": { "type": "string", "format": "binary" },
+        "TrustedKey": { "type": "object", "additionalProperties": false, "required": ["public_key", "publisher"], "properties": {
+            "public_key": { "type": "string", "pattern": "^ed25519:[0-9a-f]{64}$" }, "publisher": text } },
         "Merge": { "type": "object", "additionalProperties": false, "required": ["from"], "properties": { "from": text } },
         "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
             "code": text, "message": text, "details": {} } } } },

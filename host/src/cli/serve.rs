@@ -13,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
 use crate::policy::Policy;
+use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -55,6 +56,11 @@ pub struct ServeArgs {
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Whether plugins must be signed by a trusted publisher key
+    /// (`nachfass trust add`). A signature that does not match or a key
+    /// that is not trusted is always refused.
+    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
+    pub signatures: SignaturePolicy,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -63,9 +69,18 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
+        trust: Some(TrustPolicy {
+            signatures: args.signatures,
+            ..TrustPolicy::default()
+        }),
         ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
+    store
+        .reload_trust(&runtime)
+        .await
+        .map_err(|e| fail(format!("cannot read trusted keys: {e}")))?;
+    spawn_trust_reload(store.clone(), runtime.clone());
     let registry = Arc::new(Registry::new(runtime));
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
@@ -130,6 +145,23 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     }
     served
 }
+
+/// Follows trusted-key changes made on other nodes.
+fn spawn_trust_reload(store: Store, runtime: Runtime) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRUST_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.reload_trust(&runtime).await {
+                tracing::warn!("reloading trusted keys failed; keeping the last ones: {e}");
+            }
+        }
+    });
+}
+
+/// How often a node re-reads the trusted keys.
+const TRUST_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct CreateKeyArgs {
