@@ -44,6 +44,16 @@ pub struct AppState {
     /// Progress of segment rebuilds.
     pub rebuilds: segments::Rebuilds,
     pub journeys: Arc<Journeys>,
+    /// Which OCI registries plugins may be installed from, and how.
+    pub oci: OciSettings,
+}
+
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
 }
 
 impl AppState {
@@ -59,6 +69,7 @@ impl AppState {
             plugins_dir,
             rebuilds: Default::default(),
             journeys,
+            oci: OciSettings::default(),
         }
     }
 }
@@ -91,6 +102,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list)
                 .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
         )
+        .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(

@@ -72,6 +72,13 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/plugins/pull",
+        scope: "admin",
+        summary: "Install a plugin from an allowed OCI registry ({reference, activate}); checked like an upload",
+        body: Some("Pull"),
+    },
+    Operation {
+        method: "post",
         path: "/v1/plugins/{name}/activate",
         scope: "admin",
         summary: "Make an installed version live",
@@ -414,6 +421,8 @@ fn schemas() -> Value {
             "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "status": { "enum": ["granted", "pending", "withdrawn"] },
             "source": text, "text_version": text, "ip": text, "user_agent": text } },
         "Component": { "type": "string", "format": "binary" },
+        "Pull": { "type": "object", "additionalProperties": false, "required": ["reference"], "properties": {
+            "reference": text, "activate": { "type": "boolean" } } },
         "TrustedKey": { "type": "object", "additionalProperties": false, "required": ["public_key", "publisher"], "properties": {
             "public_key": { "type": "string", "pattern": "^ed25519:[0-9a-f]{64}$" }, "publisher": text } },
         "Merge": { "type": "object", "additionalProperties": false, "required": ["from"], "properties": { "from": text } },

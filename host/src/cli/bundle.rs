@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::{CliError, fail};
+use crate::oci::{self, OciClient};
+use crate::runtime::RuntimeLimits;
 use crate::runtime::manifest::{self, Manifest};
 use crate::runtime::signature::{self, PublicKey, PublisherKey, SignaturePolicy, TrustPolicy};
 
@@ -34,6 +36,25 @@ pub enum BundleCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Push a plugin file (signed bundle or not) to an OCI registry, in the
+    /// WebAssembly artifact layout wkg uses.
+    Push {
+        file: PathBuf,
+        /// `registry/repository:tag`, e.g. `ghcr.io/acme/engagement:1.0.0`.
+        reference: String,
+        /// Token for a private registry.
+        #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Pull a plugin from an OCI registry into a file.
+    Pull {
+        reference: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Token for a private registry.
+        #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Check a bundle's signature; with `--trust`, also that its key is one of these.
     Verify {
         file: PathBuf,
@@ -43,8 +64,39 @@ pub enum BundleCommand {
     },
 }
 
-pub fn run(command: BundleCommand, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn run(command: BundleCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match command {
+        BundleCommand::Push {
+            file,
+            reference,
+            token,
+        } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            let reference = oci::parse_reference(&reference).map_err(fail)?;
+            let url = OciClient::new(token)
+                .push(&reference, &bytes)
+                .await
+                .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            writeln!(out, "pushed {reference} ({url})").map_err(fail)
+        }
+        BundleCommand::Pull {
+            reference,
+            out: path,
+            token,
+        } => {
+            let reference = oci::parse_reference(&reference).map_err(fail)?;
+            let bytes = OciClient::new(token)
+                .pull(&reference, RuntimeLimits::default().max_component_bytes)
+                .await
+                .map_err(fail)?;
+            std::fs::write(&path, &bytes).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            let signer = match signature::verify(&bytes).map_err(fail)? {
+                Some(signer) => format!("signed by {} ({})", signer.publisher, signer.public_key),
+                None => "unsigned".to_owned(),
+            };
+            writeln!(out, "pulled {reference} into {}, {signer}", path.display()).map_err(fail)
+        }
         BundleCommand::Keygen {
             publisher,
             out: path,

@@ -1,4 +1,4 @@
-//! `nachfass plugin new | build | check | test` (and, from `bundle`, `keygen | pack | verify`).
+//! `nachfass plugin new | build | check | test` (and, from `bundle`, `keygen | pack | verify | push | pull`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
-        PluginCommand::Bundle(command) => super::bundle::run(command, out),
+        PluginCommand::Bundle(command) => super::bundle::run(command, out).await,
         PluginCommand::New { world, name, dir } => new(world.into(), &name, &dir, out),
         PluginCommand::Build {
             dir,

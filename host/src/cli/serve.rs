@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, app};
+use crate::api::{AppState, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
+use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
 use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
@@ -61,6 +62,17 @@ pub struct ServeArgs {
     /// that is not trusted is always refused.
     #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
     pub signatures: SignaturePolicy,
+    /// An OCI registry (`host[:port]`) plugins may be installed from with
+    /// POST /v1/plugins/pull; repeatable. None by default.
+    #[arg(
+        long = "oci-registry",
+        env = "NACHFASS_OCI_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub oci_registries: Vec<String>,
+    /// Token for private OCI registries.
+    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+    pub oci_token: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -129,10 +141,12 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let app = app(AppState::with_journeys(
-        journeys,
-        Some(args.plugins_dir.clone()),
-    ));
+    let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
+    state.oci = OciSettings {
+        allowed: AllowedRegistries(args.oci_registries.clone()),
+        client: OciClient::new(args.oci_token.clone()),
+    };
+    let app = app(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
