@@ -12,6 +12,7 @@ mod privacy;
 mod segments;
 mod stats;
 mod tracking;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,16 @@ pub struct AppState {
     /// Uploaded plugins are also written here, so a restart finds them.
     pub plugins_dir: Option<PathBuf>,
     pub journeys: Arc<Journeys>,
+    /// Which OCI registries plugins may be installed from, and how.
+    pub oci: OciSettings,
+}
+
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
 }
 
 impl AppState {
@@ -55,8 +66,18 @@ impl AppState {
             pipeline: journeys.pipeline.clone(),
             plugins_dir,
             journeys,
+            oci: OciSettings::default(),
         }
     }
+}
+
+/// Makes this node's runtime follow the trusted keys in the database at once.
+async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
+    Ok(state
+        .pipeline
+        .store
+        .reload_trust(state.pipeline.registry.runtime())
+        .await?)
 }
 
 pub fn app(state: AppState) -> Router {
@@ -78,6 +99,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list)
                 .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
         )
+        .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(
@@ -92,6 +114,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/plugin-tasks", get(plugins::list_tasks))
         .route("/v1/plugin-tasks/{id}", get(plugins::show_task))
         .route("/v1/plugin-audit", get(plugins::audit))
+        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
+        .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))

@@ -11,6 +11,7 @@ pub mod journeys;
 pub mod kpis;
 pub mod metrics;
 pub mod model;
+pub mod oci;
 pub mod outbox;
 pub mod pack;
 pub mod plugins;

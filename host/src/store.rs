@@ -17,6 +17,7 @@ pub mod plugins;
 mod segments;
 pub mod tasks;
 pub mod tracking;
+mod trust;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
 pub use plugins::{PluginState, Saved, StoredVersion};
 pub use tasks::TaskProgress;
+pub use trust::TrustedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -24,6 +24,9 @@ pub enum ApiError {
     TooLarge,
     #[error("the upload is over the limit of {limit} bytes")]
     UploadTooLarge { limit: usize },
+    /// A server this one relies on (an OCI registry) failed.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::TooLarge | ApiError::UploadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -89,6 +89,60 @@ pub async fn upload(
             .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
         (body.to_vec(), None)
     };
+    install_component(&state, bytes, sidecar, query.activate).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    /// `registry/repository:tag` of a registry the server allows.
+    pub reference: String,
+    /// Make the new version live at once (default) or keep it for later.
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+/// Installs a plugin from an OCI registry: the same checks as an upload
+/// (size, manifest, world, signature and trust), after the registry itself
+/// was checked against the server's allow-list.
+pub async fn pull(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PullBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let bad = |e: crate::oci::OciError| ApiError::invalid(e.to_string());
+    let reference = crate::oci::parse_reference(&body.reference).map_err(bad)?;
+    state.oci.allowed.check(&reference).map_err(bad)?;
+    let limit = state
+        .pipeline
+        .registry
+        .runtime()
+        .limits()
+        .max_component_bytes;
+    let bytes = state
+        .oci
+        .client
+        .pull(&reference, limit)
+        .await
+        .map_err(|e| match e {
+            crate::oci::OciError::Registry(detail) => ApiError::BadGateway(detail),
+            e => bad(e),
+        })?;
+    let (status, Json(mut answer)) = install_component(&state, bytes, None, body.activate).await?;
+    answer["reference"] = json!(reference.to_string());
+    Ok((status, Json(answer)))
+}
+
+/// Installs a component with its manifest (embedded, or given beside it):
+/// compiled, type-checked against its world and its signature checked,
+/// then stored in the database and made live on every node.
+async fn install_component(
+    state: &AppState,
+    bytes: Vec<u8>,
+    sidecar: Option<Vec<u8>>,
+    activate: bool,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let embedded = match crate::runtime::manifest::read_section(
         &bytes,
         crate::runtime::manifest::SECTION_NAME,
@@ -109,8 +163,8 @@ pub async fn upload(
             )));
         }
     };
-    let installed = plugins(&state)
-        .upload(bytes, manifest.clone(), query.activate, "operator")
+    let installed = plugins(state)
+        .upload(bytes, manifest.clone(), activate, "operator")
         .await?;
     let status = if installed.unchanged {
         StatusCode::OK
@@ -124,6 +178,7 @@ pub async fn upload(
             "world": manifest.world,
             "sha256": installed.plugin.hash(),
             "live": installed.live,
+            "signed_by": installed.plugin.signer().map(|s| &s.publisher),
         })),
     ))
 }

@@ -20,6 +20,7 @@ use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
 use super::limits::Limits;
 use super::manifest::{Manifest, World};
 use super::sandbox::{self, Binding, CallState};
+use super::signature::SignedBy;
 use crate::model;
 
 /// The outer tier is the runtime's verdict, the inner one the plugin's.
@@ -55,6 +56,7 @@ pub struct Plugin {
     pre: WorldPre,
     runtime: Runtime,
     stats: CallStats,
+    signed_by: Option<SignedBy>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -117,6 +119,7 @@ impl Plugin {
             pre,
             runtime,
             stats: CallStats::default(),
+            signed_by: None,
         })
     }
 
@@ -142,6 +145,16 @@ impl Plugin {
     /// SHA-256 of the component bytes.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Who signed this version, checked when it was loaded; `None` if unsigned.
+    pub fn signer(&self) -> Option<&SignedBy> {
+        self.signed_by.as_ref()
+    }
+
+    pub(super) fn signed_by(mut self, signer: Option<SignedBy>) -> Plugin {
+        self.signed_by = signer;
+        self
     }
 
     /// Whether the machine code came from the on-disk cache.
