@@ -39,7 +39,8 @@ pub const MAX_UPLOAD_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
-    /// Uploaded plugins are also written here, so a restart finds them.
+    /// The plugins directory this node imports from; uploads are stored in
+    /// the database (the cluster's truth), not here.
     pub plugins_dir: Option<PathBuf>,
     pub journeys: Arc<Journeys>,
     /// Which OCI registries plugins may be installed from, and how.

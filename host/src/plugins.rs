@@ -77,13 +77,13 @@ impl Plugins {
             .store
             .save_plugin_version(plugin.hash(), &manifest, &bytes, now)
             .await?;
-        let first = self.registry.live(&manifest.name).is_none()
-            && !self
-                .store
-                .plugin_states()
-                .await?
-                .iter()
-                .any(|s| s.name == manifest.name);
+        // A plugin's first version goes live whatever `activate` says.
+        let first = !self
+            .store
+            .plugin_states()
+            .await?
+            .iter()
+            .any(|s| s.name == manifest.name);
         if saved == Saved::New && (activate || first) {
             self.store
                 .set_live_plugin(&manifest.name, &manifest.version, false, actor, now)

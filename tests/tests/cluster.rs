@@ -148,7 +148,7 @@ async fn two_nodes_share_uploads_activations_and_rollbacks_postgres() {
 
     // From an activation at A to the first call at B with that version.
     let mut delays = Vec::new();
-    for round in 0..20 {
+    for round in 0..50 {
         let version = if round % 2 == 0 { "2.0.0" } else { "1.0.0" };
         let (status, _) = post(
             port_a,
