@@ -70,6 +70,7 @@ async fn fuel_against_epoch_only() {
             ..RuntimeLimits::default()
         },
         cache_dir: Some(cache),
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let calls = 20_000;
