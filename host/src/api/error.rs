@@ -22,6 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     TooLarge,
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -42,6 +44,7 @@ impl ApiError {
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -72,6 +75,14 @@ impl IntoResponse for ApiError {
         };
         let body =
             json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a stalled body may still come: do not read it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, app};
+use crate::api::connections::{self, ConnectionLimits};
+use crate::api::{AppState, EventTimes, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
@@ -55,6 +56,30 @@ pub struct ServeArgs {
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// A reverse proxy whose `X-Forwarded-For` names the client (for the
+    /// double opt-in proof); repeatable. From any other peer the header is
+    /// ignored and the socket's address counts.
+    #[arg(long = "trusted-proxy", env = "NACHFASS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Seconds a client has to send a request's head, counted from when
+    /// the connection waits for it: an idle keep-alive connection is
+    /// closed after this too.
+    #[arg(long, env = "NACHFASS_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body after its head.
+    #[arg(long, env = "NACHFASS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Most open client connections; more wait until one closes.
+    #[arg(long, env = "NACHFASS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Oldest event time accepted, in Unix milliseconds (default
+    /// 2000-01-01).
+    #[arg(long, env = "NACHFASS_OLDEST_EVENT_MS", default_value_t = crate::api::DEFAULT_OLDEST_EVENT_MS)]
+    pub oldest_event_ms: i64,
+    /// How far ahead of the server's clock an event time may be, in
+    /// milliseconds (default one day).
+    #[arg(long, env = "NACHFASS_EVENT_AHEAD_MS", default_value_t = crate::api::DEFAULT_EVENT_AHEAD_MS)]
+    pub event_ahead_ms: i64,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -114,21 +139,26 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let app = app(AppState::with_journeys(
-        journeys,
-        Some(args.plugins_dir.clone()),
-    ));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| fail(format!("server stopped: {e}")));
+    let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
+    state.trusted_proxies = Arc::new(args.trusted_proxies.clone());
+    state.event_times = EventTimes {
+        oldest: args.oldest_event_ms,
+        ahead: args.event_ahead_ms,
+    };
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+    };
+    connections::serve(listener, app(state), limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
-    served
+    Ok(())
 }
 
 #[derive(Debug, Args)]
