@@ -407,7 +407,13 @@ async fn a_reused_client_event_id_conflicts_without_data(dialect: &str) {
     }
     let (_, list) = api.get("/v1/contacts", &api.admin).await;
     let ada = list["contacts"][0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(api.events(&ada).await.len(), 1, "{dialect}");
+    let purchases = api.events(&ada).await;
+    let kinds: Vec<&str> = purchases.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| ["purchase", "refund"].contains(k)).count(),
+        1,
+        "{dialect}: {kinds:?}"
+    );
     api.close().await;
 }
 
@@ -421,7 +427,10 @@ async fn the_batch_wrapper_is_strict_and_scope_comes_first(dialect: &str) {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-    assert!(message(&error).contains("unknown field `kind`"), "{error}");
+    assert!(
+        message(&error).contains("unknown field") && message(&error).contains("`events`"),
+        "{error}"
+    );
     assert_eq!(api.store.count_contacts().await.unwrap(), 0, "{dialect}");
     let (status, error) = api
         .send("POST", "/v1/events", Some(&api.reader), Some("{broken"))
