@@ -198,7 +198,9 @@ impl Tracking {
 fn origin(url: &str) -> String {
     let scheme_end = url.find("://").map_or(0, |i| i + 3);
     let end = url[scheme_end..]
-        .find(|c: char| matches!(c, '/' | '?' | '#' | '{' | '"' | '\'' | '<' | '>') || c.is_whitespace())
+        .find(|c: char| {
+            matches!(c, '/' | '?' | '#' | '{' | '"' | '\'' | '<' | '>') || c.is_whitespace()
+        })
         .map_or(url.len(), |i| scheme_end + i);
     url[..end].to_lowercase()
 }
@@ -324,9 +326,21 @@ mod tests {
             message.metadata[LINKS],
             Value::Texts(vec!["https://shop.example/cart?c=c_1".into()])
         );
-        assert!(message.text.contains("Site: https://evil.example/x"), "{}", message.text);
-        assert!(message.text.contains("https://shop.example@evil.example/"), "{}", message.text);
-        assert!(message.text.contains("https://shop.example.evil.example/"), "{}", message.text);
+        assert!(
+            message.text.contains("Site: https://evil.example/x"),
+            "{}",
+            message.text
+        );
+        assert!(
+            message.text.contains("https://shop.example@evil.example/"),
+            "{}",
+            message.text
+        );
+        assert!(
+            message.text.contains("https://shop.example.evil.example/"),
+            "{}",
+            message.text
+        );
     }
 
     #[test]

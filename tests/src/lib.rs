@@ -229,7 +229,10 @@ pub async fn postgres_database() -> (String, TempStore) {
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    (format!("{server}/{name}"), TempStore::Postgres { base, name })
+    (
+        format!("{server}/{name}"),
+        TempStore::Postgres { base, name },
+    )
 }
 
 /// A fresh database of one dialect (`"sqlite"` or `"postgres"`), as a URL:

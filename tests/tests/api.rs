@@ -34,9 +34,7 @@ impl Client {
         // This clock stands in 1970: accept the small event times these
         // tests send (the range itself is tested in hardening.rs).
         state.event_times.oldest = 0;
-        Client {
-            router: app(state),
-        }
+        Client { router: app(state) }
     }
 
     async fn send(

@@ -113,7 +113,10 @@ async fn slow_clients_are_cut_off_and_others_are_served() {
         std::thread::sleep(Duration::from_millis(100));
         after = open_sockets(server.pid());
     }
-    assert!(after <= before, "open sockets: {before} before, {after} after");
+    assert!(
+        after <= before,
+        "open sockets: {before} before, {after} after"
+    );
 }
 
 #[tokio::test]
@@ -123,7 +126,10 @@ async fn oversized_heads_get_the_json_error_shape_over_tcp() {
     let server = Server::start(&database, dir.path(), free_port(), &[]);
     let long = format!("/v1/contacts?q={}", "a".repeat(9000));
     let (status, error) = http(server.port, "GET", &long, None, None);
-    assert_eq!((status, error["error"]["code"].as_str()), (414, Some("uri_too_long")));
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (414, Some("uri_too_long"))
+    );
 
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let big = "v".repeat(40 << 10);
@@ -138,5 +144,8 @@ async fn oversized_heads_get_the_json_error_shape_over_tcp() {
         "{seen}"
     );
     let (status, error) = http(server.port, "GET", "/no/such/route", None, None);
-    assert_eq!((status, error["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (404, Some("no_route"))
+    );
 }

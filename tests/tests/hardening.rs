@@ -217,7 +217,10 @@ impl Api {
 }
 
 fn message(error: &Value) -> String {
-    error["error"]["message"].as_str().unwrap_or_default().to_owned()
+    error["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn nul_characters_are_refused_naming_the_field(dialect: &str) {
@@ -227,7 +230,10 @@ async fn nul_characters_are_refused_naming_the_field(dialect: &str) {
             "external_id",
             json!({ "email": "a@x.example", "external_id": "crm\u{0}1" }),
         ),
-        ("phone", json!({ "email": "a@x.example", "phone": "+49\u{0}" })),
+        (
+            "phone",
+            json!({ "email": "a@x.example", "phone": "+49\u{0}" }),
+        ),
         (
             "timezone",
             json!({ "email": "a@x.example", "timezone": "Europe/Berlin\u{0}" }),
@@ -238,7 +244,11 @@ async fn nul_characters_are_refused_naming_the_field(dialect: &str) {
         ),
     ] {
         let (status, error) = api.post("/v1/contacts", &api.admin, body).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect} {field}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{dialect} {field}"
+        );
         assert!(
             message(&error).contains(&format!("`{field}`")) && message(&error).contains("NUL"),
             "{dialect}: {error}"
@@ -408,9 +418,15 @@ async fn a_reused_client_event_id_conflicts_without_data(dialect: &str) {
     let (_, list) = api.get("/v1/contacts", &api.admin).await;
     let ada = list["contacts"][0]["id"].as_str().unwrap().to_owned();
     let purchases = api.events(&ada).await;
-    let kinds: Vec<&str> = purchases.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let kinds: Vec<&str> = purchases
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
     assert_eq!(
-        kinds.iter().filter(|k| ["purchase", "refund"].contains(k)).count(),
+        kinds
+            .iter()
+            .filter(|k| ["purchase", "refund"].contains(k))
+            .count(),
         1,
         "{dialect}: {kinds:?}"
     );
@@ -493,8 +509,7 @@ async fn every_error_has_the_json_shape(dialect: &str) {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         ),
         (
-            get("/v1/contacts/%FF%FE")
-                .header("authorization", format!("Bearer {}", api.admin)),
+            get("/v1/contacts/%FF%FE").header("authorization", format!("Bearer {}", api.admin)),
             Vec::new(),
             StatusCode::BAD_REQUEST,
         ),
@@ -591,7 +606,11 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
         }
     };
     put(&ada, json!({ "channel": "webhook", "status": "withdrawn" })).await;
-    put(&alt, json!({ "channel": "sms", "status": "granted", "source": "shop" })).await;
+    put(
+        &alt,
+        json!({ "channel": "sms", "status": "granted", "source": "shop" }),
+    )
+    .await;
     // The merged contact's confirmation message (its consent: pending).
     api.request_consent(&alt).await;
     let outbox = api.store.contact_outbox(&alt).await.unwrap();
@@ -619,7 +638,11 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
     let (_, messages) = api
         .get(&format!("/v1/contacts/{ada}/messages"), &api.admin)
         .await;
-    assert_eq!(messages["messages"].as_array().unwrap().len(), 1, "{dialect}");
+    assert_eq!(
+        messages["messages"].as_array().unwrap().len(),
+        1,
+        "{dialect}"
+    );
     let consents = api.store.consents(&ada).await.unwrap();
     let status_of = |channel: &str| {
         consents
@@ -627,8 +650,16 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
             .find(|c| c.channel == channel)
             .map(|c| c.status.clone())
     };
-    assert_eq!(status_of("webhook").as_deref(), Some("withdrawn"), "{dialect}: the stricter one");
-    assert_eq!(status_of("sms").as_deref(), Some("granted"), "{dialect}: moved");
+    assert_eq!(
+        status_of("webhook").as_deref(),
+        Some("withdrawn"),
+        "{dialect}: the stricter one"
+    );
+    assert_eq!(
+        status_of("sms").as_deref(),
+        Some("granted"),
+        "{dialect}: moved"
+    );
     assert!(
         !api.store.suppressions(&ada).await.unwrap().is_empty(),
         "{dialect}: the suppression moved"
@@ -648,7 +679,10 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
 async fn health_and_readiness_answer_without_a_key(dialect: &str) {
     let api = Api::new(dialect).await;
     let (status, health) = api.send("GET", "/healthz", None, None).await;
-    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, ready) = api.send("GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK, "{dialect}: {ready}");
     // A binding whose plugin is not loaded: not ready.
@@ -662,14 +696,27 @@ async fn health_and_readiness_answer_without_a_key(dialect: &str) {
     api.store.create_binding(&missing, 0).await.unwrap();
     let (status, ready) = api.send("GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{dialect}");
-    assert!(ready["problems"][0].as_str().unwrap().contains("not-installed"), "{ready}");
+    assert!(
+        ready["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("not-installed"),
+        "{ready}"
+    );
 
     let (status, headers, _) = api
         .raw(Request::builder().uri("/dashboard"), Vec::new())
         .await;
     assert_eq!(status, StatusCode::OK);
-    for name in ["content-security-policy", "x-frame-options", "referrer-policy"] {
-        assert!(headers.contains_key(name), "{dialect}: dashboard lacks {name}");
+    for name in [
+        "content-security-policy",
+        "x-frame-options",
+        "referrer-policy",
+    ] {
+        assert!(
+            headers.contains_key(name),
+            "{dialect}: dashboard lacks {name}"
+        );
     }
     api.close().await;
 }
@@ -686,8 +733,16 @@ async fn an_unknown_callback_binding_answers_like_a_bad_signature(dialect: &str)
     };
     let (known_status, _, known) = api.raw(callback("mail-hook"), body.clone()).await;
     let (unknown_status, _, unknown) = api.raw(callback("no-such-hook"), body).await;
-    assert_eq!(known_status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}: {known}");
-    assert_eq!((unknown_status, unknown), (known_status, known), "{dialect}");
+    assert_eq!(
+        known_status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{dialect}: {known}"
+    );
+    assert_eq!(
+        (unknown_status, unknown),
+        (known_status, known),
+        "{dialect}"
+    );
     let _ = api.clock.now();
     api.close().await;
 }

@@ -59,7 +59,10 @@ mod tests {
         let inner: IpAddr = "10.0.0.3".parse().unwrap();
         let h = headers("203.0.113.9, 10.0.0.3");
         assert_eq!(client_ip(Some(proxy), &h, &[proxy, inner]), Some(client));
-        assert_eq!(client_ip(Some(proxy), &headers("junk"), &[proxy]), Some(proxy));
+        assert_eq!(
+            client_ip(Some(proxy), &headers("junk"), &[proxy]),
+            Some(proxy)
+        );
         assert_eq!(client_ip(None, &h, &[proxy]), None);
     }
 }

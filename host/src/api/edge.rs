@@ -171,7 +171,8 @@ async fn reshape(response: Response, method: &axum::http::Method, path: &str) ->
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", format!("no route for {method} {path}")),
+        // Not `not_found`: that says a named thing does not exist.
+        StatusCode::NOT_FOUND => ("no_route", format!("no route for {method} {path}")),
         StatusCode::METHOD_NOT_ALLOWED => (
             "method_not_allowed",
             match allow.as_ref().and_then(|v| v.to_str().ok()) {
@@ -210,7 +211,10 @@ fn add_page_headers(headers: &mut axum::http::HeaderMap) {
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

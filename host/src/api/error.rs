@@ -56,6 +56,21 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} does not exist")),
             StoreError::Invalid(message) => ApiError::invalid(message),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            // A concurrent request deleted what this one refers to (a
+            // contact deleted while an event for it was stored), or wrote
+            // the same unique value first: the client's race, not ours.
+            StoreError::Database(sqlx::Error::Database(e)) if e.is_foreign_key_violation() || e.message().contains("FOREIGN KEY constraint failed") => {
+                ApiError::Conflict(
+                    "something this request refers to was deleted meanwhile; check it and try again"
+                        .into(),
+                )
+            }
+            StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation() || e.message().contains("UNIQUE constraint failed") => {
+                ApiError::Conflict(
+                    "a concurrent request stored the same thing first; check it and try again"
+                        .into(),
+                )
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -67,8 +67,8 @@ pub async fn ingest(
             Json(json!({ "event": ingested.event, "duplicate": ingested.duplicate })),
         ));
     }
-    let Batch { events } = serde_json::from_value(body)
-        .map_err(|e| ApiError::invalid(format!("batch: {e}")))?;
+    let Batch { events } =
+        serde_json::from_value(body).map_err(|e| ApiError::invalid(format!("batch: {e}")))?;
     if events.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
             "{} events in one batch; send at most {MAX_BATCH}",

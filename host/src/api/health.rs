@@ -38,7 +38,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                     bindings
                         .iter()
                         .filter(|b| state.pipeline.registry.live(&b.plugin).is_none())
-                        .map(|b| format!("plugin {} of binding {} is not loaded", b.plugin, b.name)),
+                        .map(|b| {
+                            format!("plugin {} of binding {} is not loaded", b.plugin, b.name)
+                        }),
                 ),
                 Err(e) => {
                     tracing::warn!(error = %e, "readiness: bindings unreadable");

@@ -59,7 +59,11 @@ pub struct ServeArgs {
     /// A reverse proxy whose `X-Forwarded-For` names the client (for the
     /// double opt-in proof); repeatable. From any other peer the header is
     /// ignored and the socket's address counts.
-    #[arg(long = "trusted-proxy", env = "NACHFASS_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "NACHFASS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Seconds a client has to send a request's head, counted from when
     /// the connection waits for it: an idle keep-alive connection is
