@@ -54,6 +54,7 @@ on_both!(
     a_merge_keeps_messages_consents_and_suppressions,
     health_and_readiness_answer_without_a_key,
     an_unknown_callback_binding_answers_like_a_bad_signature,
+    only_links_written_in_the_template_are_tracked,
 );
 
 /// 2026-11-02T10:00:00Z.
@@ -744,5 +745,71 @@ async fn an_unknown_callback_binding_answers_like_a_bad_signature(dialect: &str)
         "{dialect}"
     );
     let _ = api.clock.now();
+    api.close().await;
+}
+
+async fn only_links_written_in_the_template_are_tracked(dialect: &str) {
+    let api = Api::new(dialect).await;
+    let journey = json!({ "name": "welcome", "purpose": "transactional",
+        "trigger": { "event": { "kind": "signup" } },
+        "steps": [ { "id": "hello", "type": "send", "binding": "mail-hook", "template": {
+            "subject": "Hallo",
+            "text": "Shop: https://shop.example/start Ihre Seite: {{ contact.attributes.site }}",
+            "html": "<a href=\"https://shop.example/start\">Shop</a> <a href=\"{{ contact.attributes.site }}\">Seite</a>" } } ] });
+    let (status, answer) = api
+        .send(
+            "PUT",
+            "/v1/journeys/welcome",
+            Some(&api.admin),
+            Some(&journey.to_string()),
+        )
+        .await;
+    assert!(status.is_success(), "{dialect}: {answer}");
+    let (status, created) = api
+        .post(
+            "/v1/contacts",
+            &api.admin,
+            json!({ "email": "eve@x.example", "attributes": { "site": "https://evil.example/x" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .post(
+            "/v1/events",
+            &api.ingest,
+            json!({ "kind": "signup", "contact_id": id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let scheduler = nachfass::scheduler::Scheduler::new(
+        api.journeys.clone(),
+        nachfass::scheduler::SchedulerConfig::default(),
+    );
+    scheduler.run_until_idle().await.unwrap();
+    let (_, messages) = api
+        .get(&format!("/v1/contacts/{id}/messages"), &api.admin)
+        .await;
+    let message = &messages["messages"][0]["message"];
+    let text = message["text"].as_str().unwrap();
+    assert!(
+        text.contains("/t/c/") && !text.contains("shop.example"),
+        "{dialect}: the template's link is tracked: {text}"
+    );
+    assert!(
+        text.contains("Ihre Seite: https://evil.example/x"),
+        "{dialect}: the data's URL stays text: {text}"
+    );
+    let html = message["html"].as_str().unwrap();
+    assert!(
+        html.contains("href=\"https:&#x2f;&#x2f;evil.example&#x2f;x\"")
+            || html.contains("href=\"https://evil.example/x\""),
+        "{dialect}: {html}"
+    );
+    assert_eq!(
+        message["metadata"]["links"],
+        json!(["https://shop.example/start"]),
+        "{dialect}"
+    );
     api.close().await;
 }

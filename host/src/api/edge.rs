@@ -109,7 +109,10 @@ fn nul_in_target(request: &Request) -> Option<String> {
 /// wrong method, a path that does not decode, a body too large) into it.
 /// HTML pages (unsubscribe, confirmation) also get security headers.
 pub async fn error_shape(request: Request, next: Next) -> Response {
-    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
     if target > MAX_URI_BYTES {
         return error_response(
             StatusCode::URI_TOO_LONG,
