@@ -187,6 +187,10 @@ pub fn app(state: AppState) -> Router {
             post(journeys::request_consent),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::scope_first,
+        ))
         .route_layer(axum::middleware::from_fn(edge::refuse_nul))
         .route_layer(axum::middleware::from_fn(kpis::track))
         .layer(axum::middleware::from_fn(edge::error_shape))

@@ -453,6 +453,20 @@ async fn the_batch_wrapper_is_strict_and_scope_comes_first(dialect: &str) {
         .send("POST", "/v1/events", Some(&api.reader), Some("{broken"))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{dialect}: {error}");
+    // Everywhere: the scope is checked before the body is read.
+    for (method, path) in [
+        ("POST", "/v1/contacts"),
+        ("PUT", "/v1/journeys/x"),
+        ("POST", "/v1/bindings"),
+        ("POST", "/v1/contacts/c_1/consents/request"),
+    ] {
+        let (status, error) = api
+            .send(method, path, Some(&api.ingest), Some("{broken"))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{dialect} {path}: {error}");
+        let (status, _) = api.send(method, path, None, Some("{broken")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{dialect} {path}");
+    }
     api.close().await;
 }
 

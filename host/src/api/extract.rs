@@ -98,6 +98,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Already checked by `edge::scope_first` before the body was read.
+        if let Some(key) = parts.extensions.get::<ApiKey>() {
+            return Ok(Caller(key.clone()));
+        }
         let secret = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

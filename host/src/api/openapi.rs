@@ -387,6 +387,21 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
+/// The scope an operation needs, if it needs a key.
+pub fn scope_of(method: &str, path: &str) -> Option<crate::store::Scope> {
+    use crate::store::Scope;
+    let op = OPERATIONS
+        .iter()
+        .find(|op| op.path == path && op.method.eq_ignore_ascii_case(method))?;
+    match op.scope {
+        "admin" => Some(Scope::Admin),
+        "write" => Some(Scope::Write),
+        "read" => Some(Scope::Read),
+        "ingest" => Some(Scope::Ingest),
+        _ => None,
+    }
+}
+
 /// The query parameters an operation reads.
 fn query_parameters(method: &str, path: &str) -> Vec<Value> {
     let text = json!({ "type": "string" });
