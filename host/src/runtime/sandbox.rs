@@ -37,6 +37,38 @@ pub struct Binding {
     pub limits: Limits,
     /// `host` or `host:port` entries; `*.example.com` allows subdomains.
     pub allow_http: Vec<String>,
+    /// Also keeps the plugin's log lines here (`plugin test --logs`).
+    pub log_sink: Option<LogSink>,
+}
+
+/// Log lines a plugin wrote, kept for whoever ran it (besides `tracing`).
+#[derive(Clone, Debug, Default)]
+pub struct LogSink(Arc<std::sync::Mutex<Vec<(host::Level, String)>>>);
+
+impl LogSink {
+    /// The lines so far, as `(level, message)`, level in lower case.
+    pub fn lines(&self) -> Vec<(&'static str, String)> {
+        let lines = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        lines
+            .into_iter()
+            .map(|(level, message)| {
+                let level = match level {
+                    host::Level::Trace => "trace",
+                    host::Level::Debug => "debug",
+                    host::Level::Info => "info",
+                    host::Level::Warn => "warn",
+                    host::Level::Error => "error",
+                };
+                (level, message)
+            })
+            .collect()
+    }
+
+    fn push(&self, level: host::Level, message: &str) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push((level, message.to_owned()));
+        }
+    }
 }
 
 impl Binding {
@@ -46,6 +78,7 @@ impl Binding {
             config: BTreeMap::new(),
             limits: Limits::for_world(world),
             allow_http: Vec::new(),
+            log_sink: None,
         }
     }
 
@@ -161,6 +194,9 @@ impl host::Host for CallState {
                 .unwrap_or(0);
             message.truncate(cut);
             message.push('…');
+        }
+        if let Some(sink) = &self.binding.log_sink {
+            sink.push(level, &message);
         }
         let (plugin, binding) = (&*self.plugin, &self.binding.name);
         match level {
