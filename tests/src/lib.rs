@@ -7,6 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod languages;
 pub mod server;
 
 /// A guest crate and the component cargo built from it.
@@ -190,11 +191,24 @@ impl Drop for HttpSink {
 /// and a new database on the PostgreSQL server at
 /// `NACHFASS_TEST_POSTGRES_URL` (`tests/run` starts one).
 pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
+    let mut all = Vec::new();
+    for dialect in ["sqlite", "postgres"] {
+        let (url, temp) = database(dialect).await;
+        all.push((dialect, url, temp));
+    }
+    all
+}
+
+/// A fresh database of one dialect (`sqlite` or `postgres`), for tests
+/// stamped once per dialect.
+pub async fn database(dialect: &str) -> (String, TempStore) {
     use sqlx::Executor;
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite_url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
-
+    if dialect == "sqlite" {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
+        return (url, TempStore::Sqlite(dir));
+    }
     let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
         "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
     );
@@ -215,11 +229,8 @@ pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    let postgres_url = format!("{server}/{name}");
-    vec![
-        ("sqlite", sqlite_url, TempStore::Sqlite(dir)),
-        ("postgres", postgres_url, TempStore::Postgres { base, name }),
-    ]
+    let url = format!("{server}/{name}");
+    (url, TempStore::Postgres { base, name })
 }
 
 /// A fresh store on each dialect (see [`databases`]). Every store test runs
