@@ -590,6 +590,7 @@ impl Scorer for {type_name} {{
         let mut change = ScoreChange::none();
         if event.kind == "download" {{
             change.add(points, format!("download {{points:+}}"));
+            ctx.log(Level::Debug, &format!("{{}} scored {{points}}", event.id));
         }}
         Ok(change)
     }}
