@@ -194,6 +194,7 @@ impl Plugin {
         let answer = self
             .run("matches", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_matches(&mut *store, &contact, &activity).await
             })
             .await?;
@@ -221,6 +222,7 @@ impl Plugin {
         let answer = self
             .run("matches-batch", binding, &limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_matches_batch(&mut *store, &inputs).await
             })
             .await?;
@@ -253,6 +255,7 @@ impl Plugin {
         let answer = self
             .run("on-event", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world
                     .call_on_event(&mut *store, &contact, &event, &activity)
                     .await
@@ -277,6 +280,7 @@ impl Plugin {
         let answer = self
             .run("on-profile", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_on_profile(&mut *store, &contact).await
             })
             .await?;
@@ -297,6 +301,7 @@ impl Plugin {
         let info = self
             .run("describe", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_describe(&mut *store).await
             })
             .await?;
@@ -323,6 +328,7 @@ impl Plugin {
         let answer = self
             .run("deliver", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_deliver(&mut *store, &message).await
             })
             .await?;
@@ -358,6 +364,7 @@ impl Plugin {
         let answer = self
             .run("parse-callback", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store);
                 world.call_parse_callback(&mut *store, &callback).await
             })
             .await?;

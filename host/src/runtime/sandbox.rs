@@ -110,6 +110,8 @@ pub struct CallState {
     pub(super) limiter: CallLimiter,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: u32,
+    /// The CPU budget in epoch ticks, set by [`store`].
+    cpu_ticks: u64,
 }
 
 impl CallState {
@@ -134,6 +136,7 @@ impl CallState {
             limiter: CallLimiter::new(limits.memory_bytes),
             stderr,
             log_lines: 0,
+            cpu_ticks: 1,
         }
     }
 
@@ -156,12 +159,30 @@ pub fn store(
     limits: &Limits,
     tick: Duration,
 ) -> Store<CallState> {
+    let ticks = |d: Duration| {
+        u64::try_from(d.as_nanos().div_ceil(tick.as_nanos().max(1)))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    };
+    let mut state = state;
+    state.cpu_ticks = ticks(limits.cpu_time);
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_trap();
-    let ticks = limits.cpu_time.as_nanos().div_ceil(tick.as_nanos().max(1));
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    // Instantiating is bounded by the wall-clock limit; the CPU budget
+    // starts with the call (see `start_cpu_budget`).
+    store.set_epoch_deadline(ticks(limits.wall_time.max(limits.cpu_time)));
     store
+}
+
+/// Starts the call's CPU budget, once the instance exists. Instantiating a
+/// Python or JavaScript component maps a pre-initialised interpreter heap
+/// and fills tables of thousands of functions: the host's work, which
+/// would otherwise eat most of a 10 ms budget before the plugin's first
+/// instruction (and all of it in a debug build).
+pub fn start_cpu_budget(store: &mut Store<CallState>) {
+    let ticks = store.data().cpu_ticks;
+    store.set_epoch_deadline(ticks);
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,
