@@ -15,6 +15,11 @@ use nachfass_tests::server::{Server, create_admin_key, free_port, http};
 use nachfass_tests::{HttpSink, guests, runtime};
 use serde_json::{Value, json};
 
+/// One test at a time: the limits are real, and a Python call starved of
+/// both cores by a neighbouring componentize run or an 18 MB compile would
+/// hit its (wall-clock) CPU budget.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One test per dialect: `name::sqlite` and `name::postgres`.
 macro_rules! per_dialect {
     ($name:ident) => {
@@ -65,6 +70,7 @@ fn api(port: u16, key: &str, method: &str, path: &str, body: Option<Value>) -> V
 per_dialect!(python_scorer_scores_like_the_rust_one);
 
 async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let python = languages::ENGAGEMENT_PY.built();
     compiled(&python).await;
     let rust = guests::ENGAGEMENT.packed();
@@ -134,7 +140,13 @@ async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
         1 + 1 + 12 + 1 + 7 + 30 - 5,
         "{history}"
     );
-    assert_eq!(python, rust, "{history}");
+    let failures: String = std::fs::read_to_string(dir.path().join(format!("serve-{port}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("plugin call failed"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(python, rust, "{history}\n{failures}");
     let stored = api(port, &key, "GET", &format!("/v1/contacts/{contact}"), None);
     assert_eq!(stored["score"], 2 * 47);
 
@@ -146,6 +158,7 @@ async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
 per_dialect!(javascript_connector_delivers_only_to_allowed_hosts);
 
 async fn javascript_connector_delivers_only_to_allowed_hosts(dialect: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let connector = languages::CHAT_WEBHOOK_JS.built();
     compiled(&connector).await;
     let dir = server_dir(&[("chat-webhook-js.wasm", &connector)]);
@@ -262,6 +275,7 @@ async fn javascript_connector_delivers_only_to_allowed_hosts(dialect: &str) {
 /// The CPU budget holds for an interpreter as for compiled code.
 #[tokio::test]
 async fn a_python_plugin_that_loops_forever_is_stopped_by_its_budget() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let looping = runtime()
         .load_file(&languages::ENDLESS_LOOP_PY.built())
         .await
@@ -294,6 +308,7 @@ async fn a_python_plugin_that_loops_forever_is_stopped_by_its_budget() {
 /// builds into a component with its manifest.
 #[tokio::test]
 async fn new_python_and_javascript_projects_test_and_build() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use clap::Parser;
     let dir = tempfile::tempdir().unwrap();
     let nachfass = async |args: &[&str]| {
