@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod cache;
 mod convert;
+mod cpu_clock;
 pub mod error;
 pub mod limits;
 mod mail;

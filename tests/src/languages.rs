@@ -18,6 +18,9 @@ pub struct LangGuest {
 pub const ENGAGEMENT_PY: LangGuest = LangGuest {
     dir: "plugins/scoring/engagement-py",
 };
+pub const ENGAGEMENT_JS: LangGuest = LangGuest {
+    dir: "plugins/scoring/engagement-js",
+};
 pub const CHAT_WEBHOOK_JS: LangGuest = LangGuest {
     dir: "plugins/channels/chat-webhook-js",
 };
@@ -89,12 +92,16 @@ impl LangGuest {
         if out.exists() {
             return out;
         }
-        if project.join("package.json").exists() {
+        if project.join("package.json").exists() && !project.join("node_modules").exists() {
+            // One installation of componentize-js serves every example.
+            let shared = repo_root().join(CHAT_WEBHOOK_JS.dir).join("node_modules");
             assert!(
-                project.join("node_modules").exists(),
-                "{} has no node_modules: run `npm install` there (tests/run does)",
-                project.display()
+                shared.exists(),
+                "{} is missing: run `npm install` there (tests/run does)",
+                shared.display()
             );
+            std::os::unix::fs::symlink(&shared, project.join("node_modules"))
+                .expect("link node_modules");
         }
         let partial = out.with_extension(format!("part{}", std::process::id()));
         let built = Command::new(&binary)

@@ -67,14 +67,20 @@ fn api(port: u16, key: &str, method: &str, path: &str, body: Option<Value>) -> V
     answer
 }
 
-per_dialect!(python_scorer_scores_like_the_rust_one);
+per_dialect!(python_and_javascript_scorers_score_like_the_rust_one);
 
-async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
+async fn python_and_javascript_scorers_score_like_the_rust_one(dialect: &str) {
     let _alone = ONE_AT_A_TIME.lock().await;
     let python = languages::ENGAGEMENT_PY.built();
     compiled(&python).await;
+    let javascript = languages::ENGAGEMENT_JS.built();
+    compiled(&javascript).await;
     let rust = guests::ENGAGEMENT.packed();
-    let dir = server_dir(&[("engagement-py.wasm", &python), ("engagement.wasm", &rust)]);
+    let dir = server_dir(&[
+        ("engagement-py.wasm", &python),
+        ("engagement-js.wasm", &javascript),
+        ("engagement.wasm", &rust),
+    ]);
     let (database, temp) = nachfass_tests::database(dialect).await;
     let key = create_admin_key(&database);
     let server = Server::start(&database, dir.path(), free_port(), &[]);
@@ -83,7 +89,11 @@ async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
     // Both bindings with the same configuration, so every rule is used:
     // configured points, the pricing page, the daily cap, penalties.
     let config = json!({ "points": "download:7, demo.booked:30", "pricing_points": "12", "max_per_day": "2" });
-    for (name, plugin) in [("rust", "engagement"), ("python", "engagement-py")] {
+    for (name, plugin) in [
+        ("rust", "engagement"),
+        ("python", "engagement-py"),
+        ("javascript", "engagement-js"),
+    ] {
         api(
             port,
             &key,
@@ -132,7 +142,7 @@ async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
             .map(|e| (e["delta"].as_i64().unwrap(), e["reasons"].clone()))
             .collect()
     };
-    let (rust, python) = (of("rust"), of("python"));
+    let (rust, python, javascript) = (of("rust"), of("python"), of("javascript"));
     // opened +1 twice (the third is capped), pricing +12, blog +1,
     // download +7, demo +30, bounce -5.
     assert_eq!(
@@ -147,8 +157,9 @@ async fn python_scorer_scores_like_the_rust_one(dialect: &str) {
         .collect::<Vec<_>>()
         .join("\n");
     assert_eq!(python, rust, "{history}\n{failures}");
+    assert_eq!(javascript, rust, "{history}\n{failures}");
     let stored = api(port, &key, "GET", &format!("/v1/contacts/{contact}"), None);
-    assert_eq!(stored["score"], 2 * 47);
+    assert_eq!(stored["score"], 3 * 47);
 
     drop(server);
     let store = nachfass::store::Store::connect(&database).await.unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -16,6 +16,7 @@ use wasmtime_wasi::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::host;
+use super::cpu_clock::CpuBudget;
 use super::limits::Limits;
 use super::manifest::World;
 use super::outgoing_http::AllowList;
@@ -110,8 +111,8 @@ pub struct CallState {
     pub(super) limiter: CallLimiter,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: u32,
-    /// The CPU budget in epoch ticks, set by [`store`].
-    cpu_ticks: u64,
+    /// The call's CPU budget, started by [`start_cpu_budget`].
+    cpu: CpuBudget,
 }
 
 impl CallState {
@@ -136,7 +137,7 @@ impl CallState {
             limiter: CallLimiter::new(limits.memory_bytes),
             stderr,
             log_lines: 0,
-            cpu_ticks: 1,
+            cpu: CpuBudget::new(limits.cpu_time),
         }
     }
 
@@ -159,20 +160,29 @@ pub fn store(
     limits: &Limits,
     tick: Duration,
 ) -> Store<CallState> {
-    let ticks = |d: Duration| {
-        u64::try_from(d.as_nanos().div_ceil(tick.as_nanos().max(1)))
-            .unwrap_or(u64::MAX)
-            .max(1)
-    };
-    let mut state = state;
-    state.cpu_ticks = ticks(limits.cpu_time);
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    store.epoch_deadline_trap();
+    // At a deadline, look at the CPU time the call really used: go on
+    // while budget is left, trap once it is spent.
+    store.epoch_deadline_callback(move |mut store| {
+        let left = store.data_mut().cpu.remaining();
+        if left.is_zero() {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Continue(ticks(left, tick)))
+        }
+    });
     // Instantiating is bounded by the wall-clock limit; the CPU budget
     // starts with the call (see `start_cpu_budget`).
-    store.set_epoch_deadline(ticks(limits.wall_time.max(limits.cpu_time)));
+    store.set_epoch_deadline(ticks(limits.wall_time.max(limits.cpu_time), tick));
     store
+}
+
+/// `d` in epoch ticks, at least one.
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(tick.as_nanos().max(1)))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Starts the call's CPU budget, once the instance exists. Instantiating a
@@ -180,9 +190,9 @@ pub fn store(
 /// and fills tables of thousands of functions: the host's work, which
 /// would otherwise eat most of a 10 ms budget before the plugin's first
 /// instruction (and all of it in a debug build).
-pub fn start_cpu_budget(store: &mut Store<CallState>) {
-    let ticks = store.data().cpu_ticks;
-    store.set_epoch_deadline(ticks);
+pub fn start_cpu_budget(store: &mut Store<CallState>, limits: &Limits, tick: Duration) {
+    store.data_mut().cpu.start();
+    store.set_epoch_deadline(ticks(limits.cpu_time, tick));
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,

@@ -56,12 +56,13 @@ pub fn build(dir: &Path, target: Option<PathBuf>) -> Result<(String, PathBuf), C
     let wit_dir = work.path().join("wit");
     wit::write(&wit_dir).map_err(fail)?;
     let component = work.path().join("component.wasm");
-    // Only channels may reach wasi:http: without it the engine's fetch()
-    // would import what the other worlds are not granted.
+    // Only channels may reach wasi:http: elsewhere the engine's fetch()
+    // and its incoming-request support would import what the world does
+    // not grant.
     let disable = if manifest.world == World::Channel {
         ""
     } else {
-        "http"
+        "http,fetch-event"
     };
     let status = Command::new(std::env::var("NACHFASS_NODE").unwrap_or_else(|_| "node".into()))
         .current_dir(dir)
