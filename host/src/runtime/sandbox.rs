@@ -145,6 +145,11 @@ impl CallState {
         &self.binding
     }
 
+    /// Linear memory the instance holds now, all memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.limiter.memory_bytes_now
+    }
+
     /// The guest's stderr, e.g. a Rust panic message.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
@@ -272,6 +277,8 @@ impl WasiHttpView for CallState {
 pub struct CallLimiter {
     memory_bytes: usize,
     pub(super) memory_exceeded: bool,
+    /// Sum of the memories' sizes (creation counts as growth from 0).
+    memory_bytes_now: usize,
 }
 
 impl CallLimiter {
@@ -279,6 +286,7 @@ impl CallLimiter {
         CallLimiter {
             memory_bytes,
             memory_exceeded: false,
+            memory_bytes_now: 0,
         }
     }
 }
@@ -286,7 +294,7 @@ impl CallLimiter {
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -294,6 +302,9 @@ impl ResourceLimiter for CallLimiter {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
         }
+        self.memory_bytes_now = self
+            .memory_bytes_now
+            .saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
