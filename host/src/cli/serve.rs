@@ -17,7 +17,7 @@ use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
 use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
-use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::runtime::{Registry, Runtime, RuntimeConfig, RuntimeLimits};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::scoring::StageThresholds;
 use crate::store::{Scope, Store};
@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, env = "NACHFASS_LEASE_MS", default_value_t = 60_000)]
     pub lease_ms: i64,
+    /// Largest plugin component accepted, in bytes (uploads and the plugins
+    /// directory). The default fits Python and JavaScript components, which
+    /// carry their interpreter.
+    #[arg(long, env = "NACHFASS_MAX_COMPONENT_BYTES", default_value_t = crate::runtime::limits::DEFAULT_MAX_COMPONENT_BYTES)]
+    pub max_component_bytes: usize,
     /// The address recipients reach this server at, for tracking,
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
@@ -114,6 +119,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             signatures: args.signatures,
             ..TrustPolicy::default()
         }),
+        limits: RuntimeLimits {
+            max_component_bytes: args.max_component_bytes,
+            ..RuntimeLimits::default()
+        },
         ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
