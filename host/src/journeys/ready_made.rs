@@ -133,10 +133,11 @@ mod tests {
                 else {
                     continue;
                 };
-                let templates = template
-                    .iter()
-                    .map(|t| (None, t))
-                    .chain(variants.iter().map(|v| (Some(v.name.as_str()), &v.template)));
+                let templates = template.iter().map(|t| (None, t)).chain(
+                    variants
+                        .iter()
+                        .map(|v| (Some(v.name.as_str()), &v.template)),
+                );
                 for (variant, template) in templates {
                     for event in [None, Some(&event)] {
                         let context = RenderContext {
@@ -155,7 +156,18 @@ mod tests {
                         let at = format!("{} / {id} / {variant:?}", ready.name);
                         assert!(!subject.trim().is_empty(), "{at}: empty subject");
                         for part in [&subject, &out.text, &html] {
-                            for bad in [" ,", " !", " .", " ?", "  ", "{{", "{%", "<p></p>", "undefined", "none"] {
+                            for bad in [
+                                " ,",
+                                " !",
+                                " .",
+                                " ?",
+                                "  ",
+                                "{{",
+                                "{%",
+                                "<p></p>",
+                                "undefined",
+                                "none",
+                            ] {
                                 assert!(!part.contains(bad), "{at}: `{bad}` in {part:?}");
                             }
                             let first = part.trim_start_matches("<p>");

@@ -45,7 +45,13 @@ fn value_text(value: &Value) -> String {
 fn object(fields: &[Field]) -> String {
     let members: Vec<String> = fields
         .iter()
-        .map(|f| format!("{}:{}", json_string(&f.key), json_string(&value_text(&f.value))))
+        .map(|f| {
+            format!(
+                "{}:{}",
+                json_string(&f.key),
+                json_string(&value_text(&f.value))
+            )
+        })
         .collect();
     format!("{{{}}}", members.join(","))
 }
