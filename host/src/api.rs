@@ -6,6 +6,7 @@ mod events;
 mod extract;
 mod journeys;
 mod kpis;
+mod mailbox;
 pub mod openapi;
 mod plugins;
 mod privacy;
@@ -43,6 +44,8 @@ pub struct AppState {
     /// Progress of segment rebuilds.
     pub rebuilds: segments::Rebuilds,
     pub journeys: Arc<Journeys>,
+    /// The demo mailbox, only while `nachfass demo` serves.
+    pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
 }
 
 impl AppState {
@@ -58,7 +61,14 @@ impl AppState {
             plugins_dir,
             rebuilds: Default::default(),
             journeys,
+            mailbox: None,
         }
+    }
+
+    /// Adds the demo mailbox (`nachfass demo`).
+    pub fn with_mailbox(mut self, mailbox: Arc<crate::mailbox::Mailbox>) -> AppState {
+        self.mailbox = Some(mailbox);
+        self
     }
 }
 
@@ -140,6 +150,10 @@ pub fn app(state: AppState) -> Router {
             get(tracking::unsubscribe).post(tracking::unsubscribe),
         )
         .route("/c/{token}", get(tracking::confirm))
+        .route(
+            "/v1/demo/mailbox",
+            get(mailbox::list).post(mailbox::deliver),
+        )
         .route(
             "/v1/contacts/{id}/consents/request",
             post(journeys::request_consent),

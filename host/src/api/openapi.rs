@@ -253,6 +253,20 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "get",
+        path: "/v1/demo/mailbox",
+        scope: "read",
+        summary: "The demo mailbox (only while `nachfass demo` serves): delivered messages as recipients see them, and deferred sends with why and until when",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/demo/mailbox",
+        scope: "none",
+        summary: "A delivery from the demo-mailbox channel plugin (Bearer: the binding's token)",
+        body: None,
+    },
+    Operation {
         method: "post",
         path: "/v1/callbacks/{binding}",
         scope: "none",

@@ -91,34 +91,60 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             args.db.database
         );
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let pipeline = Pipeline {
-        store,
-        registry,
-        clock,
-        stages: StageThresholds::default(),
-    };
-    let journeys = Journeys::new(pipeline, Policy::default());
     let public_url = args
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    journeys.set_public_url(&public_url);
+    run_server(Server {
+        store,
+        registry,
+        listener,
+        plugins_dir: args.plugins_dir,
+        scheduler: (!args.no_scheduler).then_some(args.lease_ms),
+        public_url,
+        mailbox: None,
+    })
+    .await
+}
+
+/// A server ready to run: `serve` and `demo` both end in one.
+pub(super) struct Server {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub listener: tokio::net::TcpListener,
+    pub plugins_dir: PathBuf,
+    /// The scheduler's lease in milliseconds; `None` runs no scheduler.
+    pub scheduler: Option<i64>,
+    pub public_url: String,
+    pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
+}
+
+/// Serves the API, the dashboard and (if asked) the scheduler until Ctrl-C.
+pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let pipeline = Pipeline {
+        store: server.store,
+        registry: server.registry,
+        clock,
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    journeys.set_public_url(&server.public_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = (!args.no_scheduler).then(|| {
+    let scheduler = server.scheduler.map(|lease_ms| {
         let config = SchedulerConfig {
-            lease_ms: args.lease_ms,
+            lease_ms,
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::new(journeys.clone(), config);
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let app = app(AppState::with_journeys(
-        journeys,
-        Some(args.plugins_dir.clone()),
-    ));
-    let served = axum::serve(listener, app)
+    let mut state = AppState::with_journeys(journeys, Some(server.plugins_dir));
+    if let Some(mailbox) = server.mailbox {
+        state = state.with_mailbox(mailbox);
+    }
+    let served = axum::serve(server.listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
