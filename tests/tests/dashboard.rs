@@ -129,11 +129,18 @@ impl Browser {
 
     /// Waits until `condition` (JavaScript) is true; returns the page text.
     fn wait_until(&self, condition: &str) -> String {
+        self.wait_up_to(Duration::from_secs(15), condition)
+    }
+
+    /// [`Browser::wait_until`] with a longer patience, for a server that
+    /// fills its pages while it runs.
+    fn wait_up_to(&self, patience: Duration, condition: &str) -> String {
         let started = Instant::now();
         while self.script(&format!("return Boolean({condition})")) != Value::Bool(true) {
             assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "never true: {condition}"
+                started.elapsed() < patience,
+                "never true: {condition}\nthe page shows:\n{}",
+                self.script("return document.body.innerText")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -345,5 +352,174 @@ async fn the_dashboard_shows_what_the_api_created() {
     server.abort();
     let _ = stop.send(true);
     scheduling.await.unwrap();
+    temp.cleanup(store).await;
+}
+
+/// `nachfass demo` as a new user meets it: a copy of the binary alone in
+/// an empty directory, no environment (so no cargo, no source tree).
+struct Demo {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The dashboard link the demo printed, key in the fragment.
+    link: String,
+    base: String,
+}
+
+impl Demo {
+    fn start(database: Option<&str>) -> Demo {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("nachfass");
+        std::fs::copy(nachfass_tests::server::binary(), &binary).unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(&binary);
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .args([
+                "demo",
+                "--contacts",
+                "120",
+                "--days",
+                "14",
+                "--listen",
+                &listen,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(database) = database {
+            command.args(["--database", database]);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut printed = String::new();
+        let mut link = None;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("/dashboard#key=") {
+                link = Some(line.trim().to_owned());
+                break;
+            }
+        }
+        let link = link.unwrap_or_else(|| panic!("the demo printed no dashboard link:\n{printed}"));
+        assert!(
+            printed.contains("120 contacts") && printed.contains("example plugins"),
+            "{printed}"
+        );
+        Demo {
+            child,
+            dir,
+            link,
+            base: format!("http://{listen}"),
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The done-when of the first ten minutes: from `nachfass demo` to a
+/// dashboard where a journey shows sends, opens, clicks and a conversion,
+/// the mailbox shows each message as its recipient sees it, and a
+/// deferred send says why and until when.
+fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
+    let demo = Demo::start(database);
+    // The plugins the demo wrote are the ones built from plugins/ with
+    // the host, manifest embedded.
+    let written = std::fs::read(demo.dir.path().join("plugins.d/demo-mailbox-0.1.0.wasm")).unwrap();
+    let built = nachfass::runtime::manifest::embed(
+        &guests::DEMO_MAILBOX.bytes(),
+        &guests::DEMO_MAILBOX.manifest(),
+    )
+    .unwrap();
+    assert!(
+        written == built,
+        "the embedded demo-mailbox is the built one"
+    );
+
+    let browser = Browser::start();
+    browser.go(&demo.link);
+    browser.wait_for_text("Übersicht");
+    browser.go(&format!(
+        "{}/dashboard#/journeys/welcome-nurture",
+        demo.base
+    ));
+    let kpi = |id: &str| format!("Number(document.getElementById('{id}')?.dataset.n) > 0");
+    let page = browser.wait_up_to(
+        Duration::from_secs(120),
+        &["kpi-sent", "kpi-opened", "kpi-clicked", "kpi-converted"]
+            .map(kpi)
+            .join(" && "),
+    );
+    assert!(
+        page.contains("versandt") && page.contains("Conversion"),
+        "{page}"
+    );
+    let ab = browser.wait_until("document.querySelectorAll('#ab tr').length > 1");
+    assert!(ab.contains("personal") && ab.contains("first-step"), "{ab}");
+    browser.screenshot(&format!("demo-journey-{dialect}"));
+
+    browser.go(&format!("{}/dashboard#/mailbox", demo.base));
+    let mailbox =
+        browser.wait_until("document.querySelectorAll('#mailbox tr[data-message]').length > 0");
+    assert!(
+        mailbox.contains("geöffnet") && mailbox.contains("gekauft"),
+        "{mailbox}"
+    );
+    let deferred = browser.wait_up_to(
+        Duration::from_secs(60),
+        // The page refreshes itself every five seconds.
+        "document.querySelectorAll('#deferred tr').length > 1",
+    );
+    assert!(
+        deferred.contains("deferred: outside send window until"),
+        "a deferred send says why and until when:\n{deferred}"
+    );
+    browser.screenshot(&format!("demo-mailbox-{dialect}"));
+
+    // A welcome as its recipient sees it: greeting, tracked links.
+    let welcome = browser.script(
+        "const row = [...document.querySelectorAll('#mailbox tr[data-message]')].find((r) => r.innerText.includes('welcome')); return row && row.dataset.message",
+    );
+    let id = welcome
+        .as_str()
+        .expect("a welcome in the mailbox")
+        .to_owned();
+    browser.go(&format!("{}/dashboard#/mailbox/{id}", demo.base));
+    let message = browser.wait_until("document.getElementById('mail-text')");
+    assert!(
+        message.contains("Hallo ") || message.contains("Guten Tag,"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{}/t/c/", demo.base)),
+        "tracked links:\n{message}"
+    );
+    assert!(!message.contains("Hallo ,"), "{message}");
+    browser.screenshot(&format!("demo-message-{dialect}"));
+}
+
+#[test]
+fn the_demo_runs_from_a_lone_binary_and_follow_ups_visibly_happen_sqlite() {
+    the_demo_shows_follow_ups_happening("sqlite", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_from_a_lone_binary_and_follow_ups_visibly_happen_postgres() {
+    let (_, url, temp) = nachfass_tests::databases().await.pop().unwrap();
+    let database = url.clone();
+    tokio::task::spawn_blocking(move || {
+        the_demo_shows_follow_ups_happening("postgres", Some(&database))
+    })
+    .await
+    .unwrap();
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
     temp.cleanup(store).await;
 }

@@ -170,7 +170,7 @@ async fn read(
     };
     demo.fetch("GET", click, None).await?;
     demo.mailbox.note(message.id, "clicked");
-    let buys = !*bought || dice.roll(100) < 40;
+    let buys = !*bought || dice.roll(100) < 25;
     if let (true, Some(contact_id)) = (buys, contact_id) {
         *bought = true;
         let value = [49.0, 129.0, 19.9][dice.roll(3) as usize];
