@@ -99,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
         .route("/v1/openapi.json", get(openapi::serve))
+        .route("/api-docs", get(openapi::reference))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))
         .route("/v1/journeys", get(journeys::list))

@@ -277,7 +277,8 @@ async fn the_dashboard_shows_what_the_api_created() {
     let key_for_browser = key.clone();
     tokio::task::spawn_blocking(move || {
         let browser = Browser::start();
-        browser.go(&format!("{base}/dashboard"));
+        // German by choice (the demo test covers English and the switch).
+        browser.go(&format!("{base}/dashboard?lang=de"));
         let text = browser.wait_for_text("API-Schlüssel");
         assert!(
             !text.contains("Kontakte"),
@@ -387,16 +388,23 @@ impl Demo {
                 &listen,
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
         if let Some(database) = database {
             command.args(["--database", database]);
         }
         let mut child = command.spawn().unwrap();
+        // Read on a thread to the end: the demo keeps its stdout, and a
+        // closed pipe would end it.
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (lines, printed_lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
         let mut printed = String::new();
         let mut link = None;
-        for line in stdout.lines() {
-            let line = line.unwrap();
+        for line in printed_lines {
             printed.push_str(&line);
             printed.push('\n');
             if line.contains("/dashboard#key=") {
@@ -420,6 +428,16 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        // A demo that ended early says why (shown with a failing test).
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "the demo ended with {status}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -445,12 +463,12 @@ fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
     );
 
     let browser = Browser::start();
-    browser.go(&demo.link);
-    browser.wait_for_text("Übersicht");
-    browser.go(&format!(
-        "{}/dashboard#/journeys/welcome-nurture",
-        demo.base
-    ));
+    // English by choice: the link with `?lang=en` before its fragment.
+    let english = demo.link.replacen("/dashboard#", "/dashboard?lang=en#", 1);
+    browser.go(&english);
+    browser.wait_for_text("Overview");
+    let dashboard = format!("{}/dashboard?lang=en", demo.base);
+    browser.go(&format!("{dashboard}#/journeys/welcome-nurture"));
     let kpi = |id: &str| format!("Number(document.getElementById('{id}')?.dataset.n) > 0");
     let page = browser.wait_up_to(
         Duration::from_secs(120),
@@ -458,33 +476,61 @@ fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
             .map(kpi)
             .join(" && "),
     );
-    assert!(
-        page.contains("versandt") && page.contains("Conversion"),
-        "{page}"
-    );
+    for english in [
+        "Flow",
+        "sent",
+        "Open rate",
+        "Click rate",
+        "Conversion",
+        "Revenue",
+    ] {
+        assert!(
+            page.contains(english),
+            "`{english}` on the English page:\n{page}"
+        );
+    }
+    assert!(!page.contains("versandt"), "{page}");
     let ab = browser.wait_until("document.querySelectorAll('#ab tr').length > 1");
     assert!(ab.contains("personal") && ab.contains("first-step"), "{ab}");
-    browser.screenshot(&format!("demo-journey-{dialect}"));
+    browser.screenshot(&format!("demo-journey-en-{dialect}"));
 
-    browser.go(&format!("{}/dashboard#/mailbox", demo.base));
+    browser.go(&format!("{dashboard}#/mailbox"));
     let mailbox =
         browser.wait_until("document.querySelectorAll('#mailbox tr[data-message]').length > 0");
     assert!(
-        mailbox.contains("geöffnet") && mailbox.contains("gekauft"),
+        mailbox.contains("opened") && mailbox.contains("bought"),
         "{mailbox}"
     );
+    // The switch turns the page German, and the choice stays.
+    browser.script("document.getElementById('lang-de').click()");
+    browser.wait_for_text("Postfach");
     let deferred = browser.wait_up_to(
         Duration::from_secs(60),
         // The page refreshes itself every five seconds.
         "document.querySelectorAll('#deferred tr').length > 1",
     );
     assert!(
+        deferred.contains("Zurückgestellt") && deferred.contains("geöffnet"),
+        "{deferred}"
+    );
+    assert!(
         deferred.contains("deferred: outside send window until"),
         "a deferred send says why and until when:\n{deferred}"
     );
-    browser.screenshot(&format!("demo-mailbox-{dialect}"));
+    browser.screenshot(&format!("demo-mailbox-de-{dialect}"));
+    browser.go(&format!(
+        "{}/dashboard#/journeys/welcome-nurture",
+        demo.base
+    ));
+    let german = browser.wait_for_text("Ablauf");
+    assert!(
+        german.contains("versandt") && german.contains("Umsatz"),
+        "{german}"
+    );
 
     // A welcome as its recipient sees it: greeting, tracked links.
+    browser.go(&format!("{}/dashboard#/mailbox", demo.base));
+    browser.wait_until("document.querySelectorAll('#mailbox tr[data-message]').length > 0");
     let welcome = browser.script(
         "const row = [...document.querySelectorAll('#mailbox tr[data-message]')].find((r) => r.innerText.includes('welcome')); return row && row.dataset.message",
     );
@@ -504,6 +550,29 @@ fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
     );
     assert!(!message.contains("Hallo ,"), "{message}");
     browser.screenshot(&format!("demo-message-{dialect}"));
+
+    // The API reference the dashboard links to, served by the binary.
+    let href =
+        browser.script("return document.querySelector('header a[href=\"/api-docs\"]') !== null");
+    assert_eq!(
+        href,
+        Value::Bool(true),
+        "the dashboard links the API reference"
+    );
+    browser.go(&format!("{}/api-docs", demo.base));
+    let reference = browser.wait_for_text("operations");
+    for expected in [
+        "/v1/journeys/{name}/kpis",
+        "/v1/events",
+        "EventInput",
+        "scope: admin",
+    ] {
+        assert!(
+            reference.contains(expected),
+            "`{expected}` in the reference:\n{reference}"
+        );
+    }
+    browser.screenshot(&format!("demo-api-reference-{dialect}"));
 }
 
 #[test]

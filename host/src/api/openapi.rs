@@ -462,3 +462,10 @@ pub fn document() -> Value {
 pub async fn serve() -> Json<Value> {
     Json(document())
 }
+
+/// A browsable reference at `/api-docs`, built into the binary: one page
+/// that renders this document in the browser, with no assets from
+/// elsewhere, so it works offline.
+pub async fn reference() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../dashboard/api-docs.html"))
+}

@@ -238,11 +238,11 @@ pub async fn demo(
         .create_api_key("demo admin", &[Scope::Admin], now)
         .await
         .map_err(fail)?;
-    writeln!(
-        out,
-        "\nnachfass demo is running — open the dashboard:\n\n  {base}/dashboard#key={key}\n\nAPI key (admin, shown once): {key}\nNew visitors sign up every few seconds; their follow-ups land in the dashboard's mailbox,\nwhere simulated recipients open, click, buy or unsubscribe. Ctrl-C stops the demo."
-    )
-    .map_err(fail)?;
+    // One write, so a reader that stops at the link never cuts it short.
+    let banner = format!(
+        "\nnachfass demo is running — open the dashboard:\n\n  {base}/dashboard#key={key}\n\nAPI key (admin, shown once): {key}\nAPI reference: {base}/api-docs\nNew visitors sign up every few seconds; their follow-ups land in the dashboard's mailbox,\nwhere simulated recipients open, click, buy or unsubscribe. Ctrl-C stops the demo.\n"
+    );
+    out.write_all(banner.as_bytes()).map_err(fail)?;
     out.flush().map_err(fail)?;
 
     let mailbox = Arc::new(Mailbox::new(token));
