@@ -115,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/journeys/{name}/start", post(journeys::start))
         .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
         .route("/v1/journeys/{name}/preview", post(journeys::preview))
+        .route("/v1/journeys/{name}/validate", post(journeys::check))
         .route("/v1/journeys/{name}/kpis", get(kpis::journey))
         .route("/v1/journeys/{name}/ab/promote", post(kpis::promote))
         .route("/metrics", get(kpis::metrics))

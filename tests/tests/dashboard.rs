@@ -171,6 +171,17 @@ impl Drop for Browser {
     }
 }
 
+/// Puts a valid definition back into the editor: the installed one with
+/// the added step.
+fn edit_back(browser: &Browser) {
+    browser.script(
+        "const area = document.getElementById('definition'); api('/v1/journeys/cart-abandonment').then((j) => { j.definition.steps.push({ id: 'last-wait', type: 'wait', duration: '2d' }); area.value = JSON.stringify(j.definition, null, 2); area.dispatchEvent(new Event('input')); })",
+    );
+    browser.wait_until(
+        "document.querySelector('#flow-preview [data-step=\"last-wait\"]') && !document.getElementById('valid').hidden && document.querySelectorAll('#problems li').length === 0",
+    );
+}
+
 fn chromium() -> String {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -347,6 +358,47 @@ async fn the_dashboard_shows_what_the_api_created() {
             "{plugins}"
         );
         browser.screenshot("plugins");
+
+        // Journeys edited where operators look: install a ready-made one,
+        // break and fix its definition (problems inline, flow redrawn as
+        // typed), save it as a new version, stop and start it.
+        browser.go(&format!("{base}/dashboard#/journeys"));
+        browser.wait_until("document.getElementById('install-button')");
+        browser.script(
+            "document.getElementById('template').value = 'cart-abandonment'; document.getElementById('install-binding').value = 'hook'; document.getElementById('install-button').click()",
+        );
+        let installed = browser.wait_until("location.hash === '#/journeys/cart-abandonment' && document.getElementById('flow')");
+        assert!(installed.contains("reminder-2") && installed.contains("v1"), "{installed}");
+        browser.script("document.querySelector('#edit button').click()");
+        browser.wait_until("document.querySelectorAll('#flow-preview .step').length === 4");
+        let valid = browser.wait_until("!document.getElementById('valid').hidden");
+        assert!(valid.contains("Gültig."), "{valid}");
+        // A step pointing nowhere: the server's problem appears inline.
+        let edit = |change: &str| {
+            browser.script(&format!(
+                "const area = document.getElementById('definition'); const def = JSON.parse(area.value); {change}; area.value = JSON.stringify(def, null, 2); area.dispatchEvent(new Event('input'))"
+            ));
+        };
+        edit("def.steps[0].next = 'nirgendwo'");
+        let problems = browser.wait_until("document.querySelectorAll('#problems li').length > 0");
+        assert!(problems.contains("nirgendwo"), "the problem is shown inline:\n{problems}");
+        browser.screenshot("journey-editor-problem");
+        // Fixed, and a step added: the flow is redrawn, the problems go.
+        edit("delete def.steps[0].next; def.steps.push({ id: 'last-wait', type: 'wait', duration: '2d' })");
+        browser.wait_until("document.querySelector('#flow-preview [data-step=\"last-wait\"]') && !document.getElementById('valid').hidden");
+        browser.script("document.getElementById('definition').value = 'not json'; document.getElementById('definition').dispatchEvent(new Event('input'))");
+        let broken = browser.wait_until("document.querySelectorAll('#problems li').length > 0");
+        assert!(broken.contains("JSON"), "{broken}");
+        edit_back(&browser);
+        browser.screenshot("journey-editor");
+        browser.script("document.getElementById('save').click()");
+        let saved = browser.wait_until("location.hash === '#/journeys/cart-abandonment' && document.getElementById('flow')");
+        assert!(saved.contains("v2") && saved.contains("last-wait"), "a new version:\n{saved}");
+        browser.script("document.getElementById('toggle').click()");
+        browser.wait_until("document.getElementById('journey-state')?.innerText === 'gestoppt'");
+        browser.script("document.getElementById('toggle').click()");
+        browser.wait_until("document.getElementById('journey-state')?.innerText === 'aktiv'");
+        browser.screenshot("journey-saved");
     })
     .await
     .unwrap();

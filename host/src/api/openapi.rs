@@ -253,6 +253,13 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "post",
+        path: "/v1/journeys/{name}/validate",
+        scope: "read",
+        summary: "Check a definition without saving it: {\"valid\", \"problems\"} (every problem a save would report)",
+        body: Some("Journey"),
+    },
+    Operation {
         method: "get",
         path: "/v1/demo/mailbox",
         scope: "read",
