@@ -13,6 +13,7 @@ mod privacy;
 mod segments;
 mod stats;
 mod tracking;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,16 @@ pub struct AppState {
     pub journeys: Arc<Journeys>,
     /// The demo mailbox, only while `nachfass demo` serves.
     pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
+    /// Which OCI registries plugins may be installed from, and how.
+    pub oci: OciSettings,
+}
+
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
 }
 
 impl AppState {
@@ -62,6 +73,7 @@ impl AppState {
             rebuilds: Default::default(),
             journeys,
             mailbox: None,
+            oci: OciSettings::default(),
         }
     }
 
@@ -70,6 +82,15 @@ impl AppState {
         self.mailbox = Some(mailbox);
         self
     }
+}
+
+/// Makes this node's runtime follow the trusted keys in the database at once.
+async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
+    Ok(state
+        .pipeline
+        .store
+        .reload_trust(state.pipeline.registry.runtime())
+        .await?)
 }
 
 pub fn app(state: AppState) -> Router {
@@ -91,6 +112,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list)
                 .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
         )
+        .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(
@@ -98,6 +120,8 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
+        .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/api-docs", get(openapi::reference))
         .route("/v1/segments/{name}", get(segments::show))

@@ -11,6 +11,7 @@ pub mod kpis;
 pub mod mailbox;
 pub mod metrics;
 pub mod model;
+pub mod oci;
 pub mod outbox;
 pub mod pack;
 pub mod policy;

@@ -258,6 +258,7 @@ pub async fn demo(
         plugins_dir: args.plugins_dir,
         scheduler: Some(60_000),
         public_url: base,
+        oci: crate::api::OciSettings::default(),
         mailbox: Some(mailbox),
     })
     .await

@@ -8,11 +8,13 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, app};
+use crate::api::{AppState, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
+use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
+use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -55,6 +57,22 @@ pub struct ServeArgs {
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Whether plugins must be signed by a trusted publisher key
+    /// (`nachfass trust add`). A signature that does not match or a key
+    /// that is not trusted is always refused.
+    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
+    pub signatures: SignaturePolicy,
+    /// An OCI registry (`host[:port]`) plugins may be installed from with
+    /// POST /v1/plugins/pull; repeatable. None by default.
+    #[arg(
+        long = "oci-registry",
+        env = "NACHFASS_OCI_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub oci_registries: Vec<String>,
+    /// Token for private OCI registries.
+    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+    pub oci_token: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -63,9 +81,18 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
+        trust: Some(TrustPolicy {
+            signatures: args.signatures,
+            ..TrustPolicy::default()
+        }),
         ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
+    store
+        .reload_trust(&runtime)
+        .await
+        .map_err(|e| fail(format!("cannot read trusted keys: {e}")))?;
+    spawn_trust_reload(store.clone(), runtime.clone());
     let registry = Arc::new(Registry::new(runtime));
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
@@ -102,6 +129,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         plugins_dir: args.plugins_dir,
         scheduler: (!args.no_scheduler).then_some(args.lease_ms),
         public_url,
+        oci: OciSettings {
+            allowed: AllowedRegistries(args.oci_registries.clone()),
+            client: OciClient::new(args.oci_token.clone()),
+        },
         mailbox: None,
     })
     .await
@@ -116,6 +147,8 @@ pub(super) struct Server {
     /// The scheduler's lease in milliseconds; `None` runs no scheduler.
     pub scheduler: Option<i64>,
     pub public_url: String,
+    /// Registries plugins may be pulled from.
+    pub oci: OciSettings,
     pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
 }
 
@@ -141,6 +174,7 @@ pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
         tokio::spawn(scheduler.run_forever(stopped))
     });
     let mut state = AppState::with_journeys(journeys, Some(server.plugins_dir));
+    state.oci = server.oci;
     if let Some(mailbox) = server.mailbox {
         state = state.with_mailbox(mailbox);
     }
@@ -156,6 +190,23 @@ pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
     }
     served
 }
+
+/// Follows trusted-key changes made on other nodes.
+fn spawn_trust_reload(store: Store, runtime: Runtime) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRUST_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.reload_trust(&runtime).await {
+                tracing::warn!("reloading trusted keys failed; keeping the last ones: {e}");
+            }
+        }
+    });
+}
+
+/// How often a node re-reads the trusted keys.
+const TRUST_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct CreateKeyArgs {
