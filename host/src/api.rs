@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod journeys;
 mod kpis;
+mod mailbox;
 pub mod openapi;
 mod plugins;
 mod privacy;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// The event times `/v1/events` accepts.
     pub event_times: EventTimes,
+    /// The demo mailbox, only while `nachfass demo` serves.
+    pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
     /// Which OCI registries plugins may be installed from, and how.
     pub oci: OciSettings,
 }
@@ -107,8 +110,15 @@ impl AppState {
             journeys,
             trusted_proxies: Arc::default(),
             event_times: EventTimes::default(),
+            mailbox: None,
             oci: OciSettings::default(),
         }
+    }
+
+    /// Adds the demo mailbox (`nachfass demo`).
+    pub fn with_mailbox(mut self, mailbox: Arc<crate::mailbox::Mailbox>) -> AppState {
+        self.mailbox = Some(mailbox);
+        self
     }
 }
 
@@ -158,6 +168,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/trusted-keys", get(trust::list).post(trust::add))
         .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
+        .route("/api-docs", get(openapi::reference))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))
         .route("/v1/journeys", get(journeys::list))
@@ -173,6 +184,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/journeys/{name}/start", post(journeys::start))
         .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
         .route("/v1/journeys/{name}/preview", post(journeys::preview))
+        .route("/v1/journeys/{name}/validate", post(journeys::check))
         .route("/v1/journeys/{name}/kpis", get(kpis::journey))
         .route("/v1/journeys/{name}/ab/promote", post(kpis::promote))
         .route("/metrics", get(kpis::metrics))
@@ -214,6 +226,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route(
+            "/v1/demo/mailbox",
+            get(mailbox::list).post(mailbox::deliver),
+        )
         .route(
             "/v1/contacts/{id}/consents/request",
             post(journeys::request_consent),

@@ -27,18 +27,29 @@ pub enum PackError {
 /// `[package.metadata.nachfass]` (and the publisher who signs it, if any).
 pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
     let path = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)?;
+    manifest_from_toml(&path, &text, workspace_package(crate_dir))
+}
+
+/// The manifest from a crate's `Cargo.toml` text; `workspace` is the
+/// `[workspace.package]` its `.workspace = true` fields inherit from, and
+/// `path` only names the file in errors.
+pub fn manifest_from_toml(
+    path: &Path,
+    text: &str,
+    workspace: Option<toml::Table>,
+) -> Result<Manifest, PackError> {
     let bad = |detail: String| PackError::CargoToml {
-        path: path.clone(),
+        path: path.to_owned(),
         detail,
     };
-    let doc: toml::Table = std::fs::read_to_string(&path)?
+    let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| bad(e.to_string()))?;
     let package = doc
         .get("package")
         .and_then(toml::Value::as_table)
         .ok_or_else(|| bad("no [package] table".into()))?;
-    let workspace = workspace_package(crate_dir);
     let field = |key: &str| -> Option<toml::Value> {
         match package.get(key) {
             Some(toml::Value::Table(t))
@@ -205,12 +216,14 @@ fn manifest_from_json_parts(
 /// `[workspace.package]` of the nearest enclosing workspace, if any.
 fn workspace_package(crate_dir: &Path) -> Option<toml::Table> {
     crate_dir.ancestors().skip(1).find_map(|dir| {
-        let doc: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml"))
-            .ok()?
-            .parse()
-            .ok()?;
-        doc.get("workspace")?.get("package")?.as_table().cloned()
+        workspace_package_of(&std::fs::read_to_string(dir.join("Cargo.toml")).ok()?)
     })
+}
+
+/// `[workspace.package]` of a workspace's `Cargo.toml` text.
+pub fn workspace_package_of(text: &str) -> Option<toml::Table> {
+    let doc: toml::Table = text.parse().ok()?;
+    doc.get("workspace")?.get("package")?.as_table().cloned()
 }
 
 /// Writes `component` with `manifest` embedded to `out` (which may be

@@ -391,10 +391,12 @@ async fn demo_loads_contacts_with_scores_and_segments() {
         &database,
         "--plugins-dir",
         plugins.to_str().unwrap(),
+        "--no-serve",
     ])
     .await;
     result.unwrap();
-    assert!(out.contains("demo loaded: 40 contacts"), "{out}");
+    assert!(out.contains("40 contacts"), "{out}");
+    assert!(out.contains("demo data loaded into"), "{out}");
     let store = nachfass::store::Store::connect(&database).await.unwrap();
     let contacts = store
         .list_contacts(&nachfass::store::ContactFilter {
@@ -414,7 +416,7 @@ async fn demo_loads_contacts_with_scores_and_segments() {
     );
     assert!(store.segment_size("software").await.unwrap() > 0);
     assert!(
-        std::fs::read_dir(&plugins).unwrap().count() >= 4,
+        std::fs::read_dir(&plugins).unwrap().count() >= 5,
         "the example plugins are kept for `serve`"
     );
 }

@@ -473,8 +473,8 @@ async fn a_refused_mail_is_retried_with_the_same_message_id() {
         );
         assert_eq!(
             accepted[0].parts()[0].lines().next(),
-            Some("Hallo ,"),
-            "{dialect}: a missing name renders empty"
+            Some("Guten Tag,"),
+            "{dialect}: a missing name gets a neutral greeting"
         );
         w.close().await;
     }

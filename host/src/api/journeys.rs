@@ -70,6 +70,39 @@ pub async fn save(
     saved(&state, &def).await
 }
 
+/// Checks a definition without saving it: every problem saving would
+/// report, for an editor that validates as the operator types.
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let problems = match JourneyDef::from_json(&body) {
+        Err(e) => vec![e],
+        Ok(def) => {
+            let mut problems =
+                crate::journeys::validate::validate(&def, &state.journeys.known().await?)
+                    .err()
+                    .unwrap_or_default();
+            if def.name != name {
+                problems.insert(
+                    0,
+                    format!(
+                        "the definition is named `{}` but the path says `{name}`",
+                        def.name
+                    ),
+                );
+            }
+            problems
+        }
+    };
+    Ok(Json(
+        json!({ "valid": problems.is_empty(), "problems": problems }),
+    ))
+}
+
 /// Saves a definition: 201 for a new version, 200 when it equals the
 /// latest.
 async fn saved(state: &AppState, def: &JourneyDef) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -282,6 +282,27 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/journeys/{name}/validate",
+        scope: "read",
+        summary: "Check a definition without saving it: {\"valid\", \"problems\"} (every problem a save would report)",
+        body: Some("Journey"),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/demo/mailbox",
+        scope: "read",
+        summary: "The demo mailbox (only while `nachfass demo` serves): delivered messages as recipients see them, and deferred sends with why and until when",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/demo/mailbox",
+        scope: "none",
+        summary: "A delivery from the demo-mailbox channel plugin (Bearer: the binding's token)",
+        body: None,
+    },
+    Operation {
+        method: "post",
         path: "/v1/callbacks/{binding}",
         scope: "none",
         summary: "A provider's delivery report, parsed and verified by the binding's connector",
@@ -551,4 +572,11 @@ pub fn document() -> Value {
 
 pub async fn serve() -> Json<Value> {
     Json(document())
+}
+
+/// A browsable reference at `/api-docs`, built into the binary: one page
+/// that renders this document in the browser, with no assets from
+/// elsewhere, so it works offline.
+pub async fn reference() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../dashboard/api-docs.html"))
 }

@@ -355,16 +355,6 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
     )
 }
 
-/// Builds the crate at `dir` into `<out_dir>/<name>-<version>.wasm`.
-pub(super) fn build_into(dir: &Path, out_dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
-    let manifest = pack::manifest_from_crate(dir).map_err(fail)?;
-    let target = out_dir.join(format!("{}-{}.wasm", manifest.name, manifest.version));
-    // The repository's guest target directory: what the test suite built
-    // is reused.
-    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-    build(dir, Some(target), Some(target_dir), out)
-}
-
 /// `plugin build`: by the project file in `dir`, a Rust crate, a Python
 /// or a JavaScript project.
 fn build_any(

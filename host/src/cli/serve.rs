@@ -156,45 +156,92 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             args.db.database
         );
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let pipeline = Pipeline {
-        store,
-        registry,
-        clock,
-        stages: StageThresholds::default(),
-    };
-    let journeys = Journeys::new(pipeline, Policy::default());
     let public_url = args
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    journeys.set_public_url(&public_url);
+    run_server(Server {
+        store,
+        registry,
+        listener,
+        plugins_dir: args.plugins_dir,
+        scheduler: (!args.no_scheduler).then_some(args.lease_ms),
+        public_url,
+        oci: OciSettings {
+            allowed: AllowedRegistries(args.oci_registries.clone()),
+            client: OciClient::new(args.oci_token.clone()),
+        },
+        mailbox: None,
+        edge: Edge {
+            trusted_proxies: args.trusted_proxies.clone(),
+            event_times: EventTimes {
+                oldest: args.oldest_event_ms,
+                ahead: args.event_ahead_ms,
+            },
+            limits: ConnectionLimits {
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+                max_connections: args.max_connections.max(1),
+            },
+        },
+    })
+    .await
+}
+
+/// A server ready to run: `serve` and `demo` both end in one.
+pub(super) struct Server {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub listener: tokio::net::TcpListener,
+    pub plugins_dir: PathBuf,
+    /// The scheduler's lease in milliseconds; `None` runs no scheduler.
+    pub scheduler: Option<i64>,
+    pub public_url: String,
+    /// Registries plugins may be pulled from.
+    pub oci: OciSettings,
+    pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
+    pub edge: Edge,
+}
+
+/// What the HTTP edge enforces: which proxies may name the client, the
+/// event times accepted, and the connection limits.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Edge {
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub event_times: EventTimes,
+    pub limits: ConnectionLimits,
+}
+
+/// Serves the API, the dashboard and (if asked) the scheduler until Ctrl-C
+/// or SIGTERM.
+pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let pipeline = Pipeline {
+        store: server.store,
+        registry: server.registry,
+        clock,
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    journeys.set_public_url(&server.public_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = (!args.no_scheduler).then(|| {
+    let scheduler = server.scheduler.map(|lease_ms| {
         let config = SchedulerConfig {
-            lease_ms: args.lease_ms,
+            lease_ms,
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::new(journeys.clone(), config);
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
-    state.oci = OciSettings {
-        allowed: AllowedRegistries(args.oci_registries.clone()),
-        client: OciClient::new(args.oci_token.clone()),
-    };
-    state.trusted_proxies = Arc::new(args.trusted_proxies.clone());
-    state.event_times = EventTimes {
-        oldest: args.oldest_event_ms,
-        ahead: args.event_ahead_ms,
-    };
-    let limits = ConnectionLimits {
-        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
-        body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
-        max_connections: args.max_connections.max(1),
-    };
-    connections::serve(listener, app(state), limits, shutdown_signal()).await;
+    let mut state = AppState::with_journeys(journeys, Some(server.plugins_dir));
+    state.oci = server.oci;
+    state.trusted_proxies = Arc::new(server.edge.trusted_proxies);
+    state.event_times = server.edge.event_times;
+    if let Some(mailbox) = server.mailbox {
+        state = state.with_mailbox(mailbox);
+    }
+    connections::serve(server.listener, app(state), server.edge.limits, shutdown_signal()).await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;

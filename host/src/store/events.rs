@@ -300,6 +300,20 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// The newest events of one kind across all contacts (the demo
+    /// mailbox lists deferred sends with it).
+    pub async fn recent_events(&self, kind: &str, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE kind = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(kind.to_owned())
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Every event of the contact, oldest first (for a data export).
     pub async fn all_events(&self, contact_id: &str) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
