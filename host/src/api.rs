@@ -12,6 +12,7 @@ mod privacy;
 mod segments;
 mod stats;
 mod tracking;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,16 @@ pub struct AppState {
     /// Progress of segment rebuilds.
     pub rebuilds: segments::Rebuilds,
     pub journeys: Arc<Journeys>,
+    /// Which OCI registries plugins may be installed from, and how.
+    pub oci: OciSettings,
+}
+
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
 }
 
 impl AppState {
@@ -59,8 +70,18 @@ impl AppState {
             plugins_dir,
             rebuilds: Default::default(),
             journeys,
+            oci: OciSettings::default(),
         }
     }
+}
+
+/// Makes this node's runtime follow the trusted keys in the database at once.
+async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
+    Ok(state
+        .pipeline
+        .store
+        .reload_trust(state.pipeline.registry.runtime())
+        .await?)
 }
 
 pub fn app(state: AppState) -> Router {
@@ -89,6 +110,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list)
                 .merge(post(plugins::upload).layer(DefaultBodyLimit::max(max_upload))),
         )
+        .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(
@@ -96,6 +118,8 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
+        .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))

@@ -1,4 +1,5 @@
-//! `nachfass plugin new | build | check | test | embed-manifest | wit`.
+//! `nachfass plugin new | build | check | test | embed-manifest | wit` (and,
+//! from `bundle`, `keygen | pack | verify | push | pull`).
 
 mod js;
 mod python;
@@ -124,6 +125,8 @@ pub enum PluginCommand {
         #[arg(long)]
         logs: bool,
     },
+    #[command(flatten)]
+    Bundle(super::bundle::BundleCommand),
 }
 
 pub async fn run(
@@ -132,6 +135,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
+        PluginCommand::Bundle(command) => super::bundle::run(command, out).await,
         PluginCommand::New {
             world,
             name,

@@ -8,11 +8,13 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, app};
+use crate::api::{AppState, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
+use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
+use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig, RuntimeLimits};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -60,6 +62,22 @@ pub struct ServeArgs {
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Whether plugins must be signed by a trusted publisher key
+    /// (`nachfass trust add`). A signature that does not match or a key
+    /// that is not trusted is always refused.
+    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
+    pub signatures: SignaturePolicy,
+    /// An OCI registry (`host[:port]`) plugins may be installed from with
+    /// POST /v1/plugins/pull; repeatable. None by default.
+    #[arg(
+        long = "oci-registry",
+        env = "NACHFASS_OCI_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub oci_registries: Vec<String>,
+    /// Token for private OCI registries.
+    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+    pub oci_token: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -72,8 +90,17 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             max_component_bytes: args.max_component_bytes,
             ..RuntimeLimits::default()
         },
+        trust: Some(TrustPolicy {
+            signatures: args.signatures,
+            ..TrustPolicy::default()
+        }),
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
+    store
+        .reload_trust(&runtime)
+        .await
+        .map_err(|e| fail(format!("cannot read trusted keys: {e}")))?;
+    spawn_trust_reload(store.clone(), runtime.clone());
     let registry = Arc::new(Registry::new(runtime));
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
@@ -122,10 +149,12 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let app = app(AppState::with_journeys(
-        journeys,
-        Some(args.plugins_dir.clone()),
-    ));
+    let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
+    state.oci = OciSettings {
+        allowed: AllowedRegistries(args.oci_registries.clone()),
+        client: OciClient::new(args.oci_token.clone()),
+    };
+    let app = app(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -138,6 +167,23 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     }
     served
 }
+
+/// Follows trusted-key changes made on other nodes.
+fn spawn_trust_reload(store: Store, runtime: Runtime) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRUST_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.reload_trust(&runtime).await {
+                tracing::warn!("reloading trusted keys failed; keeping the last ones: {e}");
+            }
+        }
+    });
+}
+
+/// How often a node re-reads the trusted keys.
+const TRUST_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct CreateKeyArgs {
