@@ -1,9 +1,13 @@
 //! The REST API under `/v1`: `fn app(state) -> Router`.
 
+mod client;
+pub mod connections;
 mod contacts;
+pub mod edge;
 mod error;
 mod events;
 mod extract;
+mod health;
 mod journeys;
 mod kpis;
 pub mod openapi;
@@ -14,6 +18,7 @@ mod stats;
 mod tracking;
 mod trust;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use axum::Router;
@@ -45,6 +50,11 @@ pub struct AppState {
     /// Progress of segment rebuilds.
     pub rebuilds: segments::Rebuilds,
     pub journeys: Arc<Journeys>,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`);
+    /// from any other peer the header is ignored.
+    pub trusted_proxies: Arc<Vec<IpAddr>>,
+    /// The event times `/v1/events` accepts.
+    pub event_times: EventTimes,
     /// Which OCI registries plugins may be installed from, and how.
     pub oci: OciSettings,
 }
@@ -55,6 +65,31 @@ pub struct OciSettings {
     /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
     pub allowed: crate::oci::AllowedRegistries,
     pub client: crate::oci::OciClient,
+}
+
+/// The range of event times accepted over the API: from `oldest` (Unix
+/// ms) to `ahead` ms after now. A time outside is a client bug (seconds
+/// sent as milliseconds, a zero date) that would corrupt `last_seen_at`
+/// and hide the event from the timeline.
+#[derive(Clone, Copy, Debug)]
+pub struct EventTimes {
+    pub oldest: i64,
+    pub ahead: i64,
+}
+
+/// 2000-01-01T00:00:00Z.
+pub const DEFAULT_OLDEST_EVENT_MS: i64 = 946_684_800_000;
+
+/// One day.
+pub const DEFAULT_EVENT_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl Default for EventTimes {
+    fn default() -> Self {
+        EventTimes {
+            oldest: DEFAULT_OLDEST_EVENT_MS,
+            ahead: DEFAULT_EVENT_AHEAD_MS,
+        }
+    }
 }
 
 impl AppState {
@@ -70,6 +105,8 @@ impl AppState {
             plugins_dir,
             rebuilds: Default::default(),
             journeys,
+            trusted_proxies: Arc::default(),
+            event_times: EventTimes::default(),
             oci: OciSettings::default(),
         }
     }
@@ -171,13 +208,24 @@ pub fn app(state: AppState) -> Router {
             "/u/{token}",
             get(tracking::unsubscribe).post(tracking::unsubscribe),
         )
-        .route("/c/{token}", get(tracking::confirm))
+        .route(
+            "/c/{token}",
+            get(tracking::confirm_page).post(tracking::confirm),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route(
             "/v1/contacts/{id}/consents/request",
             post(journeys::request_consent),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::scope_first,
+        ))
+        .route_layer(axum::middleware::from_fn(edge::refuse_nul))
         .route_layer(axum::middleware::from_fn(kpis::track))
+        .layer(axum::middleware::from_fn(edge::error_shape))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -187,20 +187,13 @@ fn manifest_from_json_parts(
             .join(", "),
         _ => String::new(),
     };
-    let publisher = match meta.get("publisher") {
-        Some(value) => value
-            .as_str()
-            .ok_or("publisher must be a string")?
-            .to_owned(),
-        None => String::new(),
-    };
     let manifest = Manifest {
         name: text(project, "name").ok_or("no project name")?,
         version: text(project, "version").ok_or("no project version")?,
         world,
         description: text(project, "description").unwrap_or_default(),
         author,
-        publisher,
+        publisher: text(meta, "publisher").unwrap_or_default(),
         api: manifest::API_VERSION.to_owned(),
         config,
         capabilities,

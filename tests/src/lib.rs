@@ -191,24 +191,25 @@ impl Drop for HttpSink {
 /// and a new database on the PostgreSQL server at
 /// `NACHFASS_TEST_POSTGRES_URL` (`tests/run` starts one).
 pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
-    let mut all = Vec::new();
-    for dialect in ["sqlite", "postgres"] {
-        let (url, temp) = database(dialect).await;
-        all.push((dialect, url, temp));
-    }
-    all
+    let (sqlite_url, sqlite) = sqlite_database();
+    let (postgres_url, postgres) = postgres_database().await;
+    vec![
+        ("sqlite", sqlite_url, sqlite),
+        ("postgres", postgres_url, postgres),
+    ]
 }
 
-/// A fresh database of one dialect (`sqlite` or `postgres`), for tests
-/// stamped once per dialect.
-pub async fn database(dialect: &str) -> (String, TempStore) {
+/// A fresh SQLite database file in a temp dir, as a URL.
+pub fn sqlite_database() -> (String, TempStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
+    (url, TempStore::Sqlite(dir))
+}
+
+/// A new database on the PostgreSQL server at `NACHFASS_TEST_POSTGRES_URL`.
+pub async fn postgres_database() -> (String, TempStore) {
     use sqlx::Executor;
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    if dialect == "sqlite" {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
-        return (url, TempStore::Sqlite(dir));
-    }
     let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
         "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
     );
@@ -229,8 +230,28 @@ pub async fn database(dialect: &str) -> (String, TempStore) {
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    let url = format!("{server}/{name}");
-    (url, TempStore::Postgres { base, name })
+    (
+        format!("{server}/{name}"),
+        TempStore::Postgres { base, name },
+    )
+}
+
+/// A fresh database of one dialect (`"sqlite"` or `"postgres"`), as a URL:
+/// for tests stamped once per dialect.
+pub async fn database(dialect: &str) -> (String, TempStore) {
+    match dialect {
+        "sqlite" => sqlite_database(),
+        _ => postgres_database().await,
+    }
+}
+
+/// A fresh, migrated store of one dialect (see [`database`]).
+pub async fn store(dialect: &str) -> (nachfass::store::Store, TempStore) {
+    let (url, temp) = database(dialect).await;
+    let store = nachfass::store::Store::connect(&url)
+        .await
+        .expect("store connects");
+    (store, temp)
 }
 
 /// A fresh store on each dialect (see [`databases`]). Every store test runs

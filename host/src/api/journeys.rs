@@ -239,10 +239,21 @@ pub async fn contact_messages(
     caller.require(Scope::Read)?;
     state.pipeline.store.contact(&id).await?;
     let entries = state.pipeline.store.contact_outbox(&id).await?;
+    // Working tracking, unsubscribe and confirmation tokens are for the
+    // recipient (and an admin); other keys see them redacted.
+    let tracking = if caller.0.allows(Scope::Admin) {
+        None
+    } else {
+        Some(state.journeys.tracking().await?)
+    };
     let messages: Vec<Value> = entries
         .into_iter()
         .map(|e| {
-            let message: Value = serde_json::from_str(&e.message).unwrap_or(Value::Null);
+            let message = match &tracking {
+                Some(tracking) => tracking.redact(&e.message),
+                None => e.message.clone(),
+            };
+            let message: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
             let mut entry = json!(e);
             entry["message"] = message;
             entry

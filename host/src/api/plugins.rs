@@ -4,13 +4,12 @@
 use std::path::Path as FsPath;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiBytes, ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::runtime::manifest::{Manifest, ManifestError};
 use crate::runtime::registry::{Activation, RegistryError};
@@ -55,7 +54,7 @@ pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<UploadQuery>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
     install_component(&state, body.to_vec(), query.activate).await

@@ -60,20 +60,25 @@ pub async fn rebuild_segments_of(state: &AppState, plugin: &str) -> Result<(), A
     Ok(())
 }
 
-pub async fn show(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::Read)?;
-    let def = state
+/// The segment's binding, or 404.
+async fn segment(state: &AppState, name: &str) -> Result<crate::store::BindingDef, ApiError> {
+    state
         .pipeline
         .store
         .bindings(BindingKind::Segment)
         .await?
         .into_iter()
         .find(|b| b.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("segment {name} does not exist")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("segment {name} does not exist")))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let def = segment(&state, &name).await?;
     let size = state.pipeline.store.segment_size(&name).await?;
     let rebuild = state
         .rebuilds
@@ -102,6 +107,7 @@ pub async fn members(
     ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
+    segment(&state, &name).await?;
     let members = state
         .pipeline
         .store

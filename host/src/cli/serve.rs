@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, OciSettings, app};
+use crate::api::connections::{self, ConnectionLimits};
+use crate::api::{AppState, EventTimes, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
@@ -78,6 +79,34 @@ pub struct ServeArgs {
     /// Token for private OCI registries.
     #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
     pub oci_token: Option<String>,
+    /// A reverse proxy whose `X-Forwarded-For` names the client (for the
+    /// double opt-in proof); repeatable. From any other peer the header is
+    /// ignored and the socket's address counts.
+    #[arg(
+        long = "trusted-proxy",
+        env = "NACHFASS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Seconds a client has to send a request's head, counted from when
+    /// the connection waits for it: an idle keep-alive connection is
+    /// closed after this too.
+    #[arg(long, env = "NACHFASS_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body after its head.
+    #[arg(long, env = "NACHFASS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Most open client connections; more wait until one closes.
+    #[arg(long, env = "NACHFASS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Oldest event time accepted, in Unix milliseconds (default
+    /// 2000-01-01).
+    #[arg(long, env = "NACHFASS_OLDEST_EVENT_MS", default_value_t = crate::api::DEFAULT_OLDEST_EVENT_MS)]
+    pub oldest_event_ms: i64,
+    /// How far ahead of the server's clock an event time may be, in
+    /// milliseconds (default one day).
+    #[arg(long, env = "NACHFASS_EVENT_AHEAD_MS", default_value_t = crate::api::DEFAULT_EVENT_AHEAD_MS)]
+    pub event_ahead_ms: i64,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -86,14 +115,15 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
-        limits: RuntimeLimits {
-            max_component_bytes: args.max_component_bytes,
-            ..RuntimeLimits::default()
-        },
         trust: Some(TrustPolicy {
             signatures: args.signatures,
             ..TrustPolicy::default()
         }),
+        limits: RuntimeLimits {
+            max_component_bytes: args.max_component_bytes,
+            ..RuntimeLimits::default()
+        },
+        ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
     store
@@ -154,18 +184,49 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         allowed: AllowedRegistries(args.oci_registries.clone()),
         client: OciClient::new(args.oci_token.clone()),
     };
-    let app = app(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| fail(format!("server stopped: {e}")));
+    state.trusted_proxies = Arc::new(args.trusted_proxies.clone());
+    state.event_times = EventTimes {
+        oldest: args.oldest_event_ms,
+        ahead: args.event_ahead_ms,
+    };
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+    };
+    connections::serve(listener, app(state), limits, shutdown_signal()).await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
-    served
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as systemd and container runtimes send it: either
+/// drains in-flight requests and stops the scheduler, which gives back its
+/// leases.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: draining requests");
 }
 
 /// Follows trusted-key changes made on other nodes.
