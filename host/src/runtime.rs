@@ -158,7 +158,12 @@ impl Runtime {
     pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Plugin, LoadError> {
         self.check_size(bytes.len())?;
         manifest.validate()?;
-        let signed_by = self.check_signature(&bytes)?;
+        // Bytes that do not even parse are a broken component, not a
+        // signature problem: say so as any other load would.
+        let signed_by = self.check_signature(&bytes).map_err(|e| match e {
+            signature::SignatureError::Manifest(e) => LoadError::Manifest(e),
+            other => LoadError::Signature(other),
+        })?;
         if signed_by.is_some() {
             // The signature covers the embedded manifest; a manifest from
             // elsewhere must not stand in for it.
