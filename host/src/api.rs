@@ -16,6 +16,7 @@ mod privacy;
 mod segments;
 mod stats;
 mod tracking;
+mod trust;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// The event times `/v1/events` accepts.
     pub event_times: EventTimes,
+    /// Which OCI registries plugins may be installed from, and how.
+    pub oci: OciSettings,
 }
 
 /// The range of event times accepted over the API: from `oldest` (Unix
@@ -80,6 +83,14 @@ impl Default for EventTimes {
     }
 }
 
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
+}
+
 impl AppState {
     /// State with journeys under the default policy.
     pub fn new(pipeline: Pipeline, plugins_dir: Option<PathBuf>) -> AppState {
@@ -95,8 +106,18 @@ impl AppState {
             journeys,
             trusted_proxies: Arc::default(),
             event_times: EventTimes::default(),
+            oci: OciSettings::default(),
         }
     }
+}
+
+/// Makes this node's runtime follow the trusted keys in the database at once.
+async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
+    Ok(state
+        .pipeline
+        .store
+        .reload_trust(state.pipeline.registry.runtime())
+        .await?)
 }
 
 pub fn app(state: AppState) -> Router {
@@ -118,6 +139,7 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list)
                 .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
         )
+        .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(
@@ -125,6 +147,8 @@ pub fn app(state: AppState) -> Router {
             get(plugins::list_bindings).post(plugins::create_binding),
         )
         .route("/v1/bindings/{name}", delete(plugins::delete_binding))
+        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
+        .route("/v1/trusted-keys/{key}", delete(trust::remove))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/segments/{name}", get(segments::show))
         .route("/v1/segments/{name}/members", get(segments::members))

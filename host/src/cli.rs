@@ -1,8 +1,10 @@
 //! The `nachfass` command line.
 
+mod bundle;
 mod demo;
 mod plugin;
 mod serve;
+mod trust;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +40,9 @@ pub enum Command {
     /// Write, build, inspect and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Publisher keys whose signed plugins this cluster accepts.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +78,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Serve(args) => serve::serve(args, cli.cache_dir).await,
         Command::Demo(args) => demo::demo(args, cli.cache_dir, out).await,
         Command::Keys(KeysCommand::Create(args)) => serve::create_key(args, out).await,
+        Command::Trust(command) => trust::run(command, out).await,
     }
 }
 

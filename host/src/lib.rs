@@ -10,6 +10,7 @@ pub mod journeys;
 pub mod kpis;
 pub mod metrics;
 pub mod model;
+pub mod oci;
 pub mod outbox;
 pub mod pack;
 pub mod policy;

@@ -18,7 +18,7 @@ pub enum PackError {
 /// Reads a plugin crate's manifest from its `Cargo.toml`: name, version,
 /// description and authors from `[package]` (workspace-inherited values
 /// included), world, configuration keys and capabilities from
-/// `[package.metadata.nachfass]`.
+/// `[package.metadata.nachfass]` (and the publisher who signs it, if any).
 pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
     let path = crate_dir.join("Cargo.toml");
     let bad = |detail: String| PackError::CargoToml {
@@ -75,12 +75,20 @@ pub fn manifest_from_crate(crate_dir: &Path) -> Result<Manifest, PackError> {
         .filter_map(|a| a.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    let publisher = match meta.get("publisher") {
+        Some(value) => value
+            .as_str()
+            .ok_or_else(|| bad("publisher must be a string".into()))?
+            .to_owned(),
+        None => String::new(),
+    };
     let manifest = Manifest {
         name: text("name").ok_or_else(|| bad("[package] has no name".into()))?,
         version: text("version").ok_or_else(|| bad("[package] has no version".into()))?,
         world,
         description: text("description").unwrap_or_default(),
         author,
+        publisher,
         api: manifest::API_VERSION.to_owned(),
         config,
         capabilities,

@@ -12,10 +12,13 @@ pub mod outgoing_http;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
+pub mod signature;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -35,6 +38,10 @@ pub struct RuntimeConfig {
     pub limits: RuntimeLimits,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Which signatures a server accepts. `None` (tools such as `plugin
+    /// test`) still refuses a bundle whose signature does not match its
+    /// bytes, but trusts any signer.
+    pub trust: Option<signature::TrustPolicy>,
 }
 
 /// The engine and everything shared by all plugins. Cheap to clone.
@@ -48,6 +55,7 @@ struct RuntimeInner {
     linkers: [Linker<CallState>; 3],
     limits: RuntimeLimits,
     cache: Option<cache::ArtifactCache>,
+    trust: Option<ArcSwap<signature::TrustPolicy>>,
 }
 
 impl Runtime {
@@ -83,6 +91,7 @@ impl Runtime {
                 linkers,
                 limits,
                 cache,
+                trust: config.trust.map(ArcSwap::from_pointee),
             }),
         })
     }
@@ -93,6 +102,31 @@ impl Runtime {
 
     pub fn limits(&self) -> &RuntimeLimits {
         &self.inner.limits
+    }
+
+    /// The trust policy in force, if this runtime enforces one.
+    pub fn trust_policy(&self) -> Option<Arc<signature::TrustPolicy>> {
+        self.inner.trust.as_ref().map(|trust| trust.load_full())
+    }
+
+    /// Replaces the trust policy (after trusted keys changed); versions
+    /// already loaded stay loaded. No effect on a runtime built without one.
+    pub fn set_trust(&self, policy: signature::TrustPolicy) {
+        if let Some(trust) = &self.inner.trust {
+            trust.store(Arc::new(policy));
+        }
+    }
+
+    /// Checks a component's signature against the trust policy: who signed
+    /// it, if anyone, or why it is refused.
+    pub fn check_signature(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Option<signature::SignedBy>, signature::SignatureError> {
+        match &self.inner.trust {
+            Some(trust) => trust.load().check(bytes),
+            None => signature::verify(bytes),
+        }
     }
 
     fn linker(&self, world: World) -> &Linker<CallState> {
@@ -118,6 +152,19 @@ impl Runtime {
     pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Plugin, LoadError> {
         self.check_size(bytes.len())?;
         manifest.validate()?;
+        let signed_by = self.check_signature(&bytes)?;
+        if signed_by.is_some() {
+            // The signature covers the embedded manifest; a manifest from
+            // elsewhere must not stand in for it.
+            let signed = manifest::read_section(&bytes, manifest::SECTION_NAME)?
+                .map(Manifest::from_json)
+                .transpose()?;
+            if signed.as_ref() != Some(&manifest) {
+                return Err(LoadError::Invalid(
+                    "the manifest given differs from the signed manifest inside the bundle; upload the bundle as it is".into(),
+                ));
+            }
+        }
         let runtime = self.clone();
         let hash = cache::content_hash(&bytes);
         let span =
@@ -128,6 +175,7 @@ impl Runtime {
             let _enter = span.enter();
             let (component, from_cache) = runtime.compile(&hash, &bytes)?;
             Plugin::new(runtime, manifest, hash, component, from_cache)
+                .map(|plugin| plugin.signed_by(signed_by))
         })
         .await
         .map_err(|e| LoadError::Invalid(format!("compilation was aborted: {e}")))?

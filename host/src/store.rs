@@ -15,6 +15,7 @@ pub mod journeys;
 mod merge;
 mod segments;
 pub mod tracking;
+mod trust;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use events::{EventInput, Ingested};
 pub use jobs::{ClaimedJob, QueueCounts};
 pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
+pub use trust::TrustedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -72,6 +72,13 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/plugins/pull",
+        scope: "admin",
+        summary: "Install a plugin from an allowed OCI registry ({reference, activate}); checked like an upload",
+        body: Some("Pull"),
+    },
+    Operation {
+        method: "post",
         path: "/v1/plugins/{name}/activate",
         scope: "admin",
         summary: "Make an installed version live",
@@ -82,6 +89,27 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/plugins/{name}/rollback",
         scope: "admin",
         summary: "Return to the version live before the last activation",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/trusted-keys",
+        scope: "admin",
+        summary: "Publisher keys whose signed plugin bundles are accepted, and the signature policy",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/trusted-keys",
+        scope: "admin",
+        summary: "Trust a publisher's key ({public_key: \"ed25519:…\", publisher}); audited",
+        body: Some("TrustedKey"),
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/trusted-keys/{key}",
+        scope: "admin",
+        summary: "Stop trusting a key (installed versions stay); audited",
         body: None,
     },
     Operation {
@@ -462,6 +490,10 @@ fn schemas() -> Value {
             "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "status": { "enum": ["granted", "pending", "withdrawn"] },
             "source": text, "text_version": text, "ip": text, "user_agent": text } },
         "Component": { "type": "string", "format": "binary" },
+        "Pull": { "type": "object", "additionalProperties": false, "required": ["reference"], "properties": {
+            "reference": text, "activate": { "type": "boolean" } } },
+        "TrustedKey": { "type": "object", "additionalProperties": false, "required": ["public_key", "publisher"], "properties": {
+            "public_key": { "type": "string", "pattern": "^ed25519:[0-9a-f]{64}$" }, "publisher": text } },
         "Merge": { "type": "object", "additionalProperties": false, "required": ["from"], "properties": { "from": text } },
         "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
             "code": text, "message": text, "details": {} } } } },

@@ -57,7 +57,59 @@ pub async fn upload(
     ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
-    let bytes = body.to_vec();
+    install_component(&state, body.to_vec(), query.activate).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    /// `registry/repository:tag` of a registry the server allows.
+    pub reference: String,
+    /// Make the new version live at once (default) or keep it for later.
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+/// Installs a plugin from an OCI registry: the same checks as an upload
+/// (size, manifest, world, signature and trust), after the registry itself
+/// was checked against the server's allow-list.
+pub async fn pull(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PullBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let bad = |e: crate::oci::OciError| ApiError::invalid(e.to_string());
+    let reference = crate::oci::parse_reference(&body.reference).map_err(bad)?;
+    state.oci.allowed.check(&reference).map_err(bad)?;
+    let limit = state
+        .pipeline
+        .registry
+        .runtime()
+        .limits()
+        .max_component_bytes;
+    let bytes = state
+        .oci
+        .client
+        .pull(&reference, limit)
+        .await
+        .map_err(|e| match e {
+            crate::oci::OciError::Registry(detail) => ApiError::BadGateway(detail),
+            e => bad(e),
+        })?;
+    let (status, Json(mut answer)) = install_component(&state, bytes, body.activate).await?;
+    answer["reference"] = json!(reference.to_string());
+    Ok((status, Json(answer)))
+}
+
+/// Installs a component with its manifest embedded: compiled, type-checked
+/// against its world and its signature checked before it is registered;
+/// also written to the plugins directory so a restart finds it.
+async fn install_component(
+    state: &AppState,
+    bytes: Vec<u8>,
+    activate: bool,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let manifest = match crate::runtime::manifest::read_section(
         &bytes,
         crate::runtime::manifest::SECTION_NAME,
@@ -68,7 +120,7 @@ pub async fn upload(
         Ok(None) => return Err(ApiError::invalid(ManifestError::Missing.to_string())),
         Err(e) => return Err(ApiError::invalid(e.to_string())),
     };
-    let activation = if query.activate {
+    let activation = if activate {
         Activation::Now
     } else {
         Activation::Later
@@ -83,7 +135,7 @@ pub async fn upload(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     if installed.live && !installed.unchanged {
-        super::segments::rebuild_segments_of(&state, &manifest.name).await?;
+        super::segments::rebuild_segments_of(state, &manifest.name).await?;
     }
     let status = if installed.unchanged {
         StatusCode::OK
@@ -97,6 +149,7 @@ pub async fn upload(
             "world": manifest.world,
             "sha256": installed.plugin.hash(),
             "live": installed.live,
+            "signed_by": installed.plugin.signer().map(|s| &s.publisher),
         })),
     ))
 }

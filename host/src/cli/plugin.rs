@@ -1,4 +1,4 @@
-//! `nachfass plugin new | build | check | test`.
+//! `nachfass plugin new | build | check | test` (and, from `bundle`, `keygen | pack | verify | push | pull`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ pub enum PluginCommand {
         #[arg(long)]
         now: Option<i64>,
     },
+    #[command(flatten)]
+    Bundle(super::bundle::BundleCommand),
 }
 
 pub async fn run(
@@ -88,6 +90,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
+        PluginCommand::Bundle(command) => super::bundle::run(command, out).await,
         PluginCommand::New { world, name, dir } => new(world.into(), &name, &dir, out),
         PluginCommand::Build {
             dir,

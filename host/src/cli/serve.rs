@@ -9,11 +9,13 @@ use clap::Args;
 
 use super::{CliError, fail};
 use crate::api::connections::{self, ConnectionLimits};
-use crate::api::{AppState, EventTimes, app};
+use crate::api::{AppState, EventTimes, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
+use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
+use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -84,6 +86,22 @@ pub struct ServeArgs {
     /// milliseconds (default one day).
     #[arg(long, env = "NACHFASS_EVENT_AHEAD_MS", default_value_t = crate::api::DEFAULT_EVENT_AHEAD_MS)]
     pub event_ahead_ms: i64,
+    /// Whether plugins must be signed by a trusted publisher key
+    /// (`nachfass trust add`). A signature that does not match or a key
+    /// that is not trusted is always refused.
+    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
+    pub signatures: SignaturePolicy,
+    /// An OCI registry (`host[:port]`) plugins may be installed from with
+    /// POST /v1/plugins/pull; repeatable. None by default.
+    #[arg(
+        long = "oci-registry",
+        env = "NACHFASS_OCI_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub oci_registries: Vec<String>,
+    /// Token for private OCI registries.
+    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+    pub oci_token: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -92,9 +110,18 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
+        trust: Some(TrustPolicy {
+            signatures: args.signatures,
+            ..TrustPolicy::default()
+        }),
         ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
+    store
+        .reload_trust(&runtime)
+        .await
+        .map_err(|e| fail(format!("cannot read trusted keys: {e}")))?;
+    spawn_trust_reload(store.clone(), runtime.clone());
     let registry = Arc::new(Registry::new(runtime));
     std::fs::create_dir_all(&args.plugins_dir).map_err(|e| {
         fail(format!(
@@ -149,6 +176,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         oldest: args.oldest_event_ms,
         ahead: args.event_ahead_ms,
     };
+    state.oci = OciSettings {
+        allowed: AllowedRegistries(args.oci_registries.clone()),
+        client: OciClient::new(args.oci_token.clone()),
+    };
     let limits = ConnectionLimits {
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
@@ -164,6 +195,23 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
     }
     Ok(())
 }
+
+/// Follows trusted-key changes made on other nodes.
+fn spawn_trust_reload(store: Store, runtime: Runtime) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRUST_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.reload_trust(&runtime).await {
+                tracing::warn!("reloading trusted keys failed; keeping the last ones: {e}");
+            }
+        }
+    });
+}
+
+/// How often a node re-reads the trusted keys.
+const TRUST_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct CreateKeyArgs {

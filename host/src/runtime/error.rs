@@ -10,6 +10,8 @@ pub enum LoadError {
     TooLarge { size: usize, limit: usize },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Signature(#[from] super::signature::SignatureError),
     #[error("not a valid component: {0}")]
     Invalid(String),
     #[error(

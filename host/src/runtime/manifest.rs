@@ -63,6 +63,10 @@ pub struct Manifest {
     pub description: String,
     #[serde(default)]
     pub author: String,
+    /// Who publishes the plugin; a signed bundle's signature must be by
+    /// this publisher's key (see `runtime::signature`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub publisher: String,
     /// The WIT package version the plugin was built against.
     #[serde(default = "default_api")]
     pub api: String,
@@ -180,23 +184,33 @@ const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x0
 /// Returns `bytes` with `manifest` as a top-level custom section, replacing
 /// an earlier manifest section.
 pub fn embed(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
-    let sections = top_level_sections(bytes)?;
-    let mut out = Vec::with_capacity(bytes.len() + 512);
+    let mut out = without_section(bytes, SECTION_NAME)?;
+    let json = serde_json::to_vec(manifest).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+    append_section(&mut out, SECTION_NAME, &json);
+    Ok(out)
+}
+
+/// `bytes` without any top-level custom section called `name`.
+pub fn without_section(bytes: &[u8], name: &str) -> Result<Vec<u8>, ManifestError> {
+    let mut out = Vec::with_capacity(bytes.len());
     out.extend_from_slice(&COMPONENT_HEADER);
-    for section in sections {
-        if section.custom_name != Some(SECTION_NAME) {
+    for section in top_level_sections(bytes)? {
+        if section.custom_name != Some(name) {
             out.extend_from_slice(section.raw);
         }
     }
-    let json = serde_json::to_vec(manifest).map_err(|e| ManifestError::Invalid(e.to_string()))?;
-    let mut payload = Vec::new();
-    write_leb(&mut payload, SECTION_NAME.len() as u64);
-    payload.extend_from_slice(SECTION_NAME.as_bytes());
-    payload.extend_from_slice(&json);
-    out.push(0); // custom section id
-    write_leb(&mut out, payload.len() as u64);
-    out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// Appends a top-level custom section `name` with `payload` to `bytes`.
+pub fn append_section(bytes: &mut Vec<u8>, name: &str, payload: &[u8]) {
+    let mut content = Vec::with_capacity(name.len() + payload.len() + 5);
+    write_leb(&mut content, name.len() as u64);
+    content.extend_from_slice(name.as_bytes());
+    content.extend_from_slice(payload);
+    bytes.push(0); // custom section id
+    write_leb(bytes, content.len() as u64);
+    bytes.extend_from_slice(&content);
 }
 
 /// The payload of the top-level custom section `name`, if present.
@@ -299,6 +313,7 @@ mod tests {
             world: World::SegmentRule,
             description: "no activity for N days".into(),
             author: "nachfass".into(),
+            publisher: String::new(),
             api: API_VERSION.into(),
             config: vec![],
             capabilities: vec![],

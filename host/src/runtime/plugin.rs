@@ -20,6 +20,7 @@ use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
 use super::limits::Limits;
 use super::manifest::{Manifest, World};
 use super::sandbox::{self, Binding, CallState};
+use super::signature::SignedBy;
 use crate::model;
 
 /// The outer tier is the runtime's verdict, the inner one the plugin's.
@@ -51,6 +52,7 @@ pub struct Plugin {
     pre: WorldPre,
     runtime: Runtime,
     stats: CallStats,
+    signed_by: Option<SignedBy>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -113,6 +115,7 @@ impl Plugin {
             pre,
             runtime,
             stats: CallStats::default(),
+            signed_by: None,
         })
     }
 
@@ -138,6 +141,16 @@ impl Plugin {
     /// SHA-256 of the component bytes.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Who signed this version, checked when it was loaded; `None` if unsigned.
+    pub fn signer(&self) -> Option<&SignedBy> {
+        self.signed_by.as_ref()
+    }
+
+    pub(super) fn signed_by(mut self, signer: Option<SignedBy>) -> Plugin {
+        self.signed_by = signer;
+        self
     }
 
     /// Whether the machine code came from the on-disk cache.

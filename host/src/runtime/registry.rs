@@ -73,6 +73,9 @@ pub struct PluginSummary {
     pub previous: Option<String>,
     pub versions: Vec<String>,
     pub description: String,
+    /// Each version's publisher if it was signed by a trusted key, `null`
+    /// if unsigned.
+    pub signed_by: BTreeMap<String, Option<String>>,
 }
 
 struct Slot {
@@ -258,6 +261,16 @@ impl Registry {
                         .map(|p| p.manifest().version.clone()),
                     versions: state.versions.keys().map(ToString::to_string).collect(),
                     description: live.manifest().description.clone(),
+                    signed_by: state
+                        .versions
+                        .iter()
+                        .map(|(version, plugin)| {
+                            (
+                                version.to_string(),
+                                plugin.signer().map(|s| s.publisher.clone()),
+                            )
+                        })
+                        .collect(),
                 }
             })
             .collect()
