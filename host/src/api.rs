@@ -37,8 +37,9 @@ use crate::policy::Policy;
 /// Largest request body: a batch of 1,000 events fits comfortably.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
-/// Largest plugin upload accepted at the HTTP edge.
-pub const MAX_UPLOAD_BYTES: usize = 16 << 20;
+/// What a plugin upload may carry besides the component itself (the
+/// runtime's size limit decides about the component, with a precise error).
+pub const UPLOAD_OVERHEAD_BYTES: usize = 1 << 20;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -56,6 +57,14 @@ pub struct AppState {
     pub event_times: EventTimes,
     /// Which OCI registries plugins may be installed from, and how.
     pub oci: OciSettings,
+}
+
+/// Installing plugins from OCI registries.
+#[derive(Clone, Debug, Default)]
+pub struct OciSettings {
+    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
+    pub allowed: crate::oci::AllowedRegistries,
+    pub client: crate::oci::OciClient,
 }
 
 /// The range of event times accepted over the API: from `oldest` (Unix
@@ -81,14 +90,6 @@ impl Default for EventTimes {
             ahead: DEFAULT_EVENT_AHEAD_MS,
         }
     }
-}
-
-/// Installing plugins from OCI registries.
-#[derive(Clone, Debug, Default)]
-pub struct OciSettings {
-    /// Registries (`host[:port]`) a plugin may be pulled from; empty: none.
-    pub allowed: crate::oci::AllowedRegistries,
-    pub client: crate::oci::OciClient,
 }
 
 impl AppState {
@@ -121,6 +122,13 @@ async fn refresh_trust(state: &AppState) -> Result<(), ApiError> {
 }
 
 pub fn app(state: AppState) -> Router {
+    let max_upload = state
+        .pipeline
+        .registry
+        .runtime()
+        .limits()
+        .max_component_bytes
+        .saturating_add(UPLOAD_OVERHEAD_BYTES);
     Router::new()
         .route("/v1/contacts", get(contacts::list).post(contacts::upsert))
         .route("/v1/contacts/{id}/merge", post(contacts::merge))
@@ -132,12 +140,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/contacts/{id}/timeline", get(events::timeline))
         .route("/v1/events", post(events::ingest))
-        // Components may be up to the runtime's size limit (10 MiB); the
-        // runtime refuses larger ones with a precise error.
+        // Components may be up to the runtime's size limit (32 MiB by
+        // default); the runtime refuses larger ones with a precise error.
         .route(
             "/v1/plugins",
             get(plugins::list)
-                .merge(post(plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
+                .merge(post(plugins::upload).layer(DefaultBodyLimit::max(max_upload))),
         )
         .route("/v1/plugins/pull", post(plugins::pull))
         .route("/v1/plugins/{name}/activate", post(plugins::activate))

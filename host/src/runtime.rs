@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod cache;
 mod convert;
+mod cpu_clock;
 pub mod error;
 pub mod limits;
 mod mail;
@@ -73,6 +74,11 @@ impl Runtime {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .max_wasm_stack(limits.max_wasm_stack)
+            // Python and JavaScript components start from a pre-initialised
+            // heap of 10+ MB: mapping it copy-on-write keeps a fresh
+            // instance per call cheap (wasmtime's default, stated here
+            // because the sandbox depends on it).
+            .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)?;
         spawn_epoch_ticker(&engine, limits.epoch_tick)?;

@@ -7,6 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod languages;
 pub mod server;
 
 /// A guest crate and the component cargo built from it.

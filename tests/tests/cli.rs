@@ -2,7 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use clap::Parser;
 use nachfass::cli::{Cli, CliError, run};
@@ -149,9 +150,89 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
     );
 }
 
+/// `cargo package -p nachfass-sdk`, unpacked into `dir`: the crate as
+/// crates.io would serve it.
+fn packaged_sdk(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = dir.join("package-target");
+    let packaged = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "package",
+            "-p",
+            "nachfass-sdk",
+            "--no-verify",
+            "--allow-dirty",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        packaged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&packaged.stderr)
+    );
+    let name = format!("nachfass-sdk-{}", env!("CARGO_PKG_VERSION"));
+    let unpacked = Command::new("tar")
+        .arg("xzf")
+        .arg(target.join(format!("package/{name}.crate")))
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    dir.join(name)
+}
+
+/// Every file under `dir`, relative to it, with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                all.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
 #[tokio::test]
-async fn new_scaffolds_a_plugin_that_builds_and_runs() {
+async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repository() {
+    // A temp dir, not under the repository: nothing can reach ../wit.
     let dir = tempfile::tempdir().unwrap();
+    let sdk = packaged_sdk(dir.path());
+    let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    assert_eq!(
+        files(&sdk.join("wit")),
+        files(&repo_wit),
+        "the packaged WIT differs from wit/"
+    );
+
+    // By default the scaffold names the published SDK, never a path.
+    let (result, _) = nachfass(&[
+        "plugin",
+        "new",
+        "scorer",
+        "published",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    result.unwrap();
+    let cargo_toml = std::fs::read_to_string(dir.path().join("published/Cargo.toml")).unwrap();
+    assert!(
+        cargo_toml.contains("nachfass-sdk = \"0.1\"") && !cargo_toml.contains("path ="),
+        "{cargo_toml}"
+    );
+
     let (result, _) = nachfass(&[
         "plugin",
         "new",
@@ -159,6 +240,8 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
         "download-points",
         "--dir",
         dir.path().to_str().unwrap(),
+        "--sdk",
+        sdk.to_str().unwrap(),
     ])
     .await;
     result.unwrap();
@@ -183,7 +266,7 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
     let event = write(
         dir.path(),
         "e.json",
-        serde_json::json!({ "id": "e", "contact_id": "c1", "kind": "download", "at": 1 }),
+        serde_json::json!({ "id": "e-9", "contact_id": "c1", "kind": "download", "at": 1 }),
     );
     let (result, out) = nachfass(&[
         "plugin",
@@ -195,12 +278,17 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
         &event,
         "--config",
         "points=7",
+        "--logs",
     ])
     .await;
     result.unwrap();
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["plugin"], "download-points@0.1.0");
     assert_eq!(answer["result"]["ok"]["delta"], 7);
+    assert_eq!(
+        answer["logs"],
+        serde_json::json!([{ "level": "debug", "message": "e-9 scored 7" }])
+    );
 
     let (again, _) = nachfass(&[
         "plugin",
@@ -226,6 +314,66 @@ async fn new_scaffolds_a_plugin_that_builds_and_runs() {
             .to_string()
             .contains("not a valid plugin name")
     );
+    let (bad, _) = nachfass(&[
+        "plugin",
+        "new",
+        "scorer",
+        "nowhere",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--sdk",
+        dir.path().join("missing").to_str().unwrap(),
+    ])
+    .await;
+    assert!(bad.unwrap_err().to_string().contains("--sdk"));
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+#[tokio::test]
+async fn embed_manifest_makes_a_component_of_any_toolchain_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.wasm");
+    std::fs::copy(guests::HELLO.wasm, &file).unwrap();
+    let sidecar = dir.path().join("hello.wasm.manifest.json");
+
+    // A broken manifest is refused with the reason; the file stays as it was.
+    std::fs::write(
+        &sidecar,
+        r#"{"name": "hello", "version": "one", "world": "segment-rule"}"#,
+    )
+    .unwrap();
+    let (result, _) = nachfass(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
+    let message = result.unwrap_err().to_string();
+    assert!(
+        message.contains("hello.wasm.manifest.json") && message.contains("semantic version"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), guests::HELLO.bytes());
+
+    std::fs::write(
+        &sidecar,
+        serde_json::to_vec(&guests::HELLO.manifest()).unwrap(),
+    )
+    .unwrap();
+    let (result, out) = nachfass(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
+    result.unwrap();
+    assert!(out.starts_with("hello@0.1.0 → "), "{out}");
+    // The sidecar is no longer needed: the manifest travels inside.
+    std::fs::remove_file(&sidecar).unwrap();
+    let (result, out) = nachfass(&["plugin", "check", file.to_str().unwrap()]).await;
+    result.unwrap();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["plugin"], "hello@0.1.0");
+    assert_eq!(report["world"], "segment-rule");
+}
+
+#[tokio::test]
+async fn wit_writes_the_package_this_binary_speaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (result, _) = nachfass(&["plugin", "wit", dir.path().to_str().unwrap()]).await;
+    result.unwrap();
+    let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    assert_eq!(files(dir.path()), files(&repo_wit));
 }
 
 #[tokio::test]

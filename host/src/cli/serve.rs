@@ -17,7 +17,7 @@ use crate::oci::{AllowedRegistries, OciClient};
 use crate::policy::Policy;
 use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
-use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::runtime::{Registry, Runtime, RuntimeConfig, RuntimeLimits};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::scoring::StageThresholds;
 use crate::store::{Scope, Store};
@@ -54,10 +54,31 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, env = "NACHFASS_LEASE_MS", default_value_t = 60_000)]
     pub lease_ms: i64,
+    /// Largest plugin component accepted, in bytes (uploads and the plugins
+    /// directory). The default fits Python and JavaScript components, which
+    /// carry their interpreter.
+    #[arg(long, env = "NACHFASS_MAX_COMPONENT_BYTES", default_value_t = crate::runtime::limits::DEFAULT_MAX_COMPONENT_BYTES)]
+    pub max_component_bytes: usize,
     /// The address recipients reach this server at, for tracking,
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Whether plugins must be signed by a trusted publisher key
+    /// (`nachfass trust add`). A signature that does not match or a key
+    /// that is not trusted is always refused.
+    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
+    pub signatures: SignaturePolicy,
+    /// An OCI registry (`host[:port]`) plugins may be installed from with
+    /// POST /v1/plugins/pull; repeatable. None by default.
+    #[arg(
+        long = "oci-registry",
+        env = "NACHFASS_OCI_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub oci_registries: Vec<String>,
+    /// Token for private OCI registries.
+    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
+    pub oci_token: Option<String>,
     /// A reverse proxy whose `X-Forwarded-For` names the client (for the
     /// double opt-in proof); repeatable. From any other peer the header is
     /// ignored and the socket's address counts.
@@ -86,22 +107,6 @@ pub struct ServeArgs {
     /// milliseconds (default one day).
     #[arg(long, env = "NACHFASS_EVENT_AHEAD_MS", default_value_t = crate::api::DEFAULT_EVENT_AHEAD_MS)]
     pub event_ahead_ms: i64,
-    /// Whether plugins must be signed by a trusted publisher key
-    /// (`nachfass trust add`). A signature that does not match or a key
-    /// that is not trusted is always refused.
-    #[arg(long, env = "NACHFASS_SIGNATURES", value_enum, default_value_t = SignaturePolicy::Optional)]
-    pub signatures: SignaturePolicy,
-    /// An OCI registry (`host[:port]`) plugins may be installed from with
-    /// POST /v1/plugins/pull; repeatable. None by default.
-    #[arg(
-        long = "oci-registry",
-        env = "NACHFASS_OCI_REGISTRIES",
-        value_delimiter = ','
-    )]
-    pub oci_registries: Vec<String>,
-    /// Token for private OCI registries.
-    #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
-    pub oci_token: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -114,6 +119,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             signatures: args.signatures,
             ..TrustPolicy::default()
         }),
+        limits: RuntimeLimits {
+            max_component_bytes: args.max_component_bytes,
+            ..RuntimeLimits::default()
+        },
         ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
@@ -171,29 +180,53 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
         tokio::spawn(scheduler.run_forever(stopped))
     });
     let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
+    state.oci = OciSettings {
+        allowed: AllowedRegistries(args.oci_registries.clone()),
+        client: OciClient::new(args.oci_token.clone()),
+    };
     state.trusted_proxies = Arc::new(args.trusted_proxies.clone());
     state.event_times = EventTimes {
         oldest: args.oldest_event_ms,
         ahead: args.event_ahead_ms,
-    };
-    state.oci = OciSettings {
-        allowed: AllowedRegistries(args.oci_registries.clone()),
-        client: OciClient::new(args.oci_token.clone()),
     };
     let limits = ConnectionLimits {
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
         max_connections: args.max_connections.max(1),
     };
-    connections::serve(listener, app(state), limits, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    connections::serve(listener, app(state), limits, shutdown_signal()).await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as systemd and container runtimes send it: either
+/// drains in-flight requests and stops the scheduler, which gives back its
+/// leases.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: draining requests");
 }
 
 /// Follows trusted-key changes made on other nodes.

@@ -207,6 +207,7 @@ impl Plugin {
         let answer = self
             .run("matches", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world.call_matches(&mut *store, &contact, &activity).await
             })
             .await?;
@@ -234,6 +235,7 @@ impl Plugin {
         let answer = self
             .run("matches-batch", binding, &limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, &limits, self.runtime.limits().epoch_tick);
                 world.call_matches_batch(&mut *store, &inputs).await
             })
             .await?;
@@ -266,6 +268,7 @@ impl Plugin {
         let answer = self
             .run("on-event", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world
                     .call_on_event(&mut *store, &contact, &event, &activity)
                     .await
@@ -290,6 +293,7 @@ impl Plugin {
         let answer = self
             .run("on-profile", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world.call_on_profile(&mut *store, &contact).await
             })
             .await?;
@@ -310,6 +314,7 @@ impl Plugin {
         let info = self
             .run("describe", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world.call_describe(&mut *store).await
             })
             .await?;
@@ -336,6 +341,7 @@ impl Plugin {
         let answer = self
             .run("deliver", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world.call_deliver(&mut *store, &message).await
             })
             .await?;
@@ -371,6 +377,7 @@ impl Plugin {
         let answer = self
             .run("parse-callback", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_cpu_budget(store, limits, self.runtime.limits().epoch_tick);
                 world.call_parse_callback(&mut *store, &callback).await
             })
             .await?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -16,6 +16,7 @@ use wasmtime_wasi::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::host;
+use super::cpu_clock::CpuBudget;
 use super::limits::Limits;
 use super::manifest::World;
 use super::outgoing_http::AllowList;
@@ -37,6 +38,38 @@ pub struct Binding {
     pub limits: Limits,
     /// `host` or `host:port` entries; `*.example.com` allows subdomains.
     pub allow_http: Vec<String>,
+    /// Also keeps the plugin's log lines here (`plugin test --logs`).
+    pub log_sink: Option<LogSink>,
+}
+
+/// Log lines a plugin wrote, kept for whoever ran it (besides `tracing`).
+#[derive(Clone, Debug, Default)]
+pub struct LogSink(Arc<std::sync::Mutex<Vec<(host::Level, String)>>>);
+
+impl LogSink {
+    /// The lines so far, as `(level, message)`, level in lower case.
+    pub fn lines(&self) -> Vec<(&'static str, String)> {
+        let lines = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        lines
+            .into_iter()
+            .map(|(level, message)| {
+                let level = match level {
+                    host::Level::Trace => "trace",
+                    host::Level::Debug => "debug",
+                    host::Level::Info => "info",
+                    host::Level::Warn => "warn",
+                    host::Level::Error => "error",
+                };
+                (level, message)
+            })
+            .collect()
+    }
+
+    fn push(&self, level: host::Level, message: &str) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push((level, message.to_owned()));
+        }
+    }
 }
 
 impl Binding {
@@ -46,6 +79,7 @@ impl Binding {
             config: BTreeMap::new(),
             limits: Limits::for_world(world),
             allow_http: Vec::new(),
+            log_sink: None,
         }
     }
 
@@ -77,6 +111,8 @@ pub struct CallState {
     pub(super) limiter: CallLimiter,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: u32,
+    /// The call's CPU budget, started by [`start_cpu_budget`].
+    cpu: CpuBudget,
 }
 
 impl CallState {
@@ -101,11 +137,17 @@ impl CallState {
             limiter: CallLimiter::new(limits.memory_bytes),
             stderr,
             log_lines: 0,
+            cpu: CpuBudget::new(limits.cpu_time),
         }
     }
 
     pub fn binding(&self) -> &Binding {
         &self.binding
+    }
+
+    /// Linear memory the instance holds now, all memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.limiter.memory_bytes_now
     }
 
     /// The guest's stderr, e.g. a Rust panic message.
@@ -125,10 +167,37 @@ pub fn store(
 ) -> Store<CallState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    store.epoch_deadline_trap();
-    let ticks = limits.cpu_time.as_nanos().div_ceil(tick.as_nanos().max(1));
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    // At a deadline, look at the CPU time the call really used: go on
+    // while budget is left, trap once it is spent.
+    store.epoch_deadline_callback(move |mut store| {
+        let left = store.data_mut().cpu.remaining();
+        if left.is_zero() {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Continue(ticks(left, tick)))
+        }
+    });
+    // Instantiating is bounded by the wall-clock limit; the CPU budget
+    // starts with the call (see `start_cpu_budget`).
+    store.set_epoch_deadline(ticks(limits.wall_time.max(limits.cpu_time), tick));
     store
+}
+
+/// `d` in epoch ticks, at least one.
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(tick.as_nanos().max(1)))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Starts the call's CPU budget, once the instance exists. Instantiating a
+/// Python or JavaScript component maps a pre-initialised interpreter heap
+/// and fills tables of thousands of functions: the host's work, which
+/// would otherwise eat most of a 10 ms budget before the plugin's first
+/// instruction (and all of it in a debug build).
+pub fn start_cpu_budget(store: &mut Store<CallState>, limits: &Limits, tick: Duration) {
+    store.data_mut().cpu.start();
+    store.set_epoch_deadline(ticks(limits.cpu_time, tick));
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,
@@ -161,6 +230,9 @@ impl host::Host for CallState {
                 .unwrap_or(0);
             message.truncate(cut);
             message.push('…');
+        }
+        if let Some(sink) = &self.binding.log_sink {
+            sink.push(level, &message);
         }
         let (plugin, binding) = (&*self.plugin, &self.binding.name);
         match level {
@@ -205,6 +277,8 @@ impl WasiHttpView for CallState {
 pub struct CallLimiter {
     memory_bytes: usize,
     pub(super) memory_exceeded: bool,
+    /// Sum of the memories' sizes (creation counts as growth from 0).
+    memory_bytes_now: usize,
 }
 
 impl CallLimiter {
@@ -212,6 +286,7 @@ impl CallLimiter {
         CallLimiter {
             memory_bytes,
             memory_exceeded: false,
+            memory_bytes_now: 0,
         }
     }
 }
@@ -219,7 +294,7 @@ impl CallLimiter {
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -227,6 +302,9 @@ impl ResourceLimiter for CallLimiter {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
         }
+        self.memory_bytes_now = self
+            .memory_bytes_now
+            .saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
