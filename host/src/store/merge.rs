@@ -199,7 +199,9 @@ async fn move_messaging(
     // One open run per journey and contact: the merged contact's run of a
     // journey the survivor is already in ends here.
     sqlx::query(
-        "UPDATE journey_runs SET status = 'exited', ended_at = $1, exit_reason = 'contact merged'          WHERE contact_id = $2 AND ended_at IS NULL AND journey IN            (SELECT journey FROM journey_runs WHERE contact_id = $3 AND ended_at IS NULL)",
+        "UPDATE journey_runs SET status = 'exited', ended_at = $1, exit_reason = 'contact merged' \
+         WHERE contact_id = $2 AND ended_at IS NULL AND journey IN \
+           (SELECT journey FROM journey_runs WHERE contact_id = $3 AND ended_at IS NULL)",
     )
     .bind(now)
     .bind(merged.clone())
