@@ -123,7 +123,6 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             max_component_bytes: args.max_component_bytes,
             ..RuntimeLimits::default()
         },
-        ..RuntimeConfig::default()
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
     store
