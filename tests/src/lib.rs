@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use nachfass::runtime::signature::{SignaturePolicy, TrustPolicy};
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
 pub mod languages;
@@ -67,12 +68,46 @@ impl Guest {
 /// processes and runs so each component compiles once.
 #[track_caller]
 pub fn runtime() -> Runtime {
+    runtime_with_trust(None)
+}
+
+#[track_caller]
+fn runtime_with_trust(trust: Option<TrustPolicy>) -> Runtime {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     Runtime::new(RuntimeConfig {
         cache_dir: Some(cache),
+        trust,
         ..RuntimeConfig::default()
     })
     .expect("runtime starts")
+}
+
+/// A runtime like [`runtime`] that enforces `signatures` with the keys
+/// `store` trusts, as `serve` does.
+pub async fn signing_runtime(
+    store: &nachfass::store::Store,
+    signatures: SignaturePolicy,
+) -> Runtime {
+    let runtime = runtime_with_trust(Some(TrustPolicy {
+        signatures,
+        ..TrustPolicy::default()
+    }));
+    store
+        .reload_trust(&runtime)
+        .await
+        .expect("trusted keys load");
+    runtime
+}
+
+/// Runs `nachfass <args>` in-process; its result and what it printed.
+pub async fn nachfass_cli(args: &[&str]) -> (Result<(), nachfass::cli::CliError>, String) {
+    use clap::Parser;
+    let cli =
+        nachfass::cli::Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
+            .expect("valid arguments");
+    let mut out = Vec::new();
+    let result = nachfass::cli::run(cli, &mut out).await;
+    (result, String::from_utf8(out).expect("utf-8 output"))
 }
 
 /// Milliseconds in a day.

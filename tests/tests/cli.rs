@@ -5,17 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-use nachfass::cli::{Cli, CliError, run};
-use nachfass_tests::guests;
-
-async fn nachfass(args: &[&str]) -> (Result<(), CliError>, String) {
-    let cli = Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
-        .expect("valid arguments");
-    let mut out = Vec::new();
-    let result = run(cli, &mut out).await;
-    (result, String::from_utf8(out).expect("utf-8 output"))
-}
+use nachfass_tests::{guests, nachfass_cli};
 
 fn write(dir: &Path, name: &str, json: serde_json::Value) -> String {
     let path = dir.join(name);
@@ -26,7 +16,7 @@ fn write(dir: &Path, name: &str, json: serde_json::Value) -> String {
 #[tokio::test]
 async fn check_prints_world_imports_exports_and_manifest() {
     let file = guests::ENGAGEMENT.packed();
-    let (result, out) = nachfass(&["plugin", "check", file.to_str().unwrap()]).await;
+    let (result, out) = nachfass_cli(&["plugin", "check", file.to_str().unwrap()]).await;
     result.unwrap();
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["plugin"], "engagement@0.1.0");
@@ -50,7 +40,7 @@ async fn check_says_precisely_why_a_file_is_unusable() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw.wasm");
     std::fs::copy(guests::HELLO.wasm, &raw).unwrap();
-    let (result, _) = nachfass(&["plugin", "check", raw.to_str().unwrap()]).await;
+    let (result, _) = nachfass_cli(&["plugin", "check", raw.to_str().unwrap()]).await;
     let message = result.unwrap_err().to_string();
     assert!(
         message.contains("no manifest") && message.contains("nachfass plugin build"),
@@ -61,7 +51,7 @@ async fn check_says_precisely_why_a_file_is_unusable() {
     let mut bytes = std::fs::read(guests::HELLO.packed()).unwrap();
     bytes[200..400].fill(0xff);
     std::fs::write(&corrupt, bytes).unwrap();
-    let (result, _) = nachfass(&["plugin", "check", corrupt.to_str().unwrap()]).await;
+    let (result, _) = nachfass_cli(&["plugin", "check", corrupt.to_str().unwrap()]).await;
     let error = result.unwrap_err();
     assert_eq!(error.exit_code(), 1);
     assert!(error.to_string().contains("is unusable"), "{error}");
@@ -92,7 +82,7 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
         "--config",
         "pricing_points=15",
     ];
-    let (result, out) = nachfass(&args).await;
+    let (result, out) = nachfass_cli(&args).await;
     result.unwrap();
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["function"], "on-event");
@@ -100,7 +90,7 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
 
     // The plugin's own error: printed, exit code 2.
     let rule = guests::ATTRIBUTE_MATCH.packed();
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "plugin",
         "test",
         rule.to_str().unwrap(),
@@ -116,7 +106,7 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
 
     // A trap: no JSON, exit code 1 and the limit in the message.
     let looping = guests::ENDLESS_LOOP.packed();
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "plugin",
         "test",
         looping.to_str().unwrap(),
@@ -142,7 +132,7 @@ async fn test_runs_once_in_the_sandbox_and_prints_json() {
         serde_json::json!({ "id": "c", "mail": "x" }),
     );
     let (result, _) =
-        nachfass(&["plugin", "test", file.to_str().unwrap(), "--contact", &bad]).await;
+        nachfass_cli(&["plugin", "test", file.to_str().unwrap(), "--contact", &bad]).await;
     let message = result.unwrap_err().to_string();
     assert!(
         message.contains("bad.json") && message.contains("unknown field `mail`"),
@@ -217,7 +207,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
     );
 
     // By default the scaffold names the published SDK, never a path.
-    let (result, _) = nachfass(&[
+    let (result, _) = nachfass_cli(&[
         "plugin",
         "new",
         "scorer",
@@ -233,7 +223,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
         "{cargo_toml}"
     );
 
-    let (result, _) = nachfass(&[
+    let (result, _) = nachfass_cli(&[
         "plugin",
         "new",
         "scorer",
@@ -249,7 +239,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
     let out_file = dir.path().join("dp.wasm");
     // Shares compiled dependencies with the test suite's guest build.
     let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "plugin",
         "build",
         crate_dir.to_str().unwrap(),
@@ -268,7 +258,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
         "e.json",
         serde_json::json!({ "id": "e-9", "contact_id": "c1", "kind": "download", "at": 1 }),
     );
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "plugin",
         "test",
         out_file.to_str().unwrap(),
@@ -290,7 +280,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
         serde_json::json!([{ "level": "debug", "message": "e-9 scored 7" }])
     );
 
-    let (again, _) = nachfass(&[
+    let (again, _) = nachfass_cli(&[
         "plugin",
         "new",
         "scorer",
@@ -300,7 +290,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
     ])
     .await;
     assert!(again.unwrap_err().to_string().contains("already exists"));
-    let (bad, _) = nachfass(&[
+    let (bad, _) = nachfass_cli(&[
         "plugin",
         "new",
         "scorer",
@@ -314,7 +304,7 @@ async fn the_packaged_sdk_carries_the_wit_and_builds_a_scaffold_outside_the_repo
             .to_string()
             .contains("not a valid plugin name")
     );
-    let (bad, _) = nachfass(&[
+    let (bad, _) = nachfass_cli(&[
         "plugin",
         "new",
         "scorer",
@@ -342,7 +332,7 @@ async fn embed_manifest_makes_a_component_of_any_toolchain_one_file() {
         r#"{"name": "hello", "version": "one", "world": "segment-rule"}"#,
     )
     .unwrap();
-    let (result, _) = nachfass(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
+    let (result, _) = nachfass_cli(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
     let message = result.unwrap_err().to_string();
     assert!(
         message.contains("hello.wasm.manifest.json") && message.contains("semantic version"),
@@ -355,12 +345,12 @@ async fn embed_manifest_makes_a_component_of_any_toolchain_one_file() {
         serde_json::to_vec(&guests::HELLO.manifest()).unwrap(),
     )
     .unwrap();
-    let (result, out) = nachfass(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
+    let (result, out) = nachfass_cli(&["plugin", "embed-manifest", file.to_str().unwrap()]).await;
     result.unwrap();
     assert!(out.starts_with("hello@0.1.0 → "), "{out}");
     // The sidecar is no longer needed: the manifest travels inside.
     std::fs::remove_file(&sidecar).unwrap();
-    let (result, out) = nachfass(&["plugin", "check", file.to_str().unwrap()]).await;
+    let (result, out) = nachfass_cli(&["plugin", "check", file.to_str().unwrap()]).await;
     result.unwrap();
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["plugin"], "hello@0.1.0");
@@ -370,7 +360,7 @@ async fn embed_manifest_makes_a_component_of_any_toolchain_one_file() {
 #[tokio::test]
 async fn wit_writes_the_package_this_binary_speaks() {
     let dir = tempfile::tempdir().unwrap();
-    let (result, _) = nachfass(&["plugin", "wit", dir.path().to_str().unwrap()]).await;
+    let (result, _) = nachfass_cli(&["plugin", "wit", dir.path().to_str().unwrap()]).await;
     result.unwrap();
     let repo_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     assert_eq!(files(dir.path()), files(&repo_wit));
@@ -381,7 +371,7 @@ async fn demo_loads_contacts_with_scores_and_segments() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("demo.db").display());
     let plugins = dir.path().join("plugins.d");
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "demo",
         "--contacts",
         "40",

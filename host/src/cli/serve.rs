@@ -240,7 +240,13 @@ pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
     if let Some(mailbox) = server.mailbox {
         state = state.with_mailbox(mailbox);
     }
-    connections::serve(server.listener, app(state), server.edge.limits, shutdown_signal()).await;
+    connections::serve(
+        server.listener,
+        app(state),
+        server.edge.limits,
+        shutdown_signal(),
+    )
+    .await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
