@@ -2,8 +2,10 @@
 //! fixtures) once for wasm32-wasip2, and tells the tests where each
 //! component and crate lives. Fails the build when a fixture has no test.
 
+#[path = "../host/build/guests.rs"]
+mod guests;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -11,46 +13,9 @@ fn main() {
         .parent()
         .expect("tests/ lies in the workspace")
         .to_path_buf();
-    let guests = root.join("plugins");
-    for watched in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
-
-    let target_dir = root.join("target/guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(&guests)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--message-format=json-render-diagnostics",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // Settings meant for the host build must not leak into the guest build.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_MAKEFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        build.env_remove(var);
-    }
-    let output = build.output().expect("cargo runs");
-    if !output.status.success() {
-        panic!(
-            "building the guest crates in plugins/ failed (is `rustup target add wasm32-wasip2` done?):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let stdout = guests::build_guests(&root);
 
     let mut constants = String::new();
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let mut names = Vec::new();
     for line in stdout.lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {

@@ -265,8 +265,39 @@ async fn queue_confirmation(
     Ok(())
 }
 
-/// The click on the confirmation link. `ip` and `user_agent` are the
-/// proof of who confirmed.
+/// What the confirmation page shows for a token, without changing
+/// anything: a link scanner that fetches the page confirms nothing.
+/// `None` for a forged token or an unknown request.
+pub async fn confirmation_state(
+    journeys: &Journeys,
+    token: &str,
+) -> Result<Option<ConfirmationState>, StoreError> {
+    let tracking = journeys.tracking().await?;
+    let Some((TokenKind::Confirm, request_id)) = tracking.verify(token) else {
+        return Ok(None);
+    };
+    let now = journeys.pipeline.clock.now();
+    let mut conn = journeys.pipeline.store.pool().acquire().await?;
+    let Some(pending) = pending_in(&mut conn, &request_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(match pending.status.as_str() {
+        "confirmed" => ConfirmationState::Confirmed,
+        "pending" if now < pending.created_at + EXPIRE_AFTER => ConfirmationState::Waiting,
+        _ => ConfirmationState::Expired,
+    }))
+}
+
+/// A confirmation request as its page shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfirmationState {
+    Waiting,
+    Confirmed,
+    Expired,
+}
+
+/// The press of the confirmation page's button (a POST). `ip` and
+/// `user_agent` are the proof of who confirmed.
 pub async fn confirm(
     journeys: &Journeys,
     token: &str,

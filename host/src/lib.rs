@@ -9,6 +9,7 @@ pub mod consent;
 pub mod ingest;
 pub mod journeys;
 pub mod kpis;
+pub mod mailbox;
 pub mod metrics;
 pub mod model;
 pub mod oci;

@@ -37,6 +37,11 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // Templates come from operators; keep a runaway loop bounded.
     env.set_fuel(Some(100_000));
+    // A run without a triggering event (manual enrolment, a sweep) or a
+    // contact without the attribute renders `event.properties.title` as
+    // missing instead of failing the send, so `| default(…)` works at any
+    // depth.
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     env
 }
 

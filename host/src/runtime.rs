@@ -75,6 +75,11 @@ impl Runtime {
         wasm.epoch_interruption(true)
             .consume_fuel(limits.consume_fuel)
             .max_wasm_stack(limits.max_wasm_stack)
+            // Python and JavaScript components start from a pre-initialised
+            // heap of 10+ MB: mapping it copy-on-write keeps a fresh
+            // instance per call cheap (wasmtime's default, stated here
+            // because the sandbox depends on it).
+            .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)?;
         spawn_epoch_ticker(&engine, limits.epoch_tick)?;
@@ -154,7 +159,12 @@ impl Runtime {
     pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Plugin, LoadError> {
         self.check_size(bytes.len())?;
         manifest.validate()?;
-        let signed_by = self.check_signature(&bytes)?;
+        // Bytes that do not even parse are a broken component, not a
+        // signature problem: say so as any other load would.
+        let signed_by = self.check_signature(&bytes).map_err(|e| match e {
+            signature::SignatureError::Manifest(e) => LoadError::Manifest(e),
+            other => LoadError::Signature(other),
+        })?;
         if signed_by.is_some() {
             // The signature covers the embedded manifest; a manifest from
             // elsewhere must not stand in for it.

@@ -144,6 +144,23 @@ impl Store {
         }
     }
 
+    /// How many of this build's migrations the database lacks (0 when
+    /// ready); an error when the database does not answer.
+    pub async fn migrations_pending(&self) -> Result<usize, StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(migrator
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count())
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }

@@ -95,6 +95,26 @@ impl Tracking {
         Some((kind, outbox_id.to_owned()))
     }
 
+    /// `text` with every genuine token replaced by `redacted`: what a key
+    /// without admin scope may see of a sent message (a working token
+    /// would let it unsubscribe or confirm for the recipient).
+    pub fn redact(&self, text: &str) -> String {
+        let is_token_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(slash) = rest.find('/') {
+            out.push_str(&rest[..=slash]);
+            rest = &rest[slash + 1..];
+            let end = rest.find(|c: char| !is_token_char(c)).unwrap_or(rest.len());
+            if self.verify(&rest[..end]).is_some() {
+                out.push_str("redacted");
+                rest = &rest[end..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
     pub fn url(&self, kind: TokenKind, outbox_id: &str) -> String {
         let path = match kind {
             TokenKind::Open => "t/o",
@@ -107,10 +127,22 @@ impl Tracking {
 
     /// Rewrites an email before it is queued: links go through the click
     /// redirect, HTML gets the open pixel, and marketing mail gets an
-    /// unsubscribe link and the RFC 8058 one-click headers.
-    pub fn instrument(&self, message: &mut Message, outbox_id: &str, marketing: bool) {
+    /// unsubscribe link and the RFC 8058 one-click headers. Only links to
+    /// an origin the template itself wrote (see [`template_origins`]) are
+    /// tracked: a URL that came from contact or event data stays plain
+    /// text, so our redirect can never lead where a data value says.
+    pub fn instrument(
+        &self,
+        message: &mut Message,
+        outbox_id: &str,
+        marketing: bool,
+        origins: &[String],
+    ) {
         let mut links: Vec<String> = Vec::new();
         let mut track = |url: &str| {
+            if !origins.iter().any(|o| *o == origin(url)) {
+                return url.to_owned();
+            }
             let index = match links.iter().position(|l| l == url) {
                 Some(index) => index,
                 None => {
@@ -159,6 +191,42 @@ impl Tracking {
         }
         message.metadata.insert(LINKS.into(), Value::Texts(links));
     }
+}
+
+/// `https://shop.example:8443` of a URL, lower-cased: everything before
+/// the path, query or fragment.
+fn origin(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let end = url[scheme_end..]
+        .find(|c: char| {
+            matches!(c, '/' | '?' | '#' | '{' | '"' | '\'' | '<' | '>') || c.is_whitespace()
+        })
+        .map_or(url.len(), |i| scheme_end + i);
+    url[..end].to_lowercase()
+}
+
+/// The origins of the `http(s)://` links written in template sources
+/// (text and HTML): what a rendered link must start with to be tracked.
+/// An origin built by a template expression (`https://{{ host }}/`) is
+/// not written in the template and so not trusted.
+pub fn template_origins(sources: &[&str]) -> Vec<String> {
+    let mut origins: Vec<String> = Vec::new();
+    for source in sources {
+        let source = unescape(source);
+        let mut rest = source.as_str();
+        while let Some(start) = rest.find("http") {
+            let candidate = &rest[start..];
+            if is_url_start(candidate) {
+                let found = origin(candidate);
+                let host = found.split_once("://").map_or("", |(_, host)| host);
+                if !host.is_empty() && !origins.contains(&found) {
+                    origins.push(found);
+                }
+            }
+            rest = &candidate[4..];
+        }
+    }
+    origins
 }
 
 fn is_url_start(rest: &str) -> bool {
@@ -243,6 +311,54 @@ mod tests {
     }
 
     #[test]
+    fn only_links_the_template_wrote_are_tracked() {
+        let origins = template_origins(&[
+            "Shop: https://shop.example/cart?c={{ contact.id }} Site: {{ contact.attributes.site }} \
+             Host: https://{{ contact.attributes.host }}/x",
+        ]);
+        assert_eq!(origins, vec!["https://shop.example".to_owned()]);
+        let mut message: Message = serde_json::from_str(
+            r#"{"idempotency_key":"k","to":"a@b.example","text":"Shop: https://shop.example/cart?c=c_1 Site: https://evil.example/x Host: https://evil.example/x Trick: https://shop.example@evil.example/ https://shop.example.evil.example/"}"#,
+        )
+        .unwrap();
+        tracking().instrument(&mut message, "m_7", false, &origins);
+        assert_eq!(
+            message.metadata[LINKS],
+            Value::Texts(vec!["https://shop.example/cart?c=c_1".into()])
+        );
+        assert!(
+            message.text.contains("Site: https://evil.example/x"),
+            "{}",
+            message.text
+        );
+        assert!(
+            message.text.contains("https://shop.example@evil.example/"),
+            "{}",
+            message.text
+        );
+        assert!(
+            message.text.contains("https://shop.example.evil.example/"),
+            "{}",
+            message.text
+        );
+    }
+
+    #[test]
+    fn redaction_removes_genuine_tokens_only() {
+        let t = tracking();
+        let text = format!(
+            "<{}> and {} and https://shop.example/a.b.c",
+            t.url(TokenKind::Unsubscribe, "m_1"),
+            t.url(TokenKind::Click(0), "m_1")
+        );
+        let redacted = t.redact(&text);
+        assert_eq!(
+            redacted,
+            "<https://t.example/u/redacted> and https://t.example/t/c/redacted and https://shop.example/a.b.c"
+        );
+    }
+
+    #[test]
     fn tokens_verify_and_refuse_any_change() {
         let t = tracking();
         let token = t.token(TokenKind::Click(2), "m_1");
@@ -266,7 +382,8 @@ mod tests {
             r#"{"idempotency_key":"k","to":"a@b.example","text":"Hier: https://shop.example/cart?id=1. Und http://x.example","html":"<body><a href=\"https:&#x2f;&#x2f;shop.example&#x2f;cart?id=1&amp;x=2\">Warenkorb</a><a href=\"mailto:a@b\">m</a></body>"}"#,
         )
         .unwrap();
-        tracking().instrument(&mut message, "m_9", true);
+        let origins = template_origins(&[&message.text, message.html.as_deref().unwrap_or("")]);
+        tracking().instrument(&mut message, "m_9", true, &origins);
         assert!(!message.text.contains("shop.example"), "{}", message.text);
         assert!(
             message.text.contains("https://t.example/t/c/c.m_9.0."),
@@ -301,7 +418,7 @@ mod tests {
         );
         let mut transactional = message.clone();
         transactional.headers.clear();
-        tracking().instrument(&mut transactional, "m_8", false);
+        tracking().instrument(&mut transactional, "m_8", false, &origins);
         assert!(!transactional.headers.contains_key("List-Unsubscribe"));
     }
 }

@@ -1,4 +1,6 @@
-//! Bindings generated from the one copy of the WIT in `wit/`.
+//! Bindings generated from the one copy of the WIT: `sdk/wit` is a symlink
+//! to the repository's `wit/`, and `cargo package` stores the files it
+//! points to, so the published crate builds on its own.
 //!
 //! Each world gets its own module; the `types` and `host` interfaces are
 //! generated once (with the segment-rule world) and shared by the other two
@@ -9,7 +11,7 @@
 
 pub mod segment_rule {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "nachfass:plugin/segment-rule@0.1.0",
         runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,
@@ -22,7 +24,7 @@ pub mod segment_rule {
 
 pub mod scorer {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "nachfass:plugin/scorer@0.1.0",
         runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,
@@ -37,7 +39,7 @@ pub mod scorer {
 
 pub mod channel {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "nachfass:plugin/channel@0.1.0",
         runtime_path: "::nachfass_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,

@@ -5,12 +5,16 @@
 //! - the cost of a fresh sandboxed instance alone;
 //! - segment-rule batch throughput over 1M contacts;
 //! - what counting instructions (fuel, the CPU limit) costs against an
-//!   engine without fuel, where only the epoch backstop limits CPU.
-//!
-//! `NACHFASS_BENCH_FUEL_ONLY=1` runs only the last comparison.
+//!   engine without fuel, where only the epoch backstop limits CPU;
+//! - cost per language: the engagement scorer in Rust, Python
+//!   (componentize-py) and JavaScript (componentize-js): size, compile
+//!   time, instantiation, a call on a fresh instance and on a reused one,
+//!   linear memory.
 //!
 //! `cargo bench -p nachfass-tests --bench runtime` (set NACHFASS_BENCH_CONTACTS
-//! for another population size).
+//! for another population size; NACHFASS_BENCH_LANGUAGES_ONLY=1 runs only
+//! the languages, which need componentize-py and componentize-js;
+//! NACHFASS_BENCH_FUEL_ONLY=1 only the fuel comparison).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -18,10 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nachfass::model::{ActivityCount, Contact, Event, Value};
+use nachfass::runtime::bindings::scorer::ScorerPre;
+use nachfass::runtime::bindings::types as wit;
+use nachfass::runtime::cache::{ArtifactCache, content_hash};
+use nachfass::runtime::sandbox::{self, CallState};
 use nachfass::runtime::{Binding, Limits, Runtime, RuntimeConfig, RuntimeLimits, World};
 use nachfass_sdk::Scorer as _;
 use nachfass_sdk::SegmentRule as _;
-use nachfass_tests::{guests, runtime};
+use nachfass_tests::{guests, languages, runtime};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -130,10 +138,113 @@ async fn fuel_against_epoch_only() {
     }
 }
 
+/// The same scorer in three languages, measured alike.
+async fn cost_per_language() {
+    let cache = tempfile::tempdir().unwrap();
+    // A cold cache: the first load compiles.
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let c = contact(1);
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "id": "e1", "contact_id": "c1", "kind": "page.visited", "at": 5, "properties": { "url": "https://acme.example/pricing" }
+    }))
+    .unwrap();
+    let activity = vec![ActivityCount {
+        kind: "page.visited".into(),
+        total: 3,
+        last_24_hours: 1,
+        last_30_days: 3,
+        last_at: Some(4),
+    }];
+    let b = binding(World::Scorer, &[]);
+    println!("== cost per language: the engagement scorer, on-event ==");
+    println!(
+        "| language | component | compile | instantiate p50 | call, fresh instance p50 / p99 | call, reused instance p50 | linear memory |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let files = [
+        ("Rust", guests::ENGAGEMENT.packed(), 2_000),
+        ("Python", languages::ENGAGEMENT_PY.built(), 300),
+        ("JavaScript", languages::ENGAGEMENT_JS.built(), 300),
+    ];
+    for (language, file, calls) in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let t = Instant::now();
+        let plugin = runtime.load_file(&file).await.unwrap();
+        let compile = t.elapsed();
+        assert!(!plugin.from_cache());
+
+        let mut instantiate = Vec::with_capacity(calls);
+        let mut fresh = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            plugin.probe(&b, 10).await.unwrap();
+            instantiate.push(t.elapsed());
+            let t = Instant::now();
+            let change = plugin
+                .on_event(&b, 10, &c, &event, &activity)
+                .await
+                .unwrap()
+                .unwrap();
+            fresh.push(t.elapsed());
+            assert_eq!(change.delta, 10, "{language}");
+        }
+        instantiate.sort();
+        fresh.sort();
+
+        // One instance, called again and again (what a batch export or a
+        // replay could do); the machine code comes from the cache above.
+        let engine = runtime.engine();
+        let (component, from_cache) = ArtifactCache::new(cache.path())
+            .unwrap()
+            .load_or_compile(engine, &content_hash(&bytes), &bytes)
+            .unwrap();
+        assert!(from_cache);
+        let linker = sandbox::linker(engine, World::Scorer).unwrap();
+        let pre = ScorerPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        let state = CallState::new(plugin.id().into(), b.clone(), &b.limits, 10);
+        let mut store = sandbox::store(engine, state, &b.limits, runtime.limits());
+        let scorer = pre.instantiate_async(&mut store).await.unwrap();
+        sandbox::start_call_budget(&mut store, &b.limits.scaled(calls), runtime.limits());
+        let (wc, we) = (wit::Contact::from(&c), wit::Event::from(&event));
+        let wa: Vec<wit::ActivityCount> = activity.iter().map(Into::into).collect();
+        let mut reused = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            let change = scorer
+                .call_on_event(&mut store, &wc, &we, &wa)
+                .await
+                .unwrap()
+                .unwrap();
+            reused.push(t.elapsed());
+            assert_eq!(change.delta, 10);
+        }
+        reused.sort();
+        let memory = store.data().memory_bytes();
+        println!(
+            "| {language} | {:.1} MB | {:.2} s | {:.0} µs | {:.0} / {:.0} µs | {:.1} µs | {:.1} MiB |",
+            bytes.len() as f64 / 1e6,
+            compile.as_secs_f64(),
+            micros(percentile(&instantiate, 0.5)),
+            micros(percentile(&fresh, 0.5)),
+            micros(percentile(&fresh, 0.99)),
+            micros(percentile(&reused, 0.5)),
+            memory as f64 / f64::from(1 << 20),
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if std::env::var_os("NACHFASS_BENCH_FUEL_ONLY").is_some() {
         fuel_against_epoch_only().await;
+        return;
+    }
+    cost_per_language().await;
+    if std::env::var_os("NACHFASS_BENCH_LANGUAGES_ONLY").is_some() {
         return;
     }
     let runtime = runtime();

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use nachfass::runtime::signature::{SignaturePolicy, TrustPolicy};
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod languages;
 pub mod server;
 
 /// A guest crate and the component cargo built from it.
@@ -66,12 +68,46 @@ impl Guest {
 /// processes and runs so each component compiles once.
 #[track_caller]
 pub fn runtime() -> Runtime {
+    runtime_with_trust(None)
+}
+
+#[track_caller]
+fn runtime_with_trust(trust: Option<TrustPolicy>) -> Runtime {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     Runtime::new(RuntimeConfig {
         cache_dir: Some(cache),
+        trust,
         ..RuntimeConfig::default()
     })
     .expect("runtime starts")
+}
+
+/// A runtime like [`runtime`] that enforces `signatures` with the keys
+/// `store` trusts, as `serve` does.
+pub async fn signing_runtime(
+    store: &nachfass::store::Store,
+    signatures: SignaturePolicy,
+) -> Runtime {
+    let runtime = runtime_with_trust(Some(TrustPolicy {
+        signatures,
+        ..TrustPolicy::default()
+    }));
+    store
+        .reload_trust(&runtime)
+        .await
+        .expect("trusted keys load");
+    runtime
+}
+
+/// Runs `nachfass <args>` in-process; its result and what it printed.
+pub async fn nachfass_cli(args: &[&str]) -> (Result<(), nachfass::cli::CliError>, String) {
+    use clap::Parser;
+    let cli =
+        nachfass::cli::Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
+            .expect("valid arguments");
+    let mut out = Vec::new();
+    let result = nachfass::cli::run(cli, &mut out).await;
+    (result, String::from_utf8(out).expect("utf-8 output"))
 }
 
 /// Milliseconds in a day.
@@ -190,11 +226,25 @@ impl Drop for HttpSink {
 /// and a new database on the PostgreSQL server at
 /// `NACHFASS_TEST_POSTGRES_URL` (`tests/run` starts one).
 pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
+    let (sqlite_url, sqlite) = sqlite_database();
+    let (postgres_url, postgres) = postgres_database().await;
+    vec![
+        ("sqlite", sqlite_url, sqlite),
+        ("postgres", postgres_url, postgres),
+    ]
+}
+
+/// A fresh SQLite database file in a temp dir, as a URL.
+pub fn sqlite_database() -> (String, TempStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
+    (url, TempStore::Sqlite(dir))
+}
+
+/// A new database on the PostgreSQL server at `NACHFASS_TEST_POSTGRES_URL`.
+pub async fn postgres_database() -> (String, TempStore) {
     use sqlx::Executor;
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite_url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
-
     let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
         "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
     );
@@ -215,11 +265,28 @@ pub async fn databases() -> Vec<(&'static str, String, TempStore)> {
         .await
         .expect("create test database");
     let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    let postgres_url = format!("{server}/{name}");
-    vec![
-        ("sqlite", sqlite_url, TempStore::Sqlite(dir)),
-        ("postgres", postgres_url, TempStore::Postgres { base, name }),
-    ]
+    (
+        format!("{server}/{name}"),
+        TempStore::Postgres { base, name },
+    )
+}
+
+/// A fresh database of one dialect (`"sqlite"` or `"postgres"`), as a URL:
+/// for tests stamped once per dialect.
+pub async fn database(dialect: &str) -> (String, TempStore) {
+    match dialect {
+        "sqlite" => sqlite_database(),
+        _ => postgres_database().await,
+    }
+}
+
+/// A fresh, migrated store of one dialect (see [`database`]).
+pub async fn store(dialect: &str) -> (nachfass::store::Store, TempStore) {
+    let (url, temp) = database(dialect).await;
+    let store = nachfass::store::Store::connect(&url)
+        .await
+        .expect("store connects");
+    (store, temp)
 }
 
 /// A fresh store on each dialect (see [`databases`]). Every store test runs

@@ -91,6 +91,11 @@ impl Server {
         server
     }
 
+    /// The process id (to count its open files).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flushing — a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -129,11 +129,18 @@ impl Browser {
 
     /// Waits until `condition` (JavaScript) is true; returns the page text.
     fn wait_until(&self, condition: &str) -> String {
+        self.wait_up_to(Duration::from_secs(15), condition)
+    }
+
+    /// [`Browser::wait_until`] with a longer patience, for a server that
+    /// fills its pages while it runs.
+    fn wait_up_to(&self, patience: Duration, condition: &str) -> String {
         let started = Instant::now();
         while self.script(&format!("return Boolean({condition})")) != Value::Bool(true) {
             assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "never true: {condition}"
+                started.elapsed() < patience,
+                "never true: {condition}\nthe page shows:\n{}",
+                self.script("return document.body.innerText")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -162,6 +169,17 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Puts a valid definition back into the editor: the installed one with
+/// the added step.
+fn edit_back(browser: &Browser) {
+    browser.script(
+        "const area = document.getElementById('definition'); api('/v1/journeys/cart-abandonment').then((j) => { j.definition.steps.push({ id: 'last-wait', type: 'wait', duration: '2d' }); area.value = JSON.stringify(j.definition, null, 2); area.dispatchEvent(new Event('input')); })",
+    );
+    browser.wait_until(
+        "document.querySelector('#flow-preview [data-step=\"last-wait\"]') && !document.getElementById('valid').hidden && document.querySelectorAll('#problems li').length === 0",
+    );
 }
 
 fn chromium() -> String {
@@ -270,7 +288,8 @@ async fn the_dashboard_shows_what_the_api_created() {
     let key_for_browser = key.clone();
     tokio::task::spawn_blocking(move || {
         let browser = Browser::start();
-        browser.go(&format!("{base}/dashboard"));
+        // German by choice (the demo test covers English and the switch).
+        browser.go(&format!("{base}/dashboard?lang=de"));
         let text = browser.wait_for_text("API-Schlüssel");
         assert!(
             !text.contains("Kontakte"),
@@ -339,11 +358,289 @@ async fn the_dashboard_shows_what_the_api_created() {
             "{plugins}"
         );
         browser.screenshot("plugins");
+
+        // Journeys edited where operators look: install a ready-made one,
+        // break and fix its definition (problems inline, flow redrawn as
+        // typed), save it as a new version, stop and start it.
+        browser.go(&format!("{base}/dashboard#/journeys"));
+        browser.wait_until("document.getElementById('install-button')");
+        browser.script(
+            "document.getElementById('template').value = 'cart-abandonment'; document.getElementById('install-binding').value = 'hook'; document.getElementById('install-button').click()",
+        );
+        let installed = browser.wait_until("location.hash === '#/journeys/cart-abandonment' && document.getElementById('flow')");
+        assert!(installed.contains("reminder-2") && installed.contains("v1"), "{installed}");
+        browser.script("document.querySelector('#edit button').click()");
+        browser.wait_until("document.querySelectorAll('#flow-preview .step').length === 4");
+        let valid = browser.wait_until("!document.getElementById('valid').hidden");
+        assert!(valid.contains("Gültig."), "{valid}");
+        // A step pointing nowhere: the server's problem appears inline.
+        let edit = |change: &str| {
+            browser.script(&format!(
+                "const area = document.getElementById('definition'); const def = JSON.parse(area.value); {change}; area.value = JSON.stringify(def, null, 2); area.dispatchEvent(new Event('input'))"
+            ));
+        };
+        edit("def.steps[0].next = 'nirgendwo'");
+        let problems = browser.wait_until("document.querySelectorAll('#problems li').length > 0");
+        assert!(problems.contains("nirgendwo"), "the problem is shown inline:\n{problems}");
+        browser.screenshot("journey-editor-problem");
+        // Fixed, and a step added: the flow is redrawn, the problems go.
+        edit("delete def.steps[0].next; def.steps.push({ id: 'last-wait', type: 'wait', duration: '2d' })");
+        browser.wait_until("document.querySelector('#flow-preview [data-step=\"last-wait\"]') && !document.getElementById('valid').hidden");
+        browser.script("document.getElementById('definition').value = 'not json'; document.getElementById('definition').dispatchEvent(new Event('input'))");
+        let broken = browser.wait_until("document.querySelectorAll('#problems li').length > 0");
+        assert!(broken.contains("JSON"), "{broken}");
+        edit_back(&browser);
+        browser.screenshot("journey-editor");
+        browser.script("document.getElementById('save').click()");
+        let saved = browser.wait_until("location.hash === '#/journeys/cart-abandonment' && document.getElementById('flow')");
+        assert!(saved.contains("v2") && saved.contains("last-wait"), "a new version:\n{saved}");
+        browser.script("document.getElementById('toggle').click()");
+        browser.wait_until("document.getElementById('journey-state')?.innerText === 'gestoppt'");
+        browser.script("document.getElementById('toggle').click()");
+        browser.wait_until("document.getElementById('journey-state')?.innerText === 'aktiv'");
+        browser.screenshot("journey-saved");
     })
     .await
     .unwrap();
     server.abort();
     let _ = stop.send(true);
     scheduling.await.unwrap();
+    temp.cleanup(store).await;
+}
+
+/// `nachfass demo` as a new user meets it: a copy of the binary alone in
+/// an empty directory, no environment (so no cargo, no source tree).
+struct Demo {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The dashboard link the demo printed, key in the fragment.
+    link: String,
+    base: String,
+}
+
+impl Demo {
+    fn start(database: Option<&str>) -> Demo {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("nachfass");
+        std::fs::copy(nachfass_tests::server::binary(), &binary).unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(&binary);
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .args([
+                "demo",
+                "--contacts",
+                "120",
+                "--days",
+                "14",
+                "--listen",
+                &listen,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        if let Some(database) = database {
+            command.args(["--database", database]);
+        }
+        let mut child = command.spawn().unwrap();
+        // Read on a thread to the end: the demo keeps its stdout, and a
+        // closed pipe would end it.
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (lines, printed_lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut printed = String::new();
+        let mut link = None;
+        for line in printed_lines {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("/dashboard#key=") {
+                link = Some(line.trim().to_owned());
+                break;
+            }
+        }
+        let link = link.unwrap_or_else(|| panic!("the demo printed no dashboard link:\n{printed}"));
+        assert!(
+            printed.contains("120 contacts") && printed.contains("example plugins"),
+            "{printed}"
+        );
+        Demo {
+            child,
+            dir,
+            link,
+            base: format!("http://{listen}"),
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // A demo that ended early says why (shown with a failing test).
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "the demo ended with {status}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The done-when of the first ten minutes: from `nachfass demo` to a
+/// dashboard where a journey shows sends, opens, clicks and a conversion,
+/// the mailbox shows each message as its recipient sees it, and a
+/// deferred send says why and until when.
+fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
+    let demo = Demo::start(database);
+    // The plugins the demo wrote are the ones built from plugins/ with
+    // the host, manifest embedded.
+    let written = std::fs::read(demo.dir.path().join("plugins.d/demo-mailbox-0.1.0.wasm")).unwrap();
+    let built = nachfass::runtime::manifest::embed(
+        &guests::DEMO_MAILBOX.bytes(),
+        &guests::DEMO_MAILBOX.manifest(),
+    )
+    .unwrap();
+    assert!(
+        written == built,
+        "the embedded demo-mailbox is the built one"
+    );
+
+    let browser = Browser::start();
+    // English by choice: the link with `?lang=en` before its fragment.
+    let english = demo.link.replacen("/dashboard#", "/dashboard?lang=en#", 1);
+    browser.go(&english);
+    browser.wait_for_text("Overview");
+    let dashboard = format!("{}/dashboard?lang=en", demo.base);
+    browser.go(&format!("{dashboard}#/journeys/welcome-nurture"));
+    let kpi = |id: &str| format!("Number(document.getElementById('{id}')?.dataset.n) > 0");
+    let page = browser.wait_up_to(
+        Duration::from_secs(120),
+        &["kpi-sent", "kpi-opened", "kpi-clicked", "kpi-converted"]
+            .map(kpi)
+            .join(" && "),
+    );
+    for english in [
+        "Flow",
+        "sent",
+        "Open rate",
+        "Click rate",
+        "Conversion",
+        "Revenue",
+    ] {
+        assert!(
+            page.contains(english),
+            "`{english}` on the English page:\n{page}"
+        );
+    }
+    assert!(!page.contains("versandt"), "{page}");
+    let ab = browser.wait_until("document.querySelectorAll('#ab tr').length > 1");
+    assert!(ab.contains("personal") && ab.contains("first-step"), "{ab}");
+    browser.screenshot(&format!("demo-journey-en-{dialect}"));
+
+    browser.go(&format!("{dashboard}#/mailbox"));
+    let mailbox =
+        browser.wait_until("document.querySelectorAll('#mailbox tr[data-message]').length > 0");
+    assert!(
+        mailbox.contains("opened") && mailbox.contains("bought"),
+        "{mailbox}"
+    );
+    // The switch turns the page German, and the choice stays.
+    browser.script("document.getElementById('lang-de').click()");
+    browser.wait_for_text("Postfach");
+    let deferred = browser.wait_up_to(
+        Duration::from_secs(60),
+        // The page refreshes itself every five seconds.
+        "document.querySelectorAll('#deferred tr').length > 1",
+    );
+    assert!(
+        deferred.contains("Zurückgestellt") && deferred.contains("geöffnet"),
+        "{deferred}"
+    );
+    assert!(
+        deferred.contains("deferred: outside send window until"),
+        "a deferred send says why and until when:\n{deferred}"
+    );
+    browser.screenshot(&format!("demo-mailbox-de-{dialect}"));
+    browser.go(&format!(
+        "{}/dashboard#/journeys/welcome-nurture",
+        demo.base
+    ));
+    let german = browser.wait_for_text("Ablauf");
+    assert!(
+        german.contains("versandt") && german.contains("Umsatz"),
+        "{german}"
+    );
+
+    // A welcome as its recipient sees it: greeting, tracked links.
+    browser.go(&format!("{}/dashboard#/mailbox", demo.base));
+    browser.wait_until("document.querySelectorAll('#mailbox tr[data-message]').length > 0");
+    let welcome = browser.script(
+        "const row = [...document.querySelectorAll('#mailbox tr[data-message]')].find((r) => r.innerText.includes('welcome')); return row && row.dataset.message",
+    );
+    let id = welcome
+        .as_str()
+        .expect("a welcome in the mailbox")
+        .to_owned();
+    browser.go(&format!("{}/dashboard#/mailbox/{id}", demo.base));
+    let message = browser.wait_until("document.getElementById('mail-text')");
+    assert!(
+        message.contains("Hallo ") || message.contains("Guten Tag,"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{}/t/c/", demo.base)),
+        "tracked links:\n{message}"
+    );
+    assert!(!message.contains("Hallo ,"), "{message}");
+    browser.screenshot(&format!("demo-message-{dialect}"));
+
+    // The API reference the dashboard links to, served by the binary.
+    let href =
+        browser.script("return document.querySelector('header a[href=\"/api-docs\"]') !== null");
+    assert_eq!(
+        href,
+        Value::Bool(true),
+        "the dashboard links the API reference"
+    );
+    browser.go(&format!("{}/api-docs", demo.base));
+    let reference = browser.wait_for_text("operations");
+    for expected in [
+        "/v1/journeys/{name}/kpis",
+        "/v1/events",
+        "EventInput",
+        "scope: admin",
+    ] {
+        assert!(
+            reference.contains(expected),
+            "`{expected}` in the reference:\n{reference}"
+        );
+    }
+    browser.screenshot(&format!("demo-api-reference-{dialect}"));
+}
+
+#[test]
+fn the_demo_runs_from_a_lone_binary_and_follow_ups_visibly_happen_sqlite() {
+    the_demo_shows_follow_ups_happening("sqlite", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_from_a_lone_binary_and_follow_ups_visibly_happen_postgres() {
+    let (_, url, temp) = nachfass_tests::databases().await.pop().unwrap();
+    let database = url.clone();
+    tokio::task::spawn_blocking(move || {
+        the_demo_shows_follow_ups_happening("postgres", Some(&database))
+    })
+    .await
+    .unwrap();
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
     temp.cleanup(store).await;
 }

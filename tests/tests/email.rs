@@ -476,8 +476,8 @@ async fn a_refused_mail_is_retried_with_the_same_message_id() {
         );
         assert_eq!(
             accepted[0].parts()[0].lines().next(),
-            Some("Hallo ,"),
-            "{dialect}: a missing name renders empty"
+            Some("Guten Tag,"),
+            "{dialect}: a missing name gets a neutral greeting"
         );
         w.close().await;
     }
@@ -531,7 +531,16 @@ async fn double_opt_in_grants_consent_only_after_the_click() {
             forged
         };
         assert_eq!(w.follow("GET", &forged).await.0, 404, "{dialect}");
+        assert_eq!(w.follow("POST", &forged).await.0, 404, "{dialect}");
+        // The link shows a page (a mail filter's scanner may fetch it);
+        // only its button, a POST, confirms.
         assert_eq!(w.follow("GET", &link).await.0, 200, "{dialect}");
+        assert_eq!(
+            w.store.consents(&ids[0]).await.unwrap()[0].status,
+            "pending",
+            "{dialect}"
+        );
+        assert_eq!(w.follow("POST", &link).await.0, 200, "{dialect}");
         let consents = w.store.consents(&ids[0]).await.unwrap();
         assert_eq!(consents[0].status, "granted", "{dialect}");
         assert!(

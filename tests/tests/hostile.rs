@@ -262,11 +262,11 @@ async fn a_component_over_the_size_limit_is_refused_before_compiling() {
         "{err}"
     );
 
-    // Padding a real component past the default 10 MiB limit.
+    // Padding a real component past the default 32 MiB limit.
     let padded = manifest::embed(
         &guests::HELLO.bytes(),
         &Manifest {
-            description: "x".repeat(11 << 20),
+            description: "x".repeat(33 << 20),
             ..guests::HELLO.manifest()
         },
     )
@@ -277,7 +277,7 @@ async fn a_component_over_the_size_limit_is_refused_before_compiling() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, LoadError::TooLarge { limit, .. } if limit == 10 << 20),
+        matches!(err, LoadError::TooLarge { limit, .. } if limit == 32 << 20),
         "{err}"
     );
 }

@@ -12,18 +12,16 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, OciSettings, app};
-use nachfass::cli::{Cli, CliError, run};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
 use nachfass::oci::{AllowedRegistries, OciClient};
-use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy, TrustPolicy};
-use nachfass::runtime::{Registry, Runtime, RuntimeConfig};
+use nachfass::runtime::Registry;
+use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
-use nachfass_tests::{guests, stores};
+use nachfass_tests::{guests, nachfass_cli, signing_runtime, stores};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -84,14 +82,6 @@ impl Drop for LocalRegistry {
     }
 }
 
-async fn nachfass(args: &[&str]) -> (Result<(), CliError>, String) {
-    let cli = Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
-        .expect("valid arguments");
-    let mut out = Vec::new();
-    let result = run(cli, &mut out).await;
-    (result, String::from_utf8(out).expect("utf-8 output"))
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -107,12 +97,12 @@ async fn push_and_pull_a_signed_bundle_with_the_cli() {
     std::fs::write(&file, &bundle).unwrap();
     let reference = format!("{}/acme/engagement:0.1.0", registry.address);
 
-    let (result, out) = nachfass(&["plugin", "push", path(&file), &reference]).await;
+    let (result, out) = nachfass_cli(&["plugin", "push", path(&file), &reference]).await;
     result.unwrap();
     assert!(out.contains("pushed"), "{out}");
 
     let pulled = dir.path().join("pulled.wasm");
-    let (result, out) = nachfass(&["plugin", "pull", &reference, "--out", path(&pulled)]).await;
+    let (result, out) = nachfass_cli(&["plugin", "pull", &reference, "--out", path(&pulled)]).await;
     result.unwrap();
     assert!(out.contains("signed by acme"), "{out}");
     assert_eq!(std::fs::read(&pulled).unwrap(), bundle, "byte for byte");
@@ -135,7 +125,7 @@ async fn push_and_pull_a_signed_bundle_with_the_cli() {
         "0.1.0"
     );
 
-    let (result, _) = nachfass(&[
+    let (result, _) = nachfass_cli(&[
         "plugin",
         "pull",
         &format!("{}/acme/nothing-here:1.0.0", registry.address),
@@ -177,17 +167,7 @@ async fn install_by_reference_from_an_allowed_registry_only(dialect: &str) {
         .trust_key(&key.public_key.to_string(), "acme", "test", 0)
         .await
         .unwrap();
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache),
-        trust: Some(TrustPolicy {
-            signatures: SignaturePolicy::Required,
-            ..TrustPolicy::default()
-        }),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    store.reload_trust(&runtime).await.unwrap();
+    let runtime = signing_runtime(&store, SignaturePolicy::Required).await;
     let (_, admin) = store
         .create_api_key("admin", &[Scope::Admin], 0)
         .await

@@ -9,27 +9,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
-use nachfass::cli::{Cli, CliError, run};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
-use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy, TrustPolicy};
-use nachfass::runtime::{Registry, Runtime, RuntimeConfig};
+use nachfass::runtime::Registry;
+use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
-use nachfass_tests::{TempStore, guests, stores};
+use nachfass_tests::{TempStore, guests, nachfass_cli, signing_runtime, stores};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-async fn nachfass(args: &[&str]) -> (Result<(), CliError>, String) {
-    let cli = Cli::try_parse_from(std::iter::once("nachfass").chain(args.iter().copied()))
-        .expect("valid arguments");
-    let mut out = Vec::new();
-    let result = run(cli, &mut out).await;
-    (result, String::from_utf8(out).expect("utf-8 output"))
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -39,7 +29,7 @@ fn path(p: &Path) -> &str {
 async fn keygen_pack_and_verify_a_real_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("acme.key");
-    let (result, public_key) = nachfass(&[
+    let (result, public_key) = nachfass_cli(&[
         "plugin",
         "keygen",
         "--publisher",
@@ -58,7 +48,7 @@ async fn keygen_pack_and_verify_a_real_plugin() {
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     }
-    let (again, _) = nachfass(&[
+    let (again, _) = nachfass_cli(&[
         "plugin",
         "keygen",
         "--publisher",
@@ -70,7 +60,7 @@ async fn keygen_pack_and_verify_a_real_plugin() {
     assert!(again.unwrap_err().to_string().contains("never overwrites"));
 
     let bundle = dir.path().join("engagement.signed.wasm");
-    let (result, out) = nachfass(&[
+    let (result, out) = nachfass_cli(&[
         "plugin",
         "pack",
         path(&guests::ENGAGEMENT.packed()),
@@ -84,7 +74,7 @@ async fn keygen_pack_and_verify_a_real_plugin() {
     assert!(out.contains("signed by acme-agency"), "{out}");
 
     let (result, out) =
-        nachfass(&["plugin", "verify", path(&bundle), "--trust", &public_key]).await;
+        nachfass_cli(&["plugin", "verify", path(&bundle), "--trust", &public_key]).await;
     result.unwrap();
     assert!(
         out.contains("signature valid, publisher acme-agency"),
@@ -93,14 +83,14 @@ async fn keygen_pack_and_verify_a_real_plugin() {
     assert!(out.contains("the key is trusted"), "{out}");
 
     // A bundle is still a plugin: check and test load it as before.
-    let (result, out) = nachfass(&["plugin", "check", path(&bundle)]).await;
+    let (result, out) = nachfass_cli(&["plugin", "check", path(&bundle)]).await;
     result.unwrap();
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["plugin"], "engagement@0.1.0");
 
     // Another key is not trusted; a changed byte is caught.
     let other = PublisherKey::generate("acme-agency").unwrap();
-    let (result, _) = nachfass(&[
+    let (result, _) = nachfass_cli(&[
         "plugin",
         "verify",
         path(&bundle),
@@ -114,14 +104,14 @@ async fn keygen_pack_and_verify_a_real_plugin() {
     bytes[middle] ^= 1;
     let tampered = dir.path().join("tampered.wasm");
     std::fs::write(&tampered, bytes).unwrap();
-    let (result, _) = nachfass(&["plugin", "verify", path(&tampered)]).await;
+    let (result, _) = nachfass_cli(&["plugin", "verify", path(&tampered)]).await;
     assert!(
         result
             .unwrap_err()
             .to_string()
             .contains("changed after it was signed")
     );
-    let (result, _) = nachfass(&["plugin", "check", path(&tampered)]).await;
+    let (result, _) = nachfass_cli(&["plugin", "check", path(&tampered)]).await;
     assert!(result.is_err(), "a tampered bundle must not load anywhere");
 }
 
@@ -138,17 +128,7 @@ async fn server(dialect: &str, signatures: SignaturePolicy) -> Server {
         .into_iter()
         .find(|(d, ..)| *d == dialect)
         .unwrap();
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache),
-        trust: Some(TrustPolicy {
-            signatures,
-            ..TrustPolicy::default()
-        }),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    store.reload_trust(&runtime).await.unwrap();
+    let runtime = signing_runtime(&store, signatures).await;
     let (_, admin) = store
         .create_api_key("admin", &[Scope::Admin], 0)
         .await

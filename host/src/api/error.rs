@@ -27,6 +27,8 @@ pub enum ApiError {
     /// A server this one relies on (an OCI registry) failed.
     #[error("{0}")]
     BadGateway(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -50,6 +52,7 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -61,6 +64,21 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} does not exist")),
             StoreError::Invalid(message) => ApiError::invalid(message),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            // A concurrent request deleted what this one refers to (a
+            // contact deleted while an event for it was stored), or wrote
+            // the same unique value first: the client's race, not ours.
+            StoreError::Database(sqlx::Error::Database(e)) if e.is_foreign_key_violation() || e.message().contains("FOREIGN KEY constraint failed") => {
+                ApiError::Conflict(
+                    "something this request refers to was deleted meanwhile; check it and try again"
+                        .into(),
+                )
+            }
+            StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation() || e.message().contains("UNIQUE constraint failed") => {
+                ApiError::Conflict(
+                    "a concurrent request stored the same thing first; check it and try again"
+                        .into(),
+                )
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -81,6 +99,14 @@ impl IntoResponse for ApiError {
         };
         let body =
             json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a stalled body may still come: do not read it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

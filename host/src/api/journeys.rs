@@ -70,6 +70,39 @@ pub async fn save(
     saved(&state, &def).await
 }
 
+/// Checks a definition without saving it: every problem saving would
+/// report, for an editor that validates as the operator types.
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let problems = match JourneyDef::from_json(&body) {
+        Err(e) => vec![e],
+        Ok(def) => {
+            let mut problems =
+                crate::journeys::validate::validate(&def, &state.journeys.known().await?)
+                    .err()
+                    .unwrap_or_default();
+            if def.name != name {
+                problems.insert(
+                    0,
+                    format!(
+                        "the definition is named `{}` but the path says `{name}`",
+                        def.name
+                    ),
+                );
+            }
+            problems
+        }
+    };
+    Ok(Json(
+        json!({ "valid": problems.is_empty(), "problems": problems }),
+    ))
+}
+
 /// Saves a definition: 201 for a new version, 200 when it equals the
 /// latest.
 async fn saved(state: &AppState, def: &JourneyDef) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -239,10 +272,21 @@ pub async fn contact_messages(
     caller.require(Scope::Read)?;
     state.pipeline.store.contact(&id).await?;
     let entries = state.pipeline.store.contact_outbox(&id).await?;
+    // Working tracking, unsubscribe and confirmation tokens are for the
+    // recipient (and an admin); other keys see them redacted.
+    let tracking = if caller.0.allows(Scope::Admin) {
+        None
+    } else {
+        Some(state.journeys.tracking().await?)
+    };
     let messages: Vec<Value> = entries
         .into_iter()
         .map(|e| {
-            let message: Value = serde_json::from_str(&e.message).unwrap_or(Value::Null);
+            let message = match &tracking {
+                Some(tracking) => tracking.redact(&e.message),
+                None => e.message.clone(),
+            };
+            let message: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
             let mut entry = json!(e);
             entry["message"] = message;
             entry

@@ -317,6 +317,27 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/journeys/{name}/validate",
+        scope: "read",
+        summary: "Check a definition without saving it: {\"valid\", \"problems\"} (every problem a save would report)",
+        body: Some("Journey"),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/demo/mailbox",
+        scope: "read",
+        summary: "The demo mailbox (only while `nachfass demo` serves): delivered messages as recipients see them, and deferred sends with why and until when",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/demo/mailbox",
+        scope: "none",
+        summary: "A delivery from the demo-mailbox channel plugin (Bearer: the binding's token)",
+        body: None,
+    },
+    Operation {
+        method: "post",
         path: "/v1/callbacks/{binding}",
         scope: "none",
         summary: "A provider's delivery report, parsed and verified by the binding's connector",
@@ -361,7 +382,28 @@ pub const OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/c/{token}",
         scope: "none",
-        summary: "Confirm a double opt-in request (signed token)",
+        summary: "The double opt-in confirmation page (signed token); changes nothing",
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/c/{token}",
+        scope: "none",
+        summary: "Confirm a double opt-in request: the page's button",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/healthz",
+        scope: "none",
+        summary: "Liveness: the process answers",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/readyz",
+        scope: "none",
+        summary: "Readiness: database reachable, migrations applied, every bound plugin loaded (503 with the problems otherwise)",
         body: None,
     },
     Operation {
@@ -429,16 +471,64 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
+/// The scope an operation needs, if it needs a key.
+pub fn scope_of(method: &str, path: &str) -> Option<crate::store::Scope> {
+    use crate::store::Scope;
+    let op = OPERATIONS
+        .iter()
+        .find(|op| op.path == path && op.method.eq_ignore_ascii_case(method))?;
+    match op.scope {
+        "admin" => Some(Scope::Admin),
+        "write" => Some(Scope::Write),
+        "read" => Some(Scope::Read),
+        "ingest" => Some(Scope::Ingest),
+        _ => None,
+    }
+}
+
+/// The query parameters an operation reads.
+fn query_parameters(method: &str, path: &str) -> Vec<Value> {
+    let text = json!({ "type": "string" });
+    let integer = json!({ "type": "integer", "format": "int64" });
+    let count = json!({ "type": "integer", "minimum": 0, "maximum": 4_294_967_295_u64 });
+    let boolean = json!({ "type": "boolean" });
+    let params: Vec<(&str, &Value)> = match (method, path) {
+        ("get", "/v1/contacts") => vec![
+            ("stage", &text),
+            ("segment", &text),
+            ("min_score", &integer),
+            ("q", &text),
+            ("after", &text),
+            ("limit", &count),
+        ],
+        ("get", "/v1/contacts/{id}/timeline") => vec![("limit", &count), ("before", &integer)],
+        ("get", "/v1/segments/{name}/members") => vec![("after", &text), ("limit", &count)],
+        ("get", "/v1/journeys/{name}/kpis") => vec![("from", &integer), ("to", &integer)],
+        ("post", "/v1/plugins") => vec![("activate", &boolean)],
+        _ => Vec::new(),
+    };
+    params
+        .into_iter()
+        .map(|(name, schema)| json!({ "name": name, "in": "query", "required": false, "schema": schema }))
+        .collect()
+}
+
 fn schemas() -> Value {
     let text = json!({ "type": "string" });
+    let email = json!({ "type": "string", "format": "email" });
     let fields = json!({ "type": "object", "additionalProperties": {
         "description": "null, boolean, number, string, list of strings, or {\"timestamp\": ms}" } });
     json!({
         "ContactInput": { "type": "object", "additionalProperties": false, "properties": {
-            "email": text, "external_id": text, "phone": text, "timezone": text, "attributes": fields } },
-        "EventInput": { "type": "object", "additionalProperties": false, "required": ["kind"], "properties": {
-            "kind": text, "at": { "type": "integer", "description": "Unix epoch ms" }, "properties": fields,
-            "client_event_id": text, "contact_id": text, "email": text, "external_id": text } },
+            "email": email, "external_id": text, "phone": text,
+            "timezone": { "type": "string", "description": "An IANA time zone, e.g. Europe/Berlin" },
+            "attributes": fields } },
+        "EventInput": { "type": "object", "additionalProperties": false, "required": ["kind"],
+            "anyOf": [ { "required": ["contact_id"] }, { "required": ["email"] }, { "required": ["external_id"] } ],
+            "properties": {
+            "kind": { "type": "string", "pattern": "^[a-z][a-z0-9._-]{0,63}$" }, "at": { "type": "integer", "minimum": i64::MIN, "maximum": i64::MAX,
+                "description": "Unix epoch ms, from 2000-01-01 (configurable) to a day ahead of the server's clock" }, "properties": fields,
+            "client_event_id": text, "contact_id": text, "email": email, "external_id": text } },
         "Activate": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": { "version": text } },
         "Binding": { "type": "object", "additionalProperties": false, "required": ["name", "kind", "plugin"], "properties": {
             "name": text, "kind": { "enum": ["scorer", "segment", "channel"] }, "plugin": text,
@@ -487,18 +577,21 @@ pub fn document() -> Value {
         }
         if let Some(body) = op.body {
             let media = if body == "Component" {
-                "application/wasm"
+                // Any type is accepted; a generic one lets clients (and
+                // API fuzzers) send the bytes as they are.
+                "application/octet-stream"
             } else {
                 "application/json"
             };
             operation["requestBody"] = json!({ "required": true, "content": { media: { "schema": { "$ref": format!("#/components/schemas/{body}") } } } });
         }
-        let params: Vec<Value> = op
+        let mut params: Vec<Value> = op
             .path
             .split('/')
             .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
+        params.extend(query_parameters(op.method, op.path));
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);
         }
@@ -518,4 +611,11 @@ pub fn document() -> Value {
 
 pub async fn serve() -> Json<Value> {
     Json(document())
+}
+
+/// A browsable reference at `/api-docs`, built into the binary: one page
+/// that renders this document in the browser, with no assets from
+/// elsewhere, so it works offline.
+pub async fn reference() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../dashboard/api-docs.html"))
 }

@@ -73,6 +73,7 @@ pub async fn upload(
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::Admin)?;
+    let limit = super::max_upload_bytes(&state);
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -81,12 +82,12 @@ pub async fn upload(
     let (bytes, sidecar) = if multipart {
         let form = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
-        component_and_manifest(form).await?
+            .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?;
+        component_and_manifest(form, limit).await?
     } else {
         let body = Bytes::from_request(request, &state)
             .await
-            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
+            .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?;
         (body.to_vec(), None)
     };
     install_component(&state, bytes, sidecar, query.activate).await
@@ -185,11 +186,9 @@ async fn install_component(
 
 /// A body the server would not take: over the upload limit (413 naming
 /// the limit), or a form it cannot read.
-fn upload_rejected(status: StatusCode, text: String) -> ApiError {
+fn upload_rejected(limit: usize, status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::UploadTooLarge {
-            limit: super::MAX_UPLOAD_BYTES,
-        }
+        ApiError::UploadTooLarge { limit }
     } else {
         ApiError::invalid(format!("the upload cannot be read: {text}"))
     }
@@ -198,18 +197,19 @@ fn upload_rejected(status: StatusCode, text: String) -> ApiError {
 /// The `component` and optional `manifest` parts of an upload form.
 async fn component_and_manifest(
     mut form: Multipart,
+    limit: usize,
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
     let (mut component, mut manifest) = (None, None);
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|e| upload_rejected(e.status(), e.body_text()))?
+        .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?
     {
         let name = field.name().unwrap_or_default().to_owned();
         let data = field
             .bytes()
             .await
-            .map_err(|e| upload_rejected(e.status(), e.body_text()))?;
+            .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?;
         match name.as_str() {
             "component" => component = Some(data.to_vec()),
             "manifest" => manifest = Some(data.to_vec()),

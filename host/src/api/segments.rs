@@ -10,20 +10,25 @@ use super::{ApiError, AppState};
 use crate::store::tasks::SEGMENT_REBUILD;
 use crate::store::{BindingKind, Scope};
 
-pub async fn show(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::Read)?;
-    let def = state
+/// The segment's binding, or 404.
+async fn segment(state: &AppState, name: &str) -> Result<crate::store::BindingDef, ApiError> {
+    state
         .pipeline
         .store
         .bindings(BindingKind::Segment)
         .await?
         .into_iter()
         .find(|b| b.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("segment {name} does not exist")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("segment {name} does not exist")))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let def = segment(&state, &name).await?;
     let size = state.pipeline.store.segment_size(&name).await?;
     // Any node reads the progress: it is kept with the durable task.
     let rebuild = state
@@ -52,6 +57,7 @@ pub async fn members(
     ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
+    segment(&state, &name).await?;
     let members = state
         .pipeline
         .store

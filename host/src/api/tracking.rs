@@ -5,12 +5,15 @@
 //! signature it checks).
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::extract::ApiBytes;
 use super::{ApiError, AppState};
 use crate::model::{Callback, DeliveryStatus, Value as FieldValue};
 use crate::runtime::World;
@@ -147,13 +150,24 @@ pub async fn unsubscribe(
     .into_response())
 }
 
+/// The one answer to a callback that is not accepted, whatever the
+/// reason (unknown binding, connector not loaded, bad signature): the
+/// caller cannot tell binding names from wrong signatures. The reason
+/// goes to the log.
+fn callback_refused(binding: &str, reason: &str) -> ApiError {
+    tracing::warn!(%binding, %reason, "callback refused");
+    ApiError::invalid(
+        "the callback was refused: the binding does not accept it (check the URL, the signature and the body)",
+    )
+}
+
 /// A provider's delivery report, parsed by the binding's connector.
 pub async fn callback(
     State(state): State<AppState>,
     Path(binding): Path<String>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let store = &state.pipeline.store;
     let def = store
@@ -161,12 +175,12 @@ pub async fn callback(
         .await?
         .into_iter()
         .find(|b| b.name == binding)
-        .ok_or_else(|| ApiError::NotFound(format!("channel binding {binding} does not exist")))?;
+        .ok_or_else(|| callback_refused(&binding, "no such channel binding"))?;
     let plugin = state
         .pipeline
         .registry
         .resolve(&def.plugin, def.version.as_deref())
-        .ok_or_else(|| ApiError::Conflict(format!("plugin {} is not installed", def.plugin)))?;
+        .ok_or_else(|| callback_refused(&binding, "its plugin is not loaded"))?;
     let callback = Callback {
         method: method.to_string(),
         path: format!("/v1/callbacks/{binding}"),
@@ -183,9 +197,7 @@ pub async fn callback(
     {
         Ok(Ok(events)) => events,
         Ok(Err(declined)) => {
-            return Err(ApiError::invalid(format!(
-                "the connector refused the callback: {declined}"
-            )));
+            return Err(callback_refused(&binding, &declined.to_string()));
         }
         Err(failed) => return Err(ApiError::Internal(failed.to_string())),
     };
@@ -230,38 +242,75 @@ pub async fn callback(
     Ok(Json(json!({ "accepted": accepted, "unknown": unknown })))
 }
 
-/// The double opt-in confirmation link.
+/// The double opt-in confirmation link: GET shows a page and changes
+/// nothing (mail filters fetch links to scan them); its button POSTs,
+/// and only that confirms.
+pub async fn confirm_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::consent::ConfirmationState;
+    let shown = crate::consent::confirmation_state(&state.journeys, &token)
+        .await?
+        .ok_or_else(refused)?;
+    Ok(match shown {
+        ConfirmationState::Waiting => {
+            let body = format!(
+                "<h1>Anmeldung bestätigen</h1><p>Möchten Sie Nachrichten von uns erhalten?</p>\
+                 <form method=\"post\" action=\"/c/{}\"><button type=\"submit\">Ja, Anmeldung bestätigen</button></form>",
+                html_escape(&token)
+            );
+            page(StatusCode::OK, &body)
+        }
+        ConfirmationState::Confirmed => page(StatusCode::OK, CONFIRMED),
+        ConfirmationState::Expired => page(StatusCode::GONE, EXPIRED),
+    })
+}
+
+const CONFIRMED: &str = "<h1>Danke! Ihre Anmeldung ist bestätigt.</h1>";
+const EXPIRED: &str = "<h1>Dieser Link ist abgelaufen. Bitte melden Sie sich erneut an.</h1>";
+
+fn page(status: StatusCode, body: &str) -> Response {
+    let page = format!(
+        "<!doctype html><html lang=\"de\"><meta charset=\"utf-8\"><title>Anmeldung</title><body>{body}</body></html>"
+    );
+    (status, Html(page)).into_response()
+}
+
+/// Tokens are URL-safe (letters, digits, `.`, `_`), but the page must not
+/// trust that of a path it echoes.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The confirmation page's button: confirms the consent, with the client
+/// address (see [`super::client::client_ip`]) and user agent as proof.
 pub async fn confirm(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let header = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let ip = headers
-        .get("x-forwarded-for")
+    let ip = super::client::client_ip(
+        peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
+        &headers,
+        &state.trusted_proxies,
+    )
+    .map(|ip| ip.to_string());
+    let agent = headers
+        .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').next().unwrap_or("").trim().to_owned());
-    let agent = header(header::USER_AGENT);
+        .map(str::to_owned);
     let outcome = crate::consent::confirm(&state.journeys, &token, ip.as_deref(), agent.as_deref())
         .await?
         .ok_or_else(refused)?;
-    let (status, text) = match outcome {
+    Ok(match outcome {
         crate::consent::Confirmation::Confirmed { .. }
-        | crate::consent::Confirmation::AlreadyConfirmed => {
-            (StatusCode::OK, "Danke! Ihre Anmeldung ist bestätigt.")
-        }
-        crate::consent::Confirmation::Expired => (
-            StatusCode::GONE,
-            "Dieser Link ist abgelaufen. Bitte melden Sie sich erneut an.",
-        ),
-    };
-    let page = format!(
-        "<!doctype html><html lang=\"de\"><meta charset=\"utf-8\"><title>Anmeldung</title><body><h1>{text}</h1></body></html>"
-    );
-    Ok((status, Html(page)).into_response())
+        | crate::consent::Confirmation::AlreadyConfirmed => page(StatusCode::OK, CONFIRMED),
+        crate::consent::Confirmation::Expired => page(StatusCode::GONE, EXPIRED),
+    })
 }

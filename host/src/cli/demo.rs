@@ -1,44 +1,58 @@
-//! `nachfass demo`: a realistic data set so a newcomer sees scores and
-//! segments at once — the example plugins built and bound, thousands of
-//! contacts with a few weeks of touchpoints, all through the live pipeline.
+//! `nachfass demo`: one command to a running demo. It installs the
+//! example plugins built into the binary, loads a realistic data set
+//! (thousands of contacts with weeks of touchpoints, through the live
+//! pipeline), installs the ready-made journeys bound to a demo mailbox
+//! channel, creates an admin key, and serves — while new visitors sign up
+//! and simulated recipients open, click, buy and unsubscribe.
+
+mod plugins;
+mod recipients;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use serde_json::json;
 
-use super::serve::DatabaseArgs;
+use super::serve::{DatabaseArgs, Server, run_server};
 use super::{CliError, fail};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::ingest::Pipeline;
+use crate::journeys::Journeys;
+use crate::journeys::definition::Purpose;
+use crate::mailbox::Mailbox;
 use crate::model::Value;
+use crate::policy::Policy;
 use crate::runtime::{Registry, Runtime, RuntimeConfig};
 use crate::scoring::StageThresholds;
-use crate::store::{BindingDef, BindingKind, ContactInput, EventInput, Store};
+use crate::store::{BindingDef, BindingKind, ContactInput, EventInput, Scope, Store};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// Contacts to create.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub contacts: u32,
     /// Days of touchpoints before now.
     #[arg(long, default_value_t = 21)]
     pub days: u32,
-    /// Where the built example plugins go (and `serve` finds them).
+    /// Where the example plugins are written (and `serve` finds them).
     #[arg(long, default_value = "plugins.d")]
     pub plugins_dir: PathBuf,
+    /// Address and port the demo serves on.
+    #[arg(long, env = "NACHFASS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Load the data set and exit: no journeys, no key, no server.
+    #[arg(long)]
+    pub no_serve: bool,
 }
 
 const DAY: i64 = 24 * 60 * 60 * 1000;
-const EXAMPLES: [&str; 4] = [
-    "scoring/engagement",
-    "scoring/b2b-fit",
-    "rules/attribute-match",
-    "rules/inactive-days",
-];
+
+/// The demo's channel binding; the ready-made journeys send through it.
+const CHANNEL: &str = "email";
 
 /// A small deterministic generator, so every demo looks the same.
 struct Dice(u64);
@@ -62,14 +76,17 @@ pub async fn demo(
     cache_dir: Option<PathBuf>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    std::fs::create_dir_all(&args.plugins_dir).map_err(fail)?;
-    for example in EXAMPLES {
-        writeln!(out, "building {example}").map_err(fail)?;
-        let mut sink = Vec::new();
-        super::plugin::build_into(&source.join(example), &args.plugins_dir, &mut sink)?;
-    }
-    let store = Store::connect(&args.db.database).await.map_err(fail)?;
+    let written = plugins::write_into(&args.plugins_dir).map_err(fail)?;
+    writeln!(
+        out,
+        "{} example plugins in {}",
+        written.len(),
+        args.plugins_dir.display()
+    )
+    .map_err(fail)?;
+    let store = Store::connect(&args.db.database)
+        .await
+        .map_err(|e| fail(format!("database {}: {e}", args.db.database)))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.unwrap_or_else(|| PathBuf::from(".nachfass-cache"))),
         ..RuntimeConfig::default()
@@ -85,6 +102,21 @@ pub async fn demo(
             .outcome
             .map_err(|e| fail(format!("{}: {e}", report.path.display())))?;
     }
+    // Bound before anything is set up: a port in use fails at once, and
+    // the mailbox binding names the real address.
+    let listener = if args.no_serve {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?,
+        )
+    };
+    let address = listener
+        .as_ref()
+        .map(|l| l.local_addr().map_err(fail))
+        .transpose()?;
 
     let bindings = [
         ("engagement", BindingKind::Scorer, "engagement", vec![]),
@@ -143,11 +175,120 @@ pub async fn demo(
         }
     }
 
-    let start = now - i64::from(args.days) * DAY;
+    if store.count_contacts().await.map_err(fail)? > 0 {
+        writeln!(
+            out,
+            "{} already holds contacts: the demo data set is not loaded again",
+            args.db.database
+        )
+        .map_err(fail)?;
+    } else {
+        load(&store, &registry, args.contacts, args.days, now, out).await?;
+        writeln!(out, "demo data loaded into {}", args.db.database).map_err(fail)?;
+    }
+    let (Some(listener), Some(address)) = (listener, address) else {
+        return writeln!(
+            out,
+            "next: nachfass keys create --name admin --scope admin --database {db}\n      nachfass serve --database {db}",
+            db = args.db.database
+        )
+        .map_err(fail);
+    };
+
+    // The demo channel: the demo-mailbox plugin posts every message to
+    // this server's mailbox, with a token made for this run.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let channel = BindingDef {
+        name: CHANNEL.into(),
+        kind: BindingKind::Channel,
+        plugin: "demo-mailbox".into(),
+        config: [
+            (
+                "url".to_owned(),
+                format!("http://{address}/v1/demo/mailbox"),
+            ),
+            ("token".to_owned(), token.clone()),
+        ]
+        .into(),
+        allow_http: vec![address.to_string()],
+        version: None,
+        limits: Default::default(),
+        paused: None,
+    };
+    store.delete_binding(CHANNEL).await.map_err(fail)?;
+    store.create_binding(&channel, now).await.map_err(fail)?;
+    let base = format!("http://{address}");
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: registry.clone(),
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    journeys.set_public_url(&base);
+    for ready in crate::journeys::ready_made::all() {
+        let Some(mut def) = crate::journeys::ready_made::adapt(ready.name, CHANNEL, None) else {
+            continue;
+        };
+        // Every day from 08:00 to 20:00 in the contact's zone: the demo's
+        // visitors live where it is daytime now, whatever the weekday.
+        if def.purpose == Purpose::Marketing {
+            def.send_window = Some(
+                serde_json::from_value(json!({
+                    "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                    "start": "08:00", "end": "20:00"
+                }))
+                .map_err(fail)?,
+            );
+        }
+        journeys.save_def(&def).await.map_err(fail)?;
+    }
+    let (_, key) = store
+        .create_api_key("demo admin", &[Scope::Admin], now)
+        .await
+        .map_err(fail)?;
+    // One write, so a reader that stops at the link never cuts it short.
+    let banner = format!(
+        "\nnachfass demo is running — open the dashboard:\n\n  {base}/dashboard#key={key}\n\nAPI key (admin, shown once): {key}\nAPI reference: {base}/api-docs\nNew visitors sign up every few seconds; their follow-ups land in the dashboard's mailbox,\nwhere simulated recipients open, click, buy or unsubscribe. Ctrl-C stops the demo.\n"
+    );
+    out.write_all(banner.as_bytes()).map_err(fail)?;
+    out.flush().map_err(fail)?;
+
+    let mailbox = Arc::new(Mailbox::new(token));
+    tokio::spawn(recipients::run(recipients::Demo {
+        base: base.clone(),
+        key,
+        mailbox: mailbox.clone(),
+    }));
+    run_server(Server {
+        store,
+        registry,
+        listener,
+        plugins_dir: args.plugins_dir,
+        scheduler: Some(60_000),
+        public_url: base,
+        oci: crate::api::OciSettings::default(),
+        mailbox: Some(mailbox),
+        edge: Default::default(),
+    })
+    .await
+}
+
+/// The data set: contacts with attributes and weeks of touchpoints,
+/// scored and segmented by the live pipeline at their historical times.
+async fn load(
+    store: &Store,
+    registry: &Arc<Registry>,
+    contacts: u32,
+    days: u32,
+    now: i64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let start = now - i64::from(days) * DAY;
     let clock = Arc::new(ManualClock::new(start));
     let pipeline = Pipeline {
         store: store.clone(),
-        registry,
+        registry: registry.clone(),
         clock: clock.clone(),
         stages: StageThresholds::default(),
     };
@@ -182,8 +323,8 @@ pub async fn demo(
         "form.submitted",
     ];
     let mut events = 0u64;
-    for i in 0..args.contacts {
-        clock.set(start + dice.roll(u64::from(args.days).max(1) * DAY as u64 / 4) as i64);
+    for i in 0..contacts {
+        clock.set(start + dice.roll(u64::from(days).max(1) * DAY as u64 / 4) as i64);
         let employees = [5, 20, 80, 300, 1200][dice.roll(5) as usize] + dice.roll(50) as i64;
         let contact = ContactInput {
             email: Some(format!("kontakt{i}@firma{}.example", i % 700)),
@@ -254,12 +395,5 @@ pub async fn demo(
         )
         .map_err(fail)?;
     }
-    writeln!(
-        out,
-        "demo loaded: {} contacts, {events} touchpoints in {}\nnext: nachfass keys create --name admin --scope admin --database {db}\n      nachfass serve --database {db}",
-        args.contacts,
-        args.db.database,
-        db = args.db.database
-    )
-    .map_err(fail)
+    writeln!(out, "loaded: {contacts} contacts, {events} touchpoints").map_err(fail)
 }

@@ -1,4 +1,9 @@
-//! `nachfass plugin new | build | check | test` (and, from `bundle`, `keygen | pack | verify | push | pull`).
+//! `nachfass plugin new | build | check | test | embed-manifest | wit` (and,
+//! from `bundle`, `keygen | pack | verify | push | pull`).
+
+mod js;
+mod python;
+mod wit;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,8 @@ use serde_json::json;
 use super::{CliError, fail};
 use crate::model;
 use crate::pack;
+use crate::runtime::manifest::{self, Manifest};
+use crate::runtime::sandbox::LogSink;
 use crate::runtime::{Binding, Plugin, Runtime, RuntimeConfig, World};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -32,28 +39,63 @@ impl From<WorldArg> for World {
     }
 }
 
+/// The language of a new plugin project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// A crate on nachfass-sdk.
+    Rust,
+    /// A componentize-py project (manifest in pyproject.toml).
+    Python,
+    /// An ES module built with componentize-js (manifest in package.json).
+    Js,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Scaffold a plugin crate that builds.
+    /// Scaffold a plugin project that builds, with a test of its logic.
     New {
         world: WorldArg,
-        /// Crate name: lower-case letters, digits and `-`.
+        /// Plugin name: lower-case letters, digits and `-`.
         name: String,
-        /// Directory to create the crate in.
+        /// Directory to create the project in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Rust: depend on the nachfass-sdk checkout (or unpacked crate) at
+        /// PATH instead of `nachfass-sdk = "0.1"` from crates.io.
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
     },
-    /// Build a plugin crate into one component file with its manifest.
+    /// Build a plugin project into one component file with its manifest:
+    /// a Rust crate (Cargo.toml), a Python project (pyproject.toml, with
+    /// componentize-py) or a JavaScript project (package.json, with
+    /// componentize-js).
     Build {
-        /// The plugin crate's directory.
+        /// The plugin project's directory.
         dir: PathBuf,
-        /// Output file; defaults to `<name>-<version>.wasm` in the crate's directory.
+        /// Output file; defaults to `<name>-<version>.wasm` in the project's directory.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Cargo target directory, to share compiled dependencies between plugins.
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Embed a manifest (JSON) into a component built by any toolchain, as
+    /// the custom section `nachfass:manifest`.
+    EmbedManifest {
+        /// The component.
+        file: PathBuf,
+        /// The manifest JSON; defaults to `<file>.manifest.json`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Output file; defaults to rewriting `file`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the WIT package this nachfass speaks into DIR, for toolchains
+    /// of other languages.
+    Wit { dir: PathBuf },
     /// Print a plugin's world, imports, exports and manifest, or why it is unusable.
     Check { file: PathBuf },
     /// Run a plugin once in the real sandbox and print its answer as JSON.
@@ -84,6 +126,9 @@ pub enum PluginCommand {
         /// world's default, as a binding without limits gets.
         #[arg(long)]
         fuel: Option<u64>,
+        /// Add the plugin's log lines to the answer as `"logs"`.
+        #[arg(long)]
+        logs: bool,
     },
     #[command(flatten)]
     Bundle(super::bundle::BundleCommand),
@@ -96,12 +141,33 @@ pub async fn run(
 ) -> Result<(), CliError> {
     match command {
         PluginCommand::Bundle(command) => super::bundle::run(command, out).await,
-        PluginCommand::New { world, name, dir } => new(world.into(), &name, &dir, out),
+        PluginCommand::New {
+            world,
+            name,
+            dir,
+            lang,
+            sdk,
+        } => new(world.into(), &name, &dir, lang, sdk.as_deref(), out),
         PluginCommand::Build {
             dir,
             out: target,
             target_dir,
-        } => build(&dir, target, target_dir, out),
+        } => build_any(&dir, target, target_dir, out),
+        PluginCommand::EmbedManifest {
+            file,
+            manifest,
+            out: target,
+        } => embed_manifest(&file, manifest, target, out),
+        PluginCommand::Wit { dir } => {
+            wit::write(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+            writeln!(
+                out,
+                "wrote the WIT package nachfass:plugin@{} to {}",
+                manifest::API_VERSION,
+                dir.display()
+            )
+            .map_err(fail)
+        }
         PluginCommand::Check { file } => check(&runtime(cache_dir)?, &file, out).await,
         PluginCommand::Test {
             file,
@@ -113,6 +179,7 @@ pub async fn run(
             allow_http,
             now,
             fuel,
+            logs,
         } => {
             let plugin = runtime(cache_dir)?
                 .load_file(&file)
@@ -129,6 +196,8 @@ pub async fn run(
             if let Some(fuel) = fuel {
                 binding.limits.fuel = fuel;
             }
+            let sink = logs.then(LogSink::default);
+            binding.log_sink = sink.clone();
             let inputs = TestInputs {
                 contact: contact.map(|p| read_json(&p)).transpose()?,
                 event: event.map(|p| read_json(&p)).transpose()?,
@@ -139,7 +208,7 @@ pub async fn run(
                 message: message.map(|p| read_json(&p)).transpose()?,
             };
             let now = now.unwrap_or_else(now_millis);
-            test(&plugin, Arc::new(binding), now, inputs, out).await
+            test(&plugin, Arc::new(binding), now, inputs, sink, out).await
         }
     }
 }
@@ -181,6 +250,7 @@ async fn test(
     binding: Arc<Binding>,
     now: i64,
     inputs: TestInputs,
+    logs: Option<LogSink>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let need_contact = || {
@@ -238,7 +308,25 @@ async fn test(
             }
         },
     };
-    let answer = answer.map_err(fail)?;
+    let logs = logs.map(|sink| {
+        sink.lines()
+            .into_iter()
+            .map(|(level, message)| json!({ "level": level, "message": message }))
+            .collect::<Vec<_>>()
+    });
+    let answer = match answer {
+        Ok(answer) => answer,
+        // A trap or a limit: the log lines before it help most.
+        Err(e) => {
+            if let Some(logs) = &logs {
+                print(
+                    out,
+                    &json!({ "plugin": plugin.id(), "function": function, "logs": logs }),
+                )?;
+            }
+            return Err(fail(e));
+        }
+    };
     let declined = answer.is_err();
     let result = match answer {
         Ok(value) => json!({ "ok": value }),
@@ -246,10 +334,12 @@ async fn test(
     };
     // One call ran: the last call's fuel is this call's.
     let fuel = plugin.stats().last_fuel.load(Ordering::Relaxed);
-    print(
-        out,
-        &json!({ "plugin": plugin.id(), "function": function, "result": result, "fuel": fuel }),
-    )?;
+    let mut report =
+        json!({ "plugin": plugin.id(), "function": function, "result": result, "fuel": fuel });
+    if let Some(logs) = logs {
+        report["logs"] = json!(logs);
+    }
+    print(out, &report)?;
     if declined {
         Err(CliError::PluginDeclined)
     } else {
@@ -277,14 +367,48 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
     )
 }
 
-/// Builds the crate at `dir` into `<out_dir>/<name>-<version>.wasm`.
-pub(super) fn build_into(dir: &Path, out_dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
-    let manifest = pack::manifest_from_crate(dir).map_err(fail)?;
-    let target = out_dir.join(format!("{}-{}.wasm", manifest.name, manifest.version));
-    // The repository's guest target directory: what the test suite built
-    // is reused.
-    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-    build(dir, Some(target), Some(target_dir), out)
+/// `plugin build`: by the project file in `dir`, a Rust crate, a Python
+/// or a JavaScript project.
+fn build_any(
+    dir: &Path,
+    target: Option<PathBuf>,
+    target_dir: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let built = if dir.join("Cargo.toml").is_file() {
+        return build(dir, target, target_dir, out);
+    } else if dir.join("pyproject.toml").is_file() {
+        python::build(dir, target)?
+    } else if dir.join("package.json").is_file() {
+        js::build(dir, target)?
+    } else {
+        return Err(fail(format!(
+            "{} has no Cargo.toml, pyproject.toml or package.json: not a plugin project",
+            dir.display()
+        )));
+    };
+    writeln!(out, "{} → {}", built.0, built.1.display()).map_err(fail)
+}
+
+/// `nachfass:plugin/<world>@<api>`, the world's full WIT name.
+fn world_id(world: World) -> String {
+    format!("nachfass:plugin/{world}@{}", manifest::API_VERSION)
+}
+
+fn embed_manifest(
+    file: &Path,
+    manifest_file: Option<PathBuf>,
+    target: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let manifest_file = manifest_file.unwrap_or_else(|| manifest::sidecar_path(file));
+    let json = std::fs::read(&manifest_file)
+        .map_err(|e| fail(format!("{}: {e}", manifest_file.display())))?;
+    let manifest = Manifest::from_json(&json)
+        .map_err(|e| fail(format!("{}: {e}", manifest_file.display())))?;
+    let target = target.unwrap_or_else(|| file.to_path_buf());
+    pack::pack(file, &manifest, &target).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    writeln!(out, "{} → {}", manifest.id(), target.display()).map_err(fail)
 }
 
 fn build(
@@ -342,7 +466,14 @@ fn component_artifact(messages: &[u8], name: &str) -> Option<PathBuf> {
         .find(|f| f.extension().is_some_and(|e| e == "wasm"))
 }
 
-fn new(world: World, name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+fn new(
+    world: World,
+    name: &str,
+    dir: &Path,
+    lang: Lang,
+    sdk: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let valid = !name.is_empty()
         && name
             .chars()
@@ -357,12 +488,52 @@ fn new(world: World, name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), 
     if root.exists() {
         return Err(fail(format!("{} already exists", root.display())));
     }
-    std::fs::create_dir_all(root.join("src")).map_err(fail)?;
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-    let sdk_dep = match sdk.canonicalize() {
-        Ok(path) => format!("{{ path = {:?} }}", path.display().to_string()),
-        Err(_) => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+    if sdk.is_some() && lang != Lang::Rust {
+        return Err(fail("--sdk is for Rust plugins only"));
+    }
+    let next = |out: &mut dyn Write, extra: &str| {
+        writeln!(
+            out,
+            "created {}\nnext: {extra}nachfass plugin build {}",
+            root.display(),
+            root.display()
+        )
+        .map_err(fail)
     };
+    match lang {
+        Lang::Rust => {}
+        Lang::Python => {
+            python::scaffold(world, name, &root)?;
+            return next(out, "");
+        }
+        Lang::Js => {
+            js::scaffold(world, name, &root)?;
+            return next(out, &format!("(cd {} && npm install) && ", root.display()));
+        }
+    }
+    // The published SDK by default, so the crate builds anywhere; a path
+    // only when asked for (a checkout, or before the SDK is published).
+    let sdk_dep = match sdk {
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .map_err(|e| fail(format!("--sdk {}: {e}", path.display())))?;
+            if !path.join("Cargo.toml").is_file() {
+                return Err(fail(format!(
+                    "--sdk {}: no Cargo.toml there; point it at the nachfass-sdk crate",
+                    path.display()
+                )));
+            }
+            format!("{{ path = {:?} }}", path.display().to_string())
+        }
+        None => {
+            let version = semver::Version::parse(env!("CARGO_PKG_VERSION"))
+                .map(|v| format!("{}.{}", v.major, v.minor))
+                .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned());
+            format!("\"{version}\"")
+        }
+    };
+    std::fs::create_dir_all(root.join("src")).map_err(fail)?;
     let cargo_toml = format!(
         r#"[package]
 name = "{name}"
@@ -384,16 +555,7 @@ config = []
 [workspace]
 "#
     );
-    let type_name: String = name
-        .split('-')
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
+    let type_name = type_name(name);
     let body = match world {
         World::SegmentRule => format!(
             r#"use nachfass_sdk::*;
@@ -434,6 +596,7 @@ impl Scorer for {type_name} {{
         let mut change = ScoreChange::none();
         if event.kind == "download" {{
             change.add(points, format!("download {{points:+}}"));
+            ctx.log(Level::Debug, &format!("{{}} scored {{points}}", event.id));
         }}
         Ok(change)
     }}
@@ -486,11 +649,18 @@ export_channel!({type_name});
     };
     std::fs::write(root.join("Cargo.toml"), cargo_toml).map_err(fail)?;
     std::fs::write(root.join("src/lib.rs"), body).map_err(fail)?;
-    writeln!(
-        out,
-        "created {}\nnext: nachfass plugin build {}",
-        root.display(),
-        root.display()
-    )
-    .map_err(fail)
+    next(out, "")
+}
+
+/// `download-points` → `DownloadPoints`.
+fn type_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, fail};
-use crate::api::{AppState, OciSettings, app};
+use crate::api::connections::{self, ConnectionLimits};
+use crate::api::{AppState, EventTimes, OciSettings, app};
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::Pipeline;
 use crate::journeys::Journeys;
@@ -17,7 +18,7 @@ use crate::plugins::Plugins;
 use crate::policy::Policy;
 use crate::runtime::signature::{SignaturePolicy, TrustPolicy};
 use crate::runtime::watch::PluginDir;
-use crate::runtime::{Registry, Runtime, RuntimeConfig};
+use crate::runtime::{Registry, Runtime, RuntimeConfig, RuntimeLimits};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::scoring::StageThresholds;
 use crate::store::{Dialect, Scope, Store};
@@ -59,6 +60,11 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, env = "NACHFASS_LEASE_MS", default_value_t = 60_000)]
     pub lease_ms: i64,
+    /// Largest plugin component accepted, in bytes (uploads and the plugins
+    /// directory). The default fits Python and JavaScript components, which
+    /// carry their interpreter.
+    #[arg(long, env = "NACHFASS_MAX_COMPONENT_BYTES", default_value_t = crate::runtime::limits::DEFAULT_MAX_COMPONENT_BYTES)]
+    pub max_component_bytes: usize,
     /// The address recipients reach this server at, for tracking,
     /// unsubscribe and confirmation links (default: http://<listen>).
     #[arg(long, env = "NACHFASS_PUBLIC_URL")]
@@ -79,6 +85,34 @@ pub struct ServeArgs {
     /// Token for private OCI registries.
     #[arg(long, env = "NACHFASS_OCI_TOKEN", hide_env_values = true)]
     pub oci_token: Option<String>,
+    /// A reverse proxy whose `X-Forwarded-For` names the client (for the
+    /// double opt-in proof); repeatable. From any other peer the header is
+    /// ignored and the socket's address counts.
+    #[arg(
+        long = "trusted-proxy",
+        env = "NACHFASS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Seconds a client has to send a request's head, counted from when
+    /// the connection waits for it: an idle keep-alive connection is
+    /// closed after this too.
+    #[arg(long, env = "NACHFASS_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body after its head.
+    #[arg(long, env = "NACHFASS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Most open client connections; more wait until one closes.
+    #[arg(long, env = "NACHFASS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Oldest event time accepted, in Unix milliseconds (default
+    /// 2000-01-01).
+    #[arg(long, env = "NACHFASS_OLDEST_EVENT_MS", default_value_t = crate::api::DEFAULT_OLDEST_EVENT_MS)]
+    pub oldest_event_ms: i64,
+    /// How far ahead of the server's clock an event time may be, in
+    /// milliseconds (default one day).
+    #[arg(long, env = "NACHFASS_EVENT_AHEAD_MS", default_value_t = crate::api::DEFAULT_EVENT_AHEAD_MS)]
+    pub event_ahead_ms: i64,
 }
 
 pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), CliError> {
@@ -91,7 +125,10 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             signatures: args.signatures,
             ..TrustPolicy::default()
         }),
-        ..RuntimeConfig::default()
+        limits: RuntimeLimits {
+            max_component_bytes: args.max_component_bytes,
+            ..RuntimeLimits::default()
+        },
     })
     .map_err(|e| fail(format!("cannot start the plugin runtime: {e:#}")))?;
     store
@@ -133,47 +170,130 @@ pub async fn serve(args: ServeArgs, cache_dir: Option<PathBuf>) -> Result<(), Cl
             args.db.database
         );
     }
-    let pipeline = Pipeline {
-        store,
-        registry,
-        clock,
-        stages: StageThresholds::default(),
-    };
-    let journeys = Journeys::new(pipeline, Policy::default());
     let public_url = args
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    journeys.set_public_url(&public_url);
+    run_server(Server {
+        store,
+        registry,
+        listener,
+        plugins_dir: args.plugins_dir,
+        scheduler: (!args.no_scheduler).then_some(args.lease_ms),
+        public_url,
+        oci: OciSettings {
+            allowed: AllowedRegistries(args.oci_registries.clone()),
+            client: OciClient::new(args.oci_token.clone()),
+        },
+        mailbox: None,
+        edge: Edge {
+            trusted_proxies: args.trusted_proxies.clone(),
+            event_times: EventTimes {
+                oldest: args.oldest_event_ms,
+                ahead: args.event_ahead_ms,
+            },
+            limits: ConnectionLimits {
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+                max_connections: args.max_connections.max(1),
+            },
+        },
+    })
+    .await
+}
+
+/// A server ready to run: `serve` and `demo` both end in one.
+pub(super) struct Server {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub listener: tokio::net::TcpListener,
+    pub plugins_dir: PathBuf,
+    /// The scheduler's lease in milliseconds; `None` runs no scheduler.
+    pub scheduler: Option<i64>,
+    pub public_url: String,
+    /// Registries plugins may be pulled from.
+    pub oci: OciSettings,
+    pub mailbox: Option<Arc<crate::mailbox::Mailbox>>,
+    pub edge: Edge,
+}
+
+/// What the HTTP edge enforces: which proxies may name the client, the
+/// event times accepted, and the connection limits.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Edge {
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub event_times: EventTimes,
+    pub limits: ConnectionLimits,
+}
+
+/// Serves the API, the dashboard and (if asked) the scheduler until Ctrl-C
+/// or SIGTERM.
+pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let pipeline = Pipeline {
+        store: server.store,
+        registry: server.registry,
+        clock,
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    journeys.set_public_url(&server.public_url);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = (!args.no_scheduler).then(|| {
+    let scheduler = server.scheduler.map(|lease_ms| {
         let config = SchedulerConfig {
-            lease_ms: args.lease_ms,
+            lease_ms,
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::new(journeys.clone(), config);
         tracing::info!(worker = scheduler.worker(), "scheduler running");
         tokio::spawn(scheduler.run_forever(stopped))
     });
-    let mut state = AppState::with_journeys(journeys, Some(args.plugins_dir.clone()));
-    state.oci = OciSettings {
-        allowed: AllowedRegistries(args.oci_registries.clone()),
-        client: OciClient::new(args.oci_token.clone()),
-    };
-    let app = app(state);
-    // The directory watch runs as long as this importer lives.
-    let _importer = cluster;
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| fail(format!("server stopped: {e}")));
+    let mut state = AppState::with_journeys(journeys, Some(server.plugins_dir));
+    state.oci = server.oci;
+    state.trusted_proxies = Arc::new(server.edge.trusted_proxies);
+    state.event_times = server.edge.event_times;
+    if let Some(mailbox) = server.mailbox {
+        state = state.with_mailbox(mailbox);
+    }
+    connections::serve(
+        server.listener,
+        app(state),
+        server.edge.limits,
+        shutdown_signal(),
+    )
+    .await;
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
-    served
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as systemd and container runtimes send it: either
+/// drains in-flight requests and stops the scheduler, which gives back its
+/// leases.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: draining requests");
 }
 
 /// Follows trusted-key changes made on other nodes.

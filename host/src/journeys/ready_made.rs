@@ -107,4 +107,80 @@ mod tests {
             assert_eq!(validate(&adapted, &known), Ok(()), "{name}");
         }
     }
+
+    /// Every ready-made text, rendered for a contact with nothing but an
+    /// address and a trigger without properties, still reads as a letter:
+    /// no dangling "Hallo ,", no doubled or stray spaces, nothing left
+    /// unrendered.
+    #[test]
+    fn ready_made_texts_read_well_without_any_data() {
+        use crate::render::{JourneyContext, RenderContext, render};
+        let contact: crate::model::Contact =
+            serde_json::from_str(r#"{"id":"c_1","email":"x@example.com"}"#).unwrap();
+        let event: crate::model::Event = serde_json::from_str(
+            r#"{"id":"e_1","contact_id":"c_1","kind":"signup","at":0,"properties":{}}"#,
+        )
+        .unwrap();
+        let mut rendered = 0;
+        for ready in all() {
+            for step in &ready.definition.steps {
+                let Step::Send {
+                    id,
+                    template,
+                    variants,
+                    ..
+                } = step
+                else {
+                    continue;
+                };
+                let templates = template.iter().map(|t| (None, t)).chain(
+                    variants
+                        .iter()
+                        .map(|v| (Some(v.name.as_str()), &v.template)),
+                );
+                for (variant, template) in templates {
+                    for event in [None, Some(&event)] {
+                        let context = RenderContext {
+                            contact: &contact,
+                            event,
+                            journey: JourneyContext {
+                                name: ready.name,
+                                step: id,
+                                variant,
+                            },
+                        };
+                        let out = render(template, &context)
+                            .unwrap_or_else(|e| panic!("{} / {id}: {e}", ready.name));
+                        let subject = out.subject.clone().unwrap_or_default();
+                        let html = out.html.clone().unwrap_or_default();
+                        let at = format!("{} / {id} / {variant:?}", ready.name);
+                        assert!(!subject.trim().is_empty(), "{at}: empty subject");
+                        for part in [&subject, &out.text, &html] {
+                            for bad in [
+                                " ,",
+                                " !",
+                                " .",
+                                " ?",
+                                "  ",
+                                "{{",
+                                "{%",
+                                "<p></p>",
+                                "undefined",
+                                "none",
+                            ] {
+                                assert!(!part.contains(bad), "{at}: `{bad}` in {part:?}");
+                            }
+                            let first = part.trim_start_matches("<p>");
+                            assert!(
+                                !first.starts_with([',', '.', '!', ' ']),
+                                "{at}: starts with punctuation: {part:?}"
+                            );
+                        }
+                        rendered += 1;
+                    }
+                }
+            }
+        }
+        assert!(rendered >= 2 * 16, "only {rendered} texts rendered");
+    }
 }

@@ -155,7 +155,16 @@ pub(super) async fn send(
     // ads audience update is no message.
     if channel != "audience" {
         let tracking = journeys.tracking_in(tx).await?;
-        tracking.instrument(&mut message, &outbox_id, def.purpose == Purpose::Marketing);
+        let origins = crate::tracking::template_origins(&[
+            &template.text,
+            template.html.as_deref().unwrap_or(""),
+        ]);
+        tracking.instrument(
+            &mut message,
+            &outbox_id,
+            def.purpose == Purpose::Marketing,
+            &origins,
+        );
     }
     let entry = OutboxEntry {
         id: outbox_id,

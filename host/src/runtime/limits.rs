@@ -141,10 +141,16 @@ impl LimitOverrides {
     }
 }
 
+/// The default of [`RuntimeLimits::max_component_bytes`]: room for a
+/// componentize-py component.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 32 << 20;
+
 /// Limits the whole runtime shares, and the maxima of per-binding limits.
 #[derive(Clone, Debug)]
 pub struct RuntimeLimits {
-    /// Largest component accepted, checked before compiling.
+    /// Largest component accepted, checked before compiling. Python and
+    /// JavaScript components carry their interpreter (componentize-py:
+    /// ~18 MB, componentize-js: ~13 MB).
     pub max_component_bytes: usize,
     /// Largest linear memory any binding may ask for; sizes the pooling
     /// allocator's slots.
@@ -169,7 +175,7 @@ pub struct RuntimeLimits {
 impl Default for RuntimeLimits {
     fn default() -> Self {
         RuntimeLimits {
-            max_component_bytes: 10 << 20,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             max_memory_bytes: 64 << 20,
             max_fuel: 1_000 * DEFAULT_FUEL,
             max_wall_time: Duration::from_secs(60),

@@ -211,6 +211,7 @@ impl Plugin {
         let answer = self
             .run("matches", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_matches(&mut *store, &contact, &activity).await
             })
             .await?;
@@ -238,6 +239,7 @@ impl Plugin {
         let answer = self
             .run("matches-batch", binding, &limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, &limits, self.runtime.limits());
                 world.call_matches_batch(&mut *store, &inputs).await
             })
             .await?;
@@ -270,6 +272,7 @@ impl Plugin {
         let answer = self
             .run("on-event", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world
                     .call_on_event(&mut *store, &contact, &event, &activity)
                     .await
@@ -294,6 +297,7 @@ impl Plugin {
         let answer = self
             .run("on-profile", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_on_profile(&mut *store, &contact).await
             })
             .await?;
@@ -314,6 +318,7 @@ impl Plugin {
         let info = self
             .run("describe", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_describe(&mut *store).await
             })
             .await?;
@@ -340,6 +345,7 @@ impl Plugin {
         let answer = self
             .run("deliver", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_deliver(&mut *store, &message).await
             })
             .await?;
@@ -375,6 +381,7 @@ impl Plugin {
         let answer = self
             .run("parse-callback", binding, limits, now, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_parse_callback(&mut *store, &callback).await
             })
             .await?;

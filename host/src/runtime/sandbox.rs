@@ -37,6 +37,38 @@ pub struct Binding {
     pub limits: Limits,
     /// `host` or `host:port` entries; `*.example.com` allows subdomains.
     pub allow_http: Vec<String>,
+    /// Also keeps the plugin's log lines here (`plugin test --logs`).
+    pub log_sink: Option<LogSink>,
+}
+
+/// Log lines a plugin wrote, kept for whoever ran it (besides `tracing`).
+#[derive(Clone, Debug, Default)]
+pub struct LogSink(Arc<std::sync::Mutex<Vec<(host::Level, String)>>>);
+
+impl LogSink {
+    /// The lines so far, as `(level, message)`, level in lower case.
+    pub fn lines(&self) -> Vec<(&'static str, String)> {
+        let lines = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        lines
+            .into_iter()
+            .map(|(level, message)| {
+                let level = match level {
+                    host::Level::Trace => "trace",
+                    host::Level::Debug => "debug",
+                    host::Level::Info => "info",
+                    host::Level::Warn => "warn",
+                    host::Level::Error => "error",
+                };
+                (level, message)
+            })
+            .collect()
+    }
+
+    fn push(&self, level: host::Level, message: &str) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push((level, message.to_owned()));
+        }
+    }
 }
 
 impl Binding {
@@ -46,6 +78,7 @@ impl Binding {
             config: BTreeMap::new(),
             limits: Limits::for_world(world),
             allow_http: Vec::new(),
+            log_sink: None,
         }
     }
 
@@ -108,6 +141,11 @@ impl CallState {
         &self.binding
     }
 
+    /// Linear memory the instance holds now, all memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.limiter.memory_bytes_now
+    }
+
     /// The guest's stderr, e.g. a Rust panic message.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
@@ -116,8 +154,8 @@ impl CallState {
     }
 }
 
-/// A fresh store for one call, with limits applied: `limits.fuel`
-/// instructions, and an epoch deadline at the wall-clock backstop (a
+/// A fresh store for one call, with limits applied: fuel (set for the
+/// call by [`start_call_budget`]), and an epoch deadline at the wall-clock backstop (a
 /// running guest never yields to the async timeout, the epoch stops it).
 pub fn store(
     engine: &wasmtime::Engine,
@@ -128,14 +166,27 @@ pub fn store(
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     if runtime.consume_fuel {
+        // Instantiating runs no plugin code worth metering (a Python or
+        // JavaScript component maps a pre-initialised heap): the wall-clock
+        // deadline bounds it, the call's fuel starts in `start_call_budget`.
         // Only fails when the engine does not meter fuel, checked above.
-        let _ = store.set_fuel(limits.fuel);
+        let _ = store.set_fuel(u64::MAX);
     }
     store.epoch_deadline_trap();
     let tick = runtime.epoch_tick.as_nanos().max(1);
     let ticks = limits.wall_time.as_nanos().div_ceil(tick);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
     store
+}
+
+/// Gives the call its fuel, once the instance exists. Instantiating a
+/// Python or JavaScript component maps a pre-initialised interpreter heap
+/// and fills tables of thousands of functions: the host's work, bounded by
+/// the wall-clock deadline, not the plugin's instructions.
+pub fn start_call_budget(store: &mut Store<CallState>, limits: &Limits, runtime: &RuntimeLimits) {
+    if runtime.consume_fuel {
+        let _ = store.set_fuel(limits.fuel);
+    }
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,
@@ -168,6 +219,9 @@ impl host::Host for CallState {
                 .unwrap_or(0);
             message.truncate(cut);
             message.push('…');
+        }
+        if let Some(sink) = &self.binding.log_sink {
+            sink.push(level, &message);
         }
         let (plugin, binding) = (&*self.plugin, &self.binding.name);
         match level {
@@ -212,6 +266,8 @@ impl WasiHttpView for CallState {
 pub struct CallLimiter {
     memory_bytes: usize,
     pub(super) memory_exceeded: bool,
+    /// Sum of the memories' sizes (creation counts as growth from 0).
+    memory_bytes_now: usize,
 }
 
 impl CallLimiter {
@@ -219,6 +275,7 @@ impl CallLimiter {
         CallLimiter {
             memory_bytes,
             memory_exceeded: false,
+            memory_bytes_now: 0,
         }
     }
 }
@@ -226,7 +283,7 @@ impl CallLimiter {
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -234,6 +291,9 @@ impl ResourceLimiter for CallLimiter {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_bytes);
         }
+        self.memory_bytes_now = self
+            .memory_bytes_now
+            .saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

@@ -68,6 +68,17 @@ fn normalize_external_id(raw: &str) -> Result<String, StoreError> {
     Ok(id.to_owned())
 }
 
+/// A time zone must be an IANA name (`Europe/Berlin`): send windows are
+/// computed in it, and a name nobody knows would silently mean UTC.
+fn validate_timezone(timezone: Option<&str>) -> Result<(), StoreError> {
+    match timezone {
+        Some(name) if name.parse::<chrono_tz::Tz>().is_err() => Err(StoreError::Invalid(format!(
+            "timezone `{name}` is not an IANA time zone; use a name like `Europe/Berlin` or `UTC`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Contact, StoreError> {
     let attributes: String = row.try_get("attributes")?;
     Ok(Contact {
@@ -157,6 +168,7 @@ pub(super) async fn upsert_in(
     input: &ContactInput,
     now: i64,
 ) -> Result<ContactRecord, StoreError> {
+    validate_timezone(input.timezone.as_deref())?;
     let email = input.email.as_deref().map(normalize_email).transpose()?;
     let external_id = input
         .external_id
@@ -281,6 +293,7 @@ impl Store {
         patch: &ContactInput,
         now: i64,
     ) -> Result<Contact, StoreError> {
+        validate_timezone(patch.timezone.as_deref())?;
         let mut contact = self.contact(id).await?;
         if let Some(email) = &patch.email {
             contact.email = Some(normalize_email(email)?);

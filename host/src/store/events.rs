@@ -122,11 +122,7 @@ impl Store {
             .event_by_client_id(input.client_event_id.as_deref())
             .await?
         {
-            return Ok(Ingested {
-                event: existing,
-                duplicate: true,
-                contact_created: false,
-            });
+            return self.resent(input, existing).await;
         }
         let properties = serde_json::to_string(&input.properties)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -188,11 +184,7 @@ impl Store {
                     .event_by_client_id(input.client_event_id.as_deref())
                     .await?
                 {
-                    return Ok(Ingested {
-                        event: existing,
-                        duplicate: true,
-                        contact_created: false,
-                    });
+                    return self.resent(input, existing).await;
                 }
                 return Err(e.into());
             }
@@ -220,6 +212,57 @@ impl Store {
             duplicate: false,
             contact_created,
         })
+    }
+
+    /// A known client event id: a resend of the same event is a
+    /// duplicate; the id reused for another event is a conflict, answered
+    /// without anything from the stored event (the caller may lack read
+    /// scope).
+    async fn resent(&self, input: &EventInput, existing: Event) -> Result<Ingested, StoreError> {
+        let same_contact = match (&input.contact_id, &input.email, &input.external_id) {
+            (Some(id), _, _) => *id == existing.contact_id,
+            (None, Some(email), _) => {
+                let email = super::contacts::normalize_email(email)?;
+                self.contact_id_where("email", &email).await? == Some(existing.contact_id.clone())
+            }
+            (None, None, Some(external_id)) => {
+                self.contact_id_where("external_id", external_id.trim())
+                    .await?
+                    == Some(existing.contact_id.clone())
+            }
+            (None, None, None) => false,
+        };
+        let same = same_contact
+            && input.kind == existing.kind
+            && input.at.is_none_or(|at| at == existing.at)
+            && input.properties == existing.properties;
+        if !same {
+            return Err(StoreError::Conflict(
+                "client_event_id is already taken by a different event; use a new id for a new event"
+                    .into(),
+            ));
+        }
+        Ok(Ingested {
+            event: existing,
+            duplicate: true,
+            contact_created: false,
+        })
+    }
+
+    async fn contact_id_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = match column {
+            "email" => "SELECT id FROM contacts WHERE email = $1",
+            _ => "SELECT id FROM contacts WHERE external_id = $1",
+        };
+        let row = sqlx::query(sql)
+            .bind(value.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
 
     async fn event_by_client_id(
@@ -251,6 +294,20 @@ impl Store {
         )
         .bind(contact_id.to_owned())
         .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The newest events of one kind across all contacts (the demo
+    /// mailbox lists deferred sends with it).
+    pub async fn recent_events(&self, kind: &str, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE kind = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(kind.to_owned())
         .bind(i64::from(limit.clamp(1, 1000)))
         .fetch_all(&self.pool)
         .await?;

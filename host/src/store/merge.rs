@@ -29,6 +29,23 @@ pub struct MergeReport {
     pub score_changes_moved: u64,
     pub segments_added: u64,
     pub score_added: i64,
+    /// Sent and queued messages now on the survivor: their unsubscribe,
+    /// click and open links keep working.
+    pub messages_moved: u64,
+    pub consents_moved: u64,
+    pub suppressions_moved: u64,
+}
+
+/// How much a consent state forbids: a merge keeps the stricter one of
+/// the two contacts, so a withdrawal is never lost to a grant.
+fn strictness(status: &str) -> u8 {
+    match status {
+        "granted" => 0,
+        "pending" => 1,
+        "expired" => 2,
+        // withdrawn, denied, objected and whatever forbids more.
+        _ => 3,
+    }
 }
 
 impl Store {
@@ -144,6 +161,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let moved = move_messaging(&mut tx, survivor, merged, now).await?;
         sqlx::query("DELETE FROM contacts WHERE id = $1")
             .bind(merged.to_owned())
             .execute(&mut *tx)
@@ -156,6 +174,128 @@ impl Store {
             score_changes_moved,
             segments_added,
             score_added,
+            messages_moved: moved.messages,
+            consents_moved: moved.consents,
+            suppressions_moved: moved.suppressions,
         })
     }
+}
+
+struct Moved {
+    messages: u64,
+    consents: u64,
+    suppressions: u64,
+}
+
+/// Re-points the merged contact's journey runs, messages and consent
+/// requests to the survivor and folds its consents and suppressions in.
+async fn move_messaging(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    survivor: &str,
+    merged: &str,
+    now: i64,
+) -> Result<Moved, StoreError> {
+    let (survivor, merged) = (survivor.to_owned(), merged.to_owned());
+    // One open run per journey and contact: the merged contact's run of a
+    // journey the survivor is already in ends here.
+    sqlx::query(
+        "UPDATE journey_runs SET status = 'exited', ended_at = $1, exit_reason = 'contact merged' \
+         WHERE contact_id = $2 AND ended_at IS NULL AND journey IN \
+           (SELECT journey FROM journey_runs WHERE contact_id = $3 AND ended_at IS NULL)",
+    )
+    .bind(now)
+    .bind(merged.clone())
+    .bind(survivor.clone())
+    .execute(&mut **tx)
+    .await?;
+    for table in ["journey_runs", "consent_requests"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET contact_id = $1 WHERE contact_id = $2"
+        )))
+        .bind(survivor.clone())
+        .bind(merged.clone())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let messages = sqlx::query("UPDATE outbox SET contact_id = $1 WHERE contact_id = $2")
+        .bind(survivor.clone())
+        .bind(merged.clone())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+
+    let consent_rows =
+        sqlx::query("SELECT channel, purpose, status FROM consents WHERE contact_id = $1")
+            .bind(merged.clone())
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut consents = 0;
+    for row in consent_rows {
+        let (channel, purpose, status): (String, String, String) = (
+            row.try_get("channel")?,
+            row.try_get("purpose")?,
+            row.try_get("status")?,
+        );
+        let kept = sqlx::query(
+            "SELECT status FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3",
+        )
+        .bind(survivor.clone())
+        .bind(channel.clone())
+        .bind(purpose.clone())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let take = match &kept {
+            None => true,
+            Some(kept) => strictness(&status) > strictness(&kept.try_get::<String, _>("status")?),
+        };
+        if !take {
+            continue;
+        }
+        if kept.is_some() {
+            sqlx::query(
+                "DELETE FROM consents WHERE contact_id = $1 AND channel = $2 AND purpose = $3",
+            )
+            .bind(survivor.clone())
+            .bind(channel.clone())
+            .bind(purpose.clone())
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE consents SET contact_id = $1 WHERE contact_id = $2 AND channel = $3 AND purpose = $4",
+        )
+        .bind(survivor.clone())
+        .bind(merged.clone())
+        .bind(channel)
+        .bind(purpose)
+        .execute(&mut **tx)
+        .await?;
+        consents += 1;
+    }
+    // Suppressions only ever add up: any reason on either contact stays,
+    // with the wider scope where both have it.
+    sqlx::query(
+        "UPDATE suppressions SET scope = 'all' WHERE contact_id = $1 AND scope <> 'all' AND EXISTS \
+         (SELECT 1 FROM suppressions s WHERE s.contact_id = $2 AND s.channel = suppressions.channel \
+          AND s.reason = suppressions.reason AND s.scope = 'all')",
+    )
+    .bind(survivor.clone())
+    .bind(merged.clone())
+    .execute(&mut **tx)
+    .await?;
+    let suppressions = sqlx::query(
+        "INSERT INTO suppressions (contact_id, channel, reason, scope, at) \
+         SELECT $1, s.channel, s.reason, s.scope, s.at FROM suppressions s WHERE s.contact_id = $2 \
+         AND NOT EXISTS (SELECT 1 FROM suppressions k WHERE k.contact_id = $1 AND k.channel = s.channel AND k.reason = s.reason)",
+    )
+    .bind(survivor)
+    .bind(merged)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(Moved {
+        messages,
+        consents,
+        suppressions,
+    })
 }

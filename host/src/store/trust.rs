@@ -100,7 +100,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let detail = serde_json::json!({ "public_key": public_key, "publisher": publisher });
-        audit_in(&mut *tx, actor, "trust.key_added", None, &detail, now).await?;
+        audit_in(&mut tx, actor, "trust.key_added", None, &detail, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -123,7 +123,7 @@ impl Store {
             return Err(StoreError::NotFound(format!("trusted key {public_key}")));
         };
         let detail = serde_json::json!({ "public_key": public_key, "publisher": publisher });
-        audit_in(&mut *tx, actor, "trust.key_removed", None, &detail, now).await?;
+        audit_in(&mut tx, actor, "trust.key_removed", None, &detail, now).await?;
         tx.commit().await?;
         Ok(())
     }
