@@ -142,6 +142,7 @@ pub(crate) fn max_upload_bytes(state: &AppState) -> usize {
 }
 
 pub fn app(state: AppState) -> Router {
+    crate::metrics::install();
     let max_upload = max_upload_bytes(&state);
     Router::new()
         .route("/v1/contacts", get(contacts::list).post(contacts::upsert))

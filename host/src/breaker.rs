@@ -28,15 +28,13 @@ pub(crate) async fn observe(pipeline: &Pipeline, binding: &str, plugin: &Plugin,
 async fn act(pipeline: &Pipeline, plugin: &Plugin, trip: &Trip) -> Result<(), StoreError> {
     let manifest = plugin.manifest();
     let now = pipeline.clock.now();
-    crate::metrics::counters().add(
+    metrics::counter!(
         "nachfass_plugin_breaker_trips_total",
-        &[
-            ("binding", &trip.binding),
-            ("plugin", &manifest.name),
-            ("version", &manifest.version),
-        ],
-        1,
-    );
+        "binding" => trip.binding.clone(),
+        "plugin" => manifest.name.clone(),
+        "version" => manifest.version.clone()
+    )
+    .increment(1);
     let reason = format!(
         "circuit breaker: {} of {} calls of {} for binding {} failed",
         trip.failures, trip.calls, trip.plugin, trip.binding

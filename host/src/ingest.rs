@@ -30,7 +30,7 @@ impl Pipeline {
         let now = self.clock.now();
         let ingested = self.store.ingest_event(input, now).await?;
         if !ingested.duplicate {
-            crate::metrics::event_ingested();
+            metrics::counter!("nachfass_events_ingested_total").increment(1);
             let span = tracing::debug_span!("after_event", event = %ingested.event.id, kind = %ingested.event.kind);
             self.after_event(&ingested.event, now)
                 .instrument(span)

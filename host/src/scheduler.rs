@@ -122,6 +122,10 @@ impl Scheduler {
 
     async fn run(&self, job: ClaimedJob) {
         let store = &self.journeys.pipeline.store;
+        let kind = job_kind(&job.payload);
+        let started = self.journeys.pipeline.clock.now();
+        metrics::histogram!("nachfass_job_lag_seconds", "kind" => kind)
+            .record((started - job.due_at).max(0) as f64 / 1000.0);
         let outcome = match self.journeys.run_job(&job).await {
             Ok(outcome) => outcome,
             Err(e) if job.attempts >= MAX_ATTEMPTS => JobOutcome::Failed {
@@ -133,17 +137,12 @@ impl Scheduler {
             },
         };
         let now = self.journeys.pipeline.clock.now();
-        let kind = job_kind(&job.payload);
         let label = match &outcome {
             JobOutcome::Done => "done",
             JobOutcome::Retry { .. } => "retry",
             JobOutcome::Failed { .. } => "failed",
         };
-        crate::metrics::counters().add(
-            "nachfass_jobs_total",
-            &[("kind", kind), ("outcome", label)],
-            1,
-        );
+        metrics::counter!("nachfass_jobs_total", "kind" => kind, "outcome" => label).increment(1);
         let written = match &outcome {
             JobOutcome::Done => Ok(()),
             JobOutcome::Retry { after_ms, error } => {

@@ -728,6 +728,11 @@ async fn journeys_are_validated_versioned_and_enrolled_over_http() {
             "nachfass_scheduler_jobs{state=\"due\"} ",
             "nachfass_scheduler_lag_seconds ",
             "nachfass_events_ingested_total ",
+            // Latency as real histograms with buckets, not a summary.
+            "# TYPE nachfass_http_request_duration_seconds histogram",
+            "nachfass_http_request_duration_seconds_bucket{method=\"PUT\",route=\"/v1/journeys/{name}\",le=\"0.005\"}",
+            "# TYPE nachfass_plugin_call_duration_seconds histogram",
+            "nachfass_plugin_calls_total{plugin=\"",
         ] {
             assert!(
                 metrics.contains(expected),

@@ -86,7 +86,6 @@ pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    crate::metrics::counters().http(&method, &route, response.status().as_u16(), micros);
+    crate::metrics::http_request(&method, &route, response.status().as_u16(), started.elapsed());
     response
 }

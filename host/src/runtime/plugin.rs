@@ -412,13 +412,27 @@ impl Plugin {
             let runtime_limits = self.runtime.limits();
             let mut store = sandbox::store(self.runtime.engine(), state, limits, runtime_limits);
             let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            metrics::histogram!(
+                "nachfass_plugin_call_duration_seconds",
+                "plugin" => self.manifest.name.clone(),
+                "version" => self.manifest.version.clone(),
+                "function" => function
+            )
+            .record(elapsed.as_secs_f64());
             if runtime_limits.consume_fuel {
                 let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
                 self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
                 self.stats.last_fuel.store(used, Ordering::Relaxed);
+                metrics::counter!(
+                    "nachfass_plugin_fuel_total",
+                    "plugin" => self.manifest.name.clone(),
+                    "version" => self.manifest.version.clone()
+                )
+                .increment(used);
             }
             let result = match outcome {
                 Ok(Ok(value)) => Ok(value),
@@ -429,6 +443,7 @@ impl Plugin {
             };
             if let Err(e) = &result {
                 self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+                self.record_outcome("trap");
                 tracing::warn!(error = %e, "plugin call failed");
             }
             result
@@ -450,6 +465,7 @@ impl Plugin {
         };
         if let Err(kind) = checked {
             self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+            self.record_outcome("trap");
             return Err(self.error(kind));
         }
         self.count(answer.is_err());
@@ -460,6 +476,19 @@ impl Plugin {
         if plugin_error {
             self.stats.plugin_errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.record_outcome(if plugin_error { "plugin_error" } else { "ok" });
+    }
+
+    /// Counts a finished call for `/metrics` (the facade: the recorder is
+    /// installed by whoever serves the figures).
+    fn record_outcome(&self, outcome: &'static str) {
+        metrics::counter!(
+            "nachfass_plugin_calls_total",
+            "plugin" => self.manifest.name.clone(),
+            "version" => self.manifest.version.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
     }
 
     fn error(&self, kind: RuntimeErrorKind) -> RuntimeError {
