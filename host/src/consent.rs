@@ -9,11 +9,11 @@ use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
 use crate::journeys::send::idempotency_key;
-use crate::journeys::{Job, JobOutcome, Journeys, props};
+use crate::journeys::{Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::store::Consent;
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobArgs, JobOutcome, JobRegistry, enqueue_in, finish_in};
 use crate::store::journeys::{OutboxEntry, contact_in, new_outbox_id, record_in, write_consent_in};
 use crate::store::tracking::audit_in;
 use crate::tracking::TokenKind;
@@ -158,22 +158,25 @@ pub async fn request(
         now,
     )
     .await?;
-    for (job, due) in [
-        (
-            Job::ConsentReminder {
-                request_id: id.clone(),
-            },
-            now + REMIND_AFTER,
-        ),
-        (
-            Job::ConsentExpiry {
-                request_id: id.clone(),
-            },
-            now + EXPIRE_AFTER,
-        ),
-    ] {
-        enqueue_in(&mut tx, &job.unique_key(), &job.payload(), due, now).await?;
-    }
+    let request = id.clone();
+    enqueue_in(
+        &mut tx,
+        &ConsentReminder {
+            request_id: request.clone(),
+        },
+        now + REMIND_AFTER,
+        now,
+    )
+    .await?;
+    enqueue_in(
+        &mut tx,
+        &ConsentExpiry {
+            request_id: request,
+        },
+        now + EXPIRE_AFTER,
+        now,
+    )
+    .await?;
     record_in(
         &mut tx,
         contact_id,
@@ -368,6 +371,42 @@ pub async fn confirm(
     };
     tx.commit().await?;
     Ok(Some(outcome))
+}
+
+/// Reminds a contact of an unconfirmed double opt-in request.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentReminder {
+    pub request_id: String,
+}
+
+impl JobArgs for ConsentReminder {
+    const KIND: &'static str = "consent_reminder";
+    fn unique_key(&self) -> String {
+        format!("consent-reminder:{}", self.request_id)
+    }
+}
+
+/// An unconfirmed double opt-in request runs out.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentExpiry {
+    pub request_id: String,
+}
+
+impl JobArgs for ConsentExpiry {
+    const KIND: &'static str = "consent_expiry";
+    fn unique_key(&self) -> String {
+        format!("consent-expiry:{}", self.request_id)
+    }
+}
+
+pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
+    registry
+        .register(|journeys, job, args: ConsentReminder| async move {
+            remind(&journeys, &job, &args.request_id).await
+        })
+        .register(|journeys, job, args: ConsentExpiry| async move {
+            expire(&journeys, &job, &args.request_id).await
+        });
 }
 
 /// One reminder for a request still waiting after a day.

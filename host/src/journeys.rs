@@ -28,75 +28,72 @@ use crate::ingest::Pipeline;
 use crate::model::{Fields, Value};
 use crate::policy::Policy;
 use crate::store::bindings::bindings_in;
-use crate::store::jobs::ClaimedJob;
+use crate::store::jobs::{JobArgs, JobRegistry, RouteEvent};
 use crate::store::{BindingKind, JourneyVersion, StoreError};
 use crate::tracking::Tracking;
 
 pub use definition::JourneyDef;
 pub use validate::Known;
 
-/// The durable jobs of journeys, stored as JSON in the job queue.
+/// Runs the run's current step; stale unless the run is at `seq`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "job", rename_all = "snake_case")]
-pub enum Job {
-    /// Route a new event to goals, waits and triggers.
-    Route { event_id: String },
-    /// Run the run's current step; stale unless the run is at `seq`.
-    Advance { run_id: String, seq: i64 },
-    /// A `wait_until` ran out of time.
-    Timeout { run_id: String, seq: i64 },
-    /// Hand an outbox entry to its channel.
-    Deliver { outbox_id: String },
-    /// Remind a contact of an unconfirmed double opt-in request.
-    ConsentReminder { request_id: String },
-    /// An unconfirmed double opt-in request runs out.
-    ConsentExpiry { request_id: String },
-    /// A scheduled journey's sweep at cron time `at`.
-    Sweep {
-        journey: String,
-        version: i64,
-        at: i64,
-    },
-    /// Re-evaluate every contact against a segment (a plugin task, queued
-    /// by the store with its progress row).
-    SegmentRebuild { task: String },
-    /// Re-run a scorer binding's `on-profile` for every contact.
-    Rescore { task: String },
+pub struct AdvanceRun {
+    pub run_id: String,
+    pub seq: i64,
 }
 
-impl Job {
-    /// One job per event, run transition, message and sweep time.
-    pub fn unique_key(&self) -> String {
-        match self {
-            Job::Route { event_id } => format!("route:{event_id}"),
-            Job::Advance { run_id, seq } => format!("advance:{run_id}:{seq}"),
-            Job::Timeout { run_id, seq } => format!("timeout:{run_id}:{seq}"),
-            Job::Deliver { outbox_id } => format!("deliver:{outbox_id}"),
-            Job::ConsentReminder { request_id } => format!("consent-reminder:{request_id}"),
-            Job::ConsentExpiry { request_id } => format!("consent-expiry:{request_id}"),
-            Job::Sweep {
-                journey,
-                version,
-                at,
-            } => format!("sweep:{journey}:{version}:{at}"),
-            Job::SegmentRebuild { task } | Job::Rescore { task } => format!("task:{task}"),
-        }
-    }
-
-    pub fn payload(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+impl JobArgs for AdvanceRun {
+    const KIND: &'static str = "advance";
+    fn unique_key(&self) -> String {
+        format!("advance:{}:{}", self.run_id, self.seq)
     }
 }
 
-/// What became of a job.
-#[derive(Clone, Debug, PartialEq)]
-pub enum JobOutcome {
-    /// Its work committed, and the job with it.
-    Done,
-    /// Try again after `after_ms` (a transient failure).
-    Retry { after_ms: i64, error: String },
-    /// Out of attempts or unrecoverable; recorded.
-    Failed { error: String },
+/// A `wait_until` ran out of time; stale unless the run is still at `seq`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimeoutRun {
+    pub run_id: String,
+    pub seq: i64,
+}
+
+impl JobArgs for TimeoutRun {
+    const KIND: &'static str = "timeout";
+    fn unique_key(&self) -> String {
+        format!("timeout:{}:{}", self.run_id, self.seq)
+    }
+}
+
+/// A scheduled journey's sweep at cron time `at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepJourney {
+    pub journey: String,
+    pub version: i64,
+    pub at: i64,
+}
+
+impl JobArgs for SweepJourney {
+    const KIND: &'static str = "sweep";
+    fn unique_key(&self) -> String {
+        format!("sweep:{}:{}:{}", self.journey, self.version, self.at)
+    }
+}
+
+/// The job kinds of journeys: routing events, advancing runs, timeouts
+/// and scheduled sweeps.
+pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
+    registry
+        .register(|journeys, job, args: RouteEvent| async move {
+            route::route(&journeys, &job, &args.event_id).await
+        })
+        .register(|journeys, job, args: AdvanceRun| async move {
+            advance::advance(&journeys, &job, &args.run_id, args.seq, false).await
+        })
+        .register(|journeys, job, args: TimeoutRun| async move {
+            advance::advance(&journeys, &job, &args.run_id, args.seq, true).await
+        })
+        .register(|journeys, job, args: SweepJourney| async move {
+            sweep::sweep(&journeys, &job, &args.journey, args.version, args.at).await
+        });
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,37 +321,6 @@ impl Journeys {
         let run = route::enroll(&mut tx, &def, latest.version, contact_id, None, now).await?;
         tx.commit().await?;
         Ok(run)
-    }
-
-    /// Runs one claimed job.
-    pub async fn run_job(&self, job: &ClaimedJob) -> Result<JobOutcome, StoreError> {
-        let parsed: Job = serde_json::from_str(&job.payload)
-            .map_err(|e| StoreError::Invalid(format!("job {} has a bad payload: {e}", job.id)))?;
-        match parsed {
-            Job::Route { event_id } => route::route(self, job, &event_id).await,
-            Job::Advance { run_id, seq } => advance::advance(self, job, &run_id, seq, false).await,
-            Job::Timeout { run_id, seq } => advance::advance(self, job, &run_id, seq, true).await,
-            Job::Deliver { outbox_id } => crate::outbox::deliver(self, job, &outbox_id).await,
-            Job::ConsentReminder { request_id } => {
-                crate::consent::remind(self, job, &request_id).await
-            }
-            Job::ConsentExpiry { request_id } => {
-                crate::consent::expire(self, job, &request_id).await
-            }
-            Job::Sweep {
-                journey,
-                version,
-                at,
-            } => sweep::sweep(self, job, &journey, version, at).await,
-            Job::SegmentRebuild { task } => {
-                crate::segments::run_rebuild_task(&self.pipeline, job, &task).await?;
-                Ok(JobOutcome::Done)
-            }
-            Job::Rescore { task } => {
-                crate::scoring::run_rescore_task(&self.pipeline, job, &task).await?;
-                Ok(JobOutcome::Done)
-            }
-        }
     }
 
     /// The channel kind of a channel binding's live plugin, reading the

@@ -6,44 +6,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::journeys::{JobOutcome, Journeys};
-use crate::store::jobs::ClaimedJob;
+use crate::journeys::Journeys;
+use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff};
+use crate::store::tasks::{Rescore, SegmentRebuild};
 use crate::store::{Dialect, StoreError};
 
-/// Attempts before a job that keeps failing is marked failed.
-pub const MAX_ATTEMPTS: i64 = 12;
-
-/// Delay before attempt `attempts + 1`: 10 s doubling up to an hour, with
-/// ±20 % jitter drawn from `seed`, so retries of many jobs spread out.
-pub fn backoff(attempts: i64, seed: &str) -> i64 {
-    let exponent = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
-    let base = 10_000_i64.saturating_mul(1 << exponent).min(3_600_000);
-    let digest = Sha256::digest(format!("{seed}\n{attempts}"));
-    let spread = i64::from(u16::from_be_bytes([digest[0], digest[1]])) % 401 - 200;
-    base + base * spread / 1000
-}
-
-/// The job's kind (`advance`, `deliver`) from its payload, for metrics.
-fn job_kind(payload: &str) -> &'static str {
-    const KINDS: [&str; 9] = [
-        "route",
-        "advance",
-        "timeout",
-        "deliver",
-        "consent_reminder",
-        "consent_expiry",
-        "sweep",
-        "segment_rebuild",
-        "rescore",
-    ];
-    KINDS
-        .into_iter()
-        .find(|k| payload.contains(&format!("\"job\":\"{k}\"")))
-        .unwrap_or("other")
+/// Every job kind the server runs, each with its handler.
+pub fn job_registry() -> JobRegistry<Journeys> {
+    let mut registry = JobRegistry::default();
+    crate::journeys::register_jobs(&mut registry);
+    crate::outbox::register_jobs(&mut registry);
+    crate::consent::register_jobs(&mut registry);
+    registry
+        .register(
+            |journeys: Arc<Journeys>, job, args: SegmentRebuild| async move {
+                crate::segments::run_rebuild_task(&journeys.pipeline, &job, &args.task).await?;
+                Ok(JobOutcome::Done)
+            },
+        )
+        .register(|journeys: Arc<Journeys>, job, args: Rescore| async move {
+            crate::scoring::run_rescore_task(&journeys.pipeline, &job, &args.task).await?;
+            Ok(JobOutcome::Done)
+        });
+    registry
 }
 
 #[derive(Clone, Debug)]
@@ -68,15 +56,26 @@ impl Default for SchedulerConfig {
 
 pub struct Scheduler {
     journeys: Arc<Journeys>,
+    registry: JobRegistry<Journeys>,
     config: SchedulerConfig,
     /// This node's name on its leases.
     worker: String,
 }
 
 impl Scheduler {
+    /// A scheduler running every kind of [`job_registry`].
     pub fn new(journeys: Arc<Journeys>, config: SchedulerConfig) -> Arc<Scheduler> {
+        Scheduler::with_registry(journeys, config, job_registry())
+    }
+
+    pub fn with_registry(
+        journeys: Arc<Journeys>,
+        config: SchedulerConfig,
+        registry: JobRegistry<Journeys>,
+    ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             journeys,
+            registry,
             config,
             worker: format!("node-{}", uuid::Uuid::new_v4().simple()),
         })
@@ -122,13 +121,14 @@ impl Scheduler {
 
     async fn run(&self, job: ClaimedJob) {
         let store = &self.journeys.pipeline.store;
-        let kind = job_kind(&job.payload);
+        let kind = job.kind.clone();
         let started = self.journeys.pipeline.clock.now();
-        metrics::histogram!("nachfass_job_lag_seconds", "kind" => kind)
+        metrics::histogram!("nachfass_job_lag_seconds", "kind" => kind.clone())
             .record((started - job.due_at).max(0) as f64 / 1000.0);
-        let outcome = match self.journeys.run_job(&job).await {
+        let max_attempts = self.registry.max_attempts(&kind);
+        let outcome = match self.registry.run(self.journeys.clone(), job.clone()).await {
             Ok(outcome) => outcome,
-            Err(e) if job.attempts >= MAX_ATTEMPTS => JobOutcome::Failed {
+            Err(e) if job.attempts >= max_attempts => JobOutcome::Failed {
                 error: e.to_string(),
             },
             Err(e) => JobOutcome::Retry {
@@ -199,26 +199,5 @@ impl Scheduler {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_a_ceiling() {
-        for attempt in 1..6 {
-            let base = 10_000 * (1 << (attempt - 1));
-            let delay = backoff(attempt, "job");
-            assert!(
-                delay >= base * 8 / 10 && delay <= base * 12 / 10,
-                "{attempt}: {delay}"
-            );
-        }
-        assert!(backoff(40, "job") <= 3_600_000 * 12 / 10);
-        let spread: std::collections::HashSet<i64> =
-            (0..50).map(|i| backoff(3, &format!("job{i}"))).collect();
-        assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
     }
 }

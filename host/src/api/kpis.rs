@@ -86,6 +86,11 @@ pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    crate::metrics::http_request(&method, &route, response.status().as_u16(), started.elapsed());
+    crate::metrics::http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }

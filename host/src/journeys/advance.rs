@@ -8,9 +8,9 @@ use sqlx::AnyConnection;
 use super::condition::{self, Facts};
 use super::definition::{JourneyDef, Step};
 use super::send::{SendOutcome, send};
-use super::{Job, JobOutcome, Journeys, props};
+use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
 use crate::store::journeys::{
     Run, contact_in, last_event_times_in, record_in, run_in, set_attribute_in, update_run_in,
 };
@@ -86,18 +86,11 @@ async fn drive(
                 run.status = "waiting".to_owned();
                 run.waiting_for = Some(event.clone());
                 run.seq += 1;
-                let job = Job::Timeout {
+                let job = TimeoutRun {
                     run_id: run.id.clone(),
                     seq: run.seq,
                 };
-                enqueue_in(
-                    tx,
-                    &job.unique_key(),
-                    &job.payload(),
-                    now + timeout.millis,
-                    now,
-                )
-                .await?;
+                enqueue_in(tx, &job, now + timeout.millis, now).await?;
                 return Ok(());
             }
             Step::Branch {
@@ -163,11 +156,11 @@ async fn pause(
     now: i64,
 ) -> Result<(), StoreError> {
     run.seq += 1;
-    let job = Job::Advance {
+    let job = AdvanceRun {
         run_id: run.id.clone(),
         seq: run.seq,
     };
-    enqueue_in(tx, &job.unique_key(), &job.payload(), until, now).await?;
+    enqueue_in(tx, &job, until, now).await?;
     Ok(())
 }
 

@@ -6,11 +6,11 @@ use sqlx::AnyConnection;
 
 use super::advance::{finish_run, move_to};
 use super::definition::{JourneyDef, ReEntry, Step, Trigger, properties_match};
-use super::{Job, JobOutcome, Journeys, props};
+use super::{AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
 use crate::store::journeys::{
     Run, contact_in, event_in, insert_run_in, last_run_in, new_run_id, open_runs_in, record_in,
     set_conversion_value_in, suppress_in, update_run_in,
@@ -209,11 +209,11 @@ pub(super) async fn enroll(
     if !insert_run_in(tx, &run).await? {
         return Ok(None);
     }
-    let job = Job::Advance {
+    let job = AdvanceRun {
         run_id: run.id.clone(),
         seq: 0,
     };
-    enqueue_in(tx, &job.unique_key(), &job.payload(), now, now).await?;
+    enqueue_in(tx, &job, now, now).await?;
     let version = version.to_string();
     record_in(
         tx,

@@ -10,9 +10,9 @@ use chrono_tz::Tz;
 use super::condition::{self, Facts};
 use super::definition::{JourneyDef, Trigger};
 use super::route::enroll;
-use super::{Job, JobOutcome, Journeys};
+use super::{Journeys, SweepJourney};
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
 use crate::store::journeys::last_event_times_in;
 
 const PAGE: u32 = 500;
@@ -41,17 +41,13 @@ pub(super) async fn schedule_next(
     let Some(at) = next_time(cron, timezone.as_deref(), after) else {
         return Ok(());
     };
-    let job = Job::Sweep {
+    let job = SweepJourney {
         journey: name.to_owned(),
         version,
         at,
     };
     let now = journeys.now();
-    journeys
-        .pipeline
-        .store
-        .enqueue(&job.unique_key(), &job.payload(), at, now)
-        .await?;
+    journeys.pipeline.store.enqueue(&job, at, now).await?;
     Ok(())
 }
 
@@ -82,12 +78,12 @@ pub(super) async fn sweep(
     let now = journeys.now();
     let mut tx = store.write_tx().await?;
     if let Some(next) = next_sweep {
-        let job = Job::Sweep {
+        let job = SweepJourney {
             journey: name.to_owned(),
             version,
             at: next,
         };
-        enqueue_in(&mut tx, &job.unique_key(), &job.payload(), next, now).await?;
+        enqueue_in(&mut tx, &job, next, now).await?;
     }
     if finish_in(&mut tx, job).await? {
         tx.commit().await?;

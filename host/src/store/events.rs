@@ -201,10 +201,10 @@ impl Store {
             .await?;
         }
         if self.routes_events() {
-            let job = crate::journeys::Job::Route {
+            let job = super::jobs::RouteEvent {
                 event_id: event.id.clone(),
             };
-            super::jobs::enqueue_in(&mut tx, &job.unique_key(), &job.payload(), now, now).await?;
+            super::jobs::enqueue_in(&mut tx, &job, now, now).await?;
         }
         tx.commit().await?;
         Ok(Ingested {

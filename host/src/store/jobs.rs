@@ -1,18 +1,66 @@
-//! The durable job queue: a job is a row with a due time, a lease, an
-//! attempt count and a unique key. Claiming leases a batch of due jobs to
-//! one worker (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so nodes never wait on
-//! each other); a lease that runs out is claimed again. A finished job is
-//! deleted in the transaction that did its work.
+//! The durable job queue: a job is a row with a kind, arguments (JSON), a
+//! due time, a lease, an attempt count and a unique key. Claiming leases a
+//! batch of due jobs to one worker (PostgreSQL: `FOR UPDATE SKIP LOCKED`,
+//! so nodes never wait on each other); a lease that runs out is claimed
+//! again. A finished job is deleted in the transaction that did its work.
+//!
+//! A job kind is a [`JobArgs`] type (its arguments, key and attempt limit)
+//! and a handler registered for it in a [`JobRegistry`], as River and Oban
+//! have workers: adding a kind touches its own module and one
+//! registration, nothing else.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
 use super::{Dialect, Store, StoreError, new_id};
+
+/// Attempts before a job that keeps failing is marked failed, unless its
+/// kind says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 12;
+
+/// Delay before attempt `attempts + 1`: 10 s doubling up to an hour, with
+/// ±20 % jitter drawn from `seed`, so retries of many jobs spread out.
+pub fn backoff(attempts: i64, seed: &str) -> i64 {
+    let exponent = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    let base = 10_000_i64.saturating_mul(1 << exponent).min(3_600_000);
+    let digest = Sha256::digest(format!("{seed}\n{attempts}"));
+    let spread = i64::from(u16::from_be_bytes([digest[0], digest[1]])) % 401 - 200;
+    base + base * spread / 1000
+}
+
+/// The arguments of one kind of job, stored as the row's JSON payload.
+pub trait JobArgs: Serialize + DeserializeOwned + Send + 'static {
+    /// The `kind` column; never change it for a kind that may be queued.
+    const KIND: &'static str;
+    /// Attempts before the job is marked failed.
+    const MAX_ATTEMPTS: i64 = DEFAULT_MAX_ATTEMPTS;
+    /// One job per key: enqueueing a second with the same key does nothing.
+    fn unique_key(&self) -> String;
+}
+
+/// What became of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    /// Its work committed, and the job with it.
+    Done,
+    /// Try again after `after_ms` (a transient failure).
+    Retry { after_ms: i64, error: String },
+    /// Out of attempts or unrecoverable; recorded.
+    Failed { error: String },
+}
 
 /// A job leased to this worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimedJob {
     pub id: String,
+    pub kind: String,
     pub payload: String,
     pub due_at: i64,
     /// Including this one.
@@ -20,6 +68,18 @@ pub struct ClaimedJob {
     pub leased_by: String,
     /// How long a lease lasts; long work extends it by this much.
     pub lease_ms: i64,
+}
+
+impl ClaimedJob {
+    /// The job's arguments.
+    pub fn args<J: JobArgs>(&self) -> Result<J, StoreError> {
+        serde_json::from_str(&self.payload).map_err(|e| {
+            StoreError::Invalid(format!(
+                "job {} ({}) has a bad payload: {e}",
+                self.id, self.kind
+            ))
+        })
+    }
 }
 
 /// How many jobs wait, for the API and metrics.
@@ -31,20 +91,110 @@ pub struct QueueCounts {
     pub failed: i64,
 }
 
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<JobOutcome, StoreError>> + Send>>;
+
+/// How one kind of job runs, with `C` the context every handler gets (the
+/// journeys engine, for the server's scheduler).
+struct Handler<C> {
+    max_attempts: i64,
+    run: Box<dyn Fn(Arc<C>, ClaimedJob) -> HandlerFuture + Send + Sync>,
+}
+
+/// The job kinds a worker runs. A kind without a handler here is given back
+/// for a node that has one (a rolling upgrade), until its attempts run out.
+pub struct JobRegistry<C> {
+    handlers: HashMap<&'static str, Handler<C>>,
+}
+
+impl<C> Default for JobRegistry<C> {
+    fn default() -> Self {
+        JobRegistry {
+            handlers: HashMap::new(),
+        }
+    }
+}
+
+impl<C: Send + Sync + 'static> JobRegistry<C> {
+    /// Runs jobs of kind `J::KIND` with `handler`; the last registration of
+    /// a kind wins.
+    pub fn register<J, F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        J: JobArgs,
+        F: Fn(Arc<C>, ClaimedJob, J) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<JobOutcome, StoreError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let run = move |context: Arc<C>, job: ClaimedJob| -> HandlerFuture {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let args = job.args::<J>()?;
+                handler(context, job, args).await
+            })
+        };
+        self.handlers.insert(
+            J::KIND,
+            Handler {
+                max_attempts: J::MAX_ATTEMPTS,
+                run: Box::new(run),
+            },
+        );
+        self
+    }
+
+    /// The kinds this registry runs, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+
+    /// Attempts before a job of `kind` is marked failed.
+    pub fn max_attempts(&self, kind: &str) -> i64 {
+        self.handlers
+            .get(kind)
+            .map_or(DEFAULT_MAX_ATTEMPTS, |h| h.max_attempts)
+    }
+
+    /// Runs `job` with its kind's handler.
+    pub async fn run(&self, context: Arc<C>, job: ClaimedJob) -> Result<JobOutcome, StoreError> {
+        match self.handlers.get(job.kind.as_str()) {
+            Some(handler) => (handler.run)(context, job).await,
+            None => Err(StoreError::Invalid(format!(
+                "no handler for job kind `{}` on this node",
+                job.kind
+            ))),
+        }
+    }
+}
+
 /// Adds a job unless one with the same key exists. Returns whether it was
 /// added.
-pub async fn enqueue_in(
+pub async fn enqueue_in<J: JobArgs>(
     conn: &mut AnyConnection,
+    job: &J,
+    due_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let payload = serde_json::to_string(job)
+        .map_err(|e| StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND)))?;
+    enqueue_row_in(conn, J::KIND, &job.unique_key(), &payload, due_at, now).await
+}
+
+/// Adds a job row as it is (for kinds whose arguments are built here).
+pub(super) async fn enqueue_row_in(
+    conn: &mut AnyConnection,
+    kind: &str,
     unique_key: &str,
     payload: &str,
     due_at: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "INSERT INTO jobs (id, unique_key, payload, due_at, created_at) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT DO NOTHING",
     )
     .bind(new_id("j"))
+    .bind(kind.to_owned())
     .bind(unique_key.to_owned())
     .bind(payload.to_owned())
     .bind(due_at)
@@ -52,6 +202,20 @@ pub async fn enqueue_in(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Routes a stored event to goals, waits and triggers. Every event is
+/// stored together with this job, so a crash never loses a trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct RouteEvent {
+    pub event_id: String,
+}
+
+impl JobArgs for RouteEvent {
+    const KIND: &'static str = "route";
+    fn unique_key(&self) -> String {
+        format!("route:{}", self.event_id)
+    }
 }
 
 /// Deletes a finished job, if this worker still holds its lease. Returns
@@ -67,15 +231,14 @@ pub async fn finish_in(conn: &mut AnyConnection, job: &ClaimedJob) -> Result<boo
 }
 
 impl Store {
-    pub async fn enqueue(
+    pub async fn enqueue<J: JobArgs>(
         &self,
-        unique_key: &str,
-        payload: &str,
+        job: &J,
         due_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        enqueue_in(&mut conn, unique_key, payload, due_at, now).await
+        enqueue_in(&mut conn, job, due_at, now).await
     }
 
     /// Leases up to `limit` jobs due at `now` for `lease_ms`, oldest first.
@@ -93,7 +256,7 @@ impl Store {
                     "WHERE id IN (SELECT id FROM jobs WHERE due_at <= $3 AND failed_at IS NULL ",
                     "AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 ",
                     $lock,
-                    ") RETURNING id, payload, due_at, attempts"
+                    ") RETURNING id, kind, payload, due_at, attempts"
                 )
             };
         }
@@ -116,6 +279,7 @@ impl Store {
             .map(|row| {
                 Ok(ClaimedJob {
                     id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
                     payload: row.try_get("payload")?,
                     due_at: row.try_get("due_at")?,
                     attempts: row.try_get("attempts")?,
@@ -194,5 +358,26 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("next")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_ceiling() {
+        for attempt in 1..6 {
+            let base = 10_000 * (1 << (attempt - 1));
+            let delay = backoff(attempt, "job");
+            assert!(
+                delay >= base * 8 / 10 && delay <= base * 12 / 10,
+                "{attempt}: {delay}"
+            );
+        }
+        assert!(backoff(40, "job") <= 3_600_000 * 12 / 10);
+        let spread: std::collections::HashSet<i64> =
+            (0..50).map(|i| backoff(3, &format!("job{i}"))).collect();
+        assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
     }
 }

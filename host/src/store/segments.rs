@@ -175,9 +175,8 @@ impl Store {
             .await?;
             super::events::count_event_in(&mut tx, &event_id, now).await?;
             if self.routes_events() {
-                let job = crate::journeys::Job::Route { event_id };
-                super::jobs::enqueue_in(&mut tx, &job.unique_key(), &job.payload(), now, now)
-                    .await?;
+                let job = super::jobs::RouteEvent { event_id };
+                super::jobs::enqueue_in(&mut tx, &job, now, now).await?;
             }
             if *member { entered += 1 } else { left += 1 }
         }

@@ -3,16 +3,42 @@
 //! a cursor and the progress, so a task resumes where it stopped after a
 //! crash and any node can report it; the job carries the lease.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
-use super::jobs::{ClaimedJob, enqueue_in, finish_in};
+use super::jobs::{ClaimedJob, JobArgs, enqueue_row_in, finish_in};
 use super::{Store, StoreError, new_id};
 
 /// Re-evaluates every contact against one segment.
 pub const SEGMENT_REBUILD: &str = "segment_rebuild";
 /// Re-runs one scorer binding's `on-profile` for every contact.
 pub const RESCORE: &str = "rescore";
+
+/// The job of a segment rebuild task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRebuild {
+    pub task: String,
+}
+
+impl JobArgs for SegmentRebuild {
+    const KIND: &'static str = SEGMENT_REBUILD;
+    fn unique_key(&self) -> String {
+        format!("task:{}", self.task)
+    }
+}
+
+/// The job of a re-score task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rescore {
+    pub task: String,
+}
+
+impl JobArgs for Rescore {
+    const KIND: &'static str = RESCORE;
+    fn unique_key(&self) -> String {
+        format!("task:{}", self.task)
+    }
+}
 
 /// A task's progress, as any node reads it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -77,9 +103,9 @@ pub async fn enqueue_task_in(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    // The payload's shape is the scheduler's `Job` (tag `job`).
-    let payload = serde_json::json!({ "job": kind, "task": id }).to_string();
-    enqueue_in(conn, &format!("task:{id}"), &payload, now, now).await?;
+    // Both task kinds take the same arguments (see `SegmentRebuild`).
+    let payload = serde_json::json!({ "task": id }).to_string();
+    enqueue_row_in(conn, kind, &format!("task:{id}"), &payload, now, now).await?;
     Ok(id)
 }
 

@@ -1,0 +1,278 @@
+//! The job registry: every job row has its kind, each kind its handler and
+//! attempt limit; a kind this node does not know is given back, not lost;
+//! and a long job (a segment rebuild over 100k contacts) killed mid-way
+//! finishes after a restart, resuming from its cursor.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nachfass::clock::ManualClock;
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::scheduler::{Scheduler, SchedulerConfig, job_registry};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::StoreError;
+use nachfass::store::jobs::{DEFAULT_MAX_ATTEMPTS, JobArgs, JobOutcome};
+use nachfass_tests::server::{Server, create_admin_key, free_port, http};
+use nachfass_tests::{database, guests, runtime, store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const NOW: i64 = 1_750_000_000_000;
+
+/// A kind only this test knows: its handler fails until `succeed_from`.
+#[derive(Serialize, Deserialize)]
+struct Flaky {
+    name: String,
+}
+
+impl JobArgs for Flaky {
+    const KIND: &'static str = "flaky_test_job";
+    const MAX_ATTEMPTS: i64 = 2;
+    fn unique_key(&self) -> String {
+        format!("flaky:{}", self.name)
+    }
+}
+
+/// A kind no registry has, as a newer node might queue.
+#[derive(Serialize, Deserialize)]
+struct FromNewerNode {
+    n: u32,
+}
+
+impl JobArgs for FromNewerNode {
+    const KIND: &'static str = "from_a_newer_node";
+    fn unique_key(&self) -> String {
+        format!("newer:{}", self.n)
+    }
+}
+
+async fn job_row(store: &nachfass::store::Store, kind: &str) -> (i64, Option<i64>, String) {
+    let row = sqlx::query("SELECT attempts, failed_at, last_error FROM jobs WHERE kind = $1")
+        .bind(kind.to_owned())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    (
+        row.try_get("attempts").unwrap(),
+        row.try_get("failed_at").unwrap(),
+        row.try_get::<Option<String>, _>("last_error")
+            .unwrap()
+            .unwrap_or_default(),
+    )
+}
+
+async fn kinds_run_by_their_handlers(dialect: &str) {
+    let (store, temp) = store(dialect).await;
+    let clock = Arc::new(ManualClock::new(NOW));
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(Registry::new(runtime())),
+        clock: clock.clone(),
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+
+    // The server's registry runs every kind the server queues.
+    let kinds = job_registry().kinds();
+    for kind in [
+        "advance",
+        "consent_expiry",
+        "consent_reminder",
+        "deliver",
+        "rescore",
+        "route",
+        "segment_rebuild",
+        "sweep",
+        "timeout",
+    ] {
+        assert!(kinds.contains(&kind), "{dialect}: {kind} in {kinds:?}");
+    }
+
+    // A registry with one more kind: its handler gets its arguments, and
+    // its own attempt limit (2) applies, not the default.
+    let runs = Arc::new(AtomicU32::new(0));
+    let mut registry = job_registry();
+    let counted = runs.clone();
+    registry.register(move |_journeys, _job, args: Flaky| {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err::<JobOutcome, _>(StoreError::Invalid(format!("{} is broken", args.name)))
+        }
+    });
+    let scheduler = Scheduler::with_registry(journeys, SchedulerConfig::default(), registry);
+    let flaky = Flaky {
+        name: "flaky-one".into(),
+    };
+    assert!(store.enqueue(&flaky, NOW, NOW).await.unwrap());
+    assert!(
+        !store.enqueue(&flaky, NOW, NOW).await.unwrap(),
+        "{dialect}: one job per unique key"
+    );
+    store
+        .enqueue(&FromNewerNode { n: 1 }, NOW, NOW)
+        .await
+        .unwrap();
+
+    scheduler.run_until_idle().await.unwrap();
+    let (attempts, failed, error) = job_row(&store, Flaky::KIND).await;
+    assert_eq!((attempts, failed), (1, None), "{dialect}: retried");
+    assert!(error.contains("flaky-one is broken"), "{dialect}: {error}");
+    let (_, failed, error) = job_row(&store, FromNewerNode::KIND).await;
+    assert_eq!(failed, None, "{dialect}: an unknown kind waits");
+    assert!(
+        error.contains("no handler for job kind `from_a_newer_node`"),
+        "{dialect}: {error}"
+    );
+
+    // The second attempt is the last for this kind.
+    clock.advance(2 * 3_600_000);
+    scheduler.run_until_idle().await.unwrap();
+    let (attempts, failed, _) = job_row(&store, Flaky::KIND).await;
+    assert_eq!(attempts, 2, "{dialect}");
+    assert!(failed.is_some(), "{dialect}: failed after its 2 attempts");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "{dialect}");
+    let (attempts, failed, _) = job_row(&store, FromNewerNode::KIND).await;
+    assert_eq!(
+        (attempts, failed),
+        (2, None),
+        "{dialect}: the default limit is {DEFAULT_MAX_ATTEMPTS}"
+    );
+    temp.cleanup(store).await;
+}
+
+#[tokio::test]
+async fn kinds_run_by_their_handlers_sqlite() {
+    kinds_run_by_their_handlers("sqlite").await;
+}
+
+#[tokio::test]
+async fn kinds_run_by_their_handlers_postgres() {
+    kinds_run_by_their_handlers("postgres").await;
+}
+
+const CONTACTS: i64 = 100_000;
+
+fn segment(port: u16, key: &str) -> Value {
+    let (status, segment) = http(port, "GET", "/v1/segments/mittelstand", Some(key), None);
+    assert_eq!(status, 200, "{segment}");
+    segment
+}
+
+async fn killed_rebuild_finishes_after_restart(dialect: &str) {
+    let (url, temp) = database(dialect).await;
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let fill = if dialect == "sqlite" {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}) \
+             INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
+             SELECT printf('c_kill%08d', i), printf('k%d@rebuild.example', i), '{{\"employees\":' || (i % 2000) || '}}', 0, 0 FROM n",
+            last = CONTACTS - 1
+        )
+    } else {
+        format!(
+            "INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
+             SELECT format('c_kill%s', lpad(i::text, 8, '0')), format('k%s@rebuild.example', i), \
+                    format('{{\"employees\":%s}}', i % 2000), 0, 0 FROM generate_series(0, {last}) AS i",
+            last = CONTACTS - 1
+        )
+    };
+    use sqlx::Executor;
+    store
+        .pool()
+        .execute(sqlx::AssertSqlSafe(fill))
+        .await
+        .unwrap();
+    let key = create_admin_key(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        guests::ATTRIBUTE_MATCH.packed(),
+        plugins.join("attribute-match.wasm"),
+    )
+    .unwrap();
+    // Short leases: the killed node's lease runs out quickly.
+    let args = ["--lease-ms", "2000"];
+    let port = free_port();
+    let server = Server::start(&url, dir.path(), port, &args);
+    let (status, created) = http(
+        port,
+        "POST",
+        "/v1/bindings",
+        Some(&key),
+        Some(
+            &json!({ "name": "mittelstand", "kind": "segment", "plugin": "attribute-match",
+                     "config": { "attribute": "employees", "op": "gt", "value": "249" } })
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 201, "{dialect}: {created}");
+    // Kill as soon as some of the work is committed, well before the end.
+    let started = Instant::now();
+    let at_kill = loop {
+        let rebuild = segment(port, &key)["rebuild"].clone();
+        let evaluated = rebuild["evaluated"].as_i64().unwrap_or(0);
+        if evaluated > 0 {
+            break rebuild;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{dialect}: the rebuild never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    server.kill();
+    assert_eq!(
+        at_kill["done"], false,
+        "{dialect}: killed mid-way: {at_kill}"
+    );
+    let evaluated_at_kill = at_kill["evaluated"].as_i64().unwrap();
+    assert!(evaluated_at_kill < CONTACTS, "{dialect}: {at_kill}");
+
+    let server = Server::start(&url, dir.path(), port, &args);
+    let started = Instant::now();
+    let finished = loop {
+        let segment = segment(port, &key);
+        if segment["rebuild"]["done"] == true {
+            break segment;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{dialect}: the rebuild did not finish after the restart: {segment}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(server);
+    let rebuild = &finished["rebuild"];
+    assert_eq!(rebuild["id"], at_kill["id"], "{dialect}: the same task");
+    assert_eq!(rebuild["error"], Value::Null, "{dialect}: {rebuild}");
+    // Resumed from its cursor: every contact evaluated exactly once.
+    assert_eq!(
+        (rebuild["total"].as_i64(), rebuild["evaluated"].as_i64()),
+        (Some(CONTACTS), Some(CONTACTS)),
+        "{dialect}: {rebuild}"
+    );
+    // employees = i % 2000 > 249: 1,750 of every 2,000.
+    let expected = CONTACTS / 2000 * 1750;
+    assert_eq!(finished["size"], expected, "{dialect}: {finished}");
+    assert_eq!(rebuild["entered"], expected, "{dialect}: {rebuild}");
+    temp.cleanup(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_rebuild_finishes_after_restart_sqlite() {
+    killed_rebuild_finishes_after_restart("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_rebuild_finishes_after_restart_postgres() {
+    killed_rebuild_finishes_after_restart("postgres").await;
+}
