@@ -229,3 +229,50 @@ pub fn print_json(out: &mut dyn std::io::Write, value: &Value) -> Result<(), Cli
     let text = serde_json::to_string_pretty(value).map_err(fail)?;
     writeln!(out, "{text}").map_err(fail)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(server: &str, key: Option<&str>) -> RemoteArgs {
+        RemoteArgs {
+            server: server.to_owned(),
+            api_key: key.map(str::to_owned),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn paths_go_below_the_base_url_and_are_encoded() {
+        let remote = Remote::new(&args("https://ops.example/nachfass/", Some("k"))).unwrap();
+        assert_eq!(
+            remote.url(&["v1", "journeys", "a b/c"]).as_str(),
+            "https://ops.example/nachfass/v1/journeys/a%20b%2Fc"
+        );
+        let remote = Remote::new(&args("http://127.0.0.1:8080", Some("k"))).unwrap();
+        assert_eq!(
+            remote.url(&["v1", "plugins"]).as_str(),
+            "http://127.0.0.1:8080/v1/plugins"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_or_a_bad_url_is_refused_before_any_request() {
+        let error = Remote::new(&args("http://127.0.0.1:1", None))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("NACHFASS_API_KEY is not set"), "{error}");
+        let error = Remote::new(&args("http://127.0.0.1:1", Some("  ")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("NACHFASS_API_KEY is not set"), "{error}");
+        let error = Remote::new(&args("ftp://files.example", Some("k")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("http:// or https://"), "{error}");
+    }
+}
