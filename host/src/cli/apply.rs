@@ -14,17 +14,24 @@
 //! `created`, `updated` or `unchanged`; applying the same files again
 //! changes nothing: no upload of an installed build, no rewrite of an
 //! equal binding (which would rebuild its segment), no new journey
-//! version. Apply never deletes what the files do not name, and never
-//! changes which version of an installed plugin is live, so an
-//! operator's rollback stays.
+//! version, and a journey an operator stopped stays stopped. Apply never
+//! deletes what the files do not name, and never changes which version of
+//! an installed plugin is live, so an operator's rollback stays.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod files;
+mod report;
+
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+
+pub use files::LocalBinding;
+use files::{Desired, LocalJourney};
+pub use report::{Change, Outcome, changes_json};
 
 use super::plugin::server::{LocalPlugin, upload};
 use super::remote::{Remote, RemoteArgs, print_json};
@@ -46,242 +53,6 @@ pub struct ApplyArgs {
     pub no_activate: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
-}
-
-/// What applying one item did (or, in a dry run, would do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Created,
-    Updated,
-    Unchanged,
-}
-
-impl Outcome {
-    fn word(self, dry_run: bool) -> &'static str {
-        match (self, dry_run) {
-            (Outcome::Created, false) => "created",
-            (Outcome::Updated, false) => "updated",
-            (Outcome::Created, true) => "would create",
-            (Outcome::Updated, true) => "would update",
-            (Outcome::Unchanged, _) => "unchanged",
-        }
-    }
-
-    fn key(self) -> &'static str {
-        match self {
-            Outcome::Created => "created",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-        }
-    }
-}
-
-/// One applied item.
-#[derive(Clone, Debug)]
-pub struct Change {
-    pub kind: &'static str,
-    pub name: String,
-    pub file: PathBuf,
-    pub outcome: Outcome,
-    /// What else there is to say: a journey's version, a plugin not live.
-    pub note: Option<String>,
-}
-
-impl Change {
-    pub fn print(&self, dry_run: bool, out: &mut dyn Write) -> Result<(), CliError> {
-        let note = self
-            .note
-            .as_ref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "{:<12} {:<8} {}{note}",
-            self.outcome.word(dry_run),
-            self.kind,
-            self.name
-        )
-        .map_err(fail)
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "kind": self.kind,
-            "name": self.name,
-            "file": self.file.display().to_string(),
-            "result": self.outcome.key(),
-            "note": self.note,
-        })
-    }
-}
-
-/// The machine-readable report: every change, counts per outcome, and the
-/// error that stopped the run, if one did.
-pub fn changes_json(changes: &[Change], dry_run: bool, error: Option<&CliError>) -> Value {
-    let count = |o: Outcome| changes.iter().filter(|c| c.outcome == o).count();
-    json!({
-        "dry_run": dry_run,
-        "changes": changes.iter().map(Change::json).collect::<Vec<_>>(),
-        "created": count(Outcome::Created),
-        "updated": count(Outcome::Updated),
-        "unchanged": count(Outcome::Unchanged),
-        "error": error.map(ToString::to_string),
-    })
-}
-
-/// A binding file, parsed as the server will.
-pub struct LocalBinding {
-    pub file: PathBuf,
-    pub def: BindingDef,
-}
-
-impl LocalBinding {
-    pub fn read(file: &Path) -> Result<LocalBinding, CliError> {
-        let text = std::fs::read(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        let def: BindingDef = serde_json::from_slice(&text)
-            .map_err(|e| fail(format!("{}: not a binding: {e}", file.display())))?;
-        Ok(LocalBinding {
-            file: file.to_path_buf(),
-            def,
-        })
-    }
-}
-
-/// A journey file: the definition, and the bytes sent as they are.
-struct LocalJourney {
-    file: PathBuf,
-    def: JourneyDef,
-    bytes: Vec<u8>,
-}
-
-impl LocalJourney {
-    fn read(file: &Path) -> Result<LocalJourney, CliError> {
-        let bytes = std::fs::read(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        let def = JourneyDef::from_json(&bytes)
-            .map_err(|e| fail(format!("{}: not a journey definition: {e}", file.display())))?;
-        Ok(LocalJourney {
-            file: file.to_path_buf(),
-            def,
-            bytes,
-        })
-    }
-}
-
-/// Everything the paths name, read and checked.
-#[derive(Default)]
-struct Desired {
-    plugins: Vec<LocalPlugin>,
-    bindings: Vec<LocalBinding>,
-    journeys: Vec<LocalJourney>,
-}
-
-const FOLDERS: [&str; 3] = ["plugins", "bindings", "journeys"];
-
-impl Desired {
-    fn read(paths: &[PathBuf]) -> Result<Desired, CliError> {
-        let mut desired = Desired::default();
-        for path in paths {
-            if path.is_dir() {
-                let mut found = false;
-                for folder in FOLDERS {
-                    let dir = path.join(folder);
-                    if dir.is_dir() {
-                        found = true;
-                        for file in files_in(&dir, folder)? {
-                            desired.add(folder, &file)?;
-                        }
-                    }
-                }
-                if !found {
-                    return Err(fail(format!(
-                        "{}: no plugins/, bindings/ or journeys/ folder in it; apply takes a directory holding them, or files inside them",
-                        path.display()
-                    )));
-                }
-            } else if path.is_file() {
-                let folder = path
-                    .parent()
-                    .and_then(Path::file_name)
-                    .and_then(|n| n.to_str())
-                    .filter(|n| FOLDERS.contains(n))
-                    .ok_or_else(|| {
-                        fail(format!(
-                            "{}: apply tells plugins, bindings and journeys apart by their folder; put the file under plugins/, bindings/ or journeys/",
-                            path.display()
-                        ))
-                    })?;
-                desired.add(folder, path)?;
-            } else {
-                return Err(fail(format!(
-                    "{}: no such file or directory",
-                    path.display()
-                )));
-            }
-        }
-        desired.check_unique()?;
-        // Older versions first, so the newest of a plugin's files ends live.
-        desired.plugins.sort_by(|a, b| {
-            let version = |p: &LocalPlugin| semver::Version::parse(&p.manifest.version).ok();
-            (&a.manifest.name, version(a)).cmp(&(&b.manifest.name, version(b)))
-        });
-        Ok(desired)
-    }
-
-    fn add(&mut self, folder: &str, file: &Path) -> Result<(), CliError> {
-        match folder {
-            "plugins" => self.plugins.push(LocalPlugin::read(file, None)?),
-            "bindings" => self.bindings.push(LocalBinding::read(file)?),
-            _ => self.journeys.push(LocalJourney::read(file)?),
-        }
-        Ok(())
-    }
-
-    /// Two files for one binding, journey or plugin version would make the
-    /// outcome depend on the order they are read in.
-    fn check_unique(&self) -> Result<(), CliError> {
-        let mut seen: BTreeMap<String, &Path> = BTreeMap::new();
-        let items = self
-            .plugins
-            .iter()
-            .map(|p| (format!("plugin {}", p.manifest.id()), p.file.as_path()))
-            .chain(
-                self.bindings
-                    .iter()
-                    .map(|b| (format!("binding {}", b.def.name), b.file.as_path())),
-            )
-            .chain(
-                self.journeys
-                    .iter()
-                    .map(|j| (format!("journey {}", j.def.name), j.file.as_path())),
-            );
-        for (what, file) in items {
-            if let Some(first) = seen.insert(what.clone(), file) {
-                return Err(fail(format!(
-                    "{what} is defined twice, in {} and {}; keep one",
-                    first.display(),
-                    file.display()
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The files of one folder, sorted: `*.wasm` under plugins/ (a
-/// `*.manifest.json` beside one is its sidecar), `*.json` elsewhere.
-fn files_in(dir: &Path, folder: &str) -> Result<Vec<PathBuf>, CliError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let wanted = if folder == "plugins" { "wasm" } else { "json" };
-    let mut files = BTreeSet::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| fail(format!("{}: {e}", dir.display())))?
-            .path();
-        if path.is_file() && path.extension().is_some_and(|e| e == wanted) {
-            files.insert(path);
-        }
-    }
-    Ok(files.into_iter().collect())
 }
 
 pub async fn run(args: ApplyArgs, out: &mut dyn Write) -> Result<(), CliError> {
