@@ -224,6 +224,19 @@ async fn plugins_and_bindings_through_the_cli(dialect: &str) {
         deployed.get("/v1/bindings")["bindings"][0]["config"]["max_per_day"],
         "4"
     );
+    let segment = files.join("score-as-segment.json");
+    std::fs::write(
+        &segment,
+        json!({ "name": "score", "kind": "segment", "plugin": "engagement" }).to_string(),
+    )
+    .unwrap();
+    let error = deployed
+        .refused(&["binding", "put", segment.to_str().unwrap()])
+        .await;
+    assert!(
+        error.contains("binding score is a scorer on the server and a segment in the file"),
+        "{error}"
+    );
     let out = deployed.ok(&["binding", "list"]).await;
     assert_eq!(
         out.trim(),

@@ -37,7 +37,7 @@ use super::plugin::server::{LocalPlugin, upload};
 use super::remote::{Remote, RemoteArgs, print_json};
 use super::{CliError, fail};
 use crate::journeys::JourneyDef;
-use crate::store::BindingDef;
+use crate::store::{BindingDef, BindingKind};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -239,11 +239,11 @@ pub async fn binding(
     let outcome = match server.get(&def.name) {
         Some(current) if current.kind != def.kind => {
             return Err(fail(format!(
-                "{}: binding {} is a {:?} binding on the server and a {:?} binding in the file; a binding's kind cannot change: delete it first (`nachfass binding delete {}`)",
+                "{}: binding {} is a {} on the server and a {} in the file; a binding's kind cannot change: delete it first (`nachfass binding delete {}`)",
                 local.file.display(),
                 def.name,
-                current.kind,
-                def.kind,
+                kind_name(current.kind),
+                kind_name(def.kind),
                 def.name
             )));
         }
@@ -278,6 +278,11 @@ pub async fn binding(
         outcome,
         note,
     })
+}
+
+/// `scorer`, `segment`, `channel`: as the JSON spells it.
+fn kind_name(kind: BindingKind) -> String {
+    json!(kind).as_str().unwrap_or_default().to_owned()
 }
 
 /// Saves a journey whose definition differs from the server's latest
