@@ -521,6 +521,22 @@ async fn refusals_are_clear(dialect: &str) {
     assert!(out.contains("created      binding  vip"), "{out}");
     assert_eq!(deployed.get("/v1/bindings")["bindings"][0]["name"], "vip");
 
+    // A base URL that is not the API's: a 404 for a wrong route is an
+    // error, not a journey that does not exist yet.
+    let wrong = format!("{url}/nachfass");
+    let (result, _) = nachfass_cli(&[
+        "apply",
+        repo.join("journeys/welcome.json").to_str().unwrap(),
+        "--dry-run",
+        "--server",
+        &wrong,
+        "--api-key",
+        &deployed.key,
+    ])
+    .await;
+    let error = result.unwrap_err().to_string();
+    assert!(error.contains("404 no_route"), "{error}");
+
     // A directory without the layout is refused before anything is sent.
     let error = deployed
         .refused(&["apply", deployed.dir.path().join("cache").to_str().unwrap()])

@@ -100,14 +100,21 @@ impl Remote {
         self.call(Method::GET, segments).await
     }
 
-    /// GET that answers `None` for 404 instead of failing.
+    /// GET that answers `None` when the server says the thing does not
+    /// exist (404 `not_found`; a 404 `no_route` is a wrong URL, an error).
     pub async fn get_optional(&self, segments: &[&str]) -> Result<Option<Value>, CliError> {
         let request = self.client.get(self.url(segments));
         let response = self.execute(request).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+        if response.status() != StatusCode::NOT_FOUND {
+            return self.read(response).await.map(|answer| Some(answer.body));
         }
-        self.read(response).await.map(|answer| Some(answer.body))
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if body["error"]["code"] == "not_found" {
+            Ok(None)
+        } else {
+            Err(self.refused(StatusCode::NOT_FOUND, &body, &bytes))
+        }
     }
 
     /// A request without a body (DELETE, a rollback).
