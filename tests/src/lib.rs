@@ -321,3 +321,4 @@ impl TempStore {
         }
     }
 }
+
