@@ -60,7 +60,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/plugins",
         scope: "read",
-        summary: "Installed plugins with versions and the live one",
+        summary: "Installed plugins: versions (each with its sha256), the live and the previous one",
         body: None,
     },
     Operation {
