@@ -322,38 +322,3 @@ impl TempStore {
     }
 }
 
-/// A fresh database of one dialect (`"sqlite"` or `"postgres"`), as a URL,
-/// for tests stamped once per dialect.
-pub async fn database(dialect: &str) -> (String, TempStore) {
-    use sqlx::Executor;
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    if dialect == "sqlite" {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("nachfass.db").display());
-        return (url, TempStore::Sqlite(dir));
-    }
-    let base = std::env::var("NACHFASS_TEST_POSTGRES_URL").expect(
-        "NACHFASS_TEST_POSTGRES_URL is not set: run `tests/run`, which starts PostgreSQL, or point it at a server",
-    );
-    sqlx::any::install_default_drivers();
-    let name = format!(
-        "nd_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .expect("create test database");
-    let (server, _) = base.rsplit_once('/').expect("URL has a database");
-    (
-        format!("{server}/{name}"),
-        TempStore::Postgres { base, name },
-    )
-}

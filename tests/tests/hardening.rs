@@ -93,6 +93,9 @@ impl Api {
             ]
             .into(),
             allow_http: vec!["127.0.0.1:9".into()],
+            version: None,
+            limits: Default::default(),
+            paused: None,
         };
         store.create_binding(&hook, 0).await.unwrap();
         let clock = Arc::new(ManualClock::new(NOW));
@@ -707,6 +710,9 @@ async fn health_and_readiness_answer_without_a_key(dialect: &str) {
         plugin: "not-installed".into(),
         config: Default::default(),
         allow_http: Vec::new(),
+        version: None,
+        limits: Default::default(),
+        paused: None,
     };
     api.store.create_binding(&missing, 0).await.unwrap();
     let (status, ready) = api.send("GET", "/readyz", None, None).await;
