@@ -15,6 +15,7 @@ use crate::runtime::capabilities::{Capabilities, CapabilityDiff};
 use crate::runtime::registry::{Activation, RegistryError};
 use crate::runtime::watch::Import;
 use crate::runtime::{Limits, LoadError, Manifest, Plugin, Registry, RuntimeLimits};
+use crate::store::plugins::Grant;
 use crate::store::plugins::PLUGINS_CHANNEL;
 use crate::store::{Saved, Store, StoreError};
 
@@ -223,38 +224,56 @@ impl Plugins {
 
     /// What `name@version` asks for beyond the live version that no admin
     /// approved yet; `None` when it may go live as it is (nothing new, the
-    /// plugin's first version, or the live one itself).
+    /// plugin's first version, the live one itself, or one that was live
+    /// before: its capabilities were granted then).
     pub async fn review(&self, name: &str, version: &str) -> Result<Option<Review>, PluginsError> {
         let Some(live) = self.live_version(name).await? else {
             return Ok(None);
         };
-        if live == version {
+        let grants = self.store.plugin_grants(name).await?;
+        self.review_against(name, version, &live, grants.get(version))
+            .await
+    }
+
+    /// Every version of every plugin that waits for an approval to go live.
+    pub async fn reviews(&self) -> Result<Vec<(String, Review)>, PluginsError> {
+        let states = self.store.plugin_states().await?;
+        let mut reviews = Vec::new();
+        for summary in self.registry.list() {
+            let Some(state) = states.iter().find(|s| s.name == summary.name) else {
+                continue;
+            };
+            let grants = self.store.plugin_grants(&summary.name).await?;
+            for version in &summary.versions {
+                let review = self
+                    .review_against(&summary.name, version, &state.live, grants.get(version))
+                    .await?;
+                reviews.extend(review.map(|r| (summary.name.clone(), r)));
+            }
+        }
+        Ok(reviews)
+    }
+
+    async fn review_against(
+        &self,
+        name: &str,
+        version: &str,
+        live: &str,
+        grant: Option<&Grant>,
+    ) -> Result<Option<Review>, PluginsError> {
+        if live == version || grant.is_some_and(|g| g.was_live) {
             return Ok(None);
         }
-        let asked = self.asked(name, version, &live).await?;
-        let approved = self.store.plugin_approvals(name).await?;
-        let needs_approval = match approved.get(version) {
+        let asked = self.asked(name, version, live).await?;
+        let needs_approval = match grant.and_then(|g| g.approved.as_ref()) {
             Some(granted) => asked.beyond(granted),
             None => asked,
         };
         Ok((!needs_approval.is_empty()).then(|| Review {
             version: version.to_owned(),
-            against: live,
+            against: live.to_owned(),
             needs_approval,
         }))
-    }
-
-    /// Every version of every plugin that waits for an approval to go live.
-    pub async fn reviews(&self) -> Result<Vec<(String, Review)>, PluginsError> {
-        let mut reviews = Vec::new();
-        for summary in self.registry.list() {
-            for version in &summary.versions {
-                if let Some(review) = self.review(&summary.name, version).await? {
-                    reviews.push((summary.name.clone(), review));
-                }
-            }
-        }
-        Ok(reviews)
     }
 
     /// What `version` may do that `live` may not, from the versions this

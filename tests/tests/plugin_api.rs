@@ -504,6 +504,24 @@ async fn upgrades_asking_for_more_wait_for_approval(dialect: &str) {
         (StatusCode::OK, Some("hook@1.1.1")),
         "{dialect}: {rolled}"
     );
+    // Nor does any version that was live before: 1.0.0 may reach a.example
+    // and 1.2.0 reads `region`, which the live 1.1.1 does not, yet both
+    // were granted that once.
+    assert_eq!(
+        hook_on(&a, &admin).await,
+        ("1.1.1".to_owned(), json!([])),
+        "{dialect}"
+    );
+    for version in ["1.0.0", "1.2.0"] {
+        let (status, again) = post_json(
+            &a,
+            "/v1/plugins/hook/activate",
+            &admin,
+            json!({ "version": version }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{dialect}: {again}");
+    }
 
     // Another world is refused before any review.
     let mut scorer = guests::ENGAGEMENT.manifest();
@@ -571,7 +589,7 @@ async fn upgrades_asking_for_more_wait_for_approval(dialect: &str) {
         said.contains("not live") && said.contains("http_hosts *.sms.example"),
         "{dialect}: {said}"
     );
-    assert_eq!(hook_on(&a, &admin).await.0, "1.1.1", "{dialect}");
+    assert_eq!(hook_on(&a, &admin).await.0, "1.2.0", "{dialect}");
 
     drop((a, b));
     temp.cleanup(store).await;

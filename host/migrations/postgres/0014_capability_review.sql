@@ -6,3 +6,11 @@
 ALTER TABLE plugin_versions ADD COLUMN approved TEXT;
 ALTER TABLE plugin_versions ADD COLUMN approved_by TEXT;
 ALTER TABLE plugin_versions ADD COLUMN approved_at BIGINT;
+-- When the version first went live: one that was live before needs no
+-- review to go live again (its capabilities were granted then).
+ALTER TABLE plugin_versions ADD COLUMN went_live_at BIGINT;
+UPDATE plugin_versions SET went_live_at = 0 WHERE EXISTS (
+    SELECT 1 FROM plugins p
+    WHERE p.name = plugin_versions.name
+      AND (p.live = plugin_versions.version OR p.previous = plugin_versions.version)
+);

@@ -32,6 +32,15 @@ pub struct PluginState {
     pub previous: Option<String>,
 }
 
+/// What a version was granted: an admin's approval of capabilities beyond
+/// the live version, and whether it was ever live (then it needs no review
+/// to go live again).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub approved: Option<CapabilityDiff>,
+    pub was_live: bool,
+}
+
 /// What a breaker's rollback did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BreakerRollback {
@@ -265,21 +274,25 @@ impl Store {
         Ok(())
     }
 
-    /// What an admin approved for each version of `name`, by version.
-    pub async fn plugin_approvals(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<String, CapabilityDiff>, StoreError> {
+    /// The review state of each stored version of `name`, by version.
+    pub async fn plugin_grants(&self, name: &str) -> Result<BTreeMap<String, Grant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT version, approved FROM plugin_versions WHERE name = $1 AND approved IS NOT NULL",
+            "SELECT version, approved, went_live_at FROM plugin_versions WHERE name = $1",
         )
         .bind(name.to_owned())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                let json: String = row.try_get("approved")?;
-                Ok((row.try_get("version")?, approval_from_json(&json)?))
+                let approved: Option<String> = row.try_get("approved")?;
+                let went_live_at: Option<i64> = row.try_get("went_live_at")?;
+                Ok((
+                    row.try_get("version")?,
+                    Grant {
+                        approved: approved.as_deref().map(approval_from_json).transpose()?,
+                        was_live: went_live_at.is_some(),
+                    },
+                ))
             })
             .collect()
     }
@@ -487,6 +500,15 @@ async fn set_live_in(
             .await?;
         }
     }
+    sqlx::query(
+        "UPDATE plugin_versions SET went_live_at = $1 \
+         WHERE name = $2 AND version = $3 AND went_live_at IS NULL",
+    )
+    .bind(now)
+    .bind(name.to_owned())
+    .bind(version.to_owned())
+    .execute(&mut *tx)
+    .await?;
     enqueue_consequences_in(&mut *tx, name, &format!("{name}@{version} live"), now).await?;
     audit_in(
         &mut *tx,
