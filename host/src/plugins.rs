@@ -31,15 +31,15 @@ pub enum PluginsError {
         "{plugin}@{} asks for more than the live {plugin}@{}: {}. An admin approves exactly that with POST /v1/plugins/{plugin}/versions/{}/approve (the body: `needs_approval` from the details), or in the dashboard",
         review.version, review.against, review.needs_approval, review.version
     )]
-    NeedsApproval { plugin: String, review: Review },
+    NeedsApproval { plugin: String, review: Box<Review> },
     #[error(
         "the approval does not match what {plugin}@{} asks for beyond the live {}: it asks for {}, the approval grants {}. Approve exactly what GET /v1/plugins shows as `needs_approval`",
         review.version, review.against, review.needs_approval, approved
     )]
     ApprovalMismatch {
         plugin: String,
-        review: Review,
-        approved: CapabilityDiff,
+        review: Box<Review>,
+        approved: Box<CapabilityDiff>,
     },
     #[error("{0}")]
     Invalid(String),
@@ -166,7 +166,7 @@ impl Plugins {
         if let Some(review) = self.review(name, version).await? {
             return Err(PluginsError::NeedsApproval {
                 plugin: name.to_owned(),
-                review,
+                review: Box::new(review),
             });
         }
         self.store
@@ -207,12 +207,12 @@ impl Plugins {
         if asked != *approved {
             return Err(PluginsError::ApprovalMismatch {
                 plugin: name.to_owned(),
-                review: Review {
+                review: Box::new(Review {
                     version: version.to_owned(),
                     against: live,
                     needs_approval: asked,
-                },
-                approved: approved.clone(),
+                }),
+                approved: Box::new(approved.clone()),
             });
         }
         self.store

@@ -33,6 +33,7 @@ impl From<RegistryError> for ApiError {
 
 impl From<PluginsError> for ApiError {
     fn from(error: PluginsError) -> Self {
+        let message = error.to_string();
         match error {
             PluginsError::Load(LoadError::Io(e)) => ApiError::Internal(e.to_string()),
             PluginsError::Load(e) => ApiError::invalid(e.to_string()),
@@ -40,29 +41,19 @@ impl From<PluginsError> for ApiError {
             // The store's messages name what is missing and what exists.
             PluginsError::Store(StoreError::NotFound(why)) => ApiError::NotFound(why),
             PluginsError::Store(e) => e.into(),
-            e @ PluginsError::NeedsApproval { .. } => {
-                let PluginsError::NeedsApproval { review, .. } = &e else {
-                    unreachable!("matched above")
-                };
-                ApiError::ConflictWith {
-                    code: "needs_approval",
-                    details: json!(review),
-                    message: e.to_string(),
-                }
-            }
-            e @ PluginsError::ApprovalMismatch { .. } => {
-                let PluginsError::ApprovalMismatch {
-                    review, approved, ..
-                } = &e
-                else {
-                    unreachable!("matched above")
-                };
-                ApiError::ConflictWith {
-                    code: "approval_mismatch",
-                    details: json!({ "review": review, "approved": approved }),
-                    message: e.to_string(),
-                }
-            }
+            // The details say what to approve: the client sends them back.
+            PluginsError::NeedsApproval { review, .. } => ApiError::ConflictWith {
+                code: "needs_approval",
+                message,
+                details: json!(review),
+            },
+            PluginsError::ApprovalMismatch {
+                review, approved, ..
+            } => ApiError::ConflictWith {
+                code: "approval_mismatch",
+                message,
+                details: json!({ "review": review, "approved": approved }),
+            },
             PluginsError::Invalid(why) => ApiError::invalid(why),
             PluginsError::Conflict(why) => ApiError::Conflict(why),
         }
