@@ -245,10 +245,17 @@ impl Plugins {
             };
             let grants = self.store.plugin_grants(&summary.name).await?;
             for version in &summary.versions {
-                let review = self
+                // A listing must not fail for one version this node cannot
+                // compare (its live version did not load here, say).
+                match self
                     .review_against(&summary.name, version, &state.live, grants.get(version))
-                    .await?;
-                reviews.extend(review.map(|r| (summary.name.clone(), r)));
+                    .await
+                {
+                    Ok(review) => reviews.extend(review.map(|r| (summary.name.clone(), r))),
+                    Err(e) => {
+                        tracing::warn!(plugin = %summary.name, version, error = %e, "cannot review this version here")
+                    }
+                }
             }
         }
         Ok(reviews)
