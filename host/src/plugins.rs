@@ -203,14 +203,20 @@ impl Plugins {
                 "{name}@{version} is live already; there is nothing to approve"
             )));
         }
-        let asked = self.asked(name, version, &live).await?;
-        if asked != *approved {
+        // Compared with what the review shows, earlier approvals deducted.
+        let grants = self.store.plugin_grants(name).await?;
+        let needs_approval = self
+            .review_against(name, version, &live, grants.get(version))
+            .await?
+            .map(|review| review.needs_approval)
+            .unwrap_or_default();
+        if needs_approval != *approved {
             return Err(PluginsError::ApprovalMismatch {
                 plugin: name.to_owned(),
                 review: Box::new(Review {
                     version: version.to_owned(),
                     against: live,
-                    needs_approval: asked,
+                    needs_approval,
                 }),
                 approved: Box::new(approved.clone()),
             });
