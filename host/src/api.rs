@@ -166,6 +166,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/plugins/{name}/activate", post(plugins::activate))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route(
+            "/v1/plugins/{name}/versions/{version}/approve",
+            post(plugins::approve),
+        )
+        .route(
             "/v1/bindings",
             get(plugins::list_bindings).post(plugins::create_binding),
         )

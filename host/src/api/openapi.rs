@@ -81,8 +81,15 @@ pub const OPERATIONS: &[Operation] = &[
         method: "post",
         path: "/v1/plugins/{name}/activate",
         scope: "admin",
-        summary: "Make an installed version live",
+        summary: "Make an installed version live (409 needs_approval when it asks for capabilities the live one lacks)",
         body: Some("Activate"),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/plugins/{name}/versions/{version}/approve",
+        scope: "admin",
+        summary: "Approve exactly what a version asks for beyond the live one (its review's needs_approval) and make it live",
+        body: Some("CapabilityDiff"),
     },
     Operation {
         method: "post",
@@ -550,6 +557,13 @@ fn schemas() -> Value {
             "channel": text, "purpose": { "enum": ["marketing", "transactional"] }, "status": { "enum": ["granted", "pending", "withdrawn"] },
             "source": text, "text_version": text, "ip": text, "user_agent": text } },
         "Component": { "type": "string", "format": "binary" },
+        "CapabilityDiff": { "type": "object", "additionalProperties": false, "properties": {
+            "imports": { "type": "array", "items": text, "description": "imported interfaces, e.g. wasi:http/outgoing-handler@0.2" },
+            "config": { "type": "array", "items": text, "description": "configuration keys" },
+            "http_hosts": { "type": "array", "items": text, "description": "outgoing HTTP hosts; * for any host a binding allows" },
+            "limits": { "type": "object", "additionalProperties": false, "properties": {
+                "fuel": { "type": "integer", "minimum": 0 }, "wall_time_ms": { "type": "integer", "minimum": 0 },
+                "memory_bytes": { "type": "integer", "minimum": 0 }, "max_output_bytes": { "type": "integer", "minimum": 0 } } } } },
         "Pull": { "type": "object", "additionalProperties": false, "required": ["reference"], "properties": {
             "reference": text, "activate": { "type": "boolean" } } },
         "TrustedKey": { "type": "object", "additionalProperties": false, "required": ["public_key", "publisher"], "properties": {

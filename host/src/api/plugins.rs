@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::plugins::{Plugins, PluginsError};
+use crate::plugins::{Plugins, PluginsError, Review};
+use crate::runtime::capabilities::CapabilityDiff;
 use crate::runtime::manifest::Manifest;
 use crate::runtime::registry::{Pin, RegistryError};
 use crate::runtime::{Limits, LoadError, World};
@@ -32,6 +33,7 @@ impl From<RegistryError> for ApiError {
 
 impl From<PluginsError> for ApiError {
     fn from(error: PluginsError) -> Self {
+        let message = error.to_string();
         match error {
             PluginsError::Load(LoadError::Io(e)) => ApiError::Internal(e.to_string()),
             PluginsError::Load(e) => ApiError::invalid(e.to_string()),
@@ -39,13 +41,47 @@ impl From<PluginsError> for ApiError {
             // The store's messages name what is missing and what exists.
             PluginsError::Store(StoreError::NotFound(why)) => ApiError::NotFound(why),
             PluginsError::Store(e) => e.into(),
+            // The details say what to approve: the client sends them back.
+            PluginsError::NeedsApproval { review, .. } => ApiError::ConflictWith {
+                code: "needs_approval",
+                message,
+                details: json!(review),
+            },
+            PluginsError::ApprovalMismatch {
+                review, approved, ..
+            } => ApiError::ConflictWith {
+                code: "approval_mismatch",
+                message,
+                details: json!({ "review": review, "approved": approved }),
+            },
+            PluginsError::Invalid(why) => ApiError::invalid(why),
+            PluginsError::Conflict(why) => ApiError::Conflict(why),
         }
     }
 }
 
+/// Installed plugins; each with `reviews`: the versions that wait for an
+/// admin to approve what they ask for beyond the live version.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(json!({ "plugins": state.pipeline.registry.list() })))
+    let reviews = plugins(&state).reviews().await?;
+    let listed: Vec<Value> = state
+        .pipeline
+        .registry
+        .list()
+        .into_iter()
+        .map(|summary| {
+            let mine: Vec<&Review> = reviews
+                .iter()
+                .filter(|(name, _)| *name == summary.name)
+                .map(|(_, review)| review)
+                .collect();
+            let mut shown = json!(summary);
+            shown["reviews"] = json!(mine);
+            shown
+        })
+        .collect();
+    Ok(Json(json!({ "plugins": listed })))
 }
 
 #[derive(Deserialize)]
@@ -90,7 +126,7 @@ pub async fn upload(
             .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?;
         (body.to_vec(), None)
     };
-    install_component(&state, bytes, sidecar, query.activate).await
+    install_component(&state, bytes, sidecar, query.activate, &caller.0.id).await
 }
 
 #[derive(Deserialize)]
@@ -130,7 +166,8 @@ pub async fn pull(
             crate::oci::OciError::Registry(detail) => ApiError::BadGateway(detail),
             e => bad(e),
         })?;
-    let (status, Json(mut answer)) = install_component(&state, bytes, None, body.activate).await?;
+    let (status, Json(mut answer)) =
+        install_component(&state, bytes, None, body.activate, &caller.0.id).await?;
     answer["reference"] = json!(reference.to_string());
     Ok((status, Json(answer)))
 }
@@ -143,6 +180,7 @@ async fn install_component(
     bytes: Vec<u8>,
     sidecar: Option<Vec<u8>>,
     activate: bool,
+    actor: &str,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let embedded = match crate::runtime::manifest::read_section(
         &bytes,
@@ -165,23 +203,36 @@ async fn install_component(
         }
     };
     let installed = plugins(state)
-        .upload(bytes, manifest.clone(), activate, "operator")
+        .upload(bytes, manifest.clone(), activate, actor)
         .await?;
+    // Held for review: installed (202 Accepted), live once an admin
+    // approves what it asks for.
     let status = if installed.unchanged {
         StatusCode::OK
+    } else if activate && installed.review.is_some() {
+        StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED
     };
-    Ok((
-        status,
-        Json(json!({
-            "plugin": installed.plugin.id(),
-            "world": manifest.world,
-            "sha256": installed.plugin.hash(),
-            "live": installed.live,
-            "signed_by": installed.plugin.signer().map(|s| &s.publisher),
-        })),
-    ))
+    let mut answer = json!({
+        "plugin": installed.plugin.id(),
+        "world": manifest.world,
+        "sha256": installed.plugin.hash(),
+        "live": installed.live,
+        "signed_by": installed.plugin.signer().map(|s| &s.publisher),
+        "review": installed.review,
+    });
+    if let Some(review) = &installed.review {
+        answer["message"] = json!(format!(
+            "installed, not live: {} asks for more than the live {}: {}. Approve exactly `review.needs_approval` with POST /v1/plugins/{}/versions/{}/approve",
+            installed.plugin.id(),
+            review.against,
+            review.needs_approval,
+            manifest.name,
+            manifest.version
+        ));
+    }
+    Ok((status, Json(answer)))
 }
 
 /// A body the server would not take: over the upload limit (413 naming
@@ -252,9 +303,26 @@ pub async fn activate(
     // Segments and scorers of the plugin are rebuilt and re-scored by
     // durable jobs the activation queued.
     let plugin = plugins(&state)
-        .activate(&name, &body.version, "operator")
+        .activate(&name, &body.version, &caller.0.id)
         .await?;
     Ok(Json(json!({ "live": plugin.id() })))
+}
+
+/// An admin approves what a version asks for beyond the live one and makes
+/// it live on every node. The body is the review's `needs_approval`,
+/// exactly: approving anything else (more, less, or against a live version
+/// that changed meanwhile) is refused, so what goes live is what was seen.
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    ApiJson(approved): ApiJson<CapabilityDiff>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let plugin = plugins(&state)
+        .approve(&name, &version, &approved, &caller.0.id)
+        .await?;
+    Ok(Json(json!({ "live": plugin.id(), "approved": approved })))
 }
 
 pub async fn rollback(
@@ -263,7 +331,8 @@ pub async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
-    let plugin = plugins(&state).rollback(&name, "operator", "").await?;
+    // The previous version was live before: it needs no review.
+    let plugin = plugins(&state).rollback(&name, &caller.0.id, "").await?;
     Ok(Json(json!({ "live": plugin.id() })))
 }
 
@@ -337,6 +406,7 @@ fn check_binding(state: &AppState, def: &BindingDef) -> Result<(), ApiError> {
         .check_config(def.config.keys().map(String::as_str))
         .map_err(|why| ApiError::invalid(format!("binding `{}`: {why}", def.name)))?;
     Limits::for_world(wanted)
+        .with_overrides(&plugin.manifest().limits)
         .with_overrides(&def.limits)
         .check_within(registry.runtime().limits())
         .map_err(|why| ApiError::invalid(format!("binding `{}` limits: {why}", def.name)))
