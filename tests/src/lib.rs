@@ -321,3 +321,27 @@ impl TempStore {
         }
     }
 }
+
+/// Stamps a test written as `async fn name(dialect: &'static str)` once per
+/// database, as `name::sqlite` and `name::postgres`: each dialect is its own
+/// test case, so a failure on one never hides the other's result.
+///
+/// ```ignore
+/// nachfass_tests::on_both_databases!(#[tokio::test] contacts_merge);
+/// ```
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(#[$attribute:meta])* $test:ident) => {
+        mod $test {
+            $(#[$attribute])*
+            async fn sqlite() {
+                super::$test("sqlite").await;
+            }
+
+            $(#[$attribute])*
+            async fn postgres() {
+                super::$test("postgres").await;
+            }
+        }
+    };
+}
