@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use nachfass::runtime::signature::{SignaturePolicy, TrustPolicy};
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod client;
 pub mod languages;
 pub mod server;
 

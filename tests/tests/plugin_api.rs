@@ -28,24 +28,8 @@ async fn call(
     body: Body,
     json_body: bool,
 ) -> (StatusCode, Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {key}"));
-    if json_body {
-        request = request.header("content-type", "application/json");
-    }
-    let response = router
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let content_type = json_body.then_some("application/json");
+    nachfass_tests::client::request(router, method, path, Some(key), content_type, body).await
 }
 
 async fn post_json(

@@ -31,20 +31,7 @@ async fn call(
     key: &str,
     body: Option<Json>,
 ) -> (StatusCode, Json) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {key}"));
-    let request = match body {
-        Some(body) => request
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
-        None => request.body(Body::empty()),
-    };
-    let response = router.clone().oneshot(request.unwrap()).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+    nachfass_tests::client::json(router, method, path, Some(key), body).await
 }
 
 async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static str) {
