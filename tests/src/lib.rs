@@ -327,7 +327,7 @@ impl TempStore {
 /// database, as `name::sqlite` and `name::postgres`: each dialect is its own
 /// test case, so a failure on one never hides the other's result.
 ///
-/// ```ignore
+/// ```text
 /// nachfass_tests::on_both_databases!(#[tokio::test] contacts_merge);
 /// ```
 #[macro_export]

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
@@ -18,7 +17,6 @@ use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
 use nachfass_tests::{DAY, database, guests, runtime};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 async fn call(
     router: &axum::Router,

@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
@@ -22,7 +20,6 @@ use nachfass::scoring::StageThresholds;
 use nachfass::store::{ContactInput, Scope};
 use nachfass_tests::{DAY, guests, runtime};
 use serde_json::{Value as Json, json};
-use tower::ServiceExt;
 
 async fn call(
     router: &axum::Router,

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
@@ -17,7 +16,6 @@ use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
 use nachfass_tests::{DAY, database, guests, runtime};
 use serde_json::Value;
-use tower::ServiceExt;
 
 async fn send(
     router: &axum::Router,
