@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// What counts as success; the denominator is always the variant's
 /// delivered messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AbMetric {
     Opened,
@@ -48,7 +48,7 @@ fn ninety_five() -> f64 {
     0.95
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariantResult {
     pub variant: String,
     pub trials: i64,
@@ -56,7 +56,7 @@ pub struct VariantResult {
     pub rate: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AbResult {
     pub step: String,
     pub metric: AbMetric,
