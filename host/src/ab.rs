@@ -3,50 +3,14 @@
 //! runner-up, and — when the step asks for it — promotion of a significant
 //! winner to all new sends, recorded with the figures that justified it.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::journeys::Journeys;
 use crate::journeys::definition::{JourneyDef, Step};
 use crate::kpis::{MessageKpis, journey_kpis};
+pub use crate::model::journey::{AbMetric, AbTest};
 use crate::store::StoreError;
-
-/// What counts as success; the denominator is always the variant's
-/// delivered messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AbMetric {
-    Opened,
-    #[default]
-    Clicked,
-    Responded,
-    Converted,
-}
-
-/// `"ab_test"` on a send step with variants.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AbTest {
-    #[serde(default)]
-    pub metric: AbMetric,
-    /// Delivered messages each compared variant needs first.
-    #[serde(default = "hundred")]
-    pub min_sample: i64,
-    /// 0.95: significant when p < 0.05 (two-sided).
-    #[serde(default = "ninety_five")]
-    pub confidence: f64,
-    /// Send only the winner from then on (a new journey version).
-    #[serde(default)]
-    pub auto_promote: bool,
-}
-
-fn hundred() -> i64 {
-    100
-}
-
-fn ninety_five() -> f64 {
-    0.95
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariantResult {

@@ -3,7 +3,7 @@
 //! binding (memberships kept, no score contribution) until an operator
 //! resumes it. Recorded in the audit log and as a metric.
 
-use crate::ingest::Pipeline;
+use crate::pipeline::Pipeline;
 use crate::plugins::Plugins;
 use crate::runtime::Plugin;
 use crate::runtime::breaker::Trip;

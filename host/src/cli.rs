@@ -1,8 +1,11 @@
 //! The `nachfass` command line.
 
+mod apply;
+mod binding;
 mod bundle;
 mod demo;
 mod plugin;
+mod remote;
 mod serve;
 mod trust;
 
@@ -43,6 +46,13 @@ pub enum Command {
     /// Publisher keys whose signed plugins this cluster accepts.
     #[command(subcommand)]
     Trust(trust::TrustCommand),
+    /// A running server's bindings (`--server`, key in NACHFASS_API_KEY).
+    #[command(subcommand)]
+    Binding(binding::BindingCommand),
+    /// Make a server hold the plugins, bindings and journeys kept as files
+    /// (`plugins/*.wasm`, `bindings/*.json`, `journeys/*.json`); applying
+    /// the same files twice changes nothing.
+    Apply(apply::ApplyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +89,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Demo(args) => demo::demo(args, cli.cache_dir, out).await,
         Command::Keys(KeysCommand::Create(args)) => serve::create_key(args, out).await,
         Command::Trust(command) => trust::run(command, out).await,
+        Command::Binding(command) => binding::run(command, out).await,
+        Command::Apply(args) => apply::run(args, out).await,
     }
 }
 

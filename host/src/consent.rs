@@ -266,7 +266,7 @@ async fn queue_confirmation(
         created_at: now,
         sent_at: None,
     };
-    crate::outbox::queue_in(tx, &entry, now).await?;
+    crate::store::journeys::queue_message_in(tx, &entry, now).await?;
     Ok(())
 }
 

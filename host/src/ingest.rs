@@ -1,27 +1,13 @@
 //! Ingest: store a touchpoint, then let it move the score and the segment
 //! memberships of its contact. Data flow: ingest → score → segment.
 
-use std::sync::Arc;
-
 use tracing::Instrument;
 
-use crate::clock::Clock;
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
-use crate::runtime::Registry;
-use crate::scoring::{self, StageThresholds};
+pub use crate::pipeline::Pipeline;
+use crate::scoring;
 use crate::segments;
-use crate::store::{
-    ContactInput, ContactRecord, EventInput, Ingested, MergeReport, Store, StoreError,
-};
-
-/// Everything an event passes through after it is stored.
-#[derive(Clone)]
-pub struct Pipeline {
-    pub store: Store,
-    pub registry: Arc<Registry>,
-    pub clock: Arc<dyn Clock>,
-    pub stages: StageThresholds,
-}
+use crate::store::{ContactInput, ContactRecord, EventInput, Ingested, MergeReport, StoreError};
 
 impl Pipeline {
     /// Stores the event; a new one (not a resend) is scored and the

@@ -10,7 +10,6 @@
 
 mod advance;
 pub mod condition;
-pub mod definition;
 pub mod ready_made;
 mod route;
 pub(crate) mod send;
@@ -32,6 +31,9 @@ use crate::store::jobs::{JobArgs, JobRegistry, RouteEvent};
 use crate::store::{BindingKind, JourneyVersion, StoreError};
 use crate::tracking::Tracking;
 
+/// The definition types are data (the model layer): policy and rendering
+/// read them below this layer.
+pub use crate::model::journey as definition;
 pub use definition::JourneyDef;
 pub use validate::Known;
 

@@ -3,6 +3,8 @@
 //! These are the JSON shapes of the API and the CLI; the runtime converts
 //! them to the WIT types at the plugin boundary.
 
+pub mod journey;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -6,53 +6,14 @@
 
 use tracing::Instrument;
 
-use serde::{Deserialize, Serialize};
-
 use crate::journeys::{Journeys, props};
 use crate::model::{Message, SendError, Value};
 use crate::runtime::World;
-use crate::store::jobs::{
-    ClaimedJob, JobArgs, JobOutcome, JobRegistry, backoff, enqueue_in, finish_in,
+use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in};
+use crate::store::journeys::{
+    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, record_in, settle_outbox_in,
 };
-use crate::store::journeys::{OutboxEntry, insert_outbox_in, record_in, settle_outbox_in};
 use crate::store::{BindingKind, StoreError};
-
-/// Queues a message with its delivery job, in the caller's transaction.
-/// Returns false when a message with the same idempotency key is queued
-/// already (then nothing is added).
-pub(crate) async fn queue_in(
-    tx: &mut sqlx::AnyConnection,
-    entry: &OutboxEntry,
-    now: i64,
-) -> Result<bool, StoreError> {
-    if !insert_outbox_in(tx, entry).await? {
-        return Ok(false);
-    }
-    let job = DeliverMessage {
-        outbox_id: entry.id.clone(),
-    };
-    enqueue_in(tx, &job, now, now).await?;
-    Ok(true)
-}
-
-/// Attempts before a message that keeps failing transiently is given up.
-pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;
-
-/// Hands an outbox entry to its channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeliverMessage {
-    pub outbox_id: String,
-}
-
-impl JobArgs for DeliverMessage {
-    const KIND: &'static str = "deliver";
-    /// The handler gives up itself at this count, recording why on the
-    /// message; the queue's own limit is the same.
-    const MAX_ATTEMPTS: i64 = MAX_DELIVERY_ATTEMPTS;
-    fn unique_key(&self) -> String {
-        format!("deliver:{}", self.outbox_id)
-    }
-}
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
     registry.register(|journeys, job, args: DeliverMessage| async move {

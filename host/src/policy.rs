@@ -6,7 +6,8 @@ use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::journeys::definition::{Duration, Purpose, SendWindow, Weekday, WhenBlocked};
+use crate::model::journey::{Duration, Purpose, SendWindow, Weekday, WhenBlocked};
+pub use crate::store::journeys::Suppression;
 
 /// At most `max` marketing messages per contact in any `per`, across all
 /// journeys and channels.
@@ -41,18 +42,6 @@ impl Default for Policy {
             default_timezone: chrono_tz::Europe::Berlin,
         }
     }
-}
-
-/// A reason never to send to a contact on a channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Suppression {
-    /// A channel kind (`email`), or `*` for all.
-    pub channel: String,
-    /// `unsubscribed`, `hard_bounced`, `complained`, `erased`, `objected`.
-    pub reason: String,
-    /// `marketing` or `all`.
-    pub scope: String,
-    pub at: i64,
 }
 
 impl Suppression {

@@ -6,7 +6,7 @@
 use minijinja::Environment;
 use serde::Serialize;
 
-use crate::journeys::definition::Template;
+use crate::model::journey::Template;
 use crate::model::{Contact, Event};
 
 /// What a template can read.

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::ingest::Pipeline;
 use crate::model::ActivityCount;
+use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, Plugin, World};
 use crate::scoring::runtime_binding;
 use crate::store::{BindingDef, BindingKind, ClaimedJob, StoreError};

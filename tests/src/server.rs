@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The debug binary `tests/run` builds before the tests.
+/// The debug binary `tests/run` builds before the tests: beside the test
+/// executable's `deps/` folder, wherever the target directory is
+/// (`CARGO_TARGET_DIR` included).
 pub fn binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nachfass");
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("nachfass")))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nachfass"));
     assert!(
         path.exists(),
         "{} is missing: run `tests/run` or `cargo build -p nachfass` first",

@@ -112,24 +112,26 @@ async fn components_arrive_with_or_without_their_manifest(dialect: &str) {
     assert_eq!(stored.len(), 1, "{dialect}");
     assert_eq!(stored[0].manifest, guests::ENGAGEMENT.manifest());
 
-    // Over the limit: 413 in the API's error shape, with the limit.
-    let (status, refused) =
-        send(&router, &admin, "application/wasm", vec![0; (16 << 20) + 1]).await;
+    // Over the limit (the component size limit plus room for a form's
+    // manifest): 413 in the API's error shape, with the limit.
+    let limit = nachfass::runtime::limits::DEFAULT_MAX_COMPONENT_BYTES
+        + nachfass::api::UPLOAD_OVERHEAD_BYTES;
+    let (status, refused) = send(&router, &admin, "application/wasm", vec![0; limit + 1]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
     assert_eq!(refused["error"]["code"], "too_large", "{refused}");
     assert_eq!(
         refused["error"]["details"]["limit_bytes"],
-        16 << 20,
+        limit,
         "{refused}"
     );
     assert!(
         refused["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("16777216 bytes"),
+            .contains(&format!("{limit} bytes")),
         "{refused}"
     );
-    let (content_type, body) = form(&[("component", &vec![0; (16 << 20) + 1])]);
+    let (content_type, body) = form(&[("component", &vec![0; limit + 1])]);
     let (status, refused) = send(&router, &admin, &content_type, body).await;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),

@@ -55,7 +55,7 @@ pub struct PluginList {
 }
 
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
-    summary = "Installed plugins with versions and the live one",
+    summary = "Installed plugins: versions (each with its sha256), the live and the previous one",
     security(("apiKey" = ["read"])),
     responses((status = 200, description = "The plugins", body = PluginList)))]
 pub async fn list(

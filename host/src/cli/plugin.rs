@@ -1,8 +1,10 @@
 //! `nachfass plugin new | build | check | test | embed-manifest | wit` (and,
-//! from `bundle`, `keygen | pack | verify | push | pull`).
+//! from `bundle`, `keygen | pack | verify | push | pull`; from `server`,
+//! `upload | activate | rollback | list` against a running server).
 
 mod js;
 mod python;
+pub(super) mod server;
 mod wit;
 
 use std::io::Write;
@@ -132,6 +134,8 @@ pub enum PluginCommand {
     },
     #[command(flatten)]
     Bundle(super::bundle::BundleCommand),
+    #[command(flatten)]
+    Server(server::ServerCommand),
 }
 
 pub async fn run(
@@ -141,6 +145,7 @@ pub async fn run(
 ) -> Result<(), CliError> {
     match command {
         PluginCommand::Bundle(command) => super::bundle::run(command, out).await,
+        PluginCommand::Server(command) => server::run(command, out).await,
         PluginCommand::New {
             world,
             name,

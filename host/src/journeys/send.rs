@@ -186,7 +186,7 @@ pub(super) async fn send(
     };
     // The key is unique: a second insert for the same step visit is the
     // same message, already queued.
-    if crate::outbox::queue_in(tx, &entry, now).await? {
+    if crate::store::journeys::queue_message_in(tx, &entry, now).await? {
         let mut properties = props(&base);
         properties.extend(props(&[
             ("binding", binding),

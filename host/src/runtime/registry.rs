@@ -104,6 +104,9 @@ pub struct PluginSummary {
     /// Each version's publisher if it was signed by a trusted key, `null`
     /// if unsigned.
     pub signed_by: BTreeMap<String, Option<String>>,
+    /// Each version's component hash (SHA-256 of the uploaded bytes), so a
+    /// deploy can tell an installed version from a new build of it.
+    pub sha256: BTreeMap<String, String>,
 }
 
 struct Slot {
@@ -393,6 +396,11 @@ impl Registry {
                                 plugin.signer().map(|s| s.publisher.clone()),
                             )
                         })
+                        .collect(),
+                    sha256: state
+                        .versions
+                        .iter()
+                        .map(|(version, plugin)| (version.to_string(), plugin.hash().to_owned()))
                         .collect(),
                 }
             })

@@ -8,9 +8,21 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
+use super::jobs::{JobArgs, enqueue_in};
 use super::{Dialect, Store, StoreError, new_id};
 use crate::model::{Contact, Event, Fields};
-use crate::policy::Suppression;
+
+/// A reason never to send to a contact on a channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// A channel kind (`email`), or `*` for all.
+    pub channel: String,
+    /// `unsubscribed`, `hard_bounced`, `complained`, `erased`, `objected`.
+    pub reason: String,
+    /// `marketing` or `all`.
+    pub scope: String,
+    pub at: i64,
+}
 
 /// One saved version of a journey.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -391,6 +403,43 @@ pub async fn update_run_in(conn: &mut AnyConnection, run: &Run) -> Result<(), St
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Queues a message with its delivery job, in the caller's transaction.
+/// Returns false when a message with the same idempotency key is queued
+/// already (then nothing is added).
+pub async fn queue_message_in(
+    tx: &mut AnyConnection,
+    entry: &OutboxEntry,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !insert_outbox_in(tx, entry).await? {
+        return Ok(false);
+    }
+    let job = DeliverMessage {
+        outbox_id: entry.id.clone(),
+    };
+    enqueue_in(tx, &job, now, now).await?;
+    Ok(true)
+}
+
+/// Attempts before a message that keeps failing transiently is given up.
+pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;
+
+/// Hands an outbox entry to its channel (the outbox's handler runs it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliverMessage {
+    pub outbox_id: String,
+}
+
+impl JobArgs for DeliverMessage {
+    const KIND: &'static str = "deliver";
+    /// The handler gives up itself at this count, recording why on the
+    /// message; the queue's own limit is the same.
+    const MAX_ATTEMPTS: i64 = MAX_DELIVERY_ATTEMPTS;
+    fn unique_key(&self) -> String {
+        format!("deliver:{}", self.outbox_id)
+    }
 }
 
 pub async fn insert_outbox_in(

@@ -167,7 +167,7 @@ pub enum Step {
         send_window: Option<SendWindow>,
         /// Compare the variants and, if asked, promote a significant winner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        ab_test: Option<crate::ab::AbTest>,
+        ab_test: Option<AbTest>,
         #[serde(default)]
         next: Option<String>,
     },
@@ -517,6 +517,43 @@ impl JourneyDef {
             None => self.steps.get(index + 1).map(|s| s.id().to_owned()),
         }
     }
+}
+
+/// What counts as success; the denominator is always the variant's
+/// delivered messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AbMetric {
+    Opened,
+    #[default]
+    Clicked,
+    Responded,
+    Converted,
+}
+
+/// `"ab_test"` on a send step with variants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbTest {
+    #[serde(default)]
+    pub metric: AbMetric,
+    /// Delivered messages each compared variant needs first.
+    #[serde(default = "hundred")]
+    pub min_sample: i64,
+    /// 0.95: significant when p < 0.05 (two-sided).
+    #[serde(default = "ninety_five")]
+    pub confidence: f64,
+    /// Send only the winner from then on (a new journey version).
+    #[serde(default)]
+    pub auto_promote: bool,
+}
+
+fn hundred() -> i64 {
+    100
+}
+
+fn ninety_five() -> f64 {
+    0.95
 }
 
 #[cfg(test)]
