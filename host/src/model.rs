@@ -79,7 +79,8 @@ impl From<Value> for serde_json::Value {
 /// The schema of [`Value`] in the OpenAPI document: any of its JSON forms.
 /// Written by hand because serde reads it through `serde_json::Value`;
 /// `ComposeSchema` is what utoipa's derives use for a field's type (and
-/// gives `PartialSchema`).
+/// gives `PartialSchema`). Fields of type [`Fields`] say `#[schema(inline)]`:
+/// an alias has no schema name of its own.
 impl utoipa::__dev::ComposeSchema for Value {
     fn compose(
         _generics: Vec<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
@@ -136,6 +137,7 @@ pub struct Contact {
     #[serde(default = "default_stage")]
     pub stage: String,
     #[serde(default)]
+    #[schema(inline)]
     pub attributes: Fields,
     #[serde(default)]
     pub segments: Vec<String>,
@@ -157,6 +159,7 @@ pub struct Event {
     pub kind: String,
     pub at: i64,
     #[serde(default)]
+    #[schema(inline)]
     pub properties: Fields,
 }
 

@@ -90,7 +90,7 @@ fn finish(document: &mut utoipa::openapi::OpenApi) {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
-                    "An API key from `nachfass key create`; its scopes (admin, write, read, ingest) decide what it may do",
+                    "An API key from `nachfass keys create`; its scopes (admin, write, read, ingest) decide what it may do",
                 ))
                 .build(),
         ),

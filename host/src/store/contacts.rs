@@ -31,6 +31,7 @@ pub struct ContactInput {
     #[serde(default)]
     pub timezone: Option<String>,
     #[serde(default)]
+    #[schema(inline)]
     pub attributes: Fields,
 }
 

@@ -22,6 +22,7 @@ pub struct EventInput {
     #[serde(default)]
     pub at: Option<i64>,
     #[serde(default)]
+    #[schema(inline)]
     pub properties: Fields,
     /// The sender's id for this event: a resend with the same id is
     /// recorded once.
