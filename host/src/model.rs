@@ -90,7 +90,8 @@ impl utoipa::__dev::ComposeSchema for Value {
             SchemaFormat, Type,
         };
         let of = |kind: Type| ObjectBuilder::new().schema_type(kind);
-        let int64 = || of(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
+        let int64 =
+            || of(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
         AnyOfBuilder::new()
             .item(of(Type::Null))
             .item(of(Type::Boolean))

@@ -346,7 +346,12 @@ async fn the_openapi_document_matches_the_routes() {
         for method in METHODS {
             let body = (method != "get" && method != "delete").then(|| "{}".to_owned());
             let (status, answer) = client
-                .send(&method.to_uppercase(), &concrete, Some(&admin), body.clone())
+                .send(
+                    &method.to_uppercase(),
+                    &concrete,
+                    Some(&admin),
+                    body.clone(),
+                )
                 .await;
             let Some(operation) = methods.get(method) else {
                 assert_eq!(
@@ -387,7 +392,12 @@ async fn the_openapi_document_matches_the_routes() {
                 "{method} {path} is documented as needing a key"
             );
             let (status, answer) = client
-                .send(&method.to_uppercase(), &concrete, Some(&keys[needed]), body.clone())
+                .send(
+                    &method.to_uppercase(),
+                    &concrete,
+                    Some(&keys[needed]),
+                    body.clone(),
+                )
                 .await;
             assert_ne!(
                 status,
@@ -397,7 +407,9 @@ async fn the_openapi_document_matches_the_routes() {
             // Events also take `write`; every other operation only its
             // scope (or admin).
             for (scope, key) in &keys {
-                if *scope == needed || *scope == "admin" || (needed == "ingest" && *scope == "write")
+                if *scope == needed
+                    || *scope == "admin"
+                    || (needed == "ingest" && *scope == "write")
                 {
                     continue;
                 }
@@ -414,7 +426,14 @@ async fn the_openapi_document_matches_the_routes() {
     }
     // Routes only come from `routes!` lists, which document them.
     let source = include_str!("../../host/src/api.rs");
-    for around in [".route(", ".route_service(", ".nest(", ".nest_service(", ".merge(", ".fallback"] {
+    for around in [
+        ".route(",
+        ".route_service(",
+        ".nest(",
+        ".nest_service(",
+        ".merge(",
+        ".fallback",
+    ] {
         assert!(
             !source.contains(around),
             "host/src/api.rs adds a route with `{around}`, outside the documented `routes!` lists"

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use super::error::ErrorBody;
 use crate::model::Contact;
 use crate::store::{ContactFilter, ContactInput, MergeReport, Scope};
 

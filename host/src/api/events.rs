@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::extract::{ApiQuery, Caller, json_value};
 use super::{ApiError, AppState, EventTimes, edge};
-use super::error::ErrorBody;
 use crate::model::Event;
 use crate::store::{EventInput, Scope};
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, Caller};
 use super::error::ErrorBody;
+use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState};
 use crate::consent::ConsentRequest;
 use crate::journeys::definition::{Purpose, Trigger};

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiQuery, Caller};
 use super::error::ErrorBody;
+use super::extract::{ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::ab::AbResult;
 use crate::kpis::JourneyKpis;

@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState};
-use super::error::ErrorBody;
 use crate::mailbox::{Delivered, Mailbox, MailboxMessage};
 use crate::model::Value as FieldValue;
 use crate::store::Scope;

@@ -119,7 +119,10 @@ fn operation_id(method: &str, path: &str) -> String {
     let words = path
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty());
-    std::iter::once(method).chain(words).collect::<Vec<_>>().join("_")
+    std::iter::once(method)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 fn add_errors(operation: &mut Operation) {

@@ -9,17 +9,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, ApiQuery, Caller};
 use super::error::ErrorBody;
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::runtime::registry::PluginSummary;
-use crate::store::tasks::TaskProgress;
-use crate::store::tracking::AuditEntry;
 use crate::plugins::{Plugins, PluginsError};
 use crate::runtime::manifest::Manifest;
+use crate::runtime::registry::PluginSummary;
 use crate::runtime::registry::{Pin, RegistryError};
 use crate::runtime::{Limits, LoadError, World};
+use crate::store::tasks::TaskProgress;
 use crate::store::tasks::{RESCORE, SEGMENT_REBUILD};
+use crate::store::tracking::AuditEntry;
 use crate::store::{BindingDef, BindingKind, Scope, StoreError};
 
 impl From<RegistryError> for ApiError {

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::extract::Caller;
 use super::error::ErrorBody;
+use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::privacy::{self, Erased};
 use crate::store::Scope;

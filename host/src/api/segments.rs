@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiQuery, Caller};
 use super::error::ErrorBody;
+use super::extract::{ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::store::tasks::TaskProgress;
 use crate::store::tasks::SEGMENT_REBUILD;
+use crate::store::tasks::TaskProgress;
 use crate::store::{BindingKind, Scope};
 
 /// The segment's binding, or 404.

@@ -10,8 +10,8 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use super::extract::Caller;
 use super::error::ErrorBody;
+use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::store::{BindingKind, Scope, ScoreEntry};
 

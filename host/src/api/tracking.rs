@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::extract::ApiBytes;
 use super::error::ErrorBody;
+use super::extract::ApiBytes;
 use super::{ApiError, AppState};
 use crate::model::{Callback, DeliveryStatus, Value as FieldValue};
 use crate::runtime::World;

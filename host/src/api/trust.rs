@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, Caller};
 use super::error::ErrorBody;
+use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState};
 use crate::runtime::signature::{PublicKey, SignaturePolicy};
 use crate::store::{Scope, TrustedKey};
@@ -38,10 +38,7 @@ pub async fn list(
         .runtime()
         .trust_policy()
         .map(|p| p.signatures);
-    Ok(Json(TrustedKeys {
-        signatures,
-        keys,
-    }))
+    Ok(Json(TrustedKeys { signatures, keys }))
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
