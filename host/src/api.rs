@@ -161,6 +161,7 @@ pub(crate) fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::pull))
         .routes(routes!(plugins::activate))
         .routes(routes!(plugins::rollback))
+        .routes(routes!(plugins::approve))
         .routes(routes!(plugins::list_bindings, plugins::create_binding))
         .routes(routes!(plugins::delete_binding, plugins::update_binding))
         .routes(routes!(plugins::resume_binding))

@@ -349,7 +349,8 @@ impl Journeys {
         if let Some(kind) = lock(&self.channel_kinds).get(plugin.id()) {
             return Ok(Some(kind.clone()));
         }
-        let runtime_binding = crate::scoring::runtime_binding(&def, crate::runtime::World::Channel);
+        let runtime_binding =
+            crate::scoring::runtime_binding(&def, crate::runtime::World::Channel, &plugin);
         let info = match plugin.describe(&runtime_binding, self.now()).await {
             Ok(info) => info,
             Err(e) => {

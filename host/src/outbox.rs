@@ -68,7 +68,7 @@ pub async fn deliver(
     };
     let message: Message = serde_json::from_str(&entry.message)
         .map_err(|e| StoreError::Invalid(format!("outbox entry {}: {e}", entry.id)))?;
-    let runtime_binding = crate::scoring::runtime_binding(&binding, World::Channel);
+    let runtime_binding = crate::scoring::runtime_binding(&binding, World::Channel, &plugin);
     let span = tracing::info_span!("deliver", binding = %entry.binding, message = %entry.idempotency_key, attempt = job.attempts);
     let answer = plugin
         .deliver(&runtime_binding, journeys.pipeline.clock.now(), &message)

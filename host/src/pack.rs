@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::runtime::LimitOverrides;
 use crate::runtime::manifest::{self, ConfigKey, Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,20 @@ pub fn manifest_from_toml(
             .map_err(|e: toml::de::Error| bad(format!("capabilities: {e}")))?,
         None => Vec::new(),
     };
+    let http_hosts: Vec<String> = match meta.get("http_hosts") {
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("http_hosts: {e}")))?,
+        None => Vec::new(),
+    };
+    let limits: LimitOverrides = match meta.get("limits") {
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("limits: {e}")))?,
+        None => LimitOverrides::default(),
+    };
     let author = field("authors")
         .and_then(|a| a.as_array().cloned())
         .unwrap_or_default()
@@ -109,6 +124,8 @@ pub fn manifest_from_toml(
         api: manifest::API_VERSION.to_owned(),
         config,
         capabilities,
+        http_hosts,
+        limits,
     };
     manifest.validate()?;
     Ok(manifest)
@@ -183,6 +200,12 @@ fn manifest_from_json_parts(
         serde_json::from_value(list("config")?).map_err(|e| format!("config: {e}"))?;
     let capabilities: Vec<String> =
         serde_json::from_value(list("capabilities")?).map_err(|e| format!("capabilities: {e}"))?;
+    let http_hosts: Vec<String> =
+        serde_json::from_value(list("http_hosts")?).map_err(|e| format!("http_hosts: {e}"))?;
+    let limits: LimitOverrides = match meta.get("limits") {
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("limits: {e}"))?,
+        None => LimitOverrides::default(),
+    };
     // `author = "A"` (package.json), `authors = [{name = "A"}]` (PEP 621),
     // or `{"name": "A"}` objects in either.
     let person = |v: &serde_json::Value| match v {
@@ -208,6 +231,8 @@ fn manifest_from_json_parts(
         api: manifest::API_VERSION.to_owned(),
         config,
         capabilities,
+        http_hosts,
+        limits,
     };
     manifest.validate().map_err(|e| e.to_string())?;
     Ok(manifest)

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod breaker;
 pub mod cache;
+pub mod capabilities;
 mod convert;
 pub mod error;
 pub mod limits;

@@ -10,11 +10,17 @@ use crate::store::{BindingDef, BindingKind, ClaimedJob, StoreError};
 
 pub use crate::stages::{STAGES, StageThresholds};
 
-pub(crate) fn runtime_binding(def: &BindingDef, world: World) -> Arc<Binding> {
+/// The sandbox's view of a binding of `plugin`: limits are the world's
+/// defaults, then what the plugin's manifest asks for (approved when that
+/// version went live), then the binding's own.
+pub(crate) fn runtime_binding(def: &BindingDef, world: World, plugin: &Plugin) -> Arc<Binding> {
     let mut binding = Binding::new(&def.name, world);
     binding.config = def.config.clone();
     binding.allow_http = def.allow_http.clone();
-    binding.limits = binding.limits.with_overrides(&def.limits);
+    binding.limits = binding
+        .limits
+        .with_overrides(&plugin.manifest().limits)
+        .with_overrides(&def.limits);
     Arc::new(binding)
 }
 
@@ -43,7 +49,7 @@ pub(crate) async fn score_event(
             tracing::warn!(binding = %def.name, plugin = %def.plugin, "scorer plugin not installed; skipped");
             continue;
         };
-        let binding = runtime_binding(&def, World::Scorer);
+        let binding = runtime_binding(&def, World::Scorer, &plugin);
         let answer = plugin
             .on_event(&binding, now, &contact, event, activity)
             .await;
@@ -90,7 +96,7 @@ pub(crate) async fn score_profile(
         if def.paused.is_some() {
             continue;
         }
-        let binding = runtime_binding(&def, World::Scorer);
+        let binding = runtime_binding(&def, World::Scorer, &plugin);
         profile_score(pipeline, &plugin, &binding, &mut contact, now).await?;
     }
     update_stage(pipeline, &contact, "profile.changed", now).await
@@ -178,7 +184,7 @@ pub async fn run_rescore_task(
         .registry
         .resolve(&def.plugin, def.version.as_deref())
         .ok_or_else(|| StoreError::Invalid(format!("plugin `{}` is not installed", def.plugin)))?;
-    let binding = runtime_binding(&def, World::Scorer);
+    let binding = runtime_binding(&def, World::Scorer, &plugin);
     store
         .set_task_total(task_id, store.count_contacts().await?, now)
         .await?;

@@ -34,7 +34,7 @@ pub(crate) async fn evaluate_contact(
             tracing::warn!(segment = %def.name, plugin = %def.plugin, "segment plugin not installed; skipped");
             continue;
         };
-        let binding = runtime_binding(&def, World::SegmentRule);
+        let binding = runtime_binding(&def, World::SegmentRule, &plugin);
         let answer = plugin.matches(&binding, now, &contact, activity).await;
         crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
         let member = match answer {
@@ -93,7 +93,7 @@ pub async fn rebuild(
     mut report: impl FnMut(&RebuildProgress),
 ) -> Result<RebuildProgress, StoreError> {
     let (def, plugin) = segment_plugin(pipeline, segment).await?;
-    let binding = runtime_binding(&def, World::SegmentRule);
+    let binding = runtime_binding(&def, World::SegmentRule, &plugin);
     let mut progress = RebuildProgress {
         total: pipeline.store.count_contacts().await?,
         ..Default::default()
@@ -232,7 +232,7 @@ pub async fn run_rebuild_task(
         store.finish_task(job, task_id, Some(&why), now).await?;
         return Ok(());
     }
-    let binding = runtime_binding(&def, World::SegmentRule);
+    let binding = runtime_binding(&def, World::SegmentRule, &plugin);
     store
         .set_task_total(task_id, store.count_contacts().await?, now)
         .await?;

@@ -205,7 +205,7 @@ async fn cost_per_language() {
         assert!(from_cache);
         let linker = sandbox::linker(engine, World::Scorer).unwrap();
         let pre = ScorerPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-        let state = CallState::new(plugin.id().into(), b.clone(), &b.limits, 10);
+        let state = CallState::new(plugin.id().into(), b.clone(), &[], &b.limits, 10);
         let mut store = sandbox::store(engine, state, &b.limits, runtime.limits());
         let scorer = pre.instantiate_async(&mut store).await.unwrap();
         sandbox::start_call_budget(&mut store, &b.limits.scaled(calls), runtime.limits());

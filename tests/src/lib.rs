@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use nachfass::runtime::signature::{SignaturePolicy, TrustPolicy};
 use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
+pub mod client;
 pub mod languages;
 pub mod server;
 
@@ -320,4 +321,28 @@ impl TempStore {
             let _ = admin.execute(drop).await;
         }
     }
+}
+
+/// Stamps a test written as `async fn name(dialect: &'static str)` once per
+/// database, as `name::sqlite` and `name::postgres`: each dialect is its own
+/// test case, so a failure on one never hides the other's result.
+///
+/// ```ignore
+/// nachfass_tests::on_both_databases!(#[tokio::test] contacts_merge);
+/// ```
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(#[$attribute:meta])* $test:ident) => {
+        mod $test {
+            $(#[$attribute])*
+            async fn sqlite() {
+                super::$test("sqlite").await;
+            }
+
+            $(#[$attribute])*
+            async fn postgres() {
+                super::$test("postgres").await;
+            }
+        }
+    };
 }

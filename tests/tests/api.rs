@@ -44,28 +44,9 @@ impl Client {
         key: Option<&str>,
         body: Option<String>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(key) = key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
-        let request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body)),
-            None => request.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        // JSON, or the text of a non-JSON answer (`/metrics`).
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, json)
+        let content_type = body.is_some().then_some("application/json");
+        let body = body.map_or_else(Body::empty, Body::from);
+        nachfass_tests::client::request(&self.router, method, path, key, content_type, body).await
     }
 
     async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
@@ -78,232 +59,240 @@ impl Client {
     }
 }
 
-#[tokio::test]
-async fn every_route_checks_the_key_and_its_scope() {
-    for (dialect, store, temp) in stores().await {
-        let (_, admin) = store
-            .create_api_key("admin", &[Scope::Admin], 0)
-            .await
-            .unwrap();
-        let (_, reader) = store
-            .create_api_key("reader", &[Scope::Read], 0)
-            .await
-            .unwrap();
-        let (_, ingest) = store
-            .create_api_key("site", &[Scope::Ingest], 0)
-            .await
-            .unwrap();
-        let client = Client::new(store.clone());
-        let (_, created) = client
-            .post(
-                "/v1/contacts",
-                &admin,
-                json!({ "email": "ada@acme.example" }),
-            )
-            .await;
-        let id = created["id"].as_str().unwrap().to_owned();
-        let routes = [
-            (
-                "POST",
-                "/v1/contacts".to_owned(),
-                Some(json!({ "email": "x@acme.example" })),
-                Scope::Write,
-            ),
-            ("GET", format!("/v1/contacts/{id}"), None, Scope::Read),
-            (
-                "GET",
-                format!("/v1/contacts/{id}/timeline"),
-                None,
-                Scope::Read,
-            ),
-            ("DELETE", format!("/v1/contacts/{id}"), None, Scope::Write),
-            (
-                "POST",
-                "/v1/events".to_owned(),
-                Some(json!({ "kind": "x", "email": "y@acme.example" })),
-                Scope::Ingest,
-            ),
-        ];
-        for (method, path, body, scope) in routes {
-            let body = body.map(|b| b.to_string());
-            let (status, error) = client.send(method, &path, None, body.clone()).await;
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{dialect} {method} {path}"
-            );
-            assert_eq!(error["error"]["code"], "unauthorized");
-            let (status, _) = client
-                .send(method, &path, Some("nf_forged"), body.clone())
-                .await;
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{dialect} {method} {path}"
-            );
-            let wrong = if scope == Scope::Read {
-                &ingest
-            } else {
-                &reader
-            };
-            let (status, error) = client.send(method, &path, Some(wrong), body).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "{dialect} {method} {path}");
-            assert!(
-                error["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("scope"),
-                "{error}"
-            );
-        }
-        temp.cleanup(store).await;
-    }
-}
-
-#[tokio::test]
-async fn contacts_dedupe_and_bad_input_changes_nothing() {
-    for (dialect, store, temp) in stores().await {
-        let (_, key) = store
-            .create_api_key("writer", &[Scope::Write, Scope::Read], 0)
-            .await
-            .unwrap();
-        let client = Client::new(store.clone());
-        let (status, first) = client
-            .post(
-                "/v1/contacts",
-                &key,
-                json!({ "email": " Ada@ACME.example", "attributes": { "industry": "software" } }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{dialect}");
-        let (status, second) = client
-            .post(
-                "/v1/contacts",
-                &key,
-                json!({ "email": "ada@acme.example", "attributes": { "employees": 250 } }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        assert_eq!(first["id"], second["id"]);
+async fn every_route_checks_the_key_and_its_scope(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let (_, reader) = store
+        .create_api_key("reader", &[Scope::Read], 0)
+        .await
+        .unwrap();
+    let (_, ingest) = store
+        .create_api_key("site", &[Scope::Ingest], 0)
+        .await
+        .unwrap();
+    let client = Client::new(store.clone());
+    let (_, created) = client
+        .post(
+            "/v1/contacts",
+            &admin,
+            json!({ "email": "ada@acme.example" }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let routes = [
+        (
+            "POST",
+            "/v1/contacts".to_owned(),
+            Some(json!({ "email": "x@acme.example" })),
+            Scope::Write,
+        ),
+        ("GET", format!("/v1/contacts/{id}"), None, Scope::Read),
+        (
+            "GET",
+            format!("/v1/contacts/{id}/timeline"),
+            None,
+            Scope::Read,
+        ),
+        ("DELETE", format!("/v1/contacts/{id}"), None, Scope::Write),
+        (
+            "POST",
+            "/v1/events".to_owned(),
+            Some(json!({ "kind": "x", "email": "y@acme.example" })),
+            Scope::Ingest,
+        ),
+    ];
+    for (method, path, body, scope) in routes {
+        let body = body.map(|b| b.to_string());
+        let (status, error) = client.send(method, &path, None, body.clone()).await;
         assert_eq!(
-            second["attributes"],
-            json!({ "industry": "software", "employees": 250 })
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{dialect} {method} {path}"
         );
-
-        let (status, error) = client
-            .post("/v1/contacts", &key, json!({ "mail": "x@acme.example" }))
+        assert_eq!(error["error"]["code"], "unauthorized");
+        let (status, _) = client
+            .send(method, &path, Some("nf_forged"), body.clone())
             .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{dialect} {method} {path}"
+        );
+        let wrong = if scope == Scope::Read {
+            &ingest
+        } else {
+            &reader
+        };
+        let (status, error) = client.send(method, &path, Some(wrong), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{dialect} {method} {path}");
         assert!(
             error["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("unknown field `mail`"),
+                .contains("scope"),
             "{error}"
         );
-        let (status, error) = client
-            .send(
-                "POST",
-                "/v1/contacts",
-                Some(&key),
-                Some("{\"email\": ".into()),
-            )
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{dialect}: {error}"
-        );
-        let (status, _) = client
-            .post("/v1/contacts", &key, json!({ "email": "nope" }))
-            .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        let (status, error) = client.get("/v1/contacts/c_missing", &key).await;
-        assert_eq!(
-            (status, error["error"]["code"].as_str()),
-            (StatusCode::NOT_FOUND, Some("not_found"))
-        );
-
-        let huge =
-            json!({ "email": "big@acme.example", "attributes": { "blob": "x".repeat(5 << 20) } });
-        let (status, _) = client.post("/v1/contacts", &key, huge).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
-        temp.cleanup(store).await;
     }
+    temp.cleanup(store).await;
 }
 
-#[tokio::test]
-async fn batches_keep_valid_items_and_resends_are_idempotent() {
-    for (dialect, store, temp) in stores().await {
-        let (_, site) = store
-            .create_api_key("site", &[Scope::Ingest], 0)
-            .await
-            .unwrap();
-        let (_, reader) = store
-            .create_api_key("reader", &[Scope::Read], 0)
-            .await
-            .unwrap();
-        let client = Client::new(store.clone());
-        let batch = json!({ "events": [
-            { "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" },
-            { "kind": "Bad Kind", "email": "eve@example.org" },
-            { "kind": "download", "email": "eve@example.org", "at": 20, "properties": { "asset": "wp.pdf" } },
-            { "kind": "download", "oops": true },
-            { "kind": "download" }
-        ]});
-        let (status, report) = client.post("/v1/events", &site, batch).await;
-        assert_eq!(status, StatusCode::MULTI_STATUS, "{dialect}: {report}");
-        assert_eq!(
-            (report["accepted"].as_i64(), report["rejected"].as_i64()),
-            (Some(2), Some(3))
-        );
-        assert!(
-            report["results"][1]["error"]
-                .as_str()
-                .unwrap()
-                .contains("event kind"),
-            "{report}"
-        );
-        assert!(
-            report["results"][3]["error"]
-                .as_str()
-                .unwrap()
-                .contains("unknown field `oops`"),
-            "{report}"
-        );
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    every_route_checks_the_key_and_its_scope
+);
 
-        let resend = json!({ "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" });
-        let (status, again) = client.post("/v1/events", &site, resend).await;
-        assert_eq!(
-            (status, again["duplicate"].as_bool()),
-            (StatusCode::OK, Some(true)),
-            "{dialect}"
-        );
-        let contact_id = again["event"]["contact_id"].as_str().unwrap().to_owned();
+async fn contacts_dedupe_and_bad_input_changes_nothing(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, key) = store
+        .create_api_key("writer", &[Scope::Write, Scope::Read], 0)
+        .await
+        .unwrap();
+    let client = Client::new(store.clone());
+    let (status, first) = client
+        .post(
+            "/v1/contacts",
+            &key,
+            json!({ "email": " Ada@ACME.example", "attributes": { "industry": "software" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dialect}");
+    let (status, second) = client
+        .post(
+            "/v1/contacts",
+            &key,
+            json!({ "email": "ada@acme.example", "attributes": { "employees": 250 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(
+        second["attributes"],
+        json!({ "industry": "software", "employees": 250 })
+    );
 
-        let (status, timeline) = client
-            .get(&format!("/v1/contacts/{contact_id}/timeline"), &reader)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        let kinds: Vec<&str> = timeline["events"]
-            .as_array()
+    let (status, error) = client
+        .post("/v1/contacts", &key, json!({ "mail": "x@acme.example" }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
             .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            kinds,
-            ["download", "page.visited"],
-            "newest first, the resend recorded once: {dialect}"
-        );
+            .contains("unknown field `mail`"),
+        "{error}"
+    );
+    let (status, error) = client
+        .send(
+            "POST",
+            "/v1/contacts",
+            Some(&key),
+            Some("{\"email\": ".into()),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{dialect}: {error}"
+    );
+    let (status, _) = client
+        .post("/v1/contacts", &key, json!({ "email": "nope" }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    let (status, error) = client.get("/v1/contacts/c_missing", &key).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 
-        let too_many =
-            json!({ "events": vec![json!({ "kind": "x", "email": "a@b.example" }); 1001] });
-        let (status, _) = client.post("/v1/events", &site, too_many).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        temp.cleanup(store).await;
-    }
+    let huge =
+        json!({ "email": "big@acme.example", "attributes": { "blob": "x".repeat(5 << 20) } });
+    let (status, _) = client.post("/v1/contacts", &key, huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    contacts_dedupe_and_bad_input_changes_nothing
+);
+
+async fn batches_keep_valid_items_and_resends_are_idempotent(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, site) = store
+        .create_api_key("site", &[Scope::Ingest], 0)
+        .await
+        .unwrap();
+    let (_, reader) = store
+        .create_api_key("reader", &[Scope::Read], 0)
+        .await
+        .unwrap();
+    let client = Client::new(store.clone());
+    let batch = json!({ "events": [
+        { "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" },
+        { "kind": "Bad Kind", "email": "eve@example.org" },
+        { "kind": "download", "email": "eve@example.org", "at": 20, "properties": { "asset": "wp.pdf" } },
+        { "kind": "download", "oops": true },
+        { "kind": "download" }
+    ]});
+    let (status, report) = client.post("/v1/events", &site, batch).await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{dialect}: {report}");
+    assert_eq!(
+        (report["accepted"].as_i64(), report["rejected"].as_i64()),
+        (Some(2), Some(3))
+    );
+    assert!(
+        report["results"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("event kind"),
+        "{report}"
+    );
+    assert!(
+        report["results"][3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `oops`"),
+        "{report}"
+    );
+
+    let resend = json!({ "kind": "page.visited", "email": "eve@example.org", "at": 10, "client_event_id": "v-1" });
+    let (status, again) = client.post("/v1/events", &site, resend).await;
+    assert_eq!(
+        (status, again["duplicate"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{dialect}"
+    );
+    let contact_id = again["event"]["contact_id"].as_str().unwrap().to_owned();
+
+    let (status, timeline) = client
+        .get(&format!("/v1/contacts/{contact_id}/timeline"), &reader)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    let kinds: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["download", "page.visited"],
+        "newest first, the resend recorded once: {dialect}"
+    );
+
+    let too_many = json!({ "events": vec![json!({ "kind": "x", "email": "a@b.example" }); 1001] });
+    let (status, _) = client.post("/v1/events", &site, too_many).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    batches_keep_valid_items_and_resends_are_idempotent
+);
 
 /// The path with every parameter filled in with something that exists nowhere.
 fn concrete(path: &str) -> String {
@@ -484,433 +473,440 @@ async fn the_openapi_document_is_valid() {
     temp.cleanup(store).await;
 }
 
-#[tokio::test]
-async fn contacts_list_with_filters_and_merge_moves_everything() {
-    for (dialect, store, temp) in stores().await {
-        let (_, key) = store
-            .create_api_key("writer", &[Scope::Write, Scope::Read, Scope::Ingest], 0)
-            .await
-            .unwrap();
-        let client = Client::new(store.clone());
-        for i in 0..5 {
-            client
-                .post(
-                    "/v1/contacts",
-                    &key,
-                    json!({ "email": format!("p{i}@liste.example") }),
-                )
-                .await;
-        }
-        let (_, first) = client
-            .post(
-                "/v1/events",
-                &key,
-                json!({ "kind": "signup", "email": "ada@liste.example", "at": 1 }),
-            )
-            .await;
-        let ada = first["event"]["contact_id"].as_str().unwrap().to_owned();
-        let (_, second) = client
-            .post(
-                "/v1/events",
-                &key,
-                json!({ "kind": "download", "external_id": "crm-2", "at": 2 }),
-            )
-            .await;
-        let dup = second["event"]["contact_id"].as_str().unwrap().to_owned();
+async fn contacts_list_with_filters_and_merge_moves_everything(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, key) = store
+        .create_api_key("writer", &[Scope::Write, Scope::Read, Scope::Ingest], 0)
+        .await
+        .unwrap();
+    let client = Client::new(store.clone());
+    for i in 0..5 {
         client
             .post(
                 "/v1/contacts",
                 &key,
-                json!({ "external_id": "crm-2", "attributes": { "company": "Fabrik AG" } }),
+                json!({ "email": format!("p{i}@liste.example") }),
             )
             .await;
-        let change = nachfass::model::ScoreChange {
-            delta: 5,
-            reasons: vec!["test".into()],
-        };
-        store
-            .apply_score(&dup, "manual", &change, None, 3)
-            .await
-            .unwrap();
-
-        let (status, page) = client.get("/v1/contacts?limit=4", &key).await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        assert_eq!(page["contacts"].as_array().unwrap().len(), 4, "{dialect}");
-        let after = page["next_after"].as_str().unwrap();
-        let (_, rest) = client
-            .get(&format!("/v1/contacts?limit=4&after={after}"), &key)
-            .await;
-        assert_eq!(
-            rest["contacts"].as_array().unwrap().len(),
-            3,
-            "7 contacts in all: {dialect}"
-        );
-        let (_, scored) = client.get("/v1/contacts?min_score=1", &key).await;
-        assert_eq!(scored["contacts"].as_array().unwrap().len(), 1, "{dialect}");
-        let (status, _) = client.get("/v1/contacts?colour=blue", &key).await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown filters are refused: {dialect}"
-        );
-
-        let (status, report) = client
-            .post(
-                &format!("/v1/contacts/{ada}/merge"),
-                &key,
-                json!({ "from": dup }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}: {report}");
-        assert_eq!(
-            (
-                report["events_moved"].as_u64(),
-                report["score_added"].as_i64()
-            ),
-            (Some(1), Some(5)),
-            "{dialect}"
-        );
-        let (_, merged) = client.get(&format!("/v1/contacts/{ada}"), &key).await;
-        assert_eq!(merged["external_id"], "crm-2", "{dialect}");
-        assert_eq!(merged["attributes"]["company"], "Fabrik AG", "{dialect}");
-        assert_eq!(merged["score"], 5, "{dialect}");
-        let (status, _) = client.get(&format!("/v1/contacts/{dup}"), &key).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{dialect}");
-        let (_, timeline) = client
-            .get(&format!("/v1/contacts/{ada}/timeline"), &key)
-            .await;
-        let kinds: Vec<&str> = timeline["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
-        assert_eq!(kinds, ["contact.merged", "download", "signup"], "{dialect}");
-        let (status, _) = client
-            .post(
-                &format!("/v1/contacts/{ada}/merge"),
-                &key,
-                json!({ "from": ada }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        temp.cleanup(store).await;
     }
+    let (_, first) = client
+        .post(
+            "/v1/events",
+            &key,
+            json!({ "kind": "signup", "email": "ada@liste.example", "at": 1 }),
+        )
+        .await;
+    let ada = first["event"]["contact_id"].as_str().unwrap().to_owned();
+    let (_, second) = client
+        .post(
+            "/v1/events",
+            &key,
+            json!({ "kind": "download", "external_id": "crm-2", "at": 2 }),
+        )
+        .await;
+    let dup = second["event"]["contact_id"].as_str().unwrap().to_owned();
+    client
+        .post(
+            "/v1/contacts",
+            &key,
+            json!({ "external_id": "crm-2", "attributes": { "company": "Fabrik AG" } }),
+        )
+        .await;
+    let change = nachfass::model::ScoreChange {
+        delta: 5,
+        reasons: vec!["test".into()],
+    };
+    store
+        .apply_score(&dup, "manual", &change, None, 3)
+        .await
+        .unwrap();
+
+    let (status, page) = client.get("/v1/contacts?limit=4", &key).await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    assert_eq!(page["contacts"].as_array().unwrap().len(), 4, "{dialect}");
+    let after = page["next_after"].as_str().unwrap();
+    let (_, rest) = client
+        .get(&format!("/v1/contacts?limit=4&after={after}"), &key)
+        .await;
+    assert_eq!(
+        rest["contacts"].as_array().unwrap().len(),
+        3,
+        "7 contacts in all: {dialect}"
+    );
+    let (_, scored) = client.get("/v1/contacts?min_score=1", &key).await;
+    assert_eq!(scored["contacts"].as_array().unwrap().len(), 1, "{dialect}");
+    let (status, _) = client.get("/v1/contacts?colour=blue", &key).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown filters are refused: {dialect}"
+    );
+
+    let (status, report) = client
+        .post(
+            &format!("/v1/contacts/{ada}/merge"),
+            &key,
+            json!({ "from": dup }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}: {report}");
+    assert_eq!(
+        (
+            report["events_moved"].as_u64(),
+            report["score_added"].as_i64()
+        ),
+        (Some(1), Some(5)),
+        "{dialect}"
+    );
+    let (_, merged) = client.get(&format!("/v1/contacts/{ada}"), &key).await;
+    assert_eq!(merged["external_id"], "crm-2", "{dialect}");
+    assert_eq!(merged["attributes"]["company"], "Fabrik AG", "{dialect}");
+    assert_eq!(merged["score"], 5, "{dialect}");
+    let (status, _) = client.get(&format!("/v1/contacts/{dup}"), &key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{dialect}");
+    let (_, timeline) = client
+        .get(&format!("/v1/contacts/{ada}/timeline"), &key)
+        .await;
+    let kinds: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["contact.merged", "download", "signup"], "{dialect}");
+    let (status, _) = client
+        .post(
+            &format!("/v1/contacts/{ada}/merge"),
+            &key,
+            json!({ "from": ada }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    temp.cleanup(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clients_never_see_a_failed_ingest() {
-    for (dialect, store, temp) in stores().await {
-        let (_, key) = store
-            .create_api_key("site", &[Scope::Ingest], 0)
-            .await
-            .unwrap();
-        let client = Arc::new(Client::new(store.clone()));
-        let mut tasks = Vec::new();
-        for worker in 0..8 {
-            let (client, key) = (client.clone(), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                for i in 0..15 {
-                    // The same few new identities from every worker at once.
-                    let event = json!({ "kind": "page.visited", "email": format!("race{}@example.org", i % 3),
-                                        "client_event_id": format!("w{worker}-{i}") });
-                    statuses.push(client.post("/v1/events", &key, event).await);
-                }
-                statuses
-            }));
-        }
-        for task in tasks {
-            for (status, body) in task.await.unwrap() {
-                assert_eq!(status, StatusCode::CREATED, "{dialect}: {body}");
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    contacts_list_with_filters_and_merge_moves_everything
+);
+
+async fn concurrent_clients_never_see_a_failed_ingest(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, key) = store
+        .create_api_key("site", &[Scope::Ingest], 0)
+        .await
+        .unwrap();
+    let client = Arc::new(Client::new(store.clone()));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (client, key) = (client.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..15 {
+                // The same few new identities from every worker at once.
+                let event = json!({ "kind": "page.visited", "email": format!("race{}@example.org", i % 3),
+                                    "client_event_id": format!("w{worker}-{i}") });
+                statuses.push(client.post("/v1/events", &key, event).await);
             }
-        }
-        let contacts = store.list_contacts(&Default::default()).await.unwrap();
-        assert_eq!(contacts.len(), 3, "one contact per identity: {dialect}");
-        temp.cleanup(store).await;
+            statuses
+        }));
     }
+    for task in tasks {
+        for (status, body) in task.await.unwrap() {
+            assert_eq!(status, StatusCode::CREATED, "{dialect}: {body}");
+        }
+    }
+    let contacts = store.list_contacts(&Default::default()).await.unwrap();
+    assert_eq!(contacts.len(), 3, "one contact per identity: {dialect}");
+    temp.cleanup(store).await;
 }
 
-#[tokio::test]
-async fn journeys_are_validated_versioned_and_enrolled_over_http() {
-    for (dialect, store, temp) in stores().await {
-        let (_, admin) = store
-            .create_api_key("admin", &[Scope::Admin], 0)
-            .await
-            .unwrap();
-        let (_, reader) = store
-            .create_api_key("reader", &[Scope::Read], 0)
-            .await
-            .unwrap();
-        let hook = nachfass::store::BindingDef {
-            name: "mail-hook".into(),
-            kind: nachfass::store::BindingKind::Channel,
-            plugin: "webhook".into(),
-            config: Default::default(),
-            allow_http: vec!["127.0.0.1:9".into()],
-            limits: Default::default(),
-            paused: None,
-            version: None,
-        };
-        store.create_binding(&hook, 0).await.unwrap();
-        let client = Client::new(store.clone());
-        let put = |body: String, key: String| {
-            let client = &client;
-            async move {
-                client
-                    .send("PUT", "/v1/journeys/nurture", Some(&key), Some(body))
-                    .await
-            }
-        };
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    concurrent_clients_never_see_a_failed_ingest
+);
 
-        let (status, answer) = put("{\"name\": ".into(), admin.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        assert!(
-            answer["error"]["message"].as_str().unwrap().contains("EOF"),
-            "{dialect}: {answer}"
-        );
-
-        let broken = json!({ "name": "nurture", "trigger": { "segment_entered": "nope" }, "steps": [
-            { "id": "a", "type": "send", "binding": "sms", "template": { "text": "{{ x" }, "next": "ghost" },
-            { "id": "b", "type": "branch", "condition": { "score_at_least": 1 }, "then": "b", "else": "a" } ] });
-        let (status, answer) = put(broken.to_string(), admin.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        let problems = answer["error"]["details"]["problems"].to_string();
-        for expected in [
-            "unknown segment `nope`",
-            "missing binding `sms`",
-            "unknown step target `ghost`",
-            "does not parse",
-        ] {
-            assert!(
-                problems.contains(expected),
-                "{dialect}: {expected} in {problems}"
-            );
+async fn journeys_are_validated_versioned_and_enrolled_over_http(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let (_, reader) = store
+        .create_api_key("reader", &[Scope::Read], 0)
+        .await
+        .unwrap();
+    let hook = nachfass::store::BindingDef {
+        name: "mail-hook".into(),
+        kind: nachfass::store::BindingKind::Channel,
+        plugin: "webhook".into(),
+        config: Default::default(),
+        allow_http: vec!["127.0.0.1:9".into()],
+        limits: Default::default(),
+        paused: None,
+        version: None,
+    };
+    store.create_binding(&hook, 0).await.unwrap();
+    let client = Client::new(store.clone());
+    let put = |body: String, key: String| {
+        let client = &client;
+        async move {
+            client
+                .send("PUT", "/v1/journeys/nurture", Some(&key), Some(body))
+                .await
         }
-        assert_eq!(
-            store.latest_journeys().await.unwrap().len(),
-            0,
-            "{dialect}: nothing saved"
-        );
+    };
 
-        let mut good = json!({ "name": "nurture", "trigger": "manual", "steps": [
-            { "id": "hello", "type": "send", "binding": "mail-hook", "template": { "subject": "Hallo", "text": "Hallo {{ contact.email }}" } } ] });
-        let (status, _) = put(good.to_string(), reader.clone()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{dialect}");
-        let (status, saved) = put(good.to_string(), admin.clone()).await;
-        assert_eq!(
-            (status, saved["version"].as_i64()),
-            (StatusCode::CREATED, Some(1)),
-            "{dialect}"
-        );
-        let (status, saved) = put(good.to_string(), admin.clone()).await;
-        assert_eq!(
-            (status, saved["created"].as_bool()),
-            (StatusCode::OK, Some(false)),
-            "{dialect}"
-        );
-        good["steps"][0]["template"]["subject"] = json!("Guten Tag");
-        let (_, saved) = put(good.to_string(), admin.clone()).await;
-        assert_eq!(saved["version"], 2, "{dialect}");
-        let (_, v1) = client.get("/v1/journeys/nurture/versions/1", &reader).await;
-        assert_eq!(
-            v1["definition"]["steps"][0]["template"]["subject"], "Hallo",
-            "{dialect}"
-        );
+    let (status, answer) = put("{\"name\": ".into(), admin.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("EOF"),
+        "{dialect}: {answer}"
+    );
 
-        let (status, contact) = client
-            .post(
-                "/v1/contacts",
-                &admin,
-                json!({ "email": "ada@b2b.example" }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{dialect}");
-        let id = contact["id"].as_str().unwrap().to_owned();
-        let enroll = json!({ "contact_id": id });
-        let (status, first) = client
-            .post("/v1/journeys/nurture/enroll", &admin, enroll.clone())
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{dialect}");
+    let broken = json!({ "name": "nurture", "trigger": { "segment_entered": "nope" }, "steps": [
+        { "id": "a", "type": "send", "binding": "sms", "template": { "text": "{{ x" }, "next": "ghost" },
+        { "id": "b", "type": "branch", "condition": { "score_at_least": 1 }, "then": "b", "else": "a" } ] });
+    let (status, answer) = put(broken.to_string(), admin.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    let problems = answer["error"]["details"]["problems"].to_string();
+    for expected in [
+        "unknown segment `nope`",
+        "missing binding `sms`",
+        "unknown step target `ghost`",
+        "does not parse",
+    ] {
         assert!(
-            first["run_id"].as_str().unwrap().starts_with("r_"),
-            "{dialect}"
+            problems.contains(expected),
+            "{dialect}: {expected} in {problems}"
         );
-        let (status, second) = client
-            .post("/v1/journeys/nurture/enroll", &admin, enroll)
-            .await;
-        assert_eq!(
-            (status, &second["run_id"]),
-            (StatusCode::OK, &Value::Null),
-            "{dialect}: one open run"
-        );
-        let (status, preview) = client
-            .post(
-                "/v1/journeys/nurture/preview",
-                &admin,
-                json!({ "contact_id": id, "step": "hello" }),
-            )
-            .await;
-        assert_eq!(
-            (status, preview["text"].as_str()),
-            (StatusCode::OK, Some("Hallo ada@b2b.example")),
-            "{dialect}"
-        );
-        assert_eq!(
-            preview["subject"], "Guten Tag",
-            "{dialect}: the latest version"
-        );
-        let (status, _) = client
-            .post(
-                "/v1/journeys/nurture/preview",
-                &admin,
-                json!({ "contact_id": id, "step": "nope" }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        let (_, runs) = client
-            .get(&format!("/v1/contacts/{id}/journeys"), &reader)
-            .await;
-        assert_eq!(runs["runs"][0]["version"], 2, "{dialect}");
-        let (_, queue) = client.get("/v1/scheduler", &reader).await;
-        assert_eq!(
-            queue["jobs"]["due"], 1,
-            "{dialect}: the run's first step waits for the scheduler"
-        );
-
-        let (status, _) = client
-            .send(
-                "PUT",
-                &format!("/v1/contacts/{id}/consents"),
-                Some(&admin),
-                Some(json!({ "channel": "email", "status": "maybe" }).to_string()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
-        let consent = json!({ "channel": "email", "status": "granted", "source": "signup form", "ip": "192.0.2.7" });
-        let (status, answer) = client
-            .send(
-                "PUT",
-                &format!("/v1/contacts/{id}/consents"),
-                Some(&admin),
-                Some(consent.to_string()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        assert_eq!(answer["consents"][0]["purpose"], "marketing", "{dialect}");
-
-        let (status, _) = client
-            .send(
-                "PATCH",
-                &format!("/v1/contacts/{id}"),
-                Some(&admin),
-                Some(json!({ "attributes": { "first_name": "Ada" } }).to_string()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        let (status, _) = client
-            .post(&format!("/v1/contacts/{id}/object"), &admin, json!({}))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        let (status, _) = client
-            .get(&format!("/v1/contacts/{id}/export"), &reader)
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::FORBIDDEN,
-            "{dialect}: an export needs admin"
-        );
-        let (status, export) = client
-            .get(&format!("/v1/contacts/{id}/export"), &admin)
-            .await;
-        assert_eq!(
-            (status, &export["contact"]["attributes"]["first_name"]),
-            (StatusCode::OK, &json!("Ada")),
-            "{dialect}"
-        );
-        assert_eq!(export["suppressions"][0]["reason"], "objected", "{dialect}");
-        let (_, audit) = client
-            .get(&format!("/v1/contacts/{id}/audit"), &admin)
-            .await;
-        let actions: Vec<&str> = audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["action"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            actions,
-            ["consent.granted", "rectified", "objected", "exported"],
-            "{dialect}"
-        );
-        assert_eq!(
-            audit["entries"][1]["detail"]["fields"],
-            json!(["first_name"]),
-            "{dialect}"
-        );
-        let (status, metrics) = client.get("/metrics", &reader).await;
-        let metrics = metrics.as_str().unwrap_or_default().to_owned();
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        for expected in [
-            "nachfass_http_requests_total{method=\"PUT\",route=\"/v1/journeys/{name}\",status=\"201\"}",
-            "nachfass_scheduler_jobs{state=\"due\"} ",
-            "nachfass_scheduler_lag_seconds ",
-            "nachfass_events_ingested_total ",
-            // Latency as real histograms with buckets, not a summary.
-            "# TYPE nachfass_http_request_duration_seconds histogram",
-            "nachfass_http_request_duration_seconds_bucket{method=\"PUT\",route=\"/v1/journeys/{name}\",le=\"0.005\"}",
-            "# TYPE nachfass_plugin_call_duration_seconds histogram",
-            "nachfass_plugin_calls_total{plugin=\"",
-        ] {
-            assert!(
-                metrics.contains(expected),
-                "{dialect}: {expected} in\n{metrics}"
-            );
-        }
-        let (_, templates) = client.get("/v1/journey-templates", &reader).await;
-        assert_eq!(
-            templates["templates"].as_array().unwrap().len(),
-            9,
-            "{dialect}"
-        );
-        let (status, _) = client
-            .post(
-                "/v1/journey-templates/cart-abandonment/install",
-                &admin,
-                json!({ "binding": "nope" }),
-            )
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{dialect}: the binding must exist"
-        );
-        let (status, installed) = client
-            .post(
-                "/v1/journey-templates/cart-abandonment/install",
-                &admin,
-                json!({ "binding": "mail-hook", "name": "warenkorb" }),
-            )
-            .await;
-        assert_eq!(
-            (status, &installed["name"]),
-            (StatusCode::CREATED, &json!("warenkorb")),
-            "{dialect}"
-        );
-        let (_, list) = client.get("/v1/journeys", &reader).await;
-        let names: Vec<&str> = list["journeys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["nurture", "warenkorb"], "{dialect}");
-        let (status, _) = client
-            .post("/v1/journeys/warenkorb/stop", &admin, json!({}))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{dialect}");
-        let (_, shown) = client.get("/v1/journeys/warenkorb", &reader).await;
-        assert_eq!(shown["active"], false, "{dialect}");
-        temp.cleanup(store).await;
     }
+    assert_eq!(
+        store.latest_journeys().await.unwrap().len(),
+        0,
+        "{dialect}: nothing saved"
+    );
+
+    let mut good = json!({ "name": "nurture", "trigger": "manual", "steps": [
+        { "id": "hello", "type": "send", "binding": "mail-hook", "template": { "subject": "Hallo", "text": "Hallo {{ contact.email }}" } } ] });
+    let (status, _) = put(good.to_string(), reader.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{dialect}");
+    let (status, saved) = put(good.to_string(), admin.clone()).await;
+    assert_eq!(
+        (status, saved["version"].as_i64()),
+        (StatusCode::CREATED, Some(1)),
+        "{dialect}"
+    );
+    let (status, saved) = put(good.to_string(), admin.clone()).await;
+    assert_eq!(
+        (status, saved["created"].as_bool()),
+        (StatusCode::OK, Some(false)),
+        "{dialect}"
+    );
+    good["steps"][0]["template"]["subject"] = json!("Guten Tag");
+    let (_, saved) = put(good.to_string(), admin.clone()).await;
+    assert_eq!(saved["version"], 2, "{dialect}");
+    let (_, v1) = client.get("/v1/journeys/nurture/versions/1", &reader).await;
+    assert_eq!(
+        v1["definition"]["steps"][0]["template"]["subject"], "Hallo",
+        "{dialect}"
+    );
+
+    let (status, contact) = client
+        .post(
+            "/v1/contacts",
+            &admin,
+            json!({ "email": "ada@b2b.example" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dialect}");
+    let id = contact["id"].as_str().unwrap().to_owned();
+    let enroll = json!({ "contact_id": id });
+    let (status, first) = client
+        .post("/v1/journeys/nurture/enroll", &admin, enroll.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dialect}");
+    assert!(
+        first["run_id"].as_str().unwrap().starts_with("r_"),
+        "{dialect}"
+    );
+    let (status, second) = client
+        .post("/v1/journeys/nurture/enroll", &admin, enroll)
+        .await;
+    assert_eq!(
+        (status, &second["run_id"]),
+        (StatusCode::OK, &Value::Null),
+        "{dialect}: one open run"
+    );
+    let (status, preview) = client
+        .post(
+            "/v1/journeys/nurture/preview",
+            &admin,
+            json!({ "contact_id": id, "step": "hello" }),
+        )
+        .await;
+    assert_eq!(
+        (status, preview["text"].as_str()),
+        (StatusCode::OK, Some("Hallo ada@b2b.example")),
+        "{dialect}"
+    );
+    assert_eq!(
+        preview["subject"], "Guten Tag",
+        "{dialect}: the latest version"
+    );
+    let (status, _) = client
+        .post(
+            "/v1/journeys/nurture/preview",
+            &admin,
+            json!({ "contact_id": id, "step": "nope" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    let (_, runs) = client
+        .get(&format!("/v1/contacts/{id}/journeys"), &reader)
+        .await;
+    assert_eq!(runs["runs"][0]["version"], 2, "{dialect}");
+    let (_, queue) = client.get("/v1/scheduler", &reader).await;
+    assert_eq!(
+        queue["jobs"]["due"], 1,
+        "{dialect}: the run's first step waits for the scheduler"
+    );
+
+    let (status, _) = client
+        .send(
+            "PUT",
+            &format!("/v1/contacts/{id}/consents"),
+            Some(&admin),
+            Some(json!({ "channel": "email", "status": "maybe" }).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{dialect}");
+    let consent = json!({ "channel": "email", "status": "granted", "source": "signup form", "ip": "192.0.2.7" });
+    let (status, answer) = client
+        .send(
+            "PUT",
+            &format!("/v1/contacts/{id}/consents"),
+            Some(&admin),
+            Some(consent.to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    assert_eq!(answer["consents"][0]["purpose"], "marketing", "{dialect}");
+
+    let (status, _) = client
+        .send(
+            "PATCH",
+            &format!("/v1/contacts/{id}"),
+            Some(&admin),
+            Some(json!({ "attributes": { "first_name": "Ada" } }).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    let (status, _) = client
+        .post(&format!("/v1/contacts/{id}/object"), &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    let (status, _) = client
+        .get(&format!("/v1/contacts/{id}/export"), &reader)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "{dialect}: an export needs admin"
+    );
+    let (status, export) = client
+        .get(&format!("/v1/contacts/{id}/export"), &admin)
+        .await;
+    assert_eq!(
+        (status, &export["contact"]["attributes"]["first_name"]),
+        (StatusCode::OK, &json!("Ada")),
+        "{dialect}"
+    );
+    assert_eq!(export["suppressions"][0]["reason"], "objected", "{dialect}");
+    let (_, audit) = client
+        .get(&format!("/v1/contacts/{id}/audit"), &admin)
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["consent.granted", "rectified", "objected", "exported"],
+        "{dialect}"
+    );
+    assert_eq!(
+        audit["entries"][1]["detail"]["fields"],
+        json!(["first_name"]),
+        "{dialect}"
+    );
+    let (status, metrics) = client.get("/metrics", &reader).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    for expected in [
+        "nachfass_http_requests_total{method=\"PUT\",route=\"/v1/journeys/{name}\",status=\"201\"}",
+        "nachfass_scheduler_jobs{state=\"due\"} ",
+        "nachfass_scheduler_lag_seconds ",
+        "nachfass_events_ingested_total ",
+        // Latency as real histograms with buckets, not a summary.
+        "# TYPE nachfass_http_request_duration_seconds histogram",
+        "nachfass_http_request_duration_seconds_bucket{method=\"PUT\",route=\"/v1/journeys/{name}\",le=\"0.005\"}",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{dialect}: {expected} in\n{metrics}"
+        );
+    }
+    let (_, templates) = client.get("/v1/journey-templates", &reader).await;
+    assert_eq!(
+        templates["templates"].as_array().unwrap().len(),
+        9,
+        "{dialect}"
+    );
+    let (status, _) = client
+        .post(
+            "/v1/journey-templates/cart-abandonment/install",
+            &admin,
+            json!({ "binding": "nope" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{dialect}: the binding must exist"
+    );
+    let (status, installed) = client
+        .post(
+            "/v1/journey-templates/cart-abandonment/install",
+            &admin,
+            json!({ "binding": "mail-hook", "name": "warenkorb" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &installed["name"]),
+        (StatusCode::CREATED, &json!("warenkorb")),
+        "{dialect}"
+    );
+    let (_, list) = client.get("/v1/journeys", &reader).await;
+    let names: Vec<&str> = list["journeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nurture", "warenkorb"], "{dialect}");
+    let (status, _) = client
+        .post("/v1/journeys/warenkorb/stop", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dialect}");
+    let (_, shown) = client.get("/v1/journeys/warenkorb", &reader).await;
+    assert_eq!(shown["active"], false, "{dialect}");
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    journeys_are_validated_versioned_and_enrolled_over_http
+);

@@ -66,20 +66,15 @@ async fn call(
     key: &str,
     body: Body,
 ) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(body)
-        .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    nachfass_tests::client::request(
+        router,
+        method,
+        path,
+        Some(key),
+        Some("application/json"),
+        body,
     )
+    .await
 }
 
 async fn upload(s: &Setup, guest: nachfass_tests::Guest) {
@@ -442,6 +437,15 @@ async fn the_breaker_pauses_a_binding_without_a_previous_version(dialect: &str) 
         metrics.contains("nachfass_plugin_breaker_trips_total{binding=\"flaky\",plugin=\"flaky-scorer\",version=\"2.0.0\"}"),
         "{metrics}"
     );
+    // Plugin calls per version and outcome, and their latency as a
+    // histogram with buckets.
+    for expected in [
+        "nachfass_plugin_calls_total{plugin=\"flaky-scorer\",version=\"2.0.0\",outcome=\"trap\"}",
+        "# TYPE nachfass_plugin_call_duration_seconds histogram",
+        "nachfass_plugin_call_duration_seconds_bucket{plugin=\"flaky-scorer\",version=\"2.0.0\",function=\"on-event\",le=\"0.001\"}",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
 
     // Resumed, healthy events score again.
     let (status, resumed) = call(

@@ -290,7 +290,20 @@ async fn the_breaker_rolls_back_on_every_node_postgres() {
     let healthy = embed(&guests::VERSION_TAG.bytes(), &healthy).unwrap();
     assert_eq!(upload(port_a, &key, &healthy).0, 201);
     let flaky = std::fs::read(guests::FLAKY_SCORER.packed()).unwrap();
-    assert_eq!(upload(port_a, &key, &flaky).0, 201);
+    // It reads a configuration key the healthy one does not: an admin
+    // approves that before it goes live.
+    let (status, held) = upload(port_a, &key, &flaky);
+    assert_eq!(status, 202, "{held}");
+    let (status, approved) = post(
+        port_a,
+        &key,
+        &format!(
+            "/v1/plugins/flaky-scorer/versions/{}/approve",
+            held["review"]["version"].as_str().unwrap()
+        ),
+        held["review"]["needs_approval"].clone(),
+    );
+    assert_eq!(status, 200, "{approved}");
     let (status, bound) = post(
         port_a,
         &key,

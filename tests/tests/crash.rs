@@ -63,16 +63,19 @@ impl Dice {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn journeys_survive_sigkill_without_losing_or_repeating_a_step() {
-    for (dialect, database, temp) in nachfass_tests::databases().await {
-        let nodes = if dialect == "postgres" { 2 } else { 1 };
-        let report = crash_run(&database, nodes).await;
-        eprintln!("crash test, {dialect}, {nodes} node(s): {report}");
-        let store = Store::connect(&database).await.unwrap();
-        temp.cleanup(store).await;
-    }
+async fn journeys_survive_sigkill_without_losing_or_repeating_a_step(dialect: &'static str) {
+    let (database, temp) = nachfass_tests::database(dialect).await;
+    let nodes = if dialect == "postgres" { 2 } else { 1 };
+    let report = crash_run(&database, nodes).await;
+    eprintln!("crash test, {dialect}, {nodes} node(s): {report}");
+    let store = Store::connect(&database).await.unwrap();
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    journeys_survive_sigkill_without_losing_or_repeating_a_step
+);
 
 async fn crash_run(database: &str, nodes: usize) -> String {
     let seed = std::time::SystemTime::now()

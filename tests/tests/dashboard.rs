@@ -18,11 +18,12 @@ use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
+use nachfass::runtime::manifest::embed;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
-use nachfass_tests::server::{free_port, http};
+use nachfass_tests::server::{free_port, http, http_bytes};
 use nachfass_tests::{HttpSink, guests, runtime, stores};
 use serde_json::{Value, json};
 
@@ -284,6 +285,31 @@ async fn the_dashboard_shows_what_the_api_created() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // An upgrade that wants one more host waits for approval.
+    for (version, hosts, expected) in [
+        ("1.0.0", vec!["a.example"], 201),
+        ("1.1.0", vec!["a.example", "b.example"], 202),
+    ] {
+        let mut manifest = guests::WEBHOOK.manifest();
+        manifest.name = "relay".into();
+        manifest.version = version.into();
+        manifest.http_hosts = hosts.into_iter().map(str::to_owned).collect();
+        let bytes = embed(&guests::WEBHOOK.bytes(), &manifest).unwrap();
+        let key = key.clone();
+        let (status, answer) = tokio::task::spawn_blocking(move || {
+            http_bytes(
+                port,
+                "POST",
+                "/v1/plugins",
+                Some(&key),
+                "application/wasm",
+                &bytes,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, expected, "{answer}");
+    }
     let base = format!("http://127.0.0.1:{port}");
     let key_for_browser = key.clone();
     tokio::task::spawn_blocking(move || {
@@ -358,6 +384,25 @@ async fn the_dashboard_shows_what_the_api_created() {
             "{plugins}"
         );
         browser.screenshot("plugins");
+        // The pending review shows what the upgrade asks for; Approve
+        // grants exactly that and the version goes live.
+        let review = browser.wait_until("document.querySelector('[data-review=\"relay@1.1.0\"]')");
+        assert!(
+            review.contains("Wartet auf Genehmigung") && review.contains("HTTP-Ziele: b.example"),
+            "{review}"
+        );
+        browser.screenshot("plugin-review");
+        browser.script("document.querySelector('[data-review=\"relay@1.1.0\"] button').click()");
+        browser.wait_until("!document.getElementById('reviews') && document.getElementById('plugins')");
+        let (status, listed) = http(port, "GET", "/v1/plugins", Some(&key_for_browser), None);
+        assert_eq!(status, 200);
+        let relay = listed["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "relay")
+            .unwrap();
+        assert_eq!(relay["live"], "1.1.0", "approved in the dashboard: {relay}");
 
         // Journeys edited where operators look: install a ready-made one,
         // break and fix its definition (problems inline, flow redrawn as

@@ -22,7 +22,7 @@ use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
 use nachfass_tests::server::free_port;
-use nachfass_tests::{DAY, TempStore, guests, runtime, stores};
+use nachfass_tests::{DAY, TempStore, guests, runtime};
 
 const HOUR: i64 = 60 * 60 * 1000;
 /// Monday 2026-11-23, 10:00 in Berlin.
@@ -275,17 +275,15 @@ impl World {
     }
 }
 
-async fn worlds() -> Vec<(&'static str, World)> {
+/// A world on one database with the SMTP connector installed.
+async fn world(dialect: &'static str) -> World {
     let registry = Arc::new(Registry::new(runtime()));
     registry
         .install_file(&guests::SMTP_EMAIL.packed(), Activation::Now)
         .await
         .unwrap();
-    let mut worlds = Vec::new();
-    for (dialect, store, temp) in stores().await {
-        worlds.push((dialect, World::new(store, temp, registry.clone()).await));
-    }
-    worlds
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    World::new(store, temp, registry).await
 }
 
 fn link(html: &str, marker: &str) -> String {
@@ -298,298 +296,311 @@ fn link(html: &str, marker: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn cart_abandonment_mails_are_personal_multipart_and_tracked() {
-    for (dialect, w) in worlds().await {
-        w.install("cart-abandonment").await;
-        let joerg = w.contact("joerg@kunde.example", "Jörg").await;
-        w.ingest(
-            "joerg@kunde.example",
-            "cart.abandoned",
-            &[
-                ("total", "129.00"),
-                ("cart_url", "https://shop.example/cart/77"),
-            ],
-        )
+async fn cart_abandonment_mails_are_personal_multipart_and_tracked(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.install("cart-abandonment").await;
+    let joerg = w.contact("joerg@kunde.example", "Jörg").await;
+    w.ingest(
+        "joerg@kunde.example",
+        "cart.abandoned",
+        &[
+            ("total", "129.00"),
+            ("cart_url", "https://shop.example/cart/77"),
+        ],
+    )
+    .await;
+    w.pass(HOUR).await;
+    let mails = w.mails_to("joerg@kunde.example");
+    assert_eq!(mails.len(), 1, "{dialect}");
+    let mail = &mails[0];
+    let key = w.store.contact_outbox(&joerg).await.unwrap()[0]
+        .idempotency_key
+        .clone();
+    assert_eq!(
+        mail.header("Message-ID"),
+        Some(format!("<{key}@shop.example>")),
+        "{dialect}"
+    );
+    assert_eq!(
+        mail.header("List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click"),
+        "{dialect}"
+    );
+    assert!(
+        mail.header("List-Unsubscribe")
+            .unwrap()
+            .starts_with("<https://t.shop.example/u/"),
+        "{dialect}"
+    );
+    assert!(
+        mail.header("Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative"),
+        "{dialect}"
+    );
+    let parts = mail.parts();
+    assert!(
+        parts[0].starts_with("Hallo Jörg,"),
+        "{dialect}: {}",
+        parts[0]
+    );
+    assert!(parts[0].contains("über 129.00 €"), "{dialect}");
+    assert!(
+        !parts[1].contains("shop.example/cart/77"),
+        "{dialect}: the link is tracked"
+    );
+
+    // Open twice, click once: unique vs total, and the click lands on the cart.
+    let pixel = link(&parts[1], "<img src=\"");
+    let click = link(&parts[1], "<a href=\"");
+    assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
+    assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
+    let (status, location) = w.follow("GET", &click).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (302, Some("https://shop.example/cart/77")),
+        "{dialect}"
+    );
+    let events = w.store.timeline(&joerg, 200, None).await.unwrap();
+    let count = |kind: &str, unique: Option<bool>| {
+        events
+            .iter()
+            .filter(|e| {
+                e.kind == kind
+                    && unique.is_none_or(|u| e.properties.get("unique") == Some(&Value::Boolean(u)))
+            })
+            .count()
+    };
+    assert_eq!(
+        (
+            count("email.opened", None),
+            count("email.opened", Some(true))
+        ),
+        (2, 1),
+        "{dialect}"
+    );
+    assert_eq!(count("email.clicked", None), 1, "{dialect}");
+
+    // A purchase ends it: no second reminder.
+    w.ingest("joerg@kunde.example", "purchase", &[]).await;
+    w.pass(24 * HOUR).await;
+    assert_eq!(w.mails_to("joerg@kunde.example").len(), 1, "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    cart_abandonment_mails_are_personal_multipart_and_tracked
+);
+
+async fn welcome_nurture_branches_on_real_clicks_and_one_click_unsubscribe_ends_it(
+    dialect: &'static str,
+) {
+    let w = world(dialect).await;
+    w.install("welcome-nurture").await;
+    let ada = w.contact("ada@b2b.example", "Ada").await;
+    let bob = w.contact("bob@b2b.example", "Bob").await;
+    for email in ["ada@b2b.example", "bob@b2b.example"] {
+        w.ingest(email, "signup", &[]).await;
+    }
+    w.pass(2 * DAY).await;
+    // The tips mail: Ada clicks through, Bob unsubscribes with one click.
+    let tips = &w.mails_to("ada@b2b.example")[1];
+    let click = link(&tips.parts()[1], "<a href=\"");
+    assert_eq!(
+        w.follow("GET", &click).await.1.as_deref(),
+        Some("https://beispiel.example/tipps"),
+        "{dialect}"
+    );
+    let bobs = w.mails_to("bob@b2b.example");
+    let unsubscribe = bobs[1]
+        .header("List-Unsubscribe")
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_owned();
+    assert_eq!(w.follow("POST", &unsubscribe).await.0, 200, "{dialect}");
+    w.pass(5 * DAY).await;
+    let subjects: Vec<String> = w
+        .mails_to("ada@b2b.example")
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert_eq!(subjects.len(), 3, "{dialect}: {subjects:?}");
+    assert_eq!(
+        subjects[2], "Wie andere Teams es machen",
+        "{dialect}: the clicker gets the case study"
+    );
+    assert_eq!(
+        w.mails_to("bob@b2b.example").len(),
+        2,
+        "{dialect}: nothing after the unsubscribe"
+    );
+    let runs = w.store.contact_runs(&bob).await.unwrap();
+    assert_eq!(
+        (runs[0].status.as_str(), runs[0].exit_reason.as_deref()),
+        ("exited", Some("email.unsubscribed")),
+        "{dialect}"
+    );
+    assert_eq!(
+        w.store.contact_runs(&ada).await.unwrap()[0].status,
+        "exited",
+        "{dialect}: finished by its exit step"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    welcome_nurture_branches_on_real_clicks_and_one_click_unsubscribe_ends_it
+);
+
+async fn a_refused_mail_is_retried_with_the_same_message_id(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.install("post-purchase-thank-you").await;
+    w.ingest("eva+retry@shop.example", "purchase", &[("order_id", "A-7")])
         .await;
-        w.pass(HOUR).await;
-        let mails = w.mails_to("joerg@kunde.example");
-        assert_eq!(mails.len(), 1, "{dialect}");
-        let mail = &mails[0];
-        let key = w.store.contact_outbox(&joerg).await.unwrap()[0]
-            .idempotency_key
-            .clone();
-        assert_eq!(
-            mail.header("Message-ID"),
-            Some(format!("<{key}@shop.example>")),
-            "{dialect}"
-        );
-        assert_eq!(
-            mail.header("List-Unsubscribe-Post").as_deref(),
-            Some("List-Unsubscribe=One-Click"),
-            "{dialect}"
-        );
-        assert!(
-            mail.header("List-Unsubscribe")
-                .unwrap()
-                .starts_with("<https://t.shop.example/u/"),
-            "{dialect}"
-        );
-        assert!(
-            mail.header("Content-Type")
-                .unwrap()
-                .starts_with("multipart/alternative"),
-            "{dialect}"
-        );
-        let parts = mail.parts();
-        assert!(
-            parts[0].starts_with("Hallo Jörg,"),
-            "{dialect}: {}",
-            parts[0]
-        );
-        assert!(parts[0].contains("über 129.00 €"), "{dialect}");
-        assert!(
-            !parts[1].contains("shop.example/cart/77"),
-            "{dialect}: the link is tracked"
-        );
-
-        // Open twice, click once: unique vs total, and the click lands on the cart.
-        let pixel = link(&parts[1], "<img src=\"");
-        let click = link(&parts[1], "<a href=\"");
-        assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
-        assert_eq!(w.follow("GET", &pixel).await.0, 200, "{dialect}");
-        let (status, location) = w.follow("GET", &click).await;
-        assert_eq!(
-            (status, location.as_deref()),
-            (302, Some("https://shop.example/cart/77")),
-            "{dialect}"
-        );
-        let events = w.store.timeline(&joerg, 200, None).await.unwrap();
-        let count = |kind: &str, unique: Option<bool>| {
-            events
-                .iter()
-                .filter(|e| {
-                    e.kind == kind
-                        && unique
-                            .is_none_or(|u| e.properties.get("unique") == Some(&Value::Boolean(u)))
-                })
-                .count()
-        };
-        assert_eq!(
-            (
-                count("email.opened", None),
-                count("email.opened", Some(true))
-            ),
-            (2, 1),
-            "{dialect}"
-        );
-        assert_eq!(count("email.clicked", None), 1, "{dialect}");
-
-        // A purchase ends it: no second reminder.
-        w.ingest("joerg@kunde.example", "purchase", &[]).await;
-        w.pass(24 * HOUR).await;
-        assert_eq!(w.mails_to("joerg@kunde.example").len(), 1, "{dialect}");
-        w.close().await;
-    }
+    assert_eq!(
+        w.smtp.messages(true).len(),
+        1,
+        "{dialect}: the first attempt got 451"
+    );
+    assert!(w.mails_to("eva+retry@shop.example").is_empty(), "{dialect}");
+    w.pass(HOUR).await;
+    let accepted = w.mails_to("eva+retry@shop.example");
+    assert_eq!(accepted.len(), 1, "{dialect}");
+    let refused = &w.smtp.messages(true)[0];
+    assert_eq!(
+        accepted[0].header("Message-ID"),
+        refused.header("Message-ID"),
+        "{dialect}"
+    );
+    assert!(
+        accepted[0].header("List-Unsubscribe").is_none(),
+        "{dialect}: transactional mail has none"
+    );
+    assert_eq!(
+        accepted[0].parts()[0].lines().next(),
+        Some("Guten Tag,"),
+        "{dialect}: a missing name gets a neutral greeting"
+    );
+    w.close().await;
 }
 
-#[tokio::test]
-async fn welcome_nurture_branches_on_real_clicks_and_one_click_unsubscribe_ends_it() {
-    for (dialect, w) in worlds().await {
-        w.install("welcome-nurture").await;
-        let ada = w.contact("ada@b2b.example", "Ada").await;
-        let bob = w.contact("bob@b2b.example", "Bob").await;
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_refused_mail_is_retried_with_the_same_message_id
+);
+
+async fn double_opt_in_grants_consent_only_after_the_click(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.install("content-follow-up").await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
         for email in ["ada@b2b.example", "bob@b2b.example"] {
-            w.ingest(email, "signup", &[]).await;
+            ids.push(w.ingest(email, "contact.imported", &[]).await);
         }
-        w.pass(2 * DAY).await;
-        // The tips mail: Ada clicks through, Bob unsubscribes with one click.
-        let tips = &w.mails_to("ada@b2b.example")[1];
-        let click = link(&tips.parts()[1], "<a href=\"");
-        assert_eq!(
-            w.follow("GET", &click).await.1.as_deref(),
-            Some("https://beispiel.example/tipps"),
-            "{dialect}"
-        );
-        let bobs = w.mails_to("bob@b2b.example");
-        let unsubscribe = bobs[1]
-            .header("List-Unsubscribe")
-            .unwrap()
-            .trim_matches(['<', '>'])
-            .to_owned();
-        assert_eq!(w.follow("POST", &unsubscribe).await.0, 200, "{dialect}");
-        w.pass(5 * DAY).await;
-        let subjects: Vec<String> = w
-            .mails_to("ada@b2b.example")
-            .iter()
-            .map(|m| m.header("Subject").unwrap())
-            .collect();
-        assert_eq!(subjects.len(), 3, "{dialect}: {subjects:?}");
-        assert_eq!(
-            subjects[2], "Wie andere Teams es machen",
-            "{dialect}: the clicker gets the case study"
-        );
-        assert_eq!(
-            w.mails_to("bob@b2b.example").len(),
-            2,
-            "{dialect}: nothing after the unsubscribe"
-        );
-        let runs = w.store.contact_runs(&bob).await.unwrap();
-        assert_eq!(
-            (runs[0].status.as_str(), runs[0].exit_reason.as_deref()),
-            ("exited", Some("email.unsubscribed")),
-            "{dialect}"
-        );
-        assert_eq!(
-            w.store.contact_runs(&ada).await.unwrap()[0].status,
-            "exited",
-            "{dialect}: finished by its exit step"
-        );
-        w.close().await;
-    }
-}
-
-#[tokio::test]
-async fn a_refused_mail_is_retried_with_the_same_message_id() {
-    for (dialect, w) in worlds().await {
-        w.install("post-purchase-thank-you").await;
-        w.ingest("eva+retry@shop.example", "purchase", &[("order_id", "A-7")])
-            .await;
-        assert_eq!(
-            w.smtp.messages(true).len(),
-            1,
-            "{dialect}: the first attempt got 451"
-        );
-        assert!(w.mails_to("eva+retry@shop.example").is_empty(), "{dialect}");
-        w.pass(HOUR).await;
-        let accepted = w.mails_to("eva+retry@shop.example");
-        assert_eq!(accepted.len(), 1, "{dialect}");
-        let refused = &w.smtp.messages(true)[0];
-        assert_eq!(
-            accepted[0].header("Message-ID"),
-            refused.header("Message-ID"),
-            "{dialect}"
-        );
-        assert!(
-            accepted[0].header("List-Unsubscribe").is_none(),
-            "{dialect}: transactional mail has none"
-        );
-        assert_eq!(
-            accepted[0].parts()[0].lines().next(),
-            Some("Guten Tag,"),
-            "{dialect}: a missing name gets a neutral greeting"
-        );
-        w.close().await;
-    }
-}
-
-#[tokio::test]
-async fn double_opt_in_grants_consent_only_after_the_click() {
-    for (dialect, w) in worlds().await {
-        w.install("content-follow-up").await;
-        let ids: Vec<String> = {
-            let mut ids = Vec::new();
-            for email in ["ada@b2b.example", "bob@b2b.example"] {
-                ids.push(w.ingest(email, "contact.imported", &[]).await);
-            }
-            ids
+        ids
+    };
+    for id in &ids {
+        let asked = nachfass::consent::ConsentRequest {
+            channel: "email".into(),
+            purpose: "marketing".into(),
+            binding: "mail".into(),
+            source: Some("newsletter form".into()),
+            text_version: Some("2026-11".into()),
+            ip: Some("192.0.2.10".into()),
+            user_agent: Some("Firefox".into()),
         };
-        for id in &ids {
-            let asked = nachfass::consent::ConsentRequest {
-                channel: "email".into(),
-                purpose: "marketing".into(),
-                binding: "mail".into(),
-                source: Some("newsletter form".into()),
-                text_version: Some("2026-11".into()),
-                ip: Some("192.0.2.10".into()),
-                user_agent: Some("Firefox".into()),
-            };
-            nachfass::consent::request(&w.journeys, id, &asked, "k_site")
-                .await
-                .unwrap();
-        }
-        w.scheduler.run_until_idle().await.unwrap();
-        let confirmation = &w.mails_to("ada@b2b.example")[0];
-        let link = confirmation.parts()[0]
-            .lines()
-            .find(|l| l.starts_with("https://t.shop.example/c/"))
-            .unwrap()
-            .to_owned();
-        assert!(
-            confirmation.header("List-Unsubscribe").is_none(),
-            "{dialect}"
-        );
-
-        // Pending consent is no consent: the download follow-up is skipped.
-        w.ingest("ada@b2b.example", "download", &[("title", "Leitfaden")])
-            .await;
-        assert_eq!(w.mails_to("ada@b2b.example").len(), 1, "{dialect}");
-        let forged = format!("{}0", &link[..link.len() - 1]);
-        let forged = if forged == link {
-            format!("{}1", &link[..link.len() - 1])
-        } else {
-            forged
-        };
-        assert_eq!(w.follow("GET", &forged).await.0, 404, "{dialect}");
-        assert_eq!(w.follow("POST", &forged).await.0, 404, "{dialect}");
-        // The link shows a page (a mail filter's scanner may fetch it);
-        // only its button, a POST, confirms.
-        assert_eq!(w.follow("GET", &link).await.0, 200, "{dialect}");
-        assert_eq!(
-            w.store.consents(&ids[0]).await.unwrap()[0].status,
-            "pending",
-            "{dialect}"
-        );
-        assert_eq!(w.follow("POST", &link).await.0, 200, "{dialect}");
-        let consents = w.store.consents(&ids[0]).await.unwrap();
-        assert_eq!(consents[0].status, "granted", "{dialect}");
-        assert!(
-            consents[0]
-                .source
-                .as_deref()
-                .unwrap()
-                .contains("double opt-in confirmed"),
-            "{dialect}"
-        );
-        w.pass(7 * DAY).await;
-        w.ingest("ada@b2b.example", "download", &[("title", "Checkliste")])
-            .await;
-        let subjects: Vec<String> = w
-            .mails_to("ada@b2b.example")
-            .iter()
-            .map(|m| m.header("Subject").unwrap())
-            .collect();
-        assert_eq!(
-            subjects.last().unwrap(),
-            "Ihr Download: Checkliste",
-            "{dialect}: {subjects:?}"
-        );
-
-        // Bob never clicks: one reminder after a day, expiry after a week.
-        let bobs = w.mails_to("bob@b2b.example");
-        assert_eq!(bobs.len(), 2, "{dialect}: confirmation and one reminder");
-        let bob_link = bobs[0].parts()[0]
-            .lines()
-            .find(|l| l.starts_with("https://t.shop.example/c/"))
-            .unwrap()
-            .to_owned();
-        assert_eq!(
-            w.follow("GET", &bob_link).await.0,
-            410,
-            "{dialect}: expired"
-        );
-        assert_eq!(
-            w.store.consents(&ids[1]).await.unwrap()[0].status,
-            "expired",
-            "{dialect}"
-        );
-        let audit = w.store.audit_entries(&ids[0]).await.unwrap();
-        let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
-        assert_eq!(
-            actions,
-            ["consent.requested", "consent.confirmed"],
-            "{dialect}"
-        );
-        w.close().await;
+        nachfass::consent::request(&w.journeys, id, &asked, "k_site")
+            .await
+            .unwrap();
     }
+    w.scheduler.run_until_idle().await.unwrap();
+    let confirmation = &w.mails_to("ada@b2b.example")[0];
+    let link = confirmation.parts()[0]
+        .lines()
+        .find(|l| l.starts_with("https://t.shop.example/c/"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        confirmation.header("List-Unsubscribe").is_none(),
+        "{dialect}"
+    );
+
+    // Pending consent is no consent: the download follow-up is skipped.
+    w.ingest("ada@b2b.example", "download", &[("title", "Leitfaden")])
+        .await;
+    assert_eq!(w.mails_to("ada@b2b.example").len(), 1, "{dialect}");
+    let forged = format!("{}0", &link[..link.len() - 1]);
+    let forged = if forged == link {
+        format!("{}1", &link[..link.len() - 1])
+    } else {
+        forged
+    };
+    assert_eq!(w.follow("GET", &forged).await.0, 404, "{dialect}");
+    assert_eq!(w.follow("POST", &forged).await.0, 404, "{dialect}");
+    // The link shows a page (a mail filter's scanner may fetch it);
+    // only its button, a POST, confirms.
+    assert_eq!(w.follow("GET", &link).await.0, 200, "{dialect}");
+    assert_eq!(
+        w.store.consents(&ids[0]).await.unwrap()[0].status,
+        "pending",
+        "{dialect}"
+    );
+    assert_eq!(w.follow("POST", &link).await.0, 200, "{dialect}");
+    let consents = w.store.consents(&ids[0]).await.unwrap();
+    assert_eq!(consents[0].status, "granted", "{dialect}");
+    assert!(
+        consents[0]
+            .source
+            .as_deref()
+            .unwrap()
+            .contains("double opt-in confirmed"),
+        "{dialect}"
+    );
+    w.pass(7 * DAY).await;
+    w.ingest("ada@b2b.example", "download", &[("title", "Checkliste")])
+        .await;
+    let subjects: Vec<String> = w
+        .mails_to("ada@b2b.example")
+        .iter()
+        .map(|m| m.header("Subject").unwrap())
+        .collect();
+    assert_eq!(
+        subjects.last().unwrap(),
+        "Ihr Download: Checkliste",
+        "{dialect}: {subjects:?}"
+    );
+
+    // Bob never clicks: one reminder after a day, expiry after a week.
+    let bobs = w.mails_to("bob@b2b.example");
+    assert_eq!(bobs.len(), 2, "{dialect}: confirmation and one reminder");
+    let bob_link = bobs[0].parts()[0]
+        .lines()
+        .find(|l| l.starts_with("https://t.shop.example/c/"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        w.follow("GET", &bob_link).await.0,
+        410,
+        "{dialect}: expired"
+    );
+    assert_eq!(
+        w.store.consents(&ids[1]).await.unwrap()[0].status,
+        "expired",
+        "{dialect}"
+    );
+    let audit = w.store.audit_entries(&ids[0]).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["consent.requested", "consent.confirmed"],
+        "{dialect}"
+    );
+    w.close().await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    double_opt_in_grants_consent_only_after_the_click
+);

@@ -225,6 +225,33 @@ async fn install_by_reference_from_an_allowed_registry_only(dialect: &str) {
     assert_eq!(body["plugin"], "engagement@0.1.0");
     assert_eq!(body["signed_by"], "acme");
 
+    // An upgrade that reads a new configuration key is installed from the
+    // registry but waits for an admin's approval.
+    let mut next = guests::ENGAGEMENT.manifest();
+    next.version = "0.2.0".into();
+    next.config.push(nachfass::runtime::manifest::ConfigKey {
+        key: "campaign".into(),
+        description: String::new(),
+        required: false,
+    });
+    let next_ref = format!("{}/acme/engagement:0.2.0", registry.address);
+    let upgrade = nachfass::runtime::manifest::embed(&guests::ENGAGEMENT.bytes(), &next).unwrap();
+    client
+        .push(
+            &next_ref.parse().unwrap(),
+            &signature::sign(&upgrade, &key).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, body) = pull(next_ref).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{dialect}: {body}");
+    assert_eq!(body["live"], false, "{body}");
+    assert_eq!(
+        body["review"]["needs_approval"]["config"],
+        json!(["campaign"]),
+        "{body}"
+    );
+
     // Signatures are required here: the unsigned one is refused.
     let (status, body) = pull(unsigned_ref).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");

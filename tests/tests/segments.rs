@@ -20,7 +20,7 @@ use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{ContactInput, Scope};
-use nachfass_tests::{DAY, guests, runtime, stores};
+use nachfass_tests::{DAY, guests, runtime};
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 
@@ -31,100 +31,89 @@ async fn call(
     key: &str,
     body: Option<Json>,
 ) -> (StatusCode, Json) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {key}"));
-    let request = match body {
-        Some(body) => request
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
-        None => request.body(Body::empty()),
-    };
-    let response = router.clone().oneshot(request.unwrap()).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+    nachfass_tests::client::json(router, method, path, Some(key), body).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creating_a_segment_rebuilds_it_with_visible_progress() {
+async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static str) {
     let registry = Arc::new(Registry::new(runtime()));
     registry
         .install_file(&guests::ATTRIBUTE_MATCH.packed(), Activation::Now)
         .await
         .unwrap();
-    for (dialect, store, temp) in stores().await {
-        let (_, admin) = store
-            .create_api_key("admin", &[Scope::Admin], 0)
-            .await
-            .unwrap();
-        let contacts = 1_234;
-        for i in 0..contacts {
-            let input = ContactInput {
-                email: Some(format!("p{i}@firma.example")),
-                attributes: [("employees".to_owned(), Value::Integer(i % 500))].into(),
-                ..ContactInput::default()
-            };
-            store.upsert_contact(&input, 0).await.unwrap();
-        }
-        let pipeline = Pipeline {
-            store: store.clone(),
-            registry: registry.clone(),
-            clock: Arc::new(ManualClock::new(DAY)),
-            stages: StageThresholds::default(),
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let contacts = 1_234;
+    for i in 0..contacts {
+        let input = ContactInput {
+            email: Some(format!("p{i}@firma.example")),
+            attributes: [("employees".to_owned(), Value::Integer(i % 500))].into(),
+            ..ContactInput::default()
         };
-        // The rebuild is a durable job: a scheduler runs it.
-        let journeys = Journeys::new(pipeline, Policy::default());
-        let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(scheduler.run_forever(stopped));
-        let router = app(AppState::with_journeys(journeys, None));
-        let binding = json!({ "name": "mittelstand", "kind": "segment", "plugin": "attribute-match",
-                              "config": { "attribute": "employees", "op": "gt", "value": "249" } });
-        let (status, _) = call(&router, "POST", "/v1/bindings", &admin, Some(binding)).await;
-        assert_eq!(status, StatusCode::CREATED, "{dialect}");
-
-        let mut shown = Json::Null;
-        for _ in 0..600 {
-            let (status, body) =
-                call(&router, "GET", "/v1/segments/mittelstand", &admin, None).await;
-            assert_eq!(status, StatusCode::OK, "{dialect}");
-            shown = body;
-            if shown["rebuild"]["done"] == true {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let expected = (0..contacts).filter(|i| i % 500 > 249).count() as i64;
-        assert_eq!(shown["rebuild"]["done"], true, "{dialect}: {shown}");
-        assert_eq!(
-            shown["rebuild"]["evaluated"].as_i64(),
-            Some(contacts),
-            "{dialect}"
-        );
-        assert_eq!(
-            shown["rebuild"]["entered"].as_i64(),
-            Some(expected),
-            "{dialect}"
-        );
-        assert_eq!(shown["size"].as_i64(), Some(expected), "{dialect}");
-
-        let (status, page) = call(
-            &router,
-            "GET",
-            "/v1/segments/mittelstand/members?limit=10",
-            &admin,
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(page["members"].as_array().unwrap().len(), 10, "{dialect}");
-        let member = page["members"][0].as_str().unwrap();
-        let timeline = store.timeline(member, 5, None).await.unwrap();
-        assert_eq!(timeline[0].kind, "segment.entered", "{dialect}");
-        stop.send(true).unwrap();
-        running.await.unwrap();
-        temp.cleanup(store).await;
+        store.upsert_contact(&input, 0).await.unwrap();
     }
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: registry.clone(),
+        clock: Arc::new(ManualClock::new(DAY)),
+        stages: StageThresholds::default(),
+    };
+    // The rebuild is a durable job: a scheduler runs it.
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run_forever(stopped));
+    let router = app(AppState::with_journeys(journeys, None));
+    let binding = json!({ "name": "mittelstand", "kind": "segment", "plugin": "attribute-match",
+                          "config": { "attribute": "employees", "op": "gt", "value": "249" } });
+    let (status, _) = call(&router, "POST", "/v1/bindings", &admin, Some(binding)).await;
+    assert_eq!(status, StatusCode::CREATED, "{dialect}");
+
+    let mut shown = Json::Null;
+    for _ in 0..600 {
+        let (status, body) = call(&router, "GET", "/v1/segments/mittelstand", &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{dialect}");
+        shown = body;
+        if shown["rebuild"]["done"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expected = (0..contacts).filter(|i| i % 500 > 249).count() as i64;
+    assert_eq!(shown["rebuild"]["done"], true, "{dialect}: {shown}");
+    assert_eq!(
+        shown["rebuild"]["evaluated"].as_i64(),
+        Some(contacts),
+        "{dialect}"
+    );
+    assert_eq!(
+        shown["rebuild"]["entered"].as_i64(),
+        Some(expected),
+        "{dialect}"
+    );
+    assert_eq!(shown["size"].as_i64(), Some(expected), "{dialect}");
+
+    let (status, page) = call(
+        &router,
+        "GET",
+        "/v1/segments/mittelstand/members?limit=10",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["members"].as_array().unwrap().len(), 10, "{dialect}");
+    let member = page["members"][0].as_str().unwrap();
+    let timeline = store.timeline(member, 5, None).await.unwrap();
+    assert_eq!(timeline[0].kind, "segment.entered", "{dialect}");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    creating_a_segment_rebuilds_it_with_visible_progress
+);

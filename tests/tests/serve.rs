@@ -5,15 +5,18 @@
 
 use nachfass_tests::server::{Server, create_admin_key, free_port, http};
 
-#[tokio::test]
-async fn serve_answers_over_http_on_sqlite_and_postgres() {
-    for (dialect, database, temp) in nachfass_tests::databases().await {
-        serve_answers_over_http(&database);
-        let store = nachfass::store::Store::connect(&database).await.unwrap();
-        assert_eq!(store.count_contacts().await.unwrap(), 1, "{dialect}");
-        temp.cleanup(store).await;
-    }
+async fn serve_answers_over_real_http(dialect: &'static str) {
+    let (database, temp) = nachfass_tests::database(dialect).await;
+    serve_answers_over_http(&database);
+    let store = nachfass::store::Store::connect(&database).await.unwrap();
+    assert_eq!(store.count_contacts().await.unwrap(), 1, "{dialect}");
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    serve_answers_over_real_http
+);
 
 fn serve_answers_over_http(database: &str) {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 
 use nachfass::model::Value;
 use nachfass::store::{ContactInput, EventInput, StoreError};
-use nachfass_tests::{DAY, stores};
+use nachfass_tests::DAY;
 
 fn event(kind: &str, email: &str, at: i64) -> EventInput {
     EventInput {
@@ -16,207 +16,213 @@ fn event(kind: &str, email: &str, at: i64) -> EventInput {
     }
 }
 
-#[tokio::test]
-async fn known_identities_update_instead_of_duplicating() {
-    for (dialect, store, temp) in stores().await {
-        let first = store
-            .upsert_contact(
-                &ContactInput {
-                    email: Some("  Ada@Acme.Example ".into()),
-                    attributes: [("industry".to_owned(), Value::Text("software".into()))].into(),
-                    ..ContactInput::default()
-                },
-                1,
-            )
-            .await
-            .unwrap();
-        assert!(first.created, "{dialect}");
-        assert_eq!(
-            first.contact.email.as_deref(),
-            Some("ada@acme.example"),
-            "{dialect}"
-        );
+async fn known_identities_update_instead_of_duplicating(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let first = store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("  Ada@Acme.Example ".into()),
+                attributes: [("industry".to_owned(), Value::Text("software".into()))].into(),
+                ..ContactInput::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(first.created, "{dialect}");
+    assert_eq!(
+        first.contact.email.as_deref(),
+        Some("ada@acme.example"),
+        "{dialect}"
+    );
 
-        let again = store
-            .upsert_contact(
-                &ContactInput {
-                    email: Some("ADA@acme.example".into()),
-                    external_id: Some("crm-7".into()),
-                    attributes: [("employees".to_owned(), Value::Integer(250))].into(),
-                    ..ContactInput::default()
-                },
-                2,
-            )
-            .await
-            .unwrap();
-        assert!(!again.created, "{dialect}");
-        assert_eq!(again.contact.id, first.contact.id, "{dialect}");
-        let stored = store.contact(&first.contact.id).await.unwrap();
-        assert_eq!(stored.external_id.as_deref(), Some("crm-7"), "{dialect}");
-        assert_eq!(stored.attributes.len(), 2, "attributes merge: {dialect}");
+    let again = store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("ADA@acme.example".into()),
+                external_id: Some("crm-7".into()),
+                attributes: [("employees".to_owned(), Value::Integer(250))].into(),
+                ..ContactInput::default()
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    assert!(!again.created, "{dialect}");
+    assert_eq!(again.contact.id, first.contact.id, "{dialect}");
+    let stored = store.contact(&first.contact.id).await.unwrap();
+    assert_eq!(stored.external_id.as_deref(), Some("crm-7"), "{dialect}");
+    assert_eq!(stored.attributes.len(), 2, "attributes merge: {dialect}");
 
-        // The external id alone finds the same contact.
-        let by_external = store
-            .upsert_contact(
-                &ContactInput {
-                    external_id: Some("crm-7".into()),
-                    ..ContactInput::default()
-                },
-                3,
-            )
-            .await
-            .unwrap();
-        assert_eq!(by_external.contact.id, first.contact.id, "{dialect}");
+    // The external id alone finds the same contact.
+    let by_external = store
+        .upsert_contact(
+            &ContactInput {
+                external_id: Some("crm-7".into()),
+                ..ContactInput::default()
+            },
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_external.contact.id, first.contact.id, "{dialect}");
 
-        // Identities of two different contacts: a conflict, nothing changes.
-        let other = store
-            .upsert_contact(
-                &ContactInput {
-                    email: Some("bob@acme.example".into()),
-                    ..ContactInput::default()
-                },
-                4,
-            )
-            .await
-            .unwrap();
-        let clash = store
-            .upsert_contact(
-                &ContactInput {
-                    email: Some("bob@acme.example".into()),
-                    external_id: Some("crm-7".into()),
-                    ..ContactInput::default()
-                },
-                5,
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(clash, StoreError::Conflict(ref m) if m.contains("merge")),
-            "{dialect}: {clash}"
-        );
-        assert_eq!(
-            store.contact(&other.contact.id).await.unwrap().external_id,
-            None,
-            "{dialect}"
-        );
+    // Identities of two different contacts: a conflict, nothing changes.
+    let other = store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("bob@acme.example".into()),
+                ..ContactInput::default()
+            },
+            4,
+        )
+        .await
+        .unwrap();
+    let clash = store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("bob@acme.example".into()),
+                external_id: Some("crm-7".into()),
+                ..ContactInput::default()
+            },
+            5,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(clash, StoreError::Conflict(ref m) if m.contains("merge")),
+        "{dialect}: {clash}"
+    );
+    assert_eq!(
+        store.contact(&other.contact.id).await.unwrap().external_id,
+        None,
+        "{dialect}"
+    );
 
-        let invalid = store
-            .upsert_contact(
-                &ContactInput {
-                    email: Some("not an address".into()),
-                    ..ContactInput::default()
-                },
-                6,
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(invalid, StoreError::Invalid(_)), "{dialect}");
-        temp.cleanup(store).await;
-    }
+    let invalid = store
+        .upsert_contact(
+            &ContactInput {
+                email: Some("not an address".into()),
+                ..ContactInput::default()
+            },
+            6,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(invalid, StoreError::Invalid(_)), "{dialect}");
+    temp.cleanup(store).await;
 }
 
-#[tokio::test]
-async fn events_are_idempotent_create_contacts_and_fill_the_timeline() {
-    for (dialect, store, temp) in stores().await {
-        let now = 100 * DAY;
-        let mut download = event("download", "eve@example.org", now - 2 * DAY);
-        download.client_event_id = Some("form-123".into());
-        download
-            .properties
-            .insert("asset".into(), Value::Text("whitepaper.pdf".into()));
-        let first = store.ingest_event(&download, now).await.unwrap();
-        assert!(first.contact_created && !first.duplicate, "{dialect}");
-        let resend = store.ingest_event(&download, now + 5).await.unwrap();
-        assert!(resend.duplicate, "{dialect}");
-        assert_eq!(resend.event, first.event, "{dialect}");
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    known_identities_update_instead_of_duplicating
+);
 
-        let contact_id = first.event.contact_id.clone();
-        for (kind, days_ago) in [
-            ("email.opened", 40),
-            ("email.opened", 10),
-            ("email.opened", 0),
-            ("page.visited", 1),
-        ] {
-            let ingested = store
-                .ingest_event(
-                    &event(kind, "EVE@example.org", now - days_ago * DAY - 1),
-                    now,
-                )
-                .await
-                .unwrap();
-            assert_eq!(ingested.event.contact_id, contact_id, "{dialect}");
-            assert!(!ingested.contact_created, "{dialect}");
-        }
+async fn events_are_idempotent_create_contacts_and_fill_the_timeline(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let now = 100 * DAY;
+    let mut download = event("download", "eve@example.org", now - 2 * DAY);
+    download.client_event_id = Some("form-123".into());
+    download
+        .properties
+        .insert("asset".into(), Value::Text("whitepaper.pdf".into()));
+    let first = store.ingest_event(&download, now).await.unwrap();
+    assert!(first.contact_created && !first.duplicate, "{dialect}");
+    let resend = store.ingest_event(&download, now + 5).await.unwrap();
+    assert!(resend.duplicate, "{dialect}");
+    assert_eq!(resend.event, first.event, "{dialect}");
 
-        let timeline = store.timeline(&contact_id, 10, None).await.unwrap();
-        let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                "email.opened",
-                "page.visited",
-                "download",
-                "email.opened",
-                "email.opened"
-            ],
-            "{dialect}"
-        );
-        assert_eq!(
-            timeline[2].properties["asset"],
-            Value::Text("whitepaper.pdf".into()),
-            "{dialect}"
-        );
-        let page = store
-            .timeline(&contact_id, 2, Some(timeline[1].at))
+    let contact_id = first.event.contact_id.clone();
+    for (kind, days_ago) in [
+        ("email.opened", 40),
+        ("email.opened", 10),
+        ("email.opened", 0),
+        ("page.visited", 1),
+    ] {
+        let ingested = store
+            .ingest_event(
+                &event(kind, "EVE@example.org", now - days_ago * DAY - 1),
+                now,
+            )
             .await
             .unwrap();
-        assert_eq!(page.len(), 2, "{dialect}");
-        assert_eq!(page[0].kind, "download", "{dialect}");
-
-        let activity = store.activity(&contact_id, now).await.unwrap();
-        let opened = activity.iter().find(|a| a.kind == "email.opened").unwrap();
-        assert_eq!(
-            (opened.total, opened.last_30_days, opened.last_24_hours),
-            (3, 2, 1),
-            "{dialect}"
-        );
-        assert_eq!(opened.last_at, Some(now - 1), "{dialect}");
-        assert_eq!(
-            store.contact(&contact_id).await.unwrap().last_seen_at,
-            Some(now - 1),
-            "{dialect}"
-        );
-
-        let bad = store
-            .ingest_event(&event("Page Visited", "eve@example.org", now), now)
-            .await
-            .unwrap_err();
-        assert!(bad.to_string().contains("event kind"), "{dialect}: {bad}");
-        let orphan = EventInput {
-            kind: "x".into(),
-            contact_id: Some("c_missing".into()),
-            ..EventInput::default()
-        };
-        assert!(
-            matches!(
-                store.ingest_event(&orphan, now).await,
-                Err(StoreError::NotFound(_))
-            ),
-            "{dialect}"
-        );
-
-        assert!(
-            store.delete_contact(&contact_id).await.unwrap(),
-            "{dialect}"
-        );
-        assert!(
-            store
-                .timeline(&contact_id, 10, None)
-                .await
-                .unwrap()
-                .is_empty(),
-            "events go with the contact: {dialect}"
-        );
-        temp.cleanup(store).await;
+        assert_eq!(ingested.event.contact_id, contact_id, "{dialect}");
+        assert!(!ingested.contact_created, "{dialect}");
     }
+
+    let timeline = store.timeline(&contact_id, 10, None).await.unwrap();
+    let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "email.opened",
+            "page.visited",
+            "download",
+            "email.opened",
+            "email.opened"
+        ],
+        "{dialect}"
+    );
+    assert_eq!(
+        timeline[2].properties["asset"],
+        Value::Text("whitepaper.pdf".into()),
+        "{dialect}"
+    );
+    let page = store
+        .timeline(&contact_id, 2, Some(timeline[1].at))
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2, "{dialect}");
+    assert_eq!(page[0].kind, "download", "{dialect}");
+
+    let activity = store.activity(&contact_id, now).await.unwrap();
+    let opened = activity.iter().find(|a| a.kind == "email.opened").unwrap();
+    assert_eq!(
+        (opened.total, opened.last_30_days, opened.last_24_hours),
+        (3, 2, 1),
+        "{dialect}"
+    );
+    assert_eq!(opened.last_at, Some(now - 1), "{dialect}");
+    assert_eq!(
+        store.contact(&contact_id).await.unwrap().last_seen_at,
+        Some(now - 1),
+        "{dialect}"
+    );
+
+    let bad = store
+        .ingest_event(&event("Page Visited", "eve@example.org", now), now)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("event kind"), "{dialect}: {bad}");
+    let orphan = EventInput {
+        kind: "x".into(),
+        contact_id: Some("c_missing".into()),
+        ..EventInput::default()
+    };
+    assert!(
+        matches!(
+            store.ingest_event(&orphan, now).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "{dialect}"
+    );
+
+    assert!(
+        store.delete_contact(&contact_id).await.unwrap(),
+        "{dialect}"
+    );
+    assert!(
+        store
+            .timeline(&contact_id, 10, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "events go with the contact: {dialect}"
+    );
+    temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    events_are_idempotent_create_contacts_and_fill_the_timeline
+);

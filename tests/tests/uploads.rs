@@ -25,20 +25,15 @@ async fn send(
     content_type: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method("POST")
-        .uri("/v1/plugins")
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", content_type)
-        .body(Body::from(body))
-        .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    nachfass_tests::client::request(
+        router,
+        "POST",
+        "/v1/plugins",
+        Some(key),
+        Some(content_type),
+        Body::from(body),
     )
+    .await
 }
 
 /// A `multipart/form-data` body with the given parts.
@@ -120,8 +115,7 @@ async fn components_arrive_with_or_without_their_manifest(dialect: &str) {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
     assert_eq!(refused["error"]["code"], "too_large", "{refused}");
     assert_eq!(
-        refused["error"]["details"]["limit_bytes"],
-        limit,
+        refused["error"]["details"]["limit_bytes"], limit,
         "{refused}"
     );
     assert!(

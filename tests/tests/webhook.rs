@@ -163,3 +163,32 @@ async fn receiver_status_codes_become_retry_decisions() {
         }
     }
 }
+
+/// A version that declares its hosts (`http_hosts`) reaches only those,
+/// whatever its binding allows: the declaration an admin approved holds.
+#[tokio::test]
+async fn a_binding_reaches_only_hosts_the_plugin_declares() {
+    let sink = HttpSink::start(200).await;
+    let url = format!("http://{}/hooks/nachfass", sink.addr);
+    let allowed = binding(&url, &[sink.addr.to_string()]);
+    let declaring = |hosts: Vec<String>| {
+        let mut manifest = guests::WEBHOOK.manifest();
+        manifest.http_hosts = hosts;
+        let bytes =
+            nachfass::runtime::manifest::embed(&guests::WEBHOOK.bytes(), &manifest).unwrap();
+        async move { runtime().load(bytes, manifest).await.unwrap() }
+    };
+
+    let elsewhere = declaring(vec!["crm.example.com".to_owned()]).await;
+    let answer = elsewhere.deliver(&allowed, 0, &message()).await.unwrap();
+    let Err(SendError::Permanent(why)) = answer else {
+        panic!("{answer:?}")
+    };
+    assert!(why.contains("denied"), "{why}");
+    assert!(sink.received().is_empty(), "no request reached the server");
+
+    let here = declaring(vec![sink.addr.to_string()]).await;
+    let delivery = here.deliver(&allowed, 0, &message()).await.unwrap();
+    assert!(delivery.is_ok(), "{delivery:?}");
+    assert_eq!(sink.received().len(), 1);
+}

@@ -41,6 +41,14 @@ pub enum ApiError {
     Invalid { message: String, details: Value },
     #[error("{0}")]
     Conflict(String),
+    /// A conflict with what the client needs to resolve it in `details`
+    /// (a capability review: what needs approval).
+    #[error("{message}")]
+    ConflictWith {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
     #[error("request body too large")]
     TooLarge,
     #[error("the upload is over the limit of {limit} bytes")]
@@ -69,6 +77,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::ConflictWith { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge | ApiError::UploadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
@@ -114,7 +123,9 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "request failed");
                 Value::Null
             }
-            ApiError::Invalid { details, .. } => details.clone(),
+            ApiError::Invalid { details, .. } | ApiError::ConflictWith { details, .. } => {
+                details.clone()
+            }
             ApiError::UploadTooLarge { limit } => json!({ "limit_bytes": limit }),
             _ => Value::Null,
         };

@@ -12,7 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
-use crate::plugins::{Plugins, PluginsError};
+use crate::plugins::{Plugins, PluginsError, Review};
+use crate::runtime::capabilities::CapabilityDiff;
 use crate::runtime::manifest::Manifest;
 use crate::runtime::registry::PluginSummary;
 use crate::runtime::registry::{Pin, RegistryError};
@@ -37,6 +38,7 @@ impl From<RegistryError> for ApiError {
 
 impl From<PluginsError> for ApiError {
     fn from(error: PluginsError) -> Self {
+        let message = error.to_string();
         match error {
             PluginsError::Load(LoadError::Io(e)) => ApiError::Internal(e.to_string()),
             PluginsError::Load(e) => ApiError::invalid(e.to_string()),
@@ -44,14 +46,39 @@ impl From<PluginsError> for ApiError {
             // The store's messages name what is missing and what exists.
             PluginsError::Store(StoreError::NotFound(why)) => ApiError::NotFound(why),
             PluginsError::Store(e) => e.into(),
+            // The details say what to approve: the client sends them back.
+            PluginsError::NeedsApproval { review, .. } => ApiError::ConflictWith {
+                code: "needs_approval",
+                message,
+                details: json!(review),
+            },
+            PluginsError::ApprovalMismatch {
+                review, approved, ..
+            } => ApiError::ConflictWith {
+                code: "approval_mismatch",
+                message,
+                details: json!({ "review": review, "approved": approved }),
+            },
+            PluginsError::Invalid(why) => ApiError::invalid(why),
+            PluginsError::Conflict(why) => ApiError::Conflict(why),
         }
     }
+}
+
+/// An installed plugin and its versions waiting for review.
+#[derive(Serialize, ToSchema)]
+pub struct PluginListed {
+    #[serde(flatten)]
+    pub summary: PluginSummary,
+    /// Versions that wait for an admin to approve what they ask for beyond
+    /// the live version.
+    pub reviews: Vec<Review>,
 }
 
 /// The installed plugins.
 #[derive(Serialize, ToSchema)]
 pub struct PluginList {
-    pub plugins: Vec<PluginSummary>,
+    pub plugins: Vec<PluginListed>,
 }
 
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
@@ -63,9 +90,22 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<PluginList>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(PluginList {
-        plugins: state.pipeline.registry.list(),
-    }))
+    let reviews = plugins(&state).reviews().await?;
+    let plugins = state
+        .pipeline
+        .registry
+        .list()
+        .into_iter()
+        .map(|summary| {
+            let reviews = reviews
+                .iter()
+                .filter(|(name, _)| *name == summary.name)
+                .map(|(_, review)| review.clone())
+                .collect();
+            PluginListed { summary, reviews }
+        })
+        .collect();
+    Ok(Json(PluginList { plugins }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -97,6 +137,7 @@ fn yes() -> bool {
     responses(
         (status = 200, description = "This exact version was installed already", body = Installed),
         (status = 201, description = "Installed (and live unless ?activate=false)", body = Installed),
+        (status = 202, description = "Installed, not live: it asks for capabilities beyond the live version (`review`); approve them to make it live", body = Installed),
         (status = 409, description = "The version exists with other content", body = ErrorBody),
         (status = 413, description = "Over the component size limit (`details.limit_bytes`)", body = ErrorBody),
     ))]
@@ -124,7 +165,7 @@ pub async fn upload(
             .map_err(|e| upload_rejected(limit, e.status(), e.body_text()))?;
         (body.to_vec(), None)
     };
-    install_component(&state, bytes, sidecar, query.activate).await
+    install_component(&state, bytes, sidecar, query.activate, &caller.0.id).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -147,6 +188,7 @@ pub struct PullBody {
     responses(
         (status = 200, description = "This exact version was installed already", body = Installed),
         (status = 201, description = "Installed (and live unless activate is false)", body = Installed),
+        (status = 202, description = "Installed, not live: it asks for capabilities beyond the live version (`review`); approve them to make it live", body = Installed),
         (status = 409, description = "The version exists with other content", body = ErrorBody),
         (status = 502, description = "The registry failed", body = ErrorBody),
     ))]
@@ -174,7 +216,8 @@ pub async fn pull(
             crate::oci::OciError::Registry(detail) => ApiError::BadGateway(detail),
             e => bad(e),
         })?;
-    let (status, Json(mut answer)) = install_component(&state, bytes, None, body.activate).await?;
+    let (status, Json(mut answer)) =
+        install_component(&state, bytes, None, body.activate, &caller.0.id).await?;
     answer.reference = Some(reference.to_string());
     Ok((status, Json(answer)))
 }
@@ -191,6 +234,12 @@ pub struct Installed {
     pub live: bool,
     /// The publisher of the trusted key that signed it; null if unsigned.
     pub signed_by: Option<String>,
+    /// What it asks for beyond the live version, when held for approval;
+    /// null otherwise.
+    pub review: Option<Review>,
+    /// What to do next, when held for approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// The OCI reference it was pulled from (pull only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
@@ -204,6 +253,7 @@ async fn install_component(
     bytes: Vec<u8>,
     sidecar: Option<Vec<u8>>,
     activate: bool,
+    actor: &str,
 ) -> Result<(StatusCode, Json<Installed>), ApiError> {
     let embedded = match crate::runtime::manifest::read_section(
         &bytes,
@@ -226,13 +276,27 @@ async fn install_component(
         }
     };
     let installed = plugins(state)
-        .upload(bytes, manifest.clone(), activate, "operator")
+        .upload(bytes, manifest.clone(), activate, actor)
         .await?;
+    // Held for review: installed (202 Accepted), live once an admin
+    // approves what it asks for.
     let status = if installed.unchanged {
         StatusCode::OK
+    } else if activate && installed.review.is_some() {
+        StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED
     };
+    let message = installed.review.as_ref().map(|review| {
+        format!(
+            "installed, not live: {} asks for more than the live {}: {}. Approve exactly `review.needs_approval` with POST /v1/plugins/{}/versions/{}/approve",
+            installed.plugin.id(),
+            review.against,
+            review.needs_approval,
+            manifest.name,
+            manifest.version
+        )
+    });
     Ok((
         status,
         Json(Installed {
@@ -241,6 +305,8 @@ async fn install_component(
             sha256: installed.plugin.hash().to_owned(),
             live: installed.live,
             signed_by: installed.plugin.signer().map(|s| s.publisher.clone()),
+            review: installed.review,
+            message,
             reference: None,
         }),
     ))
@@ -313,14 +379,14 @@ pub struct Live {
 }
 
 #[utoipa::path(post, path = "/v1/plugins/{name}/activate", tag = "plugins",
-    summary = "Make an installed version live (its segments are rebuilt, its scorers re-score, as durable tasks)",
+    summary = "Make an installed version live (its segments are rebuilt, its scorers re-score, as durable tasks); 409 needs_approval when it asks for capabilities the live one lacks",
     security(("apiKey" = ["admin"])),
     params(("name" = String, Path, description = "The plugin")),
     request_body = ActivateBody,
     responses(
         (status = 200, description = "Live", body = Live),
         (status = 404, description = "No such plugin or version", body = ErrorBody),
-        (status = 409, description = "The version cannot be made live", body = ErrorBody),
+        (status = 409, description = "`needs_approval`: it asks for capabilities the live version lacks (`details` says which; approve them), or it cannot be made live", body = ErrorBody),
     ))]
 pub async fn activate(
     State(state): State<AppState>,
@@ -332,10 +398,51 @@ pub async fn activate(
     // Segments and scorers of the plugin are rebuilt and re-scored by
     // durable jobs the activation queued.
     let plugin = plugins(&state)
-        .activate(&name, &body.version, "operator")
+        .activate(&name, &body.version, &caller.0.id)
         .await?;
     Ok(Json(Live {
         live: plugin.id().to_owned(),
+    }))
+}
+
+/// The version an approval made live, and what was approved.
+#[derive(Serialize, ToSchema)]
+pub struct Approved {
+    /// `name@version`.
+    pub live: String,
+    pub approved: CapabilityDiff,
+}
+
+/// An admin approves what a version asks for beyond the live one and makes
+/// it live on every node. The body is the review's `needs_approval`,
+/// exactly: approving anything else (more, less, or against a live version
+/// that changed meanwhile) is refused, so what goes live is what was seen.
+#[utoipa::path(post, path = "/v1/plugins/{name}/versions/{version}/approve", tag = "plugins",
+    summary = "Approve exactly what a version asks for beyond the live one (its review's needs_approval) and make it live",
+    security(("apiKey" = ["admin"])),
+    params(
+        ("name" = String, Path, description = "The plugin"),
+        ("version" = String, Path, description = "The installed version held for review"),
+    ),
+    request_body = CapabilityDiff,
+    responses(
+        (status = 200, description = "Approved and live", body = Approved),
+        (status = 404, description = "No such plugin or version", body = ErrorBody),
+        (status = 409, description = "`approval_mismatch`: not exactly what the version asks for beyond the live one (`details` has both)", body = ErrorBody),
+    ))]
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    ApiJson(approved): ApiJson<CapabilityDiff>,
+) -> Result<Json<Approved>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let plugin = plugins(&state)
+        .approve(&name, &version, &approved, &caller.0.id)
+        .await?;
+    Ok(Json(Approved {
+        live: plugin.id().to_owned(),
+        approved,
     }))
 }
 
@@ -354,7 +461,8 @@ pub async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Json<Live>, ApiError> {
     caller.require(Scope::Admin)?;
-    let plugin = plugins(&state).rollback(&name, "operator", "").await?;
+    // The previous version was live before: it needs no review.
+    let plugin = plugins(&state).rollback(&name, &caller.0.id, "").await?;
     Ok(Json(Live {
         live: plugin.id().to_owned(),
     }))
@@ -447,6 +555,7 @@ fn check_binding(state: &AppState, def: &BindingDef) -> Result<(), ApiError> {
         .check_config(def.config.keys().map(String::as_str))
         .map_err(|why| ApiError::invalid(format!("binding `{}`: {why}", def.name)))?;
     Limits::for_world(wanted)
+        .with_overrides(&plugin.manifest().limits)
         .with_overrides(&def.limits)
         .check_within(registry.runtime().limits())
         .map_err(|why| ApiError::invalid(format!("binding `{}` limits: {why}", def.name)))

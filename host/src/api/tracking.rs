@@ -231,7 +231,7 @@ pub async fn callback(
             .collect(),
         body: body.to_vec(),
     };
-    let runtime_binding = crate::scoring::runtime_binding(&def, World::Channel);
+    let runtime_binding = crate::scoring::runtime_binding(&def, World::Channel, &plugin);
     let events = match plugin
         .parse_callback(&runtime_binding, state.pipeline.clock.now(), &callback)
         .await

@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::LimitOverrides;
+use super::outgoing_http::is_destination;
+
 /// Name of the custom section holding the manifest JSON.
 pub const SECTION_NAME: &str = "nachfass:manifest";
 
@@ -77,6 +80,16 @@ pub struct Manifest {
     /// (`http` for outgoing requests). A binding grants them.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Hosts a channel needs to reach (`host`, `host:port`, `*.domain`).
+    /// When given, a binding's `allow_http` only takes effect within them;
+    /// when empty, the binding alone decides. A new host in an upgrade
+    /// needs an admin's approval (see `runtime::capabilities`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_hosts: Vec<String>,
+    /// Limits the plugin needs, where the world's defaults do not fit: the
+    /// defaults of its bindings (a binding's own `limits` still win).
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
 }
 
 fn default_api() -> String {
@@ -152,6 +165,17 @@ impl Manifest {
             return Err(ManifestError::Invalid(format!(
                 "built against nachfass:plugin@{}, this host speaks @{API_VERSION}; rebuild with a matching nachfass-sdk",
                 self.api
+            )));
+        }
+        if !self.http_hosts.is_empty() && self.world != World::Channel {
+            return Err(ManifestError::Invalid(format!(
+                "http_hosts: only a channel may reach hosts over HTTP, this is a {}; remove http_hosts",
+                self.world
+            )));
+        }
+        if let Some(bad) = self.http_hosts.iter().find(|h| !is_destination(h)) {
+            return Err(ManifestError::Invalid(format!(
+                "http_hosts entry `{bad}` must be a host, host:port or *.domain"
             )));
         }
         Ok(())
@@ -381,6 +405,8 @@ mod tests {
             api: API_VERSION.into(),
             config: vec![],
             capabilities: vec![],
+            http_hosts: vec![],
+            limits: LimitOverrides::default(),
         }
     }
 

@@ -408,7 +408,13 @@ impl Plugin {
         let span = tracing::debug_span!("plugin_call", plugin = %self.id, binding = %binding.name, function);
         async {
             let started = Instant::now();
-            let state = CallState::new(self.id.clone(), binding.clone(), limits, now);
+            let state = CallState::new(
+                self.id.clone(),
+                binding.clone(),
+                &self.manifest.http_hosts,
+                limits,
+                now,
+            );
             let runtime_limits = self.runtime.limits();
             let mut store = sandbox::store(self.runtime.engine(), state, limits, runtime_limits);
             let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;

@@ -113,7 +113,15 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(plugin: Arc<str>, binding: Arc<Binding>, limits: &Limits, now: i64) -> CallState {
+    /// `declared_hosts` are the plugin version's `http_hosts`: the binding's
+    /// allow-list only takes effect within them.
+    pub fn new(
+        plugin: Arc<str>,
+        binding: Arc<Binding>,
+        declared_hosts: &[String],
+        limits: &Limits,
+        now: i64,
+    ) -> CallState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -124,7 +132,7 @@ impl CallState {
             .monotonic_clock(FrozenClock(now))
             .build();
         CallState {
-            allow_list: AllowList::new(&binding.allow_http),
+            allow_list: AllowList::new(&binding.allow_http).within(declared_hosts),
             plugin,
             binding,
             now,

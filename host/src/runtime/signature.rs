@@ -333,6 +333,8 @@ mod tests {
             api: manifest::API_VERSION.into(),
             config: vec![],
             capabilities: vec![],
+            http_hosts: vec![],
+            limits: Default::default(),
         };
         // A component header, one opaque custom section standing for the
         // code, then the manifest.

@@ -3,12 +3,15 @@
 //! version. Nodes load from here; every change is announced on PostgreSQL
 //! (`NOTIFY nachfass_plugins`) and found by a periodic reconcile anyway.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use super::tasks::enqueue_consequences_in;
 use super::tracking::{AuditEntry, audit_from_row, audit_in};
 use super::{Dialect, Store, StoreError};
 use crate::runtime::Manifest;
+use crate::runtime::capabilities::CapabilityDiff;
 
 /// The PostgreSQL channel every plugin change is announced on.
 pub const PLUGINS_CHANNEL: &str = "nachfass_plugins";
@@ -27,6 +30,15 @@ pub struct PluginState {
     pub world: String,
     pub live: String,
     pub previous: Option<String>,
+}
+
+/// What a version was granted: an admin's approval of capabilities beyond
+/// the live version, and whether it was ever live (then it needs no review
+/// to go live again).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub approved: Option<CapabilityDiff>,
+    pub was_live: bool,
 }
 
 /// What a breaker's rollback did.
@@ -175,95 +187,114 @@ impl Store {
 
     /// Makes a stored version live; the version live before becomes the
     /// previous one. `only_if_newer` leaves a newer or equal live version in
-    /// place (how a plugins directory is imported). Returns whether the live
-    /// version changed.
+    /// place (how a plugins directory is imported). `expect_live` is the
+    /// live version a capability review was made against: if another
+    /// version went live meanwhile, nothing changes (a conflict). Returns
+    /// whether the live version changed.
     pub async fn set_live_plugin(
         &self,
         name: &str,
         version: &str,
         only_if_newer: bool,
+        expect_live: Option<&str>,
         actor: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        let stored =
-            sqlx::query("SELECT world FROM plugin_versions WHERE name = $1 AND version = $2")
-                .bind(name.to_owned())
-                .bind(version.to_owned())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(stored) = stored else {
-            let installed: Vec<String> = sqlx::query(
-                "SELECT version FROM plugin_versions WHERE name = $1 ORDER BY created_at",
-            )
-            .bind(name.to_owned())
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get("version"))
-            .collect::<Result<_, _>>()?;
-            return Err(if installed.is_empty() {
-                StoreError::NotFound(format!("no plugin named `{name}` is installed"))
-            } else {
-                StoreError::NotFound(format!(
-                    "plugin `{name}` has no version {version}; installed: {}",
-                    installed.join(", ")
-                ))
-            });
-        };
-        let world: String = stored.try_get("world")?;
-        let current = sqlx::query("SELECT live FROM plugins WHERE name = $1")
-            .bind(name.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        match current {
-            None => {
-                sqlx::query(
-                    "INSERT INTO plugins (name, world, live, previous, updated_at) VALUES ($1, $2, $3, NULL, $4)",
-                )
-                .bind(name.to_owned())
-                .bind(world)
-                .bind(version.to_owned())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Some(row) => {
-                let live: String = row.try_get("live")?;
-                let newer = match (
-                    semver::Version::parse(version),
-                    semver::Version::parse(&live),
-                ) {
-                    (Ok(new), Ok(old)) => new > old,
-                    _ => false,
-                };
-                if live == version || (only_if_newer && !newer) {
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "UPDATE plugins SET live = $1, previous = $2, updated_at = $3 WHERE name = $4",
-                )
-                .bind(version.to_owned())
-                .bind(live)
-                .bind(now)
-                .bind(name.to_owned())
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        enqueue_consequences_in(&mut tx, name, &format!("{name}@{version} live"), now).await?;
-        audit_in(
+        let changed = set_live_in(
             &mut tx,
+            name,
+            version,
+            only_if_newer,
+            expect_live,
             actor,
-            "plugin.activated",
-            None,
-            &serde_json::json!({ "plugin": name, "version": version }),
             now,
         )
         .await?;
+        if changed {
+            notify_in(&mut tx, self.dialect).await?;
+            tx.commit().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Records an admin's approval of `granted` for `name@version` (added
+    /// to earlier approvals) and makes the version live, in one
+    /// transaction, only while `against` is still the live version the
+    /// review was made against.
+    pub async fn approve_plugin_version(
+        &self,
+        name: &str,
+        version: &str,
+        against: &str,
+        granted: &CapabilityDiff,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row =
+            sqlx::query("SELECT approved FROM plugin_versions WHERE name = $1 AND version = $2")
+                .bind(name.to_owned())
+                .bind(version.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("plugin {name}@{version} is not installed"))
+                })?;
+        let earlier: Option<String> = row.try_get("approved")?;
+        let approved = match earlier {
+            Some(json) => approval_from_json(&json)?.merged(granted),
+            None => granted.clone(),
+        };
+        let json =
+            serde_json::to_string(&approved).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "UPDATE plugin_versions SET approved = $1, approved_by = $2, approved_at = $3 \
+             WHERE name = $4 AND version = $5",
+        )
+        .bind(json)
+        .bind(actor.to_owned())
+        .bind(now)
+        .bind(name.to_owned())
+        .bind(version.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        audit_in(
+            &mut tx,
+            actor,
+            "plugin.approved",
+            None,
+            &serde_json::json!({ "plugin": name, "version": version, "against": against, "approved": granted }),
+            now,
+        )
+        .await?;
+        set_live_in(&mut tx, name, version, false, Some(against), actor, now).await?;
         notify_in(&mut tx, self.dialect).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(())
+    }
+
+    /// The review state of each stored version of `name`, by version.
+    pub async fn plugin_grants(&self, name: &str) -> Result<BTreeMap<String, Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, approved, went_live_at FROM plugin_versions WHERE name = $1",
+        )
+        .bind(name.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let approved: Option<String> = row.try_get("approved")?;
+                let went_live_at: Option<i64> = row.try_get("went_live_at")?;
+                Ok((
+                    row.try_get("version")?,
+                    Grant {
+                        approved: approved.as_deref().map(approval_from_json).transpose()?,
+                        was_live: went_live_at.is_some(),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// The audit log of plugin and binding changes (uploads, activations,
@@ -385,6 +416,115 @@ impl Store {
         tx.commit().await?;
         Ok(previous)
     }
+}
+
+/// The body of [`Store::set_live_plugin`], inside the caller's
+/// transaction; announcing and committing are the caller's.
+async fn set_live_in(
+    tx: &mut sqlx::AnyConnection,
+    name: &str,
+    version: &str,
+    only_if_newer: bool,
+    expect_live: Option<&str>,
+    actor: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let stored = sqlx::query("SELECT world FROM plugin_versions WHERE name = $1 AND version = $2")
+        .bind(name.to_owned())
+        .bind(version.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(stored) = stored else {
+        let installed: Vec<String> =
+            sqlx::query("SELECT version FROM plugin_versions WHERE name = $1 ORDER BY created_at")
+                .bind(name.to_owned())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get("version"))
+                .collect::<Result<_, _>>()?;
+        return Err(if installed.is_empty() {
+            StoreError::NotFound(format!("no plugin named `{name}` is installed"))
+        } else {
+            StoreError::NotFound(format!(
+                "plugin `{name}` has no version {version}; installed: {}",
+                installed.join(", ")
+            ))
+        });
+    };
+    let world: String = stored.try_get("world")?;
+    let current = sqlx::query("SELECT live FROM plugins WHERE name = $1")
+        .bind(name.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let live: Option<String> = current.map(|row| row.try_get("live")).transpose()?;
+    if let Some(expected) = expect_live
+        && live.as_deref() != Some(expected)
+    {
+        return Err(StoreError::Conflict(format!(
+            "the live version of `{name}` changed from {expected} to {} meanwhile; look at what {version} asks for again",
+            live.as_deref().unwrap_or("none")
+        )));
+    }
+    match live {
+        None => {
+            sqlx::query(
+                "INSERT INTO plugins (name, world, live, previous, updated_at) VALUES ($1, $2, $3, NULL, $4)",
+            )
+            .bind(name.to_owned())
+            .bind(world)
+            .bind(version.to_owned())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(live) => {
+            let newer = match (
+                semver::Version::parse(version),
+                semver::Version::parse(&live),
+            ) {
+                (Ok(new), Ok(old)) => new > old,
+                _ => false,
+            };
+            if live == version || (only_if_newer && !newer) {
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE plugins SET live = $1, previous = $2, updated_at = $3 WHERE name = $4",
+            )
+            .bind(version.to_owned())
+            .bind(live)
+            .bind(now)
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    sqlx::query(
+        "UPDATE plugin_versions SET went_live_at = $1 \
+         WHERE name = $2 AND version = $3 AND went_live_at IS NULL",
+    )
+    .bind(now)
+    .bind(name.to_owned())
+    .bind(version.to_owned())
+    .execute(&mut *tx)
+    .await?;
+    enqueue_consequences_in(&mut *tx, name, &format!("{name}@{version} live"), now).await?;
+    audit_in(
+        &mut *tx,
+        actor,
+        "plugin.activated",
+        None,
+        &serde_json::json!({ "plugin": name, "version": version }),
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+fn approval_from_json(json: &str) -> Result<CapabilityDiff, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Invalid(format!("stored approval is not valid: {e}")))
 }
 
 /// Tells the other nodes (PostgreSQL only) that plugin state changed; the
