@@ -6,17 +6,15 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
 use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
-use nachfass_tests::{DAY, stores};
+use nachfass_tests::DAY;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct Client {
     router: axum::Router,
