@@ -310,9 +310,8 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// no "no route"), every other method on a documented path is refused
 /// with 405, nothing in `api.rs` adds a route around the lists, and every
 /// operation's documented scope is the one enforced.
-#[tokio::test]
-async fn the_openapi_document_matches_the_routes() {
-    let (store, temp) = nachfass_tests::store("sqlite").await;
+async fn the_openapi_document_matches_the_routes(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
     let mut keys = std::collections::HashMap::new();
     for scope in [Scope::Admin, Scope::Write, Scope::Read, Scope::Ingest] {
         let (_, key) = store
@@ -428,6 +427,11 @@ async fn the_openapi_document_matches_the_routes() {
     }
     temp.cleanup(store).await;
 }
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    the_openapi_document_matches_the_routes
+);
 
 /// The served document is valid OpenAPI 3.x, as a real validator
 /// (`openapi-spec-validator` from PyPI; `tests/run` installs it) reads it.
