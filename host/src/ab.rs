@@ -12,7 +12,7 @@ use crate::kpis::{MessageKpis, journey_kpis};
 pub use crate::model::journey::{AbMetric, AbTest};
 use crate::store::StoreError;
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariantResult {
     pub variant: String,
     pub trials: i64,
@@ -20,7 +20,7 @@ pub struct VariantResult {
     pub rate: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AbResult {
     pub step: String,
     pub metric: AbMetric,

@@ -24,8 +24,10 @@ use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -141,115 +143,79 @@ pub(crate) fn max_upload_bytes(state: &AppState) -> usize {
         .saturating_add(UPLOAD_OVERHEAD_BYTES)
 }
 
-pub fn app(state: AppState) -> Router {
-    crate::metrics::install();
-    let max_upload = max_upload_bytes(&state);
-    Router::new()
-        .route("/v1/contacts", get(contacts::list).post(contacts::upsert))
-        .route("/v1/contacts/{id}/merge", post(contacts::merge))
-        .route(
-            "/v1/contacts/{id}",
-            get(contacts::get)
-                .patch(contacts::update)
-                .delete(contacts::delete),
-        )
-        .route("/v1/contacts/{id}/timeline", get(events::timeline))
-        .route("/v1/events", post(events::ingest))
+/// Every route, with its documentation: `routes!` registers each handler
+/// under the method and path of its `#[utoipa::path]` and adds that
+/// operation to the OpenAPI document, so the two cannot drift apart. Add
+/// routes only here, and only through `routes!`.
+pub(crate) fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(contacts::list, contacts::upsert))
+        .routes(routes!(contacts::merge))
+        .routes(routes!(contacts::get, contacts::update, contacts::delete))
+        .routes(routes!(events::timeline))
+        .routes(routes!(events::ingest))
+        .routes(routes!(plugins::list))
         // Components may be up to the runtime's size limit (32 MiB by
         // default); the runtime refuses larger ones with a precise error.
-        .route(
-            "/v1/plugins",
-            get(plugins::list)
-                .merge(post(plugins::upload).layer(DefaultBodyLimit::max(max_upload))),
-        )
-        .route("/v1/plugins/pull", post(plugins::pull))
-        .route("/v1/plugins/{name}/activate", post(plugins::activate))
-        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
-        .route(
-            "/v1/plugins/{name}/versions/{version}/approve",
-            post(plugins::approve),
-        )
-        .route(
-            "/v1/bindings",
-            get(plugins::list_bindings).post(plugins::create_binding),
-        )
-        .route(
-            "/v1/bindings/{name}",
-            delete(plugins::delete_binding).put(plugins::update_binding),
-        )
-        .route("/v1/bindings/{name}/resume", post(plugins::resume_binding))
-        .route("/v1/plugin-tasks", get(plugins::list_tasks))
-        .route("/v1/plugin-tasks/{id}", get(plugins::show_task))
-        .route("/v1/plugin-audit", get(plugins::audit))
-        .route("/v1/trusted-keys", get(trust::list).post(trust::add))
-        .route("/v1/trusted-keys/{key}", delete(trust::remove))
-        .route("/v1/openapi.json", get(openapi::serve))
-        .route("/api-docs", get(openapi::reference))
-        .route("/v1/segments/{name}", get(segments::show))
-        .route("/v1/segments/{name}/members", get(segments::members))
-        .route("/v1/journeys", get(journeys::list))
-        .route(
-            "/v1/journeys/{name}",
-            get(journeys::show).put(journeys::save),
-        )
-        .route(
-            "/v1/journeys/{name}/versions/{version}",
-            get(journeys::version),
-        )
-        .route("/v1/journeys/{name}/stop", post(journeys::stop))
-        .route("/v1/journeys/{name}/start", post(journeys::start))
-        .route("/v1/journeys/{name}/enroll", post(journeys::enroll))
-        .route("/v1/journeys/{name}/preview", post(journeys::preview))
-        .route("/v1/journeys/{name}/validate", post(journeys::check))
-        .route("/v1/journeys/{name}/kpis", get(kpis::journey))
-        .route("/v1/journeys/{name}/ab/promote", post(kpis::promote))
-        .route("/metrics", get(kpis::metrics))
-        .route("/", get(stats::root))
-        .route("/dashboard", get(stats::dashboard))
-        .route("/v1/stats/overview", get(stats::overview))
-        .route("/v1/stats/segments", get(stats::segments))
-        .route("/v1/stats/plugins", get(stats::plugins))
-        .route("/v1/contacts/{id}/scores", get(stats::scores))
-        .route("/v1/journey-templates", get(journeys::templates))
-        .route(
-            "/v1/journey-templates/{template}/install",
-            post(journeys::install),
-        )
-        .route("/v1/contacts/{id}/journeys", get(journeys::contact_runs))
-        .route(
-            "/v1/contacts/{id}/messages",
-            get(journeys::contact_messages),
-        )
-        .route(
-            "/v1/contacts/{id}/consents",
-            get(journeys::consents).put(journeys::set_consent),
-        )
-        .route("/v1/scheduler", get(journeys::scheduler))
-        .route("/v1/contacts/{id}/export", get(privacy::export))
-        .route("/v1/contacts/{id}/erase", post(privacy::erase))
-        .route("/v1/contacts/{id}/object", post(privacy::object))
-        .route("/v1/contacts/{id}/audit", get(privacy::audit))
-        .route("/v1/callbacks/{binding}", post(tracking::callback))
-        .route("/t/o/{token}", get(tracking::open))
-        .route("/t/c/{token}", get(tracking::click))
-        .route(
-            "/u/{token}",
-            get(tracking::unsubscribe).post(tracking::unsubscribe),
-        )
-        .route(
-            "/c/{token}",
-            get(tracking::confirm_page).post(tracking::confirm),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route(
-            "/v1/demo/mailbox",
-            get(mailbox::list).post(mailbox::deliver),
-        )
-        .route(
-            "/v1/contacts/{id}/consents/request",
-            post(journeys::request_consent),
-        )
+        .routes(routes!(plugins::upload).layer(DefaultBodyLimit::max(max_upload)))
+        .routes(routes!(plugins::pull))
+        .routes(routes!(plugins::activate))
+        .routes(routes!(plugins::rollback))
+        .routes(routes!(plugins::approve))
+        .routes(routes!(plugins::list_bindings, plugins::create_binding))
+        .routes(routes!(plugins::delete_binding, plugins::update_binding))
+        .routes(routes!(plugins::resume_binding))
+        .routes(routes!(plugins::list_tasks))
+        .routes(routes!(plugins::show_task))
+        .routes(routes!(plugins::audit))
+        .routes(routes!(trust::list, trust::add))
+        .routes(routes!(trust::remove))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(openapi::reference))
+        .routes(routes!(segments::show))
+        .routes(routes!(segments::members))
+        .routes(routes!(journeys::list))
+        .routes(routes!(journeys::show, journeys::save))
+        .routes(routes!(journeys::version))
+        .routes(routes!(journeys::stop))
+        .routes(routes!(journeys::start))
+        .routes(routes!(journeys::enroll))
+        .routes(routes!(journeys::preview))
+        .routes(routes!(journeys::check))
+        .routes(routes!(kpis::journey))
+        .routes(routes!(kpis::promote))
+        .routes(routes!(kpis::metrics))
+        .routes(routes!(stats::root))
+        .routes(routes!(stats::dashboard))
+        .routes(routes!(stats::overview))
+        .routes(routes!(stats::segments))
+        .routes(routes!(stats::plugins))
+        .routes(routes!(stats::scores))
+        .routes(routes!(journeys::templates))
+        .routes(routes!(journeys::install))
+        .routes(routes!(journeys::contact_runs))
+        .routes(routes!(journeys::contact_messages))
+        .routes(routes!(journeys::consents, journeys::set_consent))
+        .routes(routes!(journeys::scheduler))
+        .routes(routes!(privacy::export))
+        .routes(routes!(privacy::erase))
+        .routes(routes!(privacy::object))
+        .routes(routes!(privacy::audit))
+        .routes(routes!(tracking::callback))
+        .routes(routes!(tracking::open))
+        .routes(routes!(tracking::click))
+        .routes(routes!(tracking::unsubscribe))
+        .routes(routes!(tracking::confirm_page, tracking::confirm))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(mailbox::list, mailbox::deliver))
+        .routes(routes!(journeys::request_consent))
+}
+
+pub fn app(state: AppState) -> Router {
+    crate::metrics::install();
+    let (router, _) = routes(max_upload_bytes(&state)).split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

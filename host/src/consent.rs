@@ -25,12 +25,14 @@ pub const REMIND_AFTER: i64 = 24 * HOUR;
 pub const EXPIRE_AFTER: i64 = 7 * 24 * HOUR;
 
 /// `POST /v1/contacts/{id}/consents/request`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentRequest {
     /// The channel kind consented to (`email`, `sms`).
     pub channel: String,
+    /// `marketing` (default) or `transactional`.
     #[serde(default = "marketing")]
+    #[schema(default = "marketing", pattern = "^(marketing|transactional)$")]
     pub purpose: String,
     /// The channel binding the confirmation message goes through.
     pub binding: String,

@@ -14,7 +14,7 @@ use crate::store::{Store, StoreError};
 
 /// Counts for one group of messages (a step, a variant, a channel, or the
 /// whole journey).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MessageKpis {
     pub step: Option<String>,
     pub variant: Option<String>,
@@ -43,7 +43,7 @@ pub struct MessageKpis {
 }
 
 /// Each rate is a share in 0..1 (`None` when its denominator is 0).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rates {
     /// bounced (hard + soft) ÷ sent
     pub bounce: Option<f64>,
@@ -106,7 +106,7 @@ impl MessageKpis {
 }
 
 /// The figures of one journey over a time range.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JourneyKpis {
     pub journey: String,
     pub from: i64,

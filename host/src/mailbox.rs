@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 const KEPT: usize = 500;
 
 /// A message as the connector delivers it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Delivered {
     pub idempotency_key: String,
@@ -28,7 +28,7 @@ pub struct Delivered {
 }
 
 /// A delivered message in the mailbox.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct MailboxMessage {
     pub id: u64,
     /// When it arrived, Unix ms.

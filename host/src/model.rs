@@ -76,9 +76,51 @@ impl From<Value> for serde_json::Value {
     }
 }
 
+/// The schema of [`Value`] in the OpenAPI document: any of its JSON forms.
+/// Written by hand because serde reads it through `serde_json::Value`;
+/// `ComposeSchema` is what utoipa's derives use for a field's type (and
+/// gives `PartialSchema`). Fields of type [`Fields`] say `#[schema(inline)]`:
+/// an alias has no schema name of its own.
+impl utoipa::__dev::ComposeSchema for Value {
+    fn compose(
+        _generics: Vec<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+    ) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder,
+            SchemaFormat, Type,
+        };
+        let of = |kind: Type| ObjectBuilder::new().schema_type(kind);
+        let int64 =
+            || of(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
+        AnyOfBuilder::new()
+            .item(of(Type::Null))
+            .item(of(Type::Boolean))
+            .item(int64())
+            .item(of(Type::Number))
+            .item(of(Type::String))
+            .item(ArrayBuilder::new().items(of(Type::String)))
+            .item(
+                of(Type::Object)
+                    .property("timestamp", int64().description(Some("Unix ms")))
+                    .required("timestamp")
+                    .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+            )
+            .description(Some(
+                "null, a boolean, an integer, a float, a string, a list of strings, or {\"timestamp\": <unix ms>}",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Value {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "FieldValue".into()
+    }
+}
+
 pub type Fields = BTreeMap<String, Value>;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     pub id: String,
@@ -96,6 +138,7 @@ pub struct Contact {
     #[serde(default = "default_stage")]
     pub stage: String,
     #[serde(default)]
+    #[schema(inline)]
     pub attributes: Fields,
     #[serde(default)]
     pub segments: Vec<String>,
@@ -109,7 +152,7 @@ fn default_stage() -> String {
     "subscriber".to_owned()
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     pub id: String,
@@ -117,6 +160,7 @@ pub struct Event {
     pub kind: String,
     pub at: i64,
     #[serde(default)]
+    #[schema(inline)]
     pub properties: Fields,
 }
 

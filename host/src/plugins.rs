@@ -48,7 +48,7 @@ pub enum PluginsError {
 }
 
 /// What a version asks for beyond the live one, not yet approved.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Review {
     pub version: String,
     /// The live version it was compared with.

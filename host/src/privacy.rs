@@ -57,7 +57,7 @@ pub async fn export(
 }
 
 /// What an erasure removed.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Erased {
     pub contact_id: String,
     pub events: usize,

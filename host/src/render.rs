@@ -26,7 +26,7 @@ pub struct JourneyContext<'a> {
 }
 
 /// A rendered message body.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rendered {
     pub subject: Option<String>,
     pub text: String,

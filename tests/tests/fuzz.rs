@@ -1,7 +1,8 @@
 //! Schemathesis (PyPI; `tests/run` installs it) fuzzes `nachfass serve`
 //! from its own OpenAPI document, with NUL characters in strings and the
 //! extreme integers of each documented range, on SQLite and PostgreSQL:
-//! no request may end in a server error. A fixed seed and a bounded
+//! no request may end in a server error, and every answer must be one the
+//! document describes (status, content type, body schema). A fixed seed and a bounded
 //! number of examples per operation keep the run reproducible and short.
 
 #![allow(clippy::unwrap_used)]
@@ -75,7 +76,12 @@ async fn fuzz(dialect: &str) {
                 &format!("http://127.0.0.1:{}/v1/openapi.json", server.port),
             ])
             .args(["--header", &format!("Authorization: Bearer {key}")])
-            .args(["--checks", "not_a_server_error"])
+            // No server error, and every answer is one the document
+            // describes: its status, content type and body schema.
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            ])
             .args(["--max-examples", examples, "--seed", "11"])
             .args(["--generation-allow-x00", "true"])
             .args(["--generation-database", "none"])

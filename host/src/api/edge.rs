@@ -106,8 +106,9 @@ fn nul_in_target(request: &Request) -> Option<String> {
         .map(|(key, _)| format!("query parameter `{}`", key.replace('\0', "\\0")))
 }
 
-/// Checks the key and its scope before a body is read, for the routes the
-/// OpenAPI table lists with a scope: a key without the scope gets 403
+/// Checks the key and its scope before a body is read, for the routes whose
+/// `#[utoipa::path]` names a scope (`security`, read back from the
+/// generated document): a key without the scope gets 403
 /// whatever it sent, not a 422 about its JSON. The checked key is handed
 /// to the handler's [`Caller`] so it is looked up once.
 pub async fn scope_first(State(state): State<AppState>, request: Request, next: Next) -> Response {

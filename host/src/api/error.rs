@@ -4,9 +4,30 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
+
+/// Every error answer: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code, a message for people, and details
+/// that depend on the code (`problems` of an invalid journey, the
+/// `limit_bytes` of an upload), else null.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(example = "invalid")]
+    pub code: &'static str,
+    pub message: String,
+    #[schema(value_type = Object, nullable)]
+    pub details: Value,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -108,8 +129,13 @@ impl IntoResponse for ApiError {
             ApiError::UploadTooLarge { limit } => json!({ "limit_bytes": limit }),
             _ => Value::Null,
         };
-        let body =
-            json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                details,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a stalled body may still come: do not read it.

@@ -3,11 +3,14 @@
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::extract::{ApiQuery, Caller, json_value};
 use super::{ApiError, AppState, EventTimes, edge};
+use crate::model::Event;
 use crate::store::{EventInput, Scope};
 
 /// Most events in one batch.
@@ -18,6 +21,66 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     events: Vec<Value>,
+}
+
+/// What `/v1/events` takes: one event, or a batch of up to 1,000. The
+/// handler reads the body itself (items are checked one by one); this
+/// type only describes it.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Never built: it only describes the body.
+pub enum EventsBody {
+    One(EventInput),
+    Batch(EventBatch),
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Never built: it only describes the body.
+pub struct EventBatch {
+    /// Up to 1,000 events; each is checked on its own.
+    #[schema(max_items = 1000)]
+    events: Vec<EventInput>,
+}
+
+/// The answer to one event.
+#[derive(Serialize, ToSchema)]
+pub struct Ingested {
+    pub event: Event,
+    /// True when an event with the same `client_event_id` was already
+    /// recorded: this one was not stored again.
+    pub duplicate: bool,
+}
+
+/// The answer to a batch: one result per item, in order.
+#[derive(Serialize, ToSchema)]
+pub struct BatchReport {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<ItemResult>,
+}
+
+/// One item of a batch: its id, or why it was refused.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ItemResult {
+    Accepted {
+        index: usize,
+        id: String,
+        duplicate: bool,
+    },
+    Rejected {
+        index: usize,
+        error: String,
+    },
+}
+
+/// The answer to `/v1/events`, by the body's form.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum IngestAnswer {
+    One(Ingested),
+    Batch(BatchReport),
 }
 
 /// One event from a JSON value: NUL characters named by field, the time
@@ -45,11 +108,21 @@ fn event_input(state: &AppState, value: Value) -> Result<EventInput, ApiError> {
 /// Ingests one event or a batch (`{"events": [...]}`). In a batch every
 /// item is validated on its own: bad items are reported by index, valid
 /// ones are kept. The key's scope is checked before the body is read.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    summary = "Ingest one event, or {\"events\": [...]} (up to 1,000, per-item results); the write scope also serves",
+    security(("apiKey" = ["ingest"])),
+    request_body(content = inline(EventsBody), description = "One event, or a batch under `events`; an event names its contact by contact_id, email or external_id (one is created for an unknown email or external_id)"),
+    responses(
+        (status = 200, description = "One event, already recorded under its client_event_id", body = IngestAnswer),
+        (status = 201, description = "One event stored, or a batch all stored", body = IngestAnswer),
+        (status = 207, description = "A batch with refused items (see `results`)", body = BatchReport),
+        (status = 404, description = "The event names a contact_id that does not exist", body = ErrorBody),
+    ))]
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
     request: Request,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<IngestAnswer>), ApiError> {
     if !caller.0.allows(Scope::Ingest) && !caller.0.allows(Scope::Write) {
         return Err(ApiError::Forbidden(Scope::Ingest.as_str()));
     }
@@ -64,7 +137,10 @@ pub async fn ingest(
         };
         return Ok((
             status,
-            Json(json!({ "event": ingested.event, "duplicate": ingested.duplicate })),
+            Json(IngestAnswer::One(Ingested {
+                event: ingested.event,
+                duplicate: ingested.duplicate,
+            })),
         ));
     }
     let Batch { events } =
@@ -85,12 +161,19 @@ pub async fn ingest(
         match outcome {
             Ok(ingested) => {
                 accepted += 1;
-                results.push(json!({ "index": index, "id": ingested.event.id, "duplicate": ingested.duplicate }));
+                results.push(ItemResult::Accepted {
+                    index,
+                    id: ingested.event.id,
+                    duplicate: ingested.duplicate,
+                });
             }
             Err(ApiError::Internal(detail)) => return Err(ApiError::Internal(detail)),
             Err(error) => {
                 rejected += 1;
-                results.push(json!({ "index": index, "error": error.to_string() }));
+                results.push(ItemResult::Rejected {
+                    index,
+                    error: error.to_string(),
+                });
             }
         }
     }
@@ -101,26 +184,51 @@ pub async fn ingest(
     };
     Ok((
         status,
-        Json(json!({ "accepted": accepted, "rejected": rejected, "results": results })),
+        Json(IngestAnswer::Batch(BatchReport {
+            accepted,
+            rejected,
+            results,
+        })),
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
+    /// Most events to answer (default 100).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Only events before this time (Unix ms): the `next_before` of the
+    /// previous page.
     #[serde(default)]
     pub before: Option<i64>,
 }
 
+/// A page of the timeline.
+#[derive(Serialize, ToSchema)]
+pub struct Timeline {
+    /// Newest first.
+    pub events: Vec<Event>,
+    /// The `before` of the next page; null when empty.
+    pub next_before: Option<i64>,
+}
+
 /// The contact's touchpoints, newest first.
+#[utoipa::path(get, path = "/v1/contacts/{id}/timeline", tag = "contacts",
+    summary = "The contact's touchpoints, newest first",
+    security(("apiKey" = ["read"])),
+    params(("id" = String, Path, description = "The contact's id"), TimelineQuery),
+    responses(
+        (status = 200, description = "A page of events", body = Timeline),
+        (status = 404, description = "No such contact", body = ErrorBody),
+    ))]
 pub async fn timeline(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<TimelineQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     caller.require(Scope::Read)?;
     state.pipeline.store.contact(&id).await?;
     let events = state
@@ -128,6 +236,9 @@ pub async fn timeline(
         .store
         .timeline(&id, query.limit.unwrap_or(100), query.before)
         .await?;
-    let next = events.last().map(|e| e.at);
-    Ok(Json(json!({ "events": events, "next_before": next })))
+    let next_before = events.last().map(|e| e.at);
+    Ok(Json(Timeline {
+        events,
+        next_before,
+    }))
 }

@@ -5,18 +5,41 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::store::BindingKind;
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Whether the node can serve; `problems` only when not.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (healthz), `ready` or `not_ready` (readyz).
+    pub status: &'static str,
+    /// What is missing, when not ready: no data, only which check failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        problems: None,
+    })
 }
 
 /// 200 when ready, 503 with what is missing otherwise. Details name no
 /// data, only which check failed.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    summary = "Readiness: database reachable, migrations applied, every bound plugin loaded",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready, with the problems", body = Health),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let store = &state.pipeline.store;
     let mut problems: Vec<String> = Vec::new();
     match store.migrations_pending().await {
@@ -51,11 +74,20 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         }
     }
     if problems.is_empty() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                problems: None,
+            }),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "problems": problems })),
+            Json(Health {
+                status: "not_ready",
+                problems: Some(problems),
+            }),
         )
     }
 }

@@ -5,11 +5,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState};
-use crate::mailbox::{Delivered, Mailbox};
+use crate::mailbox::{Delivered, Mailbox, MailboxMessage};
 use crate::model::Value as FieldValue;
 use crate::store::Scope;
 
@@ -19,12 +21,26 @@ fn mailbox(state: &AppState) -> Result<&Mailbox, ApiError> {
     })
 }
 
+/// A delivery taken into the mailbox.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: u64,
+}
+
 /// A delivery from the demo channel plugin.
+#[utoipa::path(post, path = "/v1/demo/mailbox", tag = "journeys",
+    summary = "A delivery from the demo-mailbox channel plugin (Bearer: the binding's token, not an API key)",
+    request_body = Delivered,
+    responses(
+        (status = 202, description = "In the mailbox", body = Accepted),
+        (status = 401, description = "Not the binding's token", body = ErrorBody),
+        (status = 404, description = "No demo mailbox: only while `nachfass demo` serves", body = ErrorBody),
+    ))]
 pub async fn deliver(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(message): ApiJson<Delivered>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let mailbox = mailbox(&state)?;
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -35,15 +51,48 @@ pub async fn deliver(
         return Err(ApiError::Unauthorized);
     }
     let id = mailbox.deliver(message, state.pipeline.clock.now());
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+}
+
+/// A send the policy gate deferred.
+#[derive(Serialize, ToSchema)]
+pub struct Deferred {
+    pub contact_id: String,
+    /// When it was deferred, Unix ms.
+    pub at: i64,
+    pub journey: Option<String>,
+    pub step: Option<String>,
+    /// Why: outside the send window, over a frequency cap, …
+    pub reason: Option<String>,
+    /// When it is tried again, Unix ms.
+    pub until: Option<i64>,
+}
+
+/// The demo mailbox's contents.
+#[derive(Serialize, ToSchema)]
+pub struct MailboxView {
+    /// Newest first, at most 200.
+    pub messages: Vec<MailboxMessage>,
+    /// The latest 50 deferred sends.
+    pub deferred: Vec<Deferred>,
 }
 
 /// The newest messages and the sends the policy gate deferred, with why
 /// and until when.
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/demo/mailbox", tag = "journeys",
+    summary = "The demo mailbox (only while `nachfass demo` serves): delivered messages as recipients see them, and deferred sends with why and until when",
+    security(("apiKey" = ["read"])),
+    responses(
+        (status = 200, description = "The mailbox", body = MailboxView),
+        (status = 404, description = "No demo mailbox: only while `nachfass demo` serves", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<MailboxView>, ApiError> {
     caller.require(Scope::Read)?;
     let mailbox = mailbox(&state)?;
-    let deferred: Vec<Value> = state
+    let deferred: Vec<Deferred> = state
         .pipeline
         .store
         .recent_events("message.deferred", 50)
@@ -51,25 +100,25 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
         .into_iter()
         .map(|e| {
             let text = |key: &str| match e.properties.get(key) {
-                Some(FieldValue::Text(s)) => Value::String(s.clone()),
-                _ => Value::Null,
+                Some(FieldValue::Text(s)) => Some(s.clone()),
+                _ => None,
             };
             let until = match e.properties.get("until") {
-                Some(FieldValue::Timestamp(t) | FieldValue::Integer(t)) => json!(t),
-                _ => Value::Null,
+                Some(FieldValue::Timestamp(t) | FieldValue::Integer(t)) => Some(*t),
+                _ => None,
             };
-            json!({
-                "contact_id": e.contact_id,
-                "at": e.at,
-                "journey": text("journey"),
-                "step": text("step"),
-                "reason": text("reason"),
-                "until": until,
-            })
+            Deferred {
+                journey: text("journey"),
+                step: text("step"),
+                reason: text("reason"),
+                until,
+                contact_id: e.contact_id,
+                at: e.at,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "messages": mailbox.newest(200),
-        "deferred": deferred,
-    })))
+    Ok(Json(MailboxView {
+        messages: mailbox.newest(200),
+        deferred,
+    }))
 }

@@ -11,8 +11,11 @@ use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::ApiBytes;
 use super::{ApiError, AppState};
 use crate::model::{Callback, DeliveryStatus, Value as FieldValue};
@@ -85,6 +88,13 @@ async fn record(
     Ok(())
 }
 
+#[utoipa::path(get, path = "/t/o/{token}", tag = "tracking",
+    summary = "Open pixel of a message (signed token)",
+    params(("token" = String, Path, description = "The signed token from the message")),
+    responses(
+        (status = 200, description = "A transparent 1×1 GIF; the open is recorded", content_type = "image/gif", body = Vec<u8>),
+        (status = 404, description = "Not a genuine open token", body = ErrorBody),
+    ))]
 pub async fn open(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -103,6 +113,13 @@ pub async fn open(
 
 /// Redirects to the link of the message the token names; a URL from the
 /// request is never followed, so this is no open redirect.
+#[utoipa::path(get, path = "/t/c/{token}", tag = "tracking",
+    summary = "Click redirect to a link of the message (signed token; no open redirect)",
+    params(("token" = String, Path, description = "The signed token from the message")),
+    responses(
+        (status = 302, description = "To the link; the click is recorded", headers(("location" = String))),
+        (status = 404, description = "Not a genuine click token", body = ErrorBody),
+    ))]
 pub async fn click(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -124,6 +141,13 @@ pub async fn click(
 
 /// The unsubscribe page: GET asks, POST (the page's button, or a mail
 /// client's RFC 8058 one-click) unsubscribes.
+#[utoipa::path(method(get, post), path = "/u/{token}", tag = "tracking",
+    summary = "Unsubscribe page (GET); unsubscribe (POST: the page's button or RFC 8058 one-click)",
+    params(("token" = String, Path, description = "The signed token from the message")),
+    responses(
+        (status = 200, description = "The page asking (GET), or saying it is done (POST)", content_type = "text/html", body = String),
+        (status = 404, description = "Not a genuine unsubscribe token", body = ErrorBody),
+    ))]
 pub async fn unsubscribe(
     State(state): State<AppState>,
     method: Method,
@@ -161,14 +185,31 @@ fn callback_refused(binding: &str, reason: &str) -> ApiError {
     )
 }
 
+/// What a callback changed.
+#[derive(Serialize, ToSchema)]
+pub struct CallbackReport {
+    /// Reports about messages this server sent, recorded.
+    pub accepted: u64,
+    /// Reports naming no message this server knows, ignored.
+    pub unknown: u64,
+}
+
 /// A provider's delivery report, parsed by the binding's connector.
+#[utoipa::path(post, path = "/v1/callbacks/{binding}", tag = "tracking",
+    summary = "A provider's delivery report, parsed and verified by the binding's connector",
+    params(("binding" = String, Path, description = "The channel binding the provider reports to")),
+    request_body(content = String, content_type = "application/octet-stream", description = "The report as the provider sends it; the connector checks it (a signature) and parses it"),
+    responses(
+        (status = 200, description = "Recorded", body = CallbackReport),
+        (status = 422, description = "Refused: no such binding, its plugin not loaded, or the connector declined it (one answer for all, so binding names cannot be probed)", body = ErrorBody),
+    ))]
 pub async fn callback(
     State(state): State<AppState>,
     Path(binding): Path<String>,
     method: Method,
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackReport>, ApiError> {
     let store = &state.pipeline.store;
     let def = store
         .bindings(BindingKind::Channel)
@@ -239,12 +280,20 @@ pub async fn callback(
         }
         accepted += 1;
     }
-    Ok(Json(json!({ "accepted": accepted, "unknown": unknown })))
+    Ok(Json(CallbackReport { accepted, unknown }))
 }
 
 /// The double opt-in confirmation link: GET shows a page and changes
 /// nothing (mail filters fetch links to scan them); its button POSTs,
 /// and only that confirms.
+#[utoipa::path(get, path = "/c/{token}", tag = "tracking",
+    summary = "The double opt-in confirmation page (signed token); changes nothing",
+    params(("token" = String, Path, description = "The signed token from the confirmation message")),
+    responses(
+        (status = 200, description = "The page with the button, or confirmed already", content_type = "text/html", body = String),
+        (status = 404, description = "Not a genuine confirmation token", body = ErrorBody),
+        (status = 410, description = "The request expired", content_type = "text/html", body = String),
+    ))]
 pub async fn confirm_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -289,6 +338,14 @@ fn html_escape(text: &str) -> String {
 
 /// The confirmation page's button: confirms the consent, with the client
 /// address (see [`super::client::client_ip`]) and user agent as proof.
+#[utoipa::path(post, path = "/c/{token}", tag = "tracking",
+    summary = "Confirm a double opt-in request: the page's button",
+    params(("token" = String, Path, description = "The signed token from the confirmation message")),
+    responses(
+        (status = 200, description = "Confirmed", content_type = "text/html", body = String),
+        (status = 404, description = "Not a genuine confirmation token", body = ErrorBody),
+        (status = 410, description = "The request expired", content_type = "text/html", body = String),
+    ))]
 pub async fn confirm(
     State(state): State<AppState>,
     Path(token): Path<String>,

@@ -4,36 +4,65 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState};
-use crate::runtime::signature::PublicKey;
-use crate::store::Scope;
+use crate::runtime::signature::{PublicKey, SignaturePolicy};
+use crate::store::{Scope, TrustedKey};
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::Admin)?;
-    let keys = state.pipeline.store.trusted_keys().await?;
-    Ok(Json(json!({
-        "signatures": state.pipeline.registry.runtime().trust_policy().map(|p| p.signatures),
-        "keys": keys,
-    })))
+/// The trusted keys and the signature policy.
+#[derive(Serialize, ToSchema)]
+pub struct TrustedKeys {
+    /// The signature policy (`--signatures`): whether unsigned bundles are
+    /// accepted; null when the runtime has none.
+    pub signatures: Option<SignaturePolicy>,
+    pub keys: Vec<TrustedKey>,
 }
 
-#[derive(Deserialize)]
+#[utoipa::path(get, path = "/v1/trusted-keys", tag = "plugins",
+    summary = "Publisher keys whose signed plugin bundles are accepted, and the signature policy",
+    security(("apiKey" = ["admin"])),
+    responses((status = 200, description = "The keys", body = TrustedKeys)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<TrustedKeys>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let keys = state.pipeline.store.trusted_keys().await?;
+    let signatures = state
+        .pipeline
+        .registry
+        .runtime()
+        .trust_policy()
+        .map(|p| p.signatures);
+    Ok(Json(TrustedKeys { signatures, keys }))
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustBody {
     /// `ed25519:<64 hex digits>`, as `nachfass plugin keygen` prints it.
+    #[schema(pattern = "^ed25519:[0-9a-f]{64}$")]
     pub public_key: String,
     pub publisher: String,
 }
 
+#[utoipa::path(post, path = "/v1/trusted-keys", tag = "plugins",
+    summary = "Trust a publisher's key; audited",
+    security(("apiKey" = ["admin"])),
+    request_body = TrustBody,
+    responses(
+        (status = 200, description = "Already trusted", body = TrustBody),
+        (status = 201, description = "Now trusted", body = TrustBody),
+    ))]
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<TrustBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TrustBody>), ApiError> {
     caller.require(Scope::Admin)?;
     let key: PublicKey = body
         .public_key
@@ -60,10 +89,21 @@ pub async fn add(
     };
     Ok((
         status,
-        Json(json!({ "public_key": key.to_string(), "publisher": body.publisher })),
+        Json(TrustBody {
+            public_key: key.to_string(),
+            publisher: body.publisher,
+        }),
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/trusted-keys/{key}", tag = "plugins",
+    summary = "Stop trusting a key (installed versions stay); audited",
+    security(("apiKey" = ["admin"])),
+    params(("key" = String, Path, description = "`ed25519:<64 hex digits>`")),
+    responses(
+        (status = 204, description = "No longer trusted"),
+        (status = 404, description = "The key is not trusted", body = ErrorBody),
+    ))]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,

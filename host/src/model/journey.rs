@@ -521,7 +521,7 @@ impl JourneyDef {
 
 /// What counts as success; the denominator is always the variant's
 /// delivered messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AbMetric {
     Opened,

@@ -42,7 +42,7 @@ pub struct Capabilities {
 }
 
 /// What a version asks for beyond another: the body of an approval.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapabilityDiff {
     /// Imported interfaces, as `package/interface@version` with the version

@@ -120,7 +120,7 @@ impl Limits {
 
 /// Limits a binding sets for itself; what it leaves out keeps the world's
 /// default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Instructions per call (wasmtime fuel).

@@ -19,7 +19,7 @@ pub const SECTION_NAME: &str = "nachfass:manifest";
 pub const API_VERSION: &str = "0.1.0";
 
 /// The three kinds of plugin, one per WIT world.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum World {
     SegmentRule,

@@ -93,7 +93,7 @@ pub struct Installed {
 }
 
 /// A plugin as listed by the registry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PluginSummary {
     pub name: String,
     pub world: World,

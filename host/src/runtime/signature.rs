@@ -268,7 +268,18 @@ fn signed_message(unsigned: &[u8]) -> Vec<u8> {
 }
 
 /// Whether unsigned plugins are accepted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SignaturePolicy {
     /// Signed and unsigned plugins are accepted; a signature, when there is

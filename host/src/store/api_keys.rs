@@ -30,7 +30,7 @@ impl Scope {
         }
     }
 
-    fn parse(s: &str) -> Option<Scope> {
+    pub fn parse(s: &str) -> Option<Scope> {
         [Scope::Admin, Scope::Write, Scope::Read, Scope::Ingest]
             .into_iter()
             .find(|scope| scope.as_str() == s)

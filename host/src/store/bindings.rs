@@ -11,7 +11,7 @@ use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::ScoreChange;
 use crate::runtime::LimitOverrides;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BindingKind {
     Scorer,
@@ -31,7 +31,7 @@ impl BindingKind {
 }
 
 /// A named use of a plugin. A segment's name is the segment's name.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindingDef {
     pub name: String,
@@ -44,7 +44,8 @@ pub struct BindingDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// What `host.config` answers. Numbers and booleans are accepted and
-    /// kept as their text (`25`, `true`), the form plugins read.
+    /// kept as their text (`25`, `true`), the form plugins read. Only the
+    /// keys the plugin's manifest declares.
     #[serde(default, deserialize_with = "config_values")]
     pub config: BTreeMap<String, String>,
     /// Hosts a channel binding may reach over HTTP (`host`, `host:port`,
@@ -86,7 +87,7 @@ fn config_values<'de, D: serde::Deserializer<'de>>(
 }
 
 /// One recorded score change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ScoreEntry {
     pub binding: String,
     pub delta: i64,

@@ -19,7 +19,7 @@ pub struct Identity {
 
 /// A contact to create or update. Attributes are merged: keys given here
 /// replace stored ones, others stay.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
     #[serde(default)]
@@ -31,6 +31,7 @@ pub struct ContactInput {
     #[serde(default)]
     pub timezone: Option<String>,
     #[serde(default)]
+    #[schema(inline)]
     pub attributes: Fields,
 }
 

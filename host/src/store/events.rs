@@ -12,14 +12,17 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// One touchpoint to record. The contact is named by `contact_id`, or by
 /// `email` / `external_id` (created on the fly when unknown).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
+    /// What happened: `signup`, `page.visited`, `purchase`.
+    #[schema(pattern = "^[a-z][a-z0-9._-]{0,63}$")]
     pub kind: String,
     /// Unix epoch milliseconds; defaults to the time of ingestion.
     #[serde(default)]
     pub at: Option<i64>,
     #[serde(default)]
+    #[schema(inline)]
     pub properties: Fields,
     /// The sender's id for this event: a resend with the same id is
     /// recorded once.

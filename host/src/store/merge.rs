@@ -7,8 +7,9 @@ use super::{Store, StoreError};
 use crate::model::Contact;
 
 /// Filters for listing contacts; all optional, combined with AND.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ContactFilter {
     pub stage: Option<String>,
     pub segment: Option<String>,
@@ -21,7 +22,7 @@ pub struct ContactFilter {
 }
 
 /// What a merge did, for the caller and the audit trail.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MergeReport {
     pub survivor: String,
     pub merged: String,

@@ -41,7 +41,7 @@ impl JobArgs for Rescore {
 }
 
 /// A task's progress, as any node reads it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TaskProgress {
     pub id: String,
     pub kind: String,

@@ -49,7 +49,7 @@ pub(super) fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, Stor
 }
 
 /// One entry of the audit log.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub at: i64,

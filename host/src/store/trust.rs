@@ -11,7 +11,7 @@ use crate::runtime::Runtime;
 use crate::runtime::signature::{PublicKey, TrustPolicy};
 
 /// A key an operator trusts, and for which publisher.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TrustedKey {
     /// `ed25519:<64 hex digits>`.
     pub public_key: String,
