@@ -126,7 +126,15 @@ impl Scheduler {
         metrics::histogram!("nachfass_job_lag_seconds", "kind" => kind.clone())
             .record((started - job.due_at).max(0) as f64 / 1000.0);
         let max_attempts = self.registry.max_attempts(&kind);
-        let outcome = match self.registry.run(self.journeys.clone(), job.clone()).await {
+        let work = self.registry.run(self.journeys.clone(), job.clone());
+        // A job that outlives its lease keeps it: another node never runs it
+        // beside this one (a long sweep, a rebuild between batches).
+        let ran = tokio::select! {
+            biased;
+            ran = work => ran,
+            never = self.heartbeat(&job) => match never {},
+        };
+        let outcome = match ran {
             Ok(outcome) => outcome,
             Err(e) if job.attempts >= max_attempts => JobOutcome::Failed {
                 error: e.to_string(),
@@ -157,6 +165,25 @@ impl Scheduler {
         // The lease runs out and the job comes back: nothing is lost.
         if let Err(e) = written {
             tracing::warn!(job = %job.id, error = %e, "could not record the job's outcome");
+        }
+    }
+
+    /// Extends `job`'s lease every third of its length until dropped (the
+    /// job finished). A lost lease is logged; the job's own transaction
+    /// then finds it lost and rolls back.
+    async fn heartbeat(&self, job: &ClaimedJob) -> std::convert::Infallible {
+        let every = Duration::from_millis(u64::try_from(job.lease_ms / 3).unwrap_or(1).max(1));
+        let store = &self.journeys.pipeline.store;
+        loop {
+            tokio::time::sleep(every).await;
+            let until = self.journeys.pipeline.clock.now() + job.lease_ms;
+            match store.extend_lease(job, until).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job = %job.id, "lease lost while running; another node may run the job")
+                }
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "could not extend the lease"),
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nachfass::clock::ManualClock;
+use nachfass::clock::{Clock, ManualClock};
 use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
@@ -157,6 +157,89 @@ async fn kinds_run_by_their_handlers_sqlite() {
 async fn kinds_run_by_their_handlers_postgres() {
     kinds_run_by_their_handlers("postgres").await;
 }
+
+/// A kind that takes longer than its lease.
+#[derive(Serialize, Deserialize)]
+struct Slow {
+    name: String,
+}
+
+impl JobArgs for Slow {
+    const KIND: &'static str = "slow_test_job";
+    fn unique_key(&self) -> String {
+        format!("slow:{}", self.name)
+    }
+}
+
+/// A job that outlives its lease keeps it by heartbeat: a second node
+/// polling meanwhile never runs it beside the first.
+async fn a_long_job_keeps_its_lease(dialect: &'static str) {
+    let (store, temp) = store(dialect).await;
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(Registry::new(runtime())),
+        clock: Arc::new(nachfass::clock::SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let runs = Arc::new(AtomicU32::new(0));
+    let node = |runs: Arc<AtomicU32>| {
+        let mut registry = job_registry();
+        registry.register(move |journeys: Arc<Journeys>, job, _args: Slow| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Four leases long.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                let mut tx = journeys.pipeline.store.pool().begin().await?;
+                if nachfass::store::jobs::finish_in(&mut tx, &job).await? {
+                    tx.commit().await?;
+                }
+                Ok(JobOutcome::Done)
+            }
+        });
+        let config = SchedulerConfig {
+            lease_ms: 300,
+            ..SchedulerConfig::default()
+        };
+        Scheduler::with_registry(journeys.clone(), config, registry)
+    };
+    let (a, b) = (node(runs.clone()), node(runs.clone()));
+    let now = nachfass::clock::SystemClock.now();
+    store
+        .enqueue(
+            &Slow {
+                name: "long".into(),
+            },
+            now,
+            now,
+        )
+        .await
+        .unwrap();
+    let first = tokio::spawn(async move { a.tick().await.unwrap() });
+    // The other node polls while the job runs, past its first lease.
+    let mut claimed_by_b = 0;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        claimed_by_b += b.tick().await.unwrap();
+    }
+    assert_eq!(first.await.unwrap(), 1, "{dialect}");
+    assert_eq!(claimed_by_b, 0, "{dialect}: the lease was kept");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "{dialect}");
+    let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jobs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(left, 0, "{dialect}: finished once");
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_long_job_keeps_its_lease
+);
 
 const CONTACTS: i64 = 100_000;
 

@@ -292,6 +292,30 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Extends a running job's lease to `until` while this worker holds
+    /// it. Returns `false` when the lease was lost (another node may run the
+    /// job now).
+    pub async fn extend_lease(&self, job: &ClaimedJob, until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND leased_by = $3 AND lease_until < $1",
+        )
+        .bind(until)
+        .bind(job.id.clone())
+        .bind(job.leased_by.clone())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // Not moved: either held with a later lease already, or lost.
+        let held = sqlx::query("SELECT 1 AS held FROM jobs WHERE id = $1 AND leased_by = $2")
+            .bind(job.id.clone())
+            .bind(job.leased_by.clone())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(held.is_some())
+    }
+
     /// Gives a job back to run again at `due_at`, noting why.
     pub async fn retry_job(
         &self,
