@@ -615,15 +615,42 @@ async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
         let message = by_api["error"]["message"].as_str().unwrap();
         assert!(refused.contains(message), "{message} on the page:\n{refused}");
         browser.script("document.getElementById('upload').reset()");
+        // version-tag 2.0.0 uploaded without activating: installed, and
+        // 1.0.0 stays live; its Activate button makes it live.
+        browser.script("document.getElementById('upload-later').checked = true");
         let next = files.path().join("version-tag-2.0.0.wasm");
         std::fs::write(&next, version_tag(2)).unwrap();
         choose(&next);
-        let uploaded = browser.wait_for_text("version-tag@2.0.0 installiert und live.");
-        assert!(
-            browser.script("return document.querySelector('[data-version=\"version-tag@2.0.0\"] .tag.live') !== null") == Value::Bool(true),
-            "2.0.0 marked live:\n{uploaded}"
+        browser.wait_for_text("version-tag@2.0.0 installiert, nicht live.");
+        assert_eq!(listed_plugin(port, key, "version-tag")["live"], "1.0.0");
+        browser.script(
+            "document.querySelector('[data-version=\"version-tag@2.0.0\"] button.activate').click()",
         );
+        let activated = browser.wait_until(
+            "document.querySelector('[data-version=\"version-tag@2.0.0\"] .tag.live')",
+        );
+        assert!(activated.contains("version-tag@2.0.0 ist live."), "{activated}");
         assert_eq!(listed_plugin(port, key, "version-tag")["live"], "2.0.0");
+        // A component from another toolchain: no manifest inside, its
+        // `.manifest.json` chosen beside it (sent as a multipart form).
+        let raw = files.path().join("b2b_fit.wasm");
+        std::fs::write(&raw, guests::B2B_FIT.bytes()).unwrap();
+        let sidecar = files.path().join("b2b_fit.manifest.json");
+        std::fs::write(&sidecar, serde_json::to_vec(&guests::B2B_FIT.manifest()).unwrap()).unwrap();
+        let manifest_input = browser.element("#upload-manifest");
+        browser.call(
+            "POST",
+            &format!("/element/{manifest_input}/value"),
+            json!({ "text": sidecar.to_str().unwrap() }),
+        );
+        choose(&raw);
+        let b2b = format!("b2b-fit@{}", guests::B2B_FIT.manifest().version);
+        let uploaded = browser.wait_for_text(&format!("{b2b} installiert und live."));
+        assert!(uploaded.contains("b2b-fit"), "{uploaded}");
+        assert_eq!(
+            listed_plugin(port, key, "b2b-fit")["live"],
+            guests::B2B_FIT.manifest().version.as_str()
+        );
         browser.screenshot(&format!("plugins-uploaded-{dialect}"));
 
         // Activate the older version, then roll back to the newer.
