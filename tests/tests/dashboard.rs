@@ -491,10 +491,11 @@ fn listed_binding(port: u16, key: &str, name: &str) -> Value {
         .clone()
 }
 
-/// The operator deploys from the dashboard: uploads a version through the
-/// form, activates an older one and rolls back with the buttons, sees a
-/// refusal (a version that needs approval, a misspelt configuration key)
-/// in the server's words, creates a binding and watches its re-score
+/// The operator deploys from the dashboard: uploads through the form (a
+/// version kept for later, then activated; a component with its manifest
+/// file beside it), activates an older version and rolls back with the
+/// buttons, sees each refusal (not a component, a version that needs
+/// approval, a misspelt configuration key) in the server's words, creates a binding and watches its re-score
 /// reach done without reloading, pins a version in the edit form, and
 /// resumes a binding the circuit breaker paused (tripped for real by the
 /// flaky-scorer fixture). Every step is checked through the API as well.
@@ -587,7 +588,7 @@ async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
         browser.wait_until("document.getElementById('upload-file')");
 
         // Upload through the form: a file that is no component is refused
-        // in the server's words; version-tag 2.0.0 goes live.
+        // in the server's words.
         let choose = |path: &std::path::Path| {
             let input = browser.element("#upload-file");
             browser.call(
@@ -715,7 +716,7 @@ async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
         // Fixed: created, and its re-score task shows up, still waiting.
         browser.script("document.getElementById('binding-config').value = 'pricing_points=15'; document.getElementById('binding-save').click()");
         browser.wait_for_text("Bindung eng angelegt.");
-        let task_row = "[...document.querySelectorAll('#tasks tr[data-task]')].find((r) => r.innerText.includes('eng'))";
+        let task_row = "document.querySelector('#tasks tr[data-target=\"eng\"]')";
         let waiting = browser.wait_until(&format!("{task_row}?.dataset.done === 'false'"));
         assert!(waiting.contains("läuft"), "{waiting}");
         // Something typed meanwhile stays: the panel refreshes, not the page.
