@@ -764,14 +764,21 @@ async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
             "document.getElementById('binding-name').readOnly && document.getElementById('binding-name').value === 'tagged'",
         );
         assert!(editing.contains("Bindung tagged bearbeiten"), "{editing}");
-        browser.script("document.getElementById('binding-version').value = '1.0.0'; document.getElementById('binding-save').click()");
-        browser.wait_until(
+        // A limit line that is not key=value is caught before sending.
+        browser.script("document.getElementById('binding-limits').value = 'fuel 5000000'; document.getElementById('binding-save').click()");
+        let caught = browser.wait_until(
+            "document.getElementById('binding-result').innerText.includes('key=value')",
+        );
+        assert!(caught.contains("Limits, Zeile 1"), "{caught}");
+        browser.script("document.getElementById('binding-version').value = '1.0.0'; document.getElementById('binding-limits').value = 'fuel=5000000'; document.getElementById('binding-save').click()");
+        let pinned = browser.wait_until(
             "document.querySelector('[data-binding=\"tagged\"] .runs')?.innerText === 'version-tag@1.0.0' && document.querySelector('[data-binding=\"tagged\"] .pin').innerText === '1.0.0'",
         );
+        assert!(pinned.contains("Limits: fuel=5000000"), "{pinned}");
         let tagged = listed_binding(port, key, "tagged");
         assert_eq!(
-            (tagged["version"].as_str(), tagged["runs"].as_str()),
-            (Some("1.0.0"), Some("version-tag@1.0.0")),
+            (tagged["version"].as_str(), tagged["runs"].as_str(), tagged["limits"]["fuel"].as_u64()),
+            (Some("1.0.0"), Some("version-tag@1.0.0"), Some(5_000_000)),
             "{dialect}: {tagged}"
         );
 
