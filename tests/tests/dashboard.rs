@@ -806,6 +806,36 @@ async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
         assert!(resumed.contains("Fortgesetzt."), "{resumed}");
         assert_eq!(listed_binding(port, key, "flaky")["paused"], Value::Null);
 
+        // Delete asks first (the click runs after the script returns, so
+        // the dialog does not block it); accepted, the binding is gone.
+        browser.script("setTimeout(() => document.querySelector('[data-binding=\"eng\"] button.delete').click(), 0)");
+        let started = Instant::now();
+        let question = loop {
+            let (status, answer) = http(
+                browser.port,
+                "GET",
+                &format!("/session/{}/alert/text", browser.session),
+                None,
+                None,
+            );
+            if status == 200 {
+                break answer["value"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "no question asked: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(question, "Bindung eng löschen?");
+        browser.call("POST", "/alert/accept", Value::Null);
+        let deleted = browser.wait_until(
+            "document.getElementById('bindings') && !document.querySelector('[data-binding=\"eng\"]')",
+        );
+        assert!(deleted.contains("Bindung eng gelöscht."), "{deleted}");
+        let (_, bindings) = http(port, "GET", "/v1/bindings", Some(key), None);
+        assert!(
+            bindings["bindings"].as_array().unwrap().iter().all(|b| b["name"] != "eng"),
+            "{bindings}"
+        );
+
         // The same page in English.
         browser.go(&format!("{base}/dashboard?lang=en#/plugins"));
         let english = browser.wait_for_text("Upload a plugin");
