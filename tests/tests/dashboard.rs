@@ -453,6 +453,408 @@ async fn the_dashboard_shows_what_the_api_created() {
     temp.cleanup(store).await;
 }
 
+/// version-tag built as 1.0.0 or 2.0.0, packed under one name.
+fn version_tag(version: u8) -> Vec<u8> {
+    let guest = if version == 1 {
+        guests::VERSION_TAG
+    } else {
+        guests::VERSION_TAG_NEXT
+    };
+    let mut manifest = guest.manifest();
+    manifest.name = "version-tag".into();
+    embed(&guest.bytes(), &manifest).unwrap()
+}
+
+/// The plugin as `GET /v1/plugins` lists it.
+fn listed_plugin(port: u16, key: &str, name: &str) -> Value {
+    let (status, listed) = http(port, "GET", "/v1/plugins", Some(key), None);
+    assert_eq!(status, 200, "{listed}");
+    listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is listed: {listed}"))
+        .clone()
+}
+
+/// The binding as `GET /v1/bindings` lists it.
+fn listed_binding(port: u16, key: &str, name: &str) -> Value {
+    let (status, listed) = http(port, "GET", "/v1/bindings", Some(key), None);
+    assert_eq!(status, 200, "{listed}");
+    listed["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is listed: {listed}"))
+        .clone()
+}
+
+/// The operator deploys from the dashboard: uploads through the form (a
+/// version kept for later, then activated; a component with its manifest
+/// file beside it), activates an older version and rolls back with the
+/// buttons, sees each refusal (not a component, a version that needs
+/// approval, a misspelt configuration key) in the server's words, creates a binding and watches its re-score
+/// reach done without reloading, pins a version in the edit form, and
+/// resumes a binding the circuit breaker paused (tripped for real by the
+/// flaky-scorer fixture). Every step is checked through the API as well.
+async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(Registry::new(runtime())),
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let (_, key) = store
+        .create_api_key("dashboard", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let journeys = Journeys::new(pipeline, Policy::default());
+    // No scheduler runs in the background: the test runs the queued tasks
+    // while the browser looks, so the page must refresh on its own.
+    let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+    let state = AppState::with_journeys(journeys, None);
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
+
+    let key_for_setup = key.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = key_for_setup.as_str();
+        let upload = |bytes: &[u8], query: &str, expected: u16| {
+            let path = format!("/v1/plugins{query}");
+            let (status, answer) =
+                http_bytes(port, "POST", &path, Some(key), "application/wasm", bytes);
+            assert_eq!(status, expected, "{answer}");
+        };
+        upload(&version_tag(1), "", 201);
+        for guest in [guests::ENGAGEMENT, guests::FLAKY_SCORER] {
+            upload(&std::fs::read(guest.packed()).unwrap(), "", 201);
+        }
+        // relay 1.1.0 wants one more host than the live 1.0.0.
+        for (version, hosts, query) in [
+            ("1.0.0", vec!["a.example"], ""),
+            ("1.1.0", vec!["a.example", "b.example"], "?activate=false"),
+        ] {
+            let mut manifest = guests::WEBHOOK.manifest();
+            manifest.name = "relay".into();
+            manifest.version = version.into();
+            manifest.http_hosts = hosts.into_iter().map(str::to_owned).collect();
+            upload(&embed(&guests::WEBHOOK.bytes(), &manifest).unwrap(), query, 201);
+        }
+        let post = |path: &str, body: Value| {
+            let (status, answer) = http(port, "POST", path, Some(key), Some(&body.to_string()));
+            assert!((200..300).contains(&status), "{path}: {status} {answer}");
+        };
+        for email in ["a@deploy.example", "b@deploy.example", "c@deploy.example"] {
+            post(
+                "/v1/events",
+                json!({ "kind": "page.visited", "email": email, "properties": { "url": "/pricing" } }),
+            );
+        }
+        // The flaky scorer traps from its eleventh call on: the breaker
+        // pauses its binding (no earlier version to roll back to).
+        post(
+            "/v1/bindings",
+            json!({ "name": "flaky", "kind": "scorer", "plugin": "flaky-scorer" }),
+        );
+        for seq in 1..=30 {
+            post(
+                "/v1/events",
+                json!({ "kind": "page.visited", "email": "f@deploy.example", "properties": { "seq": seq } }),
+            );
+        }
+        let flaky = listed_binding(port, key, "flaky");
+        assert!(
+            flaky["paused"].as_str().unwrap_or_default().contains("10 of 20 calls"),
+            "{dialect}: {flaky}"
+        );
+    })
+    .await
+    .unwrap();
+
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime_handle = tokio::runtime::Handle::current();
+    let files = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let key = key.as_str();
+        let browser = Browser::start();
+        browser.go(&format!("{base}/dashboard?lang=de#key={key}"));
+        browser.wait_for_text("Ereignisse pro Tag");
+        browser.go(&format!("{base}/dashboard#/plugins"));
+        browser.wait_until("document.getElementById('upload-file')");
+
+        // Upload through the form: a file that is no component is refused
+        // in the server's words.
+        let choose = |path: &std::path::Path| {
+            let input = browser.element("#upload-file");
+            browser.call(
+                "POST",
+                &format!("/element/{input}/value"),
+                json!({ "text": path.to_str().unwrap() }),
+            );
+            browser.script("document.getElementById('upload-button').click()");
+        };
+        let junk = files.path().join("notes.wasm");
+        std::fs::write(&junk, "not a component").unwrap();
+        choose(&junk);
+        let refused = browser.wait_until(
+            "document.getElementById('upload-result').className === 'bad' && document.getElementById('upload-result').innerText.length > 0",
+        );
+        let (status, by_api) = http_bytes(
+            port,
+            "POST",
+            "/v1/plugins",
+            Some(key),
+            "application/wasm",
+            b"not a component",
+        );
+        assert_eq!(status, 422, "{by_api}");
+        let message = by_api["error"]["message"].as_str().unwrap();
+        assert!(refused.contains(message), "{message} on the page:\n{refused}");
+        browser.script("document.getElementById('upload').reset()");
+        // version-tag 2.0.0 uploaded without activating: installed, and
+        // 1.0.0 stays live; its Activate button makes it live.
+        browser.script("document.getElementById('upload-later').checked = true");
+        let next = files.path().join("version-tag-2.0.0.wasm");
+        std::fs::write(&next, version_tag(2)).unwrap();
+        choose(&next);
+        browser.wait_for_text("version-tag@2.0.0 installiert, nicht live.");
+        assert_eq!(listed_plugin(port, key, "version-tag")["live"], "1.0.0");
+        browser.script(
+            "document.querySelector('[data-version=\"version-tag@2.0.0\"] button.activate').click()",
+        );
+        let activated = browser.wait_until(
+            "document.querySelector('[data-version=\"version-tag@2.0.0\"] .tag.live')",
+        );
+        assert!(activated.contains("version-tag@2.0.0 ist live."), "{activated}");
+        assert_eq!(listed_plugin(port, key, "version-tag")["live"], "2.0.0");
+        // A component from another toolchain: no manifest inside, its
+        // `.manifest.json` chosen beside it (sent as a multipart form).
+        let raw = files.path().join("b2b_fit.wasm");
+        std::fs::write(&raw, guests::B2B_FIT.bytes()).unwrap();
+        let sidecar = files.path().join("b2b_fit.manifest.json");
+        std::fs::write(&sidecar, serde_json::to_vec(&guests::B2B_FIT.manifest()).unwrap()).unwrap();
+        let manifest_input = browser.element("#upload-manifest");
+        browser.call(
+            "POST",
+            &format!("/element/{manifest_input}/value"),
+            json!({ "text": sidecar.to_str().unwrap() }),
+        );
+        choose(&raw);
+        let b2b = format!("b2b-fit@{}", guests::B2B_FIT.manifest().version);
+        let uploaded = browser.wait_for_text(&format!("{b2b} installiert und live."));
+        assert!(uploaded.contains("b2b-fit"), "{uploaded}");
+        assert_eq!(
+            listed_plugin(port, key, "b2b-fit")["live"],
+            guests::B2B_FIT.manifest().version.as_str()
+        );
+        browser.screenshot(&format!("plugins-uploaded-{dialect}"));
+
+        // Activate the older version, then roll back to the newer.
+        browser.script(
+            "document.querySelector('[data-version=\"version-tag@1.0.0\"] button.activate').click()",
+        );
+        browser.wait_until(
+            "document.querySelector('[data-version=\"version-tag@1.0.0\"] .tag.live') && document.querySelector('[data-plugin=\"version-tag\"] button.rollback')",
+        );
+        let plugin = listed_plugin(port, key, "version-tag");
+        assert_eq!(
+            (plugin["live"].as_str(), plugin["previous"].as_str()),
+            (Some("1.0.0"), Some("2.0.0")),
+            "{dialect}: {plugin}"
+        );
+        browser.script("document.querySelector('[data-plugin=\"version-tag\"] button.rollback').click()");
+        let rolled = browser.wait_until(
+            "document.querySelector('[data-version=\"version-tag@2.0.0\"] .tag.live')",
+        );
+        assert!(rolled.contains("version-tag@2.0.0 ist live."), "{rolled}");
+        assert_eq!(listed_plugin(port, key, "version-tag")["live"], "2.0.0");
+
+        // A version that asks for more than the live one: refused, and
+        // the page says why; nothing changed.
+        browser.script(
+            "document.querySelector('[data-version=\"relay@1.1.0\"] button.activate').click()",
+        );
+        let refused = browser.wait_until(
+            "document.querySelector('[data-plugin=\"relay\"] .bad').innerText.includes('asks for more')",
+        );
+        assert!(
+            refused.contains("relay@1.1.0 asks for more than the live relay@1.0.0"),
+            "{refused}"
+        );
+        assert_eq!(listed_plugin(port, key, "relay")["live"], "1.0.0");
+        browser.script("document.querySelector('[data-plugin=\"relay\"]').scrollIntoView()");
+        browser.screenshot(&format!("plugins-refused-{dialect}"));
+
+        // A binding with a misspelt key: the server's 422, with the known
+        // keys, and no binding.
+        let fill = |name: &str, plugin: &str, config: &str| {
+            browser.script(&format!(
+                "const f = document.getElementById('binding-form'); f.name.value = {}; f.kind.value = 'scorer'; f.plugin.value = {}; f.config.value = {}; document.getElementById('binding-save').click()",
+                json!(name),
+                json!(plugin),
+                json!(config)
+            ));
+        };
+        fill("eng", "engagement", "pricing_point=15");
+        let refused = browser.wait_until(
+            "document.getElementById('binding-result').innerText.includes('unknown configuration key')",
+        );
+        assert!(
+            refused.contains("binding `eng`: unknown configuration key `pricing_point` for plugin `engagement`; known keys: points, pricing_points, pricing_path, max_per_day"),
+            "{refused}"
+        );
+        let (_, bindings) = http(port, "GET", "/v1/bindings", Some(key), None);
+        assert_eq!(bindings["bindings"].as_array().unwrap().len(), 1, "{bindings}");
+        browser.script("document.getElementById('binding-panel').scrollIntoView()");
+        browser.screenshot(&format!("binding-refused-{dialect}"));
+
+        // Fixed: created, and its re-score task shows up, still waiting.
+        browser.script("document.getElementById('binding-config').value = 'pricing_points=15'; document.getElementById('binding-save').click()");
+        browser.wait_for_text("Bindung eng angelegt.");
+        let task_row = "document.querySelector('#tasks tr[data-target=\"eng\"]')";
+        let waiting = browser.wait_until(&format!("{task_row}?.dataset.done === 'false'"));
+        assert!(waiting.contains("läuft"), "{waiting}");
+        // Something typed meanwhile stays: the panel refreshes, not the page.
+        browser.script("document.getElementById('binding-name').value = 'typed'");
+        // Another node's scheduler (here: the test's) runs the task.
+        runtime_handle.block_on(scheduler.run_until_idle()).unwrap();
+        let (_, tasks) = http(port, "GET", "/v1/plugin-tasks", Some(key), None);
+        let task = tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == "eng")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (task["kind"].as_str(), task["done"].as_bool(), task["error"].clone()),
+            (Some("rescore"), Some(true), Value::Null),
+            "{task}"
+        );
+        let total = task["total"].as_i64().unwrap();
+        assert_eq!(total, 4, "four contacts re-scored: {task}");
+        let done = browser.wait_until(&format!("{task_row}?.dataset.done === 'true'"));
+        assert!(
+            done.contains(&format!("{total}/{total}")) && done.contains("fertig"),
+            "{done}"
+        );
+        assert_eq!(
+            browser.script("return document.getElementById('binding-name').value"),
+            "typed"
+        );
+        browser.script("document.getElementById('tasks-panel').scrollIntoView()");
+        browser.screenshot(&format!("binding-task-done-{dialect}"));
+
+        // A binding created through the form follows live; the edit form
+        // pins it to 1.0.0.
+        browser.script("newBinding()");
+        fill("tagged", "version-tag", "");
+        browser.wait_for_text("Bindung tagged angelegt.");
+        assert_eq!(
+            listed_binding(port, key, "tagged")["runs"],
+            "version-tag@2.0.0"
+        );
+        browser.script("document.querySelector('[data-binding=\"tagged\"] button.edit').click()");
+        let editing = browser.wait_until(
+            "document.getElementById('binding-name').readOnly && document.getElementById('binding-name').value === 'tagged'",
+        );
+        assert!(editing.contains("Bindung tagged bearbeiten"), "{editing}");
+        // A limit line that is not key=value is caught before sending.
+        browser.script("document.getElementById('binding-limits').value = 'fuel 5000000'; document.getElementById('binding-save').click()");
+        let caught = browser.wait_until(
+            "document.getElementById('binding-result').innerText.includes('key=value')",
+        );
+        assert!(caught.contains("Limits, Zeile 1"), "{caught}");
+        browser.script("document.getElementById('binding-version').value = '1.0.0'; document.getElementById('binding-limits').value = 'fuel=5000000'; document.getElementById('binding-save').click()");
+        let pinned = browser.wait_until(
+            "document.querySelector('[data-binding=\"tagged\"] .runs')?.innerText === 'version-tag@1.0.0' && document.querySelector('[data-binding=\"tagged\"] .pin').innerText === '1.0.0'",
+        );
+        assert!(pinned.contains("Limits: fuel=5000000"), "{pinned}");
+        let tagged = listed_binding(port, key, "tagged");
+        assert_eq!(
+            (tagged["version"].as_str(), tagged["runs"].as_str(), tagged["limits"]["fuel"].as_u64()),
+            (Some("1.0.0"), Some("version-tag@1.0.0"), Some(5_000_000)),
+            "{dialect}: {tagged}"
+        );
+
+        // The breaker's pause, shown with its reason; Resume resets it.
+        let paused = browser.wait_until(
+            "document.querySelector('[data-binding=\"flaky\"] .tag.paused')",
+        );
+        assert!(
+            paused.contains("pausiert (Breaker)") && paused.contains("10 of 20 calls of flaky-scorer@2.0.0"),
+            "{paused}"
+        );
+        assert!(paused.contains("binding.paused"), "the log shows the pause:\n{paused}");
+        browser.script("document.getElementById('bindings').scrollIntoView()");
+        // Long reasons and log details wrap: nothing runs off the page.
+        assert_eq!(
+            browser.script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth"),
+            Value::Bool(true),
+            "the plugins page fits the window"
+        );
+        browser.screenshot(&format!("binding-paused-{dialect}"));
+        browser.script("document.querySelector('[data-binding=\"flaky\"] button.resume').click()");
+        let resumed = browser.wait_until(
+            "document.querySelector('[data-binding=\"flaky\"]') && !document.querySelector('[data-binding=\"flaky\"] .tag.paused')",
+        );
+        assert!(resumed.contains("Fortgesetzt."), "{resumed}");
+        assert_eq!(listed_binding(port, key, "flaky")["paused"], Value::Null);
+
+        // Delete asks first (the click runs after the script returns, so
+        // the dialog does not block it); accepted, the binding is gone.
+        browser.script("setTimeout(() => document.querySelector('[data-binding=\"eng\"] button.delete').click(), 0)");
+        let started = Instant::now();
+        let question = loop {
+            let (status, answer) = http(
+                browser.port,
+                "GET",
+                &format!("/session/{}/alert/text", browser.session),
+                None,
+                None,
+            );
+            if status == 200 {
+                break answer["value"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "no question asked: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(question, "Bindung eng löschen?");
+        browser.call("POST", "/alert/accept", Value::Null);
+        let deleted = browser.wait_until(
+            "document.getElementById('bindings') && !document.querySelector('[data-binding=\"eng\"]')",
+        );
+        assert!(deleted.contains("Bindung eng gelöscht."), "{deleted}");
+        let (_, bindings) = http(port, "GET", "/v1/bindings", Some(key), None);
+        assert!(
+            bindings["bindings"].as_array().unwrap().iter().all(|b| b["name"] != "eng"),
+            "{bindings}"
+        );
+
+        // The same page in English.
+        browser.go(&format!("{base}/dashboard?lang=en#/plugins"));
+        let english = browser.wait_for_text("Upload a plugin");
+        for expected in ["Create a binding", "Tasks", "follows live", "Activate", "Roll back to"] {
+            assert!(english.contains(expected), "`{expected}` in English:\n{english}");
+        }
+        browser.screenshot(&format!("plugins-deploy-en-{dialect}"));
+    })
+    .await
+    .unwrap();
+    server.abort();
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    the_dashboard_deploys_plugins_and_bindings
+);
+
 /// `nachfass demo` as a new user meets it: a copy of the binary alone in
 /// an empty directory, no environment (so no cargo, no source tree).
 struct Demo {
@@ -604,7 +1006,9 @@ fn the_demo_shows_follow_ups_happening(dialect: &str, database: Option<&str>) {
     );
     // The switch turns the page German, and the choice stays.
     browser.script("document.getElementById('lang-de').click()");
-    browser.wait_for_text("Postfach");
+    // The navigation turns German at once, the page when it is redrawn:
+    // wait for the page itself.
+    browser.wait_until("document.querySelector('#page h1')?.innerText.startsWith('Postfach')");
     let deferred = browser.wait_up_to(
         Duration::from_secs(60),
         // The page refreshes itself every five seconds.
