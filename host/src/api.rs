@@ -1,5 +1,6 @@
 //! The REST API under `/v1`: `fn app(state) -> Router`.
 
+mod backtests;
 mod client;
 pub mod connections;
 mod contacts;
@@ -178,6 +179,12 @@ pub fn app(state: AppState) -> Router {
             delete(plugins::delete_binding).put(plugins::update_binding),
         )
         .route("/v1/bindings/{name}/resume", post(plugins::resume_binding))
+        .route(
+            "/v1/plugins/{name}/backtests",
+            get(backtests::list).post(backtests::create),
+        )
+        .route("/v1/backtests/{id}", get(backtests::show))
+        .route("/v1/contacts/{id}/replay", get(backtests::contact))
         .route("/v1/plugin-tasks", get(plugins::list_tasks))
         .route("/v1/plugin-tasks/{id}", get(plugins::show_task))
         .route("/v1/plugin-audit", get(plugins::audit))
