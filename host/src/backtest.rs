@@ -69,6 +69,12 @@ pub async fn start(
             "plugin `{plugin}` is not installed (GET /v1/plugins lists them)"
         ))
     })?;
+    let world = live.manifest().world;
+    if world != World::Scorer {
+        return Err(ReplayError::Invalid(format!(
+            "`{plugin}` is a {world} plugin; backtests replay scorers only so far"
+        )));
+    }
     let candidate = pipeline
         .registry
         .version(plugin, &request.version)
@@ -78,12 +84,6 @@ pub async fn start(
                 request.version
             ))
         })?;
-    let world = live.manifest().world;
-    if world != World::Scorer {
-        return Err(ReplayError::Invalid(format!(
-            "`{plugin}` is a {world} plugin; backtests replay scorers only so far"
-        )));
-    }
     let candidate_world = candidate.manifest().world;
     if candidate_world != world {
         return Err(ReplayError::Invalid(format!(

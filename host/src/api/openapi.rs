@@ -155,6 +155,34 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "post",
+        path: "/v1/plugins/{name}/backtests",
+        scope: "admin",
+        summary: "Backtest an installed version of a scorer plugin against the stored history beside the live one (202; a durable job, nothing live changes)",
+        body: Some("Backtest"),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/plugins/{name}/backtests",
+        scope: "read",
+        summary: "The plugin's backtests, newest first, with progress and reports",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/backtests/{id}",
+        scope: "read",
+        summary: "One backtest: progress, and the report (score histogram, changed scores, MQL/SQL earlier/later/never, outcomes) when done",
+        body: None,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/contacts/{id}/replay",
+        scope: "read",
+        summary: "Replay the contact's events through a scorer binding (?binding=NAME&version=V): each step with delta, reasons, score and stage, beside the stored history",
+        body: None,
+    },
+    Operation {
         method: "get",
         path: "/v1/plugin-tasks",
         scope: "read",
@@ -512,6 +540,7 @@ fn query_parameters(method: &str, path: &str) -> Vec<Value> {
         ("get", "/v1/segments/{name}/members") => vec![("after", &text), ("limit", &count)],
         ("get", "/v1/journeys/{name}/kpis") => vec![("from", &integer), ("to", &integer)],
         ("post", "/v1/plugins") => vec![("activate", &boolean)],
+        ("get", "/v1/contacts/{id}/replay") => vec![("binding", &text), ("version", &text)],
         _ => Vec::new(),
     };
     params
@@ -537,6 +566,13 @@ fn schemas() -> Value {
                 "description": "Unix epoch ms, from 2000-01-01 (configurable) to a day ahead of the server's clock" }, "properties": fields,
             "client_event_id": text, "contact_id": text, "email": email, "external_id": text } },
         "Activate": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": { "version": text } },
+        "Backtest": { "type": "object", "additionalProperties": false, "required": ["version"], "properties": {
+            "version": { "type": "string", "description": "an installed version of the plugin (the candidate)" },
+            "bindings": { "type": "array", "items": text, "description": "scorer bindings of the plugin; default all" },
+            "from": { "type": "integer", "description": "Unix epoch ms, inclusive; default 90 days before to" },
+            "to": { "type": "integer", "description": "Unix epoch ms, exclusive; default now" },
+            "goal_events": { "type": "array", "items": text, "description": "default [\"purchase\", \"demo.booked\"]" },
+            "window_days": { "type": "integer", "minimum": 1, "maximum": 365, "description": "days after MQL a goal counts; default 30" } } },
         "Binding": { "type": "object", "additionalProperties": false, "required": ["name", "kind", "plugin"], "properties": {
             "name": text, "kind": { "enum": ["scorer", "segment", "channel"] }, "plugin": text,
             "version": { "type": "string", "description": "pin: a version (1.2.0) or a range (^1.2); absent follows the live version" },
