@@ -352,8 +352,10 @@ pub struct Ranked {
     pub converted: i64,
 }
 
-/// The figures so far, saved with the cursor.
+/// The figures so far, saved with the cursor. Missing fields read as zero,
+/// so figures saved by an older node still resume.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tally {
     pub contacts: i64,
     pub events: i64,

@@ -44,6 +44,7 @@ per_dialect!(
     replay_of_the_live_version_equals_the_stored_history,
     backtest_of_a_candidate_gives_the_expected_figures_and_changes_nothing_live,
     bad_backtests_and_replays_are_refused_and_queue_nothing,
+    a_backtest_resumes_from_its_cursor_after_a_crash,
 );
 
 const MINUTE: i64 = 60_000;
@@ -636,6 +637,75 @@ async fn bad_backtests_and_replays_are_refused_and_queue_nothing(dialect: &str) 
         live_state(&s).await,
         before,
         "{dialect}: a refused request changed live state"
+    );
+    s.temp.cleanup(s.store).await;
+}
+
+/// A node that dies after a page leaves its cursor and figures; after its
+/// lease runs out another node adds exactly the contacts after the cursor
+/// to the figures saved, instead of starting over.
+async fn a_backtest_resumes_from_its_cursor_after_a_crash(dialect: &str) {
+    let s = setup(dialect).await;
+    install(&s).await;
+    history(&s).await;
+    let mut ids = Vec::new();
+    for (email, events) in [
+        ("a@example.com", 61),
+        ("b@example.com", 30),
+        ("c@example.com", 6),
+    ] {
+        ids.push((s.contact_id(email).await, events));
+    }
+    ids.sort();
+    let (status, queued) = post(
+        &s,
+        "/v1/plugins/version-tag/backtests",
+        json!({ "version": "2.0.0", "from": START }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{dialect}: {queued}");
+    let id = queued["id"].as_str().unwrap().to_owned();
+
+    // A node claims the job, saves its first page (one contact, with a
+    // marker in the figures) and dies.
+    let now = s.clock_now();
+    let claimed = s
+        .store
+        .claim_jobs("doomed-node", now, 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{dialect}: {claimed:?}");
+    let saved = json!({ "contacts": 1, "failed_calls": 1000 });
+    assert!(
+        s.store
+            .backtest_page_done(&claimed[0], &id, &ids[0].0, 1, &saved, now)
+            .await
+            .unwrap()
+    );
+    // Its lease holds: nobody else runs the backtest yet.
+    let scheduler = Scheduler::new(s.journeys.clone(), SchedulerConfig::default());
+    scheduler.run_until_idle().await.unwrap();
+    let (_, progress) = get(&s, &format!("/v1/backtests/{id}")).await;
+    assert_eq!(
+        (progress["done"].as_bool(), progress["evaluated"].as_i64()),
+        (Some(false), Some(1)),
+        "{dialect}: {progress}"
+    );
+
+    s.clock.advance(61_000);
+    scheduler.run_until_idle().await.unwrap();
+    let (_, done) = get(&s, &format!("/v1/backtests/{id}")).await;
+    let rest: i64 = ids[1..].iter().map(|(_, events)| events).sum();
+    assert_eq!(
+        (
+            done["done"].as_bool(),
+            done["evaluated"].as_i64(),
+            done["report"]["contacts"].as_i64(),
+            done["report"]["events"].as_i64(),
+            done["report"]["failed_calls"].as_i64(),
+        ),
+        (Some(true), Some(3), Some(3), Some(rest), Some(1000)),
+        "{dialect}: {done}"
     );
     s.temp.cleanup(s.store).await;
 }
