@@ -21,7 +21,7 @@ use nachfass::runtime::manifest::embed;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{EventInput, Scope, Store};
-use nachfass_tests::{DAY, TempStore, database, guests, runtime};
+use nachfass_tests::{DAY, TempStore, database, guests, nachfass_cli, runtime};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -282,7 +282,103 @@ async fn replay_of_the_live_version_equals_the_stored_history(dialect: &str) {
     assert_eq!(replay["steps"][0]["reasons"], json!(["2.0.0"]));
     assert_eq!(replay["steps"][0]["stored_reasons"], json!(["1.0.0"]));
 
-    // The CLI prints each step and the verdict.
+    // The CLI prints each step and the verdict, and runs a backtest to its
+    // report, against the server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let router = s.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let scheduler = Scheduler::new(s.journeys.clone(), SchedulerConfig::default());
+    let worker = tokio::spawn(async move {
+        loop {
+            scheduler.run_until_idle().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let remote = ["--server", server.as_str(), "--api-key", s.admin.as_str()];
+    let (result, printed) = nachfass_cli(
+        &[
+            &[
+                "plugin",
+                "replay",
+                "--contact",
+                a.as_str(),
+                "--binding",
+                "engagement",
+            ][..],
+            &remote[..],
+        ]
+        .concat(),
+    )
+    .await;
+    result.unwrap();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 1 + 61 + 1, "{dialect}: {printed}");
+    assert!(lines[1].contains("page.visited\t+1\t"), "{printed}");
+    assert!(
+        lines[6].contains("page.visited\t+0\t[]\tscore 11\tlead"),
+        "{printed}"
+    );
+    assert_eq!(lines[62], "equals the stored score history", "{printed}");
+    let (result, printed) = nachfass_cli(
+        &[
+            &[
+                "plugin",
+                "replay",
+                "--contact",
+                a.as_str(),
+                "--binding",
+                "tag",
+                "--version",
+                "2.0.0",
+            ][..],
+            &remote[..],
+        ]
+        .concat(),
+    )
+    .await;
+    result.unwrap();
+    assert!(printed.contains("!= stored +1 [\"1.0.0\"]"), "{printed}");
+    assert!(
+        printed.ends_with("differs from the stored history (stored score 66, stage mql)\n"),
+        "{printed}"
+    );
+    let (result, printed) = nachfass_cli(
+        &[
+            &[
+                "plugin",
+                "backtest",
+                "version-tag",
+                "2.0.0",
+                "--from",
+                &START.to_string(),
+                "--wait",
+            ][..],
+            &remote[..],
+        ]
+        .concat(),
+    )
+    .await;
+    result.unwrap();
+    assert!(
+        printed.contains(": 3 contacts, 97 events; 3 scores changed"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("mql: live 1, candidate 2; earlier 1, later 0, never 0, new 1"),
+        "{printed}"
+    );
+    let (result, _) = nachfass_cli(
+        &[
+            &["plugin", "backtest", "version-tag", "9.9.9"][..],
+            &remote[..],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(result.unwrap_err().to_string().contains("404"), "{dialect}");
+    worker.abort();
+
     let contact = s.store.contact(&a).await.unwrap();
     assert_eq!(contact.score, 66, "the replay changed nothing");
     s.temp.cleanup(s.store).await;
