@@ -1,10 +1,11 @@
-//! Backtests: a candidate version of a scorer plugin replayed over every
-//! contact's stored events in a time range, beside the version serving its
-//! bindings live, as a durable job. Nothing live is written: the replay
+//! Backtests: a candidate version of a scorer or segment-rule plugin
+//! replayed over every contact's stored events in a time range, beside the
+//! version serving its bindings live, as a durable job. Nothing live is written: the replay
 //! keeps scores and stages in memory, and only the backtest's own row
 //! (progress, figures, report) changes. The report compares the two:
-//! score distribution, changed scores, when contacts reach MQL and SQL, and
-//! how many of those each version ranks MQL reach a goal event in time.
+//! score distribution, changed scores, when contacts reach MQL and SQL (or
+//! who would enter and leave a segment), and how many of those each
+//! version ranks reach a goal event in time.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,12 +50,28 @@ pub struct BacktestRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub plugin: String,
+    /// `scorer` or `segment-rule`.
+    #[serde(default = "scorer_world")]
+    pub world: String,
     pub version: String,
     pub bindings: Vec<String>,
     pub from: i64,
     pub to: i64,
     pub goal_events: Vec<String>,
     pub window_days: u32,
+}
+
+fn scorer_world() -> String {
+    World::Scorer.as_str().to_owned()
+}
+
+/// The kind of binding a plugin of `world` serves, if backtests replay it.
+fn binding_kind(world: World) -> Option<BindingKind> {
+    match world {
+        World::Scorer => Some(BindingKind::Scorer),
+        World::SegmentRule => Some(BindingKind::Segment),
+        World::Channel => None,
+    }
 }
 
 /// Checks a request against what is installed and bound, and queues the
@@ -70,11 +87,11 @@ pub async fn start(
         ))
     })?;
     let world = live.manifest().world;
-    if world != World::Scorer {
+    let Some(kind) = binding_kind(world) else {
         return Err(ReplayError::Invalid(format!(
-            "`{plugin}` is a {world} plugin; backtests replay scorers only so far"
+            "`{plugin}` is a {world} plugin; backtests replay scorers and segment rules"
         )));
-    }
+    };
     let candidate = pipeline
         .registry
         .version(plugin, &request.version)
@@ -93,7 +110,7 @@ pub async fn start(
     }
     let served: Vec<String> = pipeline
         .store
-        .bindings(BindingKind::Scorer)
+        .bindings(kind)
         .await?
         .into_iter()
         .filter(|b| b.plugin == plugin)
@@ -102,7 +119,7 @@ pub async fn start(
     let bindings = match request.bindings {
         Some(wanted) => {
             for name in &wanted {
-                let def = replay::scorer_binding(pipeline, name).await?;
+                let def = replay::binding_of_kind(pipeline, name, kind).await?;
                 if def.plugin != plugin {
                     return Err(ReplayError::Invalid(format!(
                         "binding `{name}` runs plugin `{}`, not `{plugin}`",
@@ -116,7 +133,8 @@ pub async fn start(
     };
     if bindings.is_empty() {
         return Err(ReplayError::Invalid(format!(
-            "`{plugin}` serves no scorer binding, so there is nothing to compare; bind it first (POST /v1/bindings)"
+            "`{plugin}` serves no {} binding, so there is nothing to compare; bind it first (POST /v1/bindings)",
+            kind.as_str()
         )));
     }
     let now = pipeline.clock.now();
@@ -148,6 +166,7 @@ pub async fn start(
     }
     let plan = Plan {
         plugin: plugin.to_owned(),
+        world: world.as_str().to_owned(),
         version: candidate.manifest().version.clone(),
         bindings,
         from,
@@ -181,12 +200,21 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
     }
     let plan: Plan = serde_json::from_value(row.plan.clone())
         .map_err(|e| StoreError::Invalid(format!("backtest {id} has a bad plan: {e}")))?;
+    let world = match plan.world.parse::<World>() {
+        Ok(World::SegmentRule) => World::SegmentRule,
+        _ => World::Scorer,
+    };
+    let kind = binding_kind(world).unwrap_or(BindingKind::Scorer);
     let mut live = Vec::new();
     let mut candidate = Vec::new();
     for name in &plan.bindings {
-        let prepared = match replay::scorer_binding(pipeline, name).await {
-            Ok(def) => Replayed::new(pipeline, &def, None)
-                .and_then(|l| Ok((l, Replayed::new(pipeline, &def, Some(&plan.version))?))),
+        let prepared = match replay::binding_of_kind(pipeline, name, kind).await {
+            Ok(def) => Replayed::of_world(pipeline, &def, None, world).and_then(|l| {
+                Ok((
+                    l,
+                    Replayed::of_world(pipeline, &def, Some(&plan.version), world)?,
+                ))
+            }),
             Err(e) => Err(e),
         };
         match prepared {
@@ -222,7 +250,11 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
             .map_err(|e| StoreError::Invalid(format!("backtest {id} has bad figures: {e}")))?,
         None => Tally::default(),
     };
-    let names: Vec<&str> = plan.bindings.iter().map(String::as_str).collect();
+    // A segment backtest replays no scorer: every score counts as stored.
+    let names: Vec<&str> = match world {
+        World::Scorer => plan.bindings.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
     let mut after = row.cursor;
     loop {
         let page = store.contacts_page(after.as_deref(), PAGE).await?;
@@ -245,16 +277,22 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
             {
                 continue;
             }
-            let live_steps = replay::replay_history(&pipeline.stages, &history, &live).await;
-            let candidate_steps =
-                replay::replay_history(&pipeline.stages, &history, &candidate).await;
             let goals: Vec<i64> = history
                 .events
                 .iter()
                 .filter(|e| plan.goal_events.contains(&e.kind))
                 .map(|e| e.at)
                 .collect();
-            tally.add(&contact.id, &live_steps, &candidate_steps, &goals, &plan);
+            if world == World::SegmentRule {
+                let live = segment_replay(&history, &live).await;
+                let candidate = segment_replay(&history, &candidate).await;
+                tally.add_segment(&contact.id, &live, &candidate, &goals, &plan);
+            } else {
+                let live_steps = replay::replay_history(&pipeline.stages, &history, &live).await;
+                let candidate_steps =
+                    replay::replay_history(&pipeline.stages, &history, &candidate).await;
+                tally.add(&contact.id, &live_steps, &candidate_steps, &goals, &plan);
+            }
             evaluated += 1;
         }
         let figures =
@@ -269,6 +307,42 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
         }
         after = Some(last);
     }
+}
+
+/// The contact's membership under the plan's segments: a member of any,
+/// since the first time any took it in.
+async fn segment_replay(history: &replay::History, rules: &[Replayed]) -> replay::SegmentReplay {
+    let mut all = replay::SegmentReplay::default();
+    for rule in rules {
+        let one = replay::replay_segment(history, rule).await;
+        all.member |= one.member;
+        all.failed += one.failed;
+        all.first_in = match (all.first_in, one.first_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    all
+}
+
+/// Who would be in the segment at the end of the range, candidate against
+/// live.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentDiff {
+    pub live_members: i64,
+    pub candidate_members: i64,
+    /// Members with the candidate, not live.
+    pub entered: i64,
+    /// Members live, not with the candidate.
+    pub left: i64,
+    pub samples: Vec<MemberSample>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberSample {
+    pub contact_id: String,
+    /// `entered` or `left`.
+    pub change: String,
 }
 
 /// A contact whose final score differs.
@@ -344,11 +418,12 @@ impl StageDiff {
     }
 }
 
-/// Contacts a version ranks MQL, and how many of them reached a goal event
-/// within the window after.
+/// Contacts a version ranks MQL (a scorer) or puts in the segment (a
+/// rule), and how many of them reached a goal event within the window
+/// after.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
-    pub ranked_mql: i64,
+    pub ranked: i64,
     pub converted: i64,
 }
 
@@ -371,6 +446,7 @@ pub struct Tally {
     pub goal_contacts: i64,
     pub live: Ranked,
     pub candidate: Ranked,
+    pub segment: SegmentDiff,
 }
 
 fn bucket(score: i64) -> usize {
@@ -429,17 +505,54 @@ impl Tally {
             first_at(live, &["sql"]),
             first_at(candidate, &["sql"]),
         );
+        self.outcome(live_mql, candidate_mql, goals, plan);
+    }
+
+    fn add_segment(
+        &mut self,
+        contact_id: &str,
+        live: &replay::SegmentReplay,
+        candidate: &replay::SegmentReplay,
+        goals: &[i64],
+        plan: &Plan,
+    ) {
+        self.contacts += 1;
+        self.failed_calls += live.failed + candidate.failed;
+        let diff = &mut self.segment;
+        diff.live_members += i64::from(live.member);
+        diff.candidate_members += i64::from(candidate.member);
+        let change = match (live.member, candidate.member) {
+            (false, true) => Some("entered"),
+            (true, false) => Some("left"),
+            _ => None,
+        };
+        if let Some(change) = change {
+            if change == "entered" {
+                diff.entered += 1;
+            } else {
+                diff.left += 1;
+            }
+            if diff.samples.len() < SAMPLES {
+                diff.samples.push(MemberSample {
+                    contact_id: contact_id.to_owned(),
+                    change: change.to_owned(),
+                });
+            }
+        }
+        self.outcome(live.first_in, candidate.first_in, goals, plan);
+    }
+
+    /// Counts the contacts each version ranks (from `live` / `candidate`
+    /// on) and those of them that reached a goal within the window.
+    fn outcome(&mut self, live: Option<i64>, candidate: Option<i64>, goals: &[i64], plan: &Plan) {
         let window = i64::from(plan.window_days) * DAY_MS;
-        let converted = |mql: Option<i64>| {
-            mql.is_some_and(|t| goals.iter().any(|g| *g >= t && *g <= t + window))
+        let converted = |from: Option<i64>| {
+            from.is_some_and(|t| goals.iter().any(|g| *g >= t && *g <= t + window))
         };
         self.goal_contacts += i64::from(!goals.is_empty());
-        for (ranked, mql) in [
-            (&mut self.live, live_mql),
-            (&mut self.candidate, candidate_mql),
-        ] {
-            ranked.ranked_mql += i64::from(mql.is_some());
-            ranked.converted += i64::from(converted(mql));
+        for (ranked, from) in [(&mut self.live, live), (&mut self.candidate, candidate)] {
+            ranked.ranked += i64::from(from.is_some());
+            ranked.converted += i64::from(converted(from));
         }
     }
 
@@ -458,9 +571,9 @@ impl Tally {
             })
             .collect();
         let figures = |r: &Ranked| OutcomeFigures {
-            ranked_mql: r.ranked_mql,
+            ranked: r.ranked,
             converted: r.converted,
-            precision: ratio(r.converted, r.ranked_mql),
+            precision: ratio(r.converted, r.ranked),
             recall: ratio(r.converted, self.goal_contacts),
         };
         let live = figures(&self.live);
@@ -481,6 +594,7 @@ impl Tally {
             },
             mql: self.mql.clone(),
             sql: self.sql.clone(),
+            segment: (plan.world == World::SegmentRule.as_str()).then(|| self.segment.clone()),
             outcomes: Outcomes {
                 goal_events: plan.goal_events.clone(),
                 window_days: plan.window_days,
@@ -510,6 +624,9 @@ pub struct Report {
     pub scores: ScoreReport,
     pub mql: StageDiff,
     pub sql: StageDiff,
+    /// For a segment rule: who would enter and leave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentDiff>,
     pub outcomes: Outcomes,
 }
 
@@ -541,10 +658,11 @@ pub struct Outcomes {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OutcomeFigures {
-    pub ranked_mql: i64,
-    /// Of those, reached a goal event within the window after MQL.
+    /// Contacts ranked MQL (a scorer) or put in the segment (a rule).
+    pub ranked: i64,
+    /// Of those, reached a goal event within the window after.
     pub converted: i64,
-    /// `converted / ranked_mql`.
+    /// `converted / ranked`.
     pub precision: Option<f64>,
     /// `converted / goal_contacts`.
     pub recall: Option<f64>,

@@ -56,6 +56,16 @@ impl Replayed {
         def: &BindingDef,
         version: Option<&str>,
     ) -> Result<Replayed, ReplayError> {
+        Replayed::of_world(pipeline, def, version, World::Scorer)
+    }
+
+    /// Like [`Replayed::new`] for a binding of `world` (a segment rule).
+    pub fn of_world(
+        pipeline: &Pipeline,
+        def: &BindingDef,
+        version: Option<&str>,
+        expected: World,
+    ) -> Result<Replayed, ReplayError> {
         let plugin = match version {
             Some(version) => pipeline.registry.version(&def.plugin, version).ok_or_else(|| {
                 ReplayError::NotFound(format!(
@@ -74,16 +84,16 @@ impl Replayed {
                 })?,
         };
         let world = plugin.manifest().world;
-        if world != World::Scorer {
+        if world != expected {
             return Err(ReplayError::Invalid(format!(
-                "{} is a {world} plugin, but binding `{}` is a scorer: only a scorer version can replay it",
+                "{} is a {world} plugin, but binding `{}` needs a {expected}",
                 plugin.id(),
                 def.name
             )));
         }
         Ok(Replayed {
             name: def.name.clone(),
-            binding: runtime_binding(def, World::Scorer, &plugin),
+            binding: runtime_binding(def, expected, &plugin),
             plugin,
         })
     }
@@ -91,16 +101,30 @@ impl Replayed {
 
 /// The scorer binding named `name`, or a clear error.
 pub async fn scorer_binding(pipeline: &Pipeline, name: &str) -> Result<BindingDef, ReplayError> {
+    binding_of_kind(pipeline, name, BindingKind::Scorer).await
+}
+
+/// The binding of `kind` named `name`, or a clear error.
+pub async fn binding_of_kind(
+    pipeline: &Pipeline,
+    name: &str,
+    wanted: BindingKind,
+) -> Result<BindingDef, ReplayError> {
     if let Some(def) = pipeline
         .store
-        .bindings(BindingKind::Scorer)
+        .bindings(wanted)
         .await?
         .into_iter()
         .find(|b| b.name == name)
     {
         return Ok(def);
     }
-    for kind in [BindingKind::Segment, BindingKind::Channel] {
+    let others = [
+        BindingKind::Scorer,
+        BindingKind::Segment,
+        BindingKind::Channel,
+    ];
+    for kind in others.into_iter().filter(|k| *k != wanted) {
         if pipeline
             .store
             .bindings(kind)
@@ -109,12 +133,15 @@ pub async fn scorer_binding(pipeline: &Pipeline, name: &str) -> Result<BindingDe
             .any(|b| b.name == name)
         {
             return Err(ReplayError::Invalid(format!(
-                "binding `{name}` is a {kind:?} binding; replays and backtests score, so name a scorer binding"
+                "binding `{name}` is a {} binding; name a {} binding",
+                kind.as_str(),
+                wanted.as_str()
             )));
         }
     }
     Err(ReplayError::NotFound(format!(
-        "scorer binding `{name}` does not exist (GET /v1/bindings lists them)"
+        "{} binding `{name}` does not exist (GET /v1/bindings lists them)",
+        wanted.as_str()
     )))
 }
 
@@ -224,7 +251,17 @@ pub async fn replay_history(
 /// including it (`seen`), counted at the event's time, then with the event
 /// itself taken off its kind's counts.
 fn activity_before(seen: &[Event], event: &Event) -> Vec<ActivityCount> {
-    let now = event.at;
+    let mut kinds = activity_at(seen, event.at);
+    if let Some(own) = kinds.iter_mut().find(|a| a.kind == event.kind) {
+        own.total = own.total.saturating_sub(1);
+        own.last_24_hours = own.last_24_hours.saturating_sub(1);
+        own.last_30_days = own.last_30_days.saturating_sub(1);
+    }
+    kinds
+}
+
+/// The activity summary of `seen` at `now`, as the store counts it.
+fn activity_at(seen: &[Event], now: i64) -> Vec<ActivityCount> {
     let mut kinds: BTreeMap<&str, ActivityCount> = BTreeMap::new();
     for e in seen.iter().filter(|e| e.at <= now) {
         let a = kinds
@@ -245,12 +282,56 @@ fn activity_before(seen: &[Event], event: &Event) -> Vec<ActivityCount> {
         }
         a.last_at = Some(a.last_at.map_or(e.at, |t| t.max(e.at)));
     }
-    if let Some(own) = kinds.get_mut(event.kind.as_str()) {
-        own.total = own.total.saturating_sub(1);
-        own.last_24_hours = own.last_24_hours.saturating_sub(1);
-        own.last_30_days = own.last_30_days.saturating_sub(1);
-    }
     kinds.into_values().collect()
+}
+
+/// A segment rule replayed over a contact's events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SegmentReplay {
+    /// When the rule first put the contact in the segment.
+    pub first_in: Option<i64>,
+    /// Whether the contact is a member after the last event.
+    pub member: bool,
+    /// Calls that failed or declined (the membership stays, as live).
+    pub failed: i64,
+}
+
+/// Replays segment rule `rule` over `history`: after each event, as live
+/// segments do, with the activity including it and the score as stored
+/// up to then. The contact starts outside the segment.
+pub async fn replay_segment(history: &History, rule: &Replayed) -> SegmentReplay {
+    let mut contact = history.contact.clone();
+    contact.segments.retain(|s| *s != rule.name);
+    let mut result = SegmentReplay::default();
+    for (index, event) in history.events.iter().enumerate() {
+        if SYSTEM_KINDS.contains(&event.kind.as_str()) {
+            continue;
+        }
+        contact.score = history
+            .others
+            .iter()
+            .filter(|e| e.at <= event.at)
+            .map(|e| e.delta)
+            .sum();
+        let activity = activity_at(&history.events[..=index], event.at);
+        match rule
+            .plugin
+            .matches(&rule.binding, event.at, &contact, &activity)
+            .await
+        {
+            Ok(Ok(member)) => {
+                if member && !result.member {
+                    result.first_in.get_or_insert(event.at);
+                    contact.segments.push(rule.name.clone());
+                } else if !member && result.member {
+                    contact.segments.retain(|s| *s != rule.name);
+                }
+                result.member = member;
+            }
+            _ => result.failed += 1,
+        }
+    }
+    result
 }
 
 /// A contact's history between `from` and `to`, with the stored changes of

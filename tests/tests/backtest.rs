@@ -45,6 +45,7 @@ per_dialect!(
     backtest_of_a_candidate_gives_the_expected_figures_and_changes_nothing_live,
     bad_backtests_and_replays_are_refused_and_queue_nothing,
     a_backtest_resumes_from_its_cursor_after_a_crash,
+    a_segment_rule_backtest_says_who_would_enter_and_leave,
 );
 
 const MINUTE: i64 = 60_000;
@@ -548,11 +549,11 @@ async fn backtest_of_a_candidate_gives_the_expected_figures_and_changes_nothing_
     assert_eq!(outcomes["goal_contacts"], json!(2), "{dialect}: {outcomes}");
     assert_eq!(
         outcomes["live"],
-        json!({ "ranked_mql": 1, "converted": 1, "precision": 1.0, "recall": 0.5 })
+        json!({ "ranked": 1, "converted": 1, "precision": 1.0, "recall": 0.5 })
     );
     assert_eq!(
         outcomes["candidate"],
-        json!({ "ranked_mql": 2, "converted": 1, "precision": 0.5, "recall": 0.5 })
+        json!({ "ranked": 2, "converted": 1, "precision": 0.5, "recall": 0.5 })
     );
     assert_eq!(outcomes["lift"], json!(0.5));
 
@@ -636,9 +637,9 @@ async fn bad_backtests_and_replays_are_refused_and_queue_nothing(dialect: &str) 
         ),
         (
             "inactive-days",
-            json!({ "version": "0.1.0" }),
+            json!({ "version": "0.1.0", "bindings": ["tag"] }),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "scorers only",
+            "is a scorer binding; name a segment binding",
         ),
         (
             "version-tag",
@@ -662,7 +663,7 @@ async fn bad_backtests_and_replays_are_refused_and_queue_nothing(dialect: &str) 
             "version-tag",
             json!({ "version": "2.0.0", "bindings": ["idle"] }),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "name a scorer binding",
+            "is a segment binding; name a scorer binding",
         ),
         (
             "version-tag",
@@ -705,7 +706,7 @@ async fn bad_backtests_and_replays_are_refused_and_queue_nothing(dialect: &str) 
         (
             format!("/v1/contacts/{a}/replay?binding=idle"),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "name a scorer binding",
+            "is a segment binding; name a scorer binding",
         ),
         (
             format!("/v1/contacts/{a}/replay?binding=nope"),
@@ -802,6 +803,141 @@ async fn a_backtest_resumes_from_its_cursor_after_a_crash(dialect: &str) {
         ),
         (Some(true), Some(3), Some(3), Some(rest), Some(1000)),
         "{dialect}: {done}"
+    );
+    s.temp.cleanup(s.store).await;
+}
+
+/// hello (members: contacts with an email) live and bound as segment
+/// `emails`; its candidate 0.2.0 is inactive-days' code, which takes in
+/// nobody while each event happens (nobody is inactive at that moment).
+async fn a_segment_rule_backtest_says_who_would_enter_and_leave(dialect: &str) {
+    let s = setup(dialect).await;
+    install(&s).await;
+    let hello = embed(&guests::HELLO.bytes(), &guests::HELLO.manifest()).unwrap();
+    let (status, body) = call(&s, "POST", "/v1/plugins", Some(hello), false).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut manifest = guests::HELLO.manifest();
+    manifest.version = "0.2.0".into();
+    let candidate = embed(&guests::INACTIVE_DAYS.bytes(), &manifest).unwrap();
+    let (status, body) = call(
+        &s,
+        "POST",
+        "/v1/plugins?activate=false",
+        Some(candidate),
+        false,
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, body) = post(
+        &s,
+        "/v1/bindings",
+        json!({ "name": "emails", "kind": "segment", "plugin": "hello" }),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    let scheduler = Scheduler::new(s.journeys.clone(), SchedulerConfig::default());
+    scheduler.run_until_idle().await.unwrap();
+    history(&s).await;
+    let before = live_state(&s).await;
+
+    // A version of another world is never installed beside a rule (409),
+    // so a backtest of it is refused as unknown.
+    let mut scorer = guests::VERSION_TAG.manifest();
+    scorer.name = "hello".into();
+    scorer.version = "0.3.0".into();
+    let other_world = embed(&guests::VERSION_TAG.bytes(), &scorer).unwrap();
+    let (status, body) = call(
+        &s,
+        "POST",
+        "/v1/plugins?activate=false",
+        Some(other_world),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dialect}: {body}");
+    let (status, error) = post(
+        &s,
+        "/v1/plugins/hello/backtests",
+        json!({ "version": "0.3.0" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{dialect}: {error}");
+
+    // A scorer binding is not one of a rule's bindings.
+    let (status, error) = post(
+        &s,
+        "/v1/plugins/hello/backtests",
+        json!({ "version": "0.2.0", "bindings": ["tag"] }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{dialect}: {error}"
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a scorer binding; name a segment binding"),
+        "{error}"
+    );
+
+    let (status, queued) = post(
+        &s,
+        "/v1/plugins/hello/backtests",
+        json!({ "version": "0.2.0", "from": START }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{dialect}: {queued}");
+    scheduler.run_until_idle().await.unwrap();
+    let (_, done) = get(
+        &s,
+        &format!("/v1/backtests/{}", queued["id"].as_str().unwrap()),
+    )
+    .await;
+    let report = &done["report"];
+    assert_eq!(
+        report["plan"]["world"],
+        json!("segment-rule"),
+        "{dialect}: {done}"
+    );
+    let segment = &report["segment"];
+    assert_eq!(
+        (
+            segment["live_members"].as_i64(),
+            segment["candidate_members"].as_i64(),
+            segment["entered"].as_i64(),
+            segment["left"].as_i64(),
+            segment["samples"].as_array().map(Vec::len),
+        ),
+        (Some(3), Some(0), Some(0), Some(3), Some(3)),
+        "{dialect}: {report}"
+    );
+    assert!(
+        segment["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["change"] == json!("left"))
+    );
+    // Live puts all three in at their first visit; a's demo and c's
+    // purchase follow within 30 days. The candidate ranks nobody.
+    let outcomes = &report["outcomes"];
+    assert_eq!(
+        outcomes["live"],
+        json!({ "ranked": 3, "converted": 2, "precision": 2.0 / 3.0, "recall": 1.0 }),
+        "{dialect}: {outcomes}"
+    );
+    assert_eq!(
+        outcomes["candidate"],
+        json!({ "ranked": 0, "converted": 0, "precision": null, "recall": 0.0 })
+    );
+    assert_eq!(outcomes["lift"], json!(null));
+    assert_eq!(
+        live_state(&s).await,
+        before,
+        "{dialect}: a backtest changed live state"
     );
     s.temp.cleanup(s.store).await;
 }

@@ -158,7 +158,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "post",
         path: "/v1/plugins/{name}/backtests",
         scope: "admin",
-        summary: "Backtest an installed version of a scorer plugin against the stored history beside the live one (202; a durable job, nothing live changes)",
+        summary: "Backtest an installed version of a scorer or segment-rule plugin against the stored history beside the live one (202; a durable job, nothing live changes)",
         body: Some("Backtest"),
     },
     Operation {
@@ -172,7 +172,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/backtests/{id}",
         scope: "read",
-        summary: "One backtest: progress, and the report (score histogram, changed scores, MQL/SQL earlier/later/never, outcomes) when done",
+        summary: "One backtest: progress, and the report (score histogram, changed scores, MQL/SQL earlier/later/never, segment entered/left, outcomes) when done",
         body: None,
     },
     Operation {

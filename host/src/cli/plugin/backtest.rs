@@ -124,8 +124,8 @@ pub async fn follow(
     for side in ["live", "candidate"] {
         writeln!(
             out,
-            "{side}: {} ranked MQL, {} reached a goal; precision {}, recall {}",
-            o[side]["ranked_mql"], o[side]["converted"], o[side]["precision"], o[side]["recall"]
+            "{side}: {} ranked, {} reached a goal; precision {}, recall {}",
+            o[side]["ranked"], o[side]["converted"], o[side]["precision"], o[side]["recall"]
         )
         .map_err(fail)?;
     }
