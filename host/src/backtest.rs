@@ -7,7 +7,11 @@
 //! who would enter and leave a segment), and how many of those each
 //! version ranks reach a goal event in time.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::pipeline::Pipeline;
 use crate::replay::{self, ReplayError, Replayed, Step};
@@ -251,10 +255,18 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
         None => Tally::default(),
     };
     // A segment backtest replays no scorer: every score counts as stored.
-    let names: Vec<&str> = match world {
-        World::Scorer => plan.bindings.iter().map(String::as_str).collect(),
+    let names: Vec<String> = match world {
+        World::Scorer => plan.bindings.clone(),
         _ => Vec::new(),
     };
+    let side_by_side = Arc::new(SideBySide {
+        pipeline: pipeline.clone(),
+        plan: plan.clone(),
+        world,
+        names,
+        live,
+        candidate,
+    });
     let mut after = row.cursor;
     loop {
         let page = store.contacts_page(after.as_deref(), PAGE).await?;
@@ -266,32 +278,39 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
                 .await?;
             return Ok(());
         };
+        // Contacts replay at once (each is independent); their figures are
+        // added in contact order, so samples do not depend on timing.
+        let permits = Arc::new(Semaphore::new(AT_ONCE));
+        let mut running = JoinSet::new();
+        for (index, contact) in page.into_iter().enumerate() {
+            let (work, permits) = (side_by_side.clone(), permits.clone());
+            running.spawn(async move {
+                // The semaphore is never closed, so a permit always comes.
+                let _permit = permits.acquire_owned().await;
+                (index, contact.id.clone(), work.contact(&contact.id).await)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            done.push(
+                joined.map_err(|e| StoreError::Invalid(format!("a replay task failed: {e}")))?,
+            );
+        }
+        done.sort_by_key(|(index, _, _)| *index);
         let mut evaluated = 0;
-        for contact in page {
-            let history =
-                replay::history(pipeline, &contact.id, &names, plan.from, plan.to).await?;
-            if !history
-                .events
-                .iter()
-                .any(|e| !replay::SYSTEM_KINDS.contains(&e.kind.as_str()))
-            {
-                continue;
-            }
-            let goals: Vec<i64> = history
-                .events
-                .iter()
-                .filter(|e| plan.goal_events.contains(&e.kind))
-                .map(|e| e.at)
-                .collect();
-            if world == World::SegmentRule {
-                let live = segment_replay(&history, &live).await;
-                let candidate = segment_replay(&history, &candidate).await;
-                tally.add_segment(&contact.id, &live, &candidate, &goals, &plan);
-            } else {
-                let live_steps = replay::replay_history(&pipeline.stages, &history, &live).await;
-                let candidate_steps =
-                    replay::replay_history(&pipeline.stages, &history, &candidate).await;
-                tally.add(&contact.id, &live_steps, &candidate_steps, &goals, &plan);
+        for (_, contact_id, outcome) in done {
+            match outcome? {
+                None => continue,
+                Some(Compared::Scores {
+                    live,
+                    candidate,
+                    goals,
+                }) => tally.add(&contact_id, &live, &candidate, &goals, &plan),
+                Some(Compared::Segments {
+                    live,
+                    candidate,
+                    goals,
+                }) => tally.add_segment(&contact_id, &live, &candidate, &goals, &plan),
             }
             evaluated += 1;
         }
@@ -306,6 +325,71 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
             return Ok(());
         }
         after = Some(last);
+    }
+}
+
+/// Contacts replayed at once.
+const AT_ONCE: usize = 4;
+
+/// What a backtest replays each contact with.
+struct SideBySide {
+    pipeline: Pipeline,
+    plan: Plan,
+    world: World,
+    /// Scorer bindings replayed (their stored changes are left out).
+    names: Vec<String>,
+    live: Vec<Replayed>,
+    candidate: Vec<Replayed>,
+}
+
+/// One contact, live against candidate.
+enum Compared {
+    Scores {
+        live: Vec<Step>,
+        candidate: Vec<Step>,
+        goals: Vec<i64>,
+    },
+    Segments {
+        live: replay::SegmentReplay,
+        candidate: replay::SegmentReplay,
+        goals: Vec<i64>,
+    },
+}
+
+impl SideBySide {
+    /// `None`: the contact has no event of its own in the range.
+    async fn contact(&self, contact_id: &str) -> Result<Option<Compared>, StoreError> {
+        let plan = &self.plan;
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        let history =
+            replay::history(&self.pipeline, contact_id, &names, plan.from, plan.to).await?;
+        if !history
+            .events
+            .iter()
+            .any(|e| !replay::SYSTEM_KINDS.contains(&e.kind.as_str()))
+        {
+            return Ok(None);
+        }
+        let goals: Vec<i64> = history
+            .events
+            .iter()
+            .filter(|e| plan.goal_events.contains(&e.kind))
+            .map(|e| e.at)
+            .collect();
+        let stages = &self.pipeline.stages;
+        Ok(Some(if self.world == World::SegmentRule {
+            Compared::Segments {
+                live: segment_replay(&history, &self.live).await,
+                candidate: segment_replay(&history, &self.candidate).await,
+                goals,
+            }
+        } else {
+            Compared::Scores {
+                live: replay::replay_history(stages, &history, &self.live).await,
+                candidate: replay::replay_history(stages, &history, &self.candidate).await,
+                goals,
+            }
+        }))
     }
 }
 
