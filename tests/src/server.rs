@@ -14,9 +14,7 @@ pub fn binary() -> PathBuf {
     let path = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("nachfass")))
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nachfass")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nachfass"));
     assert!(
         path.exists(),
         "{} is missing: run `tests/run` or `cargo build -p nachfass` first",

@@ -120,7 +120,8 @@ async fn components_arrive_with_or_without_their_manifest(dialect: &str) {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{dialect}");
     assert_eq!(refused["error"]["code"], "too_large", "{refused}");
     assert_eq!(
-        refused["error"]["details"]["limit_bytes"], limit,
+        refused["error"]["details"]["limit_bytes"],
+        limit,
         "{refused}"
     );
     assert!(
