@@ -427,7 +427,10 @@ pub async fn replay_contact(
         })
         .collect();
     let last = steps.last().map(|s| &s.step);
-    let matches_stored = steps.iter().all(|s| s.matches)
+    // A stored change for an event the replay did not see (a system event
+    // scored, an event gone) is a difference too.
+    let matches_stored = stored.is_empty()
+        && steps.iter().all(|s| s.matches)
         && last
             .is_none_or(|s| s.score == history.contact.score && s.stage == history.contact.stage);
     Ok(ContactReplay {
