@@ -385,7 +385,8 @@ async fn replay_of_the_live_version_equals_the_stored_history(dialect: &str) {
     s.temp.cleanup(s.store).await;
 }
 
-/// What a contact looked like live: score, stage, history, segments.
+/// What is live: each contact's score, stage, score history, events and
+/// segments, the plugins and their live versions, failed jobs.
 async fn live_state(s: &Setup) -> Value {
     let mut state = Vec::new();
     for email in ["a@example.com", "b@example.com", "c@example.com"] {
@@ -400,8 +401,10 @@ async fn live_state(s: &Setup) -> Value {
         }));
     }
     let (_, plugins) = get(s, "/v1/plugins").await;
-    let (_, runs) = get(s, "/v1/scheduler").await;
-    json!({ "contacts": state, "plugins": plugins, "scheduler_failed": runs["failed"] })
+    let (_, scheduler) = get(s, "/v1/scheduler").await;
+    let failed = scheduler["jobs"]["failed"].clone();
+    assert!(failed.is_i64(), "{scheduler}");
+    json!({ "contacts": state, "plugins": plugins, "failed_jobs": failed })
 }
 
 async fn backtest_of_a_candidate_gives_the_expected_figures_and_changes_nothing_live(
