@@ -1,5 +1,6 @@
 //! The REST API under `/v1`: `fn app(state) -> Router`.
 
+mod backtests;
 mod client;
 pub mod connections;
 mod contacts;
@@ -165,6 +166,9 @@ pub(crate) fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::list_bindings, plugins::create_binding))
         .routes(routes!(plugins::delete_binding, plugins::update_binding))
         .routes(routes!(plugins::resume_binding))
+        .routes(routes!(backtests::list, backtests::create))
+        .routes(routes!(backtests::show))
+        .routes(routes!(backtests::contact))
         .routes(routes!(plugins::list_tasks))
         .routes(routes!(plugins::show_task))
         .routes(routes!(plugins::audit))

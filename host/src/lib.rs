@@ -2,6 +2,7 @@
 
 pub mod ab;
 pub mod api;
+pub mod backtest;
 pub mod breaker;
 pub mod cli;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod plugins;
 pub mod policy;
 pub mod privacy;
 pub mod render;
+pub mod replay;
 pub mod runtime;
 pub mod scheduler;
 pub mod scoring;

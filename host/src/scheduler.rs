@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::journeys::Journeys;
+use crate::store::Backtest;
 use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff};
 use crate::store::tasks::{Rescore, SegmentRebuild};
 use crate::store::{Dialect, StoreError};
@@ -29,6 +30,10 @@ pub fn job_registry() -> JobRegistry<Journeys> {
         )
         .register(|journeys: Arc<Journeys>, job, args: Rescore| async move {
             crate::scoring::run_rescore_task(&journeys.pipeline, &job, &args.task).await?;
+            Ok(JobOutcome::Done)
+        })
+        .register(|journeys: Arc<Journeys>, job, args: Backtest| async move {
+            crate::backtest::run(&journeys.pipeline, &job, &args.backtest).await?;
             Ok(JobOutcome::Done)
         });
     registry

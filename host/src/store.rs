@@ -7,6 +7,7 @@
 //! parameters bound by position.
 
 mod api_keys;
+pub mod backtests;
 pub mod bindings;
 mod contacts;
 mod events;
@@ -27,6 +28,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use api_keys::{ApiKey, Scope};
+pub use backtests::{Backtest, BacktestRow};
 pub use bindings::{BindingDef, BindingKind, ScoreEntry};
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};

@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "profile",
         &[
-            "pipeline", "stages", "plugins", "breaker", "scoring", "segments", "ingest",
+            "pipeline", "stages", "plugins", "breaker", "scoring", "segments", "ingest", "replay",
         ],
     ),
     (
@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("journeys", &["journeys"]),
     ("delivery", &["outbox", "consent"]),
-    ("analytics", &["kpis", "ab", "metrics"]),
+    ("analytics", &["kpis", "ab", "metrics", "backtest"]),
     ("worker", &["scheduler"]),
     ("edge", &["api", "cli"]),
 ];

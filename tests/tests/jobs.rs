@@ -83,6 +83,7 @@ async fn kinds_run_by_their_handlers(dialect: &str) {
     let kinds = job_registry().kinds();
     for kind in [
         "advance",
+        "backtest",
         "consent_expiry",
         "consent_reminder",
         "deliver",

@@ -2,6 +2,7 @@
 //! from `bundle`, `keygen | pack | verify | push | pull`; from `server`,
 //! `upload | activate | rollback | list` against a running server).
 
+mod backtest;
 mod js;
 mod python;
 pub(super) mod server;

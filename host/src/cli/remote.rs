@@ -100,6 +100,16 @@ impl Remote {
         self.call(Method::GET, segments).await
     }
 
+    /// GET with query parameters.
+    pub async fn get_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Answer, CliError> {
+        self.send(self.client.get(self.url(segments)).query(query))
+            .await
+    }
+
     /// GET that answers `None` when the server says the thing does not
     /// exist (404 `not_found`; a 404 `no_route` is a wrong URL, an error).
     pub async fn get_optional(&self, segments: &[&str]) -> Result<Option<Value>, CliError> {

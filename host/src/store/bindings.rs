@@ -21,7 +21,7 @@ pub enum BindingKind {
 }
 
 impl BindingKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             BindingKind::Scorer => "scorer",
             BindingKind::Segment => "segment",

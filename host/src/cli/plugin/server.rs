@@ -49,6 +49,48 @@ pub enum ServerCommand {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Replay one contact's stored events through a scorer binding (its
+    /// live version, or --version) and print each step: event, change,
+    /// reasons, score and stage after, and whether it equals what live
+    /// scoring stored.
+    Replay {
+        #[arg(long)]
+        contact: String,
+        #[arg(long)]
+        binding: String,
+        /// An installed version of the binding's plugin.
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Backtest an installed version of a scorer plugin against the stored
+    /// history beside the live one; nothing live changes.
+    Backtest {
+        name: String,
+        version: String,
+        /// A scorer binding of the plugin (repeatable); default all.
+        #[arg(long = "binding")]
+        bindings: Vec<String>,
+        /// Unix epoch milliseconds, inclusive; default 90 days before --to.
+        #[arg(long)]
+        from: Option<i64>,
+        /// Unix epoch milliseconds, exclusive; default now.
+        #[arg(long)]
+        to: Option<i64>,
+        /// An event kind that counts as an outcome (repeatable); default
+        /// purchase and demo.booked.
+        #[arg(long = "goal")]
+        goals: Vec<String>,
+        /// Days after reaching MQL within which a goal counts.
+        #[arg(long)]
+        window_days: Option<u32>,
+        /// Wait for the report and print it.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 pub async fn run(command: ServerCommand, out: &mut dyn Write) -> Result<(), CliError> {
@@ -97,6 +139,50 @@ pub async fn run(command: ServerCommand, out: &mut dyn Write) -> Result<(), CliE
                 .call(Method::POST, &["v1", "plugins", &name, "rollback"])
                 .await?;
             print_live(&remote, &answer.body, out)
+        }
+        ServerCommand::Replay {
+            contact,
+            binding,
+            version,
+            remote,
+        } => {
+            let remote = Remote::new(&remote)?;
+            let mut query = vec![("binding", binding.as_str())];
+            if let Some(version) = &version {
+                query.push(("version", version.as_str()));
+            }
+            let answer = remote
+                .get_query(&["v1", "contacts", &contact, "replay"], &query)
+                .await?;
+            super::backtest::print_replay(&remote, &answer.body, out)
+        }
+        ServerCommand::Backtest {
+            name,
+            version,
+            bindings,
+            from,
+            to,
+            goals,
+            window_days,
+            wait,
+            remote,
+        } => {
+            let remote = Remote::new(&remote)?;
+            let mut body =
+                json!({ "version": version, "from": from, "to": to, "window_days": window_days });
+            if !bindings.is_empty() {
+                body["bindings"] = json!(bindings);
+            }
+            if !goals.is_empty() {
+                body["goal_events"] = json!(goals);
+            }
+            if let Some(map) = body.as_object_mut() {
+                map.retain(|_, v| !v.is_null());
+            }
+            let answer = remote
+                .send_json(Method::POST, &["v1", "plugins", &name, "backtests"], &body)
+                .await?;
+            super::backtest::follow(&remote, answer.body, wait, out).await
         }
         ServerCommand::List { remote } => {
             let remote = Remote::new(&remote)?;
