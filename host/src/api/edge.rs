@@ -106,7 +106,7 @@ fn nul_in_target(request: &Request) -> Option<String> {
         .map(|(key, _)| format!("query parameter `{}`", key.replace('\0', "\\0")))
 }
 
-/// Checks the key and its scope before a body is read, for the routes whose
+/// Checks the key and its scope before a body or query is read, for the routes whose
 /// `#[utoipa::path]` names a scope (`security`, read back from the
 /// generated document): a key without the scope gets 403
 /// whatever it sent, not a 422 about its JSON. The checked key is handed
@@ -116,7 +116,9 @@ pub async fn scope_first(State(state): State<AppState>, request: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .and_then(|path| super::openapi::scope_of(request.method().as_str(), path.as_str()));
-    let Some(needed) = needed.filter(|_| !request.body().is_end_stream()) else {
+    // Every operation with a scope, with or without a body: a query string
+    // is input too (a key without the scope gets 403, not a 422 about it).
+    let Some(needed) = needed else {
         return next.run(request).await;
     };
     let (mut parts, body) = request.into_parts();
