@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
 
-use super::jobs::{ClaimedJob, JobArgs, enqueue_in, finish_in};
+use super::jobs::{ClaimedJob, JobArgs, enqueue_in, finish_in, renew_lease_in};
 use super::{Store, StoreError, new_id};
 
 /// The job that runs one backtest.
@@ -162,15 +162,7 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        let held = sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND leased_by = $3")
-            .bind(now + job.lease_ms)
-            .bind(job.id.clone())
-            .bind(job.leased_by.clone())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if !held {
+        if !renew_lease_in(&mut tx, job, now + job.lease_ms).await? {
             return Ok(false);
         }
         sqlx::query(

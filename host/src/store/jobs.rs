@@ -218,6 +218,23 @@ impl JobArgs for RouteEvent {
     }
 }
 
+/// Moves a held job's lease to `until`, in the caller's transaction (a
+/// long job records its progress and keeps its lease together). Returns
+/// `false` when this worker no longer holds the job.
+pub async fn renew_lease_in(
+    conn: &mut AnyConnection,
+    job: &ClaimedJob,
+    until: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND leased_by = $3")
+        .bind(until)
+        .bind(job.id.clone())
+        .bind(job.leased_by.clone())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Deletes a finished job, if this worker still holds its lease. Returns
 /// whether it did: `false` means the lease ran out and another worker took
 /// the job, so the caller's transaction should roll back.
