@@ -16,6 +16,7 @@ pub mod openapi;
 mod plugins;
 mod privacy;
 mod segments;
+mod shadows;
 mod stats;
 mod tracking;
 mod trust;
@@ -166,6 +167,8 @@ pub(crate) fn routes(max_upload: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(plugins::list_bindings, plugins::create_binding))
         .routes(routes!(plugins::delete_binding, plugins::update_binding))
         .routes(routes!(plugins::resume_binding))
+        .routes(routes!(shadows::report, shadows::start, shadows::discard))
+        .routes(routes!(shadows::promote))
         .routes(routes!(backtests::list, backtests::create))
         .routes(routes!(backtests::show))
         .routes(routes!(backtests::contact))

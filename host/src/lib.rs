@@ -26,6 +26,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod scoring;
 pub mod segments;
+pub mod shadow;
 pub mod stages;
 pub mod store;
 pub mod tracking;

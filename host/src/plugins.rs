@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::runtime::capabilities::{Capabilities, CapabilityDiff};
-use crate::runtime::registry::{Activation, RegistryError};
+use crate::runtime::registry::{Activation, RegistryError, Shadowing};
 use crate::runtime::watch::Import;
 use crate::runtime::{Limits, LoadError, Manifest, Plugin, Registry, RuntimeLimits};
 use crate::store::plugins::Grant;
@@ -396,7 +396,29 @@ impl Plugins {
                 }
             }
         }
+        self.sync_shadows().await?;
         Ok(changed)
+    }
+
+    /// Runs exactly the cluster's active shadows here (shadow mode), each
+    /// with its candidate version as loaded above.
+    async fn sync_shadows(&self) -> Result<(), PluginsError> {
+        let mut running = std::collections::BTreeMap::new();
+        for shadow in self.store.active_shadows().await? {
+            let Some(plugin) = self.registry.version(&shadow.plugin, &shadow.version) else {
+                tracing::error!(binding = %shadow.binding, plugin = %shadow.plugin, version = %shadow.version, "the shadow's candidate is not loaded here; not shadowing");
+                continue;
+            };
+            running.insert(
+                shadow.binding,
+                Arc::new(Shadowing {
+                    id: shadow.id,
+                    plugin,
+                }),
+            );
+        }
+        self.registry.set_shadows(running);
+        Ok(())
     }
 
     /// Reconciles every `interval` and, on PostgreSQL (`listen_url`), as

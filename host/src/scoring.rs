@@ -53,6 +53,19 @@ pub(crate) async fn score_event(
         let answer = plugin
             .on_event(&binding, now, &contact, event, activity)
             .await;
+        crate::shadow::observe(
+            pipeline,
+            &binding,
+            &plugin,
+            now,
+            crate::shadow::Call::OnEvent {
+                contact: &contact,
+                event,
+                activity,
+                answer: &answer,
+            },
+        )
+        .await;
         crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
         match answer {
             Ok(Ok(change)) if change.delta != 0 => {
@@ -113,6 +126,17 @@ async fn profile_score(
 ) -> Result<bool, StoreError> {
     let name = binding.name.as_str();
     let answer = plugin.on_profile(binding, now, contact).await;
+    crate::shadow::observe(
+        pipeline,
+        binding,
+        plugin,
+        now,
+        crate::shadow::Call::OnProfile {
+            contact,
+            answer: &answer,
+        },
+    )
+    .await;
     crate::breaker::observe(pipeline, name, plugin, !matches!(answer, Ok(Ok(_)))).await;
     let change = match answer {
         Ok(Ok(change)) => change,

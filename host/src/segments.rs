@@ -36,6 +36,18 @@ pub(crate) async fn evaluate_contact(
         };
         let binding = runtime_binding(&def, World::SegmentRule, &plugin);
         let answer = plugin.matches(&binding, now, &contact, activity).await;
+        crate::shadow::observe(
+            pipeline,
+            &binding,
+            &plugin,
+            now,
+            crate::shadow::Call::Matches {
+                contact: &contact,
+                activity,
+                answer: &answer,
+            },
+        )
+        .await;
         crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
         let member = match answer {
             Ok(Ok(member)) => member,

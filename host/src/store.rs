@@ -16,6 +16,7 @@ pub mod journeys;
 mod merge;
 pub mod plugins;
 mod segments;
+pub mod shadows;
 pub mod tasks;
 pub mod tracking;
 mod trust;
@@ -36,6 +37,7 @@ pub use jobs::{ClaimedJob, QueueCounts};
 pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
 pub use plugins::{PluginState, Saved, StoredVersion};
+pub use shadows::{ShadowResult, ShadowRow};
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;
 

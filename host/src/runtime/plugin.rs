@@ -45,6 +45,27 @@ pub struct CallStats {
     pub last_fuel: AtomicU64,
 }
 
+/// What one call cost: wall time and instructions (wasmtime fuel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallUsage {
+    pub micros: u64,
+    pub fuel: u64,
+}
+
+std::thread_local! {
+    static LAST_USAGE: std::cell::Cell<Option<CallUsage>> = const { std::cell::Cell::new(None) };
+}
+
+/// The cost of the call that finished last on this thread, taken (a second
+/// read gives `None`). A call's future sets it in the same poll that
+/// returns its answer, so a caller that reads it before its own next
+/// `.await` reads its own call's cost, whatever else runs concurrently
+/// (shadow mode compares the live call's cost with the candidate's this
+/// way, without touching the live call).
+pub fn take_last_usage() -> Option<CallUsage> {
+    LAST_USAGE.with(std::cell::Cell::take)
+}
+
 /// One compiled, type-checked plugin version, ready to call.
 pub struct Plugin {
     manifest: Manifest,
@@ -429,8 +450,10 @@ impl Plugin {
                 "function" => function
             )
             .record(elapsed.as_secs_f64());
+            let mut usage = CallUsage { micros, fuel: 0 };
             if runtime_limits.consume_fuel {
                 let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                usage.fuel = used;
                 self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
                 self.stats.last_fuel.store(used, Ordering::Relaxed);
                 metrics::counter!(
@@ -440,6 +463,7 @@ impl Plugin {
                 )
                 .increment(used);
             }
+            LAST_USAGE.with(|last| last.set(Some(usage)));
             let result = match outcome {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => Err(self.error(classify(e, &store, limits))),

@@ -127,6 +127,19 @@ pub struct Registry {
     /// state, so an older reading never overwrites a newer one.
     sync: tokio::sync::Mutex<()>,
     breakers: Breakers,
+    /// Candidate versions running beside bindings in shadow mode, by
+    /// binding name: read on every live call, so a lookup is one atomic
+    /// load and never a database read. The reconcile keeps it in line with
+    /// the cluster's state.
+    shadows: ArcSwap<BTreeMap<String, Arc<Shadowing>>>,
+}
+
+/// A candidate version in shadow for one binding.
+#[derive(Debug)]
+pub struct Shadowing {
+    /// The shadow's id, which its recorded results carry.
+    pub id: String,
+    pub plugin: Arc<Plugin>,
 }
 
 impl Registry {
@@ -136,7 +149,20 @@ impl Registry {
             slots: RwLock::new(BTreeMap::new()),
             sync: tokio::sync::Mutex::new(()),
             breakers: Breakers::default(),
+            shadows: ArcSwap::default(),
         }
+    }
+
+    /// The candidate in shadow for `binding`, if any.
+    pub fn shadow(&self, binding: &str) -> Option<Arc<Shadowing>> {
+        self.shadows.load().get(binding).cloned()
+    }
+
+    /// Replaces every shadow at once (the reconcile's reading of the
+    /// cluster's state). A shadow already running keeps its `Arc`, so a
+    /// call in flight finishes as it began.
+    pub fn set_shadows(&self, shadows: BTreeMap<String, Arc<Shadowing>>) {
+        self.shadows.store(Arc::new(shadows));
     }
 
     pub fn runtime(&self) -> &Runtime {

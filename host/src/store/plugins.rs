@@ -529,7 +529,10 @@ fn approval_from_json(json: &str) -> Result<CapabilityDiff, StoreError> {
 
 /// Tells the other nodes (PostgreSQL only) that plugin state changed; the
 /// notice is delivered when the transaction commits, never before.
-async fn notify_in(conn: &mut sqlx::AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
+pub(super) async fn notify_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<(), StoreError> {
     if dialect == Dialect::Postgres {
         // The channel is PLUGINS_CHANNEL; NOTIFY takes no bind parameters.
         sqlx::query("NOTIFY nachfass_plugins").execute(conn).await?;
