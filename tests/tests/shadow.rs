@@ -692,10 +692,14 @@ async fn a_shadow_runs_and_is_promoted_on_every_node_postgres() {
             Some(&key),
             None,
         );
-        history["history"].as_array().unwrap().last().unwrap()["reasons"][0]
-            .as_str()
+        let scored = history["history"]
+            .as_array()
             .unwrap()
-            .to_owned()
+            .iter()
+            .find(|h| h["event_id"] == ingested["event"]["id"])
+            .unwrap()
+            .clone();
+        scored["reasons"][0].as_str().unwrap().to_owned()
     };
     let calls = || {
         let (status, report) = http(port_a, "GET", "/v1/bindings/tag/shadow", Some(&key), None);
