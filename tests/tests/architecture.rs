@@ -15,7 +15,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "profile",
         &[
-            "pipeline", "stages", "plugins", "breaker", "scoring", "segments", "ingest", "replay",
+            "pipeline", "stages", "plugins", "breaker", "shadow", "scoring", "segments", "ingest",
+            "replay",
         ],
     ),
     (
