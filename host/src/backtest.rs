@@ -7,12 +7,15 @@
 //! who would enter and leave a segment), and how many of those each
 //! version ranks reach a goal event in time.
 
+mod consequences;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::journeys::Journeys;
 use crate::pipeline::Pipeline;
 use crate::replay::{self, ReplayError, Replayed, Step};
 use crate::runtime::World;
@@ -187,7 +190,8 @@ pub async fn start(
 
 /// Runs a backtest job from its cursor to the end, saving the figures after
 /// every page of contacts and keeping the report when done.
-pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), StoreError> {
+pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result<(), StoreError> {
+    let pipeline = &journeys.pipeline;
     let store = &pipeline.store;
     let row = store.backtest(id).await?;
     if row.done {
@@ -259,8 +263,15 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
         World::Scorer => plan.bindings.clone(),
         _ => Vec::new(),
     };
+    let segments = match world {
+        World::SegmentRule => plan.bindings.clone(),
+        _ => Vec::new(),
+    };
+    let watched = consequences::watched(journeys, &segments).await?;
     let side_by_side = Arc::new(SideBySide {
         pipeline: pipeline.clone(),
+        journeys: journeys.clone(),
+        watched,
         plan: plan.clone(),
         world,
         names,
@@ -299,18 +310,26 @@ pub async fn run(pipeline: &Pipeline, job: &ClaimedJob, id: &str) -> Result<(), 
         done.sort_by_key(|(index, _, _)| *index);
         let mut evaluated = 0;
         for (_, contact_id, outcome) in done {
-            match outcome? {
-                None => continue,
-                Some(Compared::Scores {
+            let Some((compared, live_sends, candidate_sends)) = outcome? else {
+                continue;
+            };
+            tally.consequences.add(
+                &contact_id,
+                &side_by_side.watched,
+                &live_sends,
+                &candidate_sends,
+            );
+            match compared {
+                Compared::Scores {
                     live,
                     candidate,
                     goals,
-                }) => tally.add(&contact_id, &live, &candidate, &goals, &plan),
-                Some(Compared::Segments {
+                } => tally.add(&contact_id, &live, &candidate, &goals, &plan),
+                Compared::Segments {
                     live,
                     candidate,
                     goals,
-                }) => tally.add_segment(&contact_id, &live, &candidate, &goals, &plan),
+                } => tally.add_segment(&contact_id, &live, &candidate, &goals, &plan),
             }
             evaluated += 1;
         }
@@ -334,6 +353,9 @@ const AT_ONCE: usize = 4;
 /// What a backtest replays each contact with.
 struct SideBySide {
     pipeline: Pipeline,
+    /// The active journeys and the policy, for the consequences.
+    journeys: Arc<Journeys>,
+    watched: Vec<consequences::Watched>,
     plan: Plan,
     world: World,
     /// Scorer bindings replayed (their stored changes are left out).
@@ -341,6 +363,13 @@ struct SideBySide {
     live: Vec<Replayed>,
     candidate: Vec<Replayed>,
 }
+
+/// One contact compared, and each version's enrolments, decided.
+type ContactOutcome = (
+    Compared,
+    Vec<consequences::Decided>,
+    Vec<consequences::Decided>,
+);
 
 /// One contact, live against candidate.
 enum Compared {
@@ -357,8 +386,9 @@ enum Compared {
 }
 
 impl SideBySide {
-    /// `None`: the contact has no event of its own in the range.
-    async fn contact(&self, contact_id: &str) -> Result<Option<Compared>, StoreError> {
+    /// `None`: the contact has no event of its own in the range. With the
+    /// comparison, each version's enrolments put through the policy gate.
+    async fn contact(&self, contact_id: &str) -> Result<Option<ContactOutcome>, StoreError> {
         let plan = &self.plan;
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let history =
@@ -377,7 +407,7 @@ impl SideBySide {
             .map(|e| e.at)
             .collect();
         let stages = &self.pipeline.stages;
-        Ok(Some(if self.world == World::SegmentRule {
+        let compared = if self.world == World::SegmentRule {
             Compared::Segments {
                 live: segment_replay(&history, &self.live).await,
                 candidate: segment_replay(&history, &self.candidate).await,
@@ -389,7 +419,25 @@ impl SideBySide {
                 candidate: replay::replay_history(stages, &history, &self.candidate).await,
                 goals,
             }
-        }))
+        };
+        let enrolled = |live: bool| match &compared {
+            Compared::Scores {
+                live: l,
+                candidate: c,
+                ..
+            } => consequences::enrolments(&self.watched, Some(if live { l } else { c }), None),
+            Compared::Segments {
+                live: l,
+                candidate: c,
+                ..
+            } => consequences::enrolments(&self.watched, None, Some(if live { l } else { c })),
+        };
+        let (live, candidate) = (enrolled(true), enrolled(false));
+        let journeys = &self.journeys;
+        let contact = &history.contact;
+        let live = consequences::decide(journeys, &self.watched, contact, &live).await?;
+        let candidate = consequences::decide(journeys, &self.watched, contact, &candidate).await?;
+        Ok(Some((compared, live, candidate)))
     }
 }
 
@@ -531,6 +579,9 @@ pub struct Tally {
     pub live: Ranked,
     pub candidate: Ranked,
     pub segment: SegmentDiff,
+    /// Journey enrolments and sends each version causes, through the
+    /// policy gate.
+    pub consequences: consequences::Consequences,
 }
 
 fn bucket(score: i64) -> usize {
@@ -679,6 +730,7 @@ impl Tally {
             mql: self.mql.clone(),
             sql: self.sql.clone(),
             segment: (plan.world == World::SegmentRule.as_str()).then(|| self.segment.clone()),
+            consequences: self.consequences.clone(),
             outcomes: Outcomes {
                 goal_events: plan.goal_events.clone(),
                 window_days: plan.window_days,
@@ -712,6 +764,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentDiff>,
     pub outcomes: Outcomes,
+    /// The journey enrolments and first sends each version would have
+    /// caused, through the policy gate; nothing was enrolled or sent.
+    pub consequences: consequences::Consequences,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -33,7 +33,7 @@ pub fn job_registry() -> JobRegistry<Journeys> {
             Ok(JobOutcome::Done)
         })
         .register(|journeys: Arc<Journeys>, job, args: Backtest| async move {
-            crate::backtest::run(&journeys.pipeline, &job, &args.backtest).await?;
+            crate::backtest::run(&journeys, &job, &args.backtest).await?;
             Ok(JobOutcome::Done)
         });
     registry
