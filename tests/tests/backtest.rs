@@ -46,6 +46,7 @@ per_dialect!(
     bad_backtests_and_replays_are_refused_and_queue_nothing,
     a_backtest_resumes_from_its_cursor_after_a_crash,
     a_segment_rule_backtest_says_who_would_enter_and_leave,
+    consequences_go_through_the_policy_gate_and_nothing_is_sent,
 );
 
 const MINUTE: i64 = 60_000;
@@ -943,5 +944,131 @@ async fn a_segment_rule_backtest_says_who_would_enter_and_leave(dialect: &str) {
         before,
         "{dialect}: a backtest changed live state"
     );
+    s.temp.cleanup(s.store).await;
+}
+
+/// Two journeys start when a contact reaches MQL, each with one send: one
+/// any time, one in business hours (b reaches MQL on a Friday at 23:49
+/// in Berlin, so that send waits for Monday). Live, only a reaches MQL; the candidate also takes
+/// b there. a gave no consent, b did: the candidate's new enrolments of b
+/// would send once and defer once; a's are skipped either way. Nothing is
+/// enrolled, queued or sent for real.
+async fn consequences_go_through_the_policy_gate_and_nothing_is_sent(dialect: &str) {
+    let s = setup(dialect).await;
+    install(&s).await;
+    history(&s).await;
+    let a = s.contact_id("a@example.com").await;
+    let b = s.contact_id("b@example.com").await;
+    let sink = nachfass_tests::HttpSink::start(200).await;
+    let webhook = embed(&guests::WEBHOOK.bytes(), &guests::WEBHOOK.manifest()).unwrap();
+    let (status, body) = call(&s, "POST", "/v1/plugins", Some(webhook), false).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post(
+        &s,
+        "/v1/bindings",
+        json!({ "name": "hook", "kind": "channel", "plugin": "webhook",
+                "config": { "url": format!("http://{}/hook", sink.addr), "secret": "s" },
+                "allow_http": [sink.addr.to_string()] }),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    let consent = nachfass::store::Consent {
+        channel: "webhook".into(),
+        purpose: "marketing".into(),
+        status: "granted".into(),
+        source: Some("test".into()),
+        text_version: None,
+        ip: None,
+        user_agent: None,
+        updated_at: 0,
+    };
+    s.store.set_consent(&b, &consent, START).await.unwrap();
+    for (name, window) in [
+        (
+            "mql-any-time",
+            json!({ "days": ["mon","tue","wed","thu","fri","sat","sun"], "start": "00:00", "end": "24:00" }),
+        ),
+        ("mql-office-hours", json!(null)),
+    ] {
+        let mut def = json!({ "name": name, "trigger": { "stage_changed": "mql" },
+            "steps": [ { "id": "hello", "type": "send", "binding": "hook", "template": { "text": "hello" } } ] });
+        if !window.is_null() {
+            def["send_window"] = window;
+        }
+        s.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    }
+    let before = live_state(&s).await;
+
+    let (status, queued) = post(
+        &s,
+        "/v1/plugins/version-tag/backtests",
+        json!({ "version": "2.0.0", "from": START, "to": s.clock_now() + 1 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{dialect}: {queued}");
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let scheduler = Scheduler::new(s.journeys.clone(), SchedulerConfig::default());
+    scheduler.run_until_idle().await.unwrap();
+    let (status, done) = get(&s, &format!("/v1/backtests/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["error"], json!(null), "{dialect}: {done}");
+    let consequences = &done["report"]["consequences"];
+    assert_eq!(
+        consequences["live"],
+        json!({ "enrolments": 2, "sent": 0, "deferred": 0, "skipped": 2, "no_send_known": 0 }),
+        "{dialect}: {consequences}"
+    );
+    assert_eq!(
+        consequences["candidate"],
+        json!({ "enrolments": 4, "sent": 1, "deferred": 1, "skipped": 2, "no_send_known": 0 }),
+        "{dialect}: {consequences}"
+    );
+    assert_eq!(
+        (&consequences["new"], &consequences["dropped"]),
+        (&json!(2), &json!(0)),
+        "{consequences}"
+    );
+    let mut samples: Vec<Value> = consequences["samples"].as_array().unwrap().clone();
+    samples.sort_by_key(|x| x["journey"].as_str().unwrap().to_owned());
+    assert_eq!(samples.len(), 2, "{consequences}");
+    for sample in &samples {
+        assert_eq!(
+            (&sample["contact_id"], &sample["change"]),
+            (&json!(b), &json!("new")),
+            "{sample}"
+        );
+    }
+    assert_eq!(
+        (&samples[0]["journey"], &samples[0]["decision"]),
+        (&json!("mql-any-time"), &json!("send")),
+        "{samples:?}"
+    );
+    assert_eq!(
+        (&samples[1]["journey"], &samples[1]["decision"]),
+        (&json!("mql-office-hours"), &json!("defer")),
+        "{samples:?}"
+    );
+    assert!(
+        samples[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside send window until Mon 08:00"),
+        "{samples:?}"
+    );
+    // Nothing happened for real: no run, no message, no delivery.
+    for contact in [&a, &b] {
+        let (_, runs) = get(&s, &format!("/v1/contacts/{contact}/journeys")).await;
+        assert_eq!(runs["runs"], json!([]), "{dialect}: {runs}");
+        let (_, messages) = get(&s, &format!("/v1/contacts/{contact}/messages")).await;
+        assert_eq!(messages["messages"], json!([]), "{dialect}: {messages}");
+    }
+    assert!(
+        sink.received().is_empty(),
+        "{dialect}: a backtest delivered"
+    );
+    let mut after = live_state(&s).await;
+    // The backtest's own job is the only new job, done.
+    after["jobs"] = before["jobs"].clone();
+    assert_eq!(after, before, "{dialect}");
     s.temp.cleanup(s.store).await;
 }
