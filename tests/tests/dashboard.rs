@@ -855,6 +855,132 @@ nachfass_tests::on_both_databases!(
     the_dashboard_deploys_plugins_and_bindings
 );
 
+/// The operator checks a change before it goes live, from the dashboard:
+/// starts a shadow of version-tag 2.0.0 beside the live 1.0.0 with the
+/// button, sees its agreement and disagreements (each linking to the
+/// contact's profile) after live traffic, starts a backtest and reads its
+/// histograms, stage, outcome and consequence tables, then promotes the
+/// shadow with the button. Every step is checked through the API too.
+async fn the_dashboard_shows_backtests_and_shadows(dialect: &'static str) {
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(Registry::new(runtime())),
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let (_, key) = store
+        .create_api_key("dashboard", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let journeys = Journeys::new(pipeline, Policy::default());
+    let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
+    let state = AppState::with_journeys(journeys, None);
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime_handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let key = key.as_str();
+        for (bytes, query) in [(version_tag(1), ""), (version_tag(2), "?activate=false")] {
+            let path = format!("/v1/plugins{query}");
+            let (status, answer) =
+                http_bytes(port, "POST", &path, Some(key), "application/wasm", &bytes);
+            assert_eq!(status, 201, "{answer}");
+        }
+        let post = |path: &str, body: Value| {
+            let (status, answer) = http(port, "POST", path, Some(key), Some(&body.to_string()));
+            assert!((200..300).contains(&status), "{path}: {status} {answer}");
+            answer
+        };
+        post(
+            "/v1/bindings",
+            json!({ "name": "tag", "kind": "scorer", "plugin": "version-tag" }),
+        );
+        runtime_handle.block_on(scheduler.run_until_idle()).unwrap();
+
+        let browser = Browser::start();
+        browser.go(&format!("{base}/dashboard?lang=de#key={key}"));
+        browser.wait_for_text("Ereignisse pro Tag");
+        browser.go(&format!("{base}/dashboard#/changes"));
+        browser.wait_until("document.getElementById('shadow-start-0')");
+        browser.script("document.getElementById('shadow-version-0').value = '2.0.0'; document.getElementById('shadow-start-0').click()");
+        browser.wait_for_text("Läuft im Schatten.");
+        let (status, report) = http(port, "GET", "/v1/bindings/tag/shadow", Some(key), None);
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(
+            (&report["shadow"]["version"], &report["shadow"]["status"]),
+            (&json!("2.0.0"), &json!("active")),
+            "{dialect}: {report}"
+        );
+
+        // Live traffic: each visit scores +1 live, +2 in the shadow.
+        let mut contact = String::new();
+        for email in ["a@check.example", "b@check.example", "a@check.example"] {
+            let ingested = post(
+                "/v1/events",
+                json!({ "kind": "page.visited", "email": email }),
+            );
+            contact = ingested["event"]["contact_id"].as_str().unwrap().to_owned();
+        }
+        browser.go(&format!("{base}/dashboard#/overview"));
+        browser.go(&format!("{base}/dashboard#/changes"));
+        let page = browser.wait_until("document.querySelector('[data-shadow=\"tag\"] .calls')?.innerText === '3'");
+        let (_, report) = http(port, "GET", "/v1/bindings/tag/shadow", Some(key), None);
+        assert_eq!(report["calls"], json!(3), "{report}");
+        assert!(page.contains("Übereinstimmung 0.0 %"), "{page}");
+        assert!(page.contains("Live schalten"), "{page}");
+        let link = format!("a[href=\"#/contacts/{contact}\"]");
+        browser.wait_until(&format!("document.querySelector('[data-shadow=\"tag\"] {link}')"));
+
+        // A backtest from the page, run by the scheduler, read on the page.
+        browser.script("document.getElementById('backtest-version-0').value = '2.0.0'; document.getElementById('backtest-start-0').click()");
+        browser.wait_for_text("Backtest läuft");
+        runtime_handle.block_on(scheduler.run_until_idle()).unwrap();
+        let (_, listed) = http(port, "GET", "/v1/plugins/version-tag/backtests", Some(key), None);
+        let report = listed["backtests"][0]["report"].clone();
+        assert_eq!(report["scores"]["changed"], json!(2), "{dialect}: {listed}");
+        browser.go(&format!("{base}/dashboard#/overview"));
+        browser.go(&format!("{base}/dashboard#/changes"));
+        let page = browser.wait_until("document.querySelector('[data-backtest=\"version-tag\"] .changed')?.innerText === '2'");
+        for wanted in ["Scores am Ende", "Stufen", "Ergebnisse", "Folgen (Richtlinien geprüft, nichts versandt)"] {
+            assert!(page.contains(wanted), "{wanted}: {page}");
+        }
+        assert_eq!(
+            browser.script("return document.querySelectorAll('[data-backtest=\"version-tag\"] svg.chart').length"),
+            json!(2)
+        );
+        browser.wait_until(&format!("document.querySelector('[data-backtest=\"version-tag\"] {link}')"));
+        browser.screenshot(&format!("changes-{dialect}"));
+
+        // The sample links to the contact's profile.
+        browser.script(&format!("document.querySelector('[data-shadow=\"tag\"] {link}').click()"));
+        browser.wait_until(&format!("location.hash === '#/contacts/{contact}'"));
+        browser.wait_for_text("a@check.example");
+
+        // Promote the shadow: 2.0.0 is live, the shadow is over.
+        browser.go(&format!("{base}/dashboard#/changes"));
+        browser.wait_until("document.getElementById('shadow-promote-0')");
+        browser.script("document.getElementById('shadow-promote-0').click()");
+        browser.wait_for_text("version-tag@2.0.0 ist live.");
+        assert_eq!(listed_plugin(port, key, "version-tag")["live"], json!("2.0.0"));
+        let (_, report) = http(port, "GET", "/v1/bindings/tag/shadow", Some(key), None);
+        assert_eq!(report["shadow"]["status"], json!("promoted"), "{report}");
+        browser.screenshot(&format!("changes-promoted-{dialect}"));
+    })
+    .await
+    .unwrap();
+    server.abort();
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    the_dashboard_shows_backtests_and_shadows
+);
+
 /// `nachfass demo` as a new user meets it: a copy of the binary alone in
 /// an empty directory, no environment (so no cargo, no source tree).
 struct Demo {
