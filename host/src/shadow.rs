@@ -73,16 +73,22 @@ pub(crate) enum Call<'a> {
         activity: &'a [ActivityCount],
         answer: &'a CallResult<bool>,
     },
+    /// A segment rule asked about a batch of contacts at once.
+    MatchesBatch {
+        items: &'a [(Contact, Vec<ActivityCount>)],
+        answer: &'a CallResult<Vec<bool>>,
+    },
 }
 
-/// Runs the candidate in shadow for `def` (if any) on the live call's
-/// inputs and records both answers. Call it right after the live call,
-/// before any other `.await`: the live call's cost is read from this
+/// Runs the candidate in shadow for the binding (if any) on the live
+/// call's inputs and records both answers. Call it right after the live
+/// call, before any other `.await`: the live call's cost is read from this
 /// thread's last finished call.
 ///
 /// The candidate runs under the limits the live call ran under, so the
 /// costs compare like for like and a candidate that needs more than the
-/// binding allows shows up here as failures, before it goes live.
+/// binding allows shows up here as failures, before it goes live. A batch
+/// call's cost is shared evenly among its contacts.
 pub(crate) async fn observe(
     pipeline: &Pipeline,
     binding: &Arc<Binding>,
@@ -95,7 +101,9 @@ pub(crate) async fn observe(
         return;
     };
     let candidate = &shadow.plugin;
-    let (contact, event_id, name, live_side, candidate_side, usage) = match call {
+    // (contact, event, call name, live side, candidate side)
+    let mut pairs: Vec<(&str, Option<String>, &str, Side, Side)> = Vec::new();
+    let usage = match call {
         Call::OnEvent {
             contact,
             event,
@@ -107,26 +115,26 @@ pub(crate) async fn observe(
                 .await;
             let usage = take_last_usage().unwrap_or_default();
             let event_id = Some(event.id.clone());
-            (
-                contact,
+            pairs.push((
+                &contact.id,
                 event_id,
                 "on-event",
                 score(answer),
                 score(&theirs),
-                usage,
-            )
+            ));
+            usage
         }
         Call::OnProfile { contact, answer } => {
             let theirs = candidate.on_profile(binding, now, contact).await;
             let usage = take_last_usage().unwrap_or_default();
-            (
-                contact,
+            pairs.push((
+                &contact.id,
                 None,
                 "on-profile",
                 score(answer),
                 score(&theirs),
-                usage,
-            )
+            ));
+            usage
         }
         Call::Matches {
             contact,
@@ -135,37 +143,60 @@ pub(crate) async fn observe(
         } => {
             let theirs = candidate.matches(binding, now, contact, activity).await;
             let usage = take_last_usage().unwrap_or_default();
-            (
-                contact,
+            pairs.push((
+                &contact.id,
                 None,
                 "matches",
                 member(answer),
                 member(&theirs),
-                usage,
-            )
+            ));
+            usage
+        }
+        Call::MatchesBatch { items, answer } => {
+            let theirs = candidate.matches_batch(binding, now, items).await;
+            let usage = take_last_usage().unwrap_or_default();
+            for (index, (contact, _)) in items.iter().enumerate() {
+                let nth =
+                    |all: &Vec<bool>| (i64::from(all.get(index).copied().unwrap_or(false)), None);
+                pairs.push((
+                    &contact.id,
+                    None,
+                    "matches",
+                    side(answer, nth),
+                    side(&theirs, nth),
+                ));
+            }
+            usage
         }
     };
-    let result = ShadowResult {
-        shadow_id: shadow.id.clone(),
-        contact_id: contact.id.clone(),
-        event_id,
-        call: name.to_owned(),
-        live_version: live.manifest().version.clone(),
-        agree: live_side.outcome == candidate_side.outcome
-            && live_side.value == candidate_side.value,
-        live_outcome: live_side.outcome.to_owned(),
-        live_value: live_side.value,
-        live_micros: as_i64(live_usage.micros),
-        live_fuel: as_i64(live_usage.fuel),
-        candidate_outcome: candidate_side.outcome.to_owned(),
-        candidate_value: candidate_side.value,
-        candidate_detail: candidate_side.detail,
-        candidate_micros: as_i64(usage.micros),
-        candidate_fuel: as_i64(usage.fuel),
-        at: now,
-    };
-    if let Err(e) = pipeline.store.record_shadow_result(&result).await {
-        tracing::warn!(binding = %binding.name, shadow = %shadow.id, error = %e, "shadow result not recorded");
+    let calls = u64::try_from(pairs.len().max(1)).unwrap_or(1);
+    let share = |n: u64| as_i64(n / calls);
+    let results: Vec<ShadowResult> = pairs
+        .into_iter()
+        .map(
+            |(contact_id, event_id, name, live_side, candidate_side)| ShadowResult {
+                shadow_id: shadow.id.clone(),
+                contact_id: contact_id.to_owned(),
+                event_id,
+                call: name.to_owned(),
+                live_version: live.manifest().version.clone(),
+                agree: live_side.outcome == candidate_side.outcome
+                    && live_side.value == candidate_side.value,
+                live_outcome: live_side.outcome.to_owned(),
+                live_value: live_side.value,
+                live_micros: share(live_usage.micros),
+                live_fuel: share(live_usage.fuel),
+                candidate_outcome: candidate_side.outcome.to_owned(),
+                candidate_value: candidate_side.value,
+                candidate_detail: candidate_side.detail,
+                candidate_micros: share(usage.micros),
+                candidate_fuel: share(usage.fuel),
+                at: now,
+            },
+        )
+        .collect();
+    if let Err(e) = pipeline.store.record_shadow_results(&results).await {
+        tracing::warn!(binding = %binding.name, shadow = %shadow.id, error = %e, "shadow results not recorded");
     }
 }
 

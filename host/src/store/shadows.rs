@@ -198,31 +198,39 @@ impl Store {
         Ok(ended)
     }
 
-    /// Records one pair of answers: the only write shadow mode makes.
-    pub async fn record_shadow_result(&self, result: &ShadowResult) -> Result<(), StoreError> {
+    /// Records pairs of answers, together: the only write shadow mode
+    /// makes.
+    pub async fn record_shadow_results(&self, results: &[ShadowResult]) -> Result<(), StoreError> {
+        if results.is_empty() {
+            return Ok(());
+        }
         let sql = format!(
             "INSERT INTO shadow_results (id, {RESULT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(new_id("shr"))
-            .bind(result.shadow_id.clone())
-            .bind(result.contact_id.clone())
-            .bind(result.event_id.clone())
-            .bind(result.call.clone())
-            .bind(result.live_version.clone())
-            .bind(result.live_outcome.clone())
-            .bind(result.live_value)
-            .bind(result.live_micros)
-            .bind(result.live_fuel)
-            .bind(result.candidate_outcome.clone())
-            .bind(result.candidate_value)
-            .bind(result.candidate_detail.clone())
-            .bind(result.candidate_micros)
-            .bind(result.candidate_fuel)
-            .bind(i64::from(result.agree))
-            .bind(result.at)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.write_tx().await?;
+        for result in results {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(new_id("shr"))
+                .bind(result.shadow_id.clone())
+                .bind(result.contact_id.clone())
+                .bind(result.event_id.clone())
+                .bind(result.call.clone())
+                .bind(result.live_version.clone())
+                .bind(result.live_outcome.clone())
+                .bind(result.live_value)
+                .bind(result.live_micros)
+                .bind(result.live_fuel)
+                .bind(result.candidate_outcome.clone())
+                .bind(result.candidate_value)
+                .bind(result.candidate_detail.clone())
+                .bind(result.candidate_micros)
+                .bind(result.candidate_fuel)
+                .bind(i64::from(result.agree))
+                .bind(result.at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
