@@ -273,13 +273,25 @@ async fn shadow_answers_are_recorded_and_never_applied(dialect: &str) {
             .await;
         x = ingested["event"]["contact_id"].as_str().unwrap().to_owned();
     }
+    // One more event each for b and x in one request: one batch call of
+    // the segment rule for both, in shadow too.
+    let (status, batch) = s
+        .post(
+            "/v1/events",
+            json!({ "events": [
+                { "kind": "page.visited", "email": "b@example.com" },
+                { "kind": "page.visited", "external_id": "x-1" },
+            ] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{batch}");
 
     // Live alone: +1 an event, reasons "1.0.0"; members are who has an
     // email. The candidate (+2, "inactive") changed none of it.
     for (id, score, segments) in [
         (&a, 3, json!(["has-email"])),
-        (&b, 2, json!(["has-email"])),
-        (&x, 2, json!([])),
+        (&b, 3, json!(["has-email"])),
+        (&x, 3, json!([])),
     ] {
         let contact = s.contact(id).await;
         assert_eq!(contact["score"], json!(score), "{dialect}: {contact}");
@@ -299,16 +311,16 @@ async fn shadow_answers_are_recorded_and_never_applied(dialect: &str) {
         );
     }
 
-    // Scorer: 1 on-profile call (both 0: agree) and 7 on-event calls
+    // Scorer: 1 on-profile call (both 0: agree) and 9 on-event calls
     // (+1 against +2: disagree).
     let (status, report) = s.get("/v1/bindings/tag/shadow").await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(
         (&report["calls"], &report["agreed"], &report["disagreed"]),
-        (&json!(8), &json!(1), &json!(7)),
+        (&json!(10), &json!(1), &json!(9)),
         "{dialect}: {report}"
     );
-    assert_eq!(report["agreement_rate"], json!(0.125), "{report}");
+    assert_eq!(report["agreement_rate"], json!(0.1), "{report}");
     assert_eq!(
         (&report["live"]["failed"], &report["candidate"]["failed"]),
         (&json!(0), &json!(0)),
@@ -322,7 +334,7 @@ async fn shadow_answers_are_recorded_and_never_applied(dialect: &str) {
         assert!(latency["p50"].as_i64().unwrap() > 0, "{side}: {report}");
     }
     let samples = report["disagreements"].as_array().unwrap();
-    assert_eq!(samples.len(), 7, "{report}");
+    assert_eq!(samples.len(), 9, "{report}");
     for sample in samples {
         assert_eq!(
             (
@@ -348,16 +360,16 @@ async fn shadow_answers_are_recorded_and_never_applied(dialect: &str) {
         "{dialect}"
     );
 
-    // Segment: a's profile and 3 events and b's 2 (member live, inactive
-    // by the candidate: no) disagree; x's 2 agree (no email, active).
+    // Segment: a's profile and 3 events and b's 3 (member live, inactive
+    // by the candidate: no) disagree; x's 3 agree (no email, active).
     let (status, report) = s.get("/v1/bindings/has-email/shadow").await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(
         (&report["calls"], &report["agreed"], &report["disagreed"]),
-        (&json!(8), &json!(2), &json!(6)),
+        (&json!(10), &json!(3), &json!(7)),
         "{dialect}: {report}"
     );
-    assert_eq!(report["agreement_rate"], json!(0.25), "{report}");
+    assert_eq!(report["agreement_rate"], json!(0.3), "{report}");
     let sample = &report["disagreements"][0];
     assert_eq!(
         (
@@ -374,7 +386,7 @@ async fn shadow_answers_are_recorded_and_never_applied(dialect: &str) {
     let (status, discarded) = s.delete("/v1/bindings/tag/shadow").await;
     assert_eq!(status, StatusCode::OK, "{discarded}");
     assert_eq!(discarded["shadow"]["status"], json!("discarded"));
-    assert_eq!(discarded["calls"], json!(8), "the report stays");
+    assert_eq!(discarded["calls"], json!(10), "the report stays");
     let (status, flaky) = s
         .post("/v1/bindings/tag/shadow", json!({ "version": "3.0.0" }))
         .await;
