@@ -4,8 +4,10 @@
 //! keeps scores and stages in memory, and only the backtest's own row
 //! (progress, figures, report) changes. The report compares the two:
 //! score distribution, changed scores, when contacts reach MQL and SQL (or
-//! who would enter and leave a segment), and how many of those each
-//! version ranks reach a goal event in time.
+//! who would enter and leave a segment), how many of those each version
+//! ranks reach a goal event in time, and the journey enrolments and sends
+//! each version would set off, through the policy gate
+//! (`backtest/consequences.rs`).
 
 mod consequences;
 
