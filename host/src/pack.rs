@@ -228,7 +228,9 @@ fn manifest_from_json_parts(
         description: text(project, "description").unwrap_or_default(),
         author,
         publisher: text(meta, "publisher").unwrap_or_default(),
-        api: manifest::API_VERSION.to_owned(),
+        // componentize-py and componentize-js build against the first
+        // version (`plugin build` hands them that package).
+        api: manifest::API_VERSION_0_1.to_owned(),
         config,
         capabilities,
         http_hosts,

@@ -28,7 +28,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use error::{LoadError, RuntimeError, RuntimeErrorKind};
 pub use limits::{DEFAULT_FUEL, LimitOverrides, Limits, RuntimeLimits};
 pub use manifest::{Manifest, World};
-pub use plugin::{CallResult, Plugin};
+pub use plugin::{CallResult, Plugin, ScorerInput};
 pub use registry::Registry;
 pub use sandbox::Binding;
 
