@@ -169,7 +169,10 @@ impl Manifest {
         }
         let major_minor = |v: &str| {
             let mut parts = v.split('.');
-            (parts.next().map(str::to_owned), parts.next().map(str::to_owned))
+            (
+                parts.next().map(str::to_owned),
+                parts.next().map(str::to_owned),
+            )
         };
         if !API_VERSIONS
             .iter()
@@ -484,7 +487,10 @@ mod tests {
         let mut newer = manifest();
         newer.api = "0.3.0".into();
         let why = newer.validate().unwrap_err().to_string();
-        assert!(why.contains("rebuild") && why.contains("@0.1.0 and @0.2.0"), "{why}");
+        assert!(
+            why.contains("rebuild") && why.contains("@0.1.0 and @0.2.0"),
+            "{why}"
+        );
         assert!(
             Manifest::from_json(br#"{"name":"x","version":"1","world":"scorer","oops":1}"#)
                 .is_err()

@@ -58,9 +58,7 @@ impl ScorerPre {
     async fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<ScorerInstance> {
         Ok(match self {
             ScorerPre::Batch(pre) => ScorerInstance::Batch(pre.instantiate_async(store).await?),
-            ScorerPre::PerItem(pre) => {
-                ScorerInstance::PerItem(pre.instantiate_async(store).await?)
-            }
+            ScorerPre::PerItem(pre) => ScorerInstance::PerItem(pre.instantiate_async(store).await?),
         })
     }
 }
@@ -348,11 +346,18 @@ impl Plugin {
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
-            .run("matches-batch", binding, &limits, now, items.len(), async |store| {
-                let world = pre.instantiate_async(&mut *store).await?;
-                sandbox::start_call_budget(store, &limits, self.runtime.limits());
-                world.call_matches_batch(&mut *store, &inputs).await
-            })
+            .run(
+                "matches-batch",
+                binding,
+                &limits,
+                now,
+                items.len(),
+                async |store| {
+                    let world = pre.instantiate_async(&mut *store).await?;
+                    sandbox::start_call_budget(store, &limits, self.runtime.limits());
+                    world.call_matches_batch(&mut *store, &inputs).await
+                },
+            )
             .await?;
         self.inner_batch(answer, &limits, items.len(), |answers| {
             if answers.len() == items.len() {
@@ -384,7 +389,9 @@ impl Plugin {
             .run("on-event", binding, limits, now, 1, async |store| {
                 let world = pre.instantiate(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
-                world.on_event(&mut *store, &contact, &event, &activity).await
+                world
+                    .on_event(&mut *store, &contact, &event, &activity)
+                    .await
             })
             .await?;
         self.inner(answer, limits, |change| check_reasons(change, limits))
@@ -420,11 +427,18 @@ impl Plugin {
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
-            .run("on-event-batch", binding, &limits, now, items.len(), async |store| {
-                let world = pre.instantiate(&mut *store).await?;
-                sandbox::start_call_budget(store, &limits, self.runtime.limits());
-                world.on_event_batch(&mut *store, &inputs).await
-            })
+            .run(
+                "on-event-batch",
+                binding,
+                &limits,
+                now,
+                items.len(),
+                async |store| {
+                    let world = pre.instantiate(&mut *store).await?;
+                    sandbox::start_call_budget(store, &limits, self.runtime.limits());
+                    world.on_event_batch(&mut *store, &inputs).await
+                },
+            )
             .await?;
         let answers = match answer {
             Ok(answers) => answers,
@@ -780,14 +794,19 @@ fn classify(error: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -
         Some(trap) => RuntimeErrorKind::Trapped {
             message: trap.to_string(),
         },
-        None => {
-            let message = format!("{error:#}");
-            if message.contains("maximum concurrent") || message.contains("pooling allocat") {
-                RuntimeErrorKind::Exhausted { detail: message }
-            } else {
-                RuntimeErrorKind::Trapped { message }
+        None if error
+            .chain()
+            .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) =>
+        {
+            RuntimeErrorKind::Exhausted {
+                detail: format!(
+                    "{error:#}: every slot of the plugin pool is in use by other calls; retry the call later"
+                ),
             }
         }
+        None => RuntimeErrorKind::Trapped {
+            message: format!("{error:#}"),
+        },
     }
 }
 

@@ -205,19 +205,16 @@ pub fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linke
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
-    since_v0_1_0::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| {
-        state
-    })?;
+    since_v0_1_0::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
     if world == World::Channel {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         super::bindings::mail::add_to_linker::<CallState, HasSelf<CallState>>(
             &mut linker,
             |state| state,
         )?;
-        since_v0_1_0::mail::add_to_linker::<CallState, HasSelf<CallState>>(
-            &mut linker,
-            |state| state,
-        )?;
+        since_v0_1_0::mail::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| {
+            state
+        })?;
     }
     Ok(linker)
 }
