@@ -102,7 +102,9 @@ macro_rules! export_scorer {
                 fn on_event_batch(
                     items: ::std::vec::Vec<$crate::ScorerInput>,
                 ) -> ::std::result::Result<
-                    ::std::vec::Vec<::std::result::Result<$crate::ScoreChange, $crate::PluginError>>,
+                    ::std::vec::Vec<
+                        ::std::result::Result<$crate::ScoreChange, $crate::PluginError>,
+                    >,
                     $crate::PluginError,
                 > {
                     <$scorer as $crate::Scorer>::on_event_batch(&$crate::Ctx::host(), &items)
