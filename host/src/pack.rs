@@ -121,7 +121,15 @@ pub fn manifest_from_toml(
         description: text("description").unwrap_or_default(),
         author,
         publisher,
-        api: manifest::API_VERSION.to_owned(),
+        // A crate built against an older WIT than the SDK's (without the
+        // SDK, say) names it; `validate` refuses one the host does not speak.
+        api: match meta.get("api") {
+            Some(value) => value
+                .as_str()
+                .ok_or_else(|| bad("api must be a string such as \"0.1.0\"".into()))?
+                .to_owned(),
+            None => manifest::API_VERSION.to_owned(),
+        },
         config,
         capabilities,
         http_hosts,
