@@ -365,6 +365,7 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
         &json!({
             "plugin": plugin.id(),
             "world": plugin.manifest().world,
+            "api": plugin.api(),
             "sha256": plugin.hash(),
             "bytes": size,
             "imports": plugin.imports(),
