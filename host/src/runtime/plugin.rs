@@ -683,17 +683,19 @@ impl Plugin {
             return Err(self.error(kind));
         }
         let items = items.max(1);
-        match answer.is_err() {
-            true => self.count_items(0, items),
-            false => self.count_items(items, 0),
+        if answer.is_err() {
+            self.count_items(0, items);
+        } else {
+            self.count_items(items, 0);
         }
         Ok(answer.map_err(Into::into))
     }
 
     fn count(&self, plugin_error: bool) {
-        match plugin_error {
-            true => self.count_items(0, 1),
-            false => self.count_items(1, 0),
+        if plugin_error {
+            self.count_items(0, 1);
+        } else {
+            self.count_items(1, 0);
         }
     }
 
