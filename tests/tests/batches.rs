@@ -1,361 +1,442 @@
-//! Batches in the real sandbox: a scorer batch runs on one instance (one
-//! `on-event-batch` call for `nachfass:plugin@0.2.0`, one `on-event` per
-//! item for 0.1.0) and answers like single calls; a trap or an exhausted
-//! budget fails the whole batch and nothing reaches the next one; the
-//! instance pool says clearly when it is full, and starts under an
-//! address-space limit.
+//! The batched profile pipeline on SQLite and PostgreSQL: a batch applies
+//! exactly what one event at a time would; events accepted but not applied
+//! (a crash in between) are applied once by their `process_events` job;
+//! a `score_at_least` trigger sees the score its own event produced; a
+//! journey's `set_attribute` step re-scores and re-segments the contact;
+//! scheduler lanes claim only their kinds; a committed job wakes a
+//! scheduler that would otherwise sleep.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nachfass::model::{ActivityCount, Contact, Event, PluginError, ScoreChange};
-use nachfass::runtime::cache::{ArtifactCache, content_hash};
-use nachfass::runtime::sandbox::{self, CallState};
-use nachfass::runtime::{
-    Binding, Limits, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, ScorerInput,
-    World,
-};
-use nachfass_tests::{guests, languages, runtime};
+use nachfass::clock::ManualClock;
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::model::Value;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::jobs::{KindFilter, RouteEvent};
+use nachfass::store::{BindingDef, BindingKind, EventInput, Store};
+use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
 
-fn binding() -> Arc<Binding> {
-    // Functional tests are not about wall time; a loaded CI machine must
-    // not turn a slow instantiation into a failure.
-    Arc::new(Binding::new("batch", World::Scorer).with_limits(Limits {
-        wall_time: Duration::from_secs(5),
-        ..Limits::for_world(World::Scorer)
-    }))
+/// Monday 2026-11-23, 10:00 in Berlin.
+const NOW: i64 = 1_795_424_400_000;
+
+struct World {
+    store: Store,
+    clock: Arc<ManualClock>,
+    journeys: Arc<Journeys>,
+    temp: TempStore,
 }
 
-async fn load(file: &std::path::Path) -> Plugin {
-    runtime().load_file(file).await.expect("the plugin loads")
+fn binding(name: &str, kind: BindingKind, plugin: &str, config: &[(&str, &str)]) -> BindingDef {
+    BindingDef {
+        name: name.into(),
+        kind,
+        plugin: plugin.into(),
+        config: config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        allow_http: Vec::new(),
+        limits: Default::default(),
+        paused: None,
+        version: None,
+    }
 }
 
-fn contact(id: &str, industry: &str) -> Contact {
-    serde_json::from_value(serde_json::json!({
-        "id": id, "email": format!("{id}@acme.example"), "attributes": { "industry": industry }
-    }))
-    .unwrap()
-}
-
-fn event(contact: &str, kind: &str, url: Option<&str>) -> Event {
-    let properties = match url {
-        Some(url) => serde_json::json!({ "url": url }),
-        None => serde_json::json!({}),
+/// A store with the engagement scorer (at most two points of a kind a
+/// day) and three segment rules: has an email, inactive for a day, and
+/// the attribute `hot = yes`.
+async fn world(dialect: &str) -> World {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let registry = Arc::new(Registry::new(runtime()));
+    for guest in [
+        guests::ENGAGEMENT,
+        guests::HELLO,
+        guests::INACTIVE_DAYS,
+        guests::ATTRIBUTE_MATCH,
+    ] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
+    for def in [
+        binding(
+            "engagement",
+            BindingKind::Scorer,
+            "engagement",
+            &[("max_per_day", "2")],
+        ),
+        binding("reachable", BindingKind::Segment, "hello", &[]),
+        binding(
+            "dormant",
+            BindingKind::Segment,
+            "inactive-days",
+            &[("days", "1")],
+        ),
+        binding(
+            "hot",
+            BindingKind::Segment,
+            "attribute-match",
+            &[("attribute", "hot"), ("op", "eq"), ("value", "yes")],
+        ),
+    ] {
+        store.create_binding(&def, 0).await.unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(NOW));
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry,
+        clock: clock.clone(),
+        stages: StageThresholds::default(),
     };
-    serde_json::from_value(serde_json::json!({
-        "id": format!("e-{contact}-{kind}"), "contact_id": contact, "kind": kind, "at": 1_000,
-        "properties": properties
-    }))
-    .unwrap()
+    World {
+        store,
+        clock,
+        journeys: Journeys::new(pipeline, Policy::default()),
+        temp,
+    }
 }
 
-fn today(kind: &str, count: u32) -> Vec<ActivityCount> {
-    vec![ActivityCount {
+impl World {
+    fn pipeline(&self) -> &Pipeline {
+        &self.journeys.pipeline
+    }
+
+    fn scheduler(&self) -> Arc<Scheduler> {
+        Scheduler::new(self.journeys.clone(), SchedulerConfig::default())
+    }
+
+    /// What the store says about each contact, by email: score history
+    /// (binding, delta, event kind), stage, memberships and timeline kinds.
+    async fn profiles(&self, emails: &[&str]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for email in emails {
+            let id = self.store.find_contact_id(email).await;
+            let contact = self.store.contact(&id).await.unwrap();
+            let timeline = {
+                let mut t = self.store.timeline(&id, 500, None).await.unwrap();
+                t.reverse();
+                t
+            };
+            let kind_of: BTreeMap<String, String> = timeline
+                .iter()
+                .map(|e| (e.id.clone(), e.kind.clone()))
+                .collect();
+            let history: Vec<String> = self
+                .store
+                .score_history(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| {
+                    let kind = s.event_id.and_then(|e| kind_of.get(&e).cloned());
+                    format!("{}{:+}@{}", s.binding, s.delta, kind.unwrap_or_default())
+                })
+                .collect();
+            let memberships = self.store.memberships(&id).await.unwrap();
+            // As a sorted list: events at the same instant are ordered by
+            // id, and a batch stores its events before the events they cause.
+            let mut kinds: Vec<String> = timeline.into_iter().map(|e| e.kind).collect();
+            kinds.sort();
+            out.insert(
+                (*email).to_owned(),
+                format!(
+                    "score {} stage {} segments {memberships:?} history {history:?} timeline {kinds:?}",
+                    contact.score, contact.stage
+                ),
+            );
+        }
+        out
+    }
+
+    async fn close(self) {
+        self.temp.cleanup(self.store).await;
+    }
+}
+
+trait FindContact {
+    async fn find_contact_id(&self, email: &str) -> String;
+}
+
+impl FindContact for Store {
+    async fn find_contact_id(&self, email: &str) -> String {
+        let row: (String,) = sqlx::query_as("SELECT id FROM contacts WHERE email = $1")
+            .bind(email.to_owned())
+            .fetch_one(self.pool())
+            .await
+            .unwrap();
+        row.0
+    }
+}
+
+fn event(email: &str, kind: &str, at: i64) -> EventInput {
+    EventInput {
         kind: kind.into(),
-        total: count,
-        last_24_hours: count,
-        last_30_days: count,
-        last_at: Some(900),
-    }]
+        at: Some(at),
+        email: Some(email.into()),
+        properties: [("path".to_owned(), Value::Text("/pricing".into()))].into(),
+        ..EventInput::default()
+    }
 }
 
-/// Varied touchpoints: points per kind, a pricing visit, a capped kind,
-/// a penalty, an unknown kind; two contacts interleaved.
-fn touchpoints() -> Vec<(Contact, Event, Vec<ActivityCount>)> {
-    let (a, b) = (contact("a", "software"), contact("b", "retail"));
+/// Interleaved events of three contacts: repeated kinds (the scorer's
+/// daily cap reads the activity before each event), a contact whose
+/// only events are old (it turns dormant), a purchase (a customer).
+fn history() -> Vec<EventInput> {
+    let old = NOW - 3 * DAY;
     vec![
-        (a.clone(), event("a", "email.opened", None), vec![]),
-        (
-            b.clone(),
-            event("b", "page.visited", Some("https://acme.example/pricing")),
-            vec![],
-        ),
-        (
-            a.clone(),
-            event("a", "email.clicked", None),
-            today("email.clicked", 9),
-        ),
-        (b.clone(), event("b", "email.bounced", None), vec![]),
-        (a.clone(), event("a", "demo.requested", None), vec![]),
-        (b.clone(), event("b", "something.else", None), vec![]),
-        (
-            a,
-            event("a", "page.visited", Some("/blog")),
-            today("page.visited", 1),
-        ),
+        event("ada@example.org", "email.opened", NOW - 3000),
+        event("bob@example.org", "download", old),
+        event("ada@example.org", "email.opened", NOW - 2000),
+        event("cem@example.org", "page.visited", NOW - 1000),
+        event("ada@example.org", "email.opened", NOW - 1000),
+        event("bob@example.org", "webinar.attended", old + 1),
+        event("ada@example.org", "demo.requested", NOW - 500),
+        event("ada@example.org", "demo.requested", NOW - 400),
+        event("cem@example.org", "purchase", NOW - 10),
+        event("ada@example.org", "webinar.attended", NOW),
+        event("ada@example.org", "email.opened", NOW),
     ]
 }
 
-fn inputs(items: &[(Contact, Event, Vec<ActivityCount>)]) -> Vec<ScorerInput<'_>> {
-    items
-        .iter()
-        .map(|(contact, event, activity)| ScorerInput {
-            contact,
-            event,
-            activity,
-        })
-        .collect()
-}
+const EMAILS: [&str; 3] = ["ada@example.org", "bob@example.org", "cem@example.org"];
 
-/// The batch's answers against one single call per item.
-async fn assert_batch_answers_like_single_calls(plugin: &Plugin) {
-    let b = binding();
-    let items = touchpoints();
-    let mut single = Vec::new();
-    for (contact, event, activity) in &items {
-        single.push(
-            plugin
-                .on_event(&b, 1_000, contact, event, activity)
-                .await
-                .unwrap(),
-        );
+async fn a_batch_applies_exactly_what_one_event_at_a_time_would(dialect: &'static str) {
+    let one_by_one = world(dialect).await;
+    for input in history() {
+        one_by_one.pipeline().ingest(&input).await.unwrap();
     }
-    let calls_before = plugin.stats().calls.load(Ordering::Relaxed);
-    let batched = plugin
-        .on_event_batch(&b, 1_000, &inputs(&items))
+    let batched = world(dialect).await;
+    let results = batched.pipeline().ingest_batch(&history()).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{dialect}");
+
+    let expected = one_by_one.profiles(&EMAILS).await;
+    let got = batched.profiles(&EMAILS).await;
+    assert_eq!(got, expected, "{dialect}");
+    // The figures the comparison rests on: the cap held, stages moved,
+    // old activity made a dormant contact.
+    let ada = &got["ada@example.org"];
+    // 1 + 1 + (capped) + 20 + 20 + 10 + (capped)
+    assert!(ada.contains("score 52 "), "{dialect}: {ada}");
+    assert!(ada.contains("stage mql"), "{dialect}: {ada}");
+    assert!(
+        got["bob@example.org"].contains("\"dormant\""),
+        "{dialect}: {got:?}"
+    );
+    assert!(
+        got["cem@example.org"].contains("stage customer"),
+        "{dialect}: {got:?}"
+    );
+    one_by_one.close().await;
+    batched.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_batch_applies_exactly_what_one_event_at_a_time_would
+);
+
+async fn bad_items_of_a_batch_are_refused_alone(dialect: &'static str) {
+    let w = world(dialect).await;
+    let mut inputs = history();
+    inputs.insert(1, event("ada@example.org", "Not A Kind", NOW));
+    inputs.insert(
+        3,
+        EventInput {
+            contact_id: Some("c_missing".into()),
+            ..event("x@example.org", "download", NOW)
+        },
+    );
+    let mut resend = event("cem@example.org", "download", NOW);
+    resend.client_event_id = Some("shop-1".into());
+    inputs.push(resend.clone());
+    inputs.push(resend.clone());
+    let mut taken = resend;
+    taken.kind = "purchase".into();
+    inputs.push(taken);
+    let results = w.pipeline().ingest_batch(&inputs).await.unwrap();
+    assert_eq!(results.len(), inputs.len(), "{dialect}");
+    let refused: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(refused, [1, 3, 15], "{dialect}: {results:?}");
+    let first = results[13].as_ref().unwrap();
+    let again = results[14].as_ref().unwrap();
+    assert!(!first.duplicate && again.duplicate, "{dialect}");
+    assert_eq!(first.event.id, again.event.id, "{dialect}");
+
+    // Stored like the clean batch, plus one download.
+    let clean = world(dialect).await;
+    clean.pipeline().ingest_batch(&history()).await.unwrap();
+    let with_bad = w.profiles(&["ada@example.org", "bob@example.org"]).await;
+    assert_eq!(
+        with_bad,
+        clean
+            .profiles(&["ada@example.org", "bob@example.org"])
+            .await,
+        "{dialect}"
+    );
+    w.close().await;
+    clean.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    bad_items_of_a_batch_are_refused_alone
+);
+
+async fn accepted_events_are_applied_once_after_a_crash(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"hot-leads","trigger":{"score_at_least":20},"re_entry":"never",
+                 "steps":[{"id":"tag","type":"set_attribute","name":"hot","value":"yes"}]}"#,
+        )
         .await
         .unwrap();
-    assert_eq!(batched, single, "{}", plugin.id());
-    // Sanity of the inputs: they do not all score alike.
-    let deltas: Vec<i64> = batched.iter().map(|a| a.as_ref().unwrap().delta).collect();
-    assert_eq!(deltas, [1, 10, 0, -5, 20, 0, 1], "{}", plugin.id());
-    assert_eq!(
-        plugin.stats().calls.load(Ordering::Relaxed) - calls_before,
-        items.len() as u64,
-        "a batch counts one call per item"
-    );
-}
+    // Stored, then the node dies before applying them.
+    let accepted = w.store.ingest_events(&history(), NOW).await.unwrap();
+    let ids: Vec<String> = accepted
+        .iter()
+        .map(|r| r.as_ref().unwrap().event.id.clone())
+        .collect();
+    let ada = w.store.find_contact_id("ada@example.org").await;
+    assert_eq!(w.store.contact(&ada).await.unwrap().score, 0, "{dialect}");
 
-fn ok(delta: i64, reason: &str) -> Result<ScoreChange, PluginError> {
-    Ok(ScoreChange {
-        delta,
-        reasons: vec![reason.to_owned()],
-    })
-}
-
-#[tokio::test]
-async fn a_batch_answers_like_single_calls() {
-    let plugin = load(&guests::ENGAGEMENT.packed()).await;
-    assert_eq!(plugin.api(), "0.2.0");
-    assert!(plugin.exports().iter().any(|e| e == "on-event-batch"));
-    assert_batch_answers_like_single_calls(&plugin).await;
+    // Nothing is due until the grace time has passed: no route job either,
+    // since an event is routed once its score is known.
+    let scheduler = w.scheduler();
+    assert_eq!(scheduler.run_until_idle().await.unwrap(), 0, "{dialect}");
+    w.clock.set(NOW + 31_000);
+    scheduler.run_until_idle().await.unwrap();
+    let once = w.profiles(&EMAILS).await;
     assert!(
-        plugin
-            .on_event_batch(&binding(), 0, &[])
+        once["ada@example.org"].contains("score 52 "),
+        "{dialect}: {once:?}"
+    );
+
+    // The trigger saw the score the events produced, and the journey's
+    // attribute step re-segmented the contact.
+    let runs = w.store.contact_runs(&ada).await.unwrap();
+    assert_eq!(runs.len(), 1, "{dialect}: {runs:?}");
+    assert_eq!(runs[0].status, "completed", "{dialect}");
+    let contact = w.store.contact(&ada).await.unwrap();
+    assert_eq!(
+        contact.attributes.get("hot"),
+        Some(&Value::Text("yes".into())),
+        "{dialect}"
+    );
+    assert!(
+        w.store
+            .memberships(&ada)
             .await
             .unwrap()
-            .is_empty()
+            .contains(&"hot".to_owned()),
+        "{dialect}"
     );
-}
+    let bob = w.store.find_contact_id("bob@example.org").await;
+    assert!(
+        w.store.contact_runs(&bob).await.unwrap().is_empty(),
+        "{dialect}"
+    );
 
-#[tokio::test]
-async fn python_and_javascript_scorers_of_the_first_wit_answer_batches_like_single_calls() {
-    for file in [
-        languages::ENGAGEMENT_PY.built(),
-        languages::ENGAGEMENT_JS.built(),
-    ] {
-        let plugin = load(&file).await;
-        assert_eq!(plugin.api(), "0.1.0", "{}", plugin.id());
-        assert!(!plugin.exports().iter().any(|e| e == "on-event-batch"));
-        assert_batch_answers_like_single_calls(&plugin).await;
+    // Applying again changes nothing: each event is applied once.
+    let before = w.profiles(&EMAILS).await;
+    w.pipeline().process_events(&ids).await.unwrap();
+    assert_eq!(w.profiles(&EMAILS).await, before, "{dialect}");
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    accepted_events_are_applied_once_after_a_crash
+);
+
+async fn a_lane_claims_only_its_kinds(dialect: &'static str) {
+    let w = world(dialect).await;
+    for i in 0..5 {
+        let job = RouteEvent {
+            event_id: format!("e{i}"),
+        };
+        w.store.enqueue(&job, NOW, NOW).await.unwrap();
     }
-}
-
-/// `n` plain touchpoints with `kinds` spliced in at their positions.
-fn batch(n: usize, special: &[(usize, &str)]) -> Vec<(Contact, Event, Vec<ActivityCount>)> {
-    (0..n)
-        .map(|i| {
-            let kind = special
-                .iter()
-                .find(|(at, _)| *at == i)
-                .map_or("email.opened", |(_, kind)| kind);
-            let id = format!("c{i}");
-            (contact(&id, "software"), event(&id, kind, None), vec![])
-        })
-        .collect()
-}
-
-async fn run(
-    plugin: &Plugin,
-    items: &[(Contact, Event, Vec<ActivityCount>)],
-) -> Result<Vec<Result<ScoreChange, PluginError>>, nachfass::runtime::RuntimeError> {
-    plugin.on_event_batch(&binding(), 0, &inputs(items)).await
-}
-
-fn deltas(answers: &[Result<ScoreChange, PluginError>]) -> Vec<Result<i64, String>> {
-    answers
-        .iter()
-        .map(|a| a.as_ref().map(|c| c.delta).map_err(|e| e.code.clone()))
-        .collect()
-}
-
-#[tokio::test]
-async fn a_batch_shares_one_instance_and_the_next_batch_starts_fresh() {
-    let plugin = load(&guests::BATCH_COUNTER.packed()).await;
-    // The global counts up across the items of one batch …
-    let first = run(&plugin, &batch(3, &[])).await.unwrap();
-    assert_eq!(
-        first,
-        [
-            ok(1, "item 1 on this instance"),
-            ok(2, "item 2 on this instance"),
-            ok(3, "item 3 on this instance")
-        ]
-    );
-    // … and starts again in the next: the instance was dropped.
-    let second = run(&plugin, &batch(2, &[])).await.unwrap();
-    assert_eq!(deltas(&second), [Ok(1), Ok(2)]);
-    // The plugin's own error fails only its item.
-    let declined = run(&plugin, &batch(3, &[(1, "decline")])).await.unwrap();
-    assert_eq!(deltas(&declined), [Ok(1), Err("declined".into()), Ok(2)]);
-    // Single calls keep their own fresh instance.
-    let (c, e, a) = &batch(1, &[])[0];
-    let single = plugin.on_event(&binding(), 0, c, e, a).await.unwrap();
-    assert_eq!(single.unwrap().delta, 1);
-    assert_eq!(plugin.stats().plugin_errors.load(Ordering::Relaxed), 1);
-}
-
-#[tokio::test]
-async fn a_trap_or_the_budget_running_out_mid_batch_fails_the_batch_and_leaks_nothing() {
-    let plugin = load(&guests::BATCH_COUNTER.packed()).await;
-    let error = run(&plugin, &batch(3, &[(1, "trap")])).await.unwrap_err();
-    assert!(
-        matches!(&error.kind, RuntimeErrorKind::Panicked { message } if message.contains("asked to trap after 1 items")),
-        "{error}"
-    );
-    assert_eq!(error.plugin, "batch-counter@1.0.0");
-    let after = run(&plugin, &batch(2, &[])).await.unwrap();
-    assert_eq!(
-        deltas(&after),
-        [Ok(1), Ok(2)],
-        "the trapped instance is gone"
-    );
-
-    // The budget of a batch is the binding's per call times the items.
-    let error = run(&plugin, &batch(4, &[(2, "spin")])).await.unwrap_err();
-    let budget = 4 * binding().limits.fuel;
-    assert!(
-        matches!(error.kind, RuntimeErrorKind::Fuel { limit } if limit == budget),
-        "{error}"
-    );
-    assert!(
-        error.to_string().contains(&format!(
-            "batch-counter@1.0.0: CPU budget of {budget} instructions exceeded"
-        )),
-        "{error}"
-    );
-    let after = run(&plugin, &batch(3, &[])).await.unwrap();
-    assert_eq!(deltas(&after), [Ok(1), Ok(2), Ok(3)]);
-    assert_eq!(plugin.stats().runtime_errors.load(Ordering::Relaxed), 2);
-}
-
-#[tokio::test]
-async fn a_scorer_of_the_first_wit_runs_a_batch_as_calls_on_one_instance() {
-    let plugin = load(&guests::SCORER_V0_1.packed()).await;
-    assert_eq!(plugin.api(), "0.1.0");
-    assert!(
-        plugin
-            .imports()
-            .iter()
-            .any(|i| i == "nachfass:plugin/types@0.1.0"),
-        "{:?}",
-        plugin.imports()
-    );
-    assert_eq!(plugin.exports(), ["on-event", "on-profile"]);
-    let first = run(&plugin, &batch(3, &[])).await.unwrap();
-    assert_eq!(
-        first,
-        [
-            ok(1, "0.1.0 item 1"),
-            ok(2, "0.1.0 item 2"),
-            ok(3, "0.1.0 item 3")
-        ]
-    );
-    let error = run(&plugin, &batch(3, &[(2, "trap")])).await.unwrap_err();
-    assert_eq!(error.kind.code(), "panic", "{error}");
-    assert_eq!(
-        deltas(&run(&plugin, &batch(1, &[])).await.unwrap()),
-        [Ok(1)]
-    );
-    // The single-call API works on it as before.
-    let (c, e, a) = &batch(1, &[])[0];
-    let single = plugin.on_event(&binding(), 0, c, e, a).await.unwrap();
-    assert_eq!(single.unwrap().delta, 1);
-    let profile = plugin.on_profile(&binding(), 0, c).await.unwrap();
-    assert_eq!(profile.unwrap().delta, 0);
-}
-
-#[tokio::test]
-async fn a_full_instance_pool_fails_the_call_with_a_clear_error() {
-    let cache = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new(RuntimeConfig {
-        limits: RuntimeLimits {
-            max_instances: 1,
-            ..RuntimeLimits::default()
-        },
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    assert_eq!(runtime.pool().instances, 1);
-    let file = guests::ENGAGEMENT.packed();
-    let plugin = runtime.load_file(&file).await.unwrap();
-    let b = binding();
-
-    // Someone else holds the one slot: an instance in a store of its own.
-    let bytes = std::fs::read(&file).unwrap();
-    let engine = runtime.engine();
-    let (component, _) = ArtifactCache::new(cache.path())
-        .unwrap()
-        .load_or_compile(engine, &content_hash(&bytes), &bytes)
-        .unwrap();
-    let pre = sandbox::linker(engine, World::Scorer)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let state = CallState::new(plugin.id().into(), b.clone(), &[], &b.limits, 0);
-    let mut store = sandbox::store(engine, state, &b.limits, runtime.limits());
-    let _held = pre.instantiate_async(&mut store).await.unwrap();
-
-    let items = touchpoints();
-    let error = plugin
-        .on_event_batch(&b, 0, &inputs(&items))
+    let deliveries = w
+        .store
+        .claim_jobs_of(KindFilter::Only(&["deliver"]), "n1", NOW, 60_000, 10)
         .await
-        .unwrap_err();
-    assert_eq!(error.kind.code(), "exhausted", "{error}");
-    let message = error.to_string();
-    assert!(
-        message.contains("no free instance slot")
-            && message.contains("maximum concurrent limit of 1")
-            && message.contains("retry"),
-        "{message}"
-    );
-
-    // The slot is the store's until the store goes.
-    drop(store);
-    let answers = plugin.on_event_batch(&b, 0, &inputs(&items)).await.unwrap();
-    assert_eq!(answers.len(), items.len(), "the slot is free again");
-}
-
-#[test]
-fn the_runtime_starts_under_an_address_space_limit() {
-    // 8 GiB of address space: far less than the 2 TiB a guarded pool of
-    // 256 slots reserves, so the engine must fall back to a compact pool.
-    let file = guests::ENGAGEMENT.packed();
-    let checked = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 8388608 && exec \"$0\" plugin check \"$1\"")
-        .arg(nachfass_tests::server::binary())
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&checked.stdout);
-    let stderr = String::from_utf8_lossy(&checked.stderr);
-    assert!(checked.status.success(), "{stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["plugin"], "engagement@0.1.0");
+    assert!(deliveries.is_empty(), "{dialect}");
+    let work = w
+        .store
+        .claim_jobs_of(KindFilter::Except(&["deliver"]), "n1", NOW, 60_000, 3)
+        .await
+        .unwrap();
+    assert_eq!(work.len(), 3, "{dialect}");
+    assert!(work.iter().all(|j| j.kind == "route"), "{dialect}");
+    w.close().await;
 }
+on_both_databases!(
+    #[tokio::test]
+    a_lane_claims_only_its_kinds
+);
+
+async fn a_committed_job_wakes_a_sleeping_scheduler(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"welcome","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"tag","type":"set_attribute","name":"welcomed","value":"yes"}]}"#,
+        )
+        .await
+        .unwrap();
+    w.clock.set(NOW);
+    // Polls once a minute: only a wake can make it run the route job soon.
+    let config = SchedulerConfig {
+        idle: Duration::from_secs(60),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::new(w.journeys.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run_forever(stopped));
+    // Let the lanes reach their first sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ada = w
+        .pipeline()
+        .ingest(&event("ada@example.org", "signup", NOW))
+        .await
+        .unwrap()
+        .event
+        .contact_id;
+    let mut status = Vec::new();
+    for _ in 0..200 {
+        status = w
+            .store
+            .contact_runs(&ada)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.status)
+            .collect();
+        if status == ["completed"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, ["completed"], "{dialect}: woken, not polled");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_committed_job_wakes_a_sleeping_scheduler
+);
