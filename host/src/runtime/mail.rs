@@ -16,6 +16,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Address, AsyncTransport, Tokio1Executor};
 
 use super::bindings::mail::{Host, MailError};
+use super::bindings::since_v0_1_0::mail as mail_v0_1;
 use super::sandbox::CallState;
 
 fn permanent(why: impl std::fmt::Display) -> MailError {
@@ -127,5 +128,22 @@ impl Host for CallState {
             Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
             Err(e) => Err(MailError::Transient(e.to_string())),
         }
+    }
+}
+
+/// `mail@0.1.0` is `mail@0.2.0` under its old name.
+impl mail_v0_1::Host for CallState {
+    async fn send(
+        &mut self,
+        sender: String,
+        recipients: Vec<String>,
+        message: Vec<u8>,
+    ) -> Result<String, mail_v0_1::MailError> {
+        Host::send(self, sender, recipients, message)
+            .await
+            .map_err(|e| match e {
+                MailError::Transient(why) => mail_v0_1::MailError::Transient(why),
+                MailError::Permanent(why) => mail_v0_1::MailError::Permanent(why),
+            })
     }
 }
