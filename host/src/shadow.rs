@@ -17,11 +17,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ActivityCount, Contact, Event, ScoreChange};
+use crate::model::{ActivityCount, Contact, PluginError, ScoreChange};
 use crate::pipeline::Pipeline;
 use crate::plugins::{Plugins, PluginsError};
 use crate::runtime::registry::Pin;
-use crate::runtime::{Binding, CallResult, Plugin, World, take_last_usage};
+use crate::runtime::{
+    Binding, CallResult, Plugin, RuntimeError, ScorerInput, World, take_last_usage,
+};
 use crate::store::shadows::ShadowTally;
 use crate::store::{BindingDef, BindingKind, ShadowResult, ShadowRow, StoreError};
 
@@ -58,11 +60,10 @@ pub struct ShadowRequest {
 
 /// One live call, its inputs and the live answer, as the live path saw it.
 pub(crate) enum Call<'a> {
-    OnEvent {
-        contact: &'a Contact,
-        event: &'a Event,
-        activity: &'a [ActivityCount],
-        answer: &'a CallResult<ScoreChange>,
+    /// A scorer asked about a round of events at once.
+    OnEventBatch {
+        items: &'a [ScorerInput<'a>],
+        answer: &'a Result<Vec<Result<ScoreChange, PluginError>>, RuntimeError>,
     },
     OnProfile {
         contact: &'a Contact,
@@ -104,24 +105,35 @@ pub(crate) async fn observe(
     // (contact, event, call name, live side, candidate side)
     let mut pairs: Vec<(&str, Option<String>, &str, Side, Side)> = Vec::new();
     let usage = match call {
-        Call::OnEvent {
-            contact,
-            event,
-            activity,
-            answer,
-        } => {
-            let theirs = candidate
-                .on_event(binding, now, contact, event, activity)
-                .await;
+        Call::OnEventBatch { items, answer } => {
+            let theirs = candidate.on_event_batch(binding, now, items).await;
             let usage = take_last_usage().unwrap_or_default();
-            let event_id = Some(event.id.clone());
-            pairs.push((
-                &contact.id,
-                event_id,
-                "on-event",
-                score(answer),
-                score(&theirs),
-            ));
+            for (index, item) in items.iter().enumerate() {
+                let nth =
+                    |all: &Result<Vec<Result<ScoreChange, PluginError>>, RuntimeError>| match all {
+                        Ok(all) => match all.get(index) {
+                            Some(Ok(change)) => score(&Ok(Ok(change.clone()))),
+                            Some(Err(declined)) => score(&Ok(Err(declined.clone()))),
+                            None => Side {
+                                outcome: "failed",
+                                value: None,
+                                detail: Some("no answer for this event".into()),
+                            },
+                        },
+                        Err(failed) => Side {
+                            outcome: "failed",
+                            value: None,
+                            detail: Some(failed.to_string()),
+                        },
+                    };
+                pairs.push((
+                    &item.contact.id,
+                    Some(item.event.id.clone()),
+                    "on-event",
+                    nth(answer),
+                    nth(&theirs),
+                ));
+            }
             usage
         }
         Call::OnProfile { contact, answer } => {
