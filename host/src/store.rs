@@ -36,6 +36,7 @@ pub use jobs::{ClaimedJob, QueueCounts};
 pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
 pub use plugins::{PluginState, Saved, StoredVersion};
+pub use segments::{PageChanges, TaskStep};
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;
 

@@ -133,6 +133,32 @@ pub async fn enqueue_consequences_in(
     Ok(())
 }
 
+/// Moves a task's cursor past a finished page and adds the page's counts,
+/// in the caller's transaction (the one that wrote the page's effects).
+pub(super) async fn record_page_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    cursor: &str,
+    evaluated: i64,
+    entered: i64,
+    left: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE plugin_tasks SET cursor = $1, evaluated = evaluated + $2, entered = entered + $3, \
+         left_count = left_count + $4, updated_at = $5 WHERE id = $6",
+    )
+    .bind(cursor.to_owned())
+    .bind(evaluated)
+    .bind(entered)
+    .bind(left)
+    .bind(now)
+    .bind(id.to_owned())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn enqueue_task(
         &self,
@@ -217,18 +243,7 @@ impl Store {
         if !renew_lease_in(&mut tx, job, now + job.lease_ms).await? {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE plugin_tasks SET cursor = $1, evaluated = evaluated + $2, entered = entered + $3, \
-             left_count = left_count + $4, updated_at = $5 WHERE id = $6",
-        )
-        .bind(cursor.to_owned())
-        .bind(evaluated)
-        .bind(entered)
-        .bind(left)
-        .bind(now)
-        .bind(id.to_owned())
-        .execute(&mut *tx)
-        .await?;
+        record_page_in(&mut tx, id, cursor, evaluated, entered, left, now).await?;
         tx.commit().await?;
         Ok(true)
     }
