@@ -284,30 +284,59 @@ impl<'a> Rebuild<'a> {
             .collect();
         Timing::add(&self.timing.read, started);
         let started = Instant::now();
-        let mut answers = Vec::with_capacity(items.len());
-        for chunk in items.chunks(RULE_CALL) {
-            match self.plugin.matches_batch(&self.binding, now, chunk).await {
-                Ok(Ok(chunk_answers)) => answers.extend(chunk_answers),
-                Ok(Err(declined)) => {
-                    return Ok(Page::Failed(format!("the rule declined: {declined}")));
+        // The calls of a page run side by side (each on its own sandbox):
+        // copying contacts into the rule is the rebuild's largest cost,
+        // and a multi-core node shares it out.
+        let mut calls = Vec::new();
+        let mut rest = items;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(RULE_CALL));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let (plugin, binding) = (self.plugin.clone(), self.binding.clone());
+            calls.push(tokio::spawn(async move {
+                let answer = plugin.matches_batch(&binding, now, &chunk).await;
+                (chunk, answer)
+            }));
+        }
+        let segment = self.binding.name.as_str();
+        let (mut enter, mut leave, mut evaluated) = (Vec::new(), Vec::new(), 0);
+        let mut failure = None;
+        for call in calls {
+            let (chunk, answer) = match call.await {
+                Ok(done) => done,
+                Err(e) => {
+                    failure.get_or_insert(format!("the rule's call did not finish: {e}"));
+                    continue;
                 }
-                Err(failed) => return Ok(Page::Failed(failed.to_string())),
+            };
+            let answers = match answer {
+                Ok(Ok(answers)) => answers,
+                Ok(Err(declined)) => {
+                    failure.get_or_insert(format!("the rule declined: {declined}"));
+                    continue;
+                }
+                Err(failed) => {
+                    failure.get_or_insert(failed.to_string());
+                    continue;
+                }
+            };
+            evaluated += chunk.len();
+            for ((contact, _), member) in chunk.into_iter().zip(answers) {
+                let was = contact.segments.iter().any(|s| s == segment);
+                match (was, member) {
+                    (false, true) => enter.push(contact.id),
+                    (true, false) => leave.push(contact.id),
+                    _ => {}
+                }
             }
         }
         Timing::add(&self.timing.rules, started);
-        let segment = self.binding.name.as_str();
-        let (mut enter, mut leave) = (Vec::new(), Vec::new());
-        for ((contact, _), member) in items.iter().zip(answers) {
-            let was = contact.segments.iter().any(|s| s == segment);
-            match (was, member) {
-                (false, true) => enter.push(contact.id.clone()),
-                (true, false) => leave.push(contact.id.clone()),
-                _ => {}
-            }
+        if let Some(error) = failure {
+            return Ok(Page::Failed(error));
         }
         Ok(Page::Evaluated(Evaluated {
             last,
-            evaluated: i64::try_from(items.len()).unwrap_or(i64::MAX),
+            evaluated: i64::try_from(evaluated).unwrap_or(i64::MAX),
             enter,
             leave,
         }))

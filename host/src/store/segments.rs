@@ -38,8 +38,12 @@ impl Store {
             .map(super::contacts::from_row)
             .collect::<Result<Vec<_>, _>>()?;
         if let (Some(first), Some(last)) = (contacts.first(), contacts.last()) {
+            // Ordered along the by-contact index: ordered by segment alone,
+            // SQLite walks the whole primary key (segment, contact_id) for
+            // every page, and a rebuild becomes quadratic.
             let rows = sqlx::query(
-                "SELECT contact_id, segment FROM segment_members WHERE contact_id >= $1 AND contact_id <= $2 ORDER BY segment",
+                "SELECT contact_id, segment FROM segment_members WHERE contact_id >= $1 AND contact_id <= $2 \
+                 ORDER BY contact_id, segment",
             )
             .bind(first.id.clone())
             .bind(last.id.clone())
