@@ -10,7 +10,7 @@ use super::definition::{JourneyDef, Step};
 use super::send::{SendOutcome, send};
 use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobOutcome, ProfileChanged, enqueue_in, finish_in};
 use crate::store::journeys::{
     Run, contact_in, last_event_times_in, record_in, run_in, set_attribute_in, update_run_in,
 };
@@ -122,6 +122,13 @@ async fn drive(
             } => {
                 contact.attributes.insert(name.clone(), value.clone());
                 set_attribute_in(tx, &contact, now).await?;
+                // Re-scored and re-segmented like any profile change, once
+                // this step has committed.
+                let rescore = ProfileChanged {
+                    contact_id: contact.id.clone(),
+                    change: format!("{}:{}:{}", run.id, run.seq, step_id),
+                };
+                enqueue_in(tx, &rescore, now, now).await?;
                 run.step = def.resolve(index, next.as_deref());
             }
             Step::Exit { reason, .. } => {

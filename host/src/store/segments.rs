@@ -223,13 +223,13 @@ impl Store {
                 .collect();
             let sql = match self.dialect {
                 Dialect::Sqlite => {
-                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at) \
-                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2, $3, $4, $3 \
+                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
+                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2, $3, $4, $3, $3 \
                      FROM json_each($1)"
                 }
                 Dialect::Postgres => {
-                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at) \
-                     SELECT e->>0, e->>1, $2, $3, $4, $3 FROM jsonb_array_elements($1::jsonb) AS rows(e)"
+                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
+                     SELECT e->>0, e->>1, $2, $3, $4, $3, $3 FROM jsonb_array_elements($1::jsonb) AS rows(e)"
                 }
             };
             let json = serde_json::to_string(&rows)
@@ -246,7 +246,10 @@ impl Store {
         if let Some(first) = event_ids.first() {
             count_events_in(&mut tx, first, now, event_ids.len()).await?;
         }
-        if self.routes_events() {
+        // Events nachfass writes about a contact are born processed (no
+        // profile effects of their own) and routed to journeys at once.
+        let routed = self.routes_events() && !event_ids.is_empty();
+        if routed {
             for event_id in event_ids {
                 super::jobs::enqueue_in(&mut tx, &super::jobs::RouteEvent { event_id }, now, now)
                     .await?;
@@ -269,6 +272,9 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if routed {
+            self.jobs_wake.notify();
+        }
         Ok(Some(changes))
     }
 }
