@@ -219,7 +219,7 @@ impl<'a> Rebuild<'a> {
     /// While a page is written, the next one is read and evaluated.
     async fn run(
         &self,
-        after: Option<String>,
+        mut after: Option<String>,
         task: Option<(&ClaimedJob, &str)>,
         mut applied: impl FnMut(&Evaluated, PageChanges),
         now: impl Fn() -> i64,
@@ -236,6 +236,7 @@ impl<'a> Rebuild<'a> {
             let step = task.map(|(job, task)| TaskStep {
                 job,
                 task,
+                from: after.as_deref(),
                 cursor: &page.last,
                 evaluated: page.evaluated,
             });
@@ -248,6 +249,7 @@ impl<'a> Rebuild<'a> {
             };
             evaluated += page.evaluated;
             applied(&page, changes);
+            after = Some(page.last);
             next = following?;
         };
         let elapsed = started.elapsed().as_secs_f64();

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::jobs::{ClaimedJob, renew_lease_in};
+use super::tasks::advance_cursor_in;
 use super::{Dialect, Store, StoreError, new_id};
 use crate::model::{ActivityCount, Contact};
 
@@ -131,6 +132,8 @@ impl Store {
 pub struct TaskStep<'a> {
     pub job: &'a ClaimedJob,
     pub task: &'a str,
+    /// The cursor the page started after (`None`: the first page).
+    pub from: Option<&'a str>,
     /// The last contact id of the page.
     pub cursor: &'a str,
     pub evaluated: i64,
@@ -152,8 +155,9 @@ impl Store {
     ///
     /// Idempotent per contact: a contact that is already a member (or
     /// already gone, say by a live evaluation meanwhile) changes nothing
-    /// and gets no event. `None`: the task's lease was lost, nothing was
-    /// written, and the caller stops.
+    /// and gets no event. `None`: the task's lease was lost, or another
+    /// runner of the task moved its cursor first (a lease that ran out
+    /// while this one worked); nothing was written, and the caller stops.
     pub async fn apply_rebuild_page(
         &self,
         segment: &str,
@@ -168,6 +172,37 @@ impl Store {
         {
             return Ok(None);
         }
+        let changes = self
+            .write_page_changes(&mut tx, segment, enter, leave, now)
+            .await?;
+        if let Some(step) = step {
+            let counts = [step.evaluated, changes.entered, changes.left];
+            let advanced =
+                advance_cursor_in(&mut tx, step.task, step.from, step.cursor, counts, now).await?;
+            if !advanced {
+                return Ok(None);
+            }
+        }
+        tx.commit().await?;
+        if changes.routed {
+            self.jobs_wake.notify();
+        }
+        Ok(Some(PageChanges {
+            entered: changes.entered,
+            left: changes.left,
+        }))
+    }
+
+    /// The membership changes of a rebuild page and their events, in the
+    /// caller's transaction.
+    async fn write_page_changes(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        segment: &str,
+        enter: &[&str],
+        leave: &[&str],
+        now: i64,
+    ) -> Result<Written, StoreError> {
         let entered = if enter.is_empty() {
             Vec::new()
         } else {
@@ -244,39 +279,31 @@ impl Store {
             event_ids.extend(rows.into_iter().map(|(id, _)| id));
         }
         if let Some(first) = event_ids.first() {
-            count_events_in(&mut tx, first, now, event_ids.len()).await?;
+            count_events_in(tx, first, now, event_ids.len()).await?;
         }
         // Events nachfass writes about a contact are born processed (no
         // profile effects of their own) and routed to journeys at once.
         let routed = self.routes_events() && !event_ids.is_empty();
         if routed {
             for event_id in event_ids {
-                super::jobs::enqueue_in(&mut tx, &super::jobs::RouteEvent { event_id }, now, now)
+                super::jobs::enqueue_in(tx, &super::jobs::RouteEvent { event_id }, now, now)
                     .await?;
             }
         }
-        let changes = PageChanges {
+        Ok(Written {
             entered: i64::try_from(entered.len()).unwrap_or(i64::MAX),
             left: i64::try_from(left.len()).unwrap_or(i64::MAX),
-        };
-        if let Some(step) = step {
-            super::tasks::record_page_in(
-                &mut tx,
-                step.task,
-                step.cursor,
-                step.evaluated,
-                changes.entered,
-                changes.left,
-                now,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        if routed {
-            self.jobs_wake.notify();
-        }
-        Ok(Some(changes))
+            routed,
+        })
     }
+}
+
+/// What [`Store::write_page_changes`] wrote.
+struct Written {
+    entered: i64,
+    left: i64,
+    /// Route jobs were queued: the scheduler is woken after the commit.
+    routed: bool,
 }
 
 /// `["a","b"]`: ids handed to a statement as one parameter, so a page of

@@ -133,30 +133,34 @@ pub async fn enqueue_consequences_in(
     Ok(())
 }
 
-/// Moves a task's cursor past a finished page and adds the page's counts,
-/// in the caller's transaction (the one that wrote the page's effects).
-pub(super) async fn record_page_in(
+/// Moves a task's cursor from `from` past a finished page and adds the
+/// page's counts, in the caller's transaction (the one that wrote the
+/// page's effects). `false` when the cursor is no longer at `from`:
+/// another runner of the task got there first (a lease that ran out while
+/// this one still worked), and the caller rolls back.
+pub(super) async fn advance_cursor_in(
     conn: &mut AnyConnection,
     id: &str,
-    cursor: &str,
-    evaluated: i64,
-    entered: i64,
-    left: i64,
+    from: Option<&str>,
+    to: &str,
+    counts: [i64; 3],
     now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<bool, StoreError> {
+    let [evaluated, entered, left] = counts;
+    let done = sqlx::query(
         "UPDATE plugin_tasks SET cursor = $1, evaluated = evaluated + $2, entered = entered + $3, \
-         left_count = left_count + $4, updated_at = $5 WHERE id = $6",
+         left_count = left_count + $4, updated_at = $5 WHERE id = $6 AND COALESCE(cursor, '') = $7",
     )
-    .bind(cursor.to_owned())
+    .bind(to.to_owned())
     .bind(evaluated)
     .bind(entered)
     .bind(left)
     .bind(now)
     .bind(id.to_owned())
+    .bind(from.unwrap_or_default().to_owned())
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 impl Store {
@@ -243,7 +247,18 @@ impl Store {
         if !renew_lease_in(&mut tx, job, now + job.lease_ms).await? {
             return Ok(false);
         }
-        record_page_in(&mut tx, id, cursor, evaluated, entered, left, now).await?;
+        sqlx::query(
+            "UPDATE plugin_tasks SET cursor = $1, evaluated = evaluated + $2, entered = entered + $3, \
+             left_count = left_count + $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(cursor.to_owned())
+        .bind(evaluated)
+        .bind(entered)
+        .bind(left)
+        .bind(now)
+        .bind(id.to_owned())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
