@@ -180,7 +180,11 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, contacts: usiz
     let store = Store::connect(url).await.unwrap();
     let started = Instant::now();
     for sql in fill_sql(dialect, contacts) {
-        store.pool().execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+        store
+            .pool()
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .unwrap();
     }
     if dialect == "postgres" {
         store.pool().execute("ANALYZE").await.unwrap();
@@ -251,7 +255,10 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     bench(
         "sqlite",
-        &format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()),
+        &format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        ),
         registry.clone(),
         contacts,
     )
