@@ -155,8 +155,9 @@ struct Rebuild<'a> {
     timing: Timing,
 }
 
-/// Time spent per phase, in nanoseconds, logged when a rebuild ends.
-/// Atomics: the next page is read while this one is written.
+/// Time spent per phase, in nanoseconds, logged when a rebuild ends. The
+/// next page is read and evaluated while one is written, so the phases
+/// overlap and may add up to more than the whole (hence atomics too).
 #[derive(Default)]
 struct Timing {
     read: AtomicU64,
