@@ -39,6 +39,7 @@ pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
 pub use merge::{ContactFilter, MergeReport};
 pub use plugins::{PluginState, Saved, StoredVersion};
 pub use profile_batch::{Applied, ProfileEffect};
+pub use segments::{PageChanges, TaskStep};
 pub use shadows::{ShadowResult, ShadowRow};
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;
