@@ -314,7 +314,7 @@ impl Journeys {
         let now = self.now();
         let store = &self.pipeline.store;
         let mut tx = store.write_tx().await?;
-        if crate::store::journeys::contact_in(&mut tx, contact_id)
+        if crate::store::contacts::contact_in(&mut tx, contact_id)
             .await?
             .is_none()
         {

@@ -4,6 +4,7 @@
 //! them to the WIT types at the plugin boundary.
 
 pub mod journey;
+pub mod status;
 
 use std::collections::BTreeMap;
 

@@ -9,14 +9,19 @@
 mod api_keys;
 pub mod backtests;
 pub mod bindings;
-mod contacts;
+pub mod consents;
+pub mod contacts;
 mod events;
 pub mod jobs;
 pub mod journeys;
 mod merge;
+pub mod outbox;
 pub mod plugins;
+pub mod runs;
 mod segments;
+pub mod suppressions;
 pub mod tasks;
+pub mod timeline;
 pub mod tracking;
 mod trust;
 
@@ -30,12 +35,15 @@ use sqlx::{AnyPool, Executor};
 pub use api_keys::{ApiKey, Scope};
 pub use backtests::{Backtest, BacktestRow};
 pub use bindings::{BindingDef, BindingKind, ScoreEntry};
+pub use consents::Consent;
 pub use contacts::{ContactInput, ContactRecord, Identity};
 pub use events::{EventInput, Ingested};
 pub use jobs::{ClaimedJob, QueueCounts};
-pub use journeys::{Consent, JourneyVersion, OutboxEntry, Run};
+pub use journeys::JourneyVersion;
 pub use merge::{ContactFilter, MergeReport};
+pub use outbox::OutboxEntry;
 pub use plugins::{PluginState, Saved, StoredVersion};
+pub use runs::Run;
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;
 

@@ -15,6 +15,7 @@ use nachfass::clock::{Clock, ManualClock};
 use nachfass::ingest::Pipeline;
 use nachfass::journeys::{Journeys, ready_made};
 use nachfass::model::Value;
+use nachfass::model::status::{ConsentStatus, Purpose};
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
@@ -197,8 +198,8 @@ impl World {
             .unwrap();
         let consent = Consent {
             channel: "email".into(),
-            purpose: "marketing".into(),
-            status: "granted".into(),
+            purpose: Purpose::Marketing,
+            status: ConsentStatus::Granted,
             source: Some("checkout".into()),
             text_version: Some("2026-01".into()),
             ip: Some("192.0.2.1".into()),
@@ -504,7 +505,7 @@ async fn double_opt_in_grants_consent_only_after_the_click(dialect: &'static str
     for id in &ids {
         let asked = nachfass::consent::ConsentRequest {
             channel: "email".into(),
-            purpose: "marketing".into(),
+            purpose: Purpose::Marketing,
             binding: "mail".into(),
             source: Some("newsletter form".into()),
             text_version: Some("2026-11".into()),

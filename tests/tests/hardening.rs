@@ -666,18 +666,14 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
         consents
             .iter()
             .find(|c| c.channel == channel)
-            .map(|c| c.status.clone())
+            .map(|c| c.status.as_str())
     };
     assert_eq!(
-        status_of("webhook").as_deref(),
+        status_of("webhook"),
         Some("withdrawn"),
         "{dialect}: the stricter one"
     );
-    assert_eq!(
-        status_of("sms").as_deref(),
-        Some("granted"),
-        "{dialect}: moved"
-    );
+    assert_eq!(status_of("sms"), Some("granted"), "{dialect}: moved");
     assert!(
         !api.store.suppressions(&ada).await.unwrap().is_empty(),
         "{dialect}: the suppression moved"

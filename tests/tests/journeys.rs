@@ -10,6 +10,7 @@ use std::sync::Arc;
 use nachfass::clock::{Clock, ManualClock};
 use nachfass::ingest::Pipeline;
 use nachfass::journeys::{Journeys, ready_made};
+use nachfass::model::status::{ConsentStatus, Purpose};
 use nachfass::model::{Event, Value};
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
@@ -100,8 +101,8 @@ impl World {
         let id = self.ingest(email, "contact.imported", &[]).await.contact_id;
         let consent = Consent {
             channel: "webhook".into(),
-            purpose: "marketing".into(),
-            status: "granted".into(),
+            purpose: Purpose::Marketing,
+            status: ConsentStatus::Granted,
             source: Some("test".into()),
             text_version: None,
             ip: None,
@@ -177,7 +178,7 @@ impl World {
         let runs = self.store.contact_runs(contact).await.unwrap();
         runs.into_iter()
             .filter(|r| r.journey == journey)
-            .map(|r| r.status)
+            .map(|r| r.status.to_string())
             .collect()
     }
 
@@ -1003,8 +1004,8 @@ async fn erasure_forgets_the_contact_and_a_reimport_needs_new_consent(dialect: &
     // New consent lifts it.
     let consent = Consent {
         channel: "webhook".into(),
-        purpose: "marketing".into(),
-        status: "granted".into(),
+        purpose: Purpose::Marketing,
+        status: ConsentStatus::Granted,
         source: Some("new signup form".into()),
         text_version: Some("v2".into()),
         ip: None,
@@ -1075,8 +1076,8 @@ impl World {
     async fn grant(&self, contact: &str, channel: &str) {
         let consent = Consent {
             channel: channel.into(),
-            purpose: "marketing".into(),
-            status: "granted".into(),
+            purpose: Purpose::Marketing,
+            status: ConsentStatus::Granted,
             source: Some("test".into()),
             text_version: None,
             ip: None,

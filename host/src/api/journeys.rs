@@ -17,8 +17,9 @@ use super::{ApiError, AppState};
 use crate::consent::ConsentRequest;
 use crate::journeys::definition::{Purpose, Trigger};
 use crate::journeys::{JourneyDef, JourneyError, Saved, ready_made};
+use crate::model::status::ConsentStatus;
 use crate::render::Rendered;
-use crate::store::{Consent, Scope};
+use crate::store::{Consent, Scope, StoreError};
 
 impl From<JourneyError> for ApiError {
     fn from(error: JourneyError) -> Self {
@@ -621,18 +622,37 @@ fn marketing() -> String {
     "marketing".to_owned()
 }
 
-impl From<ConsentInput> for Consent {
-    fn from(input: ConsentInput) -> Self {
-        Consent {
+impl TryFrom<ConsentInput> for Consent {
+    type Error = StoreError;
+
+    /// Checks the status (one an operator may set: not `expired`) and the
+    /// purpose, naming the field that was wrong.
+    fn try_from(input: ConsentInput) -> Result<Self, StoreError> {
+        let status = input
+            .status
+            .parse::<ConsentStatus>()
+            .ok()
+            .filter(|s| *s != ConsentStatus::Expired)
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "consent status `{}` must be granted, pending or withdrawn",
+                    input.status
+                ))
+            })?;
+        let purpose = input
+            .purpose
+            .parse::<Purpose>()
+            .map_err(|e| StoreError::Invalid(format!("consent {e}")))?;
+        Ok(Consent {
             channel: input.channel,
-            purpose: input.purpose,
-            status: input.status,
+            purpose,
+            status,
             source: input.source,
             text_version: input.text_version,
             ip: input.ip,
             user_agent: input.user_agent,
             updated_at: input.updated_at,
-        }
+        })
     }
 }
 
@@ -652,8 +672,8 @@ pub async fn set_consent(
     Path(id): Path<String>,
     ApiJson(consent): ApiJson<ConsentInput>,
 ) -> Result<Json<Consents>, ApiError> {
-    let consent = Consent::from(consent);
     caller.require(Scope::Write)?;
+    let consent = Consent::try_from(consent)?;
     let now = state.pipeline.clock.now();
     state.pipeline.store.set_consent(&id, &consent, now).await?;
     state
@@ -807,7 +827,7 @@ pub async fn preview(
                 .acquire()
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            crate::store::journeys::event_in(&mut conn, id)
+            crate::store::timeline::event_in(&mut conn, id)
                 .await?
                 .filter(|e| e.contact_id == contact.id)
         }

@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::status::Purpose;
 use crate::model::{Fields, Value};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,23 +79,6 @@ impl Default for KpiSettings {
 
 fn seven_days() -> Duration {
     Duration::hours(7 * 24)
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Purpose {
-    #[default]
-    Marketing,
-    Transactional,
-}
-
-impl Purpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Marketing => "marketing",
-            Purpose::Transactional => "transactional",
-        }
-    }
 }
 
 /// What enrols a contact.
