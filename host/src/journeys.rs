@@ -10,6 +10,7 @@
 
 mod advance;
 pub mod condition;
+pub mod preview;
 pub mod ready_made;
 mod route;
 pub(crate) mod send;

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod runs;
 mod segments;
+mod stats;
 pub mod suppressions;
 pub mod tasks;
 pub mod timeline;
@@ -44,6 +45,7 @@ pub use merge::{ContactFilter, MergeReport};
 pub use outbox::OutboxEntry;
 pub use plugins::{PluginState, Saved, StoredVersion};
 pub use runs::Run;
+pub use stats::MessageCounts;
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;
 

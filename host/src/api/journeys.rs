@@ -791,57 +791,12 @@ pub async fn preview(
     ApiJson(request): ApiJson<PreviewRequest>,
 ) -> Result<Json<Rendered>, ApiError> {
     caller.require(Scope::Read)?;
-    let store = &state.pipeline.store;
-    let (_, def) = state.journeys.latest(&name).await?;
-    let Some((
-        _,
-        crate::journeys::definition::Step::Send {
-            template, variants, ..
-        },
-    )) = def.step(&request.step)
-    else {
-        return Err(ApiError::invalid(format!(
-            "journey {name} has no send step `{}`",
-            request.step
-        )));
+    let asked = crate::journeys::preview::Preview {
+        journey: &name,
+        step: &request.step,
+        variant: request.variant.as_deref(),
+        contact_id: &request.contact_id,
+        event_id: request.event_id.as_deref(),
     };
-    let template = match &request.variant {
-        Some(wanted) => variants
-            .iter()
-            .find(|v| &v.name == wanted)
-            .map(|v| &v.template)
-            .ok_or_else(|| {
-                ApiError::invalid(format!("step `{}` has no variant `{wanted}`", request.step))
-            })?,
-        None => template
-            .as_ref()
-            .or(variants.first().map(|v| &v.template))
-            .ok_or_else(|| ApiError::invalid("the step has no template"))?,
-    };
-    let mut contact = store.contact(&request.contact_id).await?;
-    contact.segments = store.memberships(&contact.id).await?;
-    let event = match &request.event_id {
-        Some(id) => {
-            let mut conn = store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            crate::store::timeline::event_in(&mut conn, id)
-                .await?
-                .filter(|e| e.contact_id == contact.id)
-        }
-        None => None,
-    };
-    let context = crate::render::RenderContext {
-        contact: &contact,
-        event: event.as_ref(),
-        journey: crate::render::JourneyContext {
-            name: &name,
-            step: &request.step,
-            variant: request.variant.as_deref(),
-        },
-    };
-    let rendered = crate::render::render(template, &context).map_err(ApiError::invalid)?;
-    Ok(Json(rendered))
+    Ok(Json(state.journeys.preview(asked).await?))
 }
