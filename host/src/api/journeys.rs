@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::ErrorBody;
@@ -17,9 +17,11 @@ use super::{ApiError, AppState};
 use crate::consent::ConsentRequest;
 use crate::journeys::definition::{Purpose, Trigger};
 use crate::journeys::{JourneyDef, JourneyError, Saved, ready_made};
+use crate::model::Message;
 use crate::model::status::ConsentStatus;
+use crate::model::status::OutboxStatus;
 use crate::render::Rendered;
-use crate::store::{Consent, Scope, StoreError};
+use crate::store::{Consent, OutboxEntry, Scope, StoreError};
 
 impl From<JourneyError> for ApiError {
     fn from(error: JourneyError) -> Self {
@@ -48,7 +50,6 @@ pub struct JourneySummary {
     #[schema(value_type = String)]
     pub purpose: Purpose,
     /// What enrols a contact (see the README's journey definitions).
-    #[schema(value_type = Object)]
     pub trigger: Trigger,
     /// Runs by status.
     pub runs: BTreeMap<String, i64>,
@@ -113,7 +114,7 @@ impl From<Saved> for SavedVersion {
     summary = "Save a journey definition as its next version (validated)",
     security(("apiKey" = ["admin"])),
     params(("name" = String, Path, description = "The journey; the definition must name the same")),
-    request_body(content = Object, description = "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README"),
+    request_body(content = JourneyDef, description = "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README"),
     responses(
         (status = 200, description = "Equal to the latest version: nothing saved", body = SavedVersion),
         (status = 201, description = "Saved as a new version", body = SavedVersion),
@@ -150,7 +151,7 @@ pub struct Validation {
     summary = "Check a definition without saving it (every problem a save would report)",
     security(("apiKey" = ["read"])),
     params(("name" = String, Path, description = "The journey the definition is for")),
-    request_body(content = Object, description = "A journey definition, as for PUT /v1/journeys/{name}"),
+    request_body(content = JourneyDef, description = "A journey definition, as for PUT /v1/journeys/{name}"),
     responses((status = 200, description = "The verdict (also for an invalid definition)", body = Validation)))]
 pub async fn check(
     State(state): State<AppState>,
@@ -213,7 +214,6 @@ pub struct JourneyView {
     pub version: i64,
     pub active: bool,
     /// The latest definition (see the README's journey definitions).
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
     /// Newest first.
     pub versions: Vec<VersionEntry>,
@@ -264,7 +264,6 @@ pub async fn show(
 pub struct JourneyVersionView {
     pub name: String,
     pub version: i64,
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
 }
 
@@ -418,7 +417,6 @@ pub async fn enroll(
 pub struct Template {
     pub name: &'static str,
     pub description: String,
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
 }
 
@@ -484,8 +482,7 @@ pub async fn install(
 /// A contact's journey runs.
 #[derive(Serialize, ToSchema)]
 pub struct Runs {
-    /// Newest first: id, journey, version, status, step, started_at, ended_at, exit_reason.
-    #[schema(value_type = Vec<Object>)]
+    /// Newest first.
     pub runs: Vec<crate::store::Run>,
 }
 
@@ -511,10 +508,56 @@ pub async fn contact_runs(
 /// A contact's messages.
 #[derive(Serialize, ToSchema)]
 pub struct Messages {
-    /// Newest first: the outbox entry with its rendered `message` (tracking
-    /// tokens redacted unless the key is an admin's).
-    #[schema(value_type = Vec<Object>)]
-    pub messages: Vec<Value>,
+    /// Newest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// A queued or sent message: the outbox entry with its rendered `message`
+/// (tracking tokens redacted unless the key is an admin's).
+#[derive(Serialize, ToSchema)]
+pub struct MessageView {
+    pub id: String,
+    /// Also the email's Message-ID: the same on every retry.
+    pub idempotency_key: String,
+    pub run_id: String,
+    pub journey: String,
+    pub step: String,
+    pub variant: Option<String>,
+    pub contact_id: String,
+    pub binding: String,
+    pub channel: String,
+    pub purpose: Purpose,
+    /// The rendered message; null if it cannot be read back.
+    pub message: Option<Message>,
+    pub status: OutboxStatus,
+    /// The provider's id for the message, once delivered.
+    pub provider_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+impl MessageView {
+    fn new(entry: OutboxEntry, message: Option<Message>) -> MessageView {
+        MessageView {
+            id: entry.id,
+            idempotency_key: entry.idempotency_key,
+            run_id: entry.run_id,
+            journey: entry.journey,
+            step: entry.step,
+            variant: entry.variant,
+            contact_id: entry.contact_id,
+            binding: entry.binding,
+            channel: entry.channel,
+            purpose: entry.purpose,
+            message,
+            status: entry.status,
+            provider_id: entry.provider_id,
+            last_error: entry.last_error,
+            created_at: entry.created_at,
+            sent_at: entry.sent_at,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/contacts/{id}/messages", tag = "contacts",
@@ -540,17 +583,15 @@ pub async fn contact_messages(
     } else {
         Some(state.journeys.tracking().await?)
     };
-    let messages: Vec<Value> = entries
+    let messages = entries
         .into_iter()
         .map(|e| {
             let message = match &tracking {
                 Some(tracking) => tracking.redact(&e.message),
                 None => e.message.clone(),
             };
-            let message: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
-            let mut entry = json!(e);
-            entry["message"] = message;
-            entry
+            let message = serde_json::from_str(&message).ok();
+            MessageView::new(e, message)
         })
         .collect();
     Ok(Json(Messages { messages }))
@@ -560,12 +601,10 @@ pub async fn contact_messages(
 #[derive(Serialize, ToSchema)]
 pub struct Consents {
     /// Per channel and purpose: status, source and proof.
-    #[schema(value_type = Vec<ConsentInput>)]
     pub consents: Vec<Consent>,
     /// Addresses suppressed (unsubscribed, bounced, objected); absent in
     /// the answer to a change.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
     pub suppressions: Option<Vec<crate::policy::Suppression>>,
 }
 

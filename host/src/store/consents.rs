@@ -11,7 +11,7 @@ use crate::model::Fields;
 pub use crate::model::status::{ConsentStatus, Purpose};
 
 /// A contact's consent for one channel and purpose.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, FromRow, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
     pub channel: String,
