@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use nachfass::clock::{Clock, ManualClock};
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::{Journeys, ready_made};
 use nachfass::model::Value;
 use nachfass::model::status::{ConsentStatus, Purpose};
@@ -20,7 +19,6 @@ use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
 use nachfass_tests::server::free_port;
 use nachfass_tests::{DAY, TempStore, guests, runtime};
@@ -137,12 +135,7 @@ impl World {
     async fn new(store: Store, temp: TempStore, registry: Arc<Registry>) -> World {
         let smtp = SmtpSink::start();
         let clock = Arc::new(ManualClock::new(MONDAY_10));
-        let pipeline = Pipeline {
-            store: store.clone(),
-            registry,
-            clock: clock.clone(),
-            stages: StageThresholds::default(),
-        };
+        let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
         let binding = BindingDef {
             name: "mail".into(),
             kind: BindingKind::Channel,
