@@ -310,30 +310,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::normalize_email;
-
-    #[test]
-    fn emails_are_normalized_or_refused() {
-        assert_eq!(
-            normalize_email("  Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
-        for bad in [
-            "",
-            "ada",
-            "@example.com",
-            "ada@localhost",
-            "a da@example.com",
-            "a@b@c.de",
-        ] {
-            assert!(normalize_email(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// The contact with its segments, or `None` once deleted.
 pub async fn contact_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Contact>, StoreError> {
     let row = sqlx::query(
@@ -371,4 +347,28 @@ pub async fn set_attribute_in(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::normalize_email;
+
+    #[test]
+    fn emails_are_normalized_or_refused() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@localhost",
+            "a da@example.com",
+            "a@b@c.de",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
 }
