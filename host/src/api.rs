@@ -49,6 +49,8 @@ pub const UPLOAD_OVERHEAD_BYTES: usize = 1 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
+    /// Single events are stored in groups (group commit).
+    pub ingest: crate::ingest::IngestQueue,
     /// The plugins directory this node imports from; uploads are stored in
     /// the database (the cluster's truth), not here.
     pub plugins_dir: Option<PathBuf>,
@@ -107,6 +109,7 @@ impl AppState {
     pub fn with_journeys(journeys: Arc<Journeys>, plugins_dir: Option<PathBuf>) -> AppState {
         AppState {
             pipeline: journeys.pipeline.clone(),
+            ingest: crate::ingest::IngestQueue::new(journeys.pipeline.clone()),
             plugins_dir,
             journeys,
             trusted_proxies: Arc::default(),

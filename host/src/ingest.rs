@@ -3,26 +3,57 @@
 
 use tracing::Instrument;
 
-use crate::model::{ActivityCount, Contact, Event, Fields, Value};
+use crate::model::{Contact, Event, Fields, Value};
 pub use crate::pipeline::Pipeline;
 use crate::scoring;
 use crate::segments;
 use crate::store::{ContactInput, ContactRecord, EventInput, Ingested, MergeReport, StoreError};
 
+mod batch;
+mod queue;
+
+pub use queue::IngestQueue;
+
 impl Pipeline {
     /// Stores the event; a new one (not a resend) is scored and the
     /// contact's segments re-evaluated.
     pub async fn ingest(&self, input: &EventInput) -> Result<Ingested, StoreError> {
+        let mut results = self.ingest_batch(std::slice::from_ref(input)).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into())))
+    }
+
+    /// Stores a group of events in one transaction (one result per input,
+    /// in order; a bad item is refused on its own), then applies the new
+    /// ones' effects (scores, stages, segments) as one batch. Stored is
+    /// durable: should applying fail, the `process_events` job queued with
+    /// the events applies them later.
+    pub async fn ingest_batch(
+        &self,
+        inputs: &[EventInput],
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
         let now = self.clock.now();
-        let ingested = self.store.ingest_event(input, now).await?;
-        if !ingested.duplicate {
-            metrics::counter!("nachfass_events_ingested_total").increment(1);
-            let span = tracing::debug_span!("after_event", event = %ingested.event.id, kind = %ingested.event.kind);
-            self.after_event(&ingested.event, now)
+        let results = self.store.ingest_events(inputs, now).await?;
+        let fresh: Vec<Event> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|i| !i.duplicate)
+            .map(|i| i.event.clone())
+            .collect();
+        if !fresh.is_empty() {
+            metrics::counter!("nachfass_events_ingested_total").increment(fresh.len() as u64);
+            let span = tracing::debug_span!("apply_events", events = fresh.len());
+            let backstop = fresh[0].id.clone();
+            if let Err(e) = self
+                .apply_events(fresh, Some(&backstop))
                 .instrument(span)
-                .await?;
+                .await
+            {
+                tracing::warn!(error = %e, "applying events failed; their process_events job retries");
+            }
         }
-        Ok(ingested)
+        Ok(results)
     }
 
     /// Creates or updates a contact; a profile change is scored (explicit
@@ -51,7 +82,8 @@ impl Pipeline {
         self.store.contact(id).await
     }
 
-    async fn after_profile(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    /// Re-scores a changed profile and re-evaluates its segments.
+    pub async fn after_profile(&self, id: &str, now: i64) -> Result<(), StoreError> {
         async {
             scoring::score_profile(self, id, now).await?;
             let activity = self.store.activity(id, now).await?;
@@ -80,12 +112,6 @@ impl Pipeline {
         Ok(report)
     }
 
-    async fn after_event(&self, event: &Event, now: i64) -> Result<(), StoreError> {
-        let activity = self.store.activity(&event.contact_id, now).await?;
-        scoring::score_event(self, event, &before(&activity, event), now).await?;
-        segments::evaluate_contact(self, &event.contact_id, &activity, now).await
-    }
-
     /// Writes an event about the contact that nachfass itself caused
     /// (`stage.changed`, `segment.entered`): on the same timeline, but not
     /// scored again.
@@ -110,21 +136,4 @@ impl Pipeline {
         };
         self.store.ingest_event(&input, now).await.map(drop)
     }
-}
-
-/// The activity summary as it was before `event`: scorers cap per day on
-/// what came before.
-fn before(activity: &[ActivityCount], event: &Event) -> Vec<ActivityCount> {
-    activity
-        .iter()
-        .map(|a| {
-            let mut a = a.clone();
-            if a.kind == event.kind {
-                a.total = a.total.saturating_sub(1);
-                a.last_24_hours = a.last_24_hours.saturating_sub(1);
-                a.last_30_days = a.last_30_days.saturating_sub(1);
-            }
-            a
-        })
-        .collect()
 }

@@ -11,7 +11,9 @@ use tracing::Instrument;
 
 use crate::journeys::Journeys;
 use crate::store::Backtest;
-use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff};
+use crate::store::jobs::{
+    ClaimedJob, JobOutcome, JobRegistry, KindFilter, ProcessEvents, ProfileChanged, backoff,
+};
 use crate::store::tasks::{Rescore, SegmentRebuild};
 use crate::store::{Dialect, StoreError};
 
@@ -35,8 +37,31 @@ pub fn job_registry() -> JobRegistry<Journeys> {
         .register(|journeys: Arc<Journeys>, job, args: Backtest| async move {
             crate::backtest::run(&journeys.pipeline, &job, &args.backtest).await?;
             Ok(JobOutcome::Done)
-        });
+        })
+        .register(
+            |journeys: Arc<Journeys>, job, args: ProcessEvents| async move {
+                journeys.pipeline.process_events(&args.events).await?;
+                finish(&journeys, &job).await
+            },
+        )
+        .register(
+            |journeys: Arc<Journeys>, job, args: ProfileChanged| async move {
+                let now = journeys.pipeline.clock.now();
+                match journeys.pipeline.after_profile(&args.contact_id, now).await {
+                    // Deleted since: nothing to score.
+                    Ok(()) | Err(StoreError::NotFound(_)) => finish(&journeys, &job).await,
+                    Err(e) => Err(e),
+                }
+            },
+        );
     registry
+}
+
+/// Deletes a job whose work committed in transactions of its own.
+async fn finish(journeys: &Journeys, job: &ClaimedJob) -> Result<JobOutcome, StoreError> {
+    let mut conn = journeys.pipeline.store.pool().acquire().await?;
+    crate::store::jobs::finish_in(&mut conn, job).await?;
+    Ok(JobOutcome::Done)
 }
 
 #[derive(Clone, Debug)]
@@ -204,19 +229,39 @@ impl Scheduler {
         }
     }
 
-    /// The node's loop, until `shutdown` turns true.
-    pub async fn run_forever(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// The node's loop, until `shutdown` turns true: one lane for
+    /// deliveries and one for everything else, so a backlog of due steps
+    /// never starves the deliveries they create (nor the other way round).
+    /// A lane claims as soon as a running job frees a place, and wakes when
+    /// jobs are committed (this node's signal; on PostgreSQL every node's,
+    /// through `LISTEN nachfass_jobs`), polling only as a backstop for
+    /// jobs that come due later.
+    pub async fn run_forever(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
         let store = self.journeys.pipeline.store.clone();
+        if store.dialect() == Dialect::Postgres {
+            tokio::spawn(listen_for_jobs(
+                store.url().to_owned(),
+                store.jobs_wake().clone(),
+                shutdown.clone(),
+            ));
+        }
+        let lanes = [
+            Lane {
+                name: "deliveries",
+                kinds: KindFilter::Only(DELIVERY_KINDS),
+            },
+            Lane {
+                name: "work",
+                kinds: KindFilter::Except(DELIVERY_KINDS),
+            },
+        ];
+        let mut running = JoinSet::new();
+        for lane in lanes {
+            running.spawn(self.clone().run_lane(lane, shutdown.clone()));
+        }
+        let mut shutdown = shutdown;
         let mut refreshed = tokio::time::Instant::now();
         while !*shutdown.borrow() {
-            let pause = match self.tick().await {
-                Ok(0) => self.config.idle,
-                Ok(_) => Duration::ZERO,
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduler round failed");
-                    Duration::from_secs(1)
-                }
-            };
             // Journeys saved on another node start routing events here too.
             if refreshed.elapsed() > Duration::from_secs(5) {
                 refreshed = tokio::time::Instant::now();
@@ -224,11 +269,127 @@ impl Scheduler {
                     tracing::warn!(error = %e, "could not refresh journey routing");
                 }
             }
-            if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// One lane's loop: keeps up to its share of jobs running, claiming
+    /// more whenever one finishes or jobs are committed. Running jobs
+    /// finish before it returns.
+    async fn run_lane(
+        self: Arc<Self>,
+        lane: Lane,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let store = self.journeys.pipeline.store.clone();
+        let mut wake = store.jobs_wake().subscribe();
+        // SQLite has one writer and 8 pooled connections: more than 4 jobs
+        // of a lane at once would only queue for the lock while holding
+        // connections the API needs.
+        let room = match store.dialect() {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => self.config.batch.max(1) as usize,
+        };
+        let mut running: JoinSet<()> = JoinSet::new();
+        while !*shutdown.borrow() {
+            let free = room.saturating_sub(running.len());
+            // Seen: a wake while the lane is full is served by the claim
+            // that follows a finished job.
+            wake.borrow_and_update();
+            let mut more_due = false;
+            if free > 0 {
+                let now = self.journeys.pipeline.clock.now();
+                let limit = u32::try_from(free)
+                    .unwrap_or(u32::MAX)
+                    .min(self.config.batch);
+                match store
+                    .claim_jobs_of(lane.kinds, &self.worker, now, self.config.lease_ms, limit)
+                    .await
+                {
+                    Ok(jobs) => {
+                        more_due = jobs.len() == limit as usize;
+                        for job in jobs {
+                            let this = self.clone();
+                            let span = tracing::debug_span!("job", lane = lane.name, id = %job.id, attempt = job.attempts);
+                            running.spawn(async move { this.run(job).await }.instrument(span));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(lane = lane.name, error = %e, "claiming jobs failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            // A full claim: more may be due at once.
+            if more_due && running.len() < room {
+                continue;
+            }
+            tokio::select! {
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(self.config.idle) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// The job kinds of the deliveries lane.
+const DELIVERY_KINDS: &[&str] = &["deliver"];
+
+/// A part of the queue run apart from the rest.
+#[derive(Clone, Copy)]
+struct Lane {
+    name: &'static str,
+    kinds: KindFilter,
+}
+
+/// Wakes this node's lanes on every `NOTIFY nachfass_jobs` (a trigger
+/// sends one when jobs are committed on any node), and after a lost
+/// connection too, since notices sent meanwhile are gone.
+async fn listen_for_jobs(
+    url: String,
+    wake: crate::store::jobs::JobsWake,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for jobs; polling only");
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen("nachfass_jobs").await {
+            tracing::warn!(error = %e, "LISTEN nachfass_jobs failed; polling only");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        wake.notify();
+        loop {
+            tokio::select! {
+                notice = listener.recv() => match notice {
+                    Ok(_) => wake.notify(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job listener lost its connection");
+                        wake.notify();
+                        break;
+                    }
+                },
+                _ = shutdown.changed() => return,
             }
         }
     }

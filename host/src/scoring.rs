@@ -1,9 +1,10 @@
-//! Live scoring: every scorer binding sees every new touchpoint; deltas and
-//! their reasons go to the score history; thresholds move the stage.
+//! Profile scoring: a scorer's `on-profile` answer after a profile change,
+//! and re-score tasks over every contact. (Event scoring runs in batches in
+//! `ingest/batch.rs`.) Thresholds move the stage.
 
 use std::sync::Arc;
 
-use crate::model::{ActivityCount, Contact, Event, ScoreChange};
+use crate::model::{Contact, ScoreChange};
 use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, Plugin, World};
 use crate::store::{BindingDef, BindingKind, ClaimedJob, StoreError};
@@ -22,55 +23,6 @@ pub(crate) fn runtime_binding(def: &BindingDef, world: World, plugin: &Plugin) -
         .with_overrides(&plugin.manifest().limits)
         .with_overrides(&def.limits);
     Arc::new(binding)
-}
-
-pub(crate) async fn score_event(
-    pipeline: &Pipeline,
-    event: &Event,
-    activity: &[ActivityCount],
-    now: i64,
-) -> Result<(), StoreError> {
-    let bindings = pipeline.store.bindings(BindingKind::Scorer).await?;
-    // A purchase makes a customer even where nothing scores.
-    if bindings.is_empty() && event.kind != "purchase" {
-        return Ok(());
-    }
-    let mut contact = pipeline.store.contact(&event.contact_id).await?;
-    contact.segments = pipeline.store.memberships(&contact.id).await?;
-    for def in bindings {
-        // Paused by the circuit breaker: no contribution until resumed.
-        if def.paused.is_some() {
-            continue;
-        }
-        let Some(plugin) = pipeline
-            .registry
-            .resolve(&def.plugin, def.version.as_deref())
-        else {
-            tracing::warn!(binding = %def.name, plugin = %def.plugin, "scorer plugin not installed; skipped");
-            continue;
-        };
-        let binding = runtime_binding(&def, World::Scorer, &plugin);
-        let answer = plugin
-            .on_event(&binding, now, &contact, event, activity)
-            .await;
-        crate::breaker::observe(pipeline, &def.name, &plugin, !matches!(answer, Ok(Ok(_)))).await;
-        match answer {
-            Ok(Ok(change)) if change.delta != 0 => {
-                contact.score = pipeline
-                    .store
-                    .apply_score(&contact.id, &def.name, &change, Some(&event.id), now)
-                    .await?;
-            }
-            Ok(Ok(_)) => {}
-            // A scorer's failure must not lose the touchpoint: it is logged
-            // and counted on the plugin, and the event stays recorded.
-            Ok(Err(declined)) => {
-                tracing::warn!(binding = %def.name, error = %declined, "scorer declined")
-            }
-            Err(failed) => tracing::warn!(binding = %def.name, error = %failed, "scorer failed"),
-        }
-    }
-    update_stage(pipeline, &contact, &event.kind, now).await
 }
 
 /// Explicit scoring after a profile change: each scorer's `on-profile`

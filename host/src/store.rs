@@ -17,6 +17,7 @@ pub mod journeys;
 mod merge;
 pub mod outbox;
 pub mod plugins;
+mod profile_batch;
 pub mod runs;
 mod segments;
 mod stats;
@@ -44,6 +45,7 @@ pub use journeys::JourneyVersion;
 pub use merge::{ContactFilter, MergeReport};
 pub use outbox::OutboxEntry;
 pub use plugins::{PluginState, Saved, StoredVersion};
+pub use profile_batch::{Applied, ProfileEffect};
 pub use runs::Run;
 pub use stats::MessageCounts;
 pub use tasks::TaskProgress;
@@ -79,6 +81,11 @@ pub struct Store {
     /// Whether a journey exists: then every new event also queues a job
     /// that routes it to journeys, in the event's own transaction.
     routing: Arc<AtomicBool>,
+    /// Wakes this node's scheduler when jobs were committed here.
+    jobs_wake: jobs::JobsWake,
+    /// Where the database is, for listeners that need their own
+    /// connection (PostgreSQL `LISTEN`).
+    url: Arc<str>,
 }
 
 impl Store {
@@ -101,6 +108,7 @@ impl Store {
             _ => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        let listen_url: Arc<str> = Arc::from(url.as_str());
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
             .after_connect(move |conn, _| {
@@ -126,6 +134,8 @@ impl Store {
             pool,
             dialect,
             routing: Arc::default(),
+            jobs_wake: jobs::JobsWake::default(),
+            url: listen_url,
         };
         store.refresh_routing().await?;
         Ok(store)
@@ -171,6 +181,17 @@ impl Store {
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count())
+    }
+
+    /// The database URL this store connected to (for a `LISTEN`
+    /// connection of its own).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// This node's signal that jobs were committed.
+    pub fn jobs_wake(&self) -> &jobs::JobsWake {
+        &self.jobs_wake
     }
 
     pub fn dialect(&self) -> Dialect {

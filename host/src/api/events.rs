@@ -129,7 +129,7 @@ pub async fn ingest(
     let body = json_value(request, &state).await?;
     if !body.as_object().is_some_and(|o| o.contains_key("events")) {
         let input = event_input(&state, body)?;
-        let ingested = state.pipeline.ingest(&input).await?;
+        let ingested = state.ingest.submit(input).await?;
         let status = if ingested.duplicate {
             StatusCode::OK
         } else {
@@ -151,13 +151,31 @@ pub async fn ingest(
             events.len()
         )));
     }
-    let mut results = Vec::with_capacity(events.len());
-    let (mut accepted, mut rejected) = (0, 0);
+    // Items that parse are stored together; the others are refused by index.
+    let mut parsed = Vec::with_capacity(events.len());
+    let mut refused = Vec::new();
     for (index, value) in events.into_iter().enumerate() {
-        let outcome = match event_input(&state, value) {
-            Ok(input) => state.pipeline.ingest(&input).await.map_err(ApiError::from),
-            Err(error) => Err(error),
-        };
+        match event_input(&state, value) {
+            Ok(input) => parsed.push((index, input)),
+            Err(error) => refused.push((index, error)),
+        }
+    }
+    let inputs: Vec<EventInput> = parsed.iter().map(|(_, input)| input.clone()).collect();
+    let stored = state.pipeline.ingest_batch(&inputs).await?;
+    let mut outcomes: Vec<(usize, Result<crate::store::Ingested, ApiError>)> = parsed
+        .iter()
+        .map(|(index, _)| *index)
+        .zip(stored.into_iter().map(|r| r.map_err(ApiError::from)))
+        .chain(
+            refused
+                .into_iter()
+                .map(|(index, error)| (index, Err(error))),
+        )
+        .collect();
+    outcomes.sort_by_key(|(index, _)| *index);
+    let mut results = Vec::with_capacity(outcomes.len());
+    let (mut accepted, mut rejected) = (0, 0);
+    for (index, outcome) in outcomes {
         match outcome {
             Ok(ingested) => {
                 accepted += 1;

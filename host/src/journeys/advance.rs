@@ -11,7 +11,7 @@ use super::send::{SendOutcome, send};
 use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
 use crate::store::contacts::{contact_in, set_attribute_in};
-use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, JobOutcome, ProfileChanged, enqueue_in, finish_in};
 use crate::store::runs::{Run, RunStatus, run_in, update_run_in};
 use crate::store::timeline::{last_event_times_in, record_in};
 
@@ -123,6 +123,13 @@ async fn drive(
             } => {
                 contact.attributes.insert(name.clone(), value.clone());
                 set_attribute_in(tx, &contact, now).await?;
+                // Re-scored and re-segmented like any profile change, once
+                // this step has committed.
+                let rescore = ProfileChanged {
+                    contact_id: contact.id.clone(),
+                    change: format!("{}:{}:{}", run.id, run.seq, step_id),
+                };
+                enqueue_in(tx, &rescore, now, now).await?;
                 run.step = def.resolve(index, next.as_deref());
             }
             Step::Exit { reason, .. } => {

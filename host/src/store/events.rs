@@ -1,6 +1,8 @@
 //! Touchpoints: ingest (idempotent by client event id, creating unknown
 //! contacts from the identity an event carries), timeline, activity.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -8,7 +10,7 @@ use super::contacts::{ContactInput, upsert_in};
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::{ActivityCount, Event, Fields};
 
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+pub(super) const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// One touchpoint to record. The contact is named by `contact_id`, or by
 /// `email` / `external_id` (created on the fly when unknown).
@@ -102,6 +104,103 @@ pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
     })
 }
 
+/// How long an accepted event may wait for its profile effects before a
+/// `process_events` job applies them (after a crash of the node that
+/// accepted it).
+pub const PROCESS_GRACE_MS: i64 = 30_000;
+
+/// `$first, $first+1, …`: `count` numbered placeholders.
+pub(super) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes one touchpoint in the caller's transaction: the contact (found
+/// or created from the identity), the event, the day count and
+/// `last_seen_at`. A contact's own event waits for its profile effects
+/// (`processed_at` empty); an event nachfass writes about the contact is
+/// born processed, and routed to journeys at once when `routes`.
+pub(super) async fn store_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    input: &EventInput,
+    now: i64,
+    routes: bool,
+) -> Result<Ingested, StoreError> {
+    let properties =
+        serde_json::to_string(&input.properties).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let at = input.at.unwrap_or(now);
+    let (contact_id, contact_created) = match (&input.contact_id, &input.email, &input.external_id)
+    {
+        (Some(id), _, _) => {
+            let exists = sqlx::query("SELECT id FROM contacts WHERE id = $1")
+                .bind(id.clone())
+                .fetch_optional(&mut **tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("contact {id}")));
+            }
+            (id.clone(), false)
+        }
+        (None, None, None) => {
+            return Err(StoreError::Invalid(
+                "an event needs a contact_id, an email or an external_id".into(),
+            ));
+        }
+        (None, email, external_id) => {
+            let identity = ContactInput {
+                email: email.clone(),
+                external_id: external_id.clone(),
+                ..ContactInput::default()
+            };
+            let record = upsert_in(tx, &identity, now).await?;
+            (record.contact.id, record.created)
+        }
+    };
+    let event = Event {
+        id: new_id("e"),
+        contact_id: contact_id.clone(),
+        kind: input.kind.clone(),
+        at,
+        properties: input.properties.clone(),
+    };
+    sqlx::query(
+        "INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, received_at, processed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.id.clone())
+    .bind(contact_id.clone())
+    .bind(event.kind.clone())
+    .bind(at)
+    .bind(properties)
+    .bind(input.client_event_id.clone())
+    .bind(now)
+    .bind(input.system.then_some(now))
+    .execute(&mut **tx)
+    .await?;
+    count_event_in(tx, &event.id, at).await?;
+    if !input.system {
+        sqlx::query(
+            "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",
+        )
+        .bind(at)
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+    } else if routes {
+        let job = super::jobs::RouteEvent {
+            event_id: event.id.clone(),
+        };
+        super::jobs::enqueue_in(tx, &job, now, now).await?;
+    }
+    Ok(Ingested {
+        event,
+        duplicate: false,
+        contact_created,
+    })
+}
+
 impl Store {
     /// Records one touchpoint. Contact creation, the event and the
     /// contact's `last_seen_at` commit together. Two first events of the
@@ -127,61 +226,12 @@ impl Store {
         {
             return self.resent(input, existing).await;
         }
-        let properties = serde_json::to_string(&input.properties)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let at = input.at.unwrap_or(now);
         let mut tx = self.write_tx().await?;
-        let (contact_id, contact_created) =
-            match (&input.contact_id, &input.email, &input.external_id) {
-                (Some(id), _, _) => {
-                    let exists = sqlx::query("SELECT id FROM contacts WHERE id = $1")
-                        .bind(id.clone())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if exists.is_none() {
-                        return Err(StoreError::NotFound(format!("contact {id}")));
-                    }
-                    (id.clone(), false)
-                }
-                (None, None, None) => {
-                    return Err(StoreError::Invalid(
-                        "an event needs a contact_id, an email or an external_id".into(),
-                    ));
-                }
-                (None, email, external_id) => {
-                    let identity = ContactInput {
-                        email: email.clone(),
-                        external_id: external_id.clone(),
-                        ..ContactInput::default()
-                    };
-                    let record = upsert_in(&mut tx, &identity, now).await?;
-                    (record.contact.id, record.created)
-                }
-            };
-        let event = Event {
-            id: new_id("e"),
-            contact_id: contact_id.clone(),
-            kind: input.kind.clone(),
-            at,
-            properties: input.properties.clone(),
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(event.id.clone())
-        .bind(contact_id.clone())
-        .bind(event.kind.clone())
-        .bind(at)
-        .bind(properties)
-        .bind(input.client_event_id.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
+        let stored = store_in(&mut tx, input, now, self.routes_events()).await;
+        let ingested = match stored {
+            Ok(ingested) => ingested,
             // A concurrent resend won the race: report its event.
-            Err(e) if is_unique_violation(&e) => {
+            Err(StoreError::Database(e)) if is_unique_violation(&e) => {
                 drop(tx);
                 if let Some(existing) = self
                     .event_by_client_id(input.client_event_id.as_deref())
@@ -191,30 +241,116 @@ impl Store {
                 }
                 return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
-        }
-        count_event_in(&mut tx, &event.id, at).await?;
+            Err(e) => return Err(e),
+        };
         if !input.system {
-            sqlx::query(
-                "UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)",
-            )
-            .bind(at)
-            .bind(contact_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if self.routes_events() {
-            let job = super::jobs::RouteEvent {
-                event_id: event.id.clone(),
+            let job = super::jobs::ProcessEvents {
+                events: vec![ingested.event.id.clone()],
             };
-            super::jobs::enqueue_in(&mut tx, &job, now, now).await?;
+            super::jobs::enqueue_in(&mut tx, &job, now + PROCESS_GRACE_MS, now).await?;
         }
         tx.commit().await?;
-        Ok(Ingested {
-            event,
-            duplicate: false,
-            contact_created,
-        })
+        self.jobs_wake.notify();
+        Ok(ingested)
+    }
+
+    /// Records a group of touchpoints in one transaction (group commit):
+    /// one result per input, in order. A bad item (unknown kind, unknown
+    /// contact, an invalid identity, a client event id taken by another
+    /// event) gets its own error and the others are stored. Should the
+    /// group meet a concurrent writer (the same new identity or client
+    /// event id committed meanwhile), each item is stored on its own, as
+    /// [`Store::ingest_event`] does.
+    pub async fn ingest_events(
+        &self,
+        inputs: &[EventInput],
+        now: i64,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        match self.ingest_group(inputs, now).await {
+            Err(e @ (StoreError::Database(_) | StoreError::Conflict(_))) => {
+                tracing::debug!(error = %e, events = inputs.len(), "group commit met a concurrent writer; storing one by one");
+                let mut results = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    results.push(self.ingest_event(input, now).await);
+                }
+                Ok(results)
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn ingest_group(
+        &self,
+        inputs: &[EventInput],
+        now: i64,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<Ingested, StoreError>>> =
+            inputs.iter().map(|_| None).collect();
+        let client_ids: Vec<&str> = inputs
+            .iter()
+            .filter_map(|i| i.client_event_id.as_deref())
+            .collect();
+        let known = self.events_by_client_ids(&client_ids).await?;
+        // A client event id seen earlier in this group: the item that stores it.
+        let mut first_with: HashMap<&str, usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        let mut to_store = Vec::new();
+        for (index, input) in inputs.iter().enumerate() {
+            if let Err(e) = validate_kind(&input.kind) {
+                results[index] = Some(Err(e));
+                continue;
+            }
+            if let Some(client_id) = input.client_event_id.as_deref() {
+                if let Some(existing) = known.get(client_id) {
+                    results[index] = Some(self.resent(input, existing.clone()).await);
+                    continue;
+                }
+                if let Some(&first) = first_with.get(client_id) {
+                    repeats.push((index, first));
+                    continue;
+                }
+                first_with.insert(client_id, index);
+            }
+            to_store.push(index);
+        }
+        let routes = self.routes_events();
+        let mut tx = self.write_tx().await?;
+        let mut stored_ids = Vec::new();
+        for index in to_store {
+            match store_in(&mut tx, &inputs[index], now, routes).await {
+                Ok(ingested) => {
+                    if !inputs[index].system {
+                        stored_ids.push(ingested.event.id.clone());
+                    }
+                    results[index] = Some(Ok(ingested));
+                }
+                // Found by a read, before anything was written for the
+                // item: the transaction is intact.
+                Err(e @ (StoreError::Invalid(_) | StoreError::NotFound(_))) => {
+                    results[index] = Some(Err(e))
+                }
+                // Anything else may have aborted the transaction.
+                Err(e) => return Err(e),
+            }
+        }
+        if !stored_ids.is_empty() {
+            let job = super::jobs::ProcessEvents { events: stored_ids };
+            super::jobs::enqueue_in(&mut tx, &job, now + PROCESS_GRACE_MS, now).await?;
+        }
+        tx.commit().await?;
+        self.jobs_wake.notify();
+        // A resend inside the group answers like a resend of the stored one.
+        for (index, first) in repeats {
+            let outcome = match &results[first] {
+                Some(Ok(stored)) => self.resent(&inputs[index], stored.event.clone()).await,
+                _ => self.ingest_event(&inputs[index], now).await,
+            };
+            results[index] = Some(outcome);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into()))))
+            .collect())
     }
 
     /// A known client event id: a resend of the same event is a
@@ -282,6 +418,29 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(from_row).transpose()
+    }
+
+    /// The stored events of these client event ids, by client event id.
+    async fn events_by_client_ids(
+        &self,
+        client_event_ids: &[&str],
+    ) -> Result<HashMap<String, Event>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in client_event_ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in chunk {
+                query = query.bind((*id).to_owned());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let client_id: String = row.try_get("client_event_id")?;
+                found.insert(client_id, from_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
     /// The contact's touchpoints, newest first; `before` pages back in time.

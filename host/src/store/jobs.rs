@@ -204,8 +204,99 @@ pub(super) async fn enqueue_row_in(
     Ok(done.rows_affected() == 1)
 }
 
-/// Routes a stored event to goals, waits and triggers. Every event is
-/// stored together with this job, so a crash never loses a trigger.
+/// Wakes this node's scheduler lanes: a counter every lane watches, so a
+/// wake that comes while a lane is busy is not lost. Jobs committed on
+/// another node arrive through PostgreSQL `LISTEN nachfass_jobs` (a
+/// trigger notifies on every insert) and the lanes' poll.
+#[derive(Clone, Debug)]
+pub struct JobsWake(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for JobsWake {
+    fn default() -> Self {
+        JobsWake(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl JobsWake {
+    /// Jobs were committed: every lane looks at once.
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Which kinds a claim takes: a scheduler lane runs some kinds apart
+/// from the rest, so a backlog of one never starves the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindFilter {
+    Any,
+    Only(&'static [&'static str]),
+    Except(&'static [&'static str]),
+}
+
+impl KindFilter {
+    /// The SQL condition on `kind`, with its placeholders numbered from
+    /// `first`, and the values to bind.
+    fn condition(&self, first: usize) -> (String, &'static [&'static str]) {
+        let list = |kinds: &[&str]| {
+            (0..kinds.len())
+                .map(|i| format!("${}", first + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            KindFilter::Any => (String::new(), &[]),
+            KindFilter::Only(kinds) => (format!("AND kind IN ({}) ", list(kinds)), kinds),
+            KindFilter::Except(kinds) => (format!("AND kind NOT IN ({}) ", list(kinds)), kinds),
+        }
+    }
+}
+
+/// Applies the profile effects (scores, stages, segments) of stored
+/// events that were accepted but not applied: the node that accepted
+/// them normally applies them at once and this job then finds nothing to
+/// do; after a crash in between, it applies them. Queued with the events,
+/// in their transaction, due a little later.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProcessEvents {
+    pub events: Vec<String>,
+}
+
+impl JobArgs for ProcessEvents {
+    const KIND: &'static str = "process_events";
+    fn unique_key(&self) -> String {
+        // The first event's id is unique: it belongs to one batch.
+        format!(
+            "process:{}",
+            self.events.first().map(String::as_str).unwrap_or_default()
+        )
+    }
+}
+
+/// Re-scores a contact and re-evaluates its segments after a change that
+/// a journey made to the profile (a `set_attribute` step), in a job of
+/// its own queued in the step's transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProfileChanged {
+    pub contact_id: String,
+    /// Makes each change its own job (one per step taken).
+    pub change: String,
+}
+
+impl JobArgs for ProfileChanged {
+    const KIND: &'static str = "profile_changed";
+    fn unique_key(&self) -> String {
+        format!("profile:{}:{}", self.contact_id, self.change)
+    }
+}
+
+/// Routes a stored event to goals, waits and triggers. An event's route
+/// job is queued in the transaction that applies its profile effects (a
+/// `score_at_least` trigger sees the score the event produced); a system
+/// event's with the event itself. A crash never loses a trigger.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct RouteEvent {
     pub event_id: String,
@@ -266,30 +357,41 @@ impl Store {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        macro_rules! claim {
-            ($lock:literal) => {
-                concat!(
-                    "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = attempts + 1 ",
-                    "WHERE id IN (SELECT id FROM jobs WHERE due_at <= $3 AND failed_at IS NULL ",
-                    "AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 ",
-                    $lock,
-                    ") RETURNING id, kind, payload, due_at, attempts"
-                )
-            };
-        }
-        let sql = match self.dialect {
-            Dialect::Postgres => claim!("FOR UPDATE SKIP LOCKED"),
+        self.claim_jobs_of(KindFilter::Any, worker, now, lease_ms, limit)
+            .await
+    }
+
+    /// Leases up to `limit` due jobs of the kinds `filter` lets through.
+    pub async fn claim_jobs_of(
+        &self,
+        filter: KindFilter,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let (kinds, kind_values) = filter.condition(5);
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
             // One writer at a time: the write transaction is the lock.
-            Dialect::Sqlite => claim!(""),
+            Dialect::Sqlite => "",
         };
+        let sql = format!(
+            "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM jobs WHERE due_at <= $3 AND failed_at IS NULL \
+             AND (lease_until IS NULL OR lease_until < $3) {kinds}ORDER BY due_at LIMIT $4 {lock}) \
+             RETURNING id, kind, payload, due_at, attempts"
+        );
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(sql)
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(now + lease_ms)
             .bind(worker.to_owned())
             .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(i64::from(limit));
+        for kind in kind_values {
+            query = query.bind(*kind);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut jobs = rows
             .iter()

@@ -1,0 +1,10 @@
+-- Batched profile pipeline (issue 14): an event is stored first and its
+-- scoring and segment effects are applied later, in a batch, in one
+-- transaction that also sets `processed_at`. An event without it was
+-- accepted but not yet applied (a crash in between): a `process_events`
+-- job finds it. Events stored before this migration were applied already.
+ALTER TABLE events ADD COLUMN processed_at BIGINT;
+UPDATE events SET processed_at = received_at;
+CREATE INDEX events_unprocessed ON events (received_at) WHERE processed_at IS NULL;
+-- Scheduler lanes claim by kind.
+CREATE INDEX jobs_due_by_kind ON jobs (kind, due_at) WHERE failed_at IS NULL;

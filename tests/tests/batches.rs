@@ -1,0 +1,442 @@
+//! The batched profile pipeline on SQLite and PostgreSQL: a batch applies
+//! exactly what one event at a time would; events accepted but not applied
+//! (a crash in between) are applied once by their `process_events` job;
+//! a `score_at_least` trigger sees the score its own event produced; a
+//! journey's `set_attribute` step re-scores and re-segments the contact;
+//! scheduler lanes claim only their kinds; a committed job wakes a
+//! scheduler that would otherwise sleep.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nachfass::clock::ManualClock;
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::model::Value;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::jobs::{KindFilter, RouteEvent};
+use nachfass::store::{BindingDef, BindingKind, EventInput, Store};
+use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
+
+/// Monday 2026-11-23, 10:00 in Berlin.
+const NOW: i64 = 1_795_424_400_000;
+
+struct World {
+    store: Store,
+    clock: Arc<ManualClock>,
+    journeys: Arc<Journeys>,
+    temp: TempStore,
+}
+
+fn binding(name: &str, kind: BindingKind, plugin: &str, config: &[(&str, &str)]) -> BindingDef {
+    BindingDef {
+        name: name.into(),
+        kind,
+        plugin: plugin.into(),
+        config: config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        allow_http: Vec::new(),
+        limits: Default::default(),
+        paused: None,
+        version: None,
+    }
+}
+
+/// A store with the engagement scorer (at most two points of a kind a
+/// day) and three segment rules: has an email, inactive for a day, and
+/// the attribute `hot = yes`.
+async fn world(dialect: &str) -> World {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let registry = Arc::new(Registry::new(runtime()));
+    for guest in [
+        guests::ENGAGEMENT,
+        guests::HELLO,
+        guests::INACTIVE_DAYS,
+        guests::ATTRIBUTE_MATCH,
+    ] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
+    for def in [
+        binding(
+            "engagement",
+            BindingKind::Scorer,
+            "engagement",
+            &[("max_per_day", "2")],
+        ),
+        binding("reachable", BindingKind::Segment, "hello", &[]),
+        binding(
+            "dormant",
+            BindingKind::Segment,
+            "inactive-days",
+            &[("days", "1")],
+        ),
+        binding(
+            "hot",
+            BindingKind::Segment,
+            "attribute-match",
+            &[("attribute", "hot"), ("op", "eq"), ("value", "yes")],
+        ),
+    ] {
+        store.create_binding(&def, 0).await.unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(NOW));
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry,
+        clock: clock.clone(),
+        stages: StageThresholds::default(),
+    };
+    World {
+        store,
+        clock,
+        journeys: Journeys::new(pipeline, Policy::default()),
+        temp,
+    }
+}
+
+impl World {
+    fn pipeline(&self) -> &Pipeline {
+        &self.journeys.pipeline
+    }
+
+    fn scheduler(&self) -> Arc<Scheduler> {
+        Scheduler::new(self.journeys.clone(), SchedulerConfig::default())
+    }
+
+    /// What the store says about each contact, by email: score history
+    /// (binding, delta, event kind), stage, memberships and timeline kinds.
+    async fn profiles(&self, emails: &[&str]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for email in emails {
+            let id = self.store.find_contact_id(email).await;
+            let contact = self.store.contact(&id).await.unwrap();
+            let timeline = {
+                let mut t = self.store.timeline(&id, 500, None).await.unwrap();
+                t.reverse();
+                t
+            };
+            let kind_of: BTreeMap<String, String> = timeline
+                .iter()
+                .map(|e| (e.id.clone(), e.kind.clone()))
+                .collect();
+            let history: Vec<String> = self
+                .store
+                .score_history(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| {
+                    let kind = s.event_id.and_then(|e| kind_of.get(&e).cloned());
+                    format!("{}{:+}@{}", s.binding, s.delta, kind.unwrap_or_default())
+                })
+                .collect();
+            let memberships = self.store.memberships(&id).await.unwrap();
+            // As a sorted list: events at the same instant are ordered by
+            // id, and a batch stores its events before the events they cause.
+            let mut kinds: Vec<String> = timeline.into_iter().map(|e| e.kind).collect();
+            kinds.sort();
+            out.insert(
+                (*email).to_owned(),
+                format!(
+                    "score {} stage {} segments {memberships:?} history {history:?} timeline {kinds:?}",
+                    contact.score, contact.stage
+                ),
+            );
+        }
+        out
+    }
+
+    async fn close(self) {
+        self.temp.cleanup(self.store).await;
+    }
+}
+
+trait FindContact {
+    async fn find_contact_id(&self, email: &str) -> String;
+}
+
+impl FindContact for Store {
+    async fn find_contact_id(&self, email: &str) -> String {
+        let row: (String,) = sqlx::query_as("SELECT id FROM contacts WHERE email = $1")
+            .bind(email.to_owned())
+            .fetch_one(self.pool())
+            .await
+            .unwrap();
+        row.0
+    }
+}
+
+fn event(email: &str, kind: &str, at: i64) -> EventInput {
+    EventInput {
+        kind: kind.into(),
+        at: Some(at),
+        email: Some(email.into()),
+        properties: [("path".to_owned(), Value::Text("/pricing".into()))].into(),
+        ..EventInput::default()
+    }
+}
+
+/// Interleaved events of three contacts: repeated kinds (the scorer's
+/// daily cap reads the activity before each event), a contact whose
+/// only events are old (it turns dormant), a purchase (a customer).
+fn history() -> Vec<EventInput> {
+    let old = NOW - 3 * DAY;
+    vec![
+        event("ada@example.org", "email.opened", NOW - 3000),
+        event("bob@example.org", "download", old),
+        event("ada@example.org", "email.opened", NOW - 2000),
+        event("cem@example.org", "page.visited", NOW - 1000),
+        event("ada@example.org", "email.opened", NOW - 1000),
+        event("bob@example.org", "webinar.attended", old + 1),
+        event("ada@example.org", "demo.requested", NOW - 500),
+        event("ada@example.org", "demo.requested", NOW - 400),
+        event("cem@example.org", "purchase", NOW - 10),
+        event("ada@example.org", "webinar.attended", NOW),
+        event("ada@example.org", "email.opened", NOW),
+    ]
+}
+
+const EMAILS: [&str; 3] = ["ada@example.org", "bob@example.org", "cem@example.org"];
+
+async fn a_batch_applies_exactly_what_one_event_at_a_time_would(dialect: &'static str) {
+    let one_by_one = world(dialect).await;
+    for input in history() {
+        one_by_one.pipeline().ingest(&input).await.unwrap();
+    }
+    let batched = world(dialect).await;
+    let results = batched.pipeline().ingest_batch(&history()).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{dialect}");
+
+    let expected = one_by_one.profiles(&EMAILS).await;
+    let got = batched.profiles(&EMAILS).await;
+    assert_eq!(got, expected, "{dialect}");
+    // The figures the comparison rests on: the cap held, stages moved,
+    // old activity made a dormant contact.
+    let ada = &got["ada@example.org"];
+    // 1 + 1 + (capped) + 20 + 20 + 10 + (capped)
+    assert!(ada.contains("score 52 "), "{dialect}: {ada}");
+    assert!(ada.contains("stage mql"), "{dialect}: {ada}");
+    assert!(
+        got["bob@example.org"].contains("\"dormant\""),
+        "{dialect}: {got:?}"
+    );
+    assert!(
+        got["cem@example.org"].contains("stage customer"),
+        "{dialect}: {got:?}"
+    );
+    one_by_one.close().await;
+    batched.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_batch_applies_exactly_what_one_event_at_a_time_would
+);
+
+async fn bad_items_of_a_batch_are_refused_alone(dialect: &'static str) {
+    let w = world(dialect).await;
+    let mut inputs = history();
+    inputs.insert(1, event("ada@example.org", "Not A Kind", NOW));
+    inputs.insert(
+        3,
+        EventInput {
+            contact_id: Some("c_missing".into()),
+            ..event("x@example.org", "download", NOW)
+        },
+    );
+    let mut resend = event("cem@example.org", "download", NOW);
+    resend.client_event_id = Some("shop-1".into());
+    inputs.push(resend.clone());
+    inputs.push(resend.clone());
+    let mut taken = resend;
+    taken.kind = "purchase".into();
+    inputs.push(taken);
+    let results = w.pipeline().ingest_batch(&inputs).await.unwrap();
+    assert_eq!(results.len(), inputs.len(), "{dialect}");
+    let refused: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(refused, [1, 3, 15], "{dialect}: {results:?}");
+    let first = results[13].as_ref().unwrap();
+    let again = results[14].as_ref().unwrap();
+    assert!(!first.duplicate && again.duplicate, "{dialect}");
+    assert_eq!(first.event.id, again.event.id, "{dialect}");
+
+    // Stored like the clean batch, plus one download.
+    let clean = world(dialect).await;
+    clean.pipeline().ingest_batch(&history()).await.unwrap();
+    let with_bad = w.profiles(&["ada@example.org", "bob@example.org"]).await;
+    assert_eq!(
+        with_bad,
+        clean
+            .profiles(&["ada@example.org", "bob@example.org"])
+            .await,
+        "{dialect}"
+    );
+    w.close().await;
+    clean.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    bad_items_of_a_batch_are_refused_alone
+);
+
+async fn accepted_events_are_applied_once_after_a_crash(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"hot-leads","trigger":{"score_at_least":20},"re_entry":"never",
+                 "steps":[{"id":"tag","type":"set_attribute","name":"hot","value":"yes"}]}"#,
+        )
+        .await
+        .unwrap();
+    // Stored, then the node dies before applying them.
+    let accepted = w.store.ingest_events(&history(), NOW).await.unwrap();
+    let ids: Vec<String> = accepted
+        .iter()
+        .map(|r| r.as_ref().unwrap().event.id.clone())
+        .collect();
+    let ada = w.store.find_contact_id("ada@example.org").await;
+    assert_eq!(w.store.contact(&ada).await.unwrap().score, 0, "{dialect}");
+
+    // Nothing is due until the grace time has passed: no route job either,
+    // since an event is routed once its score is known.
+    let scheduler = w.scheduler();
+    assert_eq!(scheduler.run_until_idle().await.unwrap(), 0, "{dialect}");
+    w.clock.set(NOW + 31_000);
+    scheduler.run_until_idle().await.unwrap();
+    let once = w.profiles(&EMAILS).await;
+    assert!(
+        once["ada@example.org"].contains("score 52 "),
+        "{dialect}: {once:?}"
+    );
+
+    // The trigger saw the score the events produced, and the journey's
+    // attribute step re-segmented the contact.
+    let runs = w.store.contact_runs(&ada).await.unwrap();
+    assert_eq!(runs.len(), 1, "{dialect}: {runs:?}");
+    assert_eq!(runs[0].status, "completed", "{dialect}");
+    let contact = w.store.contact(&ada).await.unwrap();
+    assert_eq!(
+        contact.attributes.get("hot"),
+        Some(&Value::Text("yes".into())),
+        "{dialect}"
+    );
+    assert!(
+        w.store
+            .memberships(&ada)
+            .await
+            .unwrap()
+            .contains(&"hot".to_owned()),
+        "{dialect}"
+    );
+    let bob = w.store.find_contact_id("bob@example.org").await;
+    assert!(
+        w.store.contact_runs(&bob).await.unwrap().is_empty(),
+        "{dialect}"
+    );
+
+    // Applying again changes nothing: each event is applied once.
+    let before = w.profiles(&EMAILS).await;
+    w.pipeline().process_events(&ids).await.unwrap();
+    assert_eq!(w.profiles(&EMAILS).await, before, "{dialect}");
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    accepted_events_are_applied_once_after_a_crash
+);
+
+async fn a_lane_claims_only_its_kinds(dialect: &'static str) {
+    let w = world(dialect).await;
+    for i in 0..5 {
+        let job = RouteEvent {
+            event_id: format!("e{i}"),
+        };
+        w.store.enqueue(&job, NOW, NOW).await.unwrap();
+    }
+    let deliveries = w
+        .store
+        .claim_jobs_of(KindFilter::Only(&["deliver"]), "n1", NOW, 60_000, 10)
+        .await
+        .unwrap();
+    assert!(deliveries.is_empty(), "{dialect}");
+    let work = w
+        .store
+        .claim_jobs_of(KindFilter::Except(&["deliver"]), "n1", NOW, 60_000, 3)
+        .await
+        .unwrap();
+    assert_eq!(work.len(), 3, "{dialect}");
+    assert!(work.iter().all(|j| j.kind == "route"), "{dialect}");
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_lane_claims_only_its_kinds
+);
+
+async fn a_committed_job_wakes_a_sleeping_scheduler(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"welcome","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"tag","type":"set_attribute","name":"welcomed","value":"yes"}]}"#,
+        )
+        .await
+        .unwrap();
+    w.clock.set(NOW);
+    // Polls once a minute: only a wake can make it run the route job soon.
+    let config = SchedulerConfig {
+        idle: Duration::from_secs(60),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::new(w.journeys.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run_forever(stopped));
+    // Let the lanes reach their first sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ada = w
+        .pipeline()
+        .ingest(&event("ada@example.org", "signup", NOW))
+        .await
+        .unwrap()
+        .event
+        .contact_id;
+    let mut status = Vec::new();
+    for _ in 0..200 {
+        status = w
+            .store
+            .contact_runs(&ada)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.status)
+            .collect();
+        if status == ["completed"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, ["completed"], "{dialect}: woken, not polled");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_committed_job_wakes_a_sleeping_scheduler
+);
