@@ -237,6 +237,8 @@ impl Step {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// `Template` in the document is a ready-made journey (`api::journeys`).
+#[schema(as = MessageTemplate)]
 pub struct Template {
     #[serde(default)]
     pub subject: Option<String>,

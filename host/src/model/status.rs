@@ -29,7 +29,7 @@ macro_rules! text_enum {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
         }
@@ -61,6 +61,26 @@ macro_rules! text_enum {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        // By hand: the derive does not see serde's renames through the
+        // macro's literals and would document the variant names.
+        impl utoipa::__dev::ComposeSchema for $name {
+            fn compose(
+                _generics: Vec<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+            ) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some($name::ALL.iter().map(|v| v.as_str())))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
             }
         }
 
@@ -163,6 +183,16 @@ mod tests {
             OutboxStatus::Cancelled
         );
         assert_eq!(Purpose::default(), Purpose::Marketing);
+    }
+
+    #[test]
+    fn the_api_document_lists_the_words() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(Purpose::schema()).unwrap();
+        assert_eq!(
+            schema["enum"],
+            serde_json::json!(["marketing", "transactional"])
+        );
     }
 
     #[test]
