@@ -121,7 +121,15 @@ pub fn manifest_from_toml(
         description: text("description").unwrap_or_default(),
         author,
         publisher,
-        api: manifest::API_VERSION.to_owned(),
+        // A crate built against an older WIT than the SDK's (without the
+        // SDK, say) names it; `validate` refuses one the host does not speak.
+        api: match meta.get("api") {
+            Some(value) => value
+                .as_str()
+                .ok_or_else(|| bad("api must be a string such as \"0.1.0\"".into()))?
+                .to_owned(),
+            None => manifest::API_VERSION.to_owned(),
+        },
         config,
         capabilities,
         http_hosts,
@@ -228,7 +236,9 @@ fn manifest_from_json_parts(
         description: text(project, "description").unwrap_or_default(),
         author,
         publisher: text(meta, "publisher").unwrap_or_default(),
-        api: manifest::API_VERSION.to_owned(),
+        // componentize-py and componentize-js build against the first
+        // version (`plugin build` hands them that package).
+        api: manifest::API_VERSION_0_1.to_owned(),
         config,
         capabilities,
         http_hosts,

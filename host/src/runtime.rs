@@ -12,6 +12,7 @@ mod mail;
 pub mod manifest;
 pub mod outgoing_http;
 pub mod plugin;
+pub mod pool;
 pub mod registry;
 pub mod sandbox;
 pub mod signature;
@@ -22,13 +23,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use error::{LoadError, RuntimeError, RuntimeErrorKind};
 pub use limits::{DEFAULT_FUEL, LimitOverrides, Limits, RuntimeLimits};
 pub use manifest::{Manifest, World};
-pub use plugin::{CallResult, Plugin};
+pub use plugin::{CallResult, Plugin, ScorerInput};
+pub use pool::PoolPlan;
 pub use registry::Registry;
 pub use sandbox::Binding;
 
@@ -54,6 +56,7 @@ pub struct Runtime {
 
 struct RuntimeInner {
     engine: Engine,
+    pool: PoolPlan,
     linkers: [Linker<CallState>; 3],
     limits: RuntimeLimits,
     cache: Option<cache::ArtifactCache>,
@@ -63,26 +66,7 @@ struct RuntimeInner {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let limits = config.limits;
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 8)
-            .total_memories(limits.max_instances * 2)
-            .total_tables(limits.max_instances * 8)
-            .total_stacks(limits.max_instances)
-            .max_memory_size(limits.max_memory_bytes)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16);
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
-            .consume_fuel(limits.consume_fuel)
-            .max_wasm_stack(limits.max_wasm_stack)
-            // Python and JavaScript components start from a pre-initialised
-            // heap of 10+ MB: mapping it copy-on-write keeps a fresh
-            // instance per call cheap (wasmtime's default, stated here
-            // because the sandbox depends on it).
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm)?;
+        let (engine, pool) = pool::engine(&limits)?;
         spawn_epoch_ticker(&engine, limits.epoch_tick)?;
         let linkers = [
             sandbox::linker(&engine, World::SegmentRule)?,
@@ -96,6 +80,7 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
+                pool,
                 linkers,
                 limits,
                 cache,
@@ -110,6 +95,12 @@ impl Runtime {
 
     pub fn limits(&self) -> &RuntimeLimits {
         &self.inner.limits
+    }
+
+    /// How the instance pool was laid out: its slots may be fewer than
+    /// [`RuntimeLimits::max_instances`] under an address-space limit.
+    pub fn pool(&self) -> PoolPlan {
+        self.inner.pool
     }
 
     /// The trust policy in force, if this runtime enforces one.

@@ -37,7 +37,8 @@ pub use bindings::channel::nachfass::plugin::mail::MailError;
 pub use bindings::segment_rule::nachfass::plugin::host::Level;
 pub use bindings::segment_rule::nachfass::plugin::types::{
     ActivityCount, Callback, ChannelInfo, ChannelKind, Contact, Delivery, DeliveryEvent,
-    DeliveryStatus, Event, Field, Message, PluginError, RuleInput, ScoreChange, SendError, Value,
+    DeliveryStatus, Event, Field, Message, PluginError, RuleInput, ScoreChange, ScorerInput,
+    SendError, Value,
 };
 pub use ctx::Ctx;
 pub use traits::{Channel, Scorer, SegmentRule};
@@ -97,6 +98,16 @@ macro_rules! export_scorer {
                         &event,
                         &activity,
                     )
+                }
+                fn on_event_batch(
+                    items: ::std::vec::Vec<$crate::ScorerInput>,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<
+                        ::std::result::Result<$crate::ScoreChange, $crate::PluginError>,
+                    >,
+                    $crate::PluginError,
+                > {
+                    <$scorer as $crate::Scorer>::on_event_batch(&$crate::Ctx::host(), &items)
                 }
                 fn on_profile(
                     contact: $crate::Contact,

@@ -2,7 +2,7 @@
 
 use crate::{
     ActivityCount, Callback, ChannelInfo, Contact, Ctx, Delivery, DeliveryEvent, Event, Message,
-    PluginError, RuleInput, ScoreChange, SendError,
+    PluginError, RuleInput, ScoreChange, ScorerInput, SendError,
 };
 
 /// Decides whether a contact belongs to a segment.
@@ -37,6 +37,21 @@ pub trait Scorer {
     ) -> Result<ScoreChange, PluginError> {
         let _ = (ctx, contact, event, activity);
         Ok(ScoreChange::none())
+    }
+
+    /// Many touchpoints at once, on one instance: one answer per item, in
+    /// order. The default calls [`Scorer::on_event`] per item, so a scorer
+    /// need not implement it; override it when items can share work
+    /// (parsing configuration once, say). `Err` for the whole batch
+    /// declines every item; an item's own `Err` declines only that item.
+    fn on_event_batch(
+        ctx: &Ctx,
+        items: &[ScorerInput],
+    ) -> Result<Vec<Result<ScoreChange, PluginError>>, PluginError> {
+        Ok(items
+            .iter()
+            .map(|item| Self::on_event(ctx, &item.contact, &item.event, &item.activity))
+            .collect())
     }
 
     /// Explicit scoring: the profile's whole worth from this scorer. The

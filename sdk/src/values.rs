@@ -2,7 +2,7 @@
 
 use crate::{
     ActivityCount, Callback, Contact, Event, Field, Message, PluginError, RuleInput, ScoreChange,
-    Value,
+    ScorerInput, Value,
 };
 
 impl Value {
@@ -195,6 +195,16 @@ impl ActivityCount {
 impl RuleInput {
     pub fn new(contact: Contact, activity: Vec<ActivityCount>) -> RuleInput {
         RuleInput { contact, activity }
+    }
+}
+
+impl ScorerInput {
+    pub fn new(contact: Contact, event: Event, activity: Vec<ActivityCount>) -> ScorerInput {
+        ScorerInput {
+            contact,
+            event,
+            activity,
+        }
     }
 }
 

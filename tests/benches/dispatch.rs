@@ -94,8 +94,8 @@ async fn seed(store: &Store, steps: usize) {
              SELECT 'r_d' || {id}, 'dispatch', 1, 'c_d' || {id}, 'marketing', 'active', 'hello', 1, {due} FROM n"
         ),
         format!(
-            "{series} INSERT INTO jobs (id, unique_key, payload, due_at, created_at) \
-             SELECT 'j_d' || {id}, 'advance:r_d' || {id} || ':1', \
+            "{series} INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
+             SELECT 'j_d' || {id}, 'advance', 'advance:r_d' || {id} || ':1', \
                     '{{\"job\":\"advance\",\"run_id\":\"r_d' || {id} || '\",\"seq\":1}}', {due}, 0 FROM n"
         ),
     ];

@@ -3,7 +3,9 @@
 //! a full segment rebuild; on SQLite and on PostgreSQL.
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench ingest`
-//! Sizes: NACHFASS_BENCH_EVENTS (default 5000), NACHFASS_BENCH_REBUILD (default 1000000).
+//! Sizes: NACHFASS_BENCH_EVENTS (single-event requests, default 20000),
+//! NACHFASS_BENCH_BATCHES (requests of 1,000 events, default 50),
+//! NACHFASS_BENCH_REBUILD (default 1000000).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -25,16 +27,87 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn post(port: u16, key: &str, body: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let request = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split(' ').nth(1).unwrap().parse().unwrap()
+/// One client's HTTP/1.1 connection, kept alive across requests as a
+/// real sender's would be.
+struct Connection {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Connection {
+    fn open(port: u16) -> Connection {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Connection {
+            stream: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Posts `body` to `/v1/events`; the answer's status.
+    fn post(&mut self, key: &str, body: &str) -> u16 {
+        use std::io::BufRead;
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut status = 0;
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = line.split(' ').nth(1).unwrap().parse().unwrap();
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+/// Sends `requests` bodies from `clients` connections at once; the
+/// seconds it took and how many were not answered `expected`.
+async fn send_all(
+    port: u16,
+    key: &str,
+    clients: usize,
+    requests: Vec<String>,
+    expected: u16,
+) -> (f64, usize) {
+    let requests = Arc::new(requests);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (key, requests) = (key.to_owned(), requests.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut connection = Connection::open(port);
+            (client..requests.len())
+                .step_by(clients)
+                .filter(|&i| connection.post(&key, &requests[i]) != expected)
+                .count()
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.unwrap();
+    }
+    (started.elapsed().as_secs_f64(), failed)
+}
+
+fn event_json(i: usize, contacts: usize, tag: &str) -> String {
+    let kind = ["email.opened", "email.clicked", "page.visited", "download"][i % 4];
+    format!(
+        r#"{{"kind":"{kind}","email":"p{}@bench.example","client_event_id":"{tag}-{i}"}}"#,
+        i % contacts
+    )
 }
 
 async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
@@ -79,36 +152,31 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         axum::serve(listener, app(AppState::new(pipeline.clone(), None))).into_future(),
     );
 
-    let events = env("NACHFASS_BENCH_EVENTS", 5000);
-    let workers = 8;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let key = key.clone();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let mut failed = 0;
-            for i in (w..events).step_by(workers) {
-                let kind = ["email.opened", "email.clicked", "page.visited", "download"][i % 4];
-                let body = format!(
-                    r#"{{"kind":"{kind}","email":"p{}@bench.example","client_event_id":"b-{i}"}}"#,
-                    i % 500
-                );
-                if post(port, &key, &body) != 201 {
-                    failed += 1;
-                }
-            }
-            failed
-        }));
-    }
-    let mut failed = 0;
-    for task in tasks {
-        failed += task.await.unwrap();
-    }
-    let elapsed = started.elapsed();
+    // Single-event requests from 32 clients: the node stores whatever
+    // arrives together in one transaction (group commit) and applies it
+    // as one batch.
+    let events = env("NACHFASS_BENCH_EVENTS", 20_000);
+    let clients = 32;
+    let singles: Vec<String> = (0..events).map(|i| event_json(i, 5000, "s")).collect();
+    let (seconds, failed) = send_all(port, &key, clients, singles, 201).await;
     println!(
-        "{dialect}: {events} events over HTTP, 1 scorer + 10 segments, {workers} clients: {:.0} events/s ({:.2} s, {failed} failed)",
-        events as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64()
+        "{dialect}: {events} single-event requests, 1 scorer + 10 segments, {clients} clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
+        events as f64 / seconds
+    );
+    // Batches of 1,000 events (new and known contacts mixed), 2 clients.
+    let batches = env("NACHFASS_BENCH_BATCHES", 50);
+    let bodies: Vec<String> = (0..batches)
+        .map(|b| {
+            let items: Vec<String> = (0..1000)
+                .map(|i| event_json(b * 1000 + i, 50_000, "b"))
+                .collect();
+            format!(r#"{{"events":[{}]}}"#, items.join(","))
+        })
+        .collect();
+    let (seconds, failed) = send_all(port, &key, 2, bodies, 201).await;
+    println!(
+        "{dialect}: {batches} batches of 1,000 events, 1 scorer + 10 segments, 2 clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
+        (batches * 1000) as f64 / seconds
     );
     server.abort();
 

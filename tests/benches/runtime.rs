@@ -1,5 +1,10 @@
 //! Plugin runtime figures, printed in one run:
 //!
+//! - batches against compiled-in rules: the engagement scorer and two
+//!   attribute-match segment bindings, once as components (one instance
+//!   and one call per batch) and once as the same Rust compiled into the
+//!   host, both behind one binding interface, per item and as a ratio
+//!   (`NACHFASS_BENCH_BATCH_ONLY=1` runs only this);
 //! - `scoring/engagement` per call as a component (fresh sandbox each call)
 //!   against the same logic compiled natively, and their ratio;
 //! - the cost of a fresh sandboxed instance alone;
@@ -21,12 +26,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nachfass::model::{ActivityCount, Contact, Event, Value};
+use nachfass::model::{ActivityCount, Contact, Event, PluginError, ScoreChange, Value};
 use nachfass::runtime::bindings::scorer::ScorerPre;
 use nachfass::runtime::bindings::types as wit;
 use nachfass::runtime::cache::{ArtifactCache, content_hash};
 use nachfass::runtime::sandbox::{self, CallState};
-use nachfass::runtime::{Binding, Limits, Runtime, RuntimeConfig, RuntimeLimits, World};
+use nachfass::runtime::{
+    Binding, Limits, Plugin, Runtime, RuntimeConfig, RuntimeLimits, ScorerInput, World,
+};
 use nachfass_sdk::Scorer as _;
 use nachfass_sdk::SegmentRule as _;
 use nachfass_tests::{guests, languages, runtime};
@@ -237,8 +244,364 @@ async fn cost_per_language() {
     }
 }
 
+/// What the host asks of a scorer binding, however the scorer is built.
+trait ScorerBinding {
+    async fn on_event_batch(
+        &self,
+        now: i64,
+        items: &[ScorerInput<'_>],
+    ) -> Vec<Result<ScoreChange, PluginError>>;
+}
+
+/// What the host asks of a segment binding, however the rule is built.
+trait SegmentBinding {
+    async fn matches_batch(&self, now: i64, items: &[(Contact, Vec<ActivityCount>)]) -> Vec<bool>;
+}
+
+/// A component behind the binding interface: one instance per batch.
+struct Component {
+    plugin: Plugin,
+    binding: Arc<Binding>,
+}
+
+impl ScorerBinding for Component {
+    async fn on_event_batch(
+        &self,
+        now: i64,
+        items: &[ScorerInput<'_>],
+    ) -> Vec<Result<ScoreChange, PluginError>> {
+        self.plugin
+            .on_event_batch(&self.binding, now, items)
+            .await
+            .unwrap()
+    }
+}
+
+impl SegmentBinding for Component {
+    async fn matches_batch(&self, now: i64, items: &[(Contact, Vec<ActivityCount>)]) -> Vec<bool> {
+        self.plugin
+            .matches_batch(&self.binding, now, items)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// The same plugin crates compiled into the host: the host's records
+/// become the SDK's, the rule runs, its answer becomes the host's again,
+/// as a compiled-in rule would need.
+struct Native {
+    host: nachfass_sdk::testing::TestHost,
+}
+
+impl Native {
+    fn new(now: i64, config: &[(&str, &str)]) -> Native {
+        let mut host = nachfass_sdk::testing::TestHost::new().now(now);
+        for (key, value) in config {
+            host = host.config(key, value);
+        }
+        Native { host }
+    }
+}
+
+fn sdk_value(value: &Value) -> nachfass_sdk::Value {
+    match value {
+        Value::Null => nachfass_sdk::Value::Null,
+        Value::Boolean(b) => nachfass_sdk::Value::Boolean(*b),
+        Value::Integer(i) => nachfass_sdk::Value::Integer(*i),
+        Value::Float(f) => nachfass_sdk::Value::Float(*f),
+        Value::Text(t) => nachfass_sdk::Value::Text(t.clone()),
+        Value::Timestamp(t) => nachfass_sdk::Value::Timestamp(*t),
+        Value::Texts(t) => nachfass_sdk::Value::Texts(t.clone()),
+    }
+}
+
+fn sdk_fields(fields: &nachfass::model::Fields) -> Vec<nachfass_sdk::Field> {
+    fields
+        .iter()
+        .map(|(key, value)| nachfass_sdk::Field {
+            key: key.clone(),
+            value: sdk_value(value),
+        })
+        .collect()
+}
+
+fn sdk_contact(c: &Contact) -> nachfass_sdk::Contact {
+    nachfass_sdk::Contact {
+        id: c.id.clone(),
+        email: c.email.clone(),
+        phone: c.phone.clone(),
+        timezone: c.timezone.clone(),
+        score: c.score,
+        stage: c.stage.clone(),
+        attributes: sdk_fields(&c.attributes),
+        segments: c.segments.clone(),
+        created_at: c.created_at,
+        last_seen_at: c.last_seen_at,
+    }
+}
+
+fn sdk_event(e: &Event) -> nachfass_sdk::Event {
+    nachfass_sdk::Event {
+        id: e.id.clone(),
+        contact_id: e.contact_id.clone(),
+        kind: e.kind.clone(),
+        at: e.at,
+        properties: sdk_fields(&e.properties),
+    }
+}
+
+fn sdk_activity(activity: &[ActivityCount]) -> Vec<nachfass_sdk::ActivityCount> {
+    activity
+        .iter()
+        .map(|a| nachfass_sdk::ActivityCount {
+            kind: a.kind.clone(),
+            total: a.total,
+            last_24_hours: a.last_24_hours,
+            last_30_days: a.last_30_days,
+            last_at: a.last_at,
+        })
+        .collect()
+}
+
+impl ScorerBinding for Native {
+    async fn on_event_batch(
+        &self,
+        _now: i64,
+        items: &[ScorerInput<'_>],
+    ) -> Vec<Result<ScoreChange, PluginError>> {
+        let ctx = self.host.ctx();
+        let inputs: Vec<nachfass_sdk::ScorerInput> = items
+            .iter()
+            .map(|item| {
+                nachfass_sdk::ScorerInput::new(
+                    sdk_contact(item.contact),
+                    sdk_event(item.event),
+                    sdk_activity(item.activity),
+                )
+            })
+            .collect();
+        engagement::Engagement::on_event_batch(&ctx, &inputs)
+            .unwrap()
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .map(|c| ScoreChange {
+                        delta: c.delta,
+                        reasons: c.reasons,
+                    })
+                    .map_err(|e| PluginError {
+                        code: e.code,
+                        message: e.message,
+                    })
+            })
+            .collect()
+    }
+}
+
+impl SegmentBinding for Native {
+    async fn matches_batch(&self, _now: i64, items: &[(Contact, Vec<ActivityCount>)]) -> Vec<bool> {
+        let ctx = self.host.ctx();
+        let inputs: Vec<nachfass_sdk::RuleInput> = items
+            .iter()
+            .map(|(contact, activity)| {
+                nachfass_sdk::RuleInput::new(sdk_contact(contact), sdk_activity(activity))
+            })
+            .collect();
+        attribute_match::AttributeMatch::matches_batch(&ctx, &inputs).unwrap()
+    }
+}
+
+/// Touchpoints of varied kinds over `contacts`, with activity so far.
+fn touchpoints(n: usize) -> Vec<(Contact, Event, Vec<ActivityCount>)> {
+    let kinds = [
+        "email.opened",
+        "email.clicked",
+        "page.visited",
+        "download",
+        "webinar.attended",
+        "email.bounced",
+    ];
+    (0..n)
+        .map(|i| {
+            let c = contact(i % 5_000);
+            let kind = kinds[i % kinds.len()];
+            let url = if i % 3 == 0 {
+                "https://acme.example/pricing"
+            } else {
+                "https://acme.example/blog"
+            };
+            let event: Event = serde_json::from_value(serde_json::json!({
+                "id": format!("e{i}"), "contact_id": c.id, "kind": kind, "at": 5,
+                "properties": { "url": url }
+            }))
+            .unwrap();
+            let activity = vec![ActivityCount {
+                kind: kind.into(),
+                total: (i % 9) as u32,
+                last_24_hours: (i % 7) as u32,
+                last_30_days: (i % 9) as u32,
+                last_at: Some(4),
+            }];
+            (c, event, activity)
+        })
+        .collect()
+}
+
+/// Time per item of `rounds` passes over `items` in batches of `size`.
+async fn per_item_scoring(
+    scorer: &impl ScorerBinding,
+    items: &[ScorerInput<'_>],
+    size: usize,
+    rounds: usize,
+) -> (Duration, Vec<Result<ScoreChange, PluginError>>) {
+    let mut answers = Vec::with_capacity(items.len());
+    for chunk in items.chunks(size) {
+        answers.extend(scorer.on_event_batch(10, chunk).await);
+    }
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for chunk in items.chunks(size) {
+            std::hint::black_box(scorer.on_event_batch(10, chunk).await);
+        }
+    }
+    (started.elapsed() / (rounds * items.len()) as u32, answers)
+}
+
+async fn per_item_segments(
+    rules: &[&impl SegmentBinding],
+    items: &[(Contact, Vec<ActivityCount>)],
+    size: usize,
+    rounds: usize,
+) -> (Duration, Vec<Vec<bool>>) {
+    let mut answers = Vec::new();
+    for rule in rules {
+        let mut all = Vec::with_capacity(items.len());
+        for chunk in items.chunks(size) {
+            all.extend(rule.matches_batch(0, chunk).await);
+        }
+        answers.push(all);
+    }
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for rule in rules {
+            for chunk in items.chunks(size) {
+                std::hint::black_box(rule.matches_batch(0, chunk).await);
+            }
+        }
+    }
+    (
+        started.elapsed() / (rounds * items.len() * rules.len()) as u32,
+        answers,
+    )
+}
+
+/// The same scorer and segment rules as components and compiled in,
+/// behind the same binding interfaces, in batches.
+async fn batched_against_native() {
+    let runtime = runtime();
+    let events: usize = std::env::var("NACHFASS_BENCH_BATCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rounds = 5;
+    let scorer = Component {
+        plugin: runtime
+            .load_file(&guests::ENGAGEMENT.packed())
+            .await
+            .unwrap(),
+        binding: binding(World::Scorer, &[]),
+    };
+    assert_eq!(scorer.plugin.api(), "0.2.0");
+    let native_scorer = Native::new(10, &[]);
+    let rule_configs: [&[(&str, &str)]; 2] = [
+        &[("attribute", "employees"), ("op", "gt"), ("value", "249")],
+        &[
+            ("attribute", "industry"),
+            ("op", "in"),
+            ("value", "software,finance"),
+        ],
+    ];
+    let rule_plugin = || async {
+        runtime
+            .load_file(&guests::ATTRIBUTE_MATCH.packed())
+            .await
+            .unwrap()
+    };
+    let rules = [
+        Component {
+            plugin: rule_plugin().await,
+            binding: binding(World::SegmentRule, rule_configs[0]),
+        },
+        Component {
+            plugin: rule_plugin().await,
+            binding: binding(World::SegmentRule, rule_configs[1]),
+        },
+    ];
+    let native_rules = [
+        Native::new(0, rule_configs[0]),
+        Native::new(0, rule_configs[1]),
+    ];
+
+    let touchpoints = touchpoints(events);
+    let inputs: Vec<ScorerInput> = touchpoints
+        .iter()
+        .map(|(contact, event, activity)| ScorerInput {
+            contact,
+            event,
+            activity,
+        })
+        .collect();
+    let profiles: Vec<(Contact, Vec<ActivityCount>)> = touchpoints
+        .iter()
+        .map(|(c, _, a)| (c.clone(), a.clone()))
+        .collect();
+    println!(
+        "== batches: components against the same rules compiled in, {events} items, {rounds} rounds =="
+    );
+    println!("| what | batch | component per item | native per item | ratio |");
+    println!("| --- | --- | --- | --- | --- |");
+    for size in [100usize, 1_000] {
+        let (component, from_component) = per_item_scoring(&scorer, &inputs, size, rounds).await;
+        let (native, from_native) = per_item_scoring(&native_scorer, &inputs, size, rounds).await;
+        assert_eq!(from_component, from_native, "both score alike");
+        println!(
+            "| scorer engagement (on-event-batch) | {size} | {:.3} µs | {:.3} µs | {:.2}x |",
+            micros(component),
+            micros(native),
+            component.as_secs_f64() / native.as_secs_f64()
+        );
+        let (component, from_component) =
+            per_item_segments(&[&rules[0], &rules[1]], &profiles, size, rounds).await;
+        let (native, from_native) = per_item_segments(
+            &[&native_rules[0], &native_rules[1]],
+            &profiles,
+            size,
+            rounds,
+        )
+        .await;
+        assert_eq!(from_component, from_native, "both decide alike");
+        println!(
+            "| 2 segment rules attribute-match (matches-batch), per rule | {size} | {:.3} µs | {:.3} µs | {:.2}x |",
+            micros(component),
+            micros(native),
+            component.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+    let stats = scorer.plugin.stats();
+    let calls = stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "component scorer stats: {calls} calls counted (one per item), {} instructions per item",
+        stats.fuel_used.load(std::sync::atomic::Ordering::Relaxed) / calls.max(1)
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    batched_against_native().await;
+    if std::env::var_os("NACHFASS_BENCH_BATCH_ONLY").is_some() {
+        return;
+    }
     if std::env::var_os("NACHFASS_BENCH_FUEL_ONLY").is_some() {
         fuel_against_epoch_only().await;
         return;

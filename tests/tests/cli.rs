@@ -21,16 +21,18 @@ async fn check_prints_world_imports_exports_and_manifest() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["plugin"], "engagement@0.1.0");
     assert_eq!(report["world"], "scorer");
+    assert_eq!(report["api"], "0.2.0");
+    // Built with the SDK, against the newest WIT: the batch export too.
     assert_eq!(
         report["exports"],
-        serde_json::json!(["on-event", "on-profile"])
+        serde_json::json!(["on-event", "on-event-batch", "on-profile"])
     );
     assert!(
         report["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i == "nachfass:plugin/host@0.1.0")
+            .any(|i| i == "nachfass:plugin/host@0.2.0")
     );
     assert_eq!(report["manifest"]["config"][0]["key"], "points");
 }

@@ -168,9 +168,10 @@ pub async fn run(
             wit::write(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
             writeln!(
                 out,
-                "wrote the WIT package nachfass:plugin@{} to {}",
-                manifest::API_VERSION,
-                dir.display()
+                "wrote the WIT packages nachfass:plugin@{} to {} (since_v<version>/, each with its deps/; build new plugins against since_v{})",
+                manifest::API_VERSIONS.join(", @"),
+                dir.display(),
+                manifest::API_VERSION
             )
             .map_err(fail)
         }
@@ -364,6 +365,7 @@ async fn check(runtime: &Runtime, file: &Path, out: &mut dyn Write) -> Result<()
         &json!({
             "plugin": plugin.id(),
             "world": plugin.manifest().world,
+            "api": plugin.api(),
             "sha256": plugin.hash(),
             "bytes": size,
             "imports": plugin.imports(),
@@ -396,9 +398,12 @@ fn build_any(
     writeln!(out, "{} → {}", built.0, built.1.display()).map_err(fail)
 }
 
-/// `nachfass:plugin/<world>@<api>`, the world's full WIT name.
+/// `nachfass:plugin/<world>@<api>`, the world's full WIT name in the
+/// version componentize-py and componentize-js build against (the first:
+/// their plugins implement `on-event` only, and the host batches them on
+/// one instance all the same).
 fn world_id(world: World) -> String {
-    format!("nachfass:plugin/{world}@{}", manifest::API_VERSION)
+    format!("nachfass:plugin/{world}@{}", manifest::API_VERSION_0_1)
 }
 
 fn embed_manifest(

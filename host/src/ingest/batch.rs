@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::model::{ActivityCount, Contact, Event};
 use crate::pipeline::Pipeline;
-use crate::runtime::{Binding, Plugin, World};
+use crate::runtime::{Binding, Plugin, ScorerInput, World};
 use crate::scoring::runtime_binding;
 use crate::store::{Applied, BindingDef, BindingKind, ProfileEffect, StoreError};
 
@@ -127,50 +127,8 @@ impl Pipeline {
                 })
                 .collect();
             for live in &scorers {
-                for (contact_id, event) in &items {
-                    let (Some(contact), before) = (
-                        contacts.get_mut(*contact_id),
-                        activity
-                            .get(*contact_id)
-                            .map(Vec::as_slice)
-                            .unwrap_or_default(),
-                    ) else {
-                        continue;
-                    };
-                    let answer = live
-                        .plugin
-                        .on_event(&live.binding, now, contact, event, before)
-                        .await;
-                    crate::breaker::observe(
-                        self,
-                        &live.def.name,
-                        &live.plugin,
-                        !matches!(answer, Ok(Ok(_))),
-                    )
+                self.score_round(live, &items, &mut contacts, &activity, now, &mut effects)
                     .await;
-                    match answer {
-                        Ok(Ok(change)) if change.delta != 0 => {
-                            contact.score += change.delta;
-                            effects.push(ProfileEffect::Score {
-                                contact_id: contact.id.clone(),
-                                binding: live.def.name.clone(),
-                                delta: change.delta,
-                                reasons: change.reasons,
-                                event_id: event.id.clone(),
-                            });
-                        }
-                        Ok(Ok(_)) => {}
-                        // A scorer's failure must not lose the touchpoint:
-                        // it is logged and counted on the plugin, and the
-                        // event stays recorded.
-                        Ok(Err(declined)) => {
-                            tracing::warn!(binding = %live.def.name, error = %declined, "scorer declined")
-                        }
-                        Err(failed) => {
-                            tracing::warn!(binding = %live.def.name, error = %failed, "scorer failed")
-                        }
-                    }
-                }
             }
             // Timeline events this round causes, added to the activity
             // once the segment rules have seen the round's own events.
@@ -239,6 +197,71 @@ impl Pipeline {
             }
         }
         Ok(effects)
+    }
+
+    /// One scorer binding over a round: one call with every event of the
+    /// round (the contacts are distinct), each with its contact as the
+    /// earlier bindings and rounds left it and the activity before it.
+    async fn score_round(
+        &self,
+        live: &Live,
+        items: &[(&str, &Event)],
+        contacts: &mut HashMap<String, Contact>,
+        activity: &HashMap<String, Vec<ActivityCount>>,
+        now: i64,
+        effects: &mut Vec<ProfileEffect>,
+    ) {
+        let present: Vec<&(&str, &Event)> = items
+            .iter()
+            .filter(|(id, _)| contacts.contains_key(*id))
+            .collect();
+        let answers = {
+            let inputs: Vec<ScorerInput<'_>> = present
+                .iter()
+                .filter_map(|(id, event)| {
+                    Some(ScorerInput {
+                        contact: contacts.get(*id)?,
+                        event,
+                        activity: activity.get(*id).map(Vec::as_slice).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            live.plugin
+                .on_event_batch(&live.binding, now, &inputs)
+                .await
+        };
+        let answers = match answers {
+            Ok(answers) => answers,
+            // A scorer's failure must not lose the touchpoints: it is logged
+            // and counted on the plugin, and the events stay recorded.
+            Err(failed) => {
+                crate::breaker::observe(self, &live.def.name, &live.plugin, true).await;
+                tracing::warn!(binding = %live.def.name, error = %failed, events = present.len(), "scorer failed");
+                return;
+            }
+        };
+        for ((id, event), answer) in present.into_iter().zip(answers) {
+            crate::breaker::observe(self, &live.def.name, &live.plugin, answer.is_err()).await;
+            let Some(contact) = contacts.get_mut(*id) else {
+                continue;
+            };
+            match answer {
+                Ok(change) if change.delta != 0 => {
+                    contact.score += change.delta;
+                    effects.push(ProfileEffect::Score {
+                        contact_id: contact.id.clone(),
+                        binding: live.def.name.clone(),
+                        delta: change.delta,
+                        reasons: change.reasons,
+                        event_id: event.id.clone(),
+                    });
+                }
+                Ok(_) => {}
+                Err(declined) => {
+                    tracing::warn!(binding = %live.def.name, error = %declined, "scorer declined")
+                }
+            }
+        }
     }
 
     /// Every segment rule's answer for the round's contacts, one batch call

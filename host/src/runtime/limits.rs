@@ -161,7 +161,8 @@ pub struct RuntimeLimits {
     pub max_wall_time: Duration,
     /// Largest output bound a binding may ask for.
     pub max_output_bytes: usize,
-    /// Instances alive at once across all plugins (pool size).
+    /// Instances alive at once across all plugins (pool size; fewer under
+    /// an address-space limit, see `runtime::pool`).
     pub max_instances: u32,
     /// Wasm stack per call; deep recursion traps here.
     pub max_wasm_stack: usize,

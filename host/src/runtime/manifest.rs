@@ -15,8 +15,16 @@ use super::outgoing_http::is_destination;
 /// Name of the custom section holding the manifest JSON.
 pub const SECTION_NAME: &str = "nachfass:manifest";
 
-/// The WIT package version plugins are built against.
-pub const API_VERSION: &str = "0.1.0";
+/// The newest WIT package version, the one the SDK builds against.
+pub const API_VERSION: &str = "0.2.0";
+
+/// The first WIT package version; componentize-py and componentize-js
+/// plugins are still built against it (its scorer has no batch export).
+pub const API_VERSION_0_1: &str = "0.1.0";
+
+/// Every `nachfass:plugin` version this host loads, oldest first (each
+/// kept in `wit/since_v<version>`).
+pub const API_VERSIONS: [&str; 2] = [API_VERSION_0_1, API_VERSION];
 
 /// The three kinds of plugin, one per WIT world.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -159,12 +167,21 @@ impl Manifest {
                 self.version
             )));
         }
-        if self.api.split('.').next() != API_VERSION.split('.').next()
-            || self.api.split('.').nth(1) != API_VERSION.split('.').nth(1)
+        let major_minor = |v: &str| {
+            let mut parts = v.split('.');
+            (
+                parts.next().map(str::to_owned),
+                parts.next().map(str::to_owned),
+            )
+        };
+        if !API_VERSIONS
+            .iter()
+            .any(|known| major_minor(known) == major_minor(&self.api))
         {
             return Err(ManifestError::Invalid(format!(
-                "built against nachfass:plugin@{}, this host speaks @{API_VERSION}; rebuild with a matching nachfass-sdk",
-                self.api
+                "built against nachfass:plugin@{}, this host speaks @{}; rebuild with a matching nachfass-sdk",
+                self.api,
+                API_VERSIONS.join(" and @")
             )));
         }
         if !self.http_hosts.is_empty() && self.world != World::Channel {
@@ -463,9 +480,16 @@ mod tests {
         let mut bad = manifest();
         bad.name = "Bad Name".into();
         assert!(bad.validate().is_err());
-        let mut old = manifest();
-        old.api = "0.2.0".into();
-        assert!(old.validate().unwrap_err().to_string().contains("rebuild"));
+        let mut first = manifest();
+        first.api = API_VERSION_0_1.into();
+        assert!(first.validate().is_ok(), "0.1.0 components still load");
+        let mut newer = manifest();
+        newer.api = "0.3.0".into();
+        let why = newer.validate().unwrap_err().to_string();
+        assert!(
+            why.contains("rebuild") && why.contains("@0.1.0 and @0.2.0"),
+            "{why}"
+        );
         assert!(
             Manifest::from_json(br#"{"name":"x","version":"1","world":"scorer","oops":1}"#)
                 .is_err()

@@ -1,9 +1,12 @@
 //! A loaded plugin version and its calls.
 //!
-//! Every call gets a fresh store and instance from the pre-instantiated
-//! component, runs under the binding's limits, and returns two tiers:
-//! `Err(RuntimeError)` when the runtime stopped it (trap, limit, bad
-//! output), `Ok(Err(PluginError))` when the plugin itself declined.
+//! Every call — or every batch — gets a fresh store and instance from the
+//! pre-instantiated component, runs under the binding's limits, and
+//! returns two tiers: `Err(RuntimeError)` when the runtime stopped it
+//! (trap, limit, bad output), `Ok(Err(PluginError))` when the plugin
+//! itself declined. A batch uses one instance for all its items and drops
+//! it afterwards, so nothing a guest keeps in memory reaches the next
+//! batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,7 @@ use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::Runtime;
-use super::bindings::{channel, scorer, segment_rule, types as wit};
+use super::bindings::{channel, latest, segment_rule, since_v0_1_0, types as wit};
 use super::convert;
 use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
 use super::limits::Limits;
@@ -26,13 +29,104 @@ use crate::model;
 /// The outer tier is the runtime's verdict, the inner one the plugin's.
 pub type CallResult<T, E = model::PluginError> = Result<Result<T, E>, RuntimeError>;
 
+/// The exports of segment rules and channels are the same in every WIT
+/// version, so one pre-instance type serves them all (the linker offers
+/// each version's `host` and `mail` imports); scorers gained
+/// `on-event-batch` in 0.2.0.
 enum WorldPre {
     SegmentRule(segment_rule::SegmentRulePre<CallState>),
-    Scorer(scorer::ScorerPre<CallState>),
+    Scorer(ScorerPre),
     Channel(channel::ChannelPre<CallState>),
 }
 
-/// Call counters of one plugin version.
+enum ScorerPre {
+    /// `nachfass:plugin@0.2.0` and later: a batch is one call.
+    Batch(latest::scorer::ScorerPre<CallState>),
+    /// `nachfass:plugin@0.1.0`: a batch is one `on-event` per item, on one
+    /// instance.
+    PerItem(since_v0_1_0::scorer::ScorerPre<CallState>),
+}
+
+enum ScorerInstance {
+    Batch(latest::scorer::Scorer),
+    PerItem(since_v0_1_0::scorer::Scorer),
+}
+
+type Answer<T> = Result<T, wit::PluginError>;
+
+impl ScorerPre {
+    async fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<ScorerInstance> {
+        Ok(match self {
+            ScorerPre::Batch(pre) => ScorerInstance::Batch(pre.instantiate_async(store).await?),
+            ScorerPre::PerItem(pre) => ScorerInstance::PerItem(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl ScorerInstance {
+    async fn on_event(
+        &self,
+        store: &mut Store<CallState>,
+        contact: &wit::Contact,
+        event: &wit::Event,
+        activity: &[wit::ActivityCount],
+    ) -> wasmtime::Result<Answer<wit::ScoreChange>> {
+        match self {
+            ScorerInstance::Batch(world) => {
+                world.call_on_event(store, contact, event, activity).await
+            }
+            ScorerInstance::PerItem(world) => {
+                world.call_on_event(store, contact, event, activity).await
+            }
+        }
+    }
+
+    async fn on_profile(
+        &self,
+        store: &mut Store<CallState>,
+        contact: &wit::Contact,
+    ) -> wasmtime::Result<Answer<wit::ScoreChange>> {
+        match self {
+            ScorerInstance::Batch(world) => world.call_on_profile(store, contact).await,
+            ScorerInstance::PerItem(world) => world.call_on_profile(store, contact).await,
+        }
+    }
+
+    /// The whole batch on this one instance: one call since 0.2.0, one call
+    /// per item before.
+    async fn on_event_batch(
+        &self,
+        store: &mut Store<CallState>,
+        items: &[wit::ScorerInput],
+    ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
+        match self {
+            ScorerInstance::Batch(world) => world.call_on_event_batch(store, items).await,
+            ScorerInstance::PerItem(world) => {
+                let mut answers = Vec::with_capacity(items.len());
+                for item in items {
+                    answers.push(
+                        world
+                            .call_on_event(&mut *store, &item.contact, &item.event, &item.activity)
+                            .await?,
+                    );
+                }
+                Ok(Ok(answers))
+            }
+        }
+    }
+}
+
+/// One touchpoint to score in a batch: the contact and its activity as
+/// they were before this event.
+#[derive(Clone, Copy, Debug)]
+pub struct ScorerInput<'a> {
+    pub contact: &'a model::Contact,
+    pub event: &'a model::Event,
+    pub activity: &'a [model::ActivityCount],
+}
+
+/// Call counters of one plugin version. A batch counts as one call per
+/// item, so means per call compare across batched and single calls.
 #[derive(Debug, Default)]
 pub struct CallStats {
     pub calls: AtomicU64,
@@ -41,7 +135,8 @@ pub struct CallStats {
     pub busy_micros: AtomicU64,
     /// Instructions (wasmtime fuel) used by all calls.
     pub fuel_used: AtomicU64,
-    /// Instructions used by the most recent call.
+    /// Instructions used by the most recent call (for a batch, its mean
+    /// per item).
     pub last_fuel: AtomicU64,
 }
 
@@ -50,6 +145,7 @@ pub struct Plugin {
     manifest: Manifest,
     imports: Vec<String>,
     exports: Vec<String>,
+    api: String,
     id: Arc<str>,
     hash: String,
     from_cache: bool,
@@ -88,20 +184,9 @@ impl Plugin {
             claimed: world,
             detail: format!("{e:#}"),
         };
-        let pre = match world {
-            World::SegmentRule => WorldPre::SegmentRule(
-                segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?,
-            ),
-            World::Scorer => {
-                WorldPre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            World::Channel => {
-                WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?)
-            }
-        };
         let engine = runtime.engine();
         let ty = component.component_type();
-        let imports = ty
+        let imports: Vec<String> = ty
             .imports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
@@ -109,9 +194,27 @@ impl Plugin {
             .exports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
+        let api = api_of(&imports).unwrap_or_else(|| manifest.api.clone());
+        let pre = match world {
+            World::SegmentRule => WorldPre::SegmentRule(
+                segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?,
+            ),
+            World::Scorer => WorldPre::Scorer(
+                if api == super::manifest::API_VERSION_0_1 {
+                    since_v0_1_0::scorer::ScorerPre::new(instance_pre).map(ScorerPre::PerItem)
+                } else {
+                    latest::scorer::ScorerPre::new(instance_pre).map(ScorerPre::Batch)
+                }
+                .map_err(wrong_world)?,
+            ),
+            World::Channel => {
+                WorldPre::Channel(channel::ChannelPre::new(instance_pre).map_err(wrong_world)?)
+            }
+        };
         Ok(Plugin {
             imports,
             exports,
+            api,
             id: manifest.id().into(),
             manifest,
             hash,
@@ -135,6 +238,12 @@ impl Plugin {
     /// Names of what the component exports.
     pub fn exports(&self) -> &[String] {
         &self.exports
+    }
+
+    /// The version of the WIT package `nachfass:plugin` the component was
+    /// built against, from what it imports: `0.1.0` or `0.2.0`.
+    pub fn api(&self) -> &str {
+        &self.api
     }
 
     /// `name@version`.
@@ -174,19 +283,19 @@ impl Plugin {
         let limits = &binding.limits;
         match &self.pre {
             WorldPre::SegmentRule(pre) => {
-                self.run("instantiate", binding, limits, now, async |store| {
+                self.run("instantiate", binding, limits, now, 1, async |store| {
                     pre.instantiate_async(store).await.map(drop)
                 })
                 .await
             }
             WorldPre::Scorer(pre) => {
-                self.run("instantiate", binding, limits, now, async |store| {
-                    pre.instantiate_async(store).await.map(drop)
+                self.run("instantiate", binding, limits, now, 1, async |store| {
+                    pre.instantiate(store).await.map(drop)
                 })
                 .await
             }
             WorldPre::Channel(pre) => {
-                self.run("instantiate", binding, limits, now, async |store| {
+                self.run("instantiate", binding, limits, now, 1, async |store| {
                     pre.instantiate_async(store).await.map(drop)
                 })
                 .await
@@ -209,7 +318,7 @@ impl Plugin {
         let activity = convert::activity(activity);
         let limits = &binding.limits;
         let answer = self
-            .run("matches", binding, limits, now, async |store| {
+            .run("matches", binding, limits, now, 1, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_matches(&mut *store, &contact, &activity).await
@@ -237,13 +346,20 @@ impl Plugin {
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
-            .run("matches-batch", binding, &limits, now, async |store| {
-                let world = pre.instantiate_async(&mut *store).await?;
-                sandbox::start_call_budget(store, &limits, self.runtime.limits());
-                world.call_matches_batch(&mut *store, &inputs).await
-            })
+            .run(
+                "matches-batch",
+                binding,
+                &limits,
+                now,
+                items.len(),
+                async |store| {
+                    let world = pre.instantiate_async(&mut *store).await?;
+                    sandbox::start_call_budget(store, &limits, self.runtime.limits());
+                    world.call_matches_batch(&mut *store, &inputs).await
+                },
+            )
             .await?;
-        self.inner(answer, &limits, |answers| {
+        self.inner_batch(answer, &limits, items.len(), |answers| {
             if answers.len() == items.len() {
                 Ok(())
             } else {
@@ -270,16 +386,91 @@ impl Plugin {
         let activity = convert::activity(activity);
         let limits = &binding.limits;
         let answer = self
-            .run("on-event", binding, limits, now, async |store| {
-                let world = pre.instantiate_async(&mut *store).await?;
+            .run("on-event", binding, limits, now, 1, async |store| {
+                let world = pre.instantiate(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world
-                    .call_on_event(&mut *store, &contact, &event, &activity)
+                    .on_event(&mut *store, &contact, &event, &activity)
                     .await
             })
             .await?;
         self.inner(answer, limits, |change| check_reasons(change, limits))
             .map(|r| r.map(Into::into))
+    }
+
+    /// Implicit scoring of many touchpoints on one instance: one answer per
+    /// item, in order, each what [`Plugin::on_event`] would answer for it.
+    /// A 0.2.0 scorer gets one `on-event-batch` call, a 0.1.0 scorer one
+    /// `on-event` per item on that same instance. Fuel and wall time scale
+    /// with the batch; a trap or a limit anywhere fails the whole batch,
+    /// and the instance is dropped after it either way. A plugin that
+    /// declines the whole batch declines each item with that error.
+    pub async fn on_event_batch(
+        &self,
+        binding: &Arc<Binding>,
+        now: i64,
+        items: &[ScorerInput<'_>],
+    ) -> Result<Vec<Result<model::ScoreChange, model::PluginError>>, RuntimeError> {
+        let WorldPre::Scorer(pre) = &self.pre else {
+            return Err(self.not_a(World::Scorer));
+        };
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs: Vec<wit::ScorerInput> = items
+            .iter()
+            .map(|item| wit::ScorerInput {
+                contact: item.contact.into(),
+                event: item.event.into(),
+                activity: convert::activity(item.activity),
+            })
+            .collect();
+        let limits = binding.limits.scaled(items.len());
+        let answer = self
+            .run(
+                "on-event-batch",
+                binding,
+                &limits,
+                now,
+                items.len(),
+                async |store| {
+                    let world = pre.instantiate(&mut *store).await?;
+                    sandbox::start_call_budget(store, &limits, self.runtime.limits());
+                    world.on_event_batch(&mut *store, &inputs).await
+                },
+            )
+            .await?;
+        let answers = match answer {
+            Ok(answers) => answers,
+            // The plugin declined the whole batch: every item shares the
+            // reason.
+            Err(e) => vec![Err(e); items.len()],
+        };
+        let checked = if answers.len() == items.len() {
+            let size: usize = answers
+                .iter()
+                .map(|a| match a {
+                    Ok(change) => change.reasons.iter().map(String::len).sum(),
+                    Err(e) => e.code.len() + e.message.len(),
+                })
+                .sum();
+            within(size, &limits, "score reasons and errors")
+        } else {
+            Err(RuntimeErrorKind::InvalidOutput {
+                detail: format!("{} answers for {} events", answers.len(), items.len()),
+            })
+        };
+        if let Err(kind) = checked {
+            self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+            self.record_outcome("trap", 1);
+            return Err(self.error(kind));
+        }
+        let declined = answers.iter().filter(|a| a.is_err()).count();
+        self.count_items(items.len() - declined, declined);
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map(Into::into).map_err(Into::into))
+            .collect())
     }
 
     /// Explicit scoring of a profile.
@@ -295,10 +486,10 @@ impl Plugin {
         let contact = wit::Contact::from(contact);
         let limits = &binding.limits;
         let answer = self
-            .run("on-profile", binding, limits, now, async |store| {
-                let world = pre.instantiate_async(&mut *store).await?;
+            .run("on-profile", binding, limits, now, 1, async |store| {
+                let world = pre.instantiate(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
-                world.call_on_profile(&mut *store, &contact).await
+                world.on_profile(&mut *store, &contact).await
             })
             .await?;
         self.inner(answer, limits, |change| check_reasons(change, limits))
@@ -316,7 +507,7 @@ impl Plugin {
         };
         let limits = &binding.limits;
         let info = self
-            .run("describe", binding, limits, now, async |store| {
+            .run("describe", binding, limits, now, 1, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_describe(&mut *store).await
@@ -343,7 +534,7 @@ impl Plugin {
         let message = wit::Message::from(message);
         let limits = &binding.limits;
         let answer = self
-            .run("deliver", binding, limits, now, async |store| {
+            .run("deliver", binding, limits, now, 1, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_deliver(&mut *store, &message).await
@@ -379,7 +570,7 @@ impl Plugin {
         let callback = wit::Callback::from(callback);
         let limits = &binding.limits;
         let answer = self
-            .run("parse-callback", binding, limits, now, async |store| {
+            .run("parse-callback", binding, limits, now, 1, async |store| {
                 let world = pre.instantiate_async(&mut *store).await?;
                 sandbox::start_call_budget(store, limits, self.runtime.limits());
                 world.call_parse_callback(&mut *store, &callback).await
@@ -397,15 +588,18 @@ impl Plugin {
 
     /// Runs `call` in a fresh store under `limits` and turns traps, limit
     /// breaches and timeouts into a [`RuntimeError`] naming the plugin.
+    /// `items` is how many calls it stands for (a batch's size): the
+    /// statistics count calls, time and instructions per item.
     async fn run<T>(
         &self,
         function: &'static str,
         binding: &Arc<Binding>,
         limits: &Limits,
         now: i64,
+        items: usize,
         call: impl AsyncFnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Result<T, RuntimeError> {
-        let span = tracing::debug_span!("plugin_call", plugin = %self.id, binding = %binding.name, function);
+        let span = tracing::debug_span!("plugin_call", plugin = %self.id, binding = %binding.name, function, items);
         async {
             let started = Instant::now();
             let state = CallState::new(
@@ -420,19 +614,22 @@ impl Plugin {
             let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;
             let elapsed = started.elapsed();
             let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            let count = u64::try_from(items.max(1)).unwrap_or(u64::MAX);
             self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.calls.fetch_add(count, Ordering::Relaxed);
+            // The histogram is of time per item: a batch adds its mean once
+            // per item, so percentiles compare with single calls.
             metrics::histogram!(
                 "nachfass_plugin_call_duration_seconds",
                 "plugin" => self.manifest.name.clone(),
                 "version" => self.manifest.version.clone(),
                 "function" => function
             )
-            .record(elapsed.as_secs_f64());
+            .record_many(elapsed.as_secs_f64() / count as f64, items.max(1));
             if runtime_limits.consume_fuel {
                 let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
                 self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
-                self.stats.last_fuel.store(used, Ordering::Relaxed);
+                self.stats.last_fuel.store(used / count, Ordering::Relaxed);
                 metrics::counter!(
                     "nachfass_plugin_fuel_total",
                     "plugin" => self.manifest.name.clone(),
@@ -449,7 +646,7 @@ impl Plugin {
             };
             if let Err(e) = &result {
                 self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
-                self.record_outcome("trap");
+                self.record_outcome("trap", 1);
                 tracing::warn!(error = %e, "plugin call failed");
             }
             result
@@ -465,36 +662,66 @@ impl Plugin {
         limits: &Limits,
         check: impl FnOnce(&T) -> Result<(), RuntimeErrorKind>,
     ) -> CallResult<T> {
+        self.inner_batch(answer, limits, 1, check)
+    }
+
+    /// [`Plugin::inner`] for an answer that stands for `items` calls.
+    fn inner_batch<T>(
+        &self,
+        answer: Result<T, wit::PluginError>,
+        limits: &Limits,
+        items: usize,
+        check: impl FnOnce(&T) -> Result<(), RuntimeErrorKind>,
+    ) -> CallResult<T> {
         let checked = match &answer {
             Ok(value) => check(value),
             Err(e) => within(e.code.len() + e.message.len(), limits, "plugin error"),
         };
         if let Err(kind) = checked {
             self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
-            self.record_outcome("trap");
+            self.record_outcome("trap", 1);
             return Err(self.error(kind));
         }
-        self.count(answer.is_err());
+        let items = items.max(1);
+        if answer.is_err() {
+            self.count_items(0, items);
+        } else {
+            self.count_items(items, 0);
+        }
         Ok(answer.map_err(Into::into))
     }
 
     fn count(&self, plugin_error: bool) {
         if plugin_error {
-            self.stats.plugin_errors.fetch_add(1, Ordering::Relaxed);
+            self.count_items(0, 1);
+        } else {
+            self.count_items(1, 0);
         }
-        self.record_outcome(if plugin_error { "plugin_error" } else { "ok" });
     }
 
-    /// Counts a finished call for `/metrics` (the facade: the recorder is
+    fn count_items(&self, ok: usize, declined: usize) {
+        if declined > 0 {
+            let declined = u64::try_from(declined).unwrap_or(u64::MAX);
+            self.stats
+                .plugin_errors
+                .fetch_add(declined, Ordering::Relaxed);
+            self.record_outcome("plugin_error", declined);
+        }
+        if ok > 0 {
+            self.record_outcome("ok", u64::try_from(ok).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// Counts finished calls for `/metrics` (the facade: the recorder is
     /// installed by whoever serves the figures).
-    fn record_outcome(&self, outcome: &'static str) {
+    fn record_outcome(&self, outcome: &'static str, calls: u64) {
         metrics::counter!(
             "nachfass_plugin_calls_total",
             "plugin" => self.manifest.name.clone(),
             "version" => self.manifest.version.clone(),
             "outcome" => outcome
         )
-        .increment(1);
+        .increment(calls);
     }
 
     fn error(&self, kind: RuntimeErrorKind) -> RuntimeError {
@@ -509,6 +736,16 @@ impl Plugin {
             detail: format!("is a {}, not a {wanted}", self.manifest.world),
         })
     }
+}
+
+/// The `nachfass:plugin` version among a component's imports
+/// (`nachfass:plugin/types@0.1.0` → `0.1.0`); `None` if it imports none.
+fn api_of(imports: &[String]) -> Option<String> {
+    imports
+        .iter()
+        .find_map(|name| name.strip_prefix("nachfass:plugin/"))
+        .and_then(|rest| rest.split_once('@'))
+        .map(|(_, version)| version.to_owned())
 }
 
 fn within(size: usize, limits: &Limits, what: &str) -> Result<(), RuntimeErrorKind> {
@@ -559,14 +796,19 @@ fn classify(error: wasmtime::Error, store: &Store<CallState>, limits: &Limits) -
         Some(trap) => RuntimeErrorKind::Trapped {
             message: trap.to_string(),
         },
-        None => {
-            let message = format!("{error:#}");
-            if message.contains("maximum concurrent") || message.contains("pooling allocat") {
-                RuntimeErrorKind::Exhausted { detail: message }
-            } else {
-                RuntimeErrorKind::Trapped { message }
+        None if error
+            .chain()
+            .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) =>
+        {
+            RuntimeErrorKind::Exhausted {
+                detail: format!(
+                    "{error:#}: every slot of the plugin pool is in use by other calls; retry the call later"
+                ),
             }
         }
+        None => RuntimeErrorKind::Trapped {
+            message: format!("{error:#}"),
+        },
     }
 }
 

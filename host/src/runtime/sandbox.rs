@@ -15,7 +15,7 @@ use wasmtime_wasi::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::host;
+use super::bindings::{host, since_v0_1_0};
 use super::limits::{Limits, RuntimeLimits};
 use super::manifest::World;
 use super::outgoing_http::AllowList;
@@ -198,19 +198,48 @@ pub fn start_call_budget(store: &mut Store<CallState>, limits: &Limits, runtime:
 }
 
 /// A linker with what `world` grants: WASI with an empty context for all,
-/// the `host` interface for all, outgoing HTTP and mail for channels only.
+/// the `host` interface for all, outgoing HTTP and mail for channels only;
+/// `host` and `mail` in every WIT version the host speaks, so a component
+/// finds the one it was built against.
 pub fn linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<CallState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
+    since_v0_1_0::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)?;
     if world == World::Channel {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         super::bindings::mail::add_to_linker::<CallState, HasSelf<CallState>>(
             &mut linker,
             |state| state,
         )?;
+        since_v0_1_0::mail::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| {
+            state
+        })?;
     }
     Ok(linker)
+}
+
+/// `host@0.1.0` is `host@0.2.0` under its old name.
+impl since_v0_1_0::host::Host for CallState {
+    fn log(&mut self, level: since_v0_1_0::host::Level, message: String) {
+        use since_v0_1_0::host::Level as Old;
+        let level = match level {
+            Old::Trace => host::Level::Trace,
+            Old::Debug => host::Level::Debug,
+            Old::Info => host::Level::Info,
+            Old::Warn => host::Level::Warn,
+            Old::Error => host::Level::Error,
+        };
+        host::Host::log(self, level, message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        host::Host::config(self, key)
+    }
+
+    fn now(&mut self) -> i64 {
+        host::Host::now(self)
+    }
 }
 
 impl host::Host for CallState {

@@ -54,7 +54,7 @@ pub fn build(dir: &Path, target: Option<PathBuf>) -> Result<(String, PathBuf), C
     }
     let work = tempfile::tempdir().map_err(fail)?;
     let wit_dir = work.path().join("wit");
-    wit::write(&wit_dir).map_err(fail)?;
+    wit::write_package(wit::SINCE_V0_1_0, &wit_dir).map_err(fail)?;
     let component = work.path().join("component.wasm");
     // Only channels may reach wasi:http: elsewhere the engine's fetch()
     // and its incoming-request support would import what the world does

@@ -40,7 +40,7 @@ fn run(wit_dir: &Path, world: World, args: &[&std::ffi::OsStr]) -> Result<(), Cl
 /// and for the project's tests.
 pub fn stubs(dir: &Path, world: World) -> Result<(), CliError> {
     let wit_dir = tempfile::tempdir().map_err(fail)?;
-    wit::write(wit_dir.path()).map_err(fail)?;
+    wit::write_package(wit::SINCE_V0_1_0, wit_dir.path()).map_err(fail)?;
     let bindings = dir.join("bindings");
     if bindings.exists() {
         std::fs::remove_dir_all(&bindings).map_err(fail)?;
@@ -67,7 +67,7 @@ pub fn build(dir: &Path, target: Option<PathBuf>) -> Result<(String, PathBuf), C
     }
     stubs(dir, manifest.world)?;
     let work = tempfile::tempdir().map_err(fail)?;
-    wit::write(&work.path().join("wit")).map_err(fail)?;
+    wit::write_package(wit::SINCE_V0_1_0, &work.path().join("wit")).map_err(fail)?;
     let component = work.path().join("component.wasm");
     run(
         &work.path().join("wit"),

@@ -20,56 +20,73 @@ const DEFAULT_POINTS: &[(&str, i64)] = &[
     ("email.bounced", -5),
 ];
 
-/// Points for `kind`: the configured table over the defaults.
-fn points_for(ctx: &Ctx, kind: &str) -> Result<i64, PluginError> {
-    if let Some(table) = ctx.config("points") {
-        for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, points) = entry.rsplit_once(':').ok_or_else(|| {
-                PluginError::bad_config("points", &format!("entry `{entry}` is not `kind:points`"))
-            })?;
-            if name.trim() == kind {
-                return points.trim().parse().map_err(|_| {
-                    PluginError::bad_config(
-                        "points",
-                        &format!("points in `{entry}` are not a whole number"),
-                    )
-                });
-            }
+/// The binding's configuration, read from the host once per call or per
+/// batch. A value that does not parse fails only the events that need it,
+/// as before batches existed.
+struct Settings {
+    points: Option<String>,
+    pricing_path: String,
+    pricing_points: Result<i64, PluginError>,
+    max_per_day: Result<u32, PluginError>,
+}
+
+impl Settings {
+    fn read(ctx: &Ctx) -> Settings {
+        Settings {
+            points: ctx.config("points"),
+            pricing_path: ctx
+                .config("pricing_path")
+                .unwrap_or_else(|| "/pricing".to_owned())
+                .to_lowercase(),
+            pricing_points: ctx.config_or("pricing_points", 10),
+            max_per_day: ctx.config_or("max_per_day", 5),
         }
     }
-    Ok(DEFAULT_POINTS
-        .iter()
-        .find(|(name, _)| *name == kind)
-        .map_or(0, |(_, points)| *points))
-}
 
-fn is_pricing_visit(ctx: &Ctx, event: &Event) -> bool {
-    let marker = ctx
-        .config("pricing_path")
-        .unwrap_or_else(|| "/pricing".to_owned());
-    event.kind == "page.visited"
-        && ["url", "path"]
+    /// Points for `kind`: the configured table over the defaults.
+    fn points_for(&self, kind: &str) -> Result<i64, PluginError> {
+        if let Some(table) = &self.points {
+            for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, points) = entry.rsplit_once(':').ok_or_else(|| {
+                    PluginError::bad_config(
+                        "points",
+                        &format!("entry `{entry}` is not `kind:points`"),
+                    )
+                })?;
+                if name.trim() == kind {
+                    return points.trim().parse().map_err(|_| {
+                        PluginError::bad_config(
+                            "points",
+                            &format!("points in `{entry}` are not a whole number"),
+                        )
+                    });
+                }
+            }
+        }
+        Ok(DEFAULT_POINTS
             .iter()
-            .filter_map(|key| event.prop(key).and_then(Value::as_str))
-            .any(|url| url.to_lowercase().contains(&marker.to_lowercase()))
-}
+            .find(|(name, _)| *name == kind)
+            .map_or(0, |(_, points)| *points))
+    }
 
-impl Scorer for Engagement {
-    fn on_event(
-        ctx: &Ctx,
-        _contact: &Contact,
-        event: &Event,
-        activity: &[ActivityCount],
-    ) -> Result<ScoreChange, PluginError> {
-        let max_per_day: u32 = ctx.config_or("max_per_day", 5)?;
+    fn is_pricing_visit(&self, event: &Event) -> bool {
+        event.kind == "page.visited"
+            && ["url", "path"]
+                .iter()
+                .filter_map(|key| event.prop(key).and_then(Value::as_str))
+                .any(|url| url.to_lowercase().contains(&self.pricing_path))
+    }
+
+    fn score(&self, event: &Event, activity: &[ActivityCount]) -> Result<ScoreChange, PluginError> {
+        let max_per_day = self.max_per_day.clone()?;
         let mut change = ScoreChange::none();
-        let (points, reason) = if is_pricing_visit(ctx, event) {
+        let (points, reason) = if self.is_pricing_visit(event) {
             (
-                ctx.config_or("pricing_points", 10)?,
+                self.pricing_points.clone()?,
                 "pricing page visit (micro conversion)",
             )
         } else {
-            (points_for(ctx, &event.kind)?, event.kind.as_str())
+            (self.points_for(&event.kind)?, event.kind.as_str())
         };
         let today = activity
             .iter()
@@ -81,6 +98,29 @@ impl Scorer for Engagement {
         }
         change.add(points, format!("{reason} {points:+}"));
         Ok(change)
+    }
+}
+
+impl Scorer for Engagement {
+    fn on_event(
+        ctx: &Ctx,
+        _contact: &Contact,
+        event: &Event,
+        activity: &[ActivityCount],
+    ) -> Result<ScoreChange, PluginError> {
+        Settings::read(ctx).score(event, activity)
+    }
+
+    /// The configuration is read once for the whole batch.
+    fn on_event_batch(
+        ctx: &Ctx,
+        items: &[ScorerInput],
+    ) -> Result<Vec<Result<ScoreChange, PluginError>>, PluginError> {
+        let settings = Settings::read(ctx);
+        Ok(items
+            .iter()
+            .map(|item| settings.score(&item.event, &item.activity))
+            .collect())
     }
 }
 
@@ -144,6 +184,32 @@ mod tests {
         assert_eq!(score(&host, Event::new("email.clicked", 0), 0).delta, 3);
         let visit = Event::new("page.visited", 0).with_prop("url", "/pricing");
         assert_eq!(score(&host, visit, 0).delta, 25);
+    }
+
+    #[test]
+    fn a_batch_answers_like_single_calls() {
+        let visit = Event::new("page.visited", 0).with_prop("url", "/pricing");
+        let items = [
+            ScorerInput::new(Contact::new("a"), Event::new("email.opened", 0), vec![]),
+            ScorerInput::new(Contact::new("a"), visit, vec![]),
+            ScorerInput::new(Contact::new("b"), Event::new("download", 0), vec![]),
+        ];
+        for host in [
+            TestHost::new(),
+            TestHost::new().config("pricing_points", "lots"),
+            TestHost::new().config("points", "download:x"),
+        ] {
+            let ctx = host.ctx();
+            let single: Vec<_> = items
+                .iter()
+                .map(|i| Engagement::on_event(&ctx, &i.contact, &i.event, &i.activity))
+                .collect();
+            assert_eq!(Engagement::on_event_batch(&ctx, &items).unwrap(), single);
+        }
+        let host = TestHost::new().config("pricing_points", "lots");
+        let answers = Engagement::on_event_batch(&host.ctx(), &items).unwrap();
+        assert_eq!(answers[0].as_ref().unwrap().delta, 1);
+        assert_eq!(answers[1].as_ref().unwrap_err().code, "bad-config");
     }
 
     #[test]

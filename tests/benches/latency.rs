@@ -1,0 +1,288 @@
+//! Follow-up latency under load: purchases arrive over HTTP at a steady
+//! rate (default 1,000 events/s for 10 s, from 32 clients) while a
+//! transactional journey answers each with a receipt through the real
+//! webhook component to a receiver on 127.0.0.1, the scheduler running as
+//! `serve` runs it. Prints p50/p99/max of event accepted → journey step
+//! scheduled (the run started, from the database) and of event sent →
+//! message received, on SQLite and PostgreSQL.
+//!
+//! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench latency`
+//! Rate and length: NACHFASS_BENCH_RATE (events/s), NACHFASS_BENCH_SECONDS.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nachfass::api::{AppState, app};
+use nachfass::clock::SystemClock;
+use nachfass::ingest::Pipeline;
+use nachfass::journeys::Journeys;
+use nachfass::policy::Policy;
+use nachfass::runtime::Registry;
+use nachfass::runtime::registry::Activation;
+use nachfass::scheduler::{Scheduler, SchedulerConfig};
+use nachfass::scoring::StageThresholds;
+use nachfass::store::{BindingDef, BindingKind, Scope, Store};
+use nachfass_tests::{guests, runtime};
+use sqlx::Row;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// When each recipient's message arrived, in µs since the bench began.
+type Arrivals = Arc<Mutex<HashMap<String, u64>>>;
+
+async fn receiver(epoch: Instant) -> (u16, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let log = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                let at = epoch.elapsed().as_micros() as u64;
+                if let Ok(message) = serde_json::from_slice::<serde_json::Value>(&body)
+                    && let Some(to) = message["to"].as_str()
+                {
+                    log.lock().unwrap().entry(to.to_owned()).or_insert(at);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, arrivals)
+}
+
+fn post(stream: &mut std::io::BufReader<std::net::TcpStream>, key: &str, body: &str) -> u16 {
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.get_mut().write_all(request.as_bytes()).unwrap();
+    let (mut status, mut length, mut line) = (0, 0, String::new());
+    loop {
+        line.clear();
+        stream.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if status == 0 {
+            status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        } else if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    status
+}
+
+fn percentiles(mut values: Vec<f64>) -> String {
+    if values.is_empty() {
+        return "none".into();
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| values[((values.len() as f64 - 1.0) * p).round() as usize];
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
+    let epoch = Instant::now();
+    let store = Store::connect(url).await.unwrap();
+    let (_, key) = store
+        .create_api_key("bench", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let (hook_port, arrivals) = receiver(epoch).await;
+    let bindings = [
+        BindingDef {
+            name: "hook".into(),
+            kind: BindingKind::Channel,
+            plugin: "webhook".into(),
+            config: [
+                (
+                    "url".to_owned(),
+                    format!("http://127.0.0.1:{hook_port}/hook"),
+                ),
+                ("secret".to_owned(), "s".to_owned()),
+            ]
+            .into(),
+            allow_http: vec![format!("127.0.0.1:{hook_port}")],
+            limits: Default::default(),
+            paused: None,
+            version: None,
+        },
+        BindingDef {
+            name: "engagement".into(),
+            kind: BindingKind::Scorer,
+            plugin: "engagement".into(),
+            config: Default::default(),
+            allow_http: Vec::new(),
+            limits: Default::default(),
+            paused: None,
+            version: None,
+        },
+    ];
+    for def in &bindings {
+        store.create_binding(def, 0).await.unwrap();
+    }
+    let pipeline = Pipeline {
+        store: store.clone(),
+        registry,
+        clock: Arc::new(SystemClock),
+        stages: StageThresholds::default(),
+    };
+    let journeys = Journeys::new(pipeline, Policy::default());
+    journeys
+        .save(
+            br#"{"name":"receipt","purpose":"transactional","trigger":{"event":{"kind":"purchase"}},
+                 "steps":[{"id":"receipt","type":"send","binding":"hook",
+                           "template":{"subject":"Danke","text":"Danke fuer Ihren Einkauf"}}]}"#,
+        )
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(
+        Scheduler::new(journeys.clone(), SchedulerConfig::default()).run_forever(stopped),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(
+        axum::serve(listener, app(AppState::with_journeys(journeys, None))).into_future(),
+    );
+
+    let rate = env("NACHFASS_BENCH_RATE", 1000);
+    let seconds = env("NACHFASS_BENCH_SECONDS", 10);
+    let clients = 32;
+    let total = rate * seconds;
+    let sent: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (key, sent) = (key.clone(), sent.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut stream = std::io::BufReader::new(stream);
+            let mut failed = 0;
+            // Event i is due at i / rate seconds: a steady arrival rate.
+            for i in (client..total).step_by(clients) {
+                let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(epoch.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let email = format!("buyer{i}@latency.example");
+                let body = format!(r#"{{"kind":"purchase","email":"{email}"}}"#);
+                let at = epoch.elapsed().as_micros() as u64;
+                sent.lock().unwrap().insert(email, at);
+                if post(&mut stream, &key, &body) != 201 {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.unwrap();
+    }
+    let offered = epoch.elapsed();
+    // Wait for the last receipts (bounded).
+    let waiting = Instant::now();
+    while arrivals.lock().unwrap().len() < total - failed
+        && waiting.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered: Vec<f64> = {
+        let sent = sent.lock().unwrap();
+        let arrivals = arrivals.lock().unwrap();
+        sent.iter()
+            .filter_map(|(email, at)| Some((*arrivals.get(email)? as f64 - *at as f64) / 1000.0))
+            .collect()
+    };
+    let scheduled: Vec<f64> = sqlx::query(
+        "SELECT r.started_at - e.received_at AS lag FROM journey_runs r JOIN events e ON e.id = r.trigger_event",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.try_get::<i64, _>("lag").unwrap() as f64)
+    .collect();
+    println!(
+        "{dialect}: {total} purchases at {rate}/s ({:.1} s offered, {failed} failed), 1 scorer, journey → webhook:",
+        offered.as_secs_f64()
+    );
+    println!(
+        "{dialect}:   event accepted → journey step scheduled ({} runs): {}",
+        scheduled.len(),
+        percentiles(scheduled)
+    );
+    println!(
+        "{dialect}:   event sent → receipt received ({} of {total}): {}",
+        delivered.len(),
+        percentiles(delivered)
+    );
+    stop.send(true).unwrap();
+    scheduler.await.unwrap();
+    server.abort();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let registry = Arc::new(Registry::new(runtime()));
+    for guest in [guests::WEBHOOK, guests::ENGAGEMENT] {
+        registry
+            .install_file(&guest.packed(), Activation::Now)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    bench(
+        "sqlite",
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
+        registry.clone(),
+    )
+    .await;
+    match std::env::var("NACHFASS_TEST_POSTGRES_URL") {
+        Ok(base) => {
+            let name = format!("nachfass_latency_{}", std::process::id());
+            let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+                .await
+                .unwrap();
+            use sqlx::Executor;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .unwrap();
+            let (server, _) = base.rsplit_once('/').unwrap();
+            bench("postgres", &format!("{server}/{name}"), registry).await;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {name} WITH (FORCE)"
+                )))
+                .await
+                .unwrap();
+        }
+        Err(_) => println!(
+            "postgres: skipped; set NACHFASS_TEST_POSTGRES_URL (tests/support/postgres.sh prints one)"
+        ),
+    }
+}

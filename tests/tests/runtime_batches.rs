@@ -1,0 +1,361 @@
+//! Batches in the real sandbox: a scorer batch runs on one instance (one
+//! `on-event-batch` call for `nachfass:plugin@0.2.0`, one `on-event` per
+//! item for 0.1.0) and answers like single calls; a trap or an exhausted
+//! budget fails the whole batch and nothing reaches the next one; the
+//! instance pool says clearly when it is full, and starts under an
+//! address-space limit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nachfass::model::{ActivityCount, Contact, Event, PluginError, ScoreChange};
+use nachfass::runtime::cache::{ArtifactCache, content_hash};
+use nachfass::runtime::sandbox::{self, CallState};
+use nachfass::runtime::{
+    Binding, Limits, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, ScorerInput,
+    World,
+};
+use nachfass_tests::{guests, languages, runtime};
+
+fn binding() -> Arc<Binding> {
+    // Functional tests are not about wall time; a loaded CI machine must
+    // not turn a slow instantiation into a failure.
+    Arc::new(Binding::new("batch", World::Scorer).with_limits(Limits {
+        wall_time: Duration::from_secs(5),
+        ..Limits::for_world(World::Scorer)
+    }))
+}
+
+async fn load(file: &std::path::Path) -> Plugin {
+    runtime().load_file(file).await.expect("the plugin loads")
+}
+
+fn contact(id: &str, industry: &str) -> Contact {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "email": format!("{id}@acme.example"), "attributes": { "industry": industry }
+    }))
+    .unwrap()
+}
+
+fn event(contact: &str, kind: &str, url: Option<&str>) -> Event {
+    let properties = match url {
+        Some(url) => serde_json::json!({ "url": url }),
+        None => serde_json::json!({}),
+    };
+    serde_json::from_value(serde_json::json!({
+        "id": format!("e-{contact}-{kind}"), "contact_id": contact, "kind": kind, "at": 1_000,
+        "properties": properties
+    }))
+    .unwrap()
+}
+
+fn today(kind: &str, count: u32) -> Vec<ActivityCount> {
+    vec![ActivityCount {
+        kind: kind.into(),
+        total: count,
+        last_24_hours: count,
+        last_30_days: count,
+        last_at: Some(900),
+    }]
+}
+
+/// Varied touchpoints: points per kind, a pricing visit, a capped kind,
+/// a penalty, an unknown kind; two contacts interleaved.
+fn touchpoints() -> Vec<(Contact, Event, Vec<ActivityCount>)> {
+    let (a, b) = (contact("a", "software"), contact("b", "retail"));
+    vec![
+        (a.clone(), event("a", "email.opened", None), vec![]),
+        (
+            b.clone(),
+            event("b", "page.visited", Some("https://acme.example/pricing")),
+            vec![],
+        ),
+        (
+            a.clone(),
+            event("a", "email.clicked", None),
+            today("email.clicked", 9),
+        ),
+        (b.clone(), event("b", "email.bounced", None), vec![]),
+        (a.clone(), event("a", "demo.requested", None), vec![]),
+        (b.clone(), event("b", "something.else", None), vec![]),
+        (
+            a,
+            event("a", "page.visited", Some("/blog")),
+            today("page.visited", 1),
+        ),
+    ]
+}
+
+fn inputs(items: &[(Contact, Event, Vec<ActivityCount>)]) -> Vec<ScorerInput<'_>> {
+    items
+        .iter()
+        .map(|(contact, event, activity)| ScorerInput {
+            contact,
+            event,
+            activity,
+        })
+        .collect()
+}
+
+/// The batch's answers against one single call per item.
+async fn assert_batch_answers_like_single_calls(plugin: &Plugin) {
+    let b = binding();
+    let items = touchpoints();
+    let mut single = Vec::new();
+    for (contact, event, activity) in &items {
+        single.push(
+            plugin
+                .on_event(&b, 1_000, contact, event, activity)
+                .await
+                .unwrap(),
+        );
+    }
+    let calls_before = plugin.stats().calls.load(Ordering::Relaxed);
+    let batched = plugin
+        .on_event_batch(&b, 1_000, &inputs(&items))
+        .await
+        .unwrap();
+    assert_eq!(batched, single, "{}", plugin.id());
+    // Sanity of the inputs: they do not all score alike.
+    let deltas: Vec<i64> = batched.iter().map(|a| a.as_ref().unwrap().delta).collect();
+    assert_eq!(deltas, [1, 10, 0, -5, 20, 0, 1], "{}", plugin.id());
+    assert_eq!(
+        plugin.stats().calls.load(Ordering::Relaxed) - calls_before,
+        items.len() as u64,
+        "a batch counts one call per item"
+    );
+}
+
+fn ok(delta: i64, reason: &str) -> Result<ScoreChange, PluginError> {
+    Ok(ScoreChange {
+        delta,
+        reasons: vec![reason.to_owned()],
+    })
+}
+
+#[tokio::test]
+async fn a_batch_answers_like_single_calls() {
+    let plugin = load(&guests::ENGAGEMENT.packed()).await;
+    assert_eq!(plugin.api(), "0.2.0");
+    assert!(plugin.exports().iter().any(|e| e == "on-event-batch"));
+    assert_batch_answers_like_single_calls(&plugin).await;
+    assert!(
+        plugin
+            .on_event_batch(&binding(), 0, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn python_and_javascript_scorers_of_the_first_wit_answer_batches_like_single_calls() {
+    for file in [
+        languages::ENGAGEMENT_PY.built(),
+        languages::ENGAGEMENT_JS.built(),
+    ] {
+        let plugin = load(&file).await;
+        assert_eq!(plugin.api(), "0.1.0", "{}", plugin.id());
+        assert!(!plugin.exports().iter().any(|e| e == "on-event-batch"));
+        assert_batch_answers_like_single_calls(&plugin).await;
+    }
+}
+
+/// `n` plain touchpoints with `kinds` spliced in at their positions.
+fn batch(n: usize, special: &[(usize, &str)]) -> Vec<(Contact, Event, Vec<ActivityCount>)> {
+    (0..n)
+        .map(|i| {
+            let kind = special
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map_or("email.opened", |(_, kind)| kind);
+            let id = format!("c{i}");
+            (contact(&id, "software"), event(&id, kind, None), vec![])
+        })
+        .collect()
+}
+
+async fn run(
+    plugin: &Plugin,
+    items: &[(Contact, Event, Vec<ActivityCount>)],
+) -> Result<Vec<Result<ScoreChange, PluginError>>, nachfass::runtime::RuntimeError> {
+    plugin.on_event_batch(&binding(), 0, &inputs(items)).await
+}
+
+fn deltas(answers: &[Result<ScoreChange, PluginError>]) -> Vec<Result<i64, String>> {
+    answers
+        .iter()
+        .map(|a| a.as_ref().map(|c| c.delta).map_err(|e| e.code.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_shares_one_instance_and_the_next_batch_starts_fresh() {
+    let plugin = load(&guests::BATCH_COUNTER.packed()).await;
+    // The global counts up across the items of one batch …
+    let first = run(&plugin, &batch(3, &[])).await.unwrap();
+    assert_eq!(
+        first,
+        [
+            ok(1, "item 1 on this instance"),
+            ok(2, "item 2 on this instance"),
+            ok(3, "item 3 on this instance")
+        ]
+    );
+    // … and starts again in the next: the instance was dropped.
+    let second = run(&plugin, &batch(2, &[])).await.unwrap();
+    assert_eq!(deltas(&second), [Ok(1), Ok(2)]);
+    // The plugin's own error fails only its item.
+    let declined = run(&plugin, &batch(3, &[(1, "decline")])).await.unwrap();
+    assert_eq!(deltas(&declined), [Ok(1), Err("declined".into()), Ok(2)]);
+    // Single calls keep their own fresh instance.
+    let (c, e, a) = &batch(1, &[])[0];
+    let single = plugin.on_event(&binding(), 0, c, e, a).await.unwrap();
+    assert_eq!(single.unwrap().delta, 1);
+    assert_eq!(plugin.stats().plugin_errors.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_trap_or_the_budget_running_out_mid_batch_fails_the_batch_and_leaks_nothing() {
+    let plugin = load(&guests::BATCH_COUNTER.packed()).await;
+    let error = run(&plugin, &batch(3, &[(1, "trap")])).await.unwrap_err();
+    assert!(
+        matches!(&error.kind, RuntimeErrorKind::Panicked { message } if message.contains("asked to trap after 1 items")),
+        "{error}"
+    );
+    assert_eq!(error.plugin, "batch-counter@1.0.0");
+    let after = run(&plugin, &batch(2, &[])).await.unwrap();
+    assert_eq!(
+        deltas(&after),
+        [Ok(1), Ok(2)],
+        "the trapped instance is gone"
+    );
+
+    // The budget of a batch is the binding's per call times the items.
+    let error = run(&plugin, &batch(4, &[(2, "spin")])).await.unwrap_err();
+    let budget = 4 * binding().limits.fuel;
+    assert!(
+        matches!(error.kind, RuntimeErrorKind::Fuel { limit } if limit == budget),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&format!(
+            "batch-counter@1.0.0: CPU budget of {budget} instructions exceeded"
+        )),
+        "{error}"
+    );
+    let after = run(&plugin, &batch(3, &[])).await.unwrap();
+    assert_eq!(deltas(&after), [Ok(1), Ok(2), Ok(3)]);
+    assert_eq!(plugin.stats().runtime_errors.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_scorer_of_the_first_wit_runs_a_batch_as_calls_on_one_instance() {
+    let plugin = load(&guests::SCORER_V0_1.packed()).await;
+    assert_eq!(plugin.api(), "0.1.0");
+    assert!(
+        plugin
+            .imports()
+            .iter()
+            .any(|i| i == "nachfass:plugin/types@0.1.0"),
+        "{:?}",
+        plugin.imports()
+    );
+    assert_eq!(plugin.exports(), ["on-event", "on-profile"]);
+    let first = run(&plugin, &batch(3, &[])).await.unwrap();
+    assert_eq!(
+        first,
+        [
+            ok(1, "0.1.0 item 1"),
+            ok(2, "0.1.0 item 2"),
+            ok(3, "0.1.0 item 3")
+        ]
+    );
+    let error = run(&plugin, &batch(3, &[(2, "trap")])).await.unwrap_err();
+    assert_eq!(error.kind.code(), "panic", "{error}");
+    assert_eq!(
+        deltas(&run(&plugin, &batch(1, &[])).await.unwrap()),
+        [Ok(1)]
+    );
+    // The single-call API works on it as before.
+    let (c, e, a) = &batch(1, &[])[0];
+    let single = plugin.on_event(&binding(), 0, c, e, a).await.unwrap();
+    assert_eq!(single.unwrap().delta, 1);
+    let profile = plugin.on_profile(&binding(), 0, c).await.unwrap();
+    assert_eq!(profile.unwrap().delta, 0);
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_fails_the_call_with_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: RuntimeLimits {
+            max_instances: 1,
+            ..RuntimeLimits::default()
+        },
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    assert_eq!(runtime.pool().instances, 1);
+    let file = guests::ENGAGEMENT.packed();
+    let plugin = runtime.load_file(&file).await.unwrap();
+    let b = binding();
+
+    // Someone else holds the one slot: an instance in a store of its own.
+    let bytes = std::fs::read(&file).unwrap();
+    let engine = runtime.engine();
+    let (component, _) = ArtifactCache::new(cache.path())
+        .unwrap()
+        .load_or_compile(engine, &content_hash(&bytes), &bytes)
+        .unwrap();
+    let pre = sandbox::linker(engine, World::Scorer)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let state = CallState::new(plugin.id().into(), b.clone(), &[], &b.limits, 0);
+    let mut store = sandbox::store(engine, state, &b.limits, runtime.limits());
+    let _held = pre.instantiate_async(&mut store).await.unwrap();
+
+    let items = touchpoints();
+    let error = plugin
+        .on_event_batch(&b, 0, &inputs(&items))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind.code(), "exhausted", "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("no free instance slot")
+            && message.contains("maximum concurrent limit of 1")
+            && message.contains("retry"),
+        "{message}"
+    );
+
+    // The slot is the store's until the store goes.
+    drop(store);
+    let answers = plugin.on_event_batch(&b, 0, &inputs(&items)).await.unwrap();
+    assert_eq!(answers.len(), items.len(), "the slot is free again");
+}
+
+#[test]
+fn the_runtime_starts_under_an_address_space_limit() {
+    // 8 GiB of address space: far less than the 2 TiB a guarded pool of
+    // 256 slots reserves, so the engine must fall back to a compact pool.
+    let file = guests::ENGAGEMENT.packed();
+    let checked = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 8388608 && exec \"$0\" plugin check \"$1\"")
+        .arg(nachfass_tests::server::binary())
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["plugin"], "engagement@0.1.0");
+}
