@@ -47,6 +47,7 @@ pub use outbox::OutboxEntry;
 pub use plugins::{PluginState, Saved, StoredVersion};
 pub use profile_batch::{Applied, ProfileEffect};
 pub use runs::Run;
+pub use segments::{PageChanges, TaskStep};
 pub use stats::MessageCounts;
 pub use tasks::TaskProgress;
 pub use trust::TrustedKey;

@@ -1,11 +1,10 @@
-//! Store and API figures: events ingested per second over real HTTP with one
-//! scorer and ten segment bindings, and contacts re-evaluated per second in
-//! a full segment rebuild; on SQLite and on PostgreSQL.
+//! Ingest figures: events per second over real HTTP with one scorer and
+//! ten segment bindings, as single-event requests and as batches, on
+//! SQLite and on PostgreSQL. (The segment rebuild has `--bench rebuild`.)
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench ingest`
 //! Sizes: NACHFASS_BENCH_EVENTS (single-event requests, default 20000),
-//! NACHFASS_BENCH_BATCHES (requests of 1,000 events, default 50),
-//! NACHFASS_BENCH_REBUILD (default 1000000).
+//! NACHFASS_BENCH_BATCHES (requests of 1,000 events, default 50).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -179,58 +178,6 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         (batches * 1000) as f64 / seconds
     );
     server.abort();
-
-    let contacts = env("NACHFASS_BENCH_REBUILD", 1_000_000);
-    let started = Instant::now();
-    let fill = if dialect == "sqlite" {
-        format!(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}) \
-             INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
-             SELECT printf('c_bench%012d', i), printf('r%d@rebuild.example', i), '{{\"employees\":' || (i % 2000) || '}}', 0, 0 FROM n",
-            last = contacts - 1
-        )
-    } else {
-        format!(
-            "INSERT INTO contacts (id, email, attributes, created_at, updated_at) \
-             SELECT format('c_bench%s', lpad(i::text, 12, '0')), format('r%s@rebuild.example', i), \
-                    format('{{\"employees\":%s}}', i % 2000), 0, 0 FROM generate_series(0, {last}) AS i",
-            last = contacts - 1
-        )
-    };
-    use sqlx::Executor;
-    store
-        .pool()
-        .execute(sqlx::AssertSqlSafe(fill))
-        .await
-        .unwrap();
-    let filled = started.elapsed();
-    let def = BindingDef {
-        name: "mittelstand".into(),
-        kind: BindingKind::Segment,
-        plugin: "attribute-match".into(),
-        config: [("attribute", "employees"), ("op", "gt"), ("value", "249")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        allow_http: Vec::new(),
-        limits: Default::default(),
-        paused: None,
-        version: None,
-    };
-    store.create_binding(&def, 0).await.unwrap();
-    let started = Instant::now();
-    let progress = nachfass::segments::rebuild(&pipeline, "mittelstand", 1, |_| {})
-        .await
-        .unwrap();
-    let elapsed = started.elapsed();
-    println!(
-        "{dialect}: segment rebuild of {} contacts ({} entered): {:.0} contacts/s ({:.1} s; inserting them took {:.1} s)",
-        progress.evaluated,
-        progress.entered,
-        progress.evaluated as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        filled.as_secs_f64()
-    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

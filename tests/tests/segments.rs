@@ -15,7 +15,8 @@ use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::store::{ContactInput, Scope};
+use nachfass::store::tasks::SEGMENT_REBUILD;
+use nachfass::store::{ContactInput, PageChanges, Scope, TaskStep};
 use nachfass_tests::{DAY, guests, runtime};
 use serde_json::{Value as Json, json};
 
@@ -102,6 +103,16 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
     let member = page["members"][0].as_str().unwrap();
     let timeline = store.timeline(member, 5, None).await.unwrap();
     assert_eq!(timeline[0].kind, "segment.entered", "{dialect}");
+    // One event per contact that entered, each born processed: nachfass's
+    // own events have no profile effects left to apply.
+    let (written, unprocessed): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN processed_at IS NULL THEN 1 ELSE 0 END), 0) \
+         FROM events WHERE kind = 'segment.entered'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((written, unprocessed), (expected, 0), "{dialect}");
     stop.send(true).unwrap();
     running.await.unwrap();
     temp.cleanup(store).await;
@@ -110,4 +121,80 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
 nachfass_tests::on_both_databases!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     creating_a_segment_rebuilds_it_with_visible_progress
+);
+
+/// Two runners of one rebuild task (a lease that ran out while the first
+/// still worked, and the same node claimed the job again) both start a page
+/// after the same cursor: the page commits once; the second runner's copy
+/// writes nothing, counts nothing and tells its runner to stop.
+async fn a_page_from_a_stale_cursor_changes_nothing(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let input = ContactInput {
+            email: Some(format!("p{i}@firma.example")),
+            ..ContactInput::default()
+        };
+        ids.push(store.upsert_contact(&input, 0).await.unwrap().contact.id);
+    }
+    let task = store
+        .enqueue_task(SEGMENT_REBUILD, "mittelstand", "test", DAY)
+        .await
+        .unwrap();
+    let jobs = store.claim_jobs("node-a", DAY, 60_000, 10).await.unwrap();
+    let job = jobs.iter().find(|j| j.payload.contains(&task)).unwrap();
+    let enter: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let step = || TaskStep {
+        job,
+        task: &task,
+        from: None,
+        cursor: &ids[2],
+        evaluated: 3,
+    };
+    let first = store
+        .apply_rebuild_page("mittelstand", &enter[..2], &[], Some(step()), DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Some(PageChanges {
+            entered: 2,
+            left: 0
+        }),
+        "{dialect}"
+    );
+    // The same page again, evaluated by the second runner a moment later
+    // (it saw all three contacts as entering).
+    let second = store
+        .apply_rebuild_page("mittelstand", &enter, &[], Some(step()), DAY)
+        .await
+        .unwrap();
+    assert_eq!(second, None, "{dialect}: the stale page must not commit");
+    let progress = store.task(&task).await.unwrap();
+    assert_eq!(
+        (
+            progress.evaluated,
+            progress.entered,
+            progress.cursor.as_deref()
+        ),
+        (3, 2, Some(ids[2].as_str())),
+        "{dialect}: {progress:?}"
+    );
+    assert_eq!(
+        store.segment_size("mittelstand").await.unwrap(),
+        2,
+        "{dialect}"
+    );
+    let (events,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM events WHERE kind = 'segment.entered'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(events, 2, "{dialect}: one event per contact that entered");
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_page_from_a_stale_cursor_changes_nothing
 );

@@ -54,13 +54,16 @@ pub async fn show(
 ) -> Result<Json<Segment>, ApiError> {
     caller.require(Scope::Read)?;
     let def = segment(&state, &name).await?;
-    let size = state.pipeline.store.segment_size(&name).await?;
-    // Any node reads the progress: it is kept with the durable task.
+    // Any node reads the progress: it is kept with the durable task. Read
+    // before the size: a rebuild commits each page's members with its
+    // progress, so the size then includes at least what the progress shows
+    // (a finished rebuild's size is complete).
     let rebuild = state
         .pipeline
         .store
         .latest_task(SEGMENT_REBUILD, &name)
         .await?;
+    let size = state.pipeline.store.segment_size(&name).await?;
     Ok(Json(Segment {
         name: def.name,
         plugin: def.plugin,

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::jobs::{ClaimedJob, renew_lease_in};
+use super::tasks::advance_cursor_in;
+use super::{Dialect, Store, StoreError, new_id};
 use crate::model::{ActivityCount, Contact};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -37,8 +39,12 @@ impl Store {
             .map(super::contacts::from_row)
             .collect::<Result<Vec<_>, _>>()?;
         if let (Some(first), Some(last)) = (contacts.first(), contacts.last()) {
+            // Ordered along the by-contact index: ordered by segment alone,
+            // SQLite walks the whole primary key (segment, contact_id) for
+            // every page, and a rebuild becomes quadratic.
             let rows = sqlx::query(
-                "SELECT contact_id, segment FROM segment_members WHERE contact_id >= $1 AND contact_id <= $2 ORDER BY segment",
+                "SELECT contact_id, segment FROM segment_members WHERE contact_id >= $1 AND contact_id <= $2 \
+                 ORDER BY contact_id, segment",
             )
             .bind(first.id.clone())
             .bind(last.id.clone())
@@ -121,66 +127,213 @@ impl Store {
     }
 }
 
+/// Where a rebuild task records a page, in the page's own transaction: its
+/// cursor and progress, and the job's lease (renewed by its length).
+pub struct TaskStep<'a> {
+    pub job: &'a ClaimedJob,
+    pub task: &'a str,
+    /// The cursor the page started after (`None`: the first page).
+    pub from: Option<&'a str>,
+    /// The last contact id of the page.
+    pub cursor: &'a str,
+    pub evaluated: i64,
+}
+
+/// What a rebuild page changed: contacts that entered and left the segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageChanges {
+    pub entered: i64,
+    pub left: i64,
+}
+
 impl Store {
-    /// Writes a batch of membership changes of one segment and their
-    /// `segment.entered` / `segment.left` events in one transaction.
-    /// Returns (entered, left).
-    pub async fn apply_segment_changes(
+    /// Applies one rebuild page in one transaction: the contacts in
+    /// `enter` become members, those in `leave` stop being members, each
+    /// change gets its `segment.entered` / `segment.left` event, and the
+    /// task (if any) records the page. Set-based: a handful of statements
+    /// per page whatever its size, the ids passed as one JSON array.
+    ///
+    /// Idempotent per contact: a contact that is already a member (or
+    /// already gone, say by a live evaluation meanwhile) changes nothing
+    /// and gets no event. `None`: the task's lease was lost, or another
+    /// runner of the task moved its cursor first (a lease that ran out
+    /// while this one worked); nothing was written, and the caller stops.
+    pub async fn apply_rebuild_page(
         &self,
         segment: &str,
-        changes: &[(String, bool)],
+        enter: &[&str],
+        leave: &[&str],
+        step: Option<TaskStep<'_>>,
         now: i64,
-    ) -> Result<(i64, i64), StoreError> {
-        let properties = serde_json::json!({ "segment": segment }).to_string();
-        let (mut entered, mut left) = (0, 0);
+    ) -> Result<Option<PageChanges>, StoreError> {
         let mut tx = self.write_tx().await?;
-        for (contact_id, member) in changes {
-            let changed = if *member {
-                sqlx::query(
-                    "INSERT INTO segment_members (segment, contact_id, since) SELECT $1, $2, $3 \
-                     WHERE NOT EXISTS (SELECT 1 FROM segment_members WHERE segment = $1 AND contact_id = $2)",
-                )
-                .bind(segment.to_owned())
-                .bind(contact_id.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-            } else {
-                sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
-                    .bind(segment.to_owned())
-                    .bind(contact_id.clone())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-            };
-            if changed == 0 {
-                continue;
-            }
-            let kind = if *member {
-                "segment.entered"
-            } else {
-                "segment.left"
-            };
-            let event_id = super::new_id("e");
-            sqlx::query(
-                "INSERT INTO events (id, contact_id, kind, at, properties, received_at) VALUES ($1, $2, $3, $4, $5, $4)",
-            )
-            .bind(event_id.clone())
-            .bind(contact_id.clone())
-            .bind(kind)
-            .bind(now)
-            .bind(properties.clone())
-            .execute(&mut *tx)
+        if let Some(step) = &step
+            && !renew_lease_in(&mut tx, step.job, now + step.job.lease_ms).await?
+        {
+            return Ok(None);
+        }
+        let changes = self
+            .write_page_changes(&mut tx, segment, enter, leave, now)
             .await?;
-            super::events::count_event_in(&mut tx, &event_id, now).await?;
-            if self.routes_events() {
-                let job = super::jobs::RouteEvent { event_id };
-                super::jobs::enqueue_in(&mut tx, &job, now, now).await?;
+        if let Some(step) = step {
+            let counts = [step.evaluated, changes.entered, changes.left];
+            let advanced =
+                advance_cursor_in(&mut tx, step.task, step.from, step.cursor, counts, now).await?;
+            if !advanced {
+                return Ok(None);
             }
-            if *member { entered += 1 } else { left += 1 }
         }
         tx.commit().await?;
-        Ok((entered, left))
+        if changes.routed {
+            self.jobs_wake.notify();
+        }
+        Ok(Some(PageChanges {
+            entered: changes.entered,
+            left: changes.left,
+        }))
     }
+
+    /// The membership changes of a rebuild page and their events, in the
+    /// caller's transaction.
+    async fn write_page_changes(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        segment: &str,
+        enter: &[&str],
+        leave: &[&str],
+        now: i64,
+    ) -> Result<Written, StoreError> {
+        let entered = if enter.is_empty() {
+            Vec::new()
+        } else {
+            let sql = match self.dialect {
+                Dialect::Sqlite => {
+                    // `WHERE true`: SQLite's grammar needs it before an
+                    // upsert clause on INSERT … SELECT.
+                    "INSERT INTO segment_members (segment, contact_id, since) \
+                     SELECT $1, value, $2 FROM json_each($3) WHERE true \
+                     ON CONFLICT DO NOTHING RETURNING contact_id"
+                }
+                Dialect::Postgres => {
+                    "INSERT INTO segment_members (segment, contact_id, since) \
+                     SELECT $1, id, $2 FROM jsonb_array_elements_text($3::jsonb) AS ids(id) \
+                     ON CONFLICT DO NOTHING RETURNING contact_id"
+                }
+            };
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(segment.to_owned())
+                .bind(now)
+                .bind(json_array(enter))
+                .fetch_all(&mut *tx)
+                .await?
+        };
+        let left = if leave.is_empty() {
+            Vec::new()
+        } else {
+            let sql = match self.dialect {
+                Dialect::Sqlite => {
+                    "DELETE FROM segment_members WHERE segment = $1 \
+                     AND contact_id IN (SELECT value FROM json_each($2)) RETURNING contact_id"
+                }
+                Dialect::Postgres => {
+                    "DELETE FROM segment_members WHERE segment = $1 \
+                     AND contact_id IN (SELECT jsonb_array_elements_text($2::jsonb)) RETURNING contact_id"
+                }
+            };
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(segment.to_owned())
+                .bind(json_array(leave))
+                .fetch_all(&mut *tx)
+                .await?
+        };
+        let properties = serde_json::json!({ "segment": segment }).to_string();
+        let mut event_ids = Vec::with_capacity(entered.len() + left.len());
+        for (kind, contacts) in [("segment.entered", &entered), ("segment.left", &left)] {
+            if contacts.is_empty() {
+                continue;
+            }
+            let rows: Vec<(String, &str)> = contacts
+                .iter()
+                .map(|contact| (new_id("e"), contact.as_str()))
+                .collect();
+            let sql = match self.dialect {
+                Dialect::Sqlite => {
+                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
+                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2, $3, $4, $3, $3 \
+                     FROM json_each($1)"
+                }
+                Dialect::Postgres => {
+                    "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
+                     SELECT e->>0, e->>1, $2, $3, $4, $3, $3 FROM jsonb_array_elements($1::jsonb) AS rows(e)"
+                }
+            };
+            let json = serde_json::to_string(&rows)
+                .map_err(|e| StoreError::Invalid(format!("event rows: {e}")))?;
+            sqlx::query(sql)
+                .bind(json)
+                .bind(kind)
+                .bind(now)
+                .bind(properties.clone())
+                .execute(&mut *tx)
+                .await?;
+            event_ids.extend(rows.into_iter().map(|(id, _)| id));
+        }
+        if let Some(first) = event_ids.first() {
+            count_events_in(tx, first, now, event_ids.len()).await?;
+        }
+        // Events nachfass writes about a contact are born processed (no
+        // profile effects of their own) and routed to journeys at once.
+        let routed = self.routes_events() && !event_ids.is_empty();
+        if routed {
+            for event_id in event_ids {
+                super::jobs::enqueue_in(tx, &super::jobs::RouteEvent { event_id }, now, now)
+                    .await?;
+            }
+        }
+        Ok(Written {
+            entered: i64::try_from(entered.len()).unwrap_or(i64::MAX),
+            left: i64::try_from(left.len()).unwrap_or(i64::MAX),
+            routed,
+        })
+    }
+}
+
+/// What [`Store::write_page_changes`] wrote.
+struct Written {
+    entered: i64,
+    left: i64,
+    /// Route jobs were queued: the scheduler is woken after the commit.
+    routed: bool,
+}
+
+/// `["a","b"]`: ids handed to a statement as one parameter, so a page of
+/// any size is one prepared statement (and stays under bind limits).
+fn json_array(ids: &[&str]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
+/// Counts `n` touchpoints on their day for the dashboard, on one shard
+/// (any shard counts the same; the first event's id picks it, so
+/// concurrent pages rarely wait on the same row).
+async fn count_events_in(
+    conn: &mut sqlx::AnyConnection,
+    first_event_id: &str,
+    at: i64,
+    n: usize,
+) -> Result<(), StoreError> {
+    let hash = first_event_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    sqlx::query(
+        "INSERT INTO event_days (day, shard, events) VALUES ($1, $2, $3) \
+         ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + $3",
+    )
+    .bind(at.div_euclid(DAY_MS))
+    .bind(i64::try_from(hash % 64).unwrap_or(0))
+    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
 }

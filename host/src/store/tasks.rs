@@ -133,6 +133,36 @@ pub async fn enqueue_consequences_in(
     Ok(())
 }
 
+/// Moves a task's cursor from `from` past a finished page and adds the
+/// page's counts, in the caller's transaction (the one that wrote the
+/// page's effects). `false` when the cursor is no longer at `from`:
+/// another runner of the task got there first (a lease that ran out while
+/// this one still worked), and the caller rolls back.
+pub(super) async fn advance_cursor_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: Option<&str>,
+    to: &str,
+    counts: [i64; 3],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let [evaluated, entered, left] = counts;
+    let done = sqlx::query(
+        "UPDATE plugin_tasks SET cursor = $1, evaluated = evaluated + $2, entered = entered + $3, \
+         left_count = left_count + $4, updated_at = $5 WHERE id = $6 AND COALESCE(cursor, '') = $7",
+    )
+    .bind(to.to_owned())
+    .bind(evaluated)
+    .bind(entered)
+    .bind(left)
+    .bind(now)
+    .bind(id.to_owned())
+    .bind(from.unwrap_or_default().to_owned())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 impl Store {
     pub async fn enqueue_task(
         &self,
