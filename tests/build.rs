@@ -53,12 +53,23 @@ fn main() {
         names.join(", ")
     ));
 
-    // Every fixture must be used by a test, or it rots unnoticed.
-    let tests = std::fs::read_dir(manifest_dir.join("tests"))
-        .expect("tests/tests exists")
-        .filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .collect::<String>();
+    // Every fixture must be used by a test, or it rots unnoticed. A test
+    // may be a directory of files (`tests/journeys/`).
+    let mut tests = String::new();
+    let mut dirs = vec![manifest_dir.join("tests")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("tests/tests exists")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                tests.push_str(&text);
+            }
+        }
+    }
     for name in &names {
         if !tests.contains(&format!("guests::{name}")) {
             panic!("guest `{name}` is built but no test in tests/tests uses `guests::{name}`");

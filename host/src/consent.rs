@@ -6,15 +6,18 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use crate::journeys::send::idempotency_key;
 use crate::journeys::{Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::store::Consent;
 use crate::store::StoreError;
+use crate::store::consents::{ConsentStatus, Purpose, write_consent_in};
+use crate::store::contacts::contact_in;
 use crate::store::jobs::{ClaimedJob, JobArgs, JobOutcome, JobRegistry, enqueue_in, finish_in};
-use crate::store::journeys::{OutboxEntry, contact_in, new_outbox_id, record_in, write_consent_in};
+use crate::store::outbox::{OutboxEntry, OutboxStatus, new_outbox_id, queue_message_in};
+use crate::store::timeline::record_in;
 use crate::store::tracking::audit_in;
 use crate::tracking::TokenKind;
 
@@ -31,9 +34,8 @@ pub struct ConsentRequest {
     /// The channel kind consented to (`email`, `sms`).
     pub channel: String,
     /// `marketing` (default) or `transactional`.
-    #[serde(default = "marketing")]
-    #[schema(default = "marketing", pattern = "^(marketing|transactional)$")]
-    pub purpose: String,
+    #[serde(default)]
+    pub purpose: Purpose,
     /// The channel binding the confirmation message goes through.
     pub binding: String,
     #[serde(default)]
@@ -46,10 +48,6 @@ pub struct ConsentRequest {
     pub user_agent: Option<String>,
 }
 
-fn marketing() -> String {
-    "marketing".to_owned()
-}
-
 /// What became of a confirmation click.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Confirmation {
@@ -58,10 +56,11 @@ pub enum Confirmation {
     Expired,
 }
 
+#[derive(sqlx::FromRow)]
 struct Pending {
     contact_id: String,
     channel: String,
-    purpose: String,
+    purpose: Purpose,
     binding: String,
     status: String,
     source: Option<String>,
@@ -70,26 +69,14 @@ struct Pending {
 }
 
 async fn pending_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Pending>, StoreError> {
-    let row = sqlx::query(
+    let pending = sqlx::query_as::<_, Pending>(
         "SELECT contact_id, channel, purpose, binding, status, source, text_version, created_at \
          FROM consent_requests WHERE id = $1",
     )
     .bind(id.to_owned())
     .fetch_optional(conn)
     .await?;
-    row.map(|r| {
-        Ok(Pending {
-            contact_id: r.try_get("contact_id")?,
-            channel: r.try_get("channel")?,
-            purpose: r.try_get("purpose")?,
-            binding: r.try_get("binding")?,
-            status: r.try_get("status")?,
-            source: r.try_get("source")?,
-            text_version: r.try_get("text_version")?,
-            created_at: r.try_get("created_at")?,
-        })
-    })
-    .transpose()
+    Ok(pending)
 }
 
 /// Asks for consent: the consent is `pending` and the confirmation message
@@ -102,7 +89,7 @@ pub async fn request(
 ) -> Result<String, StoreError> {
     let store = &journeys.pipeline.store;
     let now = journeys.pipeline.clock.now();
-    let id = crate::store::journeys::new_run_id().replacen("r_", "cr_", 1);
+    let id = crate::store::runs::new_run_id().replacen("r_", "cr_", 1);
     let mut tx = store.write_tx().await?;
     let contact = contact_in(&mut tx, contact_id)
         .await?
@@ -129,7 +116,7 @@ pub async fn request(
     .bind(id.clone())
     .bind(contact_id.to_owned())
     .bind(asked.channel.clone())
-    .bind(asked.purpose.clone())
+    .bind(asked.purpose)
     .bind(asked.binding.clone())
     .bind(asked.source.clone())
     .bind(asked.text_version.clone())
@@ -140,8 +127,8 @@ pub async fn request(
     .await?;
     let pending = Consent {
         channel: asked.channel.clone(),
-        purpose: asked.purpose.clone(),
-        status: "pending".into(),
+        purpose: asked.purpose,
+        status: ConsentStatus::Pending,
         source: asked.source.clone(),
         text_version: asked.text_version.clone(),
         ip: asked.ip.clone(),
@@ -185,7 +172,7 @@ pub async fn request(
         "consent.requested",
         props(&[
             ("channel", &asked.channel),
-            ("purpose", &asked.purpose),
+            ("purpose", asked.purpose.as_str()),
             ("request", &id),
         ]),
         now,
@@ -258,15 +245,15 @@ async fn queue_confirmation(
         contact_id: contact.id.clone(),
         binding: binding.to_owned(),
         channel: channel.to_owned(),
-        purpose: "transactional".to_owned(),
+        purpose: Purpose::Transactional,
         message: serde_json::to_string(&message).map_err(|e| StoreError::Invalid(e.to_string()))?,
-        status: "pending".to_owned(),
+        status: OutboxStatus::Pending,
         provider_id: None,
         last_error: None,
         created_at: now,
         sent_at: None,
     };
-    crate::store::journeys::queue_message_in(tx, &entry, now).await?;
+    queue_message_in(tx, &entry, now).await?;
     Ok(())
 }
 
@@ -334,8 +321,8 @@ pub async fn confirm(
             );
             let granted = Consent {
                 channel: pending.channel.clone(),
-                purpose: pending.purpose.clone(),
-                status: "granted".into(),
+                purpose: pending.purpose,
+                status: ConsentStatus::Granted,
                 source: Some(source),
                 text_version: pending.text_version.clone(),
                 ip: ip.map(str::to_owned),
@@ -349,7 +336,7 @@ pub async fn confirm(
                 "consent.confirmed",
                 props(&[
                     ("channel", &pending.channel),
-                    ("purpose", &pending.purpose),
+                    ("purpose", pending.purpose.as_str()),
                     ("request", &request_id),
                 ]),
                 now,
@@ -467,13 +454,15 @@ pub(crate) async fn expire(
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE consents SET status = 'expired', updated_at = $1 \
-             WHERE contact_id = $2 AND channel = $3 AND purpose = $4 AND status = 'pending'",
+            "UPDATE consents SET status = $1, updated_at = $2 \
+             WHERE contact_id = $3 AND channel = $4 AND purpose = $5 AND status = $6",
         )
+        .bind(ConsentStatus::Expired)
         .bind(now)
         .bind(pending.contact_id.clone())
         .bind(pending.channel.clone())
-        .bind(pending.purpose.clone())
+        .bind(pending.purpose)
+        .bind(ConsentStatus::Pending)
         .execute(&mut *tx)
         .await?;
         record_in(

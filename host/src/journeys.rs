@@ -10,6 +10,7 @@
 
 mod advance;
 pub mod condition;
+pub mod preview;
 pub mod ready_made;
 mod route;
 pub(crate) mod send;
@@ -314,7 +315,7 @@ impl Journeys {
         let now = self.now();
         let store = &self.pipeline.store;
         let mut tx = store.write_tx().await?;
-        if crate::store::journeys::contact_in(&mut tx, contact_id)
+        if crate::store::contacts::contact_in(&mut tx, contact_id)
             .await?
             .is_none()
         {

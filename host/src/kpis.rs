@@ -14,7 +14,9 @@ use crate::store::{Store, StoreError};
 
 /// Counts for one group of messages (a step, a variant, a channel, or the
 /// whole journey).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+/// Read straight from the per-group query; the figures it does not
+/// select (delivered, responded, converted, rates) start at zero.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MessageKpis {
     pub step: Option<String>,
     pub variant: Option<String>,
@@ -28,6 +30,7 @@ pub struct MessageKpis {
     pub bounced_hard: i64,
     pub bounced_soft: i64,
     /// Sent minus bounced.
+    #[sqlx(default)]
     pub delivered: i64,
     pub opened_unique: i64,
     pub opened_total: i64,
@@ -36,9 +39,12 @@ pub struct MessageKpis {
     pub unsubscribed: i64,
     pub complained: i64,
     /// Messages followed by a response event within the attribution window.
+    #[sqlx(default)]
     pub responded: i64,
     /// Messages followed by the run's goal within the attribution window.
+    #[sqlx(default)]
     pub converted: i64,
+    #[sqlx(skip)]
     pub rates: Rates,
 }
 
@@ -152,7 +158,7 @@ pub async fn journey_kpis(
     let settings = def.kpi.clone().unwrap_or_default();
     let window = settings.attribution_window.millis;
     // One pass over the journey's messages: each carries its own counters.
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, MessageKpis>(
         "SELECT step, variant, channel, COUNT(*) AS queued, \
            COUNT(CASE WHEN status = 'delivered' THEN 1 END) AS sent, \
            COUNT(CASE WHEN status = 'failed' THEN 1 END) AS failed, \
@@ -173,29 +179,13 @@ pub async fn journey_kpis(
     .fetch_all(store.pool())
     .await?;
     let mut groups: BTreeMap<(String, Option<String>, String), MessageKpis> = BTreeMap::new();
-    for row in &rows {
-        let key: (String, Option<String>, String) = (
-            row.try_get("step")?,
-            row.try_get("variant")?,
-            row.try_get("channel")?,
+    for kpis in rows {
+        // Step and channel are never null in the outbox.
+        let key = (
+            kpis.step.clone().unwrap_or_default(),
+            kpis.variant.clone(),
+            kpis.channel.clone().unwrap_or_default(),
         );
-        let kpis = MessageKpis {
-            step: Some(key.0.clone()),
-            variant: key.1.clone(),
-            channel: Some(key.2.clone()),
-            queued: row.try_get("queued")?,
-            sent: row.try_get("sent")?,
-            failed: row.try_get("failed")?,
-            bounced_hard: row.try_get("bounced_hard")?,
-            bounced_soft: row.try_get("bounced_soft")?,
-            opened_unique: row.try_get("opened_unique")?,
-            opened_total: row.try_get("opened_total")?,
-            clicked_unique: row.try_get("clicked_unique")?,
-            clicked_total: row.try_get("clicked_total")?,
-            unsubscribed: row.try_get("unsubscribed")?,
-            complained: row.try_get("complained")?,
-            ..MessageKpis::default()
-        };
         groups.insert(key, kpis);
     }
 

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod consent;
+pub mod feedback;
 pub mod ingest;
 pub mod journeys;
 pub mod kpis;

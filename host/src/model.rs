@@ -4,6 +4,7 @@
 //! them to the WIT types at the plugin boundary.
 
 pub mod journey;
+pub mod status;
 
 use std::collections::BTreeMap;
 
@@ -178,7 +179,7 @@ pub struct ActivityCount {
 }
 
 /// A rendered message handed to a channel connector.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub idempotency_key: String,
@@ -189,8 +190,10 @@ pub struct Message {
     #[serde(default)]
     pub html: Option<String>,
     #[serde(default)]
+    #[schema(inline)]
     pub headers: Fields,
     #[serde(default)]
+    #[schema(inline)]
     pub metadata: Fields,
 }
 

@@ -10,9 +10,10 @@ use crate::journeys::{Journeys, props};
 use crate::model::{Message, SendError, Value};
 use crate::runtime::World;
 use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in};
-use crate::store::journeys::{
-    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, record_in, settle_outbox_in,
+use crate::store::outbox::{
+    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxStatus, Purpose, settle_outbox_in,
 };
+use crate::store::timeline::record_in;
 use crate::store::{BindingKind, StoreError};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
@@ -28,11 +29,11 @@ pub async fn deliver(
 ) -> Result<JobOutcome, StoreError> {
     let store = &journeys.pipeline.store;
     let entry = store.outbox_entry(outbox_id).await?;
-    let Some(entry) = entry.filter(|e| e.status == "pending") else {
+    let Some(entry) = entry.filter(|e| e.status == OutboxStatus::Pending) else {
         // Delivered, failed or cancelled already, or the contact erased.
         return settle(journeys, job, None).await;
     };
-    let marketing = entry.purpose == "marketing";
+    let marketing = entry.purpose == Purpose::Marketing;
     // A stop that came after the message was queued still wins.
     let suppressions = store.suppressions(&entry.contact_id).await?;
     if let Some(s) = suppressions
@@ -43,7 +44,7 @@ pub async fn deliver(
         return settle(
             journeys,
             job,
-            Some((&entry, "cancelled", None, Some(&reason))),
+            Some((&entry, OutboxStatus::Cancelled, None, Some(&reason))),
         )
         .await;
     }
@@ -54,7 +55,12 @@ pub async fn deliver(
         .find(|b| b.name == entry.binding);
     let Some(binding) = binding else {
         let reason = format!("channel binding `{}` was deleted", entry.binding);
-        return settle(journeys, job, Some((&entry, "failed", None, Some(&reason)))).await;
+        return settle(
+            journeys,
+            job,
+            Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
+        )
+        .await;
     };
     let Some(plugin) = journeys
         .pipeline
@@ -80,13 +86,23 @@ pub async fn deliver(
             return settle(
                 journeys,
                 job,
-                Some((&entry, "delivered", provider_id.as_deref(), None)),
+                Some((
+                    &entry,
+                    OutboxStatus::Delivered,
+                    provider_id.as_deref(),
+                    None,
+                )),
             )
             .await;
         }
         Ok(Err(SendError::Permanent(why))) => {
             let reason = format!("permanent: {why}");
-            return settle(journeys, job, Some((&entry, "failed", None, Some(&reason)))).await;
+            return settle(
+                journeys,
+                job,
+                Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
+            )
+            .await;
         }
         Ok(Err(SendError::RateLimited(seconds))) => {
             let wait = i64::from(seconds) * 1000;
@@ -107,7 +123,12 @@ pub async fn deliver(
         return Ok(retry(job, transient));
     }
     let reason = format!("gave up after {} attempts: {transient}", job.attempts);
-    settle(journeys, job, Some((&entry, "failed", None, Some(&reason)))).await
+    settle(
+        journeys,
+        job,
+        Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
+    )
+    .await
 }
 
 fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
@@ -121,16 +142,16 @@ fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
 async fn settle(
     journeys: &Journeys,
     job: &ClaimedJob,
-    outcome: Option<(&OutboxEntry, &str, Option<&str>, Option<&str>)>,
+    outcome: Option<(&OutboxEntry, OutboxStatus, Option<&str>, Option<&str>)>,
 ) -> Result<JobOutcome, StoreError> {
     let now = journeys.pipeline.clock.now();
     let mut tx = journeys.pipeline.store.write_tx().await?;
     if let Some((entry, status, provider_id, reason)) = outcome {
         settle_outbox_in(&mut tx, &entry.id, status, provider_id, reason, now).await?;
         let kind = match status {
-            "delivered" => "message.sent",
-            "cancelled" => "message.cancelled",
-            _ => "message.failed",
+            OutboxStatus::Delivered => "message.sent",
+            OutboxStatus::Cancelled => "message.cancelled",
+            OutboxStatus::Pending | OutboxStatus::Failed => "message.failed",
         };
         let mut properties = props(&[
             ("journey", &entry.journey),
@@ -138,7 +159,7 @@ async fn settle(
             ("run", &entry.run_id),
             ("binding", &entry.binding),
             ("channel", &entry.channel),
-            ("purpose", &entry.purpose),
+            ("purpose", entry.purpose.as_str()),
             ("message", &entry.idempotency_key),
         ]);
         for (key, value) in [

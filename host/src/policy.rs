@@ -7,7 +7,8 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::model::journey::{Duration, Purpose, SendWindow, Weekday, WhenBlocked};
-pub use crate::store::journeys::Suppression;
+use crate::model::status::ConsentStatus;
+pub use crate::store::suppressions::Suppression;
 
 /// At most `max` marketing messages per contact in any `per`, across all
 /// journeys and channels.
@@ -57,7 +58,7 @@ pub struct SendFacts<'a> {
     pub purpose: Purpose,
     pub channel: &'a str,
     /// Status of the contact's consent for this channel and marketing.
-    pub consent: Option<&'a str>,
+    pub consent: Option<ConsentStatus>,
     /// When that consent was last recorded.
     pub consent_at: Option<i64>,
     /// When the contact's address was erased before (it came back since).
@@ -98,12 +99,12 @@ pub fn decide(policy: &Policy, facts: &SendFacts<'_>) -> Decision {
             reason: "skipped: this address was erased; it needs new consent first".into(),
         };
     }
-    if marketing && facts.consent != Some("granted") {
+    if marketing && facts.consent != Some(ConsentStatus::Granted) {
         return Decision::Skip {
             reason: format!(
                 "skipped: no marketing consent for {} ({})",
                 facts.channel,
-                facts.consent.unwrap_or("none recorded")
+                facts.consent.map_or("none recorded", ConsentStatus::as_str)
             ),
         };
     }
@@ -216,7 +217,7 @@ mod tests {
         SendFacts {
             purpose: Purpose::Marketing,
             channel: "email",
-            consent: Some("granted"),
+            consent: Some(ConsentStatus::Granted),
             consent_at: Some(0),
             erased_at: None,
             suppressions: &[],
@@ -289,7 +290,7 @@ mod tests {
             matches!(decide(&policy, &f), Decision::Skip { reason } if reason.contains("unsubscribed"))
         );
         let mut f = facts(berlin(24, 10, 0));
-        f.consent = Some("pending");
+        f.consent = Some(ConsentStatus::Pending);
         assert_eq!(
             decide(&policy, &f),
             Decision::Skip {

@@ -11,7 +11,7 @@ use sha2::Sha256;
 
 use crate::ingest::Pipeline;
 use crate::policy::Suppression;
-use crate::store::journeys::suppress_in;
+use crate::store::suppressions::suppress_in;
 use crate::store::tracking::audit_in;
 use crate::store::{EventInput, StoreError};
 

@@ -18,13 +18,11 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::manifest::embed;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{Dialect, Scope, Store};
 use nachfass_tests::{database, guests, runtime};
 use serde_json::{Value, json};
@@ -119,12 +117,11 @@ async fn bench(dialect: &str, contacts: i64, events: i64) {
         .create_api_key("bench", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(ManualClock::new(NOW)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(ManualClock::new(NOW)),
+    );
     let journeys = Journeys::new(pipeline, Policy::default());
     let router = app(AppState::with_journeys(journeys.clone(), None));
     call(&router, &key, "/v1/plugins", tag(1), false).await;

@@ -18,9 +18,7 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{Dialect, Scope, Store};
 use nachfass_tests::runtime;
 use sqlx::Executor;
@@ -115,12 +113,11 @@ async fn bench(dialect: &str, url: &str, contacts: i64, events: i64) {
         .create_api_key("bench", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(ManualClock::new(NOW)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(ManualClock::new(NOW)),
+    );
     let router = app(AppState::new(pipeline, None));
     let messages = 100_000.min(contacts);
     println!(

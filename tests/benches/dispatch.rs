@@ -15,13 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nachfass::clock::Clock;
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Dialect, Store};
 use nachfass_tests::{guests, runtime};
 use serde_json::json;
@@ -141,12 +139,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         base: MINUTE_START,
         started: Instant::now(),
     });
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry,
-        clock: clock.clone(),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
     let journeys = Journeys::new(pipeline, Policy::default());
     let definition = json!({ "name": "dispatch", "trigger": "manual", "steps": [
         { "id": "hello", "type": "send", "binding": "hook",

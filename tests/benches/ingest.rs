@@ -14,10 +14,8 @@ use std::time::Instant;
 
 use nachfass::api::{AppState, app};
 use nachfass::clock::SystemClock;
-use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Scope, Store};
 use nachfass_tests::{guests, runtime};
 
@@ -146,12 +144,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
         };
         store.create_binding(&def, 0).await.unwrap();
     }
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry,
-        clock: Arc::new(SystemClock),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, Arc::new(SystemClock));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(

@@ -11,6 +11,7 @@ use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 pub mod client;
 pub mod languages;
 pub mod server;
+pub mod world;
 
 /// A guest crate and the component cargo built from it.
 #[derive(Clone, Copy, Debug)]

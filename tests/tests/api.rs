@@ -9,9 +9,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
 use nachfass_tests::DAY;
 use serde_json::{Value, json};
@@ -22,12 +20,11 @@ struct Client {
 
 impl Client {
     fn new(store: Store) -> Client {
-        let pipeline = Pipeline {
+        let pipeline = nachfass_tests::world::pipeline(
             store,
-            registry: Arc::new(Registry::new(nachfass_tests::runtime())),
-            clock: Arc::new(ManualClock::new(100 * DAY)),
-            stages: StageThresholds::default(),
-        };
+            Arc::new(Registry::new(nachfass_tests::runtime())),
+            Arc::new(ManualClock::new(100 * DAY)),
+        );
         let mut state = AppState::new(pipeline, None);
         // This clock stands in 1970: accept the small event times these
         // tests send (the range itself is tested in hardening.rs).

@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["policy", "render", "tracking", "privacy", "mailbox"],
     ),
     ("journeys", &["journeys"]),
-    ("delivery", &["outbox", "consent"]),
+    ("delivery", &["outbox", "consent", "feedback"]),
     ("analytics", &["kpis", "ab", "metrics", "backtest"]),
     ("worker", &["scheduler"]),
     ("edge", &["api", "cli"]),

@@ -6,22 +6,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use nachfass::api::{AppState, app};
-use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
-use nachfass::journeys::Journeys;
-use nachfass::policy::Policy;
-use nachfass::runtime::Registry;
 use nachfass::runtime::manifest::embed;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
-use nachfass::store::{EventInput, Scope, Store};
-use nachfass_tests::{DAY, TempStore, database, guests, nachfass_cli, runtime};
+use nachfass::store::EventInput;
+use nachfass_tests::world::TestWorld;
+use nachfass_tests::{DAY, guests, nachfass_cli};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -53,39 +45,10 @@ const MINUTE: i64 = 60_000;
 /// Where the history starts (2026-05-28).
 const START: i64 = 1_780_000_000_000;
 
-struct Setup {
-    router: axum::Router,
-    store: Store,
-    admin: String,
-    clock: Arc<ManualClock>,
-    journeys: Arc<Journeys>,
-    temp: TempStore,
-}
+type Setup = TestWorld;
 
 async fn setup(dialect: &str) -> Setup {
-    let (url, temp) = database(dialect).await;
-    let store = Store::connect(&url).await.unwrap();
-    let (_, admin) = store
-        .create_api_key("admin", &[Scope::Admin], 0)
-        .await
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(START));
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: clock.clone(),
-        stages: StageThresholds::default(),
-    };
-    let journeys = Journeys::new(pipeline, Policy::default());
-    let router = app(AppState::with_journeys(journeys.clone(), None));
-    Setup {
-        router,
-        store,
-        admin,
-        clock,
-        journeys,
-        temp,
-    }
+    TestWorld::start(dialect, START).await
 }
 
 async fn call(
@@ -180,7 +143,13 @@ async fn events(s: &Setup, email: &str, kind: &str, count: usize) -> i64 {
     s.clock_now()
 }
 
-impl Setup {
+/// Helpers on the shared world that only these tests use.
+trait SetupExt {
+    fn clock_now(&self) -> i64;
+    async fn contact_id(&self, email: &str) -> String;
+}
+
+impl SetupExt for Setup {
     fn clock_now(&self) -> i64 {
         use nachfass::clock::Clock;
         self.clock.now()

@@ -5,58 +5,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use nachfass::api::{AppState, app};
-use nachfass::clock::{Clock, ManualClock};
-use nachfass::ingest::Pipeline;
-use nachfass::journeys::Journeys;
+use nachfass::clock::Clock;
 use nachfass::model::Value as Attr;
-use nachfass::policy::Policy;
-use nachfass::runtime::Registry;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
-use nachfass::store::{ContactInput, Scope, Store};
-use nachfass_tests::{DAY, TempStore, database, guests, runtime};
+use nachfass::store::ContactInput;
+use nachfass_tests::world::TestWorld;
+use nachfass_tests::{DAY, guests};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-struct Setup {
-    router: axum::Router,
-    store: Store,
-    admin: String,
-    clock: Arc<ManualClock>,
-    journeys: Arc<Journeys>,
-    temp: TempStore,
-}
+type Setup = TestWorld;
 
 async fn setup(dialect: &str) -> Setup {
-    let (url, temp) = database(dialect).await;
-    let store = Store::connect(&url).await.unwrap();
-    let (_, admin) = store
-        .create_api_key("admin", &[Scope::Admin], 0)
-        .await
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(10 * DAY));
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: clock.clone(),
-        stages: StageThresholds::default(),
-    };
-    let journeys = Journeys::new(pipeline, Policy::default());
-    let router = app(AppState::with_journeys(journeys.clone(), None));
-    Setup {
-        router,
-        store,
-        admin,
-        clock,
-        journeys,
-        temp,
-    }
+    TestWorld::start(dialect, 10 * DAY).await
 }
 
 async fn call(

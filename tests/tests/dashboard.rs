@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use nachfass::api::{AppState, app};
 use nachfass::clock::SystemClock;
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::manifest::embed;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
 use nachfass_tests::server::{free_port, http, http_bytes};
 use nachfass_tests::{HttpSink, guests, runtime, stores};
@@ -201,12 +199,7 @@ async fn the_dashboard_shows_what_the_api_created() {
             .await
             .unwrap();
     }
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry,
-        clock: Arc::new(SystemClock),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, Arc::new(SystemClock));
     let (_, key) = store
         .create_api_key("dashboard", &[Scope::Admin], 0)
         .await
@@ -502,12 +495,11 @@ fn listed_binding(port: u16, key: &str, name: &str) -> Value {
 async fn the_dashboard_deploys_plugins_and_bindings(dialect: &'static str) {
     let (url, temp) = nachfass_tests::database(dialect).await;
     let store = nachfass::store::Store::connect(&url).await.unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(SystemClock),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(SystemClock),
+    );
     let (_, key) = store
         .create_api_key("dashboard", &[Scope::Admin], 0)
         .await

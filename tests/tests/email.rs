@@ -12,14 +12,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use nachfass::clock::{Clock, ManualClock};
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::{Journeys, ready_made};
 use nachfass::model::Value;
+use nachfass::model::status::{ConsentStatus, Purpose};
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
 use nachfass_tests::server::free_port;
 use nachfass_tests::{DAY, TempStore, guests, runtime};
@@ -136,12 +135,7 @@ impl World {
     async fn new(store: Store, temp: TempStore, registry: Arc<Registry>) -> World {
         let smtp = SmtpSink::start();
         let clock = Arc::new(ManualClock::new(MONDAY_10));
-        let pipeline = Pipeline {
-            store: store.clone(),
-            registry,
-            clock: clock.clone(),
-            stages: StageThresholds::default(),
-        };
+        let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
         let binding = BindingDef {
             name: "mail".into(),
             kind: BindingKind::Channel,
@@ -197,8 +191,8 @@ impl World {
             .unwrap();
         let consent = Consent {
             channel: "email".into(),
-            purpose: "marketing".into(),
-            status: "granted".into(),
+            purpose: Purpose::Marketing,
+            status: ConsentStatus::Granted,
             source: Some("checkout".into()),
             text_version: Some("2026-01".into()),
             ip: Some("192.0.2.1".into()),
@@ -504,7 +498,7 @@ async fn double_opt_in_grants_consent_only_after_the_click(dialect: &'static str
     for id in &ids {
         let asked = nachfass::consent::ConsentRequest {
             channel: "email".into(),
-            purpose: "marketing".into(),
+            purpose: Purpose::Marketing,
             binding: "mail".into(),
             source: Some("newsletter form".into()),
             text_version: Some("2026-11".into()),

@@ -13,12 +13,10 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::{Clock, ManualClock};
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Scope, Store};
 use nachfass::tracking::TokenKind;
 use nachfass_tests::{DAY, TempStore, guests};
@@ -99,12 +97,7 @@ impl Api {
         };
         store.create_binding(&hook, 0).await.unwrap();
         let clock = Arc::new(ManualClock::new(NOW));
-        let pipeline = Pipeline {
-            store: store.clone(),
-            registry,
-            clock: clock.clone(),
-            stages: StageThresholds::default(),
-        };
+        let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
         let journeys = Journeys::new(pipeline, Policy::default());
         let mut state = AppState::with_journeys(journeys.clone(), None);
         configure(&mut state);
@@ -666,18 +659,14 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
         consents
             .iter()
             .find(|c| c.channel == channel)
-            .map(|c| c.status.clone())
+            .map(|c| c.status.as_str())
     };
     assert_eq!(
-        status_of("webhook").as_deref(),
+        status_of("webhook"),
         Some("withdrawn"),
         "{dialect}: the stricter one"
     );
-    assert_eq!(
-        status_of("sms").as_deref(),
-        Some("granted"),
-        "{dialect}: moved"
-    );
+    assert_eq!(status_of("sms"), Some("granted"), "{dialect}: moved");
     assert!(
         !api.store.suppressions(&ada).await.unwrap().is_empty(),
         "{dialect}: the suppression moved"

@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nachfass::clock::{Clock, ManualClock};
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::scheduler::{Scheduler, SchedulerConfig, job_registry};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::StoreError;
 use nachfass::store::jobs::{DEFAULT_MAX_ATTEMPTS, JobArgs, JobOutcome};
 use nachfass_tests::server::{Server, create_admin_key, free_port, http};
@@ -71,12 +69,11 @@ async fn job_row(store: &nachfass::store::Store, kind: &str) -> (i64, Option<i64
 async fn kinds_run_by_their_handlers(dialect: &str) {
     let (store, temp) = store(dialect).await;
     let clock = Arc::new(ManualClock::new(NOW));
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: clock.clone(),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        clock.clone(),
+    );
     let journeys = Journeys::new(pipeline, Policy::default());
 
     // The server's registry runs every kind the server queues.
@@ -176,12 +173,11 @@ impl JobArgs for Slow {
 /// polling meanwhile never runs it beside the first.
 async fn a_long_job_keeps_its_lease(dialect: &'static str) {
     let (store, temp) = store(dialect).await;
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(nachfass::clock::SystemClock),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(nachfass::clock::SystemClock),
+    );
     let journeys = Journeys::new(pipeline, Policy::default());
     let runs = Arc::new(AtomicU32::new(0));
     let node = |runs: Arc<AtomicU32>| {

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::model::Value;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, EventInput};
 use nachfass_tests::{DAY, guests, runtime};
 
@@ -39,12 +37,7 @@ async fn touchpoints_move_score_stage_and_segments(dialect: &'static str) {
     }
     let (store, temp) = nachfass_tests::store(dialect).await;
     let clock = Arc::new(ManualClock::new(200 * DAY));
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: registry.clone(),
-        clock: clock.clone(),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(store.clone(), registry.clone(), clock.clone());
     let scorer = BindingDef {
         name: "engagement".into(),
         kind: BindingKind::Scorer,
@@ -172,12 +165,11 @@ async fn a_failing_scorer_never_loses_the_touchpoint(dialect: &'static str) {
         .await
         .unwrap();
     let (store, temp) = nachfass_tests::store(dialect).await;
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: registry.clone(),
-        clock: Arc::new(ManualClock::new(DAY)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        registry.clone(),
+        Arc::new(ManualClock::new(DAY)),
+    );
     let def = BindingDef {
         name: "broken".into(),
         kind: BindingKind::Scorer,
@@ -231,12 +223,11 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up(dialect:
         .await
         .unwrap();
     let (store, temp) = nachfass_tests::store(dialect).await;
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: registry.clone(),
-        clock: Arc::new(ManualClock::new(DAY)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        registry.clone(),
+        Arc::new(ManualClock::new(DAY)),
+    );
     let def = BindingDef {
         name: "fit".into(),
         kind: BindingKind::Scorer,

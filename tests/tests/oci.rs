@@ -15,11 +15,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, OciSettings, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::oci::{AllowedRegistries, OciClient};
 use nachfass::runtime::Registry;
 use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
 use nachfass_tests::{guests, nachfass_cli, signing_runtime, stores};
 use serde_json::{Value, json};
@@ -172,12 +170,11 @@ async fn install_by_reference_from_an_allowed_registry_only(dialect: &str) {
         .create_api_key("admin", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime)),
-        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime)),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+    );
     let mut state = AppState::new(pipeline, None);
     state.oci = OciSettings {
         allowed: AllowedRegistries(vec![registry.address.clone()]),

@@ -9,11 +9,9 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::plugins::Plugins;
 use nachfass::runtime::Registry;
 use nachfass::runtime::manifest::embed;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::Scope;
 use nachfass_tests::{DAY, database, guests, runtime};
 use serde_json::{Value, json};
@@ -70,12 +68,11 @@ async fn upload_bind_and_swap_while_ingesting_without_a_failed_request(dialect: 
         .create_api_key("admin", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(ManualClock::new(10 * DAY)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(ManualClock::new(10 * DAY)),
+    );
     let router = app(AppState::new(pipeline, Some(dir.path().to_owned())));
 
     // Bad uploads say why and install nothing.
@@ -327,12 +324,7 @@ async fn node(url: &str, dialect: &str) -> (axum::Router, Arc<Registry>) {
         (std::time::Duration::from_millis(100), None)
     };
     Plugins::new(store.clone(), registry.clone(), clock.clone()).spawn_sync(interval, listen);
-    let pipeline = Pipeline {
-        store,
-        registry: registry.clone(),
-        clock,
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(store, registry.clone(), clock);
     (app(AppState::new(pipeline, None)), registry)
 }
 

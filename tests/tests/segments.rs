@@ -9,14 +9,12 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::journeys::Journeys;
 use nachfass::model::Value;
 use nachfass::policy::Policy;
 use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::tasks::SEGMENT_REBUILD;
 use nachfass::store::{ContactInput, PageChanges, Scope, TaskStep};
 use nachfass_tests::{DAY, guests, runtime};
@@ -52,12 +50,11 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
         };
         store.upsert_contact(&input, 0).await.unwrap();
     }
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: registry.clone(),
-        clock: Arc::new(ManualClock::new(DAY)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        registry.clone(),
+        Arc::new(ManualClock::new(DAY)),
+    );
     // The rebuild is a durable job: a scheduler runs it.
     let journeys = Journeys::new(pipeline, Policy::default());
     let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());

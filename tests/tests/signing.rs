@@ -12,10 +12,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
 use nachfass::runtime::signature::{self, PublisherKey, SignaturePolicy};
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
 use nachfass_tests::{TempStore, guests, nachfass_cli, signing_runtime, stores};
 use serde_json::{Value, json};
@@ -133,12 +131,11 @@ async fn server(dialect: &str, signatures: SignaturePolicy) -> Server {
         .create_api_key("admin", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime)),
-        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime)),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+    );
     Server {
         router: app(AppState::new(pipeline, None)),
         admin,

@@ -10,9 +10,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use nachfass::api::{AppState, app};
 use nachfass::clock::ManualClock;
-use nachfass::ingest::Pipeline;
 use nachfass::runtime::Registry;
-use nachfass::scoring::StageThresholds;
 use nachfass::store::{Scope, Store};
 use nachfass_tests::{DAY, database, guests, runtime};
 use serde_json::Value;
@@ -56,12 +54,11 @@ async fn components_arrive_with_or_without_their_manifest(dialect: &str) {
         .create_api_key("admin", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(ManualClock::new(DAY)),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(ManualClock::new(DAY)),
+    );
     let router = app(AppState::new(pipeline, None));
     // The raw component, as another toolchain leaves it: no manifest inside.
     let raw = guests::ENGAGEMENT.bytes();

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::ErrorBody;
@@ -17,8 +17,11 @@ use super::{ApiError, AppState};
 use crate::consent::ConsentRequest;
 use crate::journeys::definition::{Purpose, Trigger};
 use crate::journeys::{JourneyDef, JourneyError, Saved, ready_made};
+use crate::model::Message;
+use crate::model::status::ConsentStatus;
+use crate::model::status::OutboxStatus;
 use crate::render::Rendered;
-use crate::store::{Consent, Scope};
+use crate::store::{Consent, OutboxEntry, Scope, StoreError};
 
 impl From<JourneyError> for ApiError {
     fn from(error: JourneyError) -> Self {
@@ -47,7 +50,6 @@ pub struct JourneySummary {
     #[schema(value_type = String)]
     pub purpose: Purpose,
     /// What enrols a contact (see the README's journey definitions).
-    #[schema(value_type = Object)]
     pub trigger: Trigger,
     /// Runs by status.
     pub runs: BTreeMap<String, i64>,
@@ -112,7 +114,7 @@ impl From<Saved> for SavedVersion {
     summary = "Save a journey definition as its next version (validated)",
     security(("apiKey" = ["admin"])),
     params(("name" = String, Path, description = "The journey; the definition must name the same")),
-    request_body(content = Object, description = "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README"),
+    request_body(content = JourneyDef, description = "A journey definition: name, description, purpose (marketing | transactional), trigger, re_entry, goals, send_window, steps; see the README"),
     responses(
         (status = 200, description = "Equal to the latest version: nothing saved", body = SavedVersion),
         (status = 201, description = "Saved as a new version", body = SavedVersion),
@@ -149,7 +151,7 @@ pub struct Validation {
     summary = "Check a definition without saving it (every problem a save would report)",
     security(("apiKey" = ["read"])),
     params(("name" = String, Path, description = "The journey the definition is for")),
-    request_body(content = Object, description = "A journey definition, as for PUT /v1/journeys/{name}"),
+    request_body(content = JourneyDef, description = "A journey definition, as for PUT /v1/journeys/{name}"),
     responses((status = 200, description = "The verdict (also for an invalid definition)", body = Validation)))]
 pub async fn check(
     State(state): State<AppState>,
@@ -212,7 +214,6 @@ pub struct JourneyView {
     pub version: i64,
     pub active: bool,
     /// The latest definition (see the README's journey definitions).
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
     /// Newest first.
     pub versions: Vec<VersionEntry>,
@@ -263,7 +264,6 @@ pub async fn show(
 pub struct JourneyVersionView {
     pub name: String,
     pub version: i64,
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
 }
 
@@ -417,7 +417,6 @@ pub async fn enroll(
 pub struct Template {
     pub name: &'static str,
     pub description: String,
-    #[schema(value_type = Object)]
     pub definition: JourneyDef,
 }
 
@@ -483,8 +482,7 @@ pub async fn install(
 /// A contact's journey runs.
 #[derive(Serialize, ToSchema)]
 pub struct Runs {
-    /// Newest first: id, journey, version, status, step, started_at, ended_at, exit_reason.
-    #[schema(value_type = Vec<Object>)]
+    /// Newest first.
     pub runs: Vec<crate::store::Run>,
 }
 
@@ -510,10 +508,56 @@ pub async fn contact_runs(
 /// A contact's messages.
 #[derive(Serialize, ToSchema)]
 pub struct Messages {
-    /// Newest first: the outbox entry with its rendered `message` (tracking
-    /// tokens redacted unless the key is an admin's).
-    #[schema(value_type = Vec<Object>)]
-    pub messages: Vec<Value>,
+    /// Newest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// A queued or sent message: the outbox entry with its rendered `message`
+/// (tracking tokens redacted unless the key is an admin's).
+#[derive(Serialize, ToSchema)]
+pub struct MessageView {
+    pub id: String,
+    /// Also the email's Message-ID: the same on every retry.
+    pub idempotency_key: String,
+    pub run_id: String,
+    pub journey: String,
+    pub step: String,
+    pub variant: Option<String>,
+    pub contact_id: String,
+    pub binding: String,
+    pub channel: String,
+    pub purpose: Purpose,
+    /// The rendered message; null if it cannot be read back.
+    pub message: Option<Message>,
+    pub status: OutboxStatus,
+    /// The provider's id for the message, once delivered.
+    pub provider_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+impl MessageView {
+    fn new(entry: OutboxEntry, message: Option<Message>) -> MessageView {
+        MessageView {
+            id: entry.id,
+            idempotency_key: entry.idempotency_key,
+            run_id: entry.run_id,
+            journey: entry.journey,
+            step: entry.step,
+            variant: entry.variant,
+            contact_id: entry.contact_id,
+            binding: entry.binding,
+            channel: entry.channel,
+            purpose: entry.purpose,
+            message,
+            status: entry.status,
+            provider_id: entry.provider_id,
+            last_error: entry.last_error,
+            created_at: entry.created_at,
+            sent_at: entry.sent_at,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/contacts/{id}/messages", tag = "contacts",
@@ -539,17 +583,15 @@ pub async fn contact_messages(
     } else {
         Some(state.journeys.tracking().await?)
     };
-    let messages: Vec<Value> = entries
+    let messages = entries
         .into_iter()
         .map(|e| {
             let message = match &tracking {
                 Some(tracking) => tracking.redact(&e.message),
                 None => e.message.clone(),
             };
-            let message: Value = serde_json::from_str(&message).unwrap_or(Value::Null);
-            let mut entry = json!(e);
-            entry["message"] = message;
-            entry
+            let message = serde_json::from_str(&message).ok();
+            MessageView::new(e, message)
         })
         .collect();
     Ok(Json(Messages { messages }))
@@ -559,12 +601,10 @@ pub async fn contact_messages(
 #[derive(Serialize, ToSchema)]
 pub struct Consents {
     /// Per channel and purpose: status, source and proof.
-    #[schema(value_type = Vec<ConsentInput>)]
     pub consents: Vec<Consent>,
     /// Addresses suppressed (unsubscribed, bounced, objected); absent in
     /// the answer to a change.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
     pub suppressions: Option<Vec<crate::policy::Suppression>>,
 }
 
@@ -621,18 +661,37 @@ fn marketing() -> String {
     "marketing".to_owned()
 }
 
-impl From<ConsentInput> for Consent {
-    fn from(input: ConsentInput) -> Self {
-        Consent {
+impl TryFrom<ConsentInput> for Consent {
+    type Error = StoreError;
+
+    /// Checks the status (one an operator may set: not `expired`) and the
+    /// purpose, naming the field that was wrong.
+    fn try_from(input: ConsentInput) -> Result<Self, StoreError> {
+        let status = input
+            .status
+            .parse::<ConsentStatus>()
+            .ok()
+            .filter(|s| *s != ConsentStatus::Expired)
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "consent status `{}` must be granted, pending or withdrawn",
+                    input.status
+                ))
+            })?;
+        let purpose = input
+            .purpose
+            .parse::<Purpose>()
+            .map_err(|e| StoreError::Invalid(format!("consent {e}")))?;
+        Ok(Consent {
             channel: input.channel,
-            purpose: input.purpose,
-            status: input.status,
+            purpose,
+            status,
             source: input.source,
             text_version: input.text_version,
             ip: input.ip,
             user_agent: input.user_agent,
             updated_at: input.updated_at,
-        }
+        })
     }
 }
 
@@ -652,8 +711,8 @@ pub async fn set_consent(
     Path(id): Path<String>,
     ApiJson(consent): ApiJson<ConsentInput>,
 ) -> Result<Json<Consents>, ApiError> {
-    let consent = Consent::from(consent);
     caller.require(Scope::Write)?;
+    let consent = Consent::try_from(consent)?;
     let now = state.pipeline.clock.now();
     state.pipeline.store.set_consent(&id, &consent, now).await?;
     state
@@ -771,57 +830,12 @@ pub async fn preview(
     ApiJson(request): ApiJson<PreviewRequest>,
 ) -> Result<Json<Rendered>, ApiError> {
     caller.require(Scope::Read)?;
-    let store = &state.pipeline.store;
-    let (_, def) = state.journeys.latest(&name).await?;
-    let Some((
-        _,
-        crate::journeys::definition::Step::Send {
-            template, variants, ..
-        },
-    )) = def.step(&request.step)
-    else {
-        return Err(ApiError::invalid(format!(
-            "journey {name} has no send step `{}`",
-            request.step
-        )));
+    let asked = crate::journeys::preview::Preview {
+        journey: &name,
+        step: &request.step,
+        variant: request.variant.as_deref(),
+        contact_id: &request.contact_id,
+        event_id: request.event_id.as_deref(),
     };
-    let template = match &request.variant {
-        Some(wanted) => variants
-            .iter()
-            .find(|v| &v.name == wanted)
-            .map(|v| &v.template)
-            .ok_or_else(|| {
-                ApiError::invalid(format!("step `{}` has no variant `{wanted}`", request.step))
-            })?,
-        None => template
-            .as_ref()
-            .or(variants.first().map(|v| &v.template))
-            .ok_or_else(|| ApiError::invalid("the step has no template"))?,
-    };
-    let mut contact = store.contact(&request.contact_id).await?;
-    contact.segments = store.memberships(&contact.id).await?;
-    let event = match &request.event_id {
-        Some(id) => {
-            let mut conn = store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            crate::store::journeys::event_in(&mut conn, id)
-                .await?
-                .filter(|e| e.contact_id == contact.id)
-        }
-        None => None,
-    };
-    let context = crate::render::RenderContext {
-        contact: &contact,
-        event: event.as_ref(),
-        journey: crate::render::JourneyContext {
-            name: &name,
-            step: &request.step,
-            variant: request.variant.as_deref(),
-        },
-    };
-    let rendered = crate::render::render(template, &context).map_err(ApiError::invalid)?;
-    Ok(Json(rendered))
+    Ok(Json(state.journeys.preview(asked).await?))
 }

@@ -7,13 +7,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Serialize;
-use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::extract::Caller;
 use super::{ApiError, AppState};
-use crate::store::{BindingKind, Scope, ScoreEntry};
+use crate::store::{BindingKind, MessageCounts, Scope, ScoreEntry};
 
 const DAY: i64 = 24 * 60 * 60 * 1000;
 
@@ -31,10 +30,6 @@ pub async fn dashboard() -> Response {
     responses((status = 303, description = "To /dashboard", headers(("location" = String)))))]
 pub async fn root() -> Redirect {
     Redirect::to("/dashboard")
-}
-
-fn internal(e: sqlx::Error) -> ApiError {
-    ApiError::Internal(e.to_string())
 }
 
 /// A figure for one day.
@@ -71,44 +66,21 @@ pub async fn overview(
     let store = &state.pipeline.store;
     let now = state.pipeline.clock.now();
     let since = (now / DAY - 29) * DAY;
-    let days = sqlx::query(
-        "SELECT day, CAST(SUM(events) AS BIGINT) AS n FROM event_days WHERE day >= $1 GROUP BY day ORDER BY day",
-    )
-    .bind(since / DAY)
-    .fetch_all(store.pool())
-    .await
-    .map_err(internal)?;
     let mut events_per_day = Vec::new();
     let mut total = 0;
-    for row in &days {
-        let (day, n): (i64, i64) = (
-            row.try_get("day").map_err(internal)?,
-            row.try_get("n").map_err(internal)?,
-        );
+    for (day, n) in store.events_per_day(since / DAY).await? {
         total += n;
         events_per_day.push(DayCount {
             day: day * DAY,
             count: n,
         });
     }
-    let messages = sqlx::query(
-        "SELECT COUNT(CASE WHEN status = 'delivered' THEN 1 END) AS sent, \
-                COUNT(CASE WHEN opens > 0 THEN 1 END) AS opened, \
-                COUNT(CASE WHEN clicks > 0 THEN 1 END) AS clicked, \
-                COUNT(CASE WHEN bounce IS NOT NULL THEN 1 END) AS bounced \
-         FROM outbox WHERE created_at >= $1",
-    )
-    .bind(since)
-    .fetch_one(store.pool())
-    .await
-    .map_err(internal)?;
-    let count = |name: &str| messages.try_get::<i64, _>(name).map_err(internal);
-    let (sent, opened, clicked, bounced) = (
-        count("sent")?,
-        count("opened")?,
-        count("clicked")?,
-        count("bounced")?,
-    );
+    let MessageCounts {
+        sent,
+        opened,
+        clicked,
+        bounced,
+    } = store.message_counts(since).await?;
     let delivered = (sent - bounced).max(0);
     let rate = |n: i64| (delivered > 0).then(|| n as f64 / delivered as f64);
     let active = store
@@ -166,18 +138,7 @@ pub async fn segments(
     let today = state.pipeline.clock.now() / DAY;
     let mut segments = Vec::new();
     for def in store.bindings(BindingKind::Segment).await? {
-        let rows = sqlx::query(
-            "SELECT since / 86400000 AS day, COUNT(*) AS n FROM segment_members WHERE segment = $1 GROUP BY since / 86400000 ORDER BY day",
-        )
-        .bind(def.name.clone())
-        .fetch_all(store.pool())
-        .await
-        .map_err(internal)?;
-        let joined: Vec<(i64, i64)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get("day")?, r.try_get("n")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(internal)?;
+        let joined = store.segment_joins_per_day(&def.name).await?;
         let members: i64 = joined.iter().map(|(_, n)| n).sum();
         let size_per_day: Vec<DaySize> = (today - 29..=today)
             .map(|day| {

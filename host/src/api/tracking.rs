@@ -18,9 +18,9 @@ use utoipa::ToSchema;
 use super::error::ErrorBody;
 use super::extract::ApiBytes;
 use super::{ApiError, AppState};
-use crate::model::{Callback, DeliveryStatus, Value as FieldValue};
-use crate::runtime::World;
-use crate::store::{BindingKind, EventInput, OutboxEntry};
+use crate::feedback::CallbackError;
+use crate::model::{Callback, Value as FieldValue};
+use crate::store::OutboxEntry;
 use crate::tracking::{LINKS, TokenKind};
 
 /// A transparent 1×1 GIF.
@@ -54,38 +54,14 @@ async fn message_of(
     Ok((kind, entry))
 }
 
-/// Stores what the recipient did as an event on their timeline, with
-/// `unique: true` the first time for this message.
+/// Records what the recipient did; see [`crate::feedback::record`].
 async fn record(
     state: &AppState,
     entry: &OutboxEntry,
     what: &str,
     extra: &[(&str, &str)],
 ) -> Result<(), ApiError> {
-    let now = state.pipeline.clock.now();
-    let before = state
-        .pipeline
-        .store
-        .message_event(&entry.id, what, extra.first().map(|(_, v)| *v), now)
-        .await?;
-    let mut properties = crate::journeys::props(&[
-        ("message", &entry.idempotency_key),
-        ("journey", &entry.journey),
-        ("step", &entry.step),
-    ]);
-    if let Some(variant) = &entry.variant {
-        properties.insert("variant".into(), FieldValue::Text(variant.clone()));
-    }
-    properties.extend(crate::journeys::props(extra));
-    properties.insert("unique".into(), FieldValue::Boolean(before == 0));
-    let event = EventInput {
-        kind: format!("{}.{what}", entry.channel),
-        contact_id: Some(entry.contact_id.clone()),
-        properties,
-        ..EventInput::default()
-    };
-    state.pipeline.ingest(&event).await?;
-    Ok(())
+    Ok(crate::feedback::record(&state.pipeline, entry, what, extra).await?)
 }
 
 #[utoipa::path(get, path = "/t/o/{token}", tag = "tracking",
@@ -210,18 +186,6 @@ pub async fn callback(
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<CallbackReport>, ApiError> {
-    let store = &state.pipeline.store;
-    let def = store
-        .bindings(BindingKind::Channel)
-        .await?
-        .into_iter()
-        .find(|b| b.name == binding)
-        .ok_or_else(|| callback_refused(&binding, "no such channel binding"))?;
-    let plugin = state
-        .pipeline
-        .registry
-        .resolve(&def.plugin, def.version.as_deref())
-        .ok_or_else(|| callback_refused(&binding, "its plugin is not loaded"))?;
     let callback = Callback {
         method: method.to_string(),
         path: format!("/v1/callbacks/{binding}"),
@@ -231,56 +195,16 @@ pub async fn callback(
             .collect(),
         body: body.to_vec(),
     };
-    let runtime_binding = crate::scoring::runtime_binding(&def, World::Channel, &plugin);
-    let events = match plugin
-        .parse_callback(&runtime_binding, state.pipeline.clock.now(), &callback)
-        .await
-    {
-        Ok(Ok(events)) => events,
-        Ok(Err(declined)) => {
-            return Err(callback_refused(&binding, &declined.to_string()));
-        }
-        Err(failed) => return Err(ApiError::Internal(failed.to_string())),
+    let outcome = match crate::feedback::callback(&state.pipeline, &binding, &callback).await {
+        Ok(outcome) => outcome,
+        Err(CallbackError::Refused(reason)) => return Err(callback_refused(&binding, &reason)),
+        Err(CallbackError::Plugin(failed)) => return Err(ApiError::Internal(failed)),
+        Err(CallbackError::Store(e)) => return Err(e.into()),
     };
-    let (mut accepted, mut unknown) = (0, 0);
-    for event in events {
-        let Some(outbox_id) = store.outbox_by_reference(&event.message_ref).await? else {
-            unknown += 1;
-            continue;
-        };
-        let Some(entry) = store.outbox_entry(&outbox_id).await? else {
-            unknown += 1;
-            continue;
-        };
-        let detail = event.detail.clone().unwrap_or_default();
-        match event.status {
-            DeliveryStatus::Delivered => record(&state, &entry, "delivered", &[]).await?,
-            DeliveryStatus::SoftBounce => {
-                record(
-                    &state,
-                    &entry,
-                    "bounced",
-                    &[("type", "soft"), ("detail", &detail)],
-                )
-                .await?
-            }
-            DeliveryStatus::HardBounce => {
-                record(
-                    &state,
-                    &entry,
-                    "bounced",
-                    &[("type", "hard"), ("detail", &detail)],
-                )
-                .await?
-            }
-            DeliveryStatus::Complaint => record(&state, &entry, "complained", &[]).await?,
-            DeliveryStatus::Opened => record(&state, &entry, "opened", &[]).await?,
-            DeliveryStatus::Clicked => record(&state, &entry, "clicked", &[]).await?,
-            DeliveryStatus::Unsubscribed => record(&state, &entry, "unsubscribed", &[]).await?,
-        }
-        accepted += 1;
-    }
-    Ok(Json(CallbackReport { accepted, unknown }))
+    Ok(Json(CallbackReport {
+        accepted: outcome.accepted,
+        unknown: outcome.unknown,
+    }))
 }
 
 /// The double opt-in confirmation link: GET shows a page and changes

@@ -21,7 +21,9 @@ use crate::journeys::{JourneyDef, Journeys};
 use crate::policy::{self, Decision, SendFacts};
 use crate::replay::{SegmentReplay, Step as Replayed};
 use crate::store::StoreError;
-use crate::store::journeys::{consent_in, marketing_sends_since_in, suppressions_in};
+use crate::store::consents::consent_in;
+use crate::store::outbox::marketing_sends_since_in;
+use crate::store::suppressions::suppressions_in;
 
 /// Samples kept in the report.
 const SAMPLES: usize = 10;
@@ -209,7 +211,7 @@ pub(super) async fn decide(
             .channel_kind_in(&mut conn, binding)
             .await?
             .unwrap_or_else(|| binding.clone());
-        let consent = consent_in(&mut conn, &contact.id, &channel, "marketing").await?;
+        let consent = consent_in(&mut conn, &contact.id, &channel, Purpose::Marketing).await?;
         let mut recent = marketing_sends_since_in(&mut conn, &contact.id, due - cap.per.millis)
             .await?
             .into_iter()
@@ -225,7 +227,7 @@ pub(super) async fn decide(
         let facts = SendFacts {
             purpose: def.purpose,
             channel: &channel,
-            consent: consent.as_ref().map(|(status, _)| status.as_str()),
+            consent: consent.as_ref().map(|(status, _)| *status),
             consent_at: consent.as_ref().map(|(_, at)| *at),
             erased_at: None,
             suppressions: &in_force,

@@ -10,10 +10,10 @@ use super::definition::{JourneyDef, Step};
 use super::send::{SendOutcome, send};
 use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
+use crate::store::contacts::{contact_in, set_attribute_in};
 use crate::store::jobs::{ClaimedJob, JobOutcome, ProfileChanged, enqueue_in, finish_in};
-use crate::store::journeys::{
-    Run, contact_in, last_event_times_in, record_in, run_in, set_attribute_in, update_run_in,
-};
+use crate::store::runs::{Run, RunStatus, run_in, update_run_in};
+use crate::store::timeline::{last_event_times_in, record_in};
 
 /// Steps one job may take without pausing; validation refuses loops
 /// without a wait, so this only guards against the unforeseen.
@@ -32,8 +32,9 @@ pub(super) async fn advance(
     let run = run_in(&mut tx, store.dialect(), run_id).await?;
     // A job for a transition that already happened (or a run that ended)
     // is stale: the work was done, by this job's earlier attempt or another.
-    let current = run
-        .filter(|r| r.ended_at.is_none() && r.seq == seq && (r.status == "waiting") == timed_out);
+    let current = run.filter(|r| {
+        r.ended_at.is_none() && r.seq == seq && (r.status == RunStatus::Waiting) == timed_out
+    });
     if let Some(mut run) = current {
         let def = journeys
             .definition_in(&mut tx, &run.journey, run.version)
@@ -67,15 +68,15 @@ async fn drive(
     now: i64,
 ) -> Result<(), StoreError> {
     let Some(mut contact) = contact_in(tx, &run.contact_id).await? else {
-        return finish_run(tx, run, "exited", Some("contact deleted"), now).await;
+        return finish_run(tx, run, RunStatus::Exited, Some("contact deleted"), now).await;
     };
     for _ in 0..MAX_STEPS_PER_JOB {
         let Some(step_id) = run.step.clone() else {
-            return finish_run(tx, run, "completed", None, now).await;
+            return finish_run(tx, run, RunStatus::Completed, None, now).await;
         };
         let Some((index, step)) = def.step(&step_id) else {
             let why = format!("step `{step_id}` is not in version {}", run.version);
-            return finish_run(tx, run, "exited", Some(&why), now).await;
+            return finish_run(tx, run, RunStatus::Exited, Some(&why), now).await;
         };
         match step {
             Step::Wait { duration, next, .. } => {
@@ -83,7 +84,7 @@ async fn drive(
                 return pause(tx, run, now + duration.millis, now).await;
             }
             Step::WaitUntil { event, timeout, .. } => {
-                run.status = "waiting".to_owned();
+                run.status = RunStatus::Waiting;
                 run.waiting_for = Some(event.clone());
                 run.seq += 1;
                 let job = TimeoutRun {
@@ -133,7 +134,7 @@ async fn drive(
             }
             Step::Exit { reason, .. } => {
                 let reason = reason.as_deref().unwrap_or("exit step");
-                return finish_run(tx, run, "exited", Some(reason), now).await;
+                return finish_run(tx, run, RunStatus::Exited, Some(reason), now).await;
             }
             Step::Send { next, .. } => {
                 match send(journeys, tx, def, run, &contact, step, now).await? {
@@ -148,7 +149,7 @@ async fn drive(
     finish_run(
         tx,
         run,
-        "exited",
+        RunStatus::Exited,
         Some("too many steps without a wait"),
         now,
     )
@@ -179,14 +180,14 @@ pub(super) async fn move_to(
     next: Option<String>,
     now: i64,
 ) -> Result<(), StoreError> {
-    run.status = "active".to_owned();
+    run.status = RunStatus::Active;
     run.waiting_for = None;
     match next {
         Some(step) => {
             run.step = Some(step);
             pause(tx, run, now, now).await
         }
-        None => finish_run(tx, run, "completed", None, now).await,
+        None => finish_run(tx, run, RunStatus::Completed, None, now).await,
     }
 }
 
@@ -195,18 +196,18 @@ pub(super) async fn move_to(
 pub(super) async fn finish_run(
     tx: &mut AnyConnection,
     run: &mut Run,
-    status: &str,
+    status: RunStatus,
     reason: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    run.status = status.to_owned();
+    run.status = status;
     run.step = None;
     run.waiting_for = None;
     run.ended_at = Some(now);
     run.exit_reason = reason.map(str::to_owned);
     run.seq += 1;
     update_run_in(tx, run).await?;
-    if status != "converted" {
+    if status != RunStatus::Converted {
         let kind = format!("journey.{status}");
         let mut properties = props(&[("journey", &run.journey), ("run", &run.id)]);
         if let Some(reason) = reason {

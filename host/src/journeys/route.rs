@@ -10,11 +10,14 @@ use super::{AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
 use crate::store::StoreError;
+use crate::store::contacts::contact_in;
 use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
-use crate::store::journeys::{
-    Run, contact_in, event_in, insert_run_in, last_run_in, new_run_id, open_runs_in, record_in,
-    set_conversion_value_in, suppress_in, update_run_in,
+use crate::store::runs::{
+    Purpose, Run, RunStatus, insert_run_in, last_run_in, new_run_id, open_runs_in,
+    set_conversion_value_in, update_run_in,
 };
+use crate::store::suppressions::suppress_in;
+use crate::store::timeline::{event_in, record_in};
 
 pub(super) async fn route(
     journeys: &Journeys,
@@ -38,14 +41,21 @@ pub(super) async fn route(
             let def = journeys
                 .definition_in(&mut tx, &run.journey, run.version)
                 .await?;
-            if stopped.is_some_and(|scope| scope == "all" || run.purpose == "marketing") {
-                finish_run(&mut tx, &mut run, "exited", Some(&event.kind), now).await?;
+            if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
+                finish_run(&mut tx, &mut run, RunStatus::Exited, Some(&event.kind), now).await?;
             } else if let Some(goal) = def
                 .goals
                 .iter()
                 .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
             {
-                finish_run(&mut tx, &mut run, "converted", Some(&goal.event), now).await?;
+                finish_run(
+                    &mut tx,
+                    &mut run,
+                    RunStatus::Converted,
+                    Some(&goal.event),
+                    now,
+                )
+                .await?;
                 let mut properties = props(&[
                     ("journey", &run.journey),
                     ("run", &run.id),
@@ -92,7 +102,7 @@ async fn wake(
     event: &Event,
     now: i64,
 ) -> Result<(), StoreError> {
-    if run.status != "waiting" || run.waiting_for.as_deref() != Some(event.kind.as_str()) {
+    if run.status != RunStatus::Waiting || run.waiting_for.as_deref() != Some(event.kind.as_str()) {
         return Ok(());
     }
     let Some((
@@ -195,8 +205,8 @@ pub(super) async fn enroll(
         journey: def.name.clone(),
         version,
         contact_id: contact_id.to_owned(),
-        purpose: def.purpose.as_str().to_owned(),
-        status: "active".to_owned(),
+        purpose: def.purpose,
+        status: RunStatus::Active,
         step: Some(first.id().to_owned()),
         seq: 0,
         waiting_for: None,

@@ -12,10 +12,13 @@ use crate::policy::{self, Decision, SendFacts};
 use crate::privacy::address_hash;
 use crate::render::{self, JourneyContext, RenderContext};
 use crate::store::StoreError;
-use crate::store::journeys::{
-    OutboxEntry, Run, consent_in, event_in, marketing_sends_since_in, new_outbox_id, record_in,
-    suppressions_in,
+use crate::store::consents::consent_in;
+use crate::store::outbox::{
+    OutboxEntry, OutboxStatus, marketing_sends_since_in, new_outbox_id, queue_message_in,
 };
+use crate::store::runs::Run;
+use crate::store::suppressions::suppressions_in;
+use crate::store::timeline::{event_in, record_in};
 use crate::store::tracking::{erased_at_in, signing_secret_in};
 
 pub(super) enum SendOutcome {
@@ -50,7 +53,7 @@ pub(super) async fn send(
             "channel binding `{binding}` has no live plugin; install it or fix the binding"
         )));
     };
-    let consent = consent_in(tx, &contact.id, &channel, "marketing").await?;
+    let consent = consent_in(tx, &contact.id, &channel, Purpose::Marketing).await?;
     let address = match channel.as_str() {
         "email" => contact.email.clone(),
         "sms" => contact.phone.clone(),
@@ -69,7 +72,7 @@ pub(super) async fn send(
     let facts = SendFacts {
         purpose: def.purpose,
         channel: &channel,
-        consent: consent.as_ref().map(|(status, _)| status.as_str()),
+        consent: consent.as_ref().map(|(status, _)| *status),
         consent_at: consent.as_ref().map(|(_, at)| *at),
         erased_at,
         suppressions: &suppressions,
@@ -176,9 +179,9 @@ pub(super) async fn send(
         contact_id: contact.id.clone(),
         binding: binding.clone(),
         channel: channel.clone(),
-        purpose: def.purpose.as_str().to_owned(),
+        purpose: def.purpose,
         message: serde_json::to_string(&message).map_err(|e| StoreError::Invalid(e.to_string()))?,
-        status: "pending".to_owned(),
+        status: OutboxStatus::Pending,
         provider_id: None,
         last_error: None,
         created_at: now,
@@ -186,7 +189,7 @@ pub(super) async fn send(
     };
     // The key is unique: a second insert for the same step visit is the
     // same message, already queued.
-    if crate::store::journeys::queue_message_in(tx, &entry, now).await? {
+    if queue_message_in(tx, &entry, now).await? {
         let mut properties = props(&base);
         properties.extend(props(&[
             ("binding", binding),
@@ -196,12 +199,7 @@ pub(super) async fn send(
         if let Some(v) = variant_name {
             properties.insert("variant".into(), Value::Text(v));
         }
-        let purpose = if def.purpose == Purpose::Marketing {
-            "marketing"
-        } else {
-            "transactional"
-        };
-        properties.insert("purpose".into(), Value::Text(purpose.into()));
+        properties.insert("purpose".into(), Value::Text(def.purpose.as_str().into()));
         record_in(tx, &contact.id, "message.queued", properties, now).await?;
     }
     Ok(SendOutcome::Queued)

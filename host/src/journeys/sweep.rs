@@ -13,7 +13,7 @@ use super::route::enroll;
 use super::{Journeys, SweepJourney};
 use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
-use crate::store::journeys::last_event_times_in;
+use crate::store::timeline::last_event_times_in;
 
 const PAGE: u32 = 500;
 

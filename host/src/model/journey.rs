@@ -18,9 +18,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::status::Purpose;
 use crate::model::{Fields, Value};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JourneyDef {
     pub name: String,
@@ -46,7 +47,7 @@ pub struct JourneyDef {
     pub steps: Vec<Step>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KpiSettings {
     /// Events that count as a response to a message (`reply`,
@@ -80,31 +81,15 @@ fn seven_days() -> Duration {
     Duration::hours(7 * 24)
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Purpose {
-    #[default]
-    Marketing,
-    Transactional,
-}
-
-impl Purpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Marketing => "marketing",
-            Purpose::Transactional => "transactional",
-        }
-    }
-}
-
 /// What enrols a contact.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Trigger {
     /// A touchpoint of this kind whose properties include `where`.
     Event {
         kind: String,
         #[serde(default, rename = "where")]
+        #[schema(inline)]
         filter: Fields,
     },
     /// `segment.entered` for this segment.
@@ -130,7 +115,7 @@ pub enum Trigger {
 }
 
 /// May a contact enter again?
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReEntry {
     /// Once per contact, ever.
@@ -142,15 +127,16 @@ pub enum ReEntry {
     After(Duration),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Goal {
     pub event: String,
     #[serde(default, rename = "where")]
+    #[schema(inline)]
     pub filter: Fields,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Renders a template and hands it to a channel binding, after the
@@ -183,6 +169,7 @@ pub enum Step {
         id: String,
         event: String,
         #[serde(default, rename = "where")]
+        #[schema(inline)]
         filter: Fields,
         timeout: Duration,
         #[serde(default)]
@@ -248,8 +235,10 @@ impl Step {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// `Template` in the document is a ready-made journey (`api::journeys`).
+#[schema(as = MessageTemplate)]
 pub struct Template {
     #[serde(default)]
     pub subject: Option<String>,
@@ -258,7 +247,7 @@ pub struct Template {
     pub html: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     pub name: String,
@@ -273,7 +262,7 @@ fn one() -> u32 {
 }
 
 /// A test on the contact, for branches and sweeps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     InSegment(String),
@@ -293,12 +282,15 @@ pub enum Condition {
     },
     /// No touchpoint of the contact's own for at least this long.
     InactiveFor(Duration),
+    #[schema(no_recursion)]
     All(Vec<Condition>),
+    #[schema(no_recursion)]
     Any(Vec<Condition>),
+    #[schema(no_recursion)]
     Not(Box<Condition>),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendWindow {
     #[serde(default = "weekdays")]
@@ -343,7 +335,7 @@ fn eighteen() -> LocalTime {
 }
 
 /// Defer the send until allowed, or skip it and go on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenBlocked {
     #[default]
@@ -351,7 +343,7 @@ pub enum WhenBlocked {
     Skip,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Weekday {
     Mon,
@@ -484,6 +476,44 @@ impl fmt::Display for Duration {
 }
 
 /// Whether `properties` hold every key of `filter` with the same value.
+/// A type written as a string in JSON, for the OpenAPI document: the
+/// derive would describe the struct, not the text serde reads and writes.
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+        impl utoipa::__dev::ComposeSchema for $ty {
+            fn compose(
+                _generics: Vec<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+            ) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some($pattern))
+                    .description(Some($description))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+        }
+    };
+}
+
+string_schema!(
+    Duration,
+    "Duration",
+    "^[0-9]+[smhdw]$",
+    "A number and a unit: s, m, h, d or w (`90s`, `24h`, `2w`); more than zero, at most ten years"
+);
+string_schema!(
+    LocalTime,
+    "LocalTime",
+    "^[0-9]{1,2}:[0-9]{2}$",
+    "A time of day, HH:MM (`08:00`)"
+);
+
 pub fn properties_match(filter: &Fields, properties: &Fields) -> bool {
     filter
         .iter()
@@ -532,7 +562,7 @@ pub enum AbMetric {
 }
 
 /// `"ab_test"` on a send step with variants.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AbTest {
     #[serde(default)]

@@ -309,13 +309,12 @@ pub fn without_section(bytes: &[u8], name: &str) -> Result<Vec<u8>, ManifestErro
 
 /// Appends a top-level custom section `name` with `payload` to `bytes`.
 pub fn append_section(bytes: &mut Vec<u8>, name: &str, payload: &[u8]) {
-    let mut content = Vec::with_capacity(name.len() + payload.len() + 5);
-    write_leb(&mut content, name.len() as u64);
-    content.extend_from_slice(name.as_bytes());
-    content.extend_from_slice(payload);
-    bytes.push(0); // custom section id
-    write_leb(bytes, content.len() as u64);
-    bytes.extend_from_slice(&content);
+    use wasm_encoder::ComponentSection;
+    let section = wasm_encoder::CustomSection {
+        name: name.into(),
+        data: payload.into(),
+    };
+    section.append_to_component(bytes);
 }
 
 /// The payload of the top-level custom section `name`, if present.
@@ -327,14 +326,22 @@ pub fn read_section<'a>(bytes: &'a [u8], name: &str) -> Result<Option<&'a [u8]>,
 }
 
 struct Section<'a> {
+    /// The whole section as it is in the file (id, size and content), so
+    /// a component without one section is the same bytes otherwise: a
+    /// signature covers them.
     raw: &'a [u8],
     custom_name: Option<&'a str>,
     custom_payload: &'a [u8],
 }
 
+fn malformed(e: wasmparser::BinaryReaderError) -> ManifestError {
+    ManifestError::NotAComponent(format!("malformed at byte {}: {}", e.offset(), e.message()))
+}
+
 /// Splits a component binary into its top-level sections. Nested modules
-/// live inside section payloads, so their custom sections are not seen.
+/// and components are skipped whole, so their custom sections are not seen.
 fn top_level_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, ManifestError> {
+    use wasmparser::{Chunk, Payload};
     if bytes.len() < 8 || bytes[..4] != COMPONENT_HEADER[..4] {
         return Err(ManifestError::NotAComponent(
             "the file does not start with the WebAssembly magic bytes".into(),
@@ -345,65 +352,57 @@ fn top_level_sections(bytes: &[u8]) -> Result<Vec<Section<'_>>, ManifestError> {
             "this is a core WebAssembly module, not a component; build for wasm32-wasip2".into(),
         ));
     }
+    let mut parser = wasmparser::Parser::new(0);
     let mut sections = Vec::new();
-    let mut pos = 8;
-    while pos < bytes.len() {
-        let start = pos;
-        let id = bytes[pos];
-        pos += 1;
-        let (len, used) = read_leb(&bytes[pos..]).ok_or_else(|| {
-            ManifestError::NotAComponent(format!("bad section size at byte {pos}"))
+    // Sections follow each other: one starts where the one before ended.
+    let (mut pos, mut start) = (0, COMPONENT_HEADER.len());
+    loop {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        let (payload, consumed) = match parser.parse(rest, true).map_err(malformed)? {
+            Chunk::Parsed { payload, consumed } => (payload, consumed),
+            // Not returned when the whole input is given (`eof`).
+            Chunk::NeedMoreData(_) => {
+                return Err(ManifestError::NotAComponent("the file is cut short".into()));
+            }
+        };
+        pos += consumed;
+        let end = match &payload {
+            Payload::Version { .. } => continue,
+            Payload::End(_) => break,
+            // The parser leaves a nested module or component to the caller.
+            Payload::ModuleSection {
+                unchecked_range, ..
+            }
+            | Payload::ComponentSection {
+                unchecked_range, ..
+            } => {
+                pos = unchecked_range.end;
+                unchecked_range.end
+            }
+            other => match other.as_section() {
+                Some((_, range)) => range.end,
+                None => {
+                    return Err(ManifestError::NotAComponent(format!(
+                        "unexpected content at byte {start}"
+                    )));
+                }
+            },
+        };
+        let (custom_name, custom_payload) = match &payload {
+            Payload::CustomSection(custom) => (Some(custom.name()), custom.data()),
+            _ => (None, &[][..]),
+        };
+        let raw = bytes.get(start..end).ok_or_else(|| {
+            ManifestError::NotAComponent(format!("section at byte {start} runs past the end"))
         })?;
-        pos += used;
-        let end = pos
-            .checked_add(len as usize)
-            .filter(|&end| end <= bytes.len())
-            .ok_or_else(|| {
-                ManifestError::NotAComponent(format!("section at byte {start} runs past the end"))
-            })?;
-        let (mut custom_name, mut custom_payload) = (None, &[][..]);
-        if id == 0 {
-            let content = &bytes[pos..end];
-            let (name_len, used) = read_leb(content)
-                .ok_or_else(|| ManifestError::NotAComponent("bad custom section name".into()))?;
-            let name_end = used
-                .checked_add(name_len as usize)
-                .filter(|&e| e <= content.len())
-                .ok_or_else(|| ManifestError::NotAComponent("bad custom section name".into()))?;
-            custom_name = std::str::from_utf8(&content[used..name_end]).ok();
-            custom_payload = &content[name_end..];
-        }
         sections.push(Section {
-            raw: &bytes[start..end],
+            raw,
             custom_name,
             custom_payload,
         });
-        pos = end;
+        start = end;
     }
     Ok(sections)
-}
-
-fn read_leb(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, byte) in bytes.iter().take(5).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn write_leb(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! a known identity updates instead of duplicating.
 
 use serde::Deserialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::{Contact, Fields};
@@ -308,6 +308,45 @@ impl Store {
         write_fields(&self.pool, &contact, now).await?;
         Ok(contact)
     }
+}
+
+/// The contact with its segments, or `None` once deleted.
+pub async fn contact_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Contact>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
+         FROM contacts WHERE id = $1",
+    )
+    .bind(id.to_owned())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut contact = from_row(&row)?;
+    let rows =
+        sqlx::query("SELECT segment FROM segment_members WHERE contact_id = $1 ORDER BY segment")
+            .bind(id.to_owned())
+            .fetch_all(conn)
+            .await?;
+    contact.segments = rows
+        .iter()
+        .map(|r| r.try_get("segment"))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(contact))
+}
+
+pub async fn set_attribute_in(
+    conn: &mut AnyConnection,
+    contact: &Contact,
+    now: i64,
+) -> Result<(), StoreError> {
+    let attributes = serde_json::to_string(&contact.attributes)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query("UPDATE contacts SET attributes = $1, updated_at = $2 WHERE id = $3")
+        .bind(attributes)
+        .bind(now)
+        .bind(contact.id.clone())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError};
 use crate::model::Contact;
+use crate::model::status::ConsentStatus;
 
 /// Filters for listing contacts; all optional, combined with AND.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -39,13 +40,12 @@ pub struct MergeReport {
 
 /// How much a consent state forbids: a merge keeps the stricter one of
 /// the two contacts, so a withdrawal is never lost to a grant.
-fn strictness(status: &str) -> u8 {
+fn strictness(status: ConsentStatus) -> u8 {
     match status {
-        "granted" => 0,
-        "pending" => 1,
-        "expired" => 2,
-        // withdrawn, denied, objected and whatever forbids more.
-        _ => 3,
+        ConsentStatus::Granted => 0,
+        ConsentStatus::Pending => 1,
+        ConsentStatus::Expired => 2,
+        ConsentStatus::Withdrawn => 3,
     }
 }
 
@@ -232,7 +232,7 @@ async fn move_messaging(
             .await?;
     let mut consents = 0;
     for row in consent_rows {
-        let (channel, purpose, status): (String, String, String) = (
+        let (channel, purpose, status): (String, String, ConsentStatus) = (
             row.try_get("channel")?,
             row.try_get("purpose")?,
             row.try_get("status")?,
@@ -247,7 +247,7 @@ async fn move_messaging(
         .await?;
         let take = match &kept {
             None => true,
-            Some(kept) => strictness(&status) > strictness(&kept.try_get::<String, _>("status")?),
+            Some(kept) => strictness(status) > strictness(kept.try_get("status")?),
         };
         if !take {
             continue;

@@ -1,0 +1,178 @@
+//! The outbox: messages queued for a channel binding, each with its
+//! delivery job, written in the step's transaction.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, FromRow, Row};
+
+use super::jobs::{JobArgs, enqueue_in};
+use super::{Store, StoreError, new_id};
+pub use crate::model::status::{OutboxStatus, Purpose};
+
+/// A message queued for a channel binding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub idempotency_key: String,
+    pub run_id: String,
+    pub journey: String,
+    pub step: String,
+    pub variant: Option<String>,
+    pub contact_id: String,
+    pub binding: String,
+    pub channel: String,
+    pub purpose: Purpose,
+    /// The rendered `Message` as JSON.
+    pub message: String,
+    pub status: OutboxStatus,
+    pub provider_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, idempotency_key, run_id, journey, step, variant, contact_id, binding, channel, purpose, message, status, provider_id, last_error, created_at, sent_at"
+    };
+}
+
+/// Queues a message with its delivery job, in the caller's transaction.
+/// Returns false when a message with the same idempotency key is queued
+/// already (then nothing is added).
+pub async fn queue_message_in(
+    tx: &mut AnyConnection,
+    entry: &OutboxEntry,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !insert_outbox_in(tx, entry).await? {
+        return Ok(false);
+    }
+    let job = DeliverMessage {
+        outbox_id: entry.id.clone(),
+    };
+    enqueue_in(tx, &job, now, now).await?;
+    Ok(true)
+}
+
+/// Attempts before a message that keeps failing transiently is given up.
+pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;
+
+/// Hands an outbox entry to its channel (the outbox's handler runs it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliverMessage {
+    pub outbox_id: String,
+}
+
+impl JobArgs for DeliverMessage {
+    const KIND: &'static str = "deliver";
+    /// The handler gives up itself at this count, recording why on the
+    /// message; the queue's own limit is the same.
+    const MAX_ATTEMPTS: i64 = MAX_DELIVERY_ATTEMPTS;
+    fn unique_key(&self) -> String {
+        format!("deliver:{}", self.outbox_id)
+    }
+}
+
+pub async fn insert_outbox_in(
+    conn: &mut AnyConnection,
+    entry: &OutboxEntry,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(concat!(
+        "INSERT INTO outbox (",
+        outbox_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(entry.id.clone())
+    .bind(entry.idempotency_key.clone())
+    .bind(entry.run_id.clone())
+    .bind(entry.journey.clone())
+    .bind(entry.step.clone())
+    .bind(entry.variant.clone())
+    .bind(entry.contact_id.clone())
+    .bind(entry.binding.clone())
+    .bind(entry.channel.clone())
+    .bind(entry.purpose)
+    .bind(entry.message.clone())
+    .bind(entry.status)
+    .bind(entry.provider_id.clone())
+    .bind(entry.last_error.clone())
+    .bind(entry.created_at)
+    .bind(entry.sent_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets an outbox entry's outcome.
+pub async fn settle_outbox_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    status: OutboxStatus,
+    provider_id: Option<&str>,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox SET status = $1, provider_id = $2, last_error = $3, sent_at = $4, attempts = attempts + 1 WHERE id = $5",
+    )
+    .bind(status)
+    .bind(provider_id.map(str::to_owned))
+    .bind(error.map(str::to_owned))
+    .bind((status == OutboxStatus::Delivered).then_some(now))
+    .bind(id.to_owned())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// When the contact's marketing messages since `since` were queued.
+pub async fn marketing_sends_since_in(
+    conn: &mut AnyConnection,
+    contact_id: &str,
+    since: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT created_at FROM outbox WHERE contact_id = $1 AND purpose = $2 AND created_at > $3 \
+         AND status IN ($4, $5)",
+    )
+    .bind(contact_id.to_owned())
+    .bind(Purpose::Marketing)
+    .bind(since)
+    .bind(OutboxStatus::Pending)
+    .bind(OutboxStatus::Delivered)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("created_at")?)).collect()
+}
+
+impl Store {
+    pub async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>, StoreError> {
+        let entry = sqlx::query_as::<_, OutboxEntry>(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE id = $1"
+        ))
+        .bind(id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(entry)
+    }
+
+    /// The contact's messages, newest first.
+    pub async fn contact_outbox(&self, contact_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        let entries = sqlx::query_as::<_, OutboxEntry>(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE contact_id = $1 ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(entries)
+    }
+}
+
+pub(crate) fn new_outbox_id() -> String {
+    new_id("m")
+}

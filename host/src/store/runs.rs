@@ -1,0 +1,193 @@
+//! Journey runs: a contact's way through one journey version. Functions
+//! ending in `_in` run inside the caller's transaction, so a step's state
+//! change, its outbox row and its timeline events commit together.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{AnyConnection, FromRow, Row};
+
+use super::{Dialect, Store, StoreError, new_id};
+pub use crate::model::status::{Purpose, RunStatus};
+
+/// A contact's way through one journey version.
+#[derive(Clone, Debug, PartialEq, Serialize, FromRow, utoipa::ToSchema)]
+pub struct Run {
+    pub id: String,
+    pub journey: String,
+    pub version: i64,
+    pub contact_id: String,
+    pub purpose: Purpose,
+    pub status: RunStatus,
+    /// The step to run next (or waited in); none once finished.
+    pub step: Option<String>,
+    pub seq: i64,
+    pub waiting_for: Option<String>,
+    pub trigger_event: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub exit_reason: Option<String>,
+}
+
+/// Column lists as macros, so queries stay `&'static str` (sqlx refuses
+/// strings built at run time).
+macro_rules! run_columns {
+    () => {
+        "id, journey, version, contact_id, purpose, status, step, seq, waiting_for, trigger_event, started_at, ended_at, exit_reason"
+    };
+}
+
+/// A run, locked for this transaction on PostgreSQL.
+pub async fn run_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    id: &str,
+) -> Result<Option<Run>, StoreError> {
+    let sql = match dialect {
+        Dialect::Postgres => concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM journey_runs WHERE id = $1 FOR UPDATE"
+        ),
+        Dialect::Sqlite => concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM journey_runs WHERE id = $1"
+        ),
+    };
+    let run = sqlx::query_as::<_, Run>(sql)
+        .bind(id.to_owned())
+        .fetch_optional(conn)
+        .await?;
+    Ok(run)
+}
+
+/// The contact's open runs, locked for this transaction on PostgreSQL so a
+/// concurrent step job waits instead of overwriting the routing's change.
+pub async fn open_runs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    contact_id: &str,
+) -> Result<Vec<Run>, StoreError> {
+    macro_rules! open_runs {
+        ($lock:literal) => {
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM journey_runs WHERE contact_id = $1 AND ended_at IS NULL ORDER BY started_at",
+                $lock
+            )
+        };
+    }
+    let sql = match dialect {
+        Dialect::Postgres => open_runs!(" FOR UPDATE"),
+        Dialect::Sqlite => open_runs!(""),
+    };
+    let runs = sqlx::query_as::<_, Run>(sql)
+        .bind(contact_id.to_owned())
+        .fetch_all(conn)
+        .await?;
+    Ok(runs)
+}
+
+/// The contact's latest run of a journey.
+pub async fn last_run_in(
+    conn: &mut AnyConnection,
+    journey: &str,
+    contact_id: &str,
+) -> Result<Option<Run>, StoreError> {
+    let run = sqlx::query_as::<_, Run>(concat!("SELECT ", run_columns!(), " FROM journey_runs WHERE journey = $1 AND contact_id = $2 ORDER BY started_at DESC, id DESC LIMIT 1"))
+    .bind(journey.to_owned())
+    .bind(contact_id.to_owned())
+    .fetch_optional(conn)
+    .await?;
+    Ok(run)
+}
+
+/// Starts a run unless the contact has one open in that journey. Returns
+/// whether it did.
+pub async fn insert_run_in(conn: &mut AnyConnection, run: &Run) -> Result<bool, StoreError> {
+    let done = sqlx::query(concat!(
+        "INSERT INTO journey_runs (",
+        run_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(run.id.clone())
+    .bind(run.journey.clone())
+    .bind(run.version)
+    .bind(run.contact_id.clone())
+    .bind(run.purpose)
+    .bind(run.status)
+    .bind(run.step.clone())
+    .bind(run.seq)
+    .bind(run.waiting_for.clone())
+    .bind(run.trigger_event.clone())
+    .bind(run.started_at)
+    .bind(run.ended_at)
+    .bind(run.exit_reason.clone())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The value the goal event brought (an order's total), for revenue.
+pub async fn set_conversion_value_in(
+    conn: &mut AnyConnection,
+    run_id: &str,
+    value: f64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE journey_runs SET conversion_value = $1 WHERE id = $2")
+        .bind(value)
+        .bind(run_id.to_owned())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn update_run_in(conn: &mut AnyConnection, run: &Run) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE journey_runs SET status = $1, step = $2, seq = $3, waiting_for = $4, ended_at = $5, exit_reason = $6 WHERE id = $7",
+    )
+    .bind(run.status)
+    .bind(run.step.clone())
+    .bind(run.seq)
+    .bind(run.waiting_for.clone())
+    .bind(run.ended_at)
+    .bind(run.exit_reason.clone())
+    .bind(run.id.clone())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Runs by status, for one journey.
+    pub async fn run_counts(&self, journey: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM journey_runs WHERE journey = $1 GROUP BY status",
+        )
+        .bind(journey.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    pub async fn contact_runs(&self, contact_id: &str) -> Result<Vec<Run>, StoreError> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM journey_runs WHERE contact_id = $1 ORDER BY started_at DESC"
+        ))
+        .bind(contact_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(runs)
+    }
+}
+
+pub(crate) fn new_run_id() -> String {
+    new_id("r")
+}

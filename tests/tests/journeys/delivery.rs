@@ -1,0 +1,242 @@
+//! Delivery: the frequency cap across journeys, retries and refusals, a
+//! running contact on its version, SMS and ads audiences as channels.
+
+use nachfass::journeys::ready_made;
+use nachfass::model::Value;
+use nachfass::store::{BindingDef, BindingKind};
+use nachfass_tests::DAY;
+
+use super::world::*;
+
+async fn the_frequency_cap_spans_journeys(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    w.install("content-follow-up").await;
+    w.install("webinar-follow-up").await;
+    w.install("welcome-nurture").await;
+    w.install("cart-abandonment").await;
+    let ada = w.contact("ada@b2b.example").await;
+    w.ingest("ada@b2b.example", "signup", &[]).await;
+    w.ingest("ada@b2b.example", "download", &[]).await;
+    w.ingest("ada@b2b.example", "webinar.attended", &[]).await;
+    w.ingest("ada@b2b.example", "cart.abandoned", &[]).await;
+    w.pass(2 * HOUR).await;
+    assert_eq!(
+        w.subjects("ada@b2b.example").len(),
+        3,
+        "{dialect}: at most 3 in 7 days"
+    );
+    let deferred = w.reasons(&ada, "message.deferred").await;
+    assert!(
+        deferred
+            .iter()
+            .any(|r| r.starts_with("deferred: frequency cap 3 per 1w reached until Mon")),
+        "{dialect}: {deferred:?}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    the_frequency_cap_spans_journeys
+);
+
+async fn failing_receivers_are_retried_with_backoff_then_given_up(dialect: &'static str) {
+    let w = world(dialect, 503).await;
+    w.install("post-purchase-thank-you").await;
+    let event = w.ingest("eva@shop.example", "purchase", &[]).await;
+    assert_eq!(w.sink.received().len(), 1, "{dialect}");
+    let messages = w.store.contact_outbox(&event.contact_id).await.unwrap();
+    assert_eq!(messages[0].status, "pending", "{dialect}");
+    w.pass(10 * HOUR).await;
+    let attempts = w.sink.received();
+    assert_eq!(attempts.len(), 8, "{dialect}: eight attempts");
+    let keys: std::collections::BTreeSet<_> = attempts
+        .iter()
+        .map(|r| r.header("Idempotency-Key").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 1, "{dialect}: the same key on every retry");
+    let messages = w.store.contact_outbox(&event.contact_id).await.unwrap();
+    assert_eq!(messages[0].status, "failed", "{dialect}");
+    let failed = w.reasons(&event.contact_id, "message.failed").await;
+    assert!(
+        failed[0].contains("gave up after 8 attempts: transient: receiver answered 503"),
+        "{dialect}: {failed:?}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    failing_receivers_are_retried_with_backoff_then_given_up
+);
+
+async fn a_permanent_refusal_fails_the_message_at_once(dialect: &'static str) {
+    let w = world(dialect, 400).await;
+    w.install("post-purchase-thank-you").await;
+    let event = w.ingest("eva@shop.example", "purchase", &[]).await;
+    w.pass(2 * HOUR).await;
+    assert_eq!(w.sink.received().len(), 1, "{dialect}");
+    let failed = w.reasons(&event.contact_id, "message.failed").await;
+    assert_eq!(failed, ["permanent: receiver answered 400"], "{dialect}");
+    assert_eq!(
+        w.run_status(&event.contact_id, "post-purchase-thank-you")
+            .await,
+        ["completed"],
+        "{dialect}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_permanent_refusal_fails_the_message_at_once
+);
+
+async fn a_running_contact_stays_on_its_version(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    w.install("review-request").await;
+    w.contact("ada@shop.example").await;
+    w.ingest("ada@shop.example", "order.delivered", &[]).await;
+    let mut changed = ready_made::adapt("review-request", "mail-hook", None).unwrap();
+    if let nachfass::journeys::definition::Step::Send { template, .. } = &mut changed.steps[1] {
+        template.as_mut().unwrap().subject = Some("Version 2".into());
+    }
+    let saved = w.journeys.save_def(&changed).await.unwrap();
+    assert_eq!((saved.version, saved.created), (2, true), "{dialect}");
+    let again = w.journeys.save_def(&changed).await.unwrap();
+    assert!(
+        !again.created,
+        "{dialect}: the same definition is no new version"
+    );
+    w.contact("bob@shop.example").await;
+    w.ingest("bob@shop.example", "order.delivered", &[]).await;
+    w.pass(14 * DAY).await;
+    assert_eq!(
+        w.subjects("ada@shop.example"),
+        ["Wie zufrieden sind Sie?"],
+        "{dialect}"
+    );
+    assert_eq!(w.subjects("bob@shop.example"), ["Version 2"], "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_running_contact_stays_on_its_version
+);
+
+async fn sms_go_out_as_a_gateway_form_post(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let url = format!("http://{}/Messages.json", w.sink.addr);
+    w.bind(
+        "sms",
+        "sms-http",
+        &[
+            ("url", &url),
+            ("from", "Shop"),
+            ("account", "AC1"),
+            ("token", "t"),
+        ],
+    )
+    .await;
+    let def = serde_json::json!({ "name": "pickup", "purpose": "transactional",
+        "trigger": { "event": { "kind": "order.ready" } },
+        "steps": [ { "id": "sms", "type": "send", "binding": "sms",
+                     "template": { "text": "Ihre Bestellung {{ event.properties.order }} liegt bereit." } } ] });
+    w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    let input = nachfass::store::ContactInput {
+        email: Some("eva@shop.example".into()),
+        phone: Some("+49 151 2345678".into()),
+        ..Default::default()
+    };
+    w.journeys.pipeline.upsert_contact(&input).await.unwrap();
+    w.ingest("eva@shop.example", "order.ready", &[("order", "A-9")])
+        .await;
+    let sent = &w.sink.received()[0];
+    assert_eq!(sent.path, "/Messages.json", "{dialect}");
+    let body = String::from_utf8(sent.body.clone()).unwrap();
+    assert_eq!(
+        body, "To=%2B49+151+2345678&From=Shop&Body=Ihre+Bestellung+A-9+liegt+bereit.",
+        "{dialect}"
+    );
+    assert!(
+        sent.header("Authorization").unwrap().starts_with("Basic "),
+        "{dialect}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    sms_go_out_as_a_gateway_form_post
+);
+
+async fn a_retargeting_audience_follows_its_segment(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let url = format!("http://{}/v1/audiences/7/members", w.sink.addr);
+    w.bind("ads", "audience-sync", &[("url", &url), ("token", "tok")])
+        .await;
+    let segment = BindingDef {
+        name: "pro-plan".into(),
+        kind: BindingKind::Segment,
+        plugin: "attribute-match".into(),
+        config: [("attribute", "plan"), ("op", "eq"), ("value", "pro")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        allow_http: Vec::new(),
+        limits: Default::default(),
+        paused: None,
+        version: None,
+    };
+    w.store.create_binding(&segment, 0).await.unwrap();
+    for (name, trigger, op) in [
+        ("audience-add", "segment_entered", "add"),
+        ("audience-remove", "segment_left", "remove"),
+    ] {
+        let def = serde_json::json!({ "name": name, "trigger": { trigger: "pro-plan" }, "send_window": { "days": ["mon","tue","wed","thu","fri","sat","sun"], "start": "00:00", "end": "24:00" },
+            "steps": [ { "id": "sync", "type": "send", "binding": "ads", "template": { "text": op } } ] });
+        w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    }
+    let ada = w.contact("ada@b2b.example").await;
+    w.grant(&ada, "audience").await;
+    let mut patch = nachfass::store::ContactInput::default();
+    patch
+        .attributes
+        .insert("plan".into(), Value::Text("pro".into()));
+    w.journeys
+        .pipeline
+        .update_contact(&ada, &patch)
+        .await
+        .unwrap();
+    w.run().await;
+    patch
+        .attributes
+        .insert("plan".into(), Value::Text("free".into()));
+    w.journeys
+        .pipeline
+        .update_contact(&ada, &patch)
+        .await
+        .unwrap();
+    w.run().await;
+    let paths: Vec<String> = w.sink.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/audiences/7/members:add",
+            "/v1/audiences/7/members:remove"
+        ],
+        "{dialect}"
+    );
+    let body = String::from_utf8(w.sink.received()[0].body.clone()).unwrap();
+    assert!(
+        body.contains(&sha256_hex("ada@b2b.example")) && !body.contains("ada@"),
+        "{dialect}: {body}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_retargeting_audience_follows_its_segment
+);
