@@ -943,8 +943,8 @@ async fn consequences_go_through_the_policy_gate_and_nothing_is_sent(dialect: &s
     assert!(status.is_success(), "{status} {body}");
     let consent = nachfass::store::Consent {
         channel: "webhook".into(),
-        purpose: "marketing".into(),
-        status: "granted".into(),
+        purpose: nachfass::model::status::Purpose::Marketing,
+        status: nachfass::model::status::ConsentStatus::Granted,
         source: Some("test".into()),
         text_version: None,
         ip: None,

@@ -856,12 +856,11 @@ nachfass_tests::on_both_databases!(
 async fn the_dashboard_shows_backtests_and_shadows(dialect: &'static str) {
     let (url, temp) = nachfass_tests::database(dialect).await;
     let store = nachfass::store::Store::connect(&url).await.unwrap();
-    let pipeline = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(Registry::new(runtime())),
-        clock: Arc::new(SystemClock),
-        stages: StageThresholds::default(),
-    };
+    let pipeline = nachfass_tests::world::pipeline(
+        store.clone(),
+        Arc::new(Registry::new(runtime())),
+        Arc::new(SystemClock),
+    );
     let (_, key) = store
         .create_api_key("dashboard", &[Scope::Admin], 0)
         .await
