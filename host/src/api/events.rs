@@ -117,6 +117,7 @@ fn event_input(state: &AppState, value: Value) -> Result<EventInput, ApiError> {
         (status = 201, description = "One event stored, or a batch all stored", body = IngestAnswer),
         (status = 207, description = "A batch with refused items (see `results`)", body = BatchReport),
         (status = 404, description = "The event names a contact_id that does not exist", body = ErrorBody),
+        (status = 409, description = "One event whose client_event_id is taken by a different event, or whose email and external_id belong to two different contacts (merge them first)", body = ErrorBody),
     ))]
 pub async fn ingest(
     State(state): State<AppState>,
