@@ -25,7 +25,7 @@ use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
-use nachfass::store::{BindingDef, BindingKind, Scope, Store};
+use nachfass::store::{BindingDef, BindingKind, Scope};
 use nachfass_tests::{guests, runtime};
 use sqlx::Row;
 
@@ -103,9 +103,9 @@ fn percentiles(mut values: Vec<f64>) -> String {
     )
 }
 
-async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
+async fn bench(dialect: &str, registry: Arc<Registry>) {
     let epoch = Instant::now();
-    let store = Store::connect(url).await.unwrap();
+    let (store, temp) = nachfass_tests::store(dialect).await;
     let (_, key) = store
         .create_api_key("bench", &[Scope::Admin], 0)
         .await
@@ -243,6 +243,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>) {
     stop.send(true).unwrap();
     scheduler.await.unwrap();
     server.abort();
+    temp.cleanup(store).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -254,35 +255,12 @@ async fn main() {
             .await
             .unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    bench(
-        "sqlite",
-        &format!("sqlite://{}", dir.path().join("bench.db").display()),
-        registry.clone(),
-    )
-    .await;
-    match std::env::var("NACHFASS_TEST_POSTGRES_URL") {
-        Ok(base) => {
-            let name = format!("nachfass_latency_{}", std::process::id());
-            let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-                .await
-                .unwrap();
-            use sqlx::Executor;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .await
-                .unwrap();
-            let (server, _) = base.rsplit_once('/').unwrap();
-            bench("postgres", &format!("{server}/{name}"), registry).await;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE {name} WITH (FORCE)"
-                )))
-                .await
-                .unwrap();
-        }
-        Err(_) => println!(
+    bench("sqlite", registry.clone()).await;
+    if std::env::var("NACHFASS_TEST_POSTGRES_URL").is_ok() {
+        bench("postgres", registry).await;
+    } else {
+        println!(
             "postgres: skipped; set NACHFASS_TEST_POSTGRES_URL (tests/support/postgres.sh prints one)"
-        ),
+        );
     }
 }
