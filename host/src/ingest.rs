@@ -1,5 +1,8 @@
-//! Ingest: store a touchpoint, then let it move the score and the segment
-//! memberships of its contact. Data flow: ingest → score → segment.
+//! Ingest: store touchpoints (a group in one transaction, `queue.rs`
+//! gathers single requests into groups), then apply their effects on
+//! scores, stages and segment memberships as one batch (`batch.rs`).
+//! Profile changes (upsert, update, merge) are scored and re-segmented
+//! here too. Data flow: store → score → segment → route.
 
 use tracing::Instrument;
 
