@@ -349,6 +349,23 @@ async fn accepted_events_are_applied_once_after_a_crash(dialect: &'static str) {
         w.store.contact_runs(&bob).await.unwrap().is_empty(),
         "{dialect}"
     );
+    // Every event is applied now, the journey's own (`journey.completed`)
+    // included: those are born applied.
+    let (unapplied,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM events WHERE processed_at IS NULL")
+            .fetch_one(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(unapplied, 0, "{dialect}");
+    assert!(
+        w.store
+            .timeline(&ada, 500, None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "journey.completed"),
+        "{dialect}"
+    );
 
     // Applying again changes nothing: each event is applied once.
     let before = w.profiles(&EMAILS).await;

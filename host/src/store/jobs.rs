@@ -241,12 +241,7 @@ impl KindFilter {
     /// The SQL condition on `kind`, with its placeholders numbered from
     /// `first`, and the values to bind.
     fn condition(&self, first: usize) -> (String, &'static [&'static str]) {
-        let list = |kinds: &[&str]| {
-            (0..kinds.len())
-                .map(|i| format!("${}", first + i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |kinds: &[&str]| super::events::placeholders(first, kinds.len());
         match self {
             KindFilter::Any => (String::new(), &[]),
             KindFilter::Only(kinds) => (format!("AND kind IN ({}) ", list(kinds)), kinds),

@@ -9,7 +9,9 @@ use super::{StoreError, new_id};
 use crate::model::{Event, Fields};
 
 /// Writes an event nachfass caused (`journey.entered`, `message.sent`)
-/// inside the caller's transaction. It is not routed to journeys again.
+/// inside the caller's transaction. It is not routed to journeys again,
+/// and it is born applied (`processed_at`): nothing scores it, and the
+/// batched pipeline's activity counts it like every applied event.
 pub async fn record_in(
     conn: &mut AnyConnection,
     contact_id: &str,
@@ -27,7 +29,8 @@ pub async fn record_in(
     let json =
         serde_json::to_string(&event.properties).map_err(|e| StoreError::Invalid(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO events (id, contact_id, kind, at, properties, received_at) VALUES ($1, $2, $3, $4, $5, $4)",
+        "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
+         VALUES ($1, $2, $3, $4, $5, $4, $4)",
     )
     .bind(event.id.clone())
     .bind(event.contact_id.clone())
