@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,52 +25,6 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// One client's HTTP/1.1 connection, kept alive across requests as a
-/// real sender's would be.
-struct Connection {
-    stream: std::io::BufReader<std::net::TcpStream>,
-}
-
-impl Connection {
-    fn open(port: u16) -> Connection {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Connection {
-            stream: std::io::BufReader::new(stream),
-        }
-    }
-
-    /// Posts `body` to `/v1/events`; the answer's status.
-    fn post(&mut self, key: &str, body: &str) -> u16 {
-        use std::io::BufRead;
-        let request = format!(
-            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes()).unwrap();
-        let mut status = 0;
-        let mut length = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if status == 0 {
-                status = line.split(' ').nth(1).unwrap().parse().unwrap();
-            } else if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).unwrap();
-        status
-    }
-}
-
 /// Sends `requests` bodies from `clients` connections at once; the
 /// seconds it took and how many were not answered `expected`.
 async fn send_all(
@@ -87,7 +40,7 @@ async fn send_all(
     for client in 0..clients {
         let (key, requests) = (key.to_owned(), requests.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            let mut connection = Connection::open(port);
+            let mut connection = nachfass_tests::client::KeepAlive::open(port);
             (client..requests.len())
                 .step_by(clients)
                 .filter(|&i| connection.post(&key, &requests[i]) != expected)

@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,32 +60,6 @@ async fn receiver(epoch: Instant) -> (u16, Arrivals) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (port, arrivals)
-}
-
-fn post(stream: &mut std::io::BufReader<std::net::TcpStream>, key: &str, body: &str) -> u16 {
-    let request = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.get_mut().write_all(request.as_bytes()).unwrap();
-    let (mut status, mut length, mut line) = (0, 0, String::new());
-    loop {
-        line.clear();
-        stream.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if status == 0 {
-            status = line.split(' ').nth(1).unwrap().parse().unwrap();
-        } else if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).unwrap();
-    status
 }
 
 fn percentiles(mut values: Vec<f64>) -> String {
@@ -177,9 +150,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     for client in 0..clients {
         let (key, sent) = (key.clone(), sent.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            stream.set_nodelay(true).unwrap();
-            let mut stream = std::io::BufReader::new(stream);
+            let mut connection = nachfass_tests::client::KeepAlive::open(port);
             let mut failed = 0;
             // Event i is due at i / rate seconds: a steady arrival rate.
             for i in (client..total).step_by(clients) {
@@ -191,7 +162,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
                 let body = format!(r#"{{"kind":"purchase","email":"{email}"}}"#);
                 let at = epoch.elapsed().as_micros() as u64;
                 sent.lock().unwrap().insert(email, at);
-                if post(&mut stream, &key, &body) != 201 {
+                if connection.post(&key, &body) != 201 {
                     failed += 1;
                 }
             }

@@ -70,3 +70,58 @@ pub async fn json(
         None => request(router, method, path, key, None, Body::empty()).await,
     }
 }
+
+/// One client's HTTP/1.1 connection to a server on 127.0.0.1, kept alive
+/// across requests as a real sender's would be (the benches' load).
+pub struct KeepAlive {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn open(port: u16) -> KeepAlive {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        KeepAlive {
+            stream: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Posts `body` to `/v1/events`; the answer's status.
+    pub fn post(&mut self, key: &str, body: &str) -> u16 {
+        use std::io::{BufRead, Read, Write};
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("the request is sent");
+        let mut status = 0;
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream
+                .read_line(&mut line)
+                .expect("the answer is read");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("a status line");
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().expect("a Content-Length");
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).expect("the body is read");
+        status
+    }
+}
