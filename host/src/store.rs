@@ -20,6 +20,7 @@ pub mod plugins;
 mod profile_batch;
 pub mod runs;
 mod segments;
+mod shadow_queue;
 pub mod shadows;
 mod stats;
 pub mod suppressions;
@@ -49,6 +50,7 @@ pub use plugins::{PluginState, Saved, StoredVersion};
 pub use profile_batch::{Applied, ProfileEffect};
 pub use runs::Run;
 pub use segments::{PageChanges, TaskStep};
+pub use shadow_queue::ShadowQueueLimits;
 pub use shadows::{ShadowResult, ShadowRow};
 pub use stats::MessageCounts;
 pub use tasks::TaskProgress;
@@ -89,6 +91,8 @@ pub struct Store {
     /// Where the database is, for listeners that need their own
     /// connection (PostgreSQL `LISTEN`).
     url: Arc<str>,
+    /// Shadow results on their way to the database (`shadow_queue.rs`).
+    shadow_queue: Arc<shadow_queue::ShadowQueue>,
 }
 
 impl Store {
@@ -139,6 +143,9 @@ impl Store {
             routing: Arc::default(),
             jobs_wake: jobs::JobsWake::default(),
             url: listen_url,
+            shadow_queue: Arc::new(shadow_queue::ShadowQueue::new(
+                shadow_queue::ShadowQueueLimits::default(),
+            )),
         };
         store.refresh_routing().await?;
         Ok(store)
