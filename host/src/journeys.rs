@@ -9,6 +9,7 @@
 //! (a crash, an expired lease) changes nothing the second time.
 
 mod advance;
+mod batch;
 pub mod condition;
 pub mod preview;
 pub mod ready_made;
@@ -82,18 +83,45 @@ impl JobArgs for SweepJourney {
 }
 
 /// The job kinds of journeys: routing events, advancing runs, timeouts
-/// and scheduled sweeps.
+/// (these three in batches, see `batch`) and scheduled sweeps.
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
+    use batch::{StepJob, run_steps};
     registry
-        .register(|journeys, job, args: RouteEvent| async move {
-            route::route(&journeys, &job, &args.event_id).await
-        })
-        .register(|journeys, job, args: AdvanceRun| async move {
-            advance::advance(&journeys, &job, &args.run_id, args.seq, false).await
-        })
-        .register(|journeys, job, args: TimeoutRun| async move {
-            advance::advance(&journeys, &job, &args.run_id, args.seq, true).await
-        })
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, RouteEvent)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Route {
+                        event_id: args.event_id,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, AdvanceRun)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Advance {
+                        run_id: args.run_id,
+                        seq: args.seq,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, TimeoutRun)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Timeout {
+                        run_id: args.run_id,
+                        seq: args.seq,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
         .register(|journeys, job, args: SweepJourney| async move {
             sweep::sweep(&journeys, &job, &args.journey, args.version, args.at).await
         });
