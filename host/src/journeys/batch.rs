@@ -9,6 +9,7 @@
 use sqlx::AnyConnection;
 
 use super::advance::advance_in;
+use super::facts::StepFacts;
 use super::route::route_in;
 use super::{ActiveJourneys, Journeys};
 use crate::store::StoreError;
@@ -53,35 +54,52 @@ async fn run_in_one_transaction(
     let now = journeys.now();
     let store = &journeys.pipeline.store;
     let mut tx = store.write_tx().await?;
+    let run_ids: Vec<String> = jobs
+        .iter()
+        .filter_map(|(_, step)| match step {
+            StepJob::Advance { run_id, .. } | StepJob::Timeout { run_id, .. } => {
+                Some(run_id.clone())
+            }
+            StepJob::Route { .. } => None,
+        })
+        .collect();
+    let mut facts = if run_ids.is_empty() {
+        StepFacts::default()
+    } else {
+        StepFacts::load(journeys, &mut tx, &run_ids, now).await?
+    };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, step) in jobs {
         savepoint(&mut tx, "SAVEPOINT nachfass_job").await?;
-        let ran = match step {
+        let (ran, contact) = match step {
             StepJob::Route { event_id } => {
-                route_in(journeys, &mut tx, &active, job, event_id, now).await
+                let ran = route_in(journeys, &mut tx, &active, job, event_id, now).await;
+                (ran, None)
             }
-            StepJob::Advance { run_id, seq } => {
-                advance_in(journeys, &mut tx, job, run_id, *seq, false, now).await
-            }
-            StepJob::Timeout { run_id, seq } => {
-                advance_in(journeys, &mut tx, job, run_id, *seq, true, now).await
+            StepJob::Advance { run_id, seq } | StepJob::Timeout { run_id, seq } => {
+                let timed_out = matches!(step, StepJob::Timeout { .. });
+                let contact = facts.contact_of_run(run_id);
+                let ran = advance_in(
+                    journeys, &mut tx, &mut facts, job, run_id, *seq, timed_out, now,
+                )
+                .await;
+                (ran, contact)
             }
         };
         match ran {
             Ok(true) => {
                 savepoint(&mut tx, "RELEASE SAVEPOINT nachfass_job").await?;
                 outcomes.push(Ok(JobOutcome::Done));
+                continue;
             }
             // The lease ran out and another worker has the job: its work
             // here is undone, and the other worker's counts.
-            Ok(false) => {
-                undo(&mut tx).await?;
-                outcomes.push(Ok(JobOutcome::Done));
-            }
-            Err(e) => {
-                undo(&mut tx).await?;
-                outcomes.push(Err(e));
-            }
+            Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
+            Err(e) => outcomes.push(Err(e)),
+        }
+        undo(&mut tx).await?;
+        if let Some(contact) = contact {
+            facts.forget(&contact);
         }
     }
     tx.commit().await?;
