@@ -74,8 +74,8 @@ pub struct SchedulerConfig {
     pub batch: u32,
     /// Pause when nothing is due.
     pub idle: Duration,
-    /// Journey steps (routing, advancing, timeouts) claimed and run in one
-    /// transaction at most.
+    /// Journey steps (routing, advancing, timeouts) or deliveries claimed
+    /// and run as one batch at most.
     pub step_batch: u32,
 }
 
@@ -296,20 +296,30 @@ impl Scheduler {
             ));
         }
         let lanes = [
+            // Plugin calls outside the batch's one transaction: one batch
+            // calls while another writes, on either database.
             Lane {
                 name: "deliveries",
                 kinds: KindFilter::Only(DELIVERY_KINDS),
-                batched: false,
+                batched: true,
+                room: (2, 2),
             },
+            // One batch at a time on SQLite's one writer; two on
+            // PostgreSQL (one writes while the other computes).
             Lane {
                 name: "steps",
                 kinds: KindFilter::Only(STEP_KINDS),
                 batched: true,
+                room: (1, 2),
             },
+            // SQLite has one writer and 8 pooled connections: more than 4
+            // jobs at once would only queue for the lock while holding
+            // connections the API needs.
             Lane {
                 name: "work",
                 kinds: KindFilter::Except(LANED_KINDS),
                 batched: false,
+                room: (4, self.config.batch.max(1) as usize),
             },
         ];
         let mut running = JoinSet::new();
@@ -344,16 +354,9 @@ impl Scheduler {
     ) {
         let store = self.journeys.pipeline.store.clone();
         let mut wake = store.jobs_wake().subscribe();
-        // SQLite has one writer and 8 pooled connections: more than 4 jobs
-        // of a lane at once would only queue for the lock while holding
-        // connections the API needs. A batched lane runs whole batches,
-        // each one transaction: one at a time on SQLite's one writer, two
-        // on PostgreSQL (one writes while the other computes).
-        let room = match (store.dialect(), lane.batched) {
-            (Dialect::Sqlite, false) => 4,
-            (Dialect::Postgres, false) => self.config.batch.max(1) as usize,
-            (Dialect::Sqlite, true) => 1,
-            (Dialect::Postgres, true) => 2,
+        let room = match store.dialect() {
+            Dialect::Sqlite => lane.room.0,
+            Dialect::Postgres => lane.room.1,
         };
         let mut running: JoinSet<()> = JoinSet::new();
         while !*shutdown.borrow() {
@@ -445,6 +448,8 @@ struct Lane {
     kinds: KindFilter,
     /// Claims many jobs and runs each kind's as one batch.
     batched: bool,
+    /// Jobs (or batches) running at once, on SQLite and on PostgreSQL.
+    room: (usize, usize),
 }
 
 /// Wakes this node's lanes on every `NOTIFY nachfass_jobs` (a trigger

@@ -182,6 +182,27 @@ pub async fn marketing_sends_of_in(
     Ok(sends)
 }
 
+/// The outbox entries of `ids` that exist, by id.
+pub async fn outbox_entries_in(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> Result<HashMap<String, OutboxEntry>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {} FROM outbox WHERE id IN ({})",
+        outbox_columns!(),
+        super::events::placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query_as::<_, OutboxEntry>(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let entries = query.fetch_all(conn).await?;
+    Ok(entries.into_iter().map(|e| (e.id.clone(), e)).collect())
+}
+
 impl Store {
     pub async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>, StoreError> {
         let entry = sqlx::query_as::<_, OutboxEntry>(concat!(
