@@ -29,12 +29,21 @@ pub(super) async fn run_steps(
 ) -> Vec<Result<JobOutcome, StoreError>> {
     match run_in_one_transaction(journeys, &jobs).await {
         Ok(outcomes) => outcomes,
-        // Nothing of the batch committed: every job is retried.
+        Err(e) if jobs.len() == 1 => vec![Err(e)],
+        // Nothing of the batch committed (a lost connection, a deadlock
+        // with another node's batch): each job runs again on its own, so
+        // one bad moment does not cost a whole batch its backoff.
         Err(e) => {
-            let error = e.to_string();
-            jobs.iter()
-                .map(|_| Err(StoreError::Invalid(error.clone())))
-                .collect()
+            tracing::info!(error = %e, jobs = jobs.len(), "a batch of steps failed; running its jobs one by one");
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for job in jobs.chunks(1) {
+                let mut ran = match run_in_one_transaction(journeys, job).await {
+                    Ok(ran) => ran,
+                    Err(e) => vec![Err(e)],
+                };
+                outcomes.append(&mut ran);
+            }
+            outcomes
         }
     }
 }
