@@ -39,12 +39,14 @@ const CALLS_AT_ONCE: usize = 32;
 /// What a job's message comes to: a new state for its outbox entry (or
 /// none, when it was settled already), or an outcome for the scheduler
 /// with nothing written (a retry).
+#[derive(Clone)]
 enum Settlement {
     Write(Option<Outcome>),
     Job(JobOutcome),
 }
 
 /// A message's new state and why.
+#[derive(Clone)]
 struct Outcome {
     entry: OutboxEntry,
     status: OutboxStatus,
@@ -82,17 +84,47 @@ pub async fn deliver_batch(
         }
     };
     let jobs: Vec<ClaimedJob> = jobs.into_iter().map(|(job, _)| job).collect();
-    match settle_all(journeys, &jobs, settlements).await {
-        Ok(outcomes) => outcomes,
-        // Nothing was written: every job is retried. The messages that
-        // went out are sent again with the same idempotency key.
-        Err(e) => {
-            let error = e.to_string();
-            jobs.iter()
-                .map(|_| Err(StoreError::Invalid(error.clone())))
-                .collect()
+    // The messages went out: their outcomes are worth a few tries, since a
+    // job retried now would send its message again (with the same key).
+    let mut settlements = settlements;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let kept = (tries < SETTLE_TRIES).then(|| copy_settlements(&settlements));
+        match settle_all(journeys, &jobs, settlements).await {
+            Ok(outcomes) => return outcomes,
+            Err(e) => match kept {
+                Some(again) => {
+                    tracing::warn!(error = %e, tries, "recording a batch of deliveries failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                    settlements = again;
+                }
+                // Nothing was written: every job is retried.
+                None => {
+                    let error = e.to_string();
+                    return jobs
+                        .iter()
+                        .map(|_| Err(StoreError::Invalid(error.clone())))
+                        .collect();
+                }
+            },
         }
     }
+}
+
+/// Attempts at writing a batch's outcomes.
+const SETTLE_TRIES: u64 = 3;
+
+fn copy_settlements(
+    settlements: &[Result<Settlement, StoreError>],
+) -> Vec<Result<Settlement, StoreError>> {
+    settlements
+        .iter()
+        .map(|s| match s {
+            Ok(settlement) => Ok(settlement.clone()),
+            Err(e) => Err(StoreError::Invalid(e.to_string())),
+        })
+        .collect()
 }
 
 /// A job's message, ready to hand to its plugin, or settled without one.
