@@ -281,6 +281,11 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
         live,
         candidate,
     });
+    // Each task keeps an instance per version and binding for a page: at
+    // most a quarter of the plugin pool, so live calls keep theirs.
+    let kept = 2 * plan.bindings.len().max(1);
+    let slots = usize::try_from(pipeline.registry.runtime().pool().instances).unwrap_or(0);
+    let tasks = (slots / 4 / kept).clamp(1, AT_ONCE);
     let mut after = row.cursor;
     loop {
         let page = store.contacts_page(after.as_deref(), PAGE).await?;
@@ -298,9 +303,9 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
         // sessions; the figures are added in contact order, so samples do
         // not depend on timing.
         let mut shares: Vec<Vec<(usize, replay::History)>> =
-            (0..AT_ONCE).map(|_| Vec::new()).collect();
+            (0..tasks).map(|_| Vec::new()).collect();
         for (index, history) in histories.into_iter().enumerate() {
-            shares[index % AT_ONCE].push((index, history));
+            shares[index % tasks].push((index, history));
         }
         let mut running = JoinSet::new();
         for share in shares.into_iter().filter(|s| !s.is_empty()) {
@@ -353,7 +358,7 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
     }
 }
 
-/// Contacts replayed at once.
+/// Contacts replayed at once, at most.
 const AT_ONCE: usize = 4;
 
 /// What a backtest replays each contact with.
