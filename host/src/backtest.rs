@@ -286,10 +286,22 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
     let kept = 2 * plan.bindings.len().max(1);
     let slots = usize::try_from(pipeline.registry.runtime().pool().instances).unwrap_or(0);
     let tasks = (slots / 4 / kept).clamp(1, AT_ONCE);
-    let mut after = row.cursor;
+    // The next page is read while this one replays.
+    let read = |after: Option<String>| {
+        let (store, names, plan) = (store.clone(), side_by_side.names.clone(), plan.clone());
+        tokio::spawn(async move {
+            let page = store.contacts_page(after.as_deref(), PAGE).await?;
+            let last = page.last().map(|c| c.id.clone());
+            let histories = page_histories(&store, page, &names, &plan).await?;
+            Ok::<_, StoreError>((last, histories))
+        })
+    };
+    let mut next = read(row.cursor.clone());
     loop {
-        let page = store.contacts_page(after.as_deref(), PAGE).await?;
-        let Some(last) = page.last().map(|c| c.id.clone()) else {
+        let (last, histories) = next
+            .await
+            .map_err(|e| StoreError::Invalid(format!("a page read failed: {e}")))??;
+        let Some(last) = last else {
             let report = serde_json::to_value(tally.report(&plan))
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             store
@@ -297,7 +309,7 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
                 .await?;
             return Ok(());
         };
-        let histories = page_histories(store, page, &side_by_side.names, &plan).await?;
+        next = read(Some(last.clone()));
         // Contacts replay in AT_ONCE tasks (each contact is independent),
         // each task one contact after another through its own call
         // sessions; the figures are added in contact order, so samples do
@@ -352,9 +364,9 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
             .await?
         {
             tracing::warn!(backtest = %id, "lease lost; another node continues the backtest");
+            next.abort();
             return Ok(());
         }
-        after = Some(last);
     }
 }
 
