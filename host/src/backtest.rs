@@ -281,8 +281,9 @@ pub async fn run(journeys: &Arc<Journeys>, job: &ClaimedJob, id: &str) -> Result
         live,
         candidate,
     });
-    // Each task keeps an instance per version and binding for a page: at
-    // most a quarter of the plugin pool, so live calls keep theirs.
+    // Each task keeps an instance per version and binding while it replays
+    // a contact: at most a quarter of the plugin pool, so live calls keep
+    // theirs.
     let kept = 2 * plan.bindings.len().max(1);
     let slots = usize::try_from(pipeline.registry.runtime().pool().instances).unwrap_or(0);
     let tasks = (slots / 4 / kept).clamp(1, AT_ONCE);
@@ -449,13 +450,14 @@ async fn page_histories(
 type ShareDone = Vec<(usize, String, Result<Option<ContactOutcome>, StoreError>)>;
 
 impl SideBySide {
-    /// Replays a share of a page, each version's calls through one session
-    /// per binding for the whole share.
+    /// Replays a share of a page, contact after contact. A contact's calls
+    /// of each version and binding go through one session: one instance
+    /// for all its events, none kept from one contact to the next.
     async fn share(&self, share: Vec<(usize, replay::History)>) -> ShareDone {
-        let mut live = replay::sessions(&self.live);
-        let mut candidate = replay::sessions(&self.candidate);
         let mut done = Vec::with_capacity(share.len());
         for (index, history) in share {
+            let mut live = replay::sessions(&self.live);
+            let mut candidate = replay::sessions(&self.candidate);
             let id = history.contact.id.clone();
             let outcome = self.contact(history, &mut live, &mut candidate).await;
             done.push((index, id, outcome));

@@ -194,7 +194,7 @@ pub fn sessions(replayed: &[Replayed]) -> Vec<ScorerSession<'_>> {
 }
 
 /// [`replay_history`] through `sessions` (from [`sessions`] of the same
-/// `replayed`), which can go on to the next contact.
+/// `replayed`, new for each contact).
 pub async fn replay_history_in(
     stages: &StageThresholds,
     history: &History,

@@ -6,10 +6,12 @@
 //! keeps one store and instance and moves `host.now` and the WASI clocks
 //! before each call, with a fresh instruction budget and wall-clock
 //! deadline per call, as a fresh instance would have. Reusing an instance
-//! is what live batches do already; to keep answers exactly those of a
-//! fresh instance, a call that fails on a reused instance is run again on
-//! a fresh one, whose answer counts, and instances are renewed every
-//! [`RENEW_AFTER`] calls so a guest's heap does not grow without end.
+//! is what live batches do already; a replay keeps a session for one
+//! contact's events, so nothing a guest keeps in memory reaches another
+//! contact. To keep answers exactly those of a fresh instance, a call that
+//! fails on a reused instance is run again on a fresh one, whose answer
+//! counts, and instances are renewed every [`RENEW_AFTER`] calls so a
+//! guest's heap does not grow without end.
 
 use std::sync::Arc;
 use std::time::Instant;
