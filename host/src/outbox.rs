@@ -41,7 +41,7 @@ const CALLS_AT_ONCE: usize = 32;
 /// with nothing written (a retry).
 #[derive(Clone)]
 enum Settlement {
-    Write(Option<Outcome>),
+    Write(Option<Box<Outcome>>),
     Job(JobOutcome),
 }
 
@@ -55,13 +55,14 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn new(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
-        Settlement::Write(Some(Outcome {
+    /// A new state with no provider id.
+    fn settle(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
+        Settlement::Write(Some(Box::new(Outcome {
             entry: entry.clone(),
             status,
             provider_id: None,
             reason,
-        }))
+        })))
     }
 }
 
@@ -130,13 +131,16 @@ fn copy_settlements(
 /// A job's message, ready to hand to its plugin, or settled without one.
 enum Plan {
     Done(Result<Settlement, StoreError>),
-    Call {
-        job: ClaimedJob,
-        entry: OutboxEntry,
-        plugin: Arc<Plugin>,
-        binding: Arc<Binding>,
-        message: Message,
-    },
+    Call(Box<Call>),
+}
+
+/// A plugin call to make.
+struct Call {
+    job: ClaimedJob,
+    entry: OutboxEntry,
+    plugin: Arc<Plugin>,
+    binding: Arc<Binding>,
+    message: Message,
 }
 
 async fn plan(
@@ -172,7 +176,7 @@ async fn plan(
                 .find(|s| s.applies(&entry.channel, marketing));
             if let Some(s) = stop {
                 let reason = format!("cancelled: contact is suppressed ({})", s.reason);
-                return Plan::Done(Ok(Outcome::new(
+                return Plan::Done(Ok(Outcome::settle(
                     entry,
                     OutboxStatus::Cancelled,
                     Some(reason),
@@ -180,7 +184,11 @@ async fn plan(
             }
             let Some(binding) = bindings.iter().find(|b| b.name == entry.binding) else {
                 let reason = format!("channel binding `{}` was deleted", entry.binding);
-                return Plan::Done(Ok(Outcome::new(entry, OutboxStatus::Failed, Some(reason))));
+                return Plan::Done(Ok(Outcome::settle(
+                    entry,
+                    OutboxStatus::Failed,
+                    Some(reason),
+                )));
             };
             let Some(plugin) = journeys
                 .pipeline
@@ -197,13 +205,13 @@ async fn plan(
                     return Plan::Done(Err(StoreError::Invalid(why)));
                 }
             };
-            Plan::Call {
+            Plan::Call(Box::new(Call {
                 job: job.clone(),
                 entry: entry.clone(),
                 binding: crate::scoring::runtime_binding(binding, World::Channel, &plugin),
                 plugin,
                 message,
-            }
+            }))
         })
         .collect())
 }
@@ -220,13 +228,14 @@ async fn call_all(
     for (index, plan) in plans.into_iter().enumerate() {
         match plan {
             Plan::Done(settlement) => settlements.push(Some(settlement)),
-            Plan::Call {
-                job,
-                entry,
-                plugin,
-                binding,
-                message,
-            } => {
+            Plan::Call(call) => {
+                let Call {
+                    job,
+                    entry,
+                    plugin,
+                    binding,
+                    message,
+                } = *call;
                 settlements.push(None);
                 let journeys = journeys.clone();
                 let permits = permits.clone();
@@ -265,16 +274,16 @@ fn judge(
 ) -> Settlement {
     let transient = match answer {
         Ok(Ok(delivery)) => {
-            return Settlement::Write(Some(Outcome {
+            return Settlement::Write(Some(Box::new(Outcome {
                 entry: entry.clone(),
                 status: OutboxStatus::Delivered,
                 provider_id: delivery.provider_id,
                 reason: None,
-            }));
+            })));
         }
         Ok(Err(SendError::Permanent(why))) => {
             let reason = format!("permanent: {why}");
-            return Outcome::new(entry, OutboxStatus::Failed, Some(reason));
+            return Outcome::settle(entry, OutboxStatus::Failed, Some(reason));
         }
         Ok(Err(SendError::RateLimited(seconds))) => {
             let wait = i64::from(seconds) * 1000;
@@ -295,7 +304,7 @@ fn judge(
         return Settlement::Job(retry(job, transient));
     }
     let reason = format!("gave up after {} attempts: {transient}", job.attempts);
-    Outcome::new(entry, OutboxStatus::Failed, Some(reason))
+    Outcome::settle(entry, OutboxStatus::Failed, Some(reason))
 }
 
 fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
@@ -331,7 +340,7 @@ async fn settle_all(
         sqlx::query("SAVEPOINT nachfass_delivery")
             .execute(&mut *tx)
             .await?;
-        match settle_in(&mut tx, job, outcome.as_ref(), now).await {
+        match settle_in(&mut tx, job, outcome.as_deref(), now).await {
             Ok(true) => {
                 sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
                     .execute(&mut *tx)
