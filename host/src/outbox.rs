@@ -4,7 +4,8 @@
 //! between the provider's accept and that commit is the one window in
 //! which a message can go out twice, with the same key both times.
 //! Deliveries run in batches: a few reads for the batch, the plugin calls
-//! side by side, the outcomes in one transaction.
+//! side by side, the outcomes in small groups of one transaction each as
+//! the calls come back (so the window stays as small as it was).
 
 use std::sync::Arc;
 
@@ -32,16 +33,22 @@ pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
     );
 }
 
-/// Plugin calls of one batch in flight at once: providers answer in tens
-/// of milliseconds, so calls overlap while the batch's writes wait.
+/// Messages of one batch called but not yet recorded, at most. Those are
+/// the messages a crash could send twice, so a call's place is freed only
+/// once its outcome is written: the deliveries lane runs two batches, so a
+/// node has at most 64 — as many as it ran at once before batches.
 const CALLS_AT_ONCE: usize = 32;
+
+/// Outcomes written in one transaction: half the calls, so one group is
+/// written while the other half is out.
+const SETTLE_GROUP: usize = 16;
 
 /// What a job's message comes to: a new state for its outbox entry (or
 /// none, when it was settled already), or an outcome for the scheduler
 /// with nothing written (a retry).
 #[derive(Clone)]
 enum Settlement {
-    Write(Option<Outcome>),
+    Write(Option<Box<Outcome>>),
     Job(JobOutcome),
 }
 
@@ -55,26 +62,27 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn new(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
-        Settlement::Write(Some(Outcome {
+    /// A new state with no provider id.
+    fn settle(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
+        Settlement::Write(Some(Box::new(Outcome {
             entry: entry.clone(),
             status,
             provider_id: None,
             reason,
-        }))
+        })))
     }
 }
 
 /// Delivers the messages of a batch of jobs: a few reads for all of them
 /// (entries, suppressions, bindings), the plugin calls side by side, and
-/// every outcome in one transaction, each job in a savepoint of its own.
-/// One outcome per job, in order.
+/// the outcomes in groups of one transaction as the calls come back, each
+/// job in a savepoint of its own. One outcome per job, in order.
 pub async fn deliver_batch(
     journeys: &Arc<Journeys>,
     jobs: Vec<(ClaimedJob, DeliverMessage)>,
 ) -> Vec<Result<JobOutcome, StoreError>> {
-    let settlements = match plan(journeys, &jobs).await {
-        Ok(plans) => call_all(journeys, plans).await,
+    let plans = match plan(journeys, &jobs).await {
+        Ok(plans) => plans,
         Err(e) => {
             let error = e.to_string();
             return jobs
@@ -84,27 +92,106 @@ pub async fn deliver_batch(
         }
     };
     let jobs: Vec<ClaimedJob> = jobs.into_iter().map(|(job, _)| job).collect();
-    // The messages went out: their outcomes are worth a few tries, since a
-    // job retried now would send its message again (with the same key).
-    let mut settlements = settlements;
+    let mut outcomes: Vec<Option<Result<JobOutcome, StoreError>>> =
+        jobs.iter().map(|_| None).collect();
+    let mut ready: Vec<(usize, Result<Settlement, StoreError>)> = Vec::new();
+    let mut waiting = std::collections::VecDeque::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        match plan {
+            Plan::Done(settlement) => ready.push((index, settlement)),
+            Plan::Call(call) => waiting.push_back((index, *call)),
+        }
+    }
+    let places = Arc::new(tokio::sync::Semaphore::new(CALLS_AT_ONCE));
+    let mut calls = tokio::task::JoinSet::new();
+    // The places of calls whose outcomes wait to be written.
+    let mut held = Vec::new();
+    loop {
+        while let Some(place) = waiting
+            .front()
+            .and_then(|_| places.clone().try_acquire_owned().ok())
+        {
+            if let Some((index, call)) = waiting.pop_front() {
+                calls.spawn(make_call(journeys.clone(), index, call, place));
+            }
+        }
+        while let Some(done) = calls.try_join_next() {
+            collect(done, &mut ready, &mut held);
+        }
+        let all_back = calls.is_empty() && waiting.is_empty();
+        if ready.len() >= SETTLE_GROUP || (all_back && !ready.is_empty()) {
+            let group = std::mem::take(&mut ready);
+            for (index, outcome) in settle_group(journeys, &jobs, group).await {
+                outcomes[index] = Some(outcome);
+            }
+            held.clear();
+            continue;
+        }
+        if all_back {
+            break;
+        }
+        if let Some(done) = calls.join_next().await {
+            collect(done, &mut ready, &mut held);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::Invalid("the delivery call failed".into()))))
+        .collect()
+}
+
+/// A call's index, its settlement, and its place among the calls at once.
+type CallBack = (
+    usize,
+    Result<Settlement, StoreError>,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+fn collect(
+    done: Result<CallBack, tokio::task::JoinError>,
+    ready: &mut Vec<(usize, Result<Settlement, StoreError>)>,
+    held: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
+) {
+    match done {
+        Ok((index, settlement, place)) => {
+            ready.push((index, settlement));
+            held.push(place);
+        }
+        // A panicked call: its job gets no outcome and is retried.
+        Err(e) => tracing::error!(error = %e, "a delivery call panicked"),
+    }
+}
+
+/// Writes a group's outcomes. The messages went out: their outcomes are
+/// worth a few tries, since a job retried now would send its message
+/// again (with the same key).
+async fn settle_group(
+    journeys: &Journeys,
+    jobs: &[ClaimedJob],
+    group: Vec<(usize, Result<Settlement, StoreError>)>,
+) -> Vec<(usize, Result<JobOutcome, StoreError>)> {
+    let indices: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+    let mut settlements: Vec<Result<Settlement, StoreError>> =
+        group.into_iter().map(|(_, s)| s).collect();
+    let group_jobs: Vec<&ClaimedJob> = indices.iter().map(|i| &jobs[*i]).collect();
     let mut tries = 0;
     loop {
         tries += 1;
         let kept = (tries < SETTLE_TRIES).then(|| copy_settlements(&settlements));
-        match settle_all(journeys, &jobs, settlements).await {
-            Ok(outcomes) => return outcomes,
+        match settle_all(journeys, &group_jobs, settlements).await {
+            Ok(outcomes) => return indices.into_iter().zip(outcomes).collect(),
             Err(e) => match kept {
                 Some(again) => {
-                    tracing::warn!(error = %e, tries, "recording a batch of deliveries failed; trying again");
+                    tracing::warn!(error = %e, tries, "recording deliveries failed; trying again");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
                     settlements = again;
                 }
-                // Nothing was written: every job is retried.
+                // Nothing was written: every job of the group is retried.
                 None => {
                     let error = e.to_string();
-                    return jobs
-                        .iter()
-                        .map(|_| Err(StoreError::Invalid(error.clone())))
+                    return indices
+                        .into_iter()
+                        .map(|i| (i, Err(StoreError::Invalid(error.clone()))))
                         .collect();
                 }
             },
@@ -112,7 +199,7 @@ pub async fn deliver_batch(
     }
 }
 
-/// Attempts at writing a batch's outcomes.
+/// Attempts at writing a group's outcomes.
 const SETTLE_TRIES: u64 = 3;
 
 fn copy_settlements(
@@ -130,13 +217,16 @@ fn copy_settlements(
 /// A job's message, ready to hand to its plugin, or settled without one.
 enum Plan {
     Done(Result<Settlement, StoreError>),
-    Call {
-        job: ClaimedJob,
-        entry: OutboxEntry,
-        plugin: Arc<Plugin>,
-        binding: Arc<Binding>,
-        message: Message,
-    },
+    Call(Box<Call>),
+}
+
+/// A plugin call to make.
+struct Call {
+    job: ClaimedJob,
+    entry: OutboxEntry,
+    plugin: Arc<Plugin>,
+    binding: Arc<Binding>,
+    message: Message,
 }
 
 async fn plan(
@@ -172,7 +262,7 @@ async fn plan(
                 .find(|s| s.applies(&entry.channel, marketing));
             if let Some(s) = stop {
                 let reason = format!("cancelled: contact is suppressed ({})", s.reason);
-                return Plan::Done(Ok(Outcome::new(
+                return Plan::Done(Ok(Outcome::settle(
                     entry,
                     OutboxStatus::Cancelled,
                     Some(reason),
@@ -180,7 +270,11 @@ async fn plan(
             }
             let Some(binding) = bindings.iter().find(|b| b.name == entry.binding) else {
                 let reason = format!("channel binding `{}` was deleted", entry.binding);
-                return Plan::Done(Ok(Outcome::new(entry, OutboxStatus::Failed, Some(reason))));
+                return Plan::Done(Ok(Outcome::settle(
+                    entry,
+                    OutboxStatus::Failed,
+                    Some(reason),
+                )));
             };
             let Some(plugin) = journeys
                 .pipeline
@@ -197,64 +291,39 @@ async fn plan(
                     return Plan::Done(Err(StoreError::Invalid(why)));
                 }
             };
-            Plan::Call {
+            Plan::Call(Box::new(Call {
                 job: job.clone(),
                 entry: entry.clone(),
                 binding: crate::scoring::runtime_binding(binding, World::Channel, &plugin),
                 plugin,
                 message,
-            }
+            }))
         })
         .collect())
 }
 
-/// Makes the plugin calls of `plans`, [`CALLS_AT_ONCE`] at a time; one
-/// settlement per plan, in order.
-async fn call_all(
-    journeys: &Arc<Journeys>,
-    plans: Vec<Plan>,
-) -> Vec<Result<Settlement, StoreError>> {
-    let mut settlements: Vec<Option<Result<Settlement, StoreError>>> = Vec::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(CALLS_AT_ONCE));
-    let mut calls = tokio::task::JoinSet::new();
-    for (index, plan) in plans.into_iter().enumerate() {
-        match plan {
-            Plan::Done(settlement) => settlements.push(Some(settlement)),
-            Plan::Call {
-                job,
-                entry,
-                plugin,
-                binding,
-                message,
-            } => {
-                settlements.push(None);
-                let journeys = journeys.clone();
-                let permits = permits.clone();
-                let span = tracing::info_span!("deliver", binding = %entry.binding, message = %entry.idempotency_key, attempt = job.attempts);
-                calls.spawn(
-                    async move {
-                        // The semaphore is never closed, so a permit always comes.
-                        let _permit = permits.acquire_owned().await;
-                        let now = journeys.pipeline.clock.now();
-                        let answer = plugin.deliver(&binding, now, &message).await;
-                        (index, Ok(judge(&job, &entry, answer)))
-                    }
-                    .instrument(span),
-                );
-            }
-        }
-    }
-    while let Some(done) = calls.join_next().await {
-        match done {
-            Ok((index, settlement)) => settlements[index] = Some(settlement),
-            // A panicked call: its slot stays empty and the job is retried.
-            Err(e) => tracing::error!(error = %e, "a delivery call panicked"),
-        }
-    }
-    settlements
-        .into_iter()
-        .map(|s| s.unwrap_or_else(|| Err(StoreError::Invalid("the delivery call failed".into()))))
-        .collect()
+/// Hands one message to its plugin, holding `place` among the calls at
+/// once until the caller has written the outcome.
+async fn make_call(
+    journeys: Arc<Journeys>,
+    index: usize,
+    call: Call,
+    place: tokio::sync::OwnedSemaphorePermit,
+) -> CallBack {
+    let Call {
+        job,
+        entry,
+        plugin,
+        binding,
+        message,
+    } = call;
+    let span = tracing::info_span!("deliver", binding = %entry.binding, message = %entry.idempotency_key, attempt = job.attempts);
+    let now = journeys.pipeline.clock.now();
+    let answer = plugin
+        .deliver(&binding, now, &message)
+        .instrument(span)
+        .await;
+    (index, Ok(judge(&job, &entry, answer)), place)
 }
 
 /// What a plugin's answer means for the message.
@@ -265,16 +334,16 @@ fn judge(
 ) -> Settlement {
     let transient = match answer {
         Ok(Ok(delivery)) => {
-            return Settlement::Write(Some(Outcome {
+            return Settlement::Write(Some(Box::new(Outcome {
                 entry: entry.clone(),
                 status: OutboxStatus::Delivered,
                 provider_id: delivery.provider_id,
                 reason: None,
-            }));
+            })));
         }
         Ok(Err(SendError::Permanent(why))) => {
             let reason = format!("permanent: {why}");
-            return Outcome::new(entry, OutboxStatus::Failed, Some(reason));
+            return Outcome::settle(entry, OutboxStatus::Failed, Some(reason));
         }
         Ok(Err(SendError::RateLimited(seconds))) => {
             let wait = i64::from(seconds) * 1000;
@@ -295,7 +364,7 @@ fn judge(
         return Settlement::Job(retry(job, transient));
     }
     let reason = format!("gave up after {} attempts: {transient}", job.attempts);
-    Outcome::new(entry, OutboxStatus::Failed, Some(reason))
+    Outcome::settle(entry, OutboxStatus::Failed, Some(reason))
 }
 
 fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
@@ -310,7 +379,7 @@ fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
 /// timeline event, and the job's removal.
 async fn settle_all(
     journeys: &Journeys,
-    jobs: &[ClaimedJob],
+    jobs: &[&ClaimedJob],
     settlements: Vec<Result<Settlement, StoreError>>,
 ) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
     let now = journeys.pipeline.clock.now();
@@ -331,7 +400,7 @@ async fn settle_all(
         sqlx::query("SAVEPOINT nachfass_delivery")
             .execute(&mut *tx)
             .await?;
-        match settle_in(&mut tx, job, outcome.as_ref(), now).await {
+        match settle_in(&mut tx, job, outcome.as_deref(), now).await {
             Ok(true) => {
                 sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
                     .execute(&mut *tx)

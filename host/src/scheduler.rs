@@ -251,17 +251,21 @@ impl Scheduler {
         let store = &self.journeys.pipeline.store;
         loop {
             tokio::time::sleep(every).await;
-            for job in jobs {
-                let until = self.journeys.pipeline.clock.now() + job.lease_ms;
-                match store.extend_lease(job, until).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(job = %job.id, "lease lost while running; another node may run the job")
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %job.id, error = %e, "could not extend the lease")
-                    }
+            let until = self.journeys.pipeline.clock.now() + lease_ms;
+            let extended = match jobs {
+                [job] => store.extend_lease(job, until).await.map(u64::from),
+                _ => store.extend_leases(jobs, until).await,
+            };
+            match extended {
+                Ok(held) if held as usize == jobs.len() => {}
+                Ok(held) => {
+                    let lost = jobs.len() - held as usize;
+                    tracing::warn!(
+                        lost,
+                        "leases lost while running; another node may run those jobs"
+                    )
                 }
+                Err(e) => tracing::warn!(error = %e, "could not extend the leases"),
             }
         }
     }

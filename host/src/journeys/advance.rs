@@ -23,6 +23,7 @@ const MAX_STEPS_PER_JOB: usize = 100;
 /// Runs one advance (or timeout) job in the caller's transaction and
 /// removes it. Returns `false` when the job's lease was lost: the caller
 /// rolls back.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn advance_in(
     journeys: &Journeys,
     tx: &mut AnyConnection,

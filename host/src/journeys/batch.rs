@@ -72,17 +72,26 @@ async fn run_in_one_transaction(
             StepJob::Route { .. } => None,
         })
         .collect();
-    let mut facts = if run_ids.is_empty() {
-        StepFacts::default()
-    } else {
+    let event_ids: Vec<String> = jobs
+        .iter()
+        .filter_map(|(_, step)| match step {
+            StepJob::Route { event_id } => Some(event_id.clone()),
+            _ => None,
+        })
+        .collect();
+    // A batch holds jobs of one kind: steps of runs, or events to route.
+    let mut facts = if !run_ids.is_empty() {
         StepFacts::load(journeys, &mut tx, &run_ids, now).await?
+    } else {
+        StepFacts::load_events(&mut tx, &event_ids).await?
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, step) in jobs {
         savepoint(&mut tx, "SAVEPOINT nachfass_job").await?;
         let (ran, contact) = match step {
             StepJob::Route { event_id } => {
-                let ran = route_in(journeys, &mut tx, &active, job, event_id, now).await;
+                let ran =
+                    route_in(journeys, &mut tx, &mut facts, &active, job, event_id, now).await;
                 (ran, None)
             }
             StepJob::Advance { run_id, seq } | StepJob::Timeout { run_id, seq } => {

@@ -1,7 +1,7 @@
 //! What the steps of a batch read, loaded for the whole batch in a few
 //! queries (runs, contacts with segments, consents, suppressions, recent
-//! sends, erased addresses, channel bindings) instead of some ten per
-//! step. Steps of one batch see each other's writes where the gate needs
+//! sends, erased addresses, channel bindings; for routing, the events and
+//! their contacts) instead of some ten per step. Steps of one batch see each other's writes where the gate needs
 //! them: an attribute a step sets, a message a step queues (for the
 //! frequency cap). A step that rolls back makes its contact's facts be read
 //! again. Anything not loaded (a run enqueued by the batch itself) is read
@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AnyConnection;
 
 use super::Journeys;
-use crate::model::Contact;
+use crate::model::{Contact, Event};
 use crate::privacy::address_hash;
 use crate::store::bindings::bindings_in;
 use crate::store::consents::{ConsentStatus, Purpose, consent_in, consents_in};
@@ -20,6 +20,7 @@ use crate::store::contacts::{contact_in, contacts_in};
 use crate::store::outbox::{marketing_sends_of_in, marketing_sends_since_in};
 use crate::store::runs::{Run, run_in, runs_in};
 use crate::store::suppressions::{Suppression, suppressions_in, suppressions_of_in};
+use crate::store::timeline::{event_in, events_in};
 use crate::store::tracking::{erased_at_in, erased_of_in, signing_secret_in};
 use crate::store::{BindingDef, BindingKind, StoreError};
 
@@ -41,6 +42,8 @@ pub(super) struct StepFacts {
     erased_checked: HashSet<String>,
     secret: Option<Vec<u8>>,
     channel_bindings: Option<Vec<BindingDef>>,
+    /// Events to route, by id; each taken once, by its job.
+    events: HashMap<String, Event>,
 }
 
 impl StepFacts {
@@ -83,7 +86,36 @@ impl StepFacts {
             runs,
             run_contacts,
             contacts,
+            events: HashMap::new(),
         })
+    }
+
+    /// Loads the events routed by a batch and their contacts (routing
+    /// changes neither).
+    pub async fn load_events(
+        tx: &mut AnyConnection,
+        event_ids: &[String],
+    ) -> Result<StepFacts, StoreError> {
+        let events = events_in(tx, event_ids).await?;
+        let mut contact_ids: Vec<String> = events.values().map(|e| e.contact_id.clone()).collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
+        Ok(StepFacts {
+            contacts: contacts_in(tx, &contact_ids).await?,
+            events,
+            ..StepFacts::default()
+        })
+    }
+
+    pub async fn event(
+        &mut self,
+        tx: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<Event>, StoreError> {
+        match self.events.remove(id) {
+            Some(event) => Ok(Some(event)),
+            None => event_in(tx, id).await,
+        }
     }
 
     /// The contact of a loaded run.

@@ -6,31 +6,34 @@ use sqlx::AnyConnection;
 
 use super::advance::{finish_run, move_to};
 use super::definition::{JourneyDef, ReEntry, Step, Trigger, properties_match};
+use super::facts::StepFacts;
 use super::{ActiveJourneys, AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
 use crate::store::StoreError;
-use crate::store::contacts::contact_in;
 use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
 use crate::store::runs::{
     Purpose, Run, RunStatus, insert_run_in, last_run_in, new_run_id, open_runs_in,
     set_conversion_value_in, update_run_in,
 };
 use crate::store::suppressions::suppress_in;
-use crate::store::timeline::{event_in, record_in};
+use crate::store::timeline::record_in;
 
 /// Routes one event in the caller's transaction and removes its job.
 /// Returns `false` when the job's lease was lost: the caller rolls back.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn route_in(
     journeys: &Journeys,
     tx: &mut AnyConnection,
+    facts: &mut StepFacts,
     active: &ActiveJourneys,
     job: &ClaimedJob,
     event_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let found = match event_in(tx, event_id).await? {
-        Some(event) => contact_in(tx, &event.contact_id)
+    let found = match facts.event(tx, event_id).await? {
+        Some(event) => facts
+            .contact(tx, &event.contact_id)
             .await?
             .map(|contact| (event, contact)),
         None => None,

@@ -529,6 +529,25 @@ impl Store {
         Ok(held.is_some())
     }
 
+    /// Extends the leases of running `jobs` (a batch) to `until` in one
+    /// statement. Returns how many this worker still holds.
+    pub async fn extend_leases(&self, jobs: &[ClaimedJob], until: i64) -> Result<u64, StoreError> {
+        let Some(first) = jobs.first() else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN ({})",
+            super::events::placeholders(3, jobs.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(until)
+            .bind(first.leased_by.clone());
+        for job in jobs {
+            query = query.bind(job.id.clone());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
     /// Gives a job back to run again at `due_at`, noting why.
     pub async fn retry_job(
         &self,
