@@ -793,9 +793,19 @@ async fn a_shadow_runs_and_is_promoted_on_every_node_postgres() {
         Some("null"),
     );
     assert_eq!(status, 200, "{promoted}");
-    wait_for("B scores with the promoted version", || {
-        score_at_b() == "2.0.0"
-    });
+    // Promoting is two changes (the activation, then the shadow's end),
+    // which B may hear of one at a time: wait for both.
+    wait_for(
+        "B scores with the promoted version, no longer in shadow",
+        || {
+            if score_at_b() != "2.0.0" {
+                return false;
+            }
+            let before = calls_at(port_b);
+            score_at_b();
+            calls_at(port_b) == before
+        },
+    );
     let recorded = calls_at(port_b);
     score_at_b();
     assert_eq!(calls_at(port_b), recorded, "the shadow ended on B too");
