@@ -9,8 +9,10 @@
 mod api_keys;
 pub mod backtests;
 pub mod bindings;
+mod bulk;
 pub mod consents;
 pub mod contacts;
+mod event_group;
 mod events;
 pub mod jobs;
 pub mod journeys;
