@@ -361,19 +361,20 @@ impl Store {
         client_event_ids: &[&str],
     ) -> Result<HashMap<String, Event>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in client_event_ids.chunks(500) {
-            let sql = format!(
-                "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind((*id).to_owned());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let client_id: String = row.try_get("client_event_id")?;
-                found.insert(client_id, from_row(&row)?);
-            }
+        if client_event_ids.is_empty() {
+            return Ok(found);
+        }
+        let sql = format!(
+            "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN {}",
+            super::bulk::json_list(self.dialect, 1)
+        );
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(super::bulk::to_json(client_event_ids)?)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let client_id: String = row.try_get("client_event_id")?;
+            found.insert(client_id, from_row(&row)?);
         }
         Ok(found)
     }

@@ -12,12 +12,9 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::bulk::{self, Col};
-use super::events::{DAY_MS, activity_from_row, from_row as event_from_row, placeholders};
+use super::events::{DAY_MS, activity_from_row, from_row as event_from_row};
 use super::{Dialect, Store, StoreError, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
-
-/// Ids per statement: well inside both databases' bind limits.
-const CHUNK: usize = 500;
 
 /// One effect of a batch, in the order it happened.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,21 +57,18 @@ impl Store {
     /// The events among `ids` whose effects are not applied yet, in the
     /// order they were accepted.
     pub async fn unprocessed_events(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT id, contact_id, kind, at, properties FROM events \
-                 WHERE processed_at IS NULL AND id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                found.push(event_from_row(&row)?);
-            }
-        }
+        let sql = format!(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE processed_at IS NULL AND id IN {}",
+            bulk::json_list(self.dialect, 1)
+        );
+        let mut found = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bulk::to_json(ids)?)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let order: HashMap<&str, usize> = ids
             .iter()
             .enumerate()
@@ -90,34 +84,33 @@ impl Store {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, Contact>, StoreError> {
+        let list = bulk::json_list(self.dialect, 1);
+        let ids = bulk::to_json(ids)?;
+        let sql = format!(
+            "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
+             FROM contacts WHERE id IN {list}"
+        );
         let mut contacts = HashMap::new();
-        for chunk in ids.chunks(CHUNK) {
-            let list = placeholders(1, chunk.len());
-            let sql = format!(
-                "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-                 FROM contacts WHERE id IN ({list})"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact = super::contacts::from_row(&row)?;
-                contacts.insert(contact.id.clone(), contact);
-            }
-            let sql = format!(
-                "SELECT contact_id, segment FROM segment_members WHERE contact_id IN ({list}) \
-                 ORDER BY contact_id, segment"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact_id: String = row.try_get("contact_id")?;
-                if let Some(contact) = contacts.get_mut(&contact_id) {
-                    contact.segments.push(row.try_get("segment")?);
-                }
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids.clone())
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact = super::contacts::from_row(&row)?;
+            contacts.insert(contact.id.clone(), contact);
+        }
+        let sql = format!(
+            "SELECT contact_id, segment FROM segment_members WHERE contact_id IN {list} \
+             ORDER BY contact_id, segment"
+        );
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact_id: String = row.try_get("contact_id")?;
+            if let Some(contact) = contacts.get_mut(&contact_id) {
+                contact.segments.push(row.try_get("segment")?);
             }
         }
         Ok(contacts)
@@ -131,31 +124,29 @@ impl Store {
         ids: &[String],
         now: i64,
     ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
+        let sql = format!(
+            "SELECT contact_id, kind, COUNT(*) AS total, \
+                    SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
+                    SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
+                    MAX(at) AS last_at \
+             FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND contact_id IN {} \
+             GROUP BY contact_id, kind ORDER BY contact_id, kind",
+            bulk::json_list(self.dialect, 4)
+        );
         let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT contact_id, kind, COUNT(*) AS total, \
-                        SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
-                        SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
-                        MAX(at) AS last_at \
-                 FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND contact_id IN ({}) \
-                 GROUP BY contact_id, kind ORDER BY contact_id, kind",
-                placeholders(4, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(now - DAY_MS)
-                .bind(now - 30 * DAY_MS)
-                .bind(now);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact_id: String = row.try_get("contact_id")?;
-                activity
-                    .entry(contact_id)
-                    .or_default()
-                    .push(activity_from_row(&row)?);
-            }
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now - DAY_MS)
+            .bind(now - 30 * DAY_MS)
+            .bind(now)
+            .bind(bulk::to_json(ids)?)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact_id: String = row.try_get("contact_id")?;
+            activity
+                .entry(contact_id)
+                .or_default()
+                .push(activity_from_row(&row)?);
         }
         Ok(activity)
     }
