@@ -298,7 +298,7 @@ on_both_databases!(
 /// A group naming contacts every way: new and stored, by email, external
 /// id and contact id, identities that grow, move or clash, bad items, an
 /// older event. Each contact is found or created in item order.
-fn identity_mix(old_id: &str) -> Vec<EventInput> {
+fn identity_mix(old_id: &str, eight_id: &str) -> Vec<EventInput> {
     let by = |email: Option<&str>, external: Option<&str>, kind: &str, at: i64| EventInput {
         kind: kind.into(),
         at: Some(at),
@@ -346,6 +346,12 @@ fn identity_mix(old_id: &str) -> Vec<EventInput> {
         // Older than what old@ did before: `last_seen_at` stays.
         by(Some("old@example.org"), None, "download", NOW - 10 * DAY),
         by(None, None, "download", NOW),
+        // eight@ is looked at (refused: crm-1 is old@'s), then named by id.
+        by(Some("eight@example.org"), Some("crm-1"), "download", NOW),
+        EventInput {
+            contact_id: Some(eight_id.to_owned()),
+            ..by(None, None, "email.opened", NOW - 7)
+        },
     ]
 }
 
@@ -376,11 +382,23 @@ async fn a_group_finds_and_creates_contacts_as_one_event_at_a_time_would(dialect
             )
             .await
             .unwrap();
+        let eight = store
+            .upsert_contact(
+                &nachfass::store::ContactInput {
+                    email: Some("eight@example.org".into()),
+                    ..Default::default()
+                },
+                earlier,
+            )
+            .await
+            .unwrap()
+            .contact
+            .id;
         store
             .ingest_event(&event("old@example.org", "download", NOW - 100), earlier)
             .await
             .unwrap();
-        let inputs = identity_mix(&old);
+        let inputs = identity_mix(&old, &eight);
         let results = if grouped {
             store.ingest_events(&inputs, NOW).await.unwrap()
         } else {
@@ -460,7 +478,14 @@ async fn a_group_finds_and_creates_contacts_as_one_event_at_a_time_would(dialect
         answers[10].contains("None/Some(\"crm-9\") created true"),
         "{dialect}: {answers:#?}"
     );
-    assert_eq!(contacts.len(), 6, "{dialect}: {contacts:#?}");
+    assert_eq!(contacts.len(), 7, "{dialect}: {contacts:#?}");
+    assert!(
+        contacts.iter().any(|c| c.starts_with(&format!(
+            "(Some(\"eight@example.org\"), None, Some({}),",
+            NOW - 7
+        ))),
+        "{dialect}: {contacts:#?}"
+    );
     // One transaction for the group (its one backstop job), not one per item.
     assert_eq!(
         jobs, 2,

@@ -235,24 +235,31 @@ impl Store {
         drop(rows);
         // Stored contacts the group saw or found: `last_seen_at` moves
         // forward, `updated_at` as the identity upsert wrote it.
-        let seen_rows: Vec<SeenRow<'_>> = named
-            .iter()
-            .filter(|(_, n)| !n.created && n.touched)
-            .map(|(id, n)| (id.as_str(), n.touched))
-            .chain(
-                last_seen
-                    .keys()
-                    .filter(|id| !named.contains_key(**id))
-                    .map(|id| (*id, false)),
-            )
-            .collect::<BTreeMap<&str, bool>>()
-            .into_iter()
-            .map(|(id, touched)| SeenRow {
-                id,
-                at: last_seen.get(id).copied(),
-                touched,
-            })
-            .collect();
+        let mut seen: BTreeMap<&str, SeenRow<'_>> = BTreeMap::new();
+        for (id, at) in &last_seen {
+            if !named.get(*id).is_some_and(|n| n.created) {
+                seen.insert(
+                    id,
+                    SeenRow {
+                        id,
+                        at: Some(*at),
+                        touched: false,
+                    },
+                );
+            }
+        }
+        for (id, n) in &named {
+            if n.touched && !n.created {
+                seen.entry(id)
+                    .or_insert(SeenRow {
+                        id,
+                        at: None,
+                        touched: false,
+                    })
+                    .touched = true;
+            }
+        }
+        let seen_rows: Vec<SeenRow<'_>> = seen.into_values().collect();
         update_seen(&mut tx, dialect, &seen_rows, now).await?;
         let system: Vec<super::jobs::RouteEvent> = events
             .iter()
