@@ -91,6 +91,8 @@ pub struct Store {
     /// Where the database is, for listeners that need their own
     /// connection (PostgreSQL `LISTEN`).
     url: Arc<str>,
+    /// API keys looked up lately.
+    api_keys: Arc<api_keys::KeyCache>,
 }
 
 impl Store {
@@ -141,6 +143,7 @@ impl Store {
             routing: Arc::default(),
             jobs_wake: jobs::JobsWake::default(),
             url: listen_url,
+            api_keys: Arc::default(),
         };
         store.refresh_routing().await?;
         Ok(store)
