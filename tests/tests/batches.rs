@@ -425,14 +425,14 @@ async fn a_group_finds_and_creates_contacts_as_one_event_at_a_time_would(dialect
                 Err(e) => format!("{e}").split(':').next().unwrap().to_owned(),
             });
         }
-        let contacts: Vec<(Option<String>, Option<String>, Option<i64>, i64, i64)> =
-            sqlx::query_as(
-                "SELECT email, external_id, last_seen_at, created_at, updated_at FROM contacts \
+        type Row = (Option<String>, Option<String>, Option<i64>, i64, i64);
+        let contacts: Vec<Row> = sqlx::query_as(
+            "SELECT email, external_id, last_seen_at, created_at, updated_at FROM contacts \
                  ORDER BY email, external_id",
-            )
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
         let contacts = contacts.iter().map(|c| format!("{c:?}")).collect();
         let (jobs,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = 'process_events'")

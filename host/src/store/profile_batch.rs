@@ -462,7 +462,7 @@ async fn write_memberships(
             continue;
         };
         changed.extend(changes.iter().skip(1).map(|(index, _)| *index));
-        let after = (last != first).then(|| MemberRow {
+        let after = (last != first).then_some(MemberRow {
             segment,
             contact_id,
         });
