@@ -9,7 +9,9 @@
 //! (a crash, an expired lease) changes nothing the second time.
 
 mod advance;
+mod batch;
 pub mod condition;
+mod facts;
 pub mod preview;
 pub mod ready_made;
 mod route;
@@ -82,18 +84,45 @@ impl JobArgs for SweepJourney {
 }
 
 /// The job kinds of journeys: routing events, advancing runs, timeouts
-/// and scheduled sweeps.
+/// (these three in batches, see `batch`) and scheduled sweeps.
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
+    use batch::{StepJob, run_steps};
     registry
-        .register(|journeys, job, args: RouteEvent| async move {
-            route::route(&journeys, &job, &args.event_id).await
-        })
-        .register(|journeys, job, args: AdvanceRun| async move {
-            advance::advance(&journeys, &job, &args.run_id, args.seq, false).await
-        })
-        .register(|journeys, job, args: TimeoutRun| async move {
-            advance::advance(&journeys, &job, &args.run_id, args.seq, true).await
-        })
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, RouteEvent)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Route {
+                        event_id: args.event_id,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, AdvanceRun)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Advance {
+                        run_id: args.run_id,
+                        seq: args.seq,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
+        .register_batch(
+            |journeys: Arc<Journeys>, jobs: Vec<(_, TimeoutRun)>| async move {
+                let jobs = jobs.into_iter().map(|(job, args)| {
+                    let step = StepJob::Timeout {
+                        run_id: args.run_id,
+                        seq: args.seq,
+                    };
+                    (job, step)
+                });
+                run_steps(&journeys, jobs.collect()).await
+            },
+        )
         .register(|journeys, job, args: SweepJourney| async move {
             sweep::sweep(&journeys, &job, &args.journey, args.version, args.at).await
         });
@@ -333,30 +362,32 @@ impl Journeys {
         conn: &mut AnyConnection,
         binding: &str,
     ) -> Result<Option<String>, StoreError> {
-        let Some(def) = bindings_in(conn, BindingKind::Channel)
-            .await?
-            .into_iter()
-            .find(|b| b.name == binding)
-        else {
-            return Ok(None);
-        };
-        let Some(plugin) = self
+        let bindings = bindings_in(conn, BindingKind::Channel).await?;
+        Ok(self.channel_kind_of(&bindings, binding).await)
+    }
+
+    /// The channel kind of `binding` among the channel bindings `bindings`;
+    /// `None` when there is no such binding or no live plugin for it.
+    pub(crate) async fn channel_kind_of(
+        &self,
+        bindings: &[crate::store::BindingDef],
+        binding: &str,
+    ) -> Option<String> {
+        let def = bindings.iter().find(|b| b.name == binding)?;
+        let plugin = self
             .pipeline
             .registry
-            .resolve(&def.plugin, def.version.as_deref())
-        else {
-            return Ok(None);
-        };
+            .resolve(&def.plugin, def.version.as_deref())?;
         if let Some(kind) = lock(&self.channel_kinds).get(plugin.id()) {
-            return Ok(Some(kind.clone()));
+            return Some(kind.clone());
         }
         let runtime_binding =
-            crate::scoring::runtime_binding(&def, crate::runtime::World::Channel, &plugin);
+            crate::scoring::runtime_binding(def, crate::runtime::World::Channel, &plugin);
         let info = match plugin.describe(&runtime_binding, self.now()).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(binding, error = %e, "channel describe failed");
-                return Ok(None);
+                return None;
             }
         };
         let kind = serde_json::to_value(info.kind)
@@ -364,7 +395,7 @@ impl Journeys {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| "webhook".to_owned());
         lock(&self.channel_kinds).insert(plugin.id().to_owned(), kind.clone());
-        Ok(Some(kind))
+        Some(kind)
     }
 }
 

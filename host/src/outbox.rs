@@ -3,111 +3,352 @@
 //! outcome and its timeline event commit with the job's removal; a crash
 //! between the provider's accept and that commit is the one window in
 //! which a message can go out twice, with the same key both times.
+//! Deliveries run in batches: a few reads for the batch, the plugin calls
+//! side by side, the outcomes in small groups of one transaction each as
+//! the calls come back (so the window stays as small as it was).
 
+use std::sync::Arc;
+
+use sqlx::AnyConnection;
 use tracing::Instrument;
 
 use crate::journeys::{Journeys, props};
-use crate::model::{Message, SendError, Value};
-use crate::runtime::World;
+use crate::model::{Delivery, Message, SendError, Value};
+use crate::runtime::{Binding, CallResult, Plugin, World};
+use crate::store::bindings::bindings_in;
 use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in};
 use crate::store::outbox::{
-    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxStatus, Purpose, settle_outbox_in,
+    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxStatus, Purpose, outbox_entries_in,
+    settle_outbox_in,
 };
+use crate::store::suppressions::suppressions_of_in;
 use crate::store::timeline::record_in;
 use crate::store::{BindingKind, StoreError};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
-    registry.register(|journeys, job, args: DeliverMessage| async move {
-        deliver(&journeys, &job, &args.outbox_id).await
-    });
+    registry.register_batch(
+        |journeys: Arc<Journeys>, jobs: Vec<(_, DeliverMessage)>| async move {
+            deliver_batch(&journeys, jobs).await
+        },
+    );
 }
 
-pub async fn deliver(
-    journeys: &Journeys,
-    job: &ClaimedJob,
-    outbox_id: &str,
-) -> Result<JobOutcome, StoreError> {
-    let store = &journeys.pipeline.store;
-    let entry = store.outbox_entry(outbox_id).await?;
-    let Some(entry) = entry.filter(|e| e.status == OutboxStatus::Pending) else {
-        // Delivered, failed or cancelled already, or the contact erased.
-        return settle(journeys, job, None).await;
-    };
-    let marketing = entry.purpose == Purpose::Marketing;
-    // A stop that came after the message was queued still wins.
-    let suppressions = store.suppressions(&entry.contact_id).await?;
-    if let Some(s) = suppressions
-        .iter()
-        .find(|s| s.applies(&entry.channel, marketing))
-    {
-        let reason = format!("cancelled: contact is suppressed ({})", s.reason);
-        return settle(
-            journeys,
-            job,
-            Some((&entry, OutboxStatus::Cancelled, None, Some(&reason))),
-        )
-        .await;
+/// Messages of one batch called but not yet recorded, at most. Those are
+/// the messages a crash could send twice, so a call's place is freed only
+/// once its outcome is written: the deliveries lane runs two batches, so a
+/// node has at most 64 — as many as it ran at once before batches.
+const CALLS_AT_ONCE: usize = 32;
+
+/// Outcomes written in one transaction: half the calls, so one group is
+/// written while the other half is out.
+const SETTLE_GROUP: usize = 16;
+
+/// What a job's message comes to: a new state for its outbox entry (or
+/// none, when it was settled already), or an outcome for the scheduler
+/// with nothing written (a retry).
+#[derive(Clone)]
+enum Settlement {
+    Write(Option<Box<Outcome>>),
+    Job(JobOutcome),
+}
+
+/// A message's new state and why.
+#[derive(Clone)]
+struct Outcome {
+    entry: OutboxEntry,
+    status: OutboxStatus,
+    provider_id: Option<String>,
+    reason: Option<String>,
+}
+
+impl Outcome {
+    /// A new state with no provider id.
+    fn settle(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
+        Settlement::Write(Some(Box::new(Outcome {
+            entry: entry.clone(),
+            status,
+            provider_id: None,
+            reason,
+        })))
     }
-    let binding = store
-        .bindings(BindingKind::Channel)
-        .await?
+}
+
+/// Delivers the messages of a batch of jobs: a few reads for all of them
+/// (entries, suppressions, bindings), the plugin calls side by side, and
+/// the outcomes in groups of one transaction as the calls come back, each
+/// job in a savepoint of its own. One outcome per job, in order.
+pub async fn deliver_batch(
+    journeys: &Arc<Journeys>,
+    jobs: Vec<(ClaimedJob, DeliverMessage)>,
+) -> Vec<Result<JobOutcome, StoreError>> {
+    let plans = match plan(journeys, &jobs).await {
+        Ok(plans) => plans,
+        Err(e) => {
+            let error = e.to_string();
+            return jobs
+                .iter()
+                .map(|_| Err(StoreError::Invalid(error.clone())))
+                .collect();
+        }
+    };
+    let jobs: Vec<ClaimedJob> = jobs.into_iter().map(|(job, _)| job).collect();
+    let mut outcomes: Vec<Option<Result<JobOutcome, StoreError>>> =
+        jobs.iter().map(|_| None).collect();
+    let mut ready: Vec<(usize, Result<Settlement, StoreError>)> = Vec::new();
+    let mut waiting = std::collections::VecDeque::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        match plan {
+            Plan::Done(settlement) => ready.push((index, settlement)),
+            Plan::Call(call) => waiting.push_back((index, *call)),
+        }
+    }
+    let places = Arc::new(tokio::sync::Semaphore::new(CALLS_AT_ONCE));
+    let mut calls = tokio::task::JoinSet::new();
+    // The places of calls whose outcomes wait to be written.
+    let mut held = Vec::new();
+    loop {
+        while let Some(place) = waiting
+            .front()
+            .and_then(|_| places.clone().try_acquire_owned().ok())
+        {
+            if let Some((index, call)) = waiting.pop_front() {
+                calls.spawn(make_call(journeys.clone(), index, call, place));
+            }
+        }
+        while let Some(done) = calls.try_join_next() {
+            collect(done, &mut ready, &mut held);
+        }
+        let all_back = calls.is_empty() && waiting.is_empty();
+        if ready.len() >= SETTLE_GROUP || (all_back && !ready.is_empty()) {
+            let group = std::mem::take(&mut ready);
+            for (index, outcome) in settle_group(journeys, &jobs, group).await {
+                outcomes[index] = Some(outcome);
+            }
+            held.clear();
+            continue;
+        }
+        if all_back {
+            break;
+        }
+        if let Some(done) = calls.join_next().await {
+            collect(done, &mut ready, &mut held);
+        }
+    }
+    outcomes
         .into_iter()
-        .find(|b| b.name == entry.binding);
-    let Some(binding) = binding else {
-        let reason = format!("channel binding `{}` was deleted", entry.binding);
-        return settle(
-            journeys,
-            job,
-            Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
-        )
-        .await;
-    };
-    let Some(plugin) = journeys
-        .pipeline
-        .registry
-        .resolve(&binding.plugin, binding.version.as_deref())
-    else {
-        return Ok(retry(
-            job,
-            format!("plugin `{}` is not installed", binding.plugin),
-        ));
-    };
-    let message: Message = serde_json::from_str(&entry.message)
-        .map_err(|e| StoreError::Invalid(format!("outbox entry {}: {e}", entry.id)))?;
-    let runtime_binding = crate::scoring::runtime_binding(&binding, World::Channel, &plugin);
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::Invalid("the delivery call failed".into()))))
+        .collect()
+}
+
+/// A call's index, its settlement, and its place among the calls at once.
+type CallBack = (
+    usize,
+    Result<Settlement, StoreError>,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+fn collect(
+    done: Result<CallBack, tokio::task::JoinError>,
+    ready: &mut Vec<(usize, Result<Settlement, StoreError>)>,
+    held: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
+) {
+    match done {
+        Ok((index, settlement, place)) => {
+            ready.push((index, settlement));
+            held.push(place);
+        }
+        // A panicked call: its job gets no outcome and is retried.
+        Err(e) => tracing::error!(error = %e, "a delivery call panicked"),
+    }
+}
+
+/// Writes a group's outcomes. The messages went out: their outcomes are
+/// worth a few tries, since a job retried now would send its message
+/// again (with the same key).
+async fn settle_group(
+    journeys: &Journeys,
+    jobs: &[ClaimedJob],
+    group: Vec<(usize, Result<Settlement, StoreError>)>,
+) -> Vec<(usize, Result<JobOutcome, StoreError>)> {
+    let indices: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+    let mut settlements: Vec<Result<Settlement, StoreError>> =
+        group.into_iter().map(|(_, s)| s).collect();
+    let group_jobs: Vec<&ClaimedJob> = indices.iter().map(|i| &jobs[*i]).collect();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let kept = (tries < SETTLE_TRIES).then(|| copy_settlements(&settlements));
+        match settle_all(journeys, &group_jobs, settlements).await {
+            Ok(outcomes) => return indices.into_iter().zip(outcomes).collect(),
+            Err(e) => match kept {
+                Some(again) => {
+                    tracing::warn!(error = %e, tries, "recording deliveries failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                    settlements = again;
+                }
+                // Nothing was written: every job of the group is retried.
+                None => {
+                    let error = e.to_string();
+                    return indices
+                        .into_iter()
+                        .map(|i| (i, Err(StoreError::Invalid(error.clone()))))
+                        .collect();
+                }
+            },
+        }
+    }
+}
+
+/// Attempts at writing a group's outcomes.
+const SETTLE_TRIES: u64 = 3;
+
+fn copy_settlements(
+    settlements: &[Result<Settlement, StoreError>],
+) -> Vec<Result<Settlement, StoreError>> {
+    settlements
+        .iter()
+        .map(|s| match s {
+            Ok(settlement) => Ok(settlement.clone()),
+            Err(e) => Err(StoreError::Invalid(e.to_string())),
+        })
+        .collect()
+}
+
+/// A job's message, ready to hand to its plugin, or settled without one.
+enum Plan {
+    Done(Result<Settlement, StoreError>),
+    Call(Box<Call>),
+}
+
+/// A plugin call to make.
+struct Call {
+    job: ClaimedJob,
+    entry: OutboxEntry,
+    plugin: Arc<Plugin>,
+    binding: Arc<Binding>,
+    message: Message,
+}
+
+async fn plan(
+    journeys: &Journeys,
+    jobs: &[(ClaimedJob, DeliverMessage)],
+) -> Result<Vec<Plan>, StoreError> {
+    let store = &journeys.pipeline.store;
+    let ids: Vec<String> = jobs.iter().map(|(_, a)| a.outbox_id.clone()).collect();
+    let mut conn = store.pool().acquire().await?;
+    let entries = outbox_entries_in(&mut conn, &ids).await?;
+    let mut contacts: Vec<String> = entries.values().map(|e| e.contact_id.clone()).collect();
+    contacts.sort_unstable();
+    contacts.dedup();
+    let suppressions = suppressions_of_in(&mut conn, &contacts).await?;
+    let bindings = bindings_in(&mut conn, BindingKind::Channel).await?;
+    drop(conn);
+    Ok(jobs
+        .iter()
+        .map(|(job, args)| {
+            let Some(entry) = entries
+                .get(&args.outbox_id)
+                .filter(|e| e.status == OutboxStatus::Pending)
+            else {
+                // Delivered, failed or cancelled already, or the contact erased.
+                return Plan::Done(Ok(Settlement::Write(None)));
+            };
+            let marketing = entry.purpose == Purpose::Marketing;
+            // A stop that came after the message was queued still wins.
+            let stop = suppressions
+                .get(&entry.contact_id)
+                .into_iter()
+                .flatten()
+                .find(|s| s.applies(&entry.channel, marketing));
+            if let Some(s) = stop {
+                let reason = format!("cancelled: contact is suppressed ({})", s.reason);
+                return Plan::Done(Ok(Outcome::settle(
+                    entry,
+                    OutboxStatus::Cancelled,
+                    Some(reason),
+                )));
+            }
+            let Some(binding) = bindings.iter().find(|b| b.name == entry.binding) else {
+                let reason = format!("channel binding `{}` was deleted", entry.binding);
+                return Plan::Done(Ok(Outcome::settle(
+                    entry,
+                    OutboxStatus::Failed,
+                    Some(reason),
+                )));
+            };
+            let Some(plugin) = journeys
+                .pipeline
+                .registry
+                .resolve(&binding.plugin, binding.version.as_deref())
+            else {
+                let why = format!("plugin `{}` is not installed", binding.plugin);
+                return Plan::Done(Ok(Settlement::Job(retry(job, why))));
+            };
+            let message = match serde_json::from_str::<Message>(&entry.message) {
+                Ok(message) => message,
+                Err(e) => {
+                    let why = format!("outbox entry {}: {e}", entry.id);
+                    return Plan::Done(Err(StoreError::Invalid(why)));
+                }
+            };
+            Plan::Call(Box::new(Call {
+                job: job.clone(),
+                entry: entry.clone(),
+                binding: crate::scoring::runtime_binding(binding, World::Channel, &plugin),
+                plugin,
+                message,
+            }))
+        })
+        .collect())
+}
+
+/// Hands one message to its plugin, holding `place` among the calls at
+/// once until the caller has written the outcome.
+async fn make_call(
+    journeys: Arc<Journeys>,
+    index: usize,
+    call: Call,
+    place: tokio::sync::OwnedSemaphorePermit,
+) -> CallBack {
+    let Call {
+        job,
+        entry,
+        plugin,
+        binding,
+        message,
+    } = call;
     let span = tracing::info_span!("deliver", binding = %entry.binding, message = %entry.idempotency_key, attempt = job.attempts);
+    let now = journeys.pipeline.clock.now();
     let answer = plugin
-        .deliver(&runtime_binding, journeys.pipeline.clock.now(), &message)
+        .deliver(&binding, now, &message)
         .instrument(span)
         .await;
+    (index, Ok(judge(&job, &entry, answer)), place)
+}
+
+/// What a plugin's answer means for the message.
+fn judge(
+    job: &ClaimedJob,
+    entry: &OutboxEntry,
+    answer: CallResult<Delivery, SendError>,
+) -> Settlement {
     let transient = match answer {
         Ok(Ok(delivery)) => {
-            let provider_id = delivery.provider_id;
-            return settle(
-                journeys,
-                job,
-                Some((
-                    &entry,
-                    OutboxStatus::Delivered,
-                    provider_id.as_deref(),
-                    None,
-                )),
-            )
-            .await;
+            return Settlement::Write(Some(Box::new(Outcome {
+                entry: entry.clone(),
+                status: OutboxStatus::Delivered,
+                provider_id: delivery.provider_id,
+                reason: None,
+            })));
         }
         Ok(Err(SendError::Permanent(why))) => {
             let reason = format!("permanent: {why}");
-            return settle(
-                journeys,
-                job,
-                Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
-            )
-            .await;
+            return Outcome::settle(entry, OutboxStatus::Failed, Some(reason));
         }
         Ok(Err(SendError::RateLimited(seconds))) => {
             let wait = i64::from(seconds) * 1000;
             if job.attempts < MAX_DELIVERY_ATTEMPTS {
-                return Ok(JobOutcome::Retry {
+                return Settlement::Job(JobOutcome::Retry {
                     after_ms: wait.max(backoff(job.attempts, &job.id)),
                     error: format!("rate limited: retry after {seconds} s"),
                 });
@@ -120,15 +361,10 @@ pub async fn deliver(
         Err(failure) => format!("plugin failed: {failure}"),
     };
     if job.attempts < MAX_DELIVERY_ATTEMPTS {
-        return Ok(retry(job, transient));
+        return Settlement::Job(retry(job, transient));
     }
     let reason = format!("gave up after {} attempts: {transient}", job.attempts);
-    settle(
-        journeys,
-        job,
-        Some((&entry, OutboxStatus::Failed, None, Some(&reason))),
-    )
-    .await
+    Outcome::settle(entry, OutboxStatus::Failed, Some(reason))
 }
 
 fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
@@ -138,16 +374,72 @@ fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
     }
 }
 
-/// Records an outcome (status, provider id, reason) and removes the job.
-async fn settle(
+/// Writes the settlements of a batch in one transaction, each job in a
+/// savepoint of its own: an outcome (status, provider id, reason) with its
+/// timeline event, and the job's removal.
+async fn settle_all(
     journeys: &Journeys,
-    job: &ClaimedJob,
-    outcome: Option<(&OutboxEntry, OutboxStatus, Option<&str>, Option<&str>)>,
-) -> Result<JobOutcome, StoreError> {
+    jobs: &[&ClaimedJob],
+    settlements: Vec<Result<Settlement, StoreError>>,
+) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
     let now = journeys.pipeline.clock.now();
     let mut tx = journeys.pipeline.store.write_tx().await?;
-    if let Some((entry, status, provider_id, reason)) = outcome {
-        settle_outbox_in(&mut tx, &entry.id, status, provider_id, reason, now).await?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (job, settlement) in jobs.iter().zip(settlements) {
+        let outcome = match settlement {
+            Ok(Settlement::Write(outcome)) => outcome,
+            Ok(Settlement::Job(outcome)) => {
+                outcomes.push(Ok(outcome));
+                continue;
+            }
+            Err(e) => {
+                outcomes.push(Err(e));
+                continue;
+            }
+        };
+        sqlx::query("SAVEPOINT nachfass_delivery")
+            .execute(&mut *tx)
+            .await?;
+        match settle_in(&mut tx, job, outcome.as_deref(), now).await {
+            Ok(true) => {
+                sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
+                    .execute(&mut *tx)
+                    .await?;
+                outcomes.push(Ok(JobOutcome::Done));
+                continue;
+            }
+            // The lease ran out and another worker has the job.
+            Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
+            Err(e) => outcomes.push(Err(e)),
+        }
+        sqlx::query("ROLLBACK TO SAVEPOINT nachfass_delivery")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Records `outcome` and removes the job, in the caller's transaction;
+/// `false` when the job's lease was lost (the caller undoes this).
+async fn settle_in(
+    tx: &mut AnyConnection,
+    job: &ClaimedJob,
+    outcome: Option<&Outcome>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if let Some(Outcome {
+        entry,
+        status,
+        provider_id,
+        reason,
+    }) = outcome
+    {
+        let (status, provider_id, reason) = (*status, provider_id.as_deref(), reason.as_deref());
+        settle_outbox_in(tx, &entry.id, status, provider_id, reason, now).await?;
         let kind = match status {
             OutboxStatus::Delivered => "message.sent",
             OutboxStatus::Cancelled => "message.cancelled",
@@ -171,10 +463,7 @@ async fn settle(
                 properties.insert(key.into(), Value::Text(value.to_owned()));
             }
         }
-        record_in(&mut tx, &entry.contact_id, kind, properties, now).await?;
+        record_in(tx, &entry.contact_id, kind, properties, now).await?;
     }
-    if finish_in(&mut tx, job).await? {
-        tx.commit().await?;
-    }
-    Ok(JobOutcome::Done)
+    finish_in(tx, job).await
 }

@@ -9,11 +9,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::journeys::Journeys;
+use crate::journeys::{AdvanceRun, Journeys, TimeoutRun};
 use crate::store::Backtest;
 use crate::store::jobs::{
-    ClaimedJob, JobOutcome, JobRegistry, KindFilter, ProcessEvents, ProfileChanged, backoff,
+    ClaimedJob, JobArgs, JobOutcome, JobRegistry, KindFilter, ProcessEvents, ProfileChanged,
+    RouteEvent, backoff,
 };
+use crate::store::outbox::DeliverMessage;
 use crate::store::tasks::{Rescore, SegmentRebuild};
 use crate::store::{Dialect, StoreError};
 
@@ -72,6 +74,9 @@ pub struct SchedulerConfig {
     pub batch: u32,
     /// Pause when nothing is due.
     pub idle: Duration,
+    /// Journey steps (routing, advancing, timeouts) or deliveries claimed
+    /// and run as one batch at most.
+    pub step_batch: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -80,6 +85,7 @@ impl Default for SchedulerConfig {
             lease_ms: 60_000,
             batch: 64,
             idle: Duration::from_millis(200),
+            step_batch: 100,
         }
     }
 }
@@ -132,38 +138,75 @@ impl Scheduler {
         };
         let permits = Arc::new(tokio::sync::Semaphore::new(at_once));
         let mut running = JoinSet::new();
-        for job in jobs {
+        for work in self.split(jobs) {
             let this = self.clone();
             let permits = permits.clone();
-            let span = tracing::debug_span!("job", id = %job.id, attempt = job.attempts);
-            running.spawn(
-                async move {
-                    // The semaphore is never closed, so a permit always comes.
-                    let _permit = permits.acquire_owned().await;
-                    this.run(job).await
-                }
-                .instrument(span),
-            );
+            running.spawn(async move {
+                // The semaphore is never closed, so a permit always comes.
+                let _permit = permits.acquire_owned().await;
+                this.run_work(work).await
+            });
         }
         while running.join_next().await.is_some() {}
         Ok(claimed)
     }
 
-    async fn run(&self, job: ClaimedJob) {
-        let store = &self.journeys.pipeline.store;
-        let kind = job.kind.clone();
-        let started = self.journeys.pipeline.clock.now();
-        metrics::histogram!("nachfass_job_lag_seconds", "kind" => kind.clone())
-            .record((started - job.due_at).max(0) as f64 / 1000.0);
-        let max_attempts = self.registry.max_attempts(&kind);
-        let work = self.registry.run(self.journeys.clone(), job.clone());
-        // A job that outlives its lease keeps it: another node never runs it
-        // beside this one (a long sweep, a rebuild between batches).
-        let ran = tokio::select! {
-            biased;
-            ran = work => ran,
-            never = self.heartbeat(&job) => match never {},
+    /// Splits claimed jobs into what runs as one: all jobs of a kind run
+    /// in batches together, every other job alone.
+    fn split(&self, jobs: Vec<ClaimedJob>) -> Vec<Vec<ClaimedJob>> {
+        let mut batches: Vec<Vec<ClaimedJob>> = Vec::new();
+        let mut singles = Vec::new();
+        for job in jobs {
+            if !self.registry.runs_in_batches(&job.kind) {
+                singles.push(vec![job]);
+            } else if let Some(batch) = batches.iter_mut().find(|b| b[0].kind == job.kind) {
+                batch.push(job);
+            } else {
+                batches.push(vec![job]);
+            }
+        }
+        batches.extend(singles);
+        batches
+    }
+
+    /// Runs one piece of [`Self::split`] work and records its outcomes.
+    async fn run_work(&self, jobs: Vec<ClaimedJob>) {
+        let [first, ..] = jobs.as_slice() else {
+            return;
         };
+        let span = if jobs.len() == 1 {
+            tracing::debug_span!("job", kind = %first.kind, id = %first.id, attempt = first.attempts)
+        } else {
+            tracing::debug_span!("jobs", kind = %first.kind, count = jobs.len())
+        };
+        async {
+            let started = self.journeys.pipeline.clock.now();
+            for job in &jobs {
+                metrics::histogram!("nachfass_job_lag_seconds", "kind" => job.kind.clone())
+                    .record((started - job.due_at).max(0) as f64 / 1000.0);
+            }
+            let work = self.registry.run_batch(self.journeys.clone(), jobs.clone());
+            // A job that outlives its lease keeps it: another node never
+            // runs it beside this one (a long sweep, a rebuild between
+            // batches).
+            let outcomes = tokio::select! {
+                biased;
+                outcomes = work => outcomes,
+                never = self.heartbeat(&jobs) => match never {},
+            };
+            for (job, ran) in jobs.iter().zip(outcomes) {
+                self.record(job, ran).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Records what became of `job`: done (its work already committed),
+    /// retried with backoff, or failed for good.
+    async fn record(&self, job: &ClaimedJob, ran: Result<JobOutcome, StoreError>) {
+        let store = &self.journeys.pipeline.store;
+        let max_attempts = self.registry.max_attempts(&job.kind);
         let outcome = match ran {
             Ok(outcome) => outcome,
             Err(e) if job.attempts >= max_attempts => JobOutcome::Failed {
@@ -180,16 +223,17 @@ impl Scheduler {
             JobOutcome::Retry { .. } => "retry",
             JobOutcome::Failed { .. } => "failed",
         };
-        metrics::counter!("nachfass_jobs_total", "kind" => kind, "outcome" => label).increment(1);
+        metrics::counter!("nachfass_jobs_total", "kind" => job.kind.clone(), "outcome" => label)
+            .increment(1);
         let written = match &outcome {
             JobOutcome::Done => Ok(()),
             JobOutcome::Retry { after_ms, error } => {
                 tracing::info!(job = %job.id, attempt = job.attempts, error, "job will be retried");
-                store.retry_job(&job, now + after_ms, error).await
+                store.retry_job(job, now + after_ms, error).await
             }
             JobOutcome::Failed { error } => {
                 tracing::warn!(job = %job.id, attempt = job.attempts, error, "job failed for good");
-                store.fail_job(&job, error, now).await
+                store.fail_job(job, error, now).await
             }
         };
         // The lease runs out and the job comes back: nothing is lost.
@@ -198,21 +242,30 @@ impl Scheduler {
         }
     }
 
-    /// Extends `job`'s lease every third of its length until dropped (the
-    /// job finished). A lost lease is logged; the job's own transaction
-    /// then finds it lost and rolls back.
-    async fn heartbeat(&self, job: &ClaimedJob) -> std::convert::Infallible {
-        let every = Duration::from_millis(u64::try_from(job.lease_ms / 3).unwrap_or(1).max(1));
+    /// Extends the leases of running `jobs` every third of their length
+    /// until dropped (the jobs finished). A lost lease is logged; the job's
+    /// own transaction then finds it lost and rolls back.
+    async fn heartbeat(&self, jobs: &[ClaimedJob]) -> std::convert::Infallible {
+        let lease_ms = jobs.iter().map(|j| j.lease_ms).min().unwrap_or(60_000);
+        let every = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(1).max(1));
         let store = &self.journeys.pipeline.store;
         loop {
             tokio::time::sleep(every).await;
-            let until = self.journeys.pipeline.clock.now() + job.lease_ms;
-            match store.extend_lease(job, until).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(job = %job.id, "lease lost while running; another node may run the job")
+            let until = self.journeys.pipeline.clock.now() + lease_ms;
+            let extended = match jobs {
+                [job] => store.extend_lease(job, until).await.map(u64::from),
+                _ => store.extend_leases(jobs, until).await,
+            };
+            match extended {
+                Ok(held) if held as usize == jobs.len() => {}
+                Ok(held) => {
+                    let lost = jobs.len() - held as usize;
+                    tracing::warn!(
+                        lost,
+                        "leases lost while running; another node may run those jobs"
+                    )
                 }
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "could not extend the lease"),
+                Err(e) => tracing::warn!(error = %e, "could not extend the leases"),
             }
         }
     }
@@ -230,8 +283,9 @@ impl Scheduler {
     }
 
     /// The node's loop, until `shutdown` turns true: one lane for
-    /// deliveries and one for everything else, so a backlog of due steps
-    /// never starves the deliveries they create (nor the other way round).
+    /// deliveries, one for journey steps and one for everything else, so a
+    /// backlog of due steps never starves the deliveries they create (nor
+    /// a long rebuild the steps, nor the other way round).
     /// A lane claims as soon as a running job frees a place, and wakes when
     /// jobs are committed (this node's signal; on PostgreSQL every node's,
     /// through `LISTEN nachfass_jobs`), polling only as a backstop for
@@ -246,13 +300,30 @@ impl Scheduler {
             ));
         }
         let lanes = [
+            // Plugin calls outside the batch's one transaction: one batch
+            // calls while another writes, on either database.
             Lane {
                 name: "deliveries",
                 kinds: KindFilter::Only(DELIVERY_KINDS),
+                batched: true,
+                room: (2, 2),
             },
+            // One batch at a time on SQLite's one writer; two on
+            // PostgreSQL (one writes while the other computes).
+            Lane {
+                name: "steps",
+                kinds: KindFilter::Only(STEP_KINDS),
+                batched: true,
+                room: (1, 2),
+            },
+            // SQLite has one writer and 8 pooled connections: more than 4
+            // jobs at once would only queue for the lock while holding
+            // connections the API needs.
             Lane {
                 name: "work",
-                kinds: KindFilter::Except(DELIVERY_KINDS),
+                kinds: KindFilter::Except(LANED_KINDS),
+                batched: false,
+                room: (4, self.config.batch.max(1) as usize),
             },
         ];
         let mut running = JoinSet::new();
@@ -287,12 +358,9 @@ impl Scheduler {
     ) {
         let store = self.journeys.pipeline.store.clone();
         let mut wake = store.jobs_wake().subscribe();
-        // SQLite has one writer and 8 pooled connections: more than 4 jobs
-        // of a lane at once would only queue for the lock while holding
-        // connections the API needs.
         let room = match store.dialect() {
-            Dialect::Sqlite => 4,
-            Dialect::Postgres => self.config.batch.max(1) as usize,
+            Dialect::Sqlite => lane.room.0,
+            Dialect::Postgres => lane.room.1,
         };
         let mut running: JoinSet<()> = JoinSet::new();
         while !*shutdown.borrow() {
@@ -303,19 +371,39 @@ impl Scheduler {
             let mut more_due = false;
             if free > 0 {
                 let now = self.journeys.pipeline.clock.now();
-                let limit = u32::try_from(free)
-                    .unwrap_or(u32::MAX)
-                    .min(self.config.batch);
+                let limit = if lane.batched {
+                    self.config.step_batch.max(1)
+                } else {
+                    u32::try_from(free)
+                        .unwrap_or(u32::MAX)
+                        .min(self.config.batch)
+                };
                 match store
                     .claim_jobs_of(lane.kinds, &self.worker, now, self.config.lease_ms, limit)
                     .await
                 {
                     Ok(jobs) => {
                         more_due = jobs.len() == limit as usize;
-                        for job in jobs {
+                        if lane.batched {
+                            // The kinds of one claim run one after another.
                             let this = self.clone();
-                            let span = tracing::debug_span!("job", lane = lane.name, id = %job.id, attempt = job.attempts);
-                            running.spawn(async move { this.run(job).await }.instrument(span));
+                            let span = tracing::debug_span!("lane", lane = lane.name);
+                            running.spawn(
+                                async move {
+                                    for work in this.split(jobs) {
+                                        this.run_work(work).await;
+                                    }
+                                }
+                                .instrument(span),
+                            );
+                        } else {
+                            for job in jobs {
+                                let this = self.clone();
+                                let span = tracing::debug_span!("lane", lane = lane.name);
+                                running.spawn(
+                                    async move { this.run_work(vec![job]).await }.instrument(span),
+                                );
+                            }
                         }
                     }
                     Err(e) => {
@@ -344,13 +432,28 @@ impl Scheduler {
 }
 
 /// The job kinds of the deliveries lane.
-const DELIVERY_KINDS: &[&str] = &["deliver"];
+const DELIVERY_KINDS: &[&str] = &[DeliverMessage::KIND];
+
+/// The job kinds of the steps lane, run in batches.
+const STEP_KINDS: &[&str] = &[RouteEvent::KIND, AdvanceRun::KIND, TimeoutRun::KIND];
+
+/// Every kind with a lane of its own.
+const LANED_KINDS: &[&str] = &[
+    DeliverMessage::KIND,
+    RouteEvent::KIND,
+    AdvanceRun::KIND,
+    TimeoutRun::KIND,
+];
 
 /// A part of the queue run apart from the rest.
 #[derive(Clone, Copy)]
 struct Lane {
     name: &'static str,
     kinds: KindFilter,
+    /// Claims many jobs and runs each kind's as one batch.
+    batched: bool,
+    /// Jobs (or batches) running at once, on SQLite and on PostgreSQL.
+    room: (usize, usize),
 }
 
 /// Wakes this node's lanes on every `NOTIFY nachfass_jobs` (a trigger

@@ -125,7 +125,9 @@ impl Store {
                         // busy timeout queues writers instead of failing.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        // Long enough for a batch of steps or a group of
+                        // events ahead in the queue.
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                     }
                     Ok(())

@@ -148,28 +148,28 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         .save(definition.to_string().as_bytes())
         .await
         .unwrap();
+    // The server's own loop: its lanes for steps and deliveries.
     let scheduler = Scheduler::new(journeys, SchedulerConfig::default());
-
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let mut last_check = Instant::now();
+    let running = tokio::spawn(scheduler.run_forever(stopped));
+    let mut peak_rss = 0;
     loop {
-        if scheduler.tick().await.unwrap() == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        if last_check.elapsed() > Duration::from_secs(1) {
-            last_check = Instant::now();
-            let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jobs")
-                .fetch_one(store.pool())
-                .await
-                .unwrap()
-                .try_get("n")
-                .unwrap();
-            if open == 0 {
-                break;
-            }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak_rss = peak_rss.max(rss_bytes());
+        let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jobs")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        if open == 0 {
+            break;
         }
     }
     let elapsed = started.elapsed();
+    stop.send(true).unwrap();
+    running.await.unwrap();
 
     let rows = sqlx::query(
         "SELECT o.created_at - r.started_at AS queued, o.sent_at - r.started_at AS sent \
@@ -185,7 +185,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     println!(
         "{dialect}: {steps} sends due within one minute: all delivered after {:.1} s ({:.0} steps/s); \
          lateness queued p50 {:.1} s p99 {:.1} s, delivered p50 {:.1} s p99 {:.1} s; \
-         {} delivered, {} received; seeding took {:.1} s",
+         {} delivered, {} received; peak RSS {} MB; seeding took {:.1} s",
         elapsed.as_secs_f64(),
         steps as f64 / elapsed.as_secs_f64(),
         percentile(&queued, 0.5) as f64 / 1000.0,
@@ -194,8 +194,22 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         percentile(&sent, 0.99) as f64 / 1000.0,
         rows.len(),
         received.load(Ordering::Relaxed),
+        peak_rss / 1_000_000,
         seeded.as_secs_f64(),
     );
+}
+
+/// This process's resident memory now (server, scheduler and receiver
+/// all run in it), from `/proc/self/status`; 0 where there is none.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! a `score_at_least` trigger sees the score its own event produced; a
 //! journey's `set_attribute` step re-scores and re-segments the contact;
 //! scheduler lanes claim only their kinds; a committed job wakes a
-//! scheduler that would otherwise sleep.
+//! scheduler that would otherwise sleep; journey steps run in batches of
+//! one transaction, where a failing step rolls back alone.
 
 #![allow(clippy::unwrap_used)]
 
@@ -658,4 +659,78 @@ async fn a_committed_job_wakes_a_sleeping_scheduler(dialect: &'static str) {
 on_both_databases!(
     #[tokio::test]
     a_committed_job_wakes_a_sleeping_scheduler
+);
+
+/// Journey steps run in batches, one transaction for all: a step that
+/// fails rolls back to its own savepoint (nothing it wrote stays) and is
+/// retried, while the other steps of the batch commit.
+async fn a_failing_step_rolls_back_alone(dialect: &'static str) {
+    let w = world(dialect).await;
+    // Its plugin is not installed: a send through it fails.
+    let mail = binding("mail", BindingKind::Channel, "not-installed", &[]);
+    w.store.create_binding(&mail, 0).await.unwrap();
+    w.journeys
+        .save(
+            br#"{"name":"welcome","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"tag","type":"set_attribute","name":"welcomed","value":"yes"}]}"#,
+        )
+        .await
+        .unwrap();
+    w.journeys
+        .save(
+            br#"{"name":"trial","trigger":{"event":{"kind":"trial.started"}},
+                 "steps":[{"id":"tag","type":"set_attribute","name":"tried","value":"yes"},
+                          {"id":"mail","type":"send","binding":"mail",
+                           "template":{"subject":"Hallo","text":"Hallo {{ contact.email }}"}}]}"#,
+        )
+        .await
+        .unwrap();
+    for (email, kind) in [
+        ("ada@example.org", "signup"),
+        ("cem@example.org", "trial.started"),
+        ("bob@example.org", "signup"),
+    ] {
+        w.pipeline().ingest(&event(email, kind, NOW)).await.unwrap();
+    }
+    let scheduler = w.scheduler();
+    scheduler.run_until_idle().await.unwrap();
+
+    for email in ["ada@example.org", "bob@example.org"] {
+        let id = w.store.find_contact_id(email).await;
+        let runs = w.store.contact_runs(&id).await.unwrap();
+        assert_eq!(runs.len(), 1, "{dialect}: {runs:?}");
+        assert_eq!(runs[0].status, "completed", "{dialect}: {email}");
+        let contact = w.store.contact(&id).await.unwrap();
+        assert_eq!(
+            contact.attributes.get("welcomed"),
+            Some(&Value::Text("yes".into())),
+            "{dialect}: {email}"
+        );
+    }
+    // The failed step left nothing behind: no attribute, the run where it
+    // was, and its job waiting for a retry with the reason.
+    let cem = w.store.find_contact_id("cem@example.org").await;
+    let contact = w.store.contact(&cem).await.unwrap();
+    assert_eq!(contact.attributes.get("tried"), None, "{dialect}");
+    let runs = w.store.contact_runs(&cem).await.unwrap();
+    assert_eq!(runs.len(), 1, "{dialect}: {runs:?}");
+    assert_eq!(runs[0].status, "active", "{dialect}");
+    assert_eq!(runs[0].step.as_deref(), Some("tag"), "{dialect}");
+    let jobs: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT kind, attempts, last_error FROM jobs WHERE failed_at IS NULL")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(jobs.len(), 1, "{dialect}: {jobs:?}");
+    assert_eq!((jobs[0].0.as_str(), jobs[0].1), ("advance", 1), "{dialect}");
+    let error = jobs[0].2.clone().unwrap_or_default();
+    assert!(
+        error.contains("`mail` has no live plugin"),
+        "{dialect}: {error}"
+    );
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_failing_step_rolls_back_alone
 );

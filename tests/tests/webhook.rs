@@ -192,3 +192,33 @@ async fn a_binding_reaches_only_hosts_the_plugin_declares() {
     assert!(delivery.is_ok(), "{delivery:?}");
     assert_eq!(sink.received().len(), 1);
 }
+
+/// Deliveries reuse the connection to a provider: three messages in a row
+/// to a keep-alive server open one connection, not three.
+#[tokio::test]
+async fn deliveries_reuse_one_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::serve::ListenerExt;
+
+    let connections = Arc::new(AtomicUsize::new(0));
+    let opened = connections.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.tap_io(move |_| {
+        opened.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let plugin = webhook().await;
+    let b = binding(&format!("http://{addr}/hook"), &[addr.to_string()]);
+    for n in 0..3 {
+        let mut m = message();
+        m.idempotency_key = format!("run-42:step-{n}");
+        let delivered = plugin.deliver(&b, 1_763_900_000_000, &m).await.unwrap();
+        assert!(delivered.is_ok(), "message {n}: {delivered:?}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    server.abort();
+}

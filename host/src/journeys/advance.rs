@@ -7,29 +7,34 @@ use sqlx::AnyConnection;
 
 use super::condition::{self, Facts};
 use super::definition::{JourneyDef, Step};
+use super::facts::StepFacts;
 use super::send::{SendOutcome, send};
 use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
-use crate::store::contacts::{contact_in, set_attribute_in};
-use crate::store::jobs::{ClaimedJob, JobOutcome, ProfileChanged, enqueue_in, finish_in};
-use crate::store::runs::{Run, RunStatus, run_in, update_run_in};
+use crate::store::contacts::set_attribute_in;
+use crate::store::jobs::{ClaimedJob, ProfileChanged, enqueue_in, finish_in};
+use crate::store::runs::{Run, RunStatus, update_run_in};
 use crate::store::timeline::{last_event_times_in, record_in};
 
 /// Steps one job may take without pausing; validation refuses loops
 /// without a wait, so this only guards against the unforeseen.
 const MAX_STEPS_PER_JOB: usize = 100;
 
-pub(super) async fn advance(
+/// Runs one advance (or timeout) job in the caller's transaction and
+/// removes it. Returns `false` when the job's lease was lost: the caller
+/// rolls back.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn advance_in(
     journeys: &Journeys,
+    tx: &mut AnyConnection,
+    facts: &mut StepFacts,
     job: &ClaimedJob,
     run_id: &str,
     seq: i64,
     timed_out: bool,
-) -> Result<JobOutcome, StoreError> {
-    let store = &journeys.pipeline.store;
-    let now = journeys.now();
-    let mut tx = store.write_tx().await?;
-    let run = run_in(&mut tx, store.dialect(), run_id).await?;
+    now: i64,
+) -> Result<bool, StoreError> {
+    let run = facts.run(tx, journeys, run_id).await?;
     // A job for a transition that already happened (or a run that ended)
     // is stale: the work was done, by this job's earlier attempt or another.
     let current = run.filter(|r| {
@@ -37,7 +42,7 @@ pub(super) async fn advance(
     });
     if let Some(mut run) = current {
         let def = journeys
-            .definition_in(&mut tx, &run.journey, run.version)
+            .definition_in(tx, &run.journey, run.version)
             .await?;
         if timed_out {
             let next = match run.step.as_deref().and_then(|s| def.step(s)) {
@@ -46,28 +51,25 @@ pub(super) async fn advance(
                 }
                 _ => None,
             };
-            move_to(&mut tx, &mut run, next, now).await?;
+            move_to(tx, &mut run, next, now).await?;
         } else {
-            drive(journeys, &mut tx, &def, &mut run, now).await?;
+            drive(journeys, tx, facts, &def, &mut run, now).await?;
         }
-        update_run_in(&mut tx, &run).await?;
+        update_run_in(tx, &run).await?;
     }
-    if !finish_in(&mut tx, job).await? {
-        return Ok(JobOutcome::Done);
-    }
-    tx.commit().await?;
-    Ok(JobOutcome::Done)
+    finish_in(tx, job).await
 }
 
 /// Takes steps until the run pauses or ends.
 async fn drive(
     journeys: &Journeys,
     tx: &mut AnyConnection,
+    facts: &mut StepFacts,
     def: &JourneyDef,
     run: &mut Run,
     now: i64,
 ) -> Result<(), StoreError> {
-    let Some(mut contact) = contact_in(tx, &run.contact_id).await? else {
+    let Some(mut contact) = facts.contact(tx, &run.contact_id).await? else {
         return finish_run(tx, run, RunStatus::Exited, Some("contact deleted"), now).await;
     };
     for _ in 0..MAX_STEPS_PER_JOB {
@@ -123,6 +125,7 @@ async fn drive(
             } => {
                 contact.attributes.insert(name.clone(), value.clone());
                 set_attribute_in(tx, &contact, now).await?;
+                facts.contact_changed(&contact);
                 // Re-scored and re-segmented like any profile change, once
                 // this step has committed.
                 let rescore = ProfileChanged {
@@ -137,7 +140,7 @@ async fn drive(
                 return finish_run(tx, run, RunStatus::Exited, Some(reason), now).await;
             }
             Step::Send { next, .. } => {
-                match send(journeys, tx, def, run, &contact, step, now).await? {
+                match send(journeys, tx, facts, def, run, &contact, step, now).await? {
                     SendOutcome::Queued | SendOutcome::Skipped => {
                         run.step = def.resolve(index, next.as_deref());
                     }

@@ -6,56 +6,53 @@ use sqlx::AnyConnection;
 
 use super::advance::{finish_run, move_to};
 use super::definition::{JourneyDef, ReEntry, Step, Trigger, properties_match};
-use super::{AdvanceRun, Journeys, props};
+use super::facts::StepFacts;
+use super::{ActiveJourneys, AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
 use crate::store::StoreError;
-use crate::store::contacts::contact_in;
-use crate::store::jobs::{ClaimedJob, JobOutcome, enqueue_in, finish_in};
+use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
 use crate::store::runs::{
     Purpose, Run, RunStatus, insert_run_in, last_run_in, new_run_id, open_runs_in,
     set_conversion_value_in, update_run_in,
 };
 use crate::store::suppressions::suppress_in;
-use crate::store::timeline::{event_in, record_in};
+use crate::store::timeline::record_in;
 
-pub(super) async fn route(
+/// Routes one event in the caller's transaction and removes its job.
+/// Returns `false` when the job's lease was lost: the caller rolls back.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn route_in(
     journeys: &Journeys,
+    tx: &mut AnyConnection,
+    facts: &mut StepFacts,
+    active: &ActiveJourneys,
     job: &ClaimedJob,
     event_id: &str,
-) -> Result<JobOutcome, StoreError> {
-    let active = journeys.active().await?;
-    let now = journeys.now();
-    let mut tx = journeys.pipeline.store.write_tx().await?;
-    let found = match event_in(&mut tx, event_id).await? {
-        Some(event) => contact_in(&mut tx, &event.contact_id)
+    now: i64,
+) -> Result<bool, StoreError> {
+    let found = match facts.event(tx, event_id).await? {
+        Some(event) => facts
+            .contact(tx, &event.contact_id)
             .await?
             .map(|contact| (event, contact)),
         None => None,
     };
     // The contact may have been deleted since; then there is nothing to do.
     if let Some((event, contact)) = found {
-        let stopped = apply_stop(&mut tx, &event, now).await?;
-        for mut run in open_runs_in(&mut tx, journeys.pipeline.store.dialect(), &contact.id).await?
-        {
+        let stopped = apply_stop(tx, &event, now).await?;
+        for mut run in open_runs_in(tx, journeys.pipeline.store.dialect(), &contact.id).await? {
             let def = journeys
-                .definition_in(&mut tx, &run.journey, run.version)
+                .definition_in(tx, &run.journey, run.version)
                 .await?;
             if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
-                finish_run(&mut tx, &mut run, RunStatus::Exited, Some(&event.kind), now).await?;
+                finish_run(tx, &mut run, RunStatus::Exited, Some(&event.kind), now).await?;
             } else if let Some(goal) = def
                 .goals
                 .iter()
                 .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
             {
-                finish_run(
-                    &mut tx,
-                    &mut run,
-                    RunStatus::Converted,
-                    Some(&goal.event),
-                    now,
-                )
-                .await?;
+                finish_run(tx, &mut run, RunStatus::Converted, Some(&goal.event), now).await?;
                 let mut properties = props(&[
                     ("journey", &run.journey),
                     ("run", &run.id),
@@ -70,28 +67,23 @@ pub(super) async fn route(
                         _ => None,
                     };
                     if let Some(amount) = amount {
-                        set_conversion_value_in(&mut tx, &run.id, amount).await?;
+                        set_conversion_value_in(tx, &run.id, amount).await?;
                     }
                 }
-                record_in(&mut tx, &contact.id, "journey.converted", properties, now).await?;
+                record_in(tx, &contact.id, "journey.converted", properties, now).await?;
             } else {
-                wake(&mut tx, &def, &mut run, &event, now).await?;
+                wake(tx, &def, &mut run, &event, now).await?;
             }
         }
         if stopped.is_none() {
             for (version, def) in active.iter() {
                 if triggers(&def.trigger, &event, &contact) {
-                    enroll(&mut tx, def, *version, &contact.id, Some(&event.id), now).await?;
+                    enroll(tx, def, *version, &contact.id, Some(&event.id), now).await?;
                 }
             }
         }
     }
-    if !finish_in(&mut tx, job).await? {
-        // The lease ran out and another worker has the job: roll back.
-        return Ok(JobOutcome::Done);
-    }
-    tx.commit().await?;
-    Ok(JobOutcome::Done)
+    finish_in(tx, job).await
 }
 
 /// A run waiting for this event moves on to its `on_event` step.

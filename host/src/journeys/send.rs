@@ -6,20 +6,15 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use super::definition::{JourneyDef, Purpose, Step, Variant};
+use super::facts::StepFacts;
 use super::{Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::policy::{self, Decision, SendFacts};
-use crate::privacy::address_hash;
 use crate::render::{self, JourneyContext, RenderContext};
 use crate::store::StoreError;
-use crate::store::consents::consent_in;
-use crate::store::outbox::{
-    OutboxEntry, OutboxStatus, marketing_sends_since_in, new_outbox_id, queue_message_in,
-};
+use crate::store::outbox::{OutboxEntry, OutboxStatus, new_outbox_id, queue_message_in};
 use crate::store::runs::Run;
-use crate::store::suppressions::suppressions_in;
 use crate::store::timeline::{event_in, record_in};
-use crate::store::tracking::{erased_at_in, signing_secret_in};
 
 pub(super) enum SendOutcome {
     Queued,
@@ -27,9 +22,11 @@ pub(super) enum SendOutcome {
     Deferred(i64),
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send(
     journeys: &Journeys,
     tx: &mut AnyConnection,
+    facts: &mut StepFacts,
     def: &JourneyDef,
     run: &Run,
     contact: &Contact,
@@ -47,29 +44,29 @@ pub(super) async fn send(
     else {
         return Ok(SendOutcome::Skipped);
     };
-    let Some(channel) = journeys.channel_kind_in(tx, binding).await? else {
+    let bindings = facts.channel_bindings(tx).await?;
+    let Some(channel) = journeys.channel_kind_of(bindings, binding).await else {
         // Retried by the scheduler: the plugin may be uploaded meanwhile.
         return Err(StoreError::Invalid(format!(
             "channel binding `{binding}` has no live plugin; install it or fix the binding"
         )));
     };
-    let consent = consent_in(tx, &contact.id, &channel, Purpose::Marketing).await?;
+    let consent = facts.consent(tx, &contact.id, &channel).await?;
     let address = match channel.as_str() {
         "email" => contact.email.clone(),
         "sms" => contact.phone.clone(),
         _ => Some(contact.email.clone().unwrap_or_else(|| contact.id.clone())),
     };
     let erased_at = match &address {
-        Some(address) => {
-            let secret = signing_secret_in(tx).await?;
-            erased_at_in(tx, &address_hash(&secret, address)).await?
-        }
+        Some(address) => facts.erased_at(tx, address).await?,
         None => None,
     };
-    let suppressions = suppressions_in(tx, &contact.id).await?;
+    let suppressions = facts.suppressions(tx, &contact.id).await?;
     let cap = &journeys.policy.cap;
-    let recent = marketing_sends_since_in(tx, &contact.id, now - cap.per.millis).await?;
-    let facts = SendFacts {
+    let recent = facts
+        .recent_sends(tx, &contact.id, now - cap.per.millis)
+        .await?;
+    let gate = SendFacts {
         purpose: def.purpose,
         channel: &channel,
         consent: consent.as_ref().map(|(status, _)| *status),
@@ -81,7 +78,7 @@ pub(super) async fn send(
         recent_sends: &recent,
         now,
     };
-    let decision = policy::decide(&journeys.policy, &facts);
+    let decision = policy::decide(&journeys.policy, &gate);
     let base = [
         ("journey", def.name.as_str()),
         ("step", step_id.as_str()),
@@ -190,6 +187,9 @@ pub(super) async fn send(
     // The key is unique: a second insert for the same step visit is the
     // same message, already queued.
     if queue_message_in(tx, &entry, now).await? {
+        if def.purpose == Purpose::Marketing {
+            facts.sent(&contact.id, now);
+        }
         let mut properties = props(&base);
         properties.extend(props(&[
             ("binding", binding),

@@ -1,7 +1,10 @@
 //! The outgoing HTTP allow-list of a channel binding, enforced in the
-//! wasi:http `send_request` hook before any connection is made.
+//! wasi:http `send_request` hook before any connection is made; allowed
+//! requests go over one shared client that keeps connections alive.
 
 use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -126,12 +129,88 @@ impl WasiHttpHooks for AllowList {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            let response = send_pooled(request, options).await?;
+            let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
         })
+    }
+}
+
+/// How long a connection to a provider may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a response may pause between two reads.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP client for every plugin call of this process, so connections to
+/// a provider are kept alive and reused from call to call (a connection and
+/// a TLS session per message cost more than the message). It follows no
+/// redirect and uses no proxy from the environment: the allow-list check
+/// above sees every destination.
+fn shared_client() -> Result<&'static reqwest::Client, HttpError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        // reqwest is built without a default TLS provider; use ring, the
+        // one the rest of the binary (lettre, oci-client) links.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    client
+        .as_ref()
+        .map_err(|e| HttpError::InternalError(Some(format!("no HTTP client: {e}"))))
+}
+
+/// Sends a plugin's request over the shared client. The request body is
+/// taken whole first (plugins send messages, not streams); the response
+/// body streams back.
+async fn send_pooled(
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<http::Response<WasiBody>, HttpError> {
+    let client = shared_client()?;
+    let first_byte = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(Duration::from_secs(600));
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let url = parts.uri.to_string();
+    let sent = client
+        .request(parts.method, url)
+        .headers(parts.headers)
+        .body(body)
+        .send();
+    let response = match tokio::time::timeout(first_byte, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(request_error(&e)),
+        Err(_) => return Err(HttpError::HttpResponseTimeout),
+    };
+    let response: http::Response<reqwest::Body> = response.into();
+    Ok(response.map(|body| body.map_err(|e| body_error(&e)).boxed_unsync()))
+}
+
+fn request_error(e: &reqwest::Error) -> HttpError {
+    if e.is_timeout() {
+        HttpError::ConnectionTimeout
+    } else if e.is_connect() {
+        HttpError::ConnectionRefused
+    } else {
+        HttpError::InternalError(Some(e.to_string()))
+    }
+}
+
+fn body_error(e: &reqwest::Error) -> HttpError {
+    if e.is_timeout() {
+        HttpError::ConnectionReadTimeout
+    } else {
+        HttpError::HttpResponseIncomplete
     }
 }
 

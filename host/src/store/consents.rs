@@ -1,6 +1,8 @@
 //! Consents: one row per contact, channel and purpose, with its source
 //! and proof; every change is also a `consent.changed` event.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 
@@ -81,6 +83,35 @@ pub async fn consent_in(
         Some(row) => Ok(Some((row.try_get("status")?, row.try_get("updated_at")?))),
         None => Ok(None),
     }
+}
+
+/// The consents of `contact_ids` for `purpose`, by contact and channel:
+/// [`consent_in`] for many at once.
+pub async fn consents_in(
+    conn: &mut AnyConnection,
+    contact_ids: &[String],
+    purpose: Purpose,
+) -> Result<HashMap<(String, String), (ConsentStatus, i64)>, StoreError> {
+    if contact_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT contact_id, channel, status, updated_at FROM consents \
+         WHERE purpose = $1 AND contact_id IN ({})",
+        super::events::placeholders(2, contact_ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(purpose);
+    for id in contact_ids {
+        query = query.bind(id.clone());
+    }
+    let mut consents = HashMap::new();
+    for row in query.fetch_all(conn).await? {
+        consents.insert(
+            (row.try_get("contact_id")?, row.try_get("channel")?),
+            (row.try_get("status")?, row.try_get("updated_at")?),
+        );
+    }
+    Ok(consents)
 }
 
 impl Store {

@@ -1,6 +1,8 @@
 //! Contacts: identity by normalized email and/or external id, so ingesting
 //! a known identity updates instead of duplicating.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
@@ -331,6 +333,45 @@ pub async fn contact_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Con
         .map(|r| r.try_get("segment"))
         .collect::<Result<_, _>>()?;
     Ok(Some(contact))
+}
+
+/// The contacts of `ids` that exist, with their segments, by id: what
+/// [`contact_in`] reads for one, in two queries for all.
+pub async fn contacts_in(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Contact>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let list = super::events::placeholders(1, ids.len());
+    let sql = format!(
+        "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
+         FROM contacts WHERE id IN ({list})"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let mut contacts = HashMap::with_capacity(ids.len());
+    for row in query.fetch_all(&mut *conn).await? {
+        let contact = from_row(&row)?;
+        contacts.insert(contact.id.clone(), contact);
+    }
+    let sql = format!(
+        "SELECT contact_id, segment FROM segment_members WHERE contact_id IN ({list}) ORDER BY segment"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    for row in query.fetch_all(conn).await? {
+        let id: String = row.try_get("contact_id")?;
+        if let Some(contact) = contacts.get_mut(&id) {
+            contact.segments.push(row.try_get("segment")?);
+        }
+    }
+    Ok(contacts)
 }
 
 pub async fn set_attribute_in(

@@ -92,12 +92,21 @@ pub struct QueueCounts {
 }
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<JobOutcome, StoreError>> + Send>>;
+type BatchFuture = Pin<Box<dyn Future<Output = Vec<Result<JobOutcome, StoreError>>> + Send>>;
 
 /// How one kind of job runs, with `C` the context every handler gets (the
 /// journeys engine, for the server's scheduler).
 struct Handler<C> {
     max_attempts: i64,
-    run: Box<dyn Fn(Arc<C>, ClaimedJob) -> HandlerFuture + Send + Sync>,
+    run: Runner<C>,
+}
+
+enum Runner<C> {
+    /// One job at a time, each in its own transaction.
+    Single(Box<dyn Fn(Arc<C>, ClaimedJob) -> HandlerFuture + Send + Sync>),
+    /// Many jobs of the kind at once (one transaction for all, say): the
+    /// handler answers one outcome per job, in order.
+    Batch(Box<dyn Fn(Arc<C>, Vec<ClaimedJob>) -> BatchFuture + Send + Sync>),
 }
 
 /// The job kinds a worker runs. A kind without a handler here is given back
@@ -135,10 +144,67 @@ impl<C: Send + Sync + 'static> JobRegistry<C> {
             J::KIND,
             Handler {
                 max_attempts: J::MAX_ATTEMPTS,
-                run: Box::new(run),
+                run: Runner::Single(Box::new(run)),
             },
         );
         self
+    }
+
+    /// Runs jobs of kind `J::KIND` many at a time with `handler`, which
+    /// answers one outcome per job, in the order given. A job whose
+    /// arguments do not parse fails alone; the rest still run.
+    pub fn register_batch<J, F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        J: JobArgs,
+        F: Fn(Arc<C>, Vec<(ClaimedJob, J)>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<JobOutcome, StoreError>>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let run = move |context: Arc<C>, jobs: Vec<ClaimedJob>| -> BatchFuture {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let mut outcomes: Vec<Option<Result<JobOutcome, StoreError>>> =
+                    Vec::with_capacity(jobs.len());
+                let mut parsed = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match job.args::<J>() {
+                        Ok(args) => {
+                            outcomes.push(None);
+                            parsed.push((job, args));
+                        }
+                        Err(e) => outcomes.push(Some(Err(e))),
+                    }
+                }
+                let mut ran = handler(context, parsed).await.into_iter();
+                outcomes
+                    .into_iter()
+                    .map(|outcome| match outcome {
+                        Some(bad) => bad,
+                        None => ran.next().unwrap_or_else(|| {
+                            Err(StoreError::Invalid(
+                                "a batch handler answered fewer outcomes than jobs".into(),
+                            ))
+                        }),
+                    })
+                    .collect()
+            })
+        };
+        self.handlers.insert(
+            J::KIND,
+            Handler {
+                max_attempts: J::MAX_ATTEMPTS,
+                run: Runner::Batch(Box::new(run)),
+            },
+        );
+        self
+    }
+
+    /// Whether jobs of `kind` run many at a time ([`Self::run_batch`]).
+    pub fn runs_in_batches(&self, kind: &str) -> bool {
+        matches!(
+            self.handlers.get(kind).map(|h| &h.run),
+            Some(Runner::Batch(_))
+        )
     }
 
     /// The kinds this registry runs, sorted.
@@ -155,16 +221,49 @@ impl<C: Send + Sync + 'static> JobRegistry<C> {
             .map_or(DEFAULT_MAX_ATTEMPTS, |h| h.max_attempts)
     }
 
-    /// Runs `job` with its kind's handler.
+    /// Runs `job` with its kind's handler (a batch of one for a kind run
+    /// in batches).
     pub async fn run(&self, context: Arc<C>, job: ClaimedJob) -> Result<JobOutcome, StoreError> {
-        match self.handlers.get(job.kind.as_str()) {
-            Some(handler) => (handler.run)(context, job).await,
-            None => Err(StoreError::Invalid(format!(
-                "no handler for job kind `{}` on this node",
-                job.kind
-            ))),
+        match self.handlers.get(job.kind.as_str()).map(|h| &h.run) {
+            Some(Runner::Single(run)) => run(context, job).await,
+            Some(Runner::Batch(_)) => {
+                let mut outcomes = self.run_batch(context, vec![job]).await;
+                outcomes.pop().unwrap_or_else(|| {
+                    Err(StoreError::Invalid("a batch of one gave no outcome".into()))
+                })
+            }
+            None => Err(unknown_kind(&job.kind)),
         }
     }
+
+    /// Runs jobs of one kind together: one outcome per job, in order.
+    /// Jobs of a kind not run in batches run one after the other.
+    pub async fn run_batch(
+        &self,
+        context: Arc<C>,
+        jobs: Vec<ClaimedJob>,
+    ) -> Vec<Result<JobOutcome, StoreError>> {
+        let Some(kind) = jobs.first().map(|j| j.kind.clone()) else {
+            return Vec::new();
+        };
+        match self.handlers.get(kind.as_str()).map(|h| &h.run) {
+            Some(Runner::Batch(run)) if jobs.iter().all(|j| j.kind == kind) => {
+                run(context, jobs).await
+            }
+            Some(_) => {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    outcomes.push(Box::pin(self.run(context.clone(), job)).await);
+                }
+                outcomes
+            }
+            None => jobs.iter().map(|_| Err(unknown_kind(&kind))).collect(),
+        }
+    }
+}
+
+fn unknown_kind(kind: &str) -> StoreError {
+    StoreError::Invalid(format!("no handler for job kind `{kind}` on this node"))
 }
 
 /// Adds a job unless one with the same key exists. Returns whether it was
@@ -485,6 +584,25 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(held.is_some())
+    }
+
+    /// Extends the leases of running `jobs` (a batch) to `until` in one
+    /// statement. Returns how many this worker still holds.
+    pub async fn extend_leases(&self, jobs: &[ClaimedJob], until: i64) -> Result<u64, StoreError> {
+        let Some(first) = jobs.first() else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN ({})",
+            super::events::placeholders(3, jobs.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(until)
+            .bind(first.leased_by.clone());
+        for job in jobs {
+            query = query.bind(job.id.clone());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// Gives a job back to run again at `due_at`, noting why.

@@ -1,6 +1,8 @@
 //! The outbox: messages queued for a channel binding, each with its
 //! delivery job, written in the step's transaction.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 
@@ -144,6 +146,61 @@ pub async fn marketing_sends_since_in(
     .fetch_all(conn)
     .await?;
     rows.iter().map(|r| Ok(r.try_get("created_at")?)).collect()
+}
+
+/// When the marketing messages of `contact_ids` queued after `since` were
+/// queued, by contact: [`marketing_sends_since_in`] for many at once.
+pub async fn marketing_sends_of_in(
+    conn: &mut AnyConnection,
+    contact_ids: &[String],
+    since: i64,
+) -> Result<HashMap<String, Vec<i64>>, StoreError> {
+    if contact_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT contact_id, created_at FROM outbox WHERE purpose = $1 AND created_at > $2 \
+         AND status IN ($3, $4) AND contact_id IN ({})",
+        super::events::placeholders(5, contact_ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(Purpose::Marketing)
+        .bind(since)
+        .bind(OutboxStatus::Pending)
+        .bind(OutboxStatus::Delivered);
+    for id in contact_ids {
+        query = query.bind(id.clone());
+    }
+    let mut sends: HashMap<String, Vec<i64>> = HashMap::new();
+    for row in query.fetch_all(conn).await? {
+        let contact: String = row.try_get("contact_id")?;
+        sends
+            .entry(contact)
+            .or_default()
+            .push(row.try_get("created_at")?);
+    }
+    Ok(sends)
+}
+
+/// The outbox entries of `ids` that exist, by id.
+pub async fn outbox_entries_in(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> Result<HashMap<String, OutboxEntry>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {} FROM outbox WHERE id IN ({})",
+        outbox_columns!(),
+        super::events::placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query_as::<_, OutboxEntry>(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let entries = query.fetch_all(conn).await?;
+    Ok(entries.into_iter().map(|e| (e.id.clone(), e)).collect())
 }
 
 impl Store {

@@ -2,7 +2,7 @@
 //! ending in `_in` run inside the caller's transaction, so a step's state
 //! change, its outbox row and its timeline events commit together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
@@ -60,6 +60,33 @@ pub async fn run_in(
         .fetch_optional(conn)
         .await?;
     Ok(run)
+}
+
+/// The runs of `ids` that exist, by id, locked for this transaction on
+/// PostgreSQL (in id order, so two batches lock alike) as [`run_in`] does.
+pub async fn runs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    ids: &[String],
+) -> Result<HashMap<String, Run>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lock = match dialect {
+        Dialect::Postgres => " ORDER BY id FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT {} FROM journey_runs WHERE id IN ({}){lock}",
+        run_columns!(),
+        super::events::placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let runs = query.fetch_all(conn).await?;
+    Ok(runs.into_iter().map(|r| (r.id.clone(), r)).collect())
 }
 
 /// The contact's open runs, locked for this transaction on PostgreSQL so a

@@ -1,8 +1,10 @@
 //! Suppressions: reasons never to send to a contact on a channel
 //! (unsubscribed, bounced, complained, erased, objected).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, FromRow};
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{Store, StoreError};
 
@@ -28,6 +30,35 @@ pub async fn suppressions_in(
     .bind(contact_id.to_owned())
     .fetch_all(conn)
     .await?;
+    Ok(suppressions)
+}
+
+/// The suppressions of `contact_ids`, by contact, oldest first:
+/// [`suppressions_in`] for many at once.
+pub async fn suppressions_of_in(
+    conn: &mut AnyConnection,
+    contact_ids: &[String],
+) -> Result<HashMap<String, Vec<Suppression>>, StoreError> {
+    if contact_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT contact_id, channel, reason, scope, at FROM suppressions \
+         WHERE contact_id IN ({}) ORDER BY at",
+        super::events::placeholders(1, contact_ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in contact_ids {
+        query = query.bind(id.clone());
+    }
+    let mut suppressions: HashMap<String, Vec<Suppression>> = HashMap::new();
+    for row in query.fetch_all(conn).await? {
+        let contact: String = row.try_get("contact_id")?;
+        suppressions
+            .entry(contact)
+            .or_default()
+            .push(Suppression::from_row(&row)?);
+    }
     Ok(suppressions)
 }
 

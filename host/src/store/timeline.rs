@@ -1,7 +1,7 @@
 //! The timeline as a job sees it inside its transaction: the one writer of
 //! events nachfass causes itself, and reads of single events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{AnyConnection, Row};
 
@@ -51,6 +51,30 @@ pub async fn event_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Event
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(super::events::from_row).transpose()
+}
+
+/// The events of `ids` that exist, by id: [`event_in`] for many at once.
+pub async fn events_in(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Event>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT id, contact_id, kind, at, properties FROM events WHERE id IN ({})",
+        super::events::placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    let mut events = HashMap::with_capacity(ids.len());
+    for row in query.fetch_all(conn).await? {
+        let event = super::events::from_row(&row)?;
+        events.insert(event.id.clone(), event);
+    }
+    Ok(events)
 }
 
 /// When the contact last had an event of each kind.

@@ -1,6 +1,8 @@
 //! The signing secret, what recipients did with each message, the audit
 //! log of data-protection actions, and hashes of erased addresses.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
@@ -229,4 +231,28 @@ pub async fn erased_at_in(
         .fetch_optional(conn)
         .await?;
     Ok(row.map(|r| r.try_get("at")).transpose()?)
+}
+
+/// When each of `address_hashes` that was erased was erased:
+/// [`erased_at_in`] for many at once.
+pub async fn erased_of_in(
+    conn: &mut AnyConnection,
+    address_hashes: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    if address_hashes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT address_hash, at FROM erased_addresses WHERE address_hash IN ({})",
+        super::events::placeholders(1, address_hashes.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for hash in address_hashes {
+        query = query.bind(hash.clone());
+    }
+    let mut erased = HashMap::new();
+    for row in query.fetch_all(conn).await? {
+        erased.insert(row.try_get("address_hash")?, row.try_get("at")?);
+    }
+    Ok(erased)
 }

@@ -40,6 +40,41 @@ nachfass_tests::on_both_databases!(
     the_frequency_cap_spans_journeys
 );
 
+/// Four journeys start on the same event and each sends at once: their
+/// first steps run in one batch, which must count the sends its earlier
+/// steps queued (the cap is 3 per week), not only those stored before.
+async fn the_frequency_cap_counts_sends_of_the_same_batch(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    for name in ["one", "two", "three", "four"] {
+        let definition = serde_json::json!({
+            "name": name, "trigger": {"event": {"kind": "trial.started"}},
+            "steps": [{"id": "hello", "type": "send", "binding": "mail-hook",
+                       "template": {"subject": name, "text": "Hallo"}}]
+        });
+        w.journeys
+            .save(definition.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let ada = w.contact("ada@b2b.example").await;
+    w.ingest("ada@b2b.example", "trial.started", &[]).await;
+    let queued = w.kinds(&ada).await;
+    let count = |kind: &str| queued.iter().filter(|k| *k == kind).count();
+    assert_eq!(count("message.queued"), 3, "{dialect}: {queued:?}");
+    assert_eq!(count("message.deferred"), 1, "{dialect}: {queued:?}");
+    let deferred = w.reasons(&ada, "message.deferred").await;
+    assert!(
+        deferred[0].starts_with("deferred: frequency cap 3 per 1w reached"),
+        "{dialect}: {deferred:?}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    the_frequency_cap_counts_sends_of_the_same_batch
+);
+
 async fn failing_receivers_are_retried_with_backoff_then_given_up(dialect: &'static str) {
     let w = world(dialect, 503).await;
     w.install("post-purchase-thank-you").await;

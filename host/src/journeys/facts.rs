@@ -1,0 +1,251 @@
+//! What the steps of a batch read, loaded for the whole batch in a few
+//! queries (runs, contacts with segments, consents, suppressions, recent
+//! sends, erased addresses, channel bindings; for routing, the events and
+//! their contacts) instead of some ten per step. Steps of one batch see each other's writes where the gate needs
+//! them: an attribute a step sets, a message a step queues (for the
+//! frequency cap). A step that rolls back makes its contact's facts be read
+//! again. Anything not loaded (a run enqueued by the batch itself) is read
+//! from the database as before.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::AnyConnection;
+
+use super::Journeys;
+use crate::model::{Contact, Event};
+use crate::privacy::address_hash;
+use crate::store::bindings::bindings_in;
+use crate::store::consents::{ConsentStatus, Purpose, consent_in, consents_in};
+use crate::store::contacts::{contact_in, contacts_in};
+use crate::store::outbox::{marketing_sends_of_in, marketing_sends_since_in};
+use crate::store::runs::{Run, run_in, runs_in};
+use crate::store::suppressions::{Suppression, suppressions_in, suppressions_of_in};
+use crate::store::timeline::{event_in, events_in};
+use crate::store::tracking::{erased_at_in, erased_of_in, signing_secret_in};
+use crate::store::{BindingDef, BindingKind, StoreError};
+
+#[derive(Default)]
+pub(super) struct StepFacts {
+    runs: HashMap<String, Run>,
+    /// The contact of each loaded run, kept after the run is taken.
+    run_contacts: HashMap<String, String>,
+    contacts: HashMap<String, Contact>,
+    /// Contacts whose consents, suppressions and recent sends are loaded.
+    loaded: HashSet<String>,
+    consents: HashMap<(String, String), (ConsentStatus, i64)>,
+    suppressions: HashMap<String, Vec<Suppression>>,
+    recent_sends: HashMap<String, Vec<i64>>,
+    /// The loaded recent sends are those after this time.
+    sends_since: i64,
+    /// Erasure times of the loaded contacts' addresses, by address hash.
+    erased: HashMap<String, i64>,
+    erased_checked: HashSet<String>,
+    secret: Option<Vec<u8>>,
+    channel_bindings: Option<Vec<BindingDef>>,
+    /// Events to route, by id; each taken once, by its job.
+    events: HashMap<String, Event>,
+}
+
+impl StepFacts {
+    /// Loads what the steps of runs `run_ids` will read at `now`.
+    pub async fn load(
+        journeys: &Journeys,
+        tx: &mut AnyConnection,
+        run_ids: &[String],
+        now: i64,
+    ) -> Result<StepFacts, StoreError> {
+        let dialect = journeys.pipeline.store.dialect();
+        let runs = runs_in(tx, dialect, run_ids).await?;
+        let run_contacts: HashMap<String, String> = runs
+            .values()
+            .map(|r| (r.id.clone(), r.contact_id.clone()))
+            .collect();
+        let mut contact_ids: Vec<String> = run_contacts.values().cloned().collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
+        let contacts = contacts_in(tx, &contact_ids).await?;
+        let sends_since = now - journeys.policy.cap.per.millis;
+        let secret = signing_secret_in(tx).await?;
+        // Every address a send may go to: email, phone, or the id itself.
+        let hashes: Vec<String> = contacts
+            .values()
+            .flat_map(|c| [c.email.as_deref(), c.phone.as_deref(), Some(c.id.as_str())])
+            .flatten()
+            .map(|address| address_hash(&secret, address))
+            .collect();
+        Ok(StepFacts {
+            consents: consents_in(tx, &contact_ids, Purpose::Marketing).await?,
+            suppressions: suppressions_of_in(tx, &contact_ids).await?,
+            recent_sends: marketing_sends_of_in(tx, &contact_ids, sends_since).await?,
+            erased: erased_of_in(tx, &hashes).await?,
+            erased_checked: hashes.into_iter().collect(),
+            channel_bindings: Some(bindings_in(tx, BindingKind::Channel).await?),
+            secret: Some(secret),
+            loaded: contacts.keys().cloned().collect(),
+            sends_since,
+            runs,
+            run_contacts,
+            contacts,
+            events: HashMap::new(),
+        })
+    }
+
+    /// Loads the events routed by a batch and their contacts (routing
+    /// changes neither).
+    pub async fn load_events(
+        tx: &mut AnyConnection,
+        event_ids: &[String],
+    ) -> Result<StepFacts, StoreError> {
+        let events = events_in(tx, event_ids).await?;
+        let mut contact_ids: Vec<String> = events.values().map(|e| e.contact_id.clone()).collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
+        Ok(StepFacts {
+            contacts: contacts_in(tx, &contact_ids).await?,
+            events,
+            ..StepFacts::default()
+        })
+    }
+
+    pub async fn event(
+        &mut self,
+        tx: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<Event>, StoreError> {
+        match self.events.remove(id) {
+            Some(event) => Ok(Some(event)),
+            None => event_in(tx, id).await,
+        }
+    }
+
+    /// The contact of a loaded run.
+    pub fn contact_of_run(&self, run_id: &str) -> Option<String> {
+        self.run_contacts.get(run_id).cloned()
+    }
+
+    /// A step rolled back: what it changed of `contact_id` is read again.
+    pub fn forget(&mut self, contact_id: &str) {
+        self.contacts.remove(contact_id);
+        self.loaded.remove(contact_id);
+    }
+
+    /// The run (each run is taken once, by its job).
+    pub async fn run(
+        &mut self,
+        tx: &mut AnyConnection,
+        journeys: &Journeys,
+        id: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        match self.runs.remove(id) {
+            Some(run) => Ok(Some(run)),
+            None => run_in(tx, journeys.pipeline.store.dialect(), id).await,
+        }
+    }
+
+    pub async fn contact(
+        &mut self,
+        tx: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<Contact>, StoreError> {
+        match self.contacts.get(id) {
+            Some(contact) => Ok(Some(contact.clone())),
+            None => contact_in(tx, id).await,
+        }
+    }
+
+    /// A step changed the contact (an attribute): later steps see it.
+    pub fn contact_changed(&mut self, contact: &Contact) {
+        if let Some(known) = self.contacts.get_mut(&contact.id) {
+            known.clone_from(contact);
+        }
+    }
+
+    pub async fn consent(
+        &mut self,
+        tx: &mut AnyConnection,
+        contact_id: &str,
+        channel: &str,
+    ) -> Result<Option<(ConsentStatus, i64)>, StoreError> {
+        if self.loaded.contains(contact_id) {
+            let key = (contact_id.to_owned(), channel.to_owned());
+            return Ok(self.consents.get(&key).copied());
+        }
+        consent_in(tx, contact_id, channel, Purpose::Marketing).await
+    }
+
+    pub async fn suppressions(
+        &mut self,
+        tx: &mut AnyConnection,
+        contact_id: &str,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        if self.loaded.contains(contact_id) {
+            return Ok(self
+                .suppressions
+                .get(contact_id)
+                .cloned()
+                .unwrap_or_default());
+        }
+        suppressions_in(tx, contact_id).await
+    }
+
+    /// When the contact's marketing messages after `since` were queued.
+    pub async fn recent_sends(
+        &mut self,
+        tx: &mut AnyConnection,
+        contact_id: &str,
+        since: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if self.loaded.contains(contact_id) && since >= self.sends_since {
+            let sends = self.recent_sends.get(contact_id);
+            return Ok(sends
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|at| *at > since)
+                .collect());
+        }
+        marketing_sends_since_in(tx, contact_id, since).await
+    }
+
+    /// A step queued a marketing message: later steps count it.
+    pub fn sent(&mut self, contact_id: &str, at: i64) {
+        if self.loaded.contains(contact_id) {
+            self.recent_sends
+                .entry(contact_id.to_owned())
+                .or_default()
+                .push(at);
+        }
+    }
+
+    pub async fn secret(&mut self, tx: &mut AnyConnection) -> Result<Vec<u8>, StoreError> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        let secret = signing_secret_in(tx).await?;
+        self.secret = Some(secret.clone());
+        Ok(secret)
+    }
+
+    /// When `address` was erased, if it was.
+    pub async fn erased_at(
+        &mut self,
+        tx: &mut AnyConnection,
+        address: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let hash = address_hash(&self.secret(tx).await?, address);
+        if self.erased_checked.contains(&hash) {
+            return Ok(self.erased.get(&hash).copied());
+        }
+        erased_at_in(tx, &hash).await
+    }
+
+    pub async fn channel_bindings(
+        &mut self,
+        tx: &mut AnyConnection,
+    ) -> Result<&[BindingDef], StoreError> {
+        if self.channel_bindings.is_none() {
+            self.channel_bindings = Some(bindings_in(tx, BindingKind::Channel).await?);
+        }
+        Ok(self.channel_bindings.as_deref().unwrap_or_default())
+    }
+}
