@@ -23,7 +23,7 @@ use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::jobs::{KindFilter, RouteEvent};
-use nachfass::store::{BindingDef, BindingKind, EventInput, Store};
+use nachfass::store::{Applied, BindingDef, BindingKind, EventInput, ProfileEffect, Store};
 use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
 
 /// Monday 2026-11-23, 10:00 in Berlin.
@@ -496,6 +496,85 @@ async fn a_group_finds_and_creates_contacts_as_one_event_at_a_time_would(dialect
 on_both_databases!(
     #[tokio::test]
     a_group_finds_and_creates_contacts_as_one_event_at_a_time_would
+);
+
+/// Membership changes of one batch are written as one insert or delete
+/// at a time would: a change the stored row already shows (a concurrent
+/// writer made it) causes no timeline event, each later one does.
+async fn membership_changes_of_a_batch_land_like_one_write_at_a_time(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let stored = store
+        .ingest_events(&[event("ada@example.org", "download", NOW)], NOW)
+        .await
+        .unwrap();
+    let event = stored[0].as_ref().unwrap().event.clone();
+    let ada = event.contact_id.clone();
+    // Another writer put ada in `hot` meanwhile.
+    sqlx::query("INSERT INTO segment_members (segment, contact_id, since) VALUES ('hot', $1, $2)")
+        .bind(ada.clone())
+        .bind(NOW)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let change = |segment: &str, member: bool| ProfileEffect::Membership {
+        segment: segment.into(),
+        contact_id: ada.clone(),
+        member,
+    };
+    let effects = [
+        change("hot", true),
+        change("hot", false),
+        change("hot", true),
+        change("cold", true),
+        change("cold", false),
+        change("new", true),
+    ];
+    let applied = store
+        .apply_profile_effects(&[event.id.clone()], &effects, None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(applied, Applied::Done, "{dialect}");
+    assert_eq!(
+        store.memberships(&ada).await.unwrap(),
+        ["hot", "new"],
+        "{dialect}"
+    );
+    let mut timeline: Vec<String> = store
+        .timeline(&ada, 100, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .filter(|e| e.kind.starts_with("segment."))
+        .map(|e| format!("{} {:?}", e.kind, e.properties.get("segment")))
+        .collect();
+    timeline.sort();
+    let mut expected: Vec<String> = [
+        ("segment.left", "hot"),
+        ("segment.entered", "hot"),
+        ("segment.entered", "cold"),
+        ("segment.left", "cold"),
+        ("segment.entered", "new"),
+    ]
+    .iter()
+    .map(|(kind, segment)| format!("{kind} {:?}", Some(&Value::Text((*segment).to_owned()))))
+    .collect();
+    expected.sort();
+    assert_eq!(timeline, expected, "{dialect}");
+    // Applied once: a second worker finds the event taken.
+    assert_eq!(
+        store
+            .apply_profile_effects(&[event.id], &effects, None, NOW)
+            .await
+            .unwrap(),
+        Applied::Raced,
+        "{dialect}"
+    );
+    temp.cleanup(store).await;
+}
+on_both_databases!(
+    #[tokio::test]
+    membership_changes_of_a_batch_land_like_one_write_at_a_time
 );
 
 async fn accepted_events_are_applied_once_after_a_crash(dialect: &'static str) {
