@@ -530,7 +530,7 @@ async fn membership_changes_of_a_batch_land_like_one_write_at_a_time(dialect: &'
         change("new", true),
     ];
     let applied = store
-        .apply_profile_effects(&[event.id.clone()], &effects, None, NOW)
+        .apply_profile_effects(std::slice::from_ref(&event.id), &effects, None, NOW)
         .await
         .unwrap();
     assert_eq!(applied, Applied::Done, "{dialect}");
