@@ -93,6 +93,29 @@ pub struct Store {
     url: Arc<str>,
     /// API keys looked up lately.
     api_keys: Arc<api_keys::KeyCache>,
+    /// SQLite: the one connection write transactions take turns on. The
+    /// database allows one writer anyway; waiting for this connection is
+    /// first come, first served, where waiting for the lock (SQLite's busy
+    /// handler) is a lottery with sleeps of up to 100 ms between tries, so a
+    /// busy writer (a batch of steps) could starve another (deliveries).
+    writer: Option<AnyPool>,
+}
+
+/// Settings every SQLite connection gets: WAL lets readers run beside the
+/// one writer; the busy timeout queues writers (autocommit statements, other
+/// processes) instead of failing, long enough for a batch of steps or a
+/// group of events ahead of them.
+async fn prepare_connection(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<(), sqlx::Error> {
+    if dialect == Dialect::Sqlite {
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        conn.execute("PRAGMA foreign_keys = ON").await?;
+        conn.execute("PRAGMA busy_timeout = 30000").await?;
+        conn.execute("PRAGMA synchronous = NORMAL").await?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -118,27 +141,25 @@ impl Store {
         let listen_url: Arc<str> = Arc::from(url.as_str());
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        // WAL lets readers run beside the one writer; the
-                        // busy timeout queues writers instead of failing.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // Long enough for a batch of steps or a group of
-                        // events ahead in the queue.
-                        conn.execute("PRAGMA busy_timeout = 30000").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .after_connect(move |conn, _| Box::pin(prepare_connection(conn, dialect)))
+            .connect_with(options.clone())
             .await?;
         match dialect {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Dialect::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
+        let writer = match dialect {
+            Dialect::Sqlite => Some(
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    // As long as the busy timeout: a writer waits this long.
+                    .acquire_timeout(std::time::Duration::from_secs(30))
+                    .after_connect(move |conn, _| Box::pin(prepare_connection(conn, dialect)))
+                    .connect_with(options)
+                    .await?,
+            ),
+            Dialect::Postgres => None,
+        };
         let store = Store {
             pool,
             dialect,
@@ -146,6 +167,7 @@ impl Store {
             jobs_wake: jobs::JobsWake::default(),
             url: listen_url,
             api_keys: Arc::default(),
+            writer,
         };
         store.refresh_routing().await?;
         Ok(store)
@@ -163,16 +185,19 @@ impl Store {
         self.routing.load(Ordering::SeqCst)
     }
 
-    /// A transaction that will write. SQLite takes the write lock at once
+    /// A transaction that will write, on SQLite on the writer connection
+    /// (in turn with the node's other write transactions). SQLite takes
+    /// the write lock at once
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
     /// upgrades later fails with "database is locked" under concurrent
     /// writers instead of waiting for the busy timeout.
     pub(crate) async fn write_tx(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
+        match (&self.writer, self.dialect) {
+            (Some(writer), _) => writer.begin_with("BEGIN IMMEDIATE").await,
+            (None, Dialect::Sqlite) => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            (None, Dialect::Postgres) => self.pool.begin().await,
         }
     }
 

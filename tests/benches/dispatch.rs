@@ -6,7 +6,8 @@
 //! queueing (outbox written) and of delivery, on SQLite and PostgreSQL.
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench dispatch`
-//! Size: NACHFASS_BENCH_STEPS (default 1000000).
+//! Size: NACHFASS_BENCH_STEPS (default 1000000); NACHFASS_BENCH_ONLY=sqlite
+//! or postgres runs one database.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -223,8 +224,11 @@ async fn main() {
         .install_file(&guests::WEBHOOK.packed(), Activation::Now)
         .await
         .unwrap();
+    let only = std::env::var("NACHFASS_BENCH_ONLY").unwrap_or_default();
     for (dialect, url, temp) in nachfass_tests::databases().await {
-        bench(dialect, &url, registry.clone(), steps).await;
+        if only.is_empty() || only == dialect {
+            bench(dialect, &url, registry.clone(), steps).await;
+        }
         let store = Store::connect(&url).await.unwrap();
         temp.cleanup(store).await;
     }

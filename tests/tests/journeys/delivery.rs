@@ -75,6 +75,75 @@ nachfass_tests::on_both_databases!(
     the_frequency_cap_counts_sends_of_the_same_batch
 );
 
+/// Deliveries run in batches: in one batch, the messages a receiver
+/// takes are recorded as sent while those whose receiver is down wait for
+/// a retry, each job with its own outcome.
+async fn a_delivery_batch_settles_each_message_alone(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    // Nothing listens on port 1: every call to it fails at once.
+    let down = BindingDef {
+        name: "down-hook".into(),
+        kind: BindingKind::Channel,
+        plugin: "webhook".into(),
+        config: [
+            ("url".to_owned(), "http://127.0.0.1:1/hook".to_owned()),
+            ("secret".to_owned(), "s3cret".to_owned()),
+        ]
+        .into(),
+        allow_http: vec!["127.0.0.1:1".into()],
+        limits: Default::default(),
+        paused: None,
+        version: None,
+    };
+    w.store.create_binding(&down, 0).await.unwrap();
+    let definition = serde_json::json!({
+        "name": "both", "trigger": {"event": {"kind": "trial.started"}},
+        "steps": [
+            {"id": "up", "type": "send", "binding": "mail-hook",
+             "template": {"subject": "Hallo", "text": "Hallo"}},
+            {"id": "down", "type": "send", "binding": "down-hook",
+             "template": {"subject": "Hallo", "text": "Hallo"}}]
+    });
+    w.journeys
+        .save(definition.to_string().as_bytes())
+        .await
+        .unwrap();
+    let emails = ["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"];
+    for email in emails {
+        w.contact(email).await;
+        w.ingest(email, "trial.started", &[]).await;
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT binding, status FROM outbox ORDER BY binding, status")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    let count = |binding: &str, status: &str| {
+        rows.iter()
+            .filter(|(b, s)| b == binding && s == status)
+            .count()
+    };
+    assert_eq!(count("mail-hook", "delivered"), 3, "{dialect}: {rows:?}");
+    assert_eq!(count("down-hook", "pending"), 3, "{dialect}: {rows:?}");
+    assert_eq!(w.sink.received().len(), 3, "{dialect}");
+    let jobs: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT kind, attempts, last_error FROM jobs WHERE failed_at IS NULL")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(jobs.len(), 3, "{dialect}: {jobs:?}");
+    for (kind, attempts, error) in &jobs {
+        assert_eq!((kind.as_str(), *attempts), ("deliver", 1), "{dialect}");
+        assert!(error.is_some(), "{dialect}: {jobs:?}");
+    }
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_delivery_batch_settles_each_message_alone
+);
+
 async fn failing_receivers_are_retried_with_backoff_then_given_up(dialect: &'static str) {
     let w = world(dialect, 503).await;
     w.install("post-purchase-thank-you").await;
