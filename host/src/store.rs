@@ -9,8 +9,10 @@
 mod api_keys;
 pub mod backtests;
 pub mod bindings;
+mod bulk;
 pub mod consents;
 pub mod contacts;
+mod event_group;
 mod events;
 pub mod jobs;
 pub mod journeys;
@@ -89,6 +91,8 @@ pub struct Store {
     /// Where the database is, for listeners that need their own
     /// connection (PostgreSQL `LISTEN`).
     url: Arc<str>,
+    /// API keys looked up lately.
+    api_keys: Arc<api_keys::KeyCache>,
     /// SQLite: the one connection write transactions take turns on. The
     /// database allows one writer anyway; waiting for this connection is
     /// first come, first served, where waiting for the lock (SQLite's busy
@@ -162,6 +166,7 @@ impl Store {
             routing: Arc::default(),
             jobs_wake: jobs::JobsWake::default(),
             url: listen_url,
+            api_keys: Arc::default(),
             writer,
         };
         store.refresh_routing().await?;
