@@ -36,6 +36,18 @@ impl Pipeline {
         &self,
         inputs: &[EventInput],
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        let (results, fresh) = self.store_batch(inputs).await?;
+        self.apply_fresh(fresh).await;
+        Ok(results)
+    }
+
+    /// The first half of [`Pipeline::ingest_batch`]: stores the group in
+    /// one transaction; answers the results and the new events (not
+    /// resends) whose effects are still to apply.
+    pub(crate) async fn store_batch(
+        &self,
+        inputs: &[EventInput],
+    ) -> Result<(Vec<Result<Ingested, StoreError>>, Vec<Event>), StoreError> {
         let now = self.clock.now();
         let results = self.store.ingest_events(inputs, now).await?;
         let fresh: Vec<Event> = results
@@ -44,19 +56,26 @@ impl Pipeline {
             .filter(|i| !i.duplicate)
             .map(|i| i.event.clone())
             .collect();
-        if !fresh.is_empty() {
-            metrics::counter!("nachfass_events_ingested_total").increment(fresh.len() as u64);
-            let span = tracing::debug_span!("apply_events", events = fresh.len());
-            let backstop = fresh[0].id.clone();
-            if let Err(e) = self
-                .apply_events(fresh, Some(&backstop))
-                .instrument(span)
-                .await
-            {
-                tracing::warn!(error = %e, "applying events failed; their process_events job retries");
-            }
+        Ok((results, fresh))
+    }
+
+    /// The second half of [`Pipeline::ingest_batch`]: applies the effects
+    /// of stored events as one batch, named for the backstop job by the
+    /// first of them.
+    pub(crate) async fn apply_fresh(&self, fresh: Vec<Event>) {
+        let Some(first) = fresh.first() else {
+            return;
+        };
+        metrics::counter!("nachfass_events_ingested_total").increment(fresh.len() as u64);
+        let span = tracing::debug_span!("apply_events", events = fresh.len());
+        let backstop = first.id.clone();
+        if let Err(e) = self
+            .apply_events(fresh, Some(&backstop))
+            .instrument(span)
+            .await
+        {
+            tracing::warn!(error = %e, "applying events failed; their process_events job retries");
         }
-        Ok(results)
     }
 
     /// Creates or updates a contact; a profile change is scored (explicit

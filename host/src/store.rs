@@ -9,8 +9,10 @@
 mod api_keys;
 pub mod backtests;
 pub mod bindings;
+mod bulk;
 pub mod consents;
 pub mod contacts;
+mod event_group;
 mod events;
 pub mod jobs;
 pub mod journeys;
@@ -93,6 +95,8 @@ pub struct Store {
     url: Arc<str>,
     /// Shadow results on their way to the database (`shadow_queue.rs`).
     shadow_queue: Arc<shadow_queue::ShadowQueue>,
+    /// API keys looked up lately.
+    api_keys: Arc<api_keys::KeyCache>,
     /// SQLite: the one connection write transactions take turns on. The
     /// database allows one writer anyway; waiting for this connection is
     /// first come, first served, where waiting for the lock (SQLite's busy
@@ -169,6 +173,7 @@ impl Store {
             shadow_queue: Arc::new(shadow_queue::ShadowQueue::new(
                 shadow_queue::ShadowQueueLimits::default(),
             )),
+            api_keys: Arc::default(),
             writer,
         };
         store.refresh_routing().await?;

@@ -23,7 +23,7 @@ use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::jobs::{KindFilter, RouteEvent};
-use nachfass::store::{BindingDef, BindingKind, EventInput, Store};
+use nachfass::store::{Applied, BindingDef, BindingKind, EventInput, ProfileEffect, Store};
 use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
 
 /// Monday 2026-11-23, 10:00 in Berlin.
@@ -294,6 +294,287 @@ async fn bad_items_of_a_batch_are_refused_alone(dialect: &'static str) {
 on_both_databases!(
     #[tokio::test]
     bad_items_of_a_batch_are_refused_alone
+);
+
+/// A group naming contacts every way: new and stored, by email, external
+/// id and contact id, identities that grow, move or clash, bad items, an
+/// older event. Each contact is found or created in item order.
+fn identity_mix(old_id: &str, eight_id: &str) -> Vec<EventInput> {
+    let by = |email: Option<&str>, external: Option<&str>, kind: &str, at: i64| EventInput {
+        kind: kind.into(),
+        at: Some(at),
+        email: email.map(Into::into),
+        external_id: external.map(Into::into),
+        ..EventInput::default()
+    };
+    vec![
+        by(Some("new@example.org"), None, "download", NOW - 50),
+        // The same new contact, spelled otherwise.
+        by(Some(" NEW@example.org"), None, "page.visited", NOW - 40),
+        // A stored contact gains an external id; the next item finds it by it.
+        by(Some("old@example.org"), Some("crm-1"), "download", NOW - 30),
+        by(None, Some("crm-1"), "page.visited", NOW - 20),
+        // crm-1 and seven@ are two contacts: refused.
+        by(Some("seven@example.org"), Some("crm-1"), "download", NOW),
+        by(Some("not an email"), None, "download", NOW),
+        EventInput {
+            contact_id: Some(old_id.to_owned()),
+            ..by(None, None, "email.opened", NOW - 10)
+        },
+        EventInput {
+            contact_id: Some("c_missing".into()),
+            ..by(None, None, "email.opened", NOW)
+        },
+        by(Some("nine@example.org"), Some("crm-9"), "download", NOW - 5),
+        // The contact created above moves to crm-10: crm-9 names nobody
+        // now, so the next item creates another contact.
+        by(
+            Some("nine@example.org"),
+            Some("crm-10"),
+            "download",
+            NOW - 4,
+        ),
+        by(None, Some("crm-9"), "download", NOW - 3),
+        // A stored contact's external id moves, and crm-7 is free again.
+        by(
+            Some("seven@example.org"),
+            Some("crm-77"),
+            "download",
+            NOW - 2,
+        ),
+        by(None, Some("crm-7"), "download", NOW - 1),
+        by(Some("old@example.org"), None, "Bad Kind", NOW),
+        // Older than what old@ did before: `last_seen_at` stays.
+        by(Some("old@example.org"), None, "download", NOW - 10 * DAY),
+        by(None, None, "download", NOW),
+        // eight@ is looked at (refused: crm-1 is old@'s), then named by id.
+        by(Some("eight@example.org"), Some("crm-1"), "download", NOW),
+        EventInput {
+            contact_id: Some(eight_id.to_owned()),
+            ..by(None, None, "email.opened", NOW - 7)
+        },
+    ]
+}
+
+async fn a_group_finds_and_creates_contacts_as_one_event_at_a_time_would(dialect: &'static str) {
+    async fn run(dialect: &str, grouped: bool) -> (Vec<String>, Vec<String>, i64) {
+        let (store, temp) = nachfass_tests::store(dialect).await;
+        let earlier = NOW - DAY;
+        let old = store
+            .upsert_contact(
+                &nachfass::store::ContactInput {
+                    email: Some("old@example.org".into()),
+                    ..Default::default()
+                },
+                earlier,
+            )
+            .await
+            .unwrap()
+            .contact
+            .id;
+        store
+            .upsert_contact(
+                &nachfass::store::ContactInput {
+                    email: Some("seven@example.org".into()),
+                    external_id: Some("crm-7".into()),
+                    ..Default::default()
+                },
+                earlier,
+            )
+            .await
+            .unwrap();
+        let eight = store
+            .upsert_contact(
+                &nachfass::store::ContactInput {
+                    email: Some("eight@example.org".into()),
+                    ..Default::default()
+                },
+                earlier,
+            )
+            .await
+            .unwrap()
+            .contact
+            .id;
+        store
+            .ingest_event(&event("old@example.org", "download", NOW - 100), earlier)
+            .await
+            .unwrap();
+        let inputs = identity_mix(&old, &eight);
+        let results = if grouped {
+            store.ingest_events(&inputs, NOW).await.unwrap()
+        } else {
+            let mut results = Vec::new();
+            for input in &inputs {
+                results.push(store.ingest_event(input, NOW).await);
+            }
+            results
+        };
+        let mut answers = Vec::new();
+        for result in results {
+            answers.push(match result {
+                Ok(ingested) => {
+                    let contact = store.contact(&ingested.event.contact_id).await.unwrap();
+                    format!(
+                        "{} for {:?}/{:?} created {}",
+                        ingested.event.kind,
+                        contact.email,
+                        contact.external_id,
+                        ingested.contact_created
+                    )
+                }
+                // Messages name contact ids, which differ between the runs.
+                Err(e) => format!("{e}").split(':').next().unwrap().to_owned(),
+            });
+        }
+        type Row = (Option<String>, Option<String>, Option<i64>, i64, i64);
+        let contacts: Vec<Row> = sqlx::query_as(
+            "SELECT email, external_id, last_seen_at, created_at, updated_at FROM contacts \
+                 ORDER BY email, external_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let contacts = contacts.iter().map(|c| format!("{c:?}")).collect();
+        let (jobs,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = 'process_events'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        temp.cleanup(store).await;
+        (answers, contacts, jobs)
+    }
+    let (answers, contacts, jobs) = run(dialect, true).await;
+    let (expected_answers, expected_contacts, _) = run(dialect, false).await;
+    assert_eq!(answers, expected_answers, "{dialect}");
+    assert_eq!(contacts, expected_contacts, "{dialect}");
+    // The figures the comparison rests on.
+    let refused: Vec<&str> = [4, 5, 7, 13, 15]
+        .iter()
+        .map(|&i| answers[i].as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "conflict",
+            "invalid input",
+            "not found",
+            "invalid input",
+            "invalid input"
+        ],
+        "{dialect}: {answers:#?}"
+    );
+    assert!(
+        answers[0].ends_with("created true"),
+        "{dialect}: {answers:#?}"
+    );
+    assert!(
+        answers[1].ends_with("created false"),
+        "{dialect}: {answers:#?}"
+    );
+    assert!(
+        answers[3].contains("Some(\"old@example.org\")/Some(\"crm-1\")"),
+        "{dialect}: {answers:#?}"
+    );
+    assert!(
+        answers[10].contains("None/Some(\"crm-9\") created true"),
+        "{dialect}: {answers:#?}"
+    );
+    assert_eq!(contacts.len(), 7, "{dialect}: {contacts:#?}");
+    assert!(
+        contacts.iter().any(|c| c.starts_with(&format!(
+            "(Some(\"eight@example.org\"), None, Some({}),",
+            NOW - 7
+        ))),
+        "{dialect}: {contacts:#?}"
+    );
+    // One transaction for the group (its one backstop job), not one per item.
+    assert_eq!(
+        jobs, 2,
+        "{dialect}: the earlier event's job and the group's"
+    );
+}
+on_both_databases!(
+    #[tokio::test]
+    a_group_finds_and_creates_contacts_as_one_event_at_a_time_would
+);
+
+/// Membership changes of one batch are written as one insert or delete
+/// at a time would: a change the stored row already shows (a concurrent
+/// writer made it) causes no timeline event, each later one does.
+async fn membership_changes_of_a_batch_land_like_one_write_at_a_time(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let stored = store
+        .ingest_events(&[event("ada@example.org", "download", NOW)], NOW)
+        .await
+        .unwrap();
+    let event = stored[0].as_ref().unwrap().event.clone();
+    let ada = event.contact_id.clone();
+    // Another writer put ada in `hot` meanwhile.
+    sqlx::query("INSERT INTO segment_members (segment, contact_id, since) VALUES ('hot', $1, $2)")
+        .bind(ada.clone())
+        .bind(NOW)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let change = |segment: &str, member: bool| ProfileEffect::Membership {
+        segment: segment.into(),
+        contact_id: ada.clone(),
+        member,
+    };
+    let effects = [
+        change("hot", true),
+        change("hot", false),
+        change("hot", true),
+        change("cold", true),
+        change("cold", false),
+        change("new", true),
+    ];
+    let applied = store
+        .apply_profile_effects(std::slice::from_ref(&event.id), &effects, None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(applied, Applied::Done, "{dialect}");
+    assert_eq!(
+        store.memberships(&ada).await.unwrap(),
+        ["hot", "new"],
+        "{dialect}"
+    );
+    let mut timeline: Vec<String> = store
+        .timeline(&ada, 100, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .filter(|e| e.kind.starts_with("segment."))
+        .map(|e| format!("{} {:?}", e.kind, e.properties.get("segment")))
+        .collect();
+    timeline.sort();
+    let mut expected: Vec<String> = [
+        ("segment.left", "hot"),
+        ("segment.entered", "hot"),
+        ("segment.entered", "cold"),
+        ("segment.left", "cold"),
+        ("segment.entered", "new"),
+    ]
+    .iter()
+    .map(|(kind, segment)| format!("{kind} {:?}", Some(&Value::Text((*segment).to_owned()))))
+    .collect();
+    expected.sort();
+    assert_eq!(timeline, expected, "{dialect}");
+    // Applied once: a second worker finds the event taken.
+    assert_eq!(
+        store
+            .apply_profile_effects(&[event.id], &effects, None, NOW)
+            .await
+            .unwrap(),
+        Applied::Raced,
+        "{dialect}"
+    );
+    temp.cleanup(store).await;
+}
+on_both_databases!(
+    #[tokio::test]
+    membership_changes_of_a_batch_land_like_one_write_at_a_time
 );
 
 async fn accepted_events_are_applied_once_after_a_crash(dialect: &'static str) {

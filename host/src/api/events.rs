@@ -161,11 +161,10 @@ pub async fn ingest(
             Err(error) => refused.push((index, error)),
         }
     }
-    let inputs: Vec<EventInput> = parsed.iter().map(|(_, input)| input.clone()).collect();
+    let (indexes, inputs): (Vec<usize>, Vec<EventInput>) = parsed.into_iter().unzip();
     let stored = state.pipeline.ingest_batch(&inputs).await?;
-    let mut outcomes: Vec<(usize, Result<crate::store::Ingested, ApiError>)> = parsed
-        .iter()
-        .map(|(index, _)| *index)
+    let mut outcomes: Vec<(usize, Result<crate::store::Ingested, ApiError>)> = indexes
+        .into_iter()
         .zip(stored.into_iter().map(|r| r.map_err(ApiError::from)))
         .chain(
             refused

@@ -282,16 +282,14 @@ impl Pipeline {
         activity: &HashMap<String, Vec<ActivityCount>>,
         now: i64,
     ) -> Vec<(String, &'a str, bool)> {
-        let inputs: Vec<(&'a str, (Contact, Vec<ActivityCount>))> = items
+        let (ids, batch): (Vec<&'a str>, Vec<(Contact, Vec<ActivityCount>)>) = items
             .iter()
             .filter_map(|(id, _)| {
                 let contact = contacts.get(*id)?.clone();
                 let activity = activity.get(*id).cloned().unwrap_or_default();
                 Some((*id, (contact, activity)))
             })
-            .collect();
-        let batch: Vec<(Contact, Vec<ActivityCount>)> =
-            inputs.iter().map(|(_, input)| input.clone()).collect();
+            .unzip();
         let mut changes = Vec::new();
         for live in segments {
             let answer = live.plugin.matches_batch(&live.binding, now, &batch).await;
@@ -319,7 +317,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            for ((id, (contact, _)), member) in inputs.iter().zip(answers) {
+            for ((id, (contact, _)), member) in ids.iter().zip(&batch).zip(answers) {
                 if contact.segments.contains(&live.def.name) != member {
                     changes.push((live.def.name.clone(), *id, member));
                 }

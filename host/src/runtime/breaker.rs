@@ -38,9 +38,25 @@ pub struct Trip {
     pub failures: usize,
 }
 
+/// Outcomes closer together than this share a bucket: the window holds
+/// at most one bucket per slice (600 for a minute) whatever the call
+/// rate, and an outcome leaves it at most one slice early.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// The outcomes of calls that started a slice at `start`.
+struct Bucket {
+    start: Instant,
+    calls: usize,
+    failures: usize,
+}
+
 #[derive(Default)]
 struct Window {
-    outcomes: VecDeque<(Instant, bool)>,
+    buckets: VecDeque<Bucket>,
+    /// The sums over `buckets`, kept as they change: a call costs the
+    /// same however many calls the window holds.
+    calls: usize,
+    failures: usize,
     /// When it tripped. It stays open for one window length (while the
     /// cluster rolls back or pauses), then counts afresh, on every node.
     tripped: Option<Instant>,
@@ -50,7 +66,8 @@ struct Window {
 #[derive(Default)]
 pub struct Breakers {
     config: BreakerConfig,
-    windows: Mutex<HashMap<(String, String), Window>>,
+    /// By binding, then plugin version.
+    windows: Mutex<HashMap<String, HashMap<String, Window>>>,
 }
 
 impl Breakers {
@@ -69,30 +86,48 @@ impl Breakers {
 
     fn record_at(&self, binding: &str, plugin: &str, failed: bool, at: Instant) -> Option<Trip> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window = windows
-            .entry((binding.to_owned(), plugin.to_owned()))
-            .or_default();
+        // Looked up by reference: the keys are copied only the first time.
+        if !windows.get(binding).is_some_and(|w| w.contains_key(plugin)) {
+            windows
+                .entry(binding.to_owned())
+                .or_default()
+                .insert(plugin.to_owned(), Window::default());
+        }
+        let window = windows.get_mut(binding)?.get_mut(plugin)?;
         if let Some(when) = window.tripped {
             if at.duration_since(when) <= self.config.window {
                 return None;
             }
             window.tripped = None;
         }
-        window.outcomes.push_back((at, failed));
-        while window
-            .outcomes
-            .front()
-            .is_some_and(|(when, _)| at.duration_since(*when) > self.config.window)
-        {
-            window.outcomes.pop_front();
+        match window.buckets.back_mut() {
+            Some(bucket) if at.duration_since(bucket.start) < SLICE => {
+                bucket.calls += 1;
+                bucket.failures += usize::from(failed);
+            }
+            _ => window.buckets.push_back(Bucket {
+                start: at,
+                calls: 1,
+                failures: usize::from(failed),
+            }),
         }
-        let calls = window.outcomes.len();
-        let failures = window.outcomes.iter().filter(|(_, failed)| *failed).count();
+        window.calls += 1;
+        window.failures += usize::from(failed);
+        while let Some(old) = window.buckets.front()
+            && at.duration_since(old.start) > self.config.window
+        {
+            window.calls -= old.calls;
+            window.failures -= old.failures;
+            window.buckets.pop_front();
+        }
+        let (calls, failures) = (window.calls, window.failures);
         if calls >= self.config.min_calls
             && failures as f64 >= self.config.failure_ratio * calls as f64
         {
             window.tripped = Some(at);
-            window.outcomes.clear();
+            window.buckets.clear();
+            window.calls = 0;
+            window.failures = 0;
             return Some(Trip {
                 binding: binding.to_owned(),
                 plugin: plugin.to_owned(),
@@ -106,7 +141,7 @@ impl Breakers {
     /// Closes every breaker of `binding` again (an operator resumed it).
     pub fn reset(&self, binding: &str) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.retain(|(b, _), _| b != binding);
+        windows.remove(binding);
     }
 }
 
@@ -173,5 +208,39 @@ mod tests {
             None,
             "counts afresh"
         );
+    }
+
+    #[test]
+    fn a_busy_window_keeps_its_counts_in_slices() {
+        let breakers = Breakers::default();
+        let start = Instant::now();
+        // A minute of calls at 1,000/s, a third of them failing: counted
+        // in at most one bucket per slice, never tripping.
+        for i in 0..60_000u64 {
+            let at = start + Duration::from_millis(i);
+            assert_eq!(breakers.record_at("fit", "p@1.0.0", i % 3 == 0, at), None);
+        }
+        let windows = breakers.windows.lock().unwrap();
+        let window = &windows["fit"]["p@1.0.0"];
+        assert_eq!(window.buckets.len(), 600);
+        assert_eq!(
+            (window.calls, window.failures),
+            (
+                window.buckets.iter().map(|b| b.calls).sum(),
+                window.buckets.iter().map(|b| b.failures).sum()
+            )
+        );
+        assert_eq!(window.calls, 60_000);
+        drop(windows);
+        // Half a minute later the first half has left the window; failing
+        // calls now tip it over half.
+        let later = start + Duration::from_millis(90_000);
+        let mut trip = None;
+        for _ in 0..30_000 {
+            trip = trip.or(breakers.record_at("fit", "p@1.0.0", true, later));
+        }
+        let trip = trip.expect("tripped");
+        assert!(trip.failures * 2 >= trip.calls, "{trip:?}");
+        assert!(trip.calls < 60_000, "old calls left the window: {trip:?}");
     }
 }

@@ -1,6 +1,10 @@
 //! API keys: a secret shown once at creation, stored only as its SHA-256,
 //! with scopes that every route checks.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -52,6 +56,41 @@ impl ApiKey {
     }
 }
 
+/// How long a node trusts a key it looked up: every request needs its key,
+/// and at thousands of single-event requests a second the lookup was a
+/// query per request. A key revoked in the database stops working on
+/// every node within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Keys at most in the cache; unknown secrets are never cached, so only
+/// real keys fill it.
+const KEY_CACHE_SIZE: usize = 1024;
+
+/// The keys this node looked up lately, by the hash of their secret.
+#[derive(Debug, Default)]
+pub(super) struct KeyCache(Mutex<HashMap<String, (ApiKey, Instant)>>);
+
+impl KeyCache {
+    fn get(&self, key_hash: &str) -> Option<ApiKey> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(key_hash)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(key, _)| key.clone())
+    }
+
+    fn put(&self, key_hash: String, key: ApiKey) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= KEY_CACHE_SIZE {
+            cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            if cache.len() >= KEY_CACHE_SIZE {
+                cache.clear();
+            }
+        }
+        cache.insert(key_hash, (key, Instant::now()));
+    }
+}
+
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -91,22 +130,29 @@ impl Store {
         Ok((key, secret))
     }
 
-    /// The live key with this secret, if any.
+    /// The live key with this secret, if any (looked up at most every
+    /// [`KEY_CACHE_TTL`] per key on this node).
     pub async fn api_key(&self, secret: &str) -> Result<Option<ApiKey>, StoreError> {
+        let key_hash = hash(secret);
+        if let Some(key) = self.api_keys.get(&key_hash) {
+            return Ok(Some(key));
+        }
         let row = sqlx::query(
             "SELECT id, name, scopes, created_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(hash(secret))
+        .bind(key_hash.clone())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let scopes: String = row.try_get("scopes")?;
-        Ok(Some(ApiKey {
+        let key = ApiKey {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             scopes: scopes.split(',').filter_map(Scope::parse).collect(),
             created_at: row.try_get("created_at")?,
-        }))
+        };
+        self.api_keys.put(key_hash, key.clone());
+        Ok(Some(key))
     }
 
     pub async fn count_api_keys(&self) -> Result<i64, StoreError> {

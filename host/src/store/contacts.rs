@@ -61,7 +61,7 @@ pub fn normalize_email(raw: &str) -> Result<String, StoreError> {
     }
 }
 
-fn normalize_external_id(raw: &str) -> Result<String, StoreError> {
+pub(super) fn normalize_external_id(raw: &str) -> Result<String, StoreError> {
     let id = raw.trim();
     if id.is_empty() || id.len() > 200 {
         return Err(StoreError::Invalid(

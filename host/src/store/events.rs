@@ -54,7 +54,7 @@ pub struct Ingested {
 
 /// `page.visited`, `email.opened`, `purchase`: lower-case words joined by
 /// dots, underscores or dashes.
-fn validate_kind(kind: &str) -> Result<(), StoreError> {
+pub(super) fn validate_kind(kind: &str) -> Result<(), StoreError> {
     let valid = !kind.is_empty()
         && kind.len() <= 64
         && kind.starts_with(|c: char| c.is_ascii_lowercase())
@@ -70,17 +70,22 @@ fn validate_kind(kind: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Counts a touchpoint on its day, for the dashboard; the shard (a hash
-/// of the event's id) spreads concurrent writers over 64 rows.
+/// The day counter row of an event: a hash of its id spreads concurrent
+/// writers over 64 rows per day.
+pub(super) fn shard_of(event_id: &str) -> i64 {
+    let hash = event_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    i64::try_from(hash % 64).unwrap_or(0)
+}
+
+/// Counts a touchpoint on its day, for the dashboard.
 pub(crate) async fn count_event_in(
     conn: &mut sqlx::AnyConnection,
     event_id: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    let hash = event_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let shard = i64::try_from(hash % 64).unwrap_or(0);
+    let shard = shard_of(event_id);
     sqlx::query(
         "INSERT INTO event_days (day, shard, events) VALUES ($1, $2, 1) \
          ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + 1",
@@ -279,85 +284,15 @@ impl Store {
         }
     }
 
-    async fn ingest_group(
-        &self,
-        inputs: &[EventInput],
-        now: i64,
-    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        let mut results: Vec<Option<Result<Ingested, StoreError>>> =
-            inputs.iter().map(|_| None).collect();
-        let client_ids: Vec<&str> = inputs
-            .iter()
-            .filter_map(|i| i.client_event_id.as_deref())
-            .collect();
-        let known = self.events_by_client_ids(&client_ids).await?;
-        // A client event id seen earlier in this group: the item that stores it.
-        let mut first_with: HashMap<&str, usize> = HashMap::new();
-        let mut repeats = Vec::new();
-        let mut to_store = Vec::new();
-        for (index, input) in inputs.iter().enumerate() {
-            if let Err(e) = validate_kind(&input.kind) {
-                results[index] = Some(Err(e));
-                continue;
-            }
-            if let Some(client_id) = input.client_event_id.as_deref() {
-                if let Some(existing) = known.get(client_id) {
-                    results[index] = Some(self.resent(input, existing.clone()).await);
-                    continue;
-                }
-                if let Some(&first) = first_with.get(client_id) {
-                    repeats.push((index, first));
-                    continue;
-                }
-                first_with.insert(client_id, index);
-            }
-            to_store.push(index);
-        }
-        let routes = self.routes_events();
-        let mut tx = self.write_tx().await?;
-        let mut stored_ids = Vec::new();
-        for index in to_store {
-            match store_in(&mut tx, &inputs[index], now, routes).await {
-                Ok(ingested) => {
-                    if !inputs[index].system {
-                        stored_ids.push(ingested.event.id.clone());
-                    }
-                    results[index] = Some(Ok(ingested));
-                }
-                // Found by a read, before anything was written for the
-                // item: the transaction is intact.
-                Err(e @ (StoreError::Invalid(_) | StoreError::NotFound(_))) => {
-                    results[index] = Some(Err(e))
-                }
-                // Anything else may have aborted the transaction.
-                Err(e) => return Err(e),
-            }
-        }
-        if !stored_ids.is_empty() {
-            let job = super::jobs::ProcessEvents { events: stored_ids };
-            super::jobs::enqueue_in(&mut tx, &job, now + PROCESS_GRACE_MS, now).await?;
-        }
-        tx.commit().await?;
-        self.jobs_wake.notify();
-        // A resend inside the group answers like a resend of the stored one.
-        for (index, first) in repeats {
-            let outcome = match &results[first] {
-                Some(Ok(stored)) => self.resent(&inputs[index], stored.event.clone()).await,
-                _ => self.ingest_event(&inputs[index], now).await,
-            };
-            results[index] = Some(outcome);
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into()))))
-            .collect())
-    }
-
     /// A known client event id: a resend of the same event is a
     /// duplicate; the id reused for another event is a conflict, answered
     /// without anything from the stored event (the caller may lack read
     /// scope).
-    async fn resent(&self, input: &EventInput, existing: Event) -> Result<Ingested, StoreError> {
+    pub(super) async fn resent(
+        &self,
+        input: &EventInput,
+        existing: Event,
+    ) -> Result<Ingested, StoreError> {
         let same_contact = match (&input.contact_id, &input.email, &input.external_id) {
             (Some(id), _, _) => *id == existing.contact_id,
             (None, Some(email), _) => {
@@ -421,24 +356,25 @@ impl Store {
     }
 
     /// The stored events of these client event ids, by client event id.
-    async fn events_by_client_ids(
+    pub(super) async fn events_by_client_ids(
         &self,
         client_event_ids: &[&str],
     ) -> Result<HashMap<String, Event>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in client_event_ids.chunks(500) {
-            let sql = format!(
-                "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind((*id).to_owned());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let client_id: String = row.try_get("client_event_id")?;
-                found.insert(client_id, from_row(&row)?);
-            }
+        if client_event_ids.is_empty() {
+            return Ok(found);
+        }
+        let sql = format!(
+            "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN {}",
+            super::bulk::json_list(self.dialect, 1)
+        );
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(super::bulk::to_json(client_event_ids)?)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let client_id: String = row.try_get("client_event_id")?;
+            found.insert(client_id, from_row(&row)?);
         }
         Ok(found)
     }

@@ -279,6 +279,63 @@ pub async fn enqueue_in<J: JobArgs>(
     enqueue_row_in(conn, J::KIND, &job.unique_key(), &payload, due_at, now).await
 }
 
+/// Adds many jobs of one kind in one statement (the batched ingest queues
+/// a route job per event), each unless one with its key exists. Returns
+/// how many were added.
+pub async fn enqueue_many_in<J: JobArgs>(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[J],
+    due_at: i64,
+    now: i64,
+) -> Result<u64, StoreError> {
+    #[derive(Serialize)]
+    struct JobRow {
+        id: String,
+        unique_key: String,
+        payload: String,
+    }
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let rows = jobs
+        .iter()
+        .map(|job| {
+            Ok(JobRow {
+                id: new_id("j"),
+                unique_key: job.unique_key(),
+                payload: serde_json::to_string(job).map_err(|e| {
+                    StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND))
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    use super::bulk::{Col, json_rows, to_json};
+    let from = json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("unique_key", Col::Text),
+            ("payload", Col::Text),
+        ],
+    );
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+    let sql = format!(
+        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
+         SELECT j.id, $2, j.unique_key, j.payload, $3, $4 FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(&rows)?)
+        .bind(J::KIND)
+        .bind(due_at)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// Adds a job row as it is (for kinds whose arguments are built here).
 pub(super) async fn enqueue_row_in(
     conn: &mut AnyConnection,

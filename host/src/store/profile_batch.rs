@@ -6,16 +6,15 @@
 //! that commit leaves the events unapplied (a `process_events` job
 //! applies them later); after it, they are applied exactly once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::Serialize;
 use sqlx::Row;
 
-use super::events::{DAY_MS, activity_from_row, from_row as event_from_row, placeholders};
-use super::{Store, StoreError, new_id};
+use super::bulk::{self, Col};
+use super::events::{DAY_MS, activity_from_row, from_row as event_from_row};
+use super::{Dialect, Store, StoreError, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
-
-/// Ids per statement: well inside both databases' bind limits.
-const CHUNK: usize = 500;
 
 /// One effect of a batch, in the order it happened.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,21 +57,18 @@ impl Store {
     /// The events among `ids` whose effects are not applied yet, in the
     /// order they were accepted.
     pub async fn unprocessed_events(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT id, contact_id, kind, at, properties FROM events \
-                 WHERE processed_at IS NULL AND id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                found.push(event_from_row(&row)?);
-            }
-        }
+        let sql = format!(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE processed_at IS NULL AND id IN {}",
+            bulk::json_list(self.dialect, 1)
+        );
+        let mut found = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bulk::to_json(ids)?)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let order: HashMap<&str, usize> = ids
             .iter()
             .enumerate()
@@ -88,34 +84,33 @@ impl Store {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, Contact>, StoreError> {
+        let list = bulk::json_list(self.dialect, 1);
+        let ids = bulk::to_json(ids)?;
+        let sql = format!(
+            "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
+             FROM contacts WHERE id IN {list}"
+        );
         let mut contacts = HashMap::new();
-        for chunk in ids.chunks(CHUNK) {
-            let list = placeholders(1, chunk.len());
-            let sql = format!(
-                "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-                 FROM contacts WHERE id IN ({list})"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact = super::contacts::from_row(&row)?;
-                contacts.insert(contact.id.clone(), contact);
-            }
-            let sql = format!(
-                "SELECT contact_id, segment FROM segment_members WHERE contact_id IN ({list}) \
-                 ORDER BY contact_id, segment"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact_id: String = row.try_get("contact_id")?;
-                if let Some(contact) = contacts.get_mut(&contact_id) {
-                    contact.segments.push(row.try_get("segment")?);
-                }
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids.clone())
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact = super::contacts::from_row(&row)?;
+            contacts.insert(contact.id.clone(), contact);
+        }
+        let sql = format!(
+            "SELECT contact_id, segment FROM segment_members WHERE contact_id IN {list} \
+             ORDER BY contact_id, segment"
+        );
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact_id: String = row.try_get("contact_id")?;
+            if let Some(contact) = contacts.get_mut(&contact_id) {
+                contact.segments.push(row.try_get("segment")?);
             }
         }
         Ok(contacts)
@@ -129,40 +124,39 @@ impl Store {
         ids: &[String],
         now: i64,
     ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
+        let sql = format!(
+            "SELECT contact_id, kind, COUNT(*) AS total, \
+                    SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
+                    SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
+                    MAX(at) AS last_at \
+             FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND contact_id IN {} \
+             GROUP BY contact_id, kind ORDER BY contact_id, kind",
+            bulk::json_list(self.dialect, 4)
+        );
         let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT contact_id, kind, COUNT(*) AS total, \
-                        SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
-                        SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
-                        MAX(at) AS last_at \
-                 FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND contact_id IN ({}) \
-                 GROUP BY contact_id, kind ORDER BY contact_id, kind",
-                placeholders(4, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(now - DAY_MS)
-                .bind(now - 30 * DAY_MS)
-                .bind(now);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let contact_id: String = row.try_get("contact_id")?;
-                activity
-                    .entry(contact_id)
-                    .or_default()
-                    .push(activity_from_row(&row)?);
-            }
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now - DAY_MS)
+            .bind(now - 30 * DAY_MS)
+            .bind(now)
+            .bind(bulk::to_json(ids)?)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let contact_id: String = row.try_get("contact_id")?;
+            activity
+                .entry(contact_id)
+                .or_default()
+                .push(activity_from_row(&row)?);
         }
         Ok(activity)
     }
 
     /// Marks `events` applied and writes `effects`, all in one
-    /// transaction, then queues the route jobs of the events and of the
-    /// timeline events the effects caused (when journeys exist). The
-    /// `process_events` job that was the group's backstop (`backstop`, its
-    /// first event), not yet taken by a worker, goes with it.
+    /// transaction with one statement per table, then queues the route
+    /// jobs of the events and of the timeline events the effects caused
+    /// (when journeys exist). The `process_events` job that was the
+    /// group's backstop (`backstop`, its first event), not yet taken by a
+    /// worker, goes with it.
     pub async fn apply_profile_effects(
         &self,
         events: &[String],
@@ -170,20 +164,21 @@ impl Store {
         backstop: Option<&str>,
         now: i64,
     ) -> Result<Applied, StoreError> {
+        let dialect = self.dialect;
         let routes = self.routes_events();
         let mut tx = self.write_tx().await?;
-        let mut claimed = 0;
-        for chunk in events.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE events SET processed_at = $1 WHERE processed_at IS NULL AND id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            claimed += query.execute(&mut *tx).await?.rows_affected();
-        }
+        // The claim: only the worker whose update takes every event of the
+        // batch writes its effects.
+        let sql = format!(
+            "UPDATE events SET processed_at = $1 WHERE processed_at IS NULL AND id IN {}",
+            bulk::json_list(dialect, 2)
+        );
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(bulk::to_json(events)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if usize::try_from(claimed).ok() != Some(events.len()) {
             return Ok(Applied::Raced);
         }
@@ -200,52 +195,21 @@ impl Store {
             .await?;
         }
         if routes {
-            for id in events {
-                let job = super::jobs::RouteEvent {
+            let jobs: Vec<super::jobs::RouteEvent> = events
+                .iter()
+                .map(|id| super::jobs::RouteEvent {
                     event_id: id.clone(),
-                };
-                super::jobs::enqueue_in(&mut tx, &job, now, now).await?;
-            }
+                })
+                .collect();
+            super::jobs::enqueue_many_in(&mut tx, dialect, &jobs, now, now).await?;
         }
-        // Scores move by the sum of a contact's changes: a concurrent
-        // writer's change to the same contact is kept.
-        let mut score_moves: BTreeMap<&str, i64> = BTreeMap::new();
-        for effect in effects {
-            if let ProfileEffect::Score {
-                contact_id,
-                binding,
-                delta,
-                reasons,
-                event_id,
-            } = effect
-            {
-                let reasons = serde_json::to_string(reasons)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO score_changes (id, contact_id, binding, delta, reasons, event_id, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(new_id("s"))
-                .bind(contact_id.clone())
-                .bind(binding.clone())
-                .bind(*delta)
-                .bind(reasons)
-                .bind(event_id.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                *score_moves.entry(contact_id).or_default() += delta;
-            }
-        }
-        for (contact_id, delta) in score_moves {
-            sqlx::query("UPDATE contacts SET score = score + $1, updated_at = $2 WHERE id = $3")
-                .bind(delta)
-                .bind(now)
-                .bind(contact_id.to_owned())
-                .execute(&mut *tx)
-                .await?;
-        }
-        for effect in effects {
+        insert_score_changes(&mut tx, dialect, effects, now).await?;
+        let changed = write_memberships(&mut tx, dialect, effects, now).await?;
+        update_contacts(&mut tx, dialect, effects, now).await?;
+
+        // The timeline events the effects caused, in the order they happened.
+        let mut caused: Vec<(String, &str, &'static str, Fields)> = Vec::new();
+        for (index, effect) in effects.iter().enumerate() {
             match effect {
                 ProfileEffect::Score { .. } => {}
                 ProfileEffect::Stage {
@@ -254,97 +218,318 @@ impl Store {
                     to,
                     score,
                 } => {
-                    sqlx::query("UPDATE contacts SET stage = $1, updated_at = $2 WHERE id = $3")
-                        .bind(to.clone())
-                        .bind(now)
-                        .bind(contact_id.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    let score = score.to_string();
-                    let properties = [("from", from.as_str()), ("to", to), ("score", &score)];
-                    record_in(
-                        &mut tx,
+                    let properties = [
+                        ("from", from.clone()),
+                        ("to", to.clone()),
+                        ("score", score.to_string()),
+                    ];
+                    caused.push((
+                        new_id("e"),
                         contact_id,
                         "stage.changed",
-                        &properties,
-                        now,
-                        routes,
-                    )
-                    .await?;
+                        text_fields(properties),
+                    ));
                 }
                 ProfileEffect::Membership {
                     segment,
                     contact_id,
                     member,
-                } => {
-                    let written = if *member {
-                        sqlx::query(
-                            "INSERT INTO segment_members (segment, contact_id, since) \
-                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(segment.clone())
-                        .bind(contact_id.clone())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
+                } if changed.contains(&index) => {
+                    let kind = if *member {
+                        "segment.entered"
                     } else {
-                        sqlx::query(
-                            "DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2",
-                        )
-                        .bind(segment.clone())
-                        .bind(contact_id.clone())
-                        .execute(&mut *tx)
-                        .await?
+                        "segment.left"
                     };
-                    let changed = written.rows_affected() > 0;
-                    if changed {
-                        let kind = if *member {
-                            "segment.entered"
-                        } else {
-                            "segment.left"
-                        };
-                        record_in(
-                            &mut tx,
-                            contact_id,
-                            kind,
-                            &[("segment", segment)],
-                            now,
-                            routes,
-                        )
-                        .await?;
-                    }
+                    caused.push((
+                        new_id("e"),
+                        contact_id,
+                        kind,
+                        text_fields([("segment", segment.clone())]),
+                    ));
                 }
+                ProfileEffect::Membership { .. } => {}
             }
         }
+        let rows = caused
+            .iter()
+            .map(|(id, contact_id, kind, properties)| {
+                Ok(bulk::EventRow {
+                    id,
+                    contact_id,
+                    kind,
+                    at: now,
+                    properties: serde_json::to_string(properties)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    client_event_id: None,
+                    received_at: now,
+                    processed_at: Some(now),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        bulk::insert_events_in(&mut tx, dialect, &rows).await?;
+        if routes {
+            let jobs: Vec<super::jobs::RouteEvent> = caused
+                .iter()
+                .map(|(id, ..)| super::jobs::RouteEvent {
+                    event_id: id.clone(),
+                })
+                .collect();
+            super::jobs::enqueue_many_in(&mut tx, dialect, &jobs, now, now).await?;
+        }
+        bulk::count_days_in(
+            &mut tx,
+            dialect,
+            caused.iter().map(|(id, ..)| (id.as_str(), now)),
+        )
+        .await?;
         tx.commit().await?;
         self.jobs_wake.notify();
         Ok(Applied::Done)
     }
 }
 
-/// Writes an event nachfass caused about the contact, in the caller's
-/// transaction.
-async fn record_in(
+fn text_fields<const N: usize>(properties: [(&str, String); N]) -> Fields {
+    properties
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::Text(v)))
+        .collect()
+}
+
+/// The scorers' changes, one row each.
+async fn insert_score_changes(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    contact_id: &str,
-    kind: &str,
-    properties: &[(&str, &str)],
+    dialect: Dialect,
+    effects: &[ProfileEffect],
     now: i64,
-    routes: bool,
 ) -> Result<(), StoreError> {
-    let properties: Fields = properties
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
-        .collect();
-    let input = super::EventInput {
-        kind: kind.to_owned(),
-        at: Some(now),
-        properties,
-        contact_id: Some(contact_id.to_owned()),
-        system: true,
-        ..super::EventInput::default()
-    };
-    super::events::store_in(tx, &input, now, routes)
-        .await
-        .map(drop)
+    #[derive(Serialize)]
+    struct ScoreRow<'a> {
+        id: String,
+        contact_id: &'a str,
+        binding: &'a str,
+        delta: i64,
+        reasons: String,
+        event_id: &'a str,
+    }
+    let mut rows = Vec::new();
+    for effect in effects {
+        if let ProfileEffect::Score {
+            contact_id,
+            binding,
+            delta,
+            reasons,
+            event_id,
+        } = effect
+        {
+            rows.push(ScoreRow {
+                id: new_id("s"),
+                contact_id,
+                binding,
+                delta: *delta,
+                reasons: serde_json::to_string(reasons)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                event_id,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("contact_id", Col::Text),
+            ("binding", Col::Text),
+            ("delta", Col::Int),
+            ("reasons", Col::Text),
+            ("event_id", Col::Text),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO score_changes (id, contact_id, binding, delta, reasons, event_id, at) \
+         SELECT j.id, j.contact_id, j.binding, j.delta, j.reasons, j.event_id, $2 FROM {from}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Scores move by the sum of a contact's changes (a concurrent writer's
+/// change to the same contact is kept) and stages to the last one: one
+/// statement, in contact id order.
+async fn update_contacts(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    effects: &[ProfileEffect],
+    now: i64,
+) -> Result<(), StoreError> {
+    #[derive(Default, Serialize)]
+    struct ContactRow<'a> {
+        id: &'a str,
+        delta: i64,
+        stage: Option<&'a str>,
+    }
+    let mut rows: BTreeMap<&str, ContactRow<'_>> = BTreeMap::new();
+    for effect in effects {
+        match effect {
+            ProfileEffect::Score {
+                contact_id, delta, ..
+            } => {
+                let row = rows.entry(contact_id).or_default();
+                row.id = contact_id;
+                row.delta += delta;
+            }
+            ProfileEffect::Stage { contact_id, to, .. } => {
+                let row = rows.entry(contact_id).or_default();
+                row.id = contact_id;
+                row.stage = Some(to);
+            }
+            ProfileEffect::Membership { .. } => {}
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<ContactRow<'_>> = rows.into_values().collect();
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[("id", Col::Text), ("delta", Col::Int), ("stage", Col::Text)],
+    );
+    let sql = format!(
+        "UPDATE contacts SET score = contacts.score + j.delta, \
+         stage = COALESCE(j.stage, contacts.stage), updated_at = $2 \
+         FROM {from} WHERE contacts.id = j.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Writes the membership changes; answers which of them (by index in
+/// `effects`) changed a stored membership, as one insert or delete at a
+/// time would have: a pair's first change only when the stored row
+/// differed (a concurrent writer may have made it already), each later
+/// one always (it undoes the one before).
+async fn write_memberships(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    effects: &[ProfileEffect],
+    now: i64,
+) -> Result<HashSet<usize>, StoreError> {
+    #[derive(Serialize)]
+    struct MemberRow<'a> {
+        segment: &'a str,
+        contact_id: &'a str,
+    }
+    // Per (segment, contact): the indexes of its changes, in order.
+    let mut pairs: BTreeMap<(&str, &str), Vec<(usize, bool)>> = BTreeMap::new();
+    for (index, effect) in effects.iter().enumerate() {
+        if let ProfileEffect::Membership {
+            segment,
+            contact_id,
+            member,
+        } = effect
+        {
+            pairs
+                .entry((segment.as_str(), contact_id.as_str()))
+                .or_default()
+                .push((index, *member));
+        }
+    }
+    let mut changed = HashSet::new();
+    if pairs.is_empty() {
+        return Ok(changed);
+    }
+    // First the first change of every pair, which may find the row as
+    // wanted already; then the last state of pairs that ended elsewhere.
+    let (mut enter, mut leave) = (Vec::new(), Vec::new());
+    let (mut enter_after, mut leave_after) = (Vec::new(), Vec::new());
+    for (&(segment, contact_id), changes) in &pairs {
+        let row = MemberRow {
+            segment,
+            contact_id,
+        };
+        let (Some(&(_, first)), Some(&(_, last))) = (changes.first(), changes.last()) else {
+            continue;
+        };
+        changed.extend(changes.iter().skip(1).map(|(index, _)| *index));
+        let after = (last != first).then_some(MemberRow {
+            segment,
+            contact_id,
+        });
+        if first {
+            enter.push(row);
+        } else {
+            leave.push(row);
+        }
+        match after {
+            Some(row) if last => enter_after.push(row),
+            Some(row) => leave_after.push(row),
+            None => {}
+        }
+    }
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[("segment", Col::Text), ("contact_id", Col::Text)],
+    );
+    let insert = format!(
+        "INSERT INTO segment_members (segment, contact_id, since) \
+         SELECT j.segment, j.contact_id, $2 FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING RETURNING segment, contact_id"
+    );
+    let delete = format!(
+        "DELETE FROM segment_members WHERE (segment, contact_id) IN \
+         (SELECT j.segment, j.contact_id FROM {from}) RETURNING segment, contact_id"
+    );
+    let mut written = Vec::new();
+    if !enter.is_empty() {
+        written.extend(
+            sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                .bind(bulk::to_json(&enter)?)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+    }
+    if !leave.is_empty() {
+        written.extend(
+            sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
+                .bind(bulk::to_json(&leave)?)
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+    }
+    for row in written {
+        let segment: String = row.try_get("segment")?;
+        let contact_id: String = row.try_get("contact_id")?;
+        if let Some(changes) = pairs.get(&(segment.as_str(), contact_id.as_str()))
+            && let Some(&(index, _)) = changes.first()
+        {
+            changed.insert(index);
+        }
+    }
+    if !enter_after.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+            .bind(bulk::to_json(&enter_after)?)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    if !leave_after.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
+            .bind(bulk::to_json(&leave_after)?)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    Ok(changed)
 }

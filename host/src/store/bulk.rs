@@ -1,0 +1,167 @@
+//! Set-based writes for the hot path: the rows of a whole batch go to the
+//! database as one JSON array bound to one parameter, read back as rows
+//! (SQLite `json_each`, PostgreSQL `jsonb_to_recordset`), so a batch costs
+//! one statement per table instead of one per row, and the statement's
+//! text never changes with the batch size (prepared once per connection).
+//!
+//! Rows that lock shared rows (contacts, day counters) are sent sorted, so
+//! two PostgreSQL transactions take those locks in the same order and
+//! cannot deadlock on them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::AnyConnection;
+
+use super::{Dialect, StoreError};
+
+/// A column of the rows read from a JSON array.
+#[derive(Clone, Copy)]
+pub(super) enum Col {
+    Text,
+    Int,
+    Bool,
+}
+
+/// The rows of the JSON array bound at `$param`, as a `FROM` item named
+/// `j` with `columns` (each row is an object with those keys).
+pub(super) fn json_rows(dialect: Dialect, param: usize, columns: &[(&str, Col)]) -> String {
+    match dialect {
+        Dialect::Sqlite => {
+            let list: Vec<String> = columns
+                .iter()
+                .map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}"))
+                .collect();
+            format!("(SELECT {} FROM json_each(${param})) AS j", list.join(", "))
+        }
+        Dialect::Postgres => {
+            let list: Vec<String> = columns
+                .iter()
+                .map(|(name, col)| {
+                    let ty = match col {
+                        Col::Text => "TEXT",
+                        Col::Int => "BIGINT",
+                        Col::Bool => "BOOLEAN",
+                    };
+                    format!("{name} {ty}")
+                })
+                .collect();
+            format!(
+                "jsonb_to_recordset(${param}::jsonb) AS j({})",
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// The strings of the JSON array bound at `$param`, as a subquery for
+/// `column IN …`.
+pub(super) fn json_list(dialect: Dialect, param: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("(SELECT value FROM json_each(${param}))"),
+        Dialect::Postgres => format!("(SELECT jsonb_array_elements_text(${param}::jsonb))"),
+    }
+}
+
+/// `rows` as the JSON text bound for [`json_rows`] or [`json_list`].
+pub(super) fn to_json<T: Serialize + ?Sized>(rows: &T) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Invalid(format!("batch rows: {e}")))
+}
+
+/// One event to insert.
+#[derive(Serialize)]
+pub(super) struct EventRow<'a> {
+    pub id: &'a str,
+    pub contact_id: &'a str,
+    pub kind: &'a str,
+    pub at: i64,
+    /// The properties as stored: JSON text.
+    pub properties: String,
+    pub client_event_id: Option<&'a str>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+}
+
+/// Inserts `rows` into `events` in one statement.
+pub(super) async fn insert_events_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    rows: &[EventRow<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let from = json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("contact_id", Col::Text),
+            ("kind", Col::Text),
+            ("at", Col::Int),
+            ("properties", Col::Text),
+            ("client_event_id", Col::Text),
+            ("received_at", Col::Int),
+            ("processed_at", Col::Int),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, received_at, processed_at) \
+         SELECT j.id, j.contact_id, j.kind, j.at, j.properties, j.client_event_id, j.received_at, j.processed_at \
+         FROM {from}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(rows)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Counts touchpoints on their days, for the dashboard (see
+/// `events::count_event_in`): one statement for all of `events` (id,
+/// time), summed per day and shard. Run it last in a transaction: the
+/// counter rows stay locked until the commit.
+pub(super) async fn count_days_in<'a>(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    events: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Result<(), StoreError> {
+    #[derive(Serialize)]
+    struct DayRow {
+        day: i64,
+        shard: i64,
+        events: i64,
+    }
+    let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for (id, at) in events {
+        *counts
+            .entry((
+                at.div_euclid(super::events::DAY_MS),
+                super::events::shard_of(id),
+            ))
+            .or_default() += 1;
+    }
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<DayRow> = counts
+        .into_iter()
+        .map(|((day, shard), events)| DayRow { day, shard, events })
+        .collect();
+    let from = json_rows(
+        dialect,
+        1,
+        &[("day", Col::Int), ("shard", Col::Int), ("events", Col::Int)],
+    );
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+    let sql = format!(
+        "INSERT INTO event_days (day, shard, events) SELECT j.day, j.shard, j.events FROM {from} \
+         WHERE true ORDER BY j.day, j.shard \
+         ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + excluded.events"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(&rows)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

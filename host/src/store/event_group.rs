@@ -1,0 +1,565 @@
+//! Group commit of touchpoints: a group of events (a batch request, or
+//! single requests that arrived together) is checked with a few reads and
+//! written with one statement per table, in one transaction. Contacts are
+//! found or created from the identities the events carry exactly as one
+//! event at a time would (`contacts::upsert_in`), item by item in memory
+//! over the contacts the group names, so a later item sees the contact an
+//! earlier one created or changed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::bulk::{self, Col, EventRow};
+use super::contacts::{normalize_email, normalize_external_id};
+use super::events::{PROCESS_GRACE_MS, validate_kind};
+use super::{Dialect, Store, StoreError, is_unique_violation, new_id};
+use crate::model::Event;
+use crate::store::{EventInput, Ingested};
+
+/// A contact the group names, as the group's items so far left it.
+struct Named {
+    email: Option<String>,
+    external_id: Option<String>,
+    /// Created by this group (inserted with its final identities).
+    created: bool,
+    /// Found by an identity: stored contacts get `updated_at` as
+    /// `upsert_in` writes it.
+    touched: bool,
+}
+
+/// The contacts of the group's identities, and which identity names which.
+#[derive(Default)]
+struct Identities {
+    contacts: HashMap<String, Named>,
+    by_email: HashMap<String, String>,
+    by_external: HashMap<String, String>,
+    /// Stored contacts whose identities an item changed, with the
+    /// identities after that item, in item order.
+    changes: Vec<(String, Option<String>, Option<String>)>,
+    /// Contacts this group creates, in the order they were created.
+    created: Vec<String>,
+}
+
+impl Identities {
+    /// The contact of one item's identity, as `upsert_in` finds, updates or
+    /// creates it: (contact id, created by this item).
+    fn resolve(
+        &mut self,
+        email: Option<String>,
+        external_id: Option<String>,
+    ) -> Result<(String, bool), StoreError> {
+        let by_external = external_id
+            .as_ref()
+            .and_then(|e| self.by_external.get(e))
+            .cloned();
+        let by_email = email.as_ref().and_then(|e| self.by_email.get(e)).cloned();
+        let found = match (by_external, by_email) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(StoreError::Conflict(format!(
+                    "the email belongs to contact {b} and the external_id to contact {a}; merge them first"
+                )));
+            }
+            (Some(found), _) | (None, Some(found)) => Some(found),
+            (None, None) => None,
+        };
+        let Some(id) = found else {
+            let id = new_id("c");
+            if let Some(email) = &email {
+                self.by_email.insert(email.clone(), id.clone());
+            }
+            if let Some(external_id) = &external_id {
+                self.by_external.insert(external_id.clone(), id.clone());
+            }
+            self.contacts.insert(
+                id.clone(),
+                Named {
+                    email,
+                    external_id,
+                    created: true,
+                    touched: true,
+                },
+            );
+            self.created.push(id.clone());
+            return Ok((id, true));
+        };
+        let Some(named) = self.contacts.get_mut(&id) else {
+            return Err(StoreError::Invalid(format!("contact {id} was not loaded")));
+        };
+        named.touched = true;
+        let email = email.or_else(|| named.email.clone());
+        let external_id = external_id.or_else(|| named.external_id.clone());
+        if email == named.email && external_id == named.external_id {
+            return Ok((id, false));
+        }
+        // The identity moves: the old values no longer name this contact.
+        if let Some(old) = named.email.take() {
+            self.by_email.remove(&old);
+        }
+        if let Some(old) = named.external_id.take() {
+            self.by_external.remove(&old);
+        }
+        if let Some(email) = &email {
+            self.by_email.insert(email.clone(), id.clone());
+        }
+        if let Some(external_id) = &external_id {
+            self.by_external.insert(external_id.clone(), id.clone());
+        }
+        named.email = email.clone();
+        named.external_id = external_id.clone();
+        if !named.created {
+            self.changes.push((id.clone(), email, external_id));
+        }
+        Ok((id, false))
+    }
+}
+
+/// Where one item of the group stands.
+enum Item {
+    /// Answered already (a bad item, a resend of a stored event).
+    Done(Result<Ingested, StoreError>),
+    /// The same client event id as an earlier item of the group.
+    Repeat(usize),
+    /// To store, for this contact.
+    Store { contact_id: String, created: bool },
+}
+
+impl Store {
+    /// The group commit of [`Store::ingest_events`]: one result per input.
+    /// A database error (a concurrent writer took an identity or client
+    /// event id meanwhile) fails the whole group, and nothing is written.
+    pub(super) async fn ingest_group(
+        &self,
+        inputs: &[EventInput],
+        now: i64,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        let client_ids: Vec<&str> = inputs
+            .iter()
+            .filter_map(|i| i.client_event_id.as_deref())
+            .collect();
+        let known = self.events_by_client_ids(&client_ids).await?;
+        let mut items: Vec<Option<Item>> = Vec::with_capacity(inputs.len());
+        // A client event id seen earlier in this group: the item that stores it.
+        let mut first_with: HashMap<&str, usize> = HashMap::new();
+        for (index, input) in inputs.iter().enumerate() {
+            if let Err(e) = validate_kind(&input.kind) {
+                items.push(Some(Item::Done(Err(e))));
+                continue;
+            }
+            if let Some(client_id) = input.client_event_id.as_deref() {
+                if let Some(existing) = known.get(client_id) {
+                    let outcome = self.resent(input, existing.clone()).await;
+                    items.push(Some(Item::Done(outcome)));
+                    continue;
+                }
+                if let Some(&first) = first_with.get(client_id) {
+                    items.push(Some(Item::Repeat(first)));
+                    continue;
+                }
+                first_with.insert(client_id, index);
+            }
+            // Its contact is found below, in the transaction.
+            items.push(None);
+        }
+
+        let dialect = self.dialect;
+        let routes = self.routes_events();
+        let mut tx = self.write_tx().await?;
+        self.find_contacts(&mut tx, inputs, &mut items).await?;
+        let Identities {
+            contacts: named,
+            changes,
+            created,
+            ..
+        } = self.resolve_identities(&mut tx, inputs, &mut items).await?;
+
+        // The events, and per contact the newest time of its own events.
+        let mut events: Vec<(usize, Event, bool)> = Vec::new();
+        let mut last_seen: BTreeMap<&str, i64> = BTreeMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let Some(Item::Store {
+                contact_id,
+                created,
+            }) = item
+            else {
+                continue;
+            };
+            let input = &inputs[index];
+            let at = input.at.unwrap_or(now);
+            if !input.system {
+                let seen = last_seen.entry(contact_id.as_str()).or_insert(at);
+                *seen = (*seen).max(at);
+            }
+            let event = Event {
+                id: new_id("e"),
+                contact_id: contact_id.clone(),
+                kind: input.kind.clone(),
+                at,
+                properties: input.properties.clone(),
+            };
+            events.push((index, event, *created));
+        }
+
+        for (id, email, external_id) in &changes {
+            sqlx::query(
+                "UPDATE contacts SET email = $1, external_id = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(email.clone())
+            .bind(external_id.clone())
+            .bind(now)
+            .bind(id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(conflict_on_unique)?;
+        }
+        insert_contacts(&mut tx, dialect, &created, &named, &last_seen, now).await?;
+        let rows = events
+            .iter()
+            .map(|(index, event, _)| {
+                let input = &inputs[*index];
+                Ok(EventRow {
+                    id: &event.id,
+                    contact_id: &event.contact_id,
+                    kind: &event.kind,
+                    at: event.at,
+                    properties: serde_json::to_string(&event.properties)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    client_event_id: input.client_event_id.as_deref(),
+                    received_at: now,
+                    processed_at: input.system.then_some(now),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        bulk::insert_events_in(&mut tx, dialect, &rows).await?;
+        drop(rows);
+        // Stored contacts the group saw or found: `last_seen_at` moves
+        // forward, `updated_at` as the identity upsert wrote it.
+        let mut seen: BTreeMap<&str, SeenRow<'_>> = BTreeMap::new();
+        for (id, at) in &last_seen {
+            if !named.get(*id).is_some_and(|n| n.created) {
+                seen.insert(
+                    id,
+                    SeenRow {
+                        id,
+                        at: Some(*at),
+                        touched: false,
+                    },
+                );
+            }
+        }
+        for (id, n) in &named {
+            if n.touched && !n.created {
+                seen.entry(id)
+                    .or_insert(SeenRow {
+                        id,
+                        at: None,
+                        touched: false,
+                    })
+                    .touched = true;
+            }
+        }
+        let seen_rows: Vec<SeenRow<'_>> = seen.into_values().collect();
+        update_seen(&mut tx, dialect, &seen_rows, now).await?;
+        let system: Vec<super::jobs::RouteEvent> = events
+            .iter()
+            .filter(|(index, _, _)| inputs[*index].system)
+            .map(|(_, event, _)| super::jobs::RouteEvent {
+                event_id: event.id.clone(),
+            })
+            .collect();
+        if routes {
+            super::jobs::enqueue_many_in(&mut tx, dialect, &system, now, now).await?;
+        }
+        let own: Vec<String> = events
+            .iter()
+            .filter(|(index, _, _)| !inputs[*index].system)
+            .map(|(_, event, _)| event.id.clone())
+            .collect();
+        if !own.is_empty() {
+            let job = super::jobs::ProcessEvents { events: own };
+            super::jobs::enqueue_in(&mut tx, &job, now + PROCESS_GRACE_MS, now).await?;
+        }
+        bulk::count_days_in(
+            &mut tx,
+            dialect,
+            events.iter().map(|(_, e, _)| (e.id.as_str(), e.at)),
+        )
+        .await?;
+        tx.commit().await?;
+        self.jobs_wake.notify();
+
+        let mut results: Vec<Option<Result<Ingested, StoreError>>> =
+            inputs.iter().map(|_| None).collect();
+        for (index, event, contact_created) in events {
+            results[index] = Some(Ok(Ingested {
+                event,
+                duplicate: false,
+                contact_created,
+            }));
+        }
+        for (index, item) in items.into_iter().enumerate() {
+            match item {
+                Some(Item::Done(outcome)) => results[index] = Some(outcome),
+                // A resend inside the group answers like a resend of the stored one.
+                Some(Item::Repeat(first)) => {
+                    let outcome = match &results[first] {
+                        Some(Ok(stored)) => self.resent(&inputs[index], stored.event.clone()).await,
+                        _ => self.ingest_event(&inputs[index], now).await,
+                    };
+                    results[index] = Some(outcome);
+                }
+                Some(Item::Store { .. }) | None => {}
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into()))))
+            .collect())
+    }
+
+    /// Items naming a `contact_id`: stored if it exists, refused if not.
+    async fn find_contacts(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        inputs: &[EventInput],
+        items: &mut [Option<Item>],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = items
+            .iter()
+            .zip(inputs)
+            .filter(|(item, _)| item.is_none())
+            .filter_map(|(_, input)| input.contact_id.as_deref())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT id FROM contacts WHERE id IN {}",
+            bulk::json_list(self.dialect, 1)
+        );
+        let found: HashSet<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bulk::to_json(&ids)?)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        for (item, input) in items.iter_mut().zip(inputs) {
+            let (None, Some(id)) = (&item, &input.contact_id) else {
+                continue;
+            };
+            *item = Some(if found.contains(id) {
+                Item::Store {
+                    contact_id: id.clone(),
+                    created: false,
+                }
+            } else {
+                Item::Done(Err(StoreError::NotFound(format!("contact {id}"))))
+            });
+        }
+        Ok(())
+    }
+
+    /// Items naming their contact by email or external id: found, updated
+    /// or created in item order, as one upsert at a time would.
+    async fn resolve_identities(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        inputs: &[EventInput],
+        items: &mut [Option<Item>],
+    ) -> Result<Identities, StoreError> {
+        // The normalized identities of every remaining item (or why not).
+        let mut wanted = Vec::with_capacity(inputs.len());
+        for (item, input) in items.iter_mut().zip(inputs) {
+            if item.is_some() {
+                wanted.push(None);
+                continue;
+            }
+            let normalized = (|| {
+                let email = input.email.as_deref().map(normalize_email).transpose()?;
+                let external_id = input
+                    .external_id
+                    .as_deref()
+                    .map(normalize_external_id)
+                    .transpose()?;
+                if email.is_none() && external_id.is_none() {
+                    return Err(StoreError::Invalid(
+                        "an event needs a contact_id, an email or an external_id".into(),
+                    ));
+                }
+                Ok((email, external_id))
+            })();
+            match normalized {
+                Ok(identity) => wanted.push(Some(identity)),
+                Err(e) => {
+                    *item = Some(Item::Done(Err(e)));
+                    wanted.push(None);
+                }
+            }
+        }
+        let emails: Vec<&str> = wanted
+            .iter()
+            .flatten()
+            .filter_map(|(e, _)| e.as_deref())
+            .collect();
+        let externals: Vec<&str> = wanted
+            .iter()
+            .flatten()
+            .filter_map(|(_, x)| x.as_deref())
+            .collect();
+        let mut identities = Identities::default();
+        if emails.is_empty() && externals.is_empty() {
+            return Ok(identities);
+        }
+        let sql = format!(
+            "SELECT id, email, external_id FROM contacts WHERE email IN {} \
+             UNION SELECT id, email, external_id FROM contacts WHERE external_id IN {}",
+            bulk::json_list(self.dialect, 1),
+            bulk::json_list(self.dialect, 2)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bulk::to_json(&emails)?)
+            .bind(bulk::to_json(&externals)?)
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let email: Option<String> = row.try_get("email")?;
+            let external_id: Option<String> = row.try_get("external_id")?;
+            if let Some(email) = &email {
+                identities.by_email.insert(email.clone(), id.clone());
+            }
+            if let Some(external_id) = &external_id {
+                identities
+                    .by_external
+                    .insert(external_id.clone(), id.clone());
+            }
+            identities.contacts.insert(
+                id,
+                Named {
+                    email,
+                    external_id,
+                    created: false,
+                    touched: false,
+                },
+            );
+        }
+        for (item, identity) in items.iter_mut().zip(wanted) {
+            let Some((email, external_id)) = identity else {
+                continue;
+            };
+            *item = Some(match identities.resolve(email, external_id) {
+                Ok((contact_id, created)) => Item::Store {
+                    contact_id,
+                    created,
+                },
+                Err(e) => Item::Done(Err(e)),
+            });
+        }
+        Ok(identities)
+    }
+}
+
+/// Inserts the contacts the group created, with their final identities
+/// and the newest time of their events.
+async fn insert_contacts(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    created: &[String],
+    named: &HashMap<String, Named>,
+    last_seen: &BTreeMap<&str, i64>,
+    now: i64,
+) -> Result<(), StoreError> {
+    #[derive(Serialize)]
+    struct ContactRow<'a> {
+        id: &'a str,
+        email: Option<&'a str>,
+        external_id: Option<&'a str>,
+        last_seen_at: Option<i64>,
+    }
+    let rows: Vec<ContactRow<'_>> = created
+        .iter()
+        .filter_map(|id| {
+            let contact = named.get(id)?;
+            Some(ContactRow {
+                id,
+                email: contact.email.as_deref(),
+                external_id: contact.external_id.as_deref(),
+                last_seen_at: last_seen.get(id.as_str()).copied(),
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("email", Col::Text),
+            ("external_id", Col::Text),
+            ("last_seen_at", Col::Int),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO contacts (id, email, external_id, attributes, created_at, updated_at, last_seen_at) \
+         SELECT j.id, j.email, j.external_id, '{{}}', $2, $2, j.last_seen_at FROM {from}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(conflict_on_unique)?;
+    Ok(())
+}
+
+/// A stored contact of the group: the newest time of its own events, and
+/// whether an identity found it.
+#[derive(Serialize)]
+struct SeenRow<'a> {
+    id: &'a str,
+    at: Option<i64>,
+    touched: bool,
+}
+
+/// Moves `last_seen_at` forward (never back) and sets `updated_at` of the
+/// contacts found by identity, in one statement, in contact id order.
+async fn update_seen(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    rows: &[SeenRow<'_>],
+    now: i64,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[("id", Col::Text), ("at", Col::Int), ("touched", Col::Bool)],
+    );
+    let sql = format!(
+        "UPDATE contacts SET \
+         last_seen_at = CASE WHEN j.at IS NOT NULL AND (contacts.last_seen_at IS NULL OR contacts.last_seen_at < j.at) \
+                        THEN j.at ELSE contacts.last_seen_at END, \
+         updated_at = CASE WHEN j.touched THEN $2 ELSE contacts.updated_at END \
+         FROM {from} WHERE contacts.id = j.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(rows)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn conflict_on_unique(error: sqlx::Error) -> StoreError {
+    if is_unique_violation(&error) {
+        StoreError::Conflict("another contact has this email or external_id".into())
+    } else {
+        error.into()
+    }
+}
