@@ -123,6 +123,10 @@ fn describe() {
         "nachfass_plugin_breaker_trips_total",
         "Bindings the circuit breaker paused"
     );
+    describe_counter!(
+        "nachfass_shadow_results_dropped_total",
+        "Shadow observations not recorded: this node's shadow queue was full, or its write failed"
+    );
     describe_gauge!(
         "nachfass_scheduler_jobs",
         "Jobs by state: due (ready, unclaimed), scheduled, leased, failed"

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::model::{ActivityCount, Contact, Event};
 use crate::pipeline::Pipeline;
-use crate::runtime::{Binding, Plugin, World};
+use crate::runtime::{Binding, Plugin, ScorerSession, World};
 use crate::scoring::runtime_binding;
 use crate::stages::StageThresholds;
 use crate::store::{BindingDef, BindingKind, ScoreEntry, StoreError};
@@ -180,6 +180,27 @@ pub async fn replay_history(
     history: &History,
     replayed: &[Replayed],
 ) -> Vec<Step> {
+    let mut sessions = sessions(replayed);
+    replay_history_in(stages, history, replayed, &mut sessions).await
+}
+
+/// One call session per replayed binding, in order: a replay's calls of a
+/// version share an instance (`runtime/plugin/session.rs`).
+pub fn sessions(replayed: &[Replayed]) -> Vec<ScorerSession<'_>> {
+    replayed
+        .iter()
+        .map(|r| r.plugin.scorer_session(&r.binding))
+        .collect()
+}
+
+/// [`replay_history`] through `sessions` (from [`sessions`] of the same
+/// `replayed`, new for each contact).
+pub async fn replay_history_in(
+    stages: &StageThresholds,
+    history: &History,
+    replayed: &[Replayed],
+    sessions: &mut [ScorerSession<'_>],
+) -> Vec<Step> {
     let mut by_event: HashMap<&str, i64> = HashMap::new();
     let mut profile: Vec<&ScoreEntry> = Vec::new();
     let ids: HashSet<&str> = history.events.iter().map(|e| e.id.as_str()).collect();
@@ -220,11 +241,8 @@ pub async fn replay_history(
             score: 0,
             stage: String::new(),
         };
-        for replay in replayed {
-            let answer = replay
-                .plugin
-                .on_event(&replay.binding, event.at, &contact, event, &activity)
-                .await;
+        for (replay, session) in replayed.iter().zip(sessions.iter_mut()) {
+            let answer = session.on_event(event.at, &contact, event, &activity).await;
             match answer {
                 Ok(Ok(change)) => {
                     contact.score += change.delta;
@@ -347,22 +365,38 @@ pub async fn history(
     let mut contact = store.contact(contact_id).await?;
     contact.segments = store.memberships(contact_id).await?;
     let events = store.events_between(contact_id, from, to).await?;
-    let others = store
-        .score_history(contact_id)
-        .await?
-        .into_iter()
-        .filter(|e| {
-            // A replay calls `on-event` only: profile scores stay as stored.
-            (e.event_id.is_none() || !replayed.contains(&e.binding.as_str()))
-                && e.at >= from
-                && e.at < to
-        })
-        .collect();
-    Ok(History {
-        contact,
-        events,
-        others,
-    })
+    let entries = store.score_history(contact_id).await?;
+    Ok(History::of(contact, events, entries, replayed, from, to))
+}
+
+impl History {
+    /// `contact` (with its memberships), its `events` between `from` and
+    /// `to` in order, and its stored score changes in order, of which
+    /// those of the `replayed` bindings' events and those outside the
+    /// range are left out.
+    pub fn of(
+        contact: Contact,
+        events: Vec<Event>,
+        entries: Vec<ScoreEntry>,
+        replayed: &[&str],
+        from: i64,
+        to: i64,
+    ) -> History {
+        let others = entries
+            .into_iter()
+            .filter(|e| {
+                // A replay calls `on-event` only: profile scores stay as stored.
+                (e.event_id.is_none() || !replayed.contains(&e.binding.as_str()))
+                    && e.at >= from
+                    && e.at < to
+            })
+            .collect();
+        History {
+            contact,
+            events,
+            others,
+        }
+    }
 }
 
 /// A replay of one contact with the stored history beside it.

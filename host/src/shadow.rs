@@ -10,8 +10,11 @@
 //!
 //! The live path calls [`observe`] once after the live answer is known. It
 //! costs one atomic load when nothing is in shadow; with a shadow, one
-//! candidate call and one insert. Whatever the candidate does (trap,
-//! limit, a failed insert) is logged and goes no further.
+//! candidate call and a push onto this node's shadow queue, which a
+//! background task writes in batches (`store/shadow_queue.rs`): a full
+//! queue drops the observation and counts it, the live path never waits.
+//! Whatever the candidate does (trap, limit) is recorded and goes no
+//! further.
 
 use std::sync::Arc;
 
@@ -207,9 +210,8 @@ pub(crate) async fn observe(
             },
         )
         .collect();
-    if let Err(e) = pipeline.store.record_shadow_results(&results).await {
-        tracing::warn!(binding = %binding.name, shadow = %shadow.id, error = %e, "shadow results not recorded");
-    }
+    // Queued, not written: the live path never waits on an observation.
+    pipeline.store.queue_shadow_results(results);
 }
 
 /// One side's answer, reduced to what is compared.
@@ -472,6 +474,9 @@ pub struct ShadowReport {
     pub calls: i64,
     pub agreed: i64,
     pub disagreed: i64,
+    /// Calls not recorded because a node's shadow queue was full (the
+    /// figures above leave them out).
+    pub dropped: i64,
     /// `agreed / calls`; null before the first call.
     pub agreement_rate: Option<f64>,
     pub live: SideFigures,
@@ -487,6 +492,9 @@ pub async fn report_of(pipeline: &Pipeline, name: &str) -> Result<ShadowReport, 
             "binding `{name}` has had no shadow (POST /v1/bindings/{name}/shadow starts one)"
         ))
     })?;
+    // This node's queued results count; other nodes' arrive within their
+    // queue's interval.
+    pipeline.store.flush_shadow_results().await?;
     let tally = pipeline
         .store
         .shadow_tally(&shadow.id, SAMPLES, USAGE_WINDOW)
@@ -507,6 +515,7 @@ fn report(shadow: ShadowRow, tally: ShadowTally) -> ShadowReport {
         calls: tally.calls,
         agreed: tally.agreed,
         disagreed: tally.calls - tally.agreed,
+        dropped: tally.dropped,
         agreement_rate: (tally.calls > 0).then(|| tally.agreed as f64 / tally.calls as f64),
         live: SideFigures {
             failed: tally.live_failed,

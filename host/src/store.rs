@@ -22,6 +22,7 @@ pub mod plugins;
 mod profile_batch;
 pub mod runs;
 mod segments;
+mod shadow_queue;
 pub mod shadows;
 mod stats;
 pub mod suppressions;
@@ -51,6 +52,7 @@ pub use plugins::{PluginState, Saved, StoredVersion};
 pub use profile_batch::{Applied, ProfileEffect};
 pub use runs::Run;
 pub use segments::{PageChanges, TaskStep};
+pub use shadow_queue::ShadowQueueLimits;
 pub use shadows::{ShadowResult, ShadowRow};
 pub use stats::MessageCounts;
 pub use tasks::TaskProgress;
@@ -91,6 +93,8 @@ pub struct Store {
     /// Where the database is, for listeners that need their own
     /// connection (PostgreSQL `LISTEN`).
     url: Arc<str>,
+    /// Shadow results on their way to the database (`shadow_queue.rs`).
+    shadow_queue: Arc<shadow_queue::ShadowQueue>,
     /// API keys looked up lately.
     api_keys: Arc<api_keys::KeyCache>,
     /// SQLite: the one connection write transactions take turns on. The
@@ -166,6 +170,9 @@ impl Store {
             routing: Arc::default(),
             jobs_wake: jobs::JobsWake::default(),
             url: listen_url,
+            shadow_queue: Arc::new(shadow_queue::ShadowQueue::new(
+                shadow_queue::ShadowQueueLimits::default(),
+            )),
             api_keys: Arc::default(),
             writer,
         };

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -159,12 +160,26 @@ async fn bench(dialect: &str, contacts: i64, events: i64) {
         .unwrap();
     let report = done.report.unwrap_or(Value::Null);
     assert_eq!(report["events"].as_i64(), Some(events), "{report}");
+    // Time inside plugin calls (instance, sandbox and guest), summed over
+    // the replay tasks, against the rest (reads, replay, figures).
+    let (mut busy, mut calls) = (0, 0);
+    for version in ["1.0.0", "2.0.0"] {
+        let plugin = journeys
+            .pipeline
+            .registry
+            .version("version-tag", version)
+            .unwrap();
+        busy += plugin.stats().busy_micros.load(Ordering::Relaxed);
+        calls += plugin.stats().calls.load(Ordering::Relaxed);
+    }
     println!(
-        "{dialect}: backtest of {events} events of {contacts} contacts ({} plugin calls): {:.1} s ({:.0} events/s); seeding {:.1} s",
+        "{dialect}: backtest of {events} events of {contacts} contacts ({} plugin calls): {:.1} s ({:.0} events/s); seeding {:.1} s; plugin calls {:.1} µs each, {:.1} s in all tasks together",
         2 * events,
         took.as_secs_f64(),
         events as f64 / took.as_secs_f64(),
-        seeding.as_secs_f64()
+        seeding.as_secs_f64(),
+        busy as f64 / calls.max(1) as f64,
+        busy as f64 / 1e6
     );
     temp.cleanup(store).await;
 }

@@ -359,3 +359,70 @@ fn the_runtime_starts_under_an_address_space_limit() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["plugin"], "engagement@0.1.0");
 }
+
+/// A replay's call session (`runtime/plugin/session.rs`): one instance
+/// answers call after call, each at its own time through `host.now` and
+/// the WASI clocks, exactly as a fresh instance per call does; after a
+/// trap the next call gets a fresh instance.
+#[tokio::test]
+async fn a_session_moves_the_clock_per_call_on_one_instance() {
+    let plugin = load(&guests::CLOCK_TAG.packed()).await;
+    let b = binding();
+    let nows = [
+        1_780_000_000_000,
+        1_780_000_005_000,
+        1_779_000_000_000,
+        1_780_086_400_000,
+        1_000,
+        1_780_000_000_000,
+        1_790_000_000_000,
+    ];
+    let mut session = plugin.scorer_session(&b);
+    for (i, ((contact, event, activity), now)) in touchpoints().iter().zip(nows).enumerate() {
+        let fresh = plugin
+            .on_event(&b, now, contact, event, activity)
+            .await
+            .unwrap()
+            .unwrap();
+        let reused = session
+            .on_event(now, contact, event, activity)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fresh.delta, now / 1000, "{fresh:?}");
+        assert_eq!(
+            fresh.reasons[..2],
+            [format!("host.now {now}"), format!("wasi {now}")]
+        );
+        assert_eq!(fresh.reasons[2], "calls before 0", "a fresh instance each");
+        assert_eq!(
+            (reused.delta, &reused.reasons[..2]),
+            (fresh.delta, &fresh.reasons[..2]),
+            "call {i}"
+        );
+        assert_eq!(
+            reused.reasons[2],
+            format!("calls before {i}"),
+            "one instance"
+        );
+    }
+    let (contact, _, activity) = &touchpoints()[0];
+    let trapping: Event = serde_json::from_value(serde_json::json!({
+        "id": "e-trap", "contact_id": "a", "kind": "page.visited", "at": 1_000,
+        "properties": { "trap": true }
+    }))
+    .unwrap();
+    let failed = session.on_event(2_000, contact, &trapping, activity).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let (_, event, _) = &touchpoints()[0];
+    let after = session
+        .on_event(3_000, contact, event, activity)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.delta, after.reasons[2].as_str()),
+        (3, "calls before 0"),
+        "a trapped instance is not called again"
+    );
+}

@@ -21,7 +21,7 @@ use nachfass::runtime::Registry;
 use nachfass::runtime::manifest::embed;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
-use nachfass::store::{Scope, Store};
+use nachfass::store::{Scope, ShadowQueueLimits, Store};
 use nachfass_tests::server::{Server, create_admin_key, free_port, http, http_bytes};
 use nachfass_tests::{Guest, TempStore, database, guests, runtime};
 use serde_json::{Value, json};
@@ -46,6 +46,7 @@ per_dialect!(
     shadow_answers_are_recorded_and_never_applied,
     promote_makes_the_candidate_live_and_ends_the_shadow,
     bad_shadows_are_refused_and_change_nothing,
+    a_full_queue_drops_and_counts_shadow_results,
 );
 
 /// 2026-05-28.
@@ -61,8 +62,12 @@ struct Setup {
 }
 
 async fn setup(dialect: &str) -> Setup {
+    setup_with(dialect, ShadowQueueLimits::default()).await
+}
+
+async fn setup_with(dialect: &str, queue: ShadowQueueLimits) -> Setup {
     let (url, temp) = database(dialect).await;
-    let store = Store::connect(&url).await.unwrap();
+    let store = Store::connect(&url).await.unwrap().with_shadow_queue(queue);
     let (_, admin) = store
         .create_api_key("admin", &[Scope::Admin], 0)
         .await
@@ -630,6 +635,62 @@ async fn bad_shadows_are_refused_and_change_nothing(dialect: &str) {
     s.temp.cleanup(s.store).await;
 }
 
+/// A node's shadow queue holds 3 results and (within this test) is never
+/// written on its own: the 4th and 5th observations are dropped and
+/// counted, the live path goes on unchanged, and the report (which flushes
+/// the queue) covers the 3 queued and says 2 were dropped.
+async fn a_full_queue_drops_and_counts_shadow_results(dialect: &str) {
+    let queue = ShadowQueueLimits {
+        capacity: 3,
+        batch: 500,
+        interval: Duration::from_secs(3600),
+    };
+    let s = setup_with(dialect, queue).await;
+    install(&s).await;
+    let (status, shadow) = s
+        .post("/v1/bindings/tag/shadow", json!({ "version": "2.0.0" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dialect}: {shadow}");
+    let mut contact = String::new();
+    for _ in 0..5 {
+        let ingested = s
+            .event(
+                json!({ "email": "q@example.com" }),
+                "page.visited",
+                json!({}),
+            )
+            .await;
+        contact = ingested["event"]["contact_id"].as_str().unwrap().to_owned();
+    }
+    let live = s.contact(&contact).await;
+    assert_eq!(
+        live["score"],
+        json!(5),
+        "{dialect}: every live call applied"
+    );
+    let (status, report) = s.get("/v1/bindings/tag/shadow").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (&report["calls"], &report["disagreed"], &report["dropped"]),
+        (&json!(3), &json!(3), &json!(2)),
+        "{dialect}: {report}"
+    );
+    // The flush emptied the queue: the next observation fits again.
+    s.event(
+        json!({ "email": "q@example.com" }),
+        "page.visited",
+        json!({}),
+    )
+    .await;
+    let (_, report) = s.get("/v1/bindings/tag/shadow").await;
+    assert_eq!(
+        (&report["calls"], &report["dropped"]),
+        (&json!(4), &json!(2)),
+        "{dialect}: {report}"
+    );
+    s.temp.cleanup(s.store).await;
+}
+
 /// Waits (up to a minute) until `check` holds.
 #[track_caller]
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -713,14 +774,16 @@ async fn a_shadow_runs_and_is_promoted_on_every_node_postgres() {
             .clone();
         scored["reasons"][0].as_str().unwrap().to_owned()
     };
-    let calls = || {
-        let (status, report) = http(port_a, "GET", "/v1/bindings/tag/shadow", Some(&key), None);
+    // A report flushes the shadow queue of the node that answers it; the
+    // other node's results arrive within its queue's interval.
+    let calls_at = |port: u16| {
+        let (status, report) = http(port, "GET", "/v1/bindings/tag/shadow", Some(&key), None);
         assert_eq!(status, 200, "{report}");
         report["calls"].as_i64().unwrap()
     };
     wait_for("B runs the shadow started at A", || {
         assert_eq!(score_at_b(), "1.0.0", "B applies the live version only");
-        calls() > 0
+        calls_at(port_a) > 0
     });
     let (status, promoted) = http(
         port_a,
@@ -730,12 +793,22 @@ async fn a_shadow_runs_and_is_promoted_on_every_node_postgres() {
         Some("null"),
     );
     assert_eq!(status, 200, "{promoted}");
-    wait_for("B scores with the promoted version", || {
-        score_at_b() == "2.0.0"
-    });
-    let recorded = calls();
+    // Promoting is two changes (the activation, then the shadow's end),
+    // which B may hear of one at a time: wait for both.
+    wait_for(
+        "B scores with the promoted version, no longer in shadow",
+        || {
+            if score_at_b() != "2.0.0" {
+                return false;
+            }
+            let before = calls_at(port_b);
+            score_at_b();
+            calls_at(port_b) == before
+        },
+    );
+    let recorded = calls_at(port_b);
     score_at_b();
-    assert_eq!(calls(), recorded, "the shadow ended on B too");
+    assert_eq!(calls_at(port_b), recorded, "the shadow ended on B too");
     drop((a, b));
     let store = Store::connect(&url).await.unwrap();
     temp.cleanup(store).await;

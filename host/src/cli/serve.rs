@@ -230,6 +230,7 @@ pub(super) struct Edge {
 /// or SIGTERM.
 pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = server.store.clone();
     let pipeline = Pipeline {
         store: server.store,
         registry: server.registry,
@@ -265,6 +266,10 @@ pub(super) async fn run_server(server: Server) -> Result<(), CliError> {
     let _ = stop.send(true);
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
+    }
+    // Shadow observations still queued: written now, or lost with a crash.
+    if let Err(e) = store.flush_shadow_results().await {
+        tracing::warn!(error = %e, "shadow results queued at shutdown not recorded");
     }
     Ok(())
 }

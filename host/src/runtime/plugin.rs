@@ -26,6 +26,9 @@ use super::sandbox::{self, Binding, CallState};
 use super::signature::SignedBy;
 use crate::model;
 
+mod session;
+pub use session::ScorerSession;
+
 /// The outer tier is the runtime's verdict, the inner one the plugin's.
 pub type CallResult<T, E = model::PluginError> = Result<Result<T, E>, RuntimeError>;
 
@@ -633,50 +636,65 @@ impl Plugin {
             let runtime_limits = self.runtime.limits();
             let mut store = sandbox::store(self.runtime.engine(), state, limits, runtime_limits);
             let outcome = tokio::time::timeout(limits.wall_time, call(&mut store)).await;
-            let elapsed = started.elapsed();
-            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-            let count = u64::try_from(items.max(1)).unwrap_or(u64::MAX);
-            self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
-            self.stats.calls.fetch_add(count, Ordering::Relaxed);
-            // The histogram is of time per item: a batch adds its mean once
-            // per item, so percentiles compare with single calls.
-            metrics::histogram!(
-                "nachfass_plugin_call_duration_seconds",
-                "plugin" => self.manifest.name.clone(),
-                "version" => self.manifest.version.clone(),
-                "function" => function
-            )
-            .record_many(elapsed.as_secs_f64() / count as f64, items.max(1));
-            let mut usage = CallUsage { micros, fuel: 0 };
-            if runtime_limits.consume_fuel {
-                let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-                usage.fuel = used;
-                self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
-                self.stats.last_fuel.store(used / count, Ordering::Relaxed);
-                metrics::counter!(
-                    "nachfass_plugin_fuel_total",
-                    "plugin" => self.manifest.name.clone(),
-                    "version" => self.manifest.version.clone()
-                )
-                .increment(used);
-            }
-            LAST_USAGE.with(|last| last.set(Some(usage)));
-            let result = match outcome {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) => Err(self.error(classify(e, &store, limits))),
-                Err(_elapsed) => Err(self.error(RuntimeErrorKind::WallTime {
-                    limit_ms: limits.wall_time.as_millis(),
-                })),
-            };
-            if let Err(e) = &result {
-                self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
-                self.record_outcome("trap", 1);
-                tracing::warn!(error = %e, "plugin call failed");
-            }
-            result
+            self.settle(function, started, items, limits, &store, outcome)
         }
         .instrument(span)
         .await
+    }
+
+    /// Counts a finished call (or batch of `items`) and turns its outcome
+    /// into the runtime's verdict.
+    fn settle<T>(
+        &self,
+        function: &'static str,
+        started: Instant,
+        items: usize,
+        limits: &Limits,
+        store: &Store<CallState>,
+        outcome: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, RuntimeError> {
+        let runtime_limits = self.runtime.limits();
+        let elapsed = started.elapsed();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let count = u64::try_from(items.max(1)).unwrap_or(u64::MAX);
+        self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.calls.fetch_add(count, Ordering::Relaxed);
+        // The histogram is of time per item: a batch adds its mean once
+        // per item, so percentiles compare with single calls.
+        metrics::histogram!(
+            "nachfass_plugin_call_duration_seconds",
+            "plugin" => self.manifest.name.clone(),
+            "version" => self.manifest.version.clone(),
+            "function" => function
+        )
+        .record_many(elapsed.as_secs_f64() / count as f64, items.max(1));
+        let mut usage = CallUsage { micros, fuel: 0 };
+        if runtime_limits.consume_fuel {
+            let used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            usage.fuel = used;
+            self.stats.fuel_used.fetch_add(used, Ordering::Relaxed);
+            self.stats.last_fuel.store(used / count, Ordering::Relaxed);
+            metrics::counter!(
+                "nachfass_plugin_fuel_total",
+                "plugin" => self.manifest.name.clone(),
+                "version" => self.manifest.version.clone()
+            )
+            .increment(used);
+        }
+        LAST_USAGE.with(|last| last.set(Some(usage)));
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(classify(e, store, limits))),
+            Err(_elapsed) => Err(self.error(RuntimeErrorKind::WallTime {
+                limit_ms: limits.wall_time.as_millis(),
+            })),
+        };
+        if let Err(e) = &result {
+            self.stats.runtime_errors.fetch_add(1, Ordering::Relaxed);
+            self.record_outcome("trap", 1);
+            tracing::warn!(error = %e, "plugin call failed");
+        }
+        result
     }
 
     /// Checks the plugin's own answer against the output limits.

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -103,6 +104,9 @@ pub struct CallState {
     plugin: Arc<str>,
     binding: Arc<Binding>,
     now: i64,
+    /// What the WASI clocks read: `now`, shared so a reused store's next
+    /// call moves them too.
+    clock: Arc<AtomicI64>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
@@ -123,19 +127,21 @@ impl CallState {
         now: i64,
     ) -> CallState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let clock = Arc::new(AtomicI64::new(now));
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .wall_clock(FrozenClock(now))
-            .monotonic_clock(FrozenClock(now))
+            .wall_clock(FrozenClock(clock.clone()))
+            .monotonic_clock(FrozenClock(clock.clone()))
             .build();
         CallState {
             allow_list: AllowList::new(&binding.allow_http).within(declared_hosts),
             plugin,
             binding,
             now,
+            clock,
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -143,6 +149,15 @@ impl CallState {
             stderr,
             log_lines: 0,
         }
+    }
+
+    /// Starts another call on the same store at `now` (a replay's next
+    /// event): `host.now` and the WASI clocks read it, and the call's log
+    /// lines count from zero.
+    pub(super) fn next_call(&mut self, now: i64) {
+        self.now = now;
+        self.clock.store(now, Ordering::Relaxed);
+        self.log_lines = 0;
     }
 
     pub fn binding(&self) -> &Binding {
@@ -181,10 +196,15 @@ pub fn store(
         let _ = store.set_fuel(u64::MAX);
     }
     store.epoch_deadline_trap();
+    restart_deadline(&mut store, limits, runtime);
+    store
+}
+
+/// The wall-clock backstop, counted from now in epoch ticks.
+pub fn restart_deadline(store: &mut Store<CallState>, limits: &Limits, runtime: &RuntimeLimits) {
     let tick = runtime.epoch_tick.as_nanos().max(1);
     let ticks = limits.wall_time.as_nanos().div_ceil(tick);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
-    store
 }
 
 /// Gives the call its fuel, once the instance exists. Instantiating a
@@ -358,7 +378,7 @@ impl ResourceLimiter for CallLimiter {
 
 /// WASI clocks stand still at the evaluation time: a plugin sees the same
 /// time through std as through `host.now`, and replays are reproducible.
-struct FrozenClock(i64);
+struct FrozenClock(Arc<AtomicI64>);
 
 impl HostWallClock for FrozenClock {
     fn resolution(&self) -> Duration {
@@ -366,7 +386,7 @@ impl HostWallClock for FrozenClock {
     }
 
     fn now(&self) -> Duration {
-        Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
+        Duration::from_millis(u64::try_from(self.0.load(Ordering::Relaxed)).unwrap_or(0))
     }
 }
 
@@ -376,6 +396,8 @@ impl HostMonotonicClock for FrozenClock {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.0).unwrap_or(0).saturating_mul(1_000_000)
+        u64::try_from(self.0.load(Ordering::Relaxed))
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
     }
 }

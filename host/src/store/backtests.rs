@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::jobs::{ClaimedJob, JobArgs, enqueue_in, finish_in, renew_lease_in};
-use super::{Store, StoreError, new_id};
+use super::{ScoreEntry, Store, StoreError, new_id};
 
 /// The job that runs one backtest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +224,63 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(super::events::from_row).collect()
+    }
+
+    /// [`Store::events_between`] for a page of contacts at once (ids from
+    /// `first` to `last`, as `contacts_page` returns them), each
+    /// contact's events in that same order.
+    pub async fn events_of_page(
+        &self,
+        first: &str,
+        last: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::model::Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, contact_id, kind, at, properties FROM events \
+             WHERE contact_id >= $1 AND contact_id <= $2 AND at >= $3 AND at < $4 \
+             ORDER BY contact_id, at, received_at, id",
+        )
+        .bind(first.to_owned())
+        .bind(last.to_owned())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(super::events::from_row).collect()
+    }
+
+    /// [`Store::score_history`] for a page of contacts at once, with each
+    /// change's contact.
+    pub async fn score_changes_of_page(
+        &self,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(String, ScoreEntry)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT contact_id, binding, delta, reasons, event_id, at FROM score_changes \
+             WHERE contact_id >= $1 AND contact_id <= $2 ORDER BY contact_id, at, id",
+        )
+        .bind(first.to_owned())
+        .bind(last.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let reasons: String = row.try_get("reasons")?;
+                Ok((
+                    row.try_get("contact_id")?,
+                    ScoreEntry {
+                        binding: row.try_get("binding")?,
+                        delta: row.try_get("delta")?,
+                        reasons: serde_json::from_str(&reasons)
+                            .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                        event_id: row.try_get("event_id")?,
+                        at: row.try_get("at")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// How many contacts have an event with `from <= at < to`.

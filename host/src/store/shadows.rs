@@ -58,6 +58,8 @@ pub struct ShadowTally {
     pub agreed: i64,
     pub live_failed: i64,
     pub candidate_failed: i64,
+    /// Results dropped because this or another node's queue was full.
+    pub dropped: i64,
     /// The newest disagreements, newest first.
     pub disagreements: Vec<ShadowResult>,
     /// `(live micros, live fuel, candidate micros, candidate fuel)` of the
@@ -67,6 +69,8 @@ pub struct ShadowTally {
 
 const SHADOW_COLUMNS: &str =
     "id, binding, kind, plugin, version, status, created_by, created_at, ended_at";
+/// Bound per row of `shadow_results`: the id and `RESULT_COLUMNS`.
+const RESULT_FIELDS: usize = 17;
 const RESULT_COLUMNS: &str = "shadow_id, contact_id, event_id, call, live_version, live_outcome, live_value, live_micros, live_fuel, candidate_outcome, candidate_value, candidate_detail, candidate_micros, candidate_fuel, agree, at";
 
 fn shadow_from_row(row: &sqlx::any::AnyRow) -> Result<ShadowRow, StoreError> {
@@ -198,35 +202,60 @@ impl Store {
         Ok(ended)
     }
 
-    /// Records pairs of answers, together: the only write shadow mode
-    /// makes.
-    pub async fn record_shadow_results(&self, results: &[ShadowResult]) -> Result<(), StoreError> {
-        if results.is_empty() {
+    /// Writes a batch of recorded pairs of answers in one multi-row insert,
+    /// and adds results dropped on the way to their shadows' counts, in one
+    /// transaction: the only write shadow mode makes (through this node's
+    /// queue, `shadow_queue.rs`).
+    pub(super) async fn record_shadow_results(
+        &self,
+        results: &[ShadowResult],
+        dropped: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        if results.is_empty() && dropped.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "INSERT INTO shadow_results (id, {RESULT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-        );
         let mut tx = self.write_tx().await?;
-        for result in results {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(new_id("shr"))
-                .bind(result.shadow_id.clone())
-                .bind(result.contact_id.clone())
-                .bind(result.event_id.clone())
-                .bind(result.call.clone())
-                .bind(result.live_version.clone())
-                .bind(result.live_outcome.clone())
-                .bind(result.live_value)
-                .bind(result.live_micros)
-                .bind(result.live_fuel)
-                .bind(result.candidate_outcome.clone())
-                .bind(result.candidate_value)
-                .bind(result.candidate_detail.clone())
-                .bind(result.candidate_micros)
-                .bind(result.candidate_fuel)
-                .bind(i64::from(result.agree))
-                .bind(result.at)
+        if !results.is_empty() {
+            let mut sql = format!("INSERT INTO shadow_results (id, {RESULT_COLUMNS}) VALUES ");
+            for row in 0..results.len() {
+                let first = row * RESULT_FIELDS + 1;
+                let numbers: Vec<String> = (first..first + RESULT_FIELDS)
+                    .map(|n| format!("${n}"))
+                    .collect();
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                sql.push_str(&numbers.join(", "));
+                sql.push(')');
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for result in results {
+                query = query
+                    .bind(new_id("shr"))
+                    .bind(result.shadow_id.clone())
+                    .bind(result.contact_id.clone())
+                    .bind(result.event_id.clone())
+                    .bind(result.call.clone())
+                    .bind(result.live_version.clone())
+                    .bind(result.live_outcome.clone())
+                    .bind(result.live_value)
+                    .bind(result.live_micros)
+                    .bind(result.live_fuel)
+                    .bind(result.candidate_outcome.clone())
+                    .bind(result.candidate_value)
+                    .bind(result.candidate_detail.clone())
+                    .bind(result.candidate_micros)
+                    .bind(result.candidate_fuel)
+                    .bind(i64::from(result.agree))
+                    .bind(result.at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (shadow, count) in dropped {
+            sqlx::query("UPDATE shadows SET dropped = dropped + $1 WHERE id = $2")
+                .bind(*count)
+                .bind(shadow.clone())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -281,8 +310,16 @@ impl Store {
             ))
         })
         .collect::<Result<_, StoreError>>()?;
+        let dropped: i64 = sqlx::query("SELECT dropped FROM shadows WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get("dropped"))
+            .transpose()?
+            .unwrap_or(0);
         Ok(ShadowTally {
             calls: counts.try_get("calls")?,
+            dropped,
             agreed: counts.try_get("agreed")?,
             live_failed: counts.try_get("live_failed")?,
             candidate_failed: counts.try_get("candidate_failed")?,
