@@ -299,12 +299,22 @@ impl Scheduler {
                 shutdown.clone(),
             ));
         }
+        // The other kinds this node runs, named: a claim of named kinds
+        // reads the (kind, due time) index, where "all but these" would
+        // walk every due step and delivery. A kind no node here knows
+        // waits for a node that does.
+        let work_kinds = self
+            .registry
+            .kinds()
+            .into_iter()
+            .filter(|kind| !LANED_KINDS.contains(kind))
+            .collect();
         let lanes = [
             // Plugin calls outside the batch's one transaction: one batch
             // calls while another writes, on either database.
             Lane {
                 name: "deliveries",
-                kinds: KindFilter::Only(DELIVERY_KINDS),
+                kinds: DELIVERY_KINDS.to_vec(),
                 batched: true,
                 room: (2, 2),
             },
@@ -312,7 +322,7 @@ impl Scheduler {
             // PostgreSQL (one writes while the other computes).
             Lane {
                 name: "steps",
-                kinds: KindFilter::Only(STEP_KINDS),
+                kinds: STEP_KINDS.to_vec(),
                 batched: true,
                 room: (1, 2),
             },
@@ -321,7 +331,7 @@ impl Scheduler {
             // connections the API needs.
             Lane {
                 name: "work",
-                kinds: KindFilter::Except(LANED_KINDS),
+                kinds: work_kinds,
                 batched: false,
                 room: (4, self.config.batch.max(1) as usize),
             },
@@ -379,7 +389,13 @@ impl Scheduler {
                         .min(self.config.batch)
                 };
                 match store
-                    .claim_jobs_of(lane.kinds, &self.worker, now, self.config.lease_ms, limit)
+                    .claim_jobs_of(
+                        KindFilter::Only(&lane.kinds),
+                        &self.worker,
+                        now,
+                        self.config.lease_ms,
+                        limit,
+                    )
                     .await
                 {
                     Ok(jobs) => {
@@ -446,10 +462,10 @@ const LANED_KINDS: &[&str] = &[
 ];
 
 /// A part of the queue run apart from the rest.
-#[derive(Clone, Copy)]
 struct Lane {
     name: &'static str,
-    kinds: KindFilter,
+    /// The kinds it claims.
+    kinds: Vec<&'static str>,
     /// Claims many jobs and runs each kind's as one batch.
     batched: bool,
     /// Jobs (or batches) running at once, on SQLite and on PostgreSQL.

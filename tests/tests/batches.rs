@@ -22,7 +22,7 @@ use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
-use nachfass::store::jobs::{KindFilter, RouteEvent};
+use nachfass::store::jobs::{KindFilter, ProfileChanged, RouteEvent};
 use nachfass::store::{Applied, BindingDef, BindingKind, EventInput, ProfileEffect, Store};
 use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
 
@@ -812,4 +812,64 @@ async fn a_failing_step_rolls_back_alone(dialect: &'static str) {
 on_both_databases!(
     #[tokio::test]
     a_failing_step_rolls_back_alone
+);
+
+/// A running server claims only the kinds it runs, named (a claim of
+/// "every kind but these" would walk all due steps): a job of a kind this
+/// node does not know waits untouched for a node that does, while a known
+/// kind runs.
+async fn a_server_leaves_unknown_kinds_alone(dialect: &'static str) {
+    let w = world(dialect).await;
+    let known = ProfileChanged {
+        contact_id: "c_gone".into(),
+        change: "test".into(),
+    };
+    w.store.enqueue(&known, NOW, NOW).await.unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
+         VALUES ('j_newer', 'from_a_newer_node', 'newer:1', '{}', $1, $1)",
+    )
+    .bind(NOW)
+    .execute(w.store.pool())
+    .await
+    .unwrap();
+    let config = SchedulerConfig {
+        idle: Duration::from_millis(20),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::new(w.journeys.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run_forever(stopped));
+    let count = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs")
+            .fetch_one(w.store.pool())
+            .await
+            .unwrap();
+        n
+    };
+    for _ in 0..200 {
+        if count().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few more rounds of every lane.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let left: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT kind, attempts, leased_by FROM jobs")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        vec![("from_a_newer_node".to_owned(), 0, None)],
+        "{dialect}"
+    );
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_server_leaves_unknown_kinds_alone
 );
