@@ -75,7 +75,7 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT publisher FROM trusted_keys WHERE public_key = $1")
                 .bind(public_key.to_owned())
@@ -112,7 +112,7 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let publisher: Option<String> = sqlx::query_scalar(
             "DELETE FROM trusted_keys WHERE public_key = $1 RETURNING publisher",
         )
