@@ -16,7 +16,10 @@ use crate::journeys::{Journeys, props};
 use crate::model::{Delivery, Message, SendError, Value};
 use crate::runtime::{Binding, CallResult, Plugin, World};
 use crate::store::bindings::bindings_in;
-use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in};
+use crate::store::jobs::{
+    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in, keep_savepoint_in, savepoint_in,
+    undo_savepoint_in,
+};
 use crate::store::outbox::{
     DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxStatus, Purpose, outbox_entries_in,
     settle_outbox_in,
@@ -236,11 +239,11 @@ async fn plan(
     let store = &journeys.pipeline.store;
     let ids: Vec<String> = jobs.iter().map(|(_, a)| a.outbox_id.clone()).collect();
     let mut conn = store.pool().acquire().await?;
-    let entries = outbox_entries_in(&mut conn, &ids).await?;
+    let entries = outbox_entries_in(&mut conn, store.dialect(), &ids).await?;
     let mut contacts: Vec<String> = entries.values().map(|e| e.contact_id.clone()).collect();
     contacts.sort_unstable();
     contacts.dedup();
-    let suppressions = suppressions_of_in(&mut conn, &contacts).await?;
+    let suppressions = suppressions_of_in(&mut conn, store.dialect(), &contacts).await?;
     let bindings = bindings_in(&mut conn, BindingKind::Channel).await?;
     drop(conn);
     Ok(jobs
@@ -397,14 +400,10 @@ async fn settle_all(
                 continue;
             }
         };
-        sqlx::query("SAVEPOINT nachfass_delivery")
-            .execute(&mut *tx)
-            .await?;
+        savepoint_in(&mut tx).await?;
         match settle_in(&mut tx, job, outcome.as_deref(), now).await {
             Ok(true) => {
-                sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
-                    .execute(&mut *tx)
-                    .await?;
+                keep_savepoint_in(&mut tx).await?;
                 outcomes.push(Ok(JobOutcome::Done));
                 continue;
             }
@@ -412,12 +411,7 @@ async fn settle_all(
             Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
             Err(e) => outcomes.push(Err(e)),
         }
-        sqlx::query("ROLLBACK TO SAVEPOINT nachfass_delivery")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("RELEASE SAVEPOINT nachfass_delivery")
-            .execute(&mut *tx)
-            .await?;
+        undo_savepoint_in(&mut tx).await?;
     }
     tx.commit().await?;
     Ok(outcomes)

@@ -6,14 +6,14 @@
 //! the others' work standing; its outcome goes back to the scheduler as
 //! before (retried with backoff, or left to the node that holds it).
 
-use sqlx::AnyConnection;
-
 use super::advance::advance_in;
 use super::facts::StepFacts;
 use super::route::route_in;
 use super::{ActiveJourneys, Journeys};
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, JobOutcome};
+use crate::store::jobs::{
+    ClaimedJob, JobOutcome, keep_savepoint_in, savepoint_in, undo_savepoint_in,
+};
 
 /// What one job of a batch asks for.
 pub(super) enum StepJob {
@@ -83,11 +83,11 @@ async fn run_in_one_transaction(
     let mut facts = if !run_ids.is_empty() {
         StepFacts::load(journeys, &mut tx, &run_ids, now).await?
     } else {
-        StepFacts::load_events(&mut tx, &event_ids).await?
+        StepFacts::load_events(journeys, &mut tx, &event_ids).await?
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, step) in jobs {
-        savepoint(&mut tx, "SAVEPOINT nachfass_job").await?;
+        savepoint_in(&mut tx).await?;
         let (ran, contact) = match step {
             StepJob::Route { event_id } => {
                 let ran =
@@ -106,7 +106,7 @@ async fn run_in_one_transaction(
         };
         match ran {
             Ok(true) => {
-                savepoint(&mut tx, "RELEASE SAVEPOINT nachfass_job").await?;
+                keep_savepoint_in(&mut tx).await?;
                 outcomes.push(Ok(JobOutcome::Done));
                 continue;
             }
@@ -115,7 +115,7 @@ async fn run_in_one_transaction(
             Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
             Err(e) => outcomes.push(Err(e)),
         }
-        undo(&mut tx).await?;
+        undo_savepoint_in(&mut tx).await?;
         if let Some(contact) = contact {
             facts.forget(&contact);
         }
@@ -124,14 +124,4 @@ async fn run_in_one_transaction(
     // The batch queued further steps and deliveries.
     store.jobs_wake().notify();
     Ok(outcomes)
-}
-
-async fn undo(tx: &mut AnyConnection) -> Result<(), StoreError> {
-    savepoint(tx, "ROLLBACK TO SAVEPOINT nachfass_job").await?;
-    savepoint(tx, "RELEASE SAVEPOINT nachfass_job").await
-}
-
-async fn savepoint(tx: &mut AnyConnection, statement: &'static str) -> Result<(), StoreError> {
-    sqlx::query(statement).execute(tx).await?;
-    Ok(())
 }

@@ -63,7 +63,7 @@ impl StepFacts {
         let mut contact_ids: Vec<String> = run_contacts.values().cloned().collect();
         contact_ids.sort_unstable();
         contact_ids.dedup();
-        let contacts = contacts_in(tx, &contact_ids).await?;
+        let contacts = contacts_in(tx, dialect, &contact_ids).await?;
         let sends_since = now - journeys.policy.cap.per.millis;
         let secret = signing_secret_in(tx).await?;
         // Every address a send may go to: email, phone, or the id itself.
@@ -74,10 +74,10 @@ impl StepFacts {
             .map(|address| address_hash(&secret, address))
             .collect();
         Ok(StepFacts {
-            consents: consents_in(tx, &contact_ids, Purpose::Marketing).await?,
-            suppressions: suppressions_of_in(tx, &contact_ids).await?,
-            recent_sends: marketing_sends_of_in(tx, &contact_ids, sends_since).await?,
-            erased: erased_of_in(tx, &hashes).await?,
+            consents: consents_in(tx, dialect, &contact_ids, Purpose::Marketing).await?,
+            suppressions: suppressions_of_in(tx, dialect, &contact_ids).await?,
+            recent_sends: marketing_sends_of_in(tx, dialect, &contact_ids, sends_since).await?,
+            erased: erased_of_in(tx, dialect, &hashes).await?,
             erased_checked: hashes.into_iter().collect(),
             channel_bindings: Some(bindings_in(tx, BindingKind::Channel).await?),
             secret: Some(secret),
@@ -93,15 +93,17 @@ impl StepFacts {
     /// Loads the events routed by a batch and their contacts (routing
     /// changes neither).
     pub async fn load_events(
+        journeys: &Journeys,
         tx: &mut AnyConnection,
         event_ids: &[String],
     ) -> Result<StepFacts, StoreError> {
-        let events = events_in(tx, event_ids).await?;
+        let dialect = journeys.pipeline.store.dialect();
+        let events = events_in(tx, dialect, event_ids).await?;
         let mut contact_ids: Vec<String> = events.values().map(|e| e.contact_id.clone()).collect();
         contact_ids.sort_unstable();
         contact_ids.dedup();
         Ok(StepFacts {
-            contacts: contacts_in(tx, &contact_ids).await?,
+            contacts: contacts_in(tx, dialect, &contact_ids).await?,
             events,
             ..StepFacts::default()
         })

@@ -89,6 +89,7 @@ pub async fn consent_in(
 /// [`consent_in`] for many at once.
 pub async fn consents_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     contact_ids: &[String],
     purpose: Purpose,
 ) -> Result<HashMap<(String, String), (ConsentStatus, i64)>, StoreError> {
@@ -97,15 +98,16 @@ pub async fn consents_in(
     }
     let sql = format!(
         "SELECT contact_id, channel, status, updated_at FROM consents \
-         WHERE purpose = $1 AND contact_id IN ({})",
-        super::events::placeholders(2, contact_ids.len())
+         WHERE purpose = $1 AND contact_id IN {}",
+        super::bulk::json_list(dialect, 2)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(purpose);
-    for id in contact_ids {
-        query = query.bind(id.clone());
-    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(purpose)
+        .bind(super::bulk::to_json(contact_ids)?)
+        .fetch_all(conn)
+        .await?;
     let mut consents = HashMap::new();
-    for row in query.fetch_all(conn).await? {
+    for row in rows {
         consents.insert(
             (row.try_get("contact_id")?, row.try_get("channel")?),
             (row.try_get("status")?, row.try_get("updated_at")?),

@@ -339,33 +339,35 @@ pub async fn contact_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Con
 /// [`contact_in`] reads for one, in two queries for all.
 pub async fn contacts_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     ids: &[String],
 ) -> Result<HashMap<String, Contact>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let list = super::events::placeholders(1, ids.len());
+    let list = super::bulk::json_list(dialect, 1);
+    let ids = super::bulk::to_json(ids)?;
     let sql = format!(
         "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-         FROM contacts WHERE id IN ({list})"
+         FROM contacts WHERE id IN {list}"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id.clone());
-    }
-    let mut contacts = HashMap::with_capacity(ids.len());
-    for row in query.fetch_all(&mut *conn).await? {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids.clone())
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut contacts = HashMap::with_capacity(rows.len());
+    for row in rows {
         let contact = from_row(&row)?;
         contacts.insert(contact.id.clone(), contact);
     }
     let sql = format!(
-        "SELECT contact_id, segment FROM segment_members WHERE contact_id IN ({list}) ORDER BY segment"
+        "SELECT contact_id, segment FROM segment_members WHERE contact_id IN {list} ORDER BY segment"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id.clone());
-    }
-    for row in query.fetch_all(conn).await? {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    for row in rows {
         let id: String = row.try_get("contact_id")?;
         if let Some(contact) = contacts.get_mut(&id) {
             contact.segments.push(row.try_get("segment")?);

@@ -115,7 +115,7 @@ pub(super) fn from_row(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
 pub const PROCESS_GRACE_MS: i64 = 30_000;
 
 /// `$first, $first+1, …`: `count` numbered placeholders.
-pub(crate) fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

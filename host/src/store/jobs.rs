@@ -465,6 +465,30 @@ impl JobArgs for RouteEvent {
     }
 }
 
+/// Opens one job's part of a transaction that several jobs share (a
+/// batch): [`keep_savepoint_in`] or [`undo_savepoint_in`] closes it, so
+/// each job's work is kept or undone alone.
+pub async fn savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("SAVEPOINT nachfass_job").execute(conn).await?;
+    Ok(())
+}
+
+/// Keeps the work since [`savepoint_in`].
+pub async fn keep_savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("RELEASE SAVEPOINT nachfass_job")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Undoes the work since [`savepoint_in`]; the transaction goes on.
+pub async fn undo_savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("ROLLBACK TO SAVEPOINT nachfass_job")
+        .execute(&mut *conn)
+        .await?;
+    keep_savepoint_in(conn).await
+}
+
 /// Moves a held job's lease to `until`, in the caller's transaction (a
 /// long job records its progress and keeps its lease together). Returns
 /// `false` when this worker no longer holds the job.
@@ -601,16 +625,17 @@ impl Store {
             return Ok(0);
         };
         let sql = format!(
-            "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN ({})",
-            super::events::placeholders(3, jobs.len())
+            "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN {}",
+            super::bulk::json_list(self.dialect, 3)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(until)
-            .bind(first.leased_by.clone());
-        for job in jobs {
-            query = query.bind(job.id.clone());
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+            .bind(first.leased_by.clone())
+            .bind(super::bulk::to_json(&ids)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Gives a job back to run again at `due_at`, noting why.

@@ -152,6 +152,7 @@ pub async fn marketing_sends_since_in(
 /// queued, by contact: [`marketing_sends_since_in`] for many at once.
 pub async fn marketing_sends_of_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     contact_ids: &[String],
     since: i64,
 ) -> Result<HashMap<String, Vec<i64>>, StoreError> {
@@ -160,19 +161,19 @@ pub async fn marketing_sends_of_in(
     }
     let sql = format!(
         "SELECT contact_id, created_at FROM outbox WHERE purpose = $1 AND created_at > $2 \
-         AND status IN ($3, $4) AND contact_id IN ({})",
-        super::events::placeholders(5, contact_ids.len())
+         AND status IN ($3, $4) AND contact_id IN {}",
+        super::bulk::json_list(dialect, 5)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(Purpose::Marketing)
         .bind(since)
         .bind(OutboxStatus::Pending)
-        .bind(OutboxStatus::Delivered);
-    for id in contact_ids {
-        query = query.bind(id.clone());
-    }
+        .bind(OutboxStatus::Delivered)
+        .bind(super::bulk::to_json(contact_ids)?)
+        .fetch_all(conn)
+        .await?;
     let mut sends: HashMap<String, Vec<i64>> = HashMap::new();
-    for row in query.fetch_all(conn).await? {
+    for row in rows {
         let contact: String = row.try_get("contact_id")?;
         sends
             .entry(contact)
@@ -185,21 +186,21 @@ pub async fn marketing_sends_of_in(
 /// The outbox entries of `ids` that exist, by id.
 pub async fn outbox_entries_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     ids: &[String],
 ) -> Result<HashMap<String, OutboxEntry>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT {} FROM outbox WHERE id IN ({})",
+        "SELECT {} FROM outbox WHERE id IN {}",
         outbox_columns!(),
-        super::events::placeholders(1, ids.len())
+        super::bulk::json_list(dialect, 1)
     );
-    let mut query = sqlx::query_as::<_, OutboxEntry>(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id.clone());
-    }
-    let entries = query.fetch_all(conn).await?;
+    let entries = sqlx::query_as::<_, OutboxEntry>(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(ids)?)
+        .fetch_all(conn)
+        .await?;
     Ok(entries.into_iter().map(|e| (e.id.clone(), e)).collect())
 }
 

@@ -77,15 +77,14 @@ pub async fn runs_in(
         Dialect::Sqlite => "",
     };
     let sql = format!(
-        "SELECT {} FROM journey_runs WHERE id IN ({}){lock}",
+        "SELECT {} FROM journey_runs WHERE id IN {}{lock}",
         run_columns!(),
-        super::events::placeholders(1, ids.len())
+        super::bulk::json_list(dialect, 1)
     );
-    let mut query = sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id.clone());
-    }
-    let runs = query.fetch_all(conn).await?;
+    let runs = sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(ids)?)
+        .fetch_all(conn)
+        .await?;
     Ok(runs.into_iter().map(|r| (r.id.clone(), r)).collect())
 }
 

@@ -37,6 +37,7 @@ pub async fn suppressions_in(
 /// [`suppressions_in`] for many at once.
 pub async fn suppressions_of_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     contact_ids: &[String],
 ) -> Result<HashMap<String, Vec<Suppression>>, StoreError> {
     if contact_ids.is_empty() {
@@ -44,15 +45,15 @@ pub async fn suppressions_of_in(
     }
     let sql = format!(
         "SELECT contact_id, channel, reason, scope, at FROM suppressions \
-         WHERE contact_id IN ({}) ORDER BY at",
-        super::events::placeholders(1, contact_ids.len())
+         WHERE contact_id IN {} ORDER BY at",
+        super::bulk::json_list(dialect, 1)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in contact_ids {
-        query = query.bind(id.clone());
-    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(contact_ids)?)
+        .fetch_all(conn)
+        .await?;
     let mut suppressions: HashMap<String, Vec<Suppression>> = HashMap::new();
-    for row in query.fetch_all(conn).await? {
+    for row in rows {
         let contact: String = row.try_get("contact_id")?;
         suppressions
             .entry(contact)

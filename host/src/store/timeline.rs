@@ -56,21 +56,22 @@ pub async fn event_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Event
 /// The events of `ids` that exist, by id: [`event_in`] for many at once.
 pub async fn events_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     ids: &[String],
 ) -> Result<HashMap<String, Event>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT id, contact_id, kind, at, properties FROM events WHERE id IN ({})",
-        super::events::placeholders(1, ids.len())
+        "SELECT id, contact_id, kind, at, properties FROM events WHERE id IN {}",
+        super::bulk::json_list(dialect, 1)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id.clone());
-    }
-    let mut events = HashMap::with_capacity(ids.len());
-    for row in query.fetch_all(conn).await? {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(ids)?)
+        .fetch_all(conn)
+        .await?;
+    let mut events = HashMap::with_capacity(rows.len());
+    for row in rows {
         let event = super::events::from_row(&row)?;
         events.insert(event.id.clone(), event);
     }

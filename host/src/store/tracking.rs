@@ -237,21 +237,22 @@ pub async fn erased_at_in(
 /// [`erased_at_in`] for many at once.
 pub async fn erased_of_in(
     conn: &mut AnyConnection,
+    dialect: super::Dialect,
     address_hashes: &[String],
 ) -> Result<HashMap<String, i64>, StoreError> {
     if address_hashes.is_empty() {
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT address_hash, at FROM erased_addresses WHERE address_hash IN ({})",
-        super::events::placeholders(1, address_hashes.len())
+        "SELECT address_hash, at FROM erased_addresses WHERE address_hash IN {}",
+        super::bulk::json_list(dialect, 1)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for hash in address_hashes {
-        query = query.bind(hash.clone());
-    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(address_hashes)?)
+        .fetch_all(conn)
+        .await?;
     let mut erased = HashMap::new();
-    for row in query.fetch_all(conn).await? {
+    for row in rows {
         erased.insert(row.try_get("address_hash")?, row.try_get("at")?);
     }
     Ok(erased)
