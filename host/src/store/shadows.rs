@@ -6,8 +6,9 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::bulk::{self, Col};
 use super::plugins::notify_in;
-use super::{Store, StoreError, is_unique_violation, new_id};
+use super::{Dialect, Store, StoreError, is_unique_violation, new_id};
 
 /// A shadow as any node reads it.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -69,8 +70,6 @@ pub struct ShadowTally {
 
 const SHADOW_COLUMNS: &str =
     "id, binding, kind, plugin, version, status, created_by, created_at, ended_at";
-/// Bound per row of `shadow_results`: the id and `RESULT_COLUMNS`.
-const RESULT_FIELDS: usize = 17;
 const RESULT_COLUMNS: &str = "shadow_id, contact_id, event_id, call, live_version, live_outcome, live_value, live_micros, live_fuel, candidate_outcome, candidate_value, candidate_detail, candidate_micros, candidate_fuel, agree, at";
 
 fn shadow_from_row(row: &sqlx::any::AnyRow) -> Result<ShadowRow, StoreError> {
@@ -216,41 +215,58 @@ impl Store {
         }
         let mut tx = self.write_tx().await?;
         if !results.is_empty() {
-            let mut sql = format!("INSERT INTO shadow_results (id, {RESULT_COLUMNS}) VALUES ");
-            for row in 0..results.len() {
-                let first = row * RESULT_FIELDS + 1;
-                let numbers: Vec<String> = (first..first + RESULT_FIELDS)
-                    .map(|n| format!("${n}"))
-                    .collect();
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&numbers.join(", "));
-                sql.push(')');
+            // One statement whatever the batch size: the rows go as one
+            // JSON array (a parameter per value would be 17 per row, and
+            // SQLite looks each parameter up by a linear scan).
+            #[derive(Serialize)]
+            struct ResultRow<'a> {
+                id: String,
+                #[serde(flatten)]
+                result: &'a ShadowResult,
             }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for result in results {
-                query = query
-                    .bind(new_id("shr"))
-                    .bind(result.shadow_id.clone())
-                    .bind(result.contact_id.clone())
-                    .bind(result.event_id.clone())
-                    .bind(result.call.clone())
-                    .bind(result.live_version.clone())
-                    .bind(result.live_outcome.clone())
-                    .bind(result.live_value)
-                    .bind(result.live_micros)
-                    .bind(result.live_fuel)
-                    .bind(result.candidate_outcome.clone())
-                    .bind(result.candidate_value)
-                    .bind(result.candidate_detail.clone())
-                    .bind(result.candidate_micros)
-                    .bind(result.candidate_fuel)
-                    .bind(i64::from(result.agree))
-                    .bind(result.at);
-            }
-            query.execute(&mut *tx).await?;
+            let rows: Vec<ResultRow> = results
+                .iter()
+                .map(|result| ResultRow {
+                    id: new_id("shr"),
+                    result,
+                })
+                .collect();
+            let from = bulk::json_rows(
+                self.dialect,
+                1,
+                &[
+                    ("id", Col::Text),
+                    ("shadow_id", Col::Text),
+                    ("contact_id", Col::Text),
+                    ("event_id", Col::Text),
+                    ("call", Col::Text),
+                    ("live_version", Col::Text),
+                    ("live_outcome", Col::Text),
+                    ("live_value", Col::Int),
+                    ("live_micros", Col::Int),
+                    ("live_fuel", Col::Int),
+                    ("candidate_outcome", Col::Text),
+                    ("candidate_value", Col::Int),
+                    ("candidate_detail", Col::Text),
+                    ("candidate_micros", Col::Int),
+                    ("candidate_fuel", Col::Int),
+                    ("agree", Col::Bool),
+                    ("at", Col::Int),
+                ],
+            );
+            let agree = match self.dialect {
+                Dialect::Sqlite => "j.agree",
+                Dialect::Postgres => "CASE WHEN j.agree THEN 1 ELSE 0 END",
+            };
+            let sql = format!(
+                "INSERT INTO shadow_results (id, {RESULT_COLUMNS}) \
+                 SELECT j.id, j.shadow_id, j.contact_id, j.event_id, j.call, j.live_version, j.live_outcome, j.live_value, j.live_micros, j.live_fuel, \
+                 j.candidate_outcome, j.candidate_value, j.candidate_detail, j.candidate_micros, j.candidate_fuel, {agree}, j.at FROM {from}"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(bulk::to_json(&rows)?)
+                .execute(&mut *tx)
+                .await?;
         }
         for (shadow, count) in dropped {
             sqlx::query("UPDATE shadows SET dropped = dropped + $1 WHERE id = $2")
