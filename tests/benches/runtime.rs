@@ -230,7 +230,7 @@ async fn cost_per_language() {
             assert_eq!(change.delta, 10);
         }
         reused.sort();
-        let memory = store.data().memory_bytes();
+        let memory = store.data().memory_bytes_now();
         println!(
             "| {language} | {:.1} MB | {:.2} s | {:.0} µs | {:.0} / {:.0} µs | {:.1} µs | {:.1} MiB |",
             bytes.len() as f64 / 1e6,

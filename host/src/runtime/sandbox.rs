@@ -165,7 +165,7 @@ impl CallState {
     }
 
     /// Linear memory the instance holds now, all memories together.
-    pub fn memory_bytes(&self) -> usize {
+    pub fn memory_bytes_now(&self) -> usize {
         self.limiter.memory_bytes_now
     }
 

@@ -151,8 +151,7 @@ def test_contacts_with_email_match():
             .to_owned(),
         ),
         World::Scorer => (
-            format!(
-                r#""""The component's exports: the class WitWorld implements the scorer world."""
+            r#""""The component's exports: the class WitWorld implements the scorer world."""
 
 from typing import Callable, List, Optional
 
@@ -182,7 +181,7 @@ class WitWorld(wit_world.WitWorld):
     def on_profile(self, contact: types.Contact) -> types.ScoreChange:
         return types.ScoreChange(0, [])
 "#
-            ),
+            .to_owned(),
             r#"import pytest
 from componentize_py_types import Err
 from wit_world.imports import types
