@@ -252,19 +252,16 @@ impl Scheduler {
         loop {
             tokio::time::sleep(every).await;
             let until = self.journeys.pipeline.clock.now() + lease_ms;
-            let extended = match jobs {
-                [job] => store.extend_lease(job, until).await.map(u64::from),
+            let lost = match jobs {
+                [job] => store.extend_lease(job, until).await.map(|held| u64::from(!held)),
                 _ => store.extend_leases(jobs, until).await,
             };
-            match extended {
-                Ok(held) if held as usize == jobs.len() => {}
-                Ok(held) => {
-                    let lost = jobs.len() - held as usize;
-                    tracing::warn!(
-                        lost,
-                        "leases lost while running; another node may run those jobs"
-                    )
-                }
+            match lost {
+                Ok(0) => {}
+                Ok(lost) => tracing::warn!(
+                    lost,
+                    "leases lost while running; another node may run those jobs"
+                ),
                 Err(e) => tracing::warn!(error = %e, "could not extend the leases"),
             }
         }

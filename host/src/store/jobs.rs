@@ -619,23 +619,50 @@ impl Store {
     }
 
     /// Extends the leases of running `jobs` (a batch) to `until` in one
-    /// statement. Returns how many this worker still holds.
+    /// statement. Returns how many this worker no longer holds.
+    ///
+    /// On PostgreSQL, rows locked by a transaction (the batch's own, which
+    /// is finishing those jobs) are skipped rather than waited for: a
+    /// heartbeat that waited held the rows it had extended meanwhile, and
+    /// a transaction finishing jobs in another order deadlocked with it.
     pub async fn extend_leases(&self, jobs: &[ClaimedJob], until: i64) -> Result<u64, StoreError> {
         let Some(first) = jobs.first() else {
             return Ok(0);
         };
-        let sql = format!(
-            "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN {}",
-            super::bulk::json_list(self.dialect, 3)
-        );
+        let list = super::bulk::json_list(self.dialect, 3);
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                format!("UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN {list}")
+            }
+            Dialect::Postgres => format!(
+                "UPDATE jobs SET lease_until = $1 WHERE id IN \
+                 (SELECT id FROM jobs WHERE leased_by = $2 AND id IN {list} \
+                  ORDER BY id FOR UPDATE SKIP LOCKED)"
+            ),
+        };
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let ids = super::bulk::to_json(&ids)?;
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(until)
             .bind(first.leased_by.clone())
-            .bind(super::bulk::to_json(&ids)?)
+            .bind(ids.clone())
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        if done.rows_affected() == jobs.len() as u64 {
+            return Ok(0);
+        }
+        // Skipped or gone: finished (deleted) is not lost; leased to
+        // someone else, or given back, is.
+        let sql = format!(
+            "SELECT COUNT(*) FROM jobs WHERE (leased_by IS NULL OR leased_by <> $1) AND id IN {}",
+            super::bulk::json_list(self.dialect, 2)
+        );
+        let lost: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(first.leased_by.clone())
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(lost).unwrap_or(0))
     }
 
     /// Gives a job back to run again at `due_at`, noting why.
