@@ -101,6 +101,8 @@ pub async fn deliver_batch(
     let mut waiting = std::collections::VecDeque::new();
     for (index, plan) in plans.into_iter().enumerate() {
         match plan {
+            // Nothing to write (a deferral, say): no transaction for it.
+            Plan::Done(Ok(Settlement::Job(outcome))) => outcomes[index] = Some(Ok(outcome)),
             Plan::Done(settlement) => ready.push((index, settlement)),
             Plan::Call(call) => waiting.push_back((index, *call)),
         }
