@@ -6,6 +6,8 @@
 //! Deliveries run in batches: a few reads for the batch, the plugin calls
 //! side by side, the outcomes in small groups of one transaction each as
 //! the calls come back (so the window stays as small as it was).
+//! A binding with a rate takes its batch's tokens from its cluster-wide
+//! bucket before any call; the messages beyond them wait, uncounted.
 
 use std::sync::Arc;
 
