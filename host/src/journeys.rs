@@ -18,6 +18,7 @@ mod route;
 pub(crate) mod send;
 mod sweep;
 pub mod validate;
+mod writes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

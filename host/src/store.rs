@@ -26,6 +26,7 @@ mod segments;
 mod shadow_queue;
 pub mod shadows;
 mod stats;
+pub mod step_writes;
 pub mod suppressions;
 pub mod tasks;
 pub mod timeline;
@@ -250,6 +251,11 @@ impl Store {
 /// A new time-ordered identifier with a readable prefix (`c_…`, `e_…`).
 fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A fresh timeline event id.
+pub fn new_event_id() -> String {
+    new_id("e")
 }
 
 /// Whether a database error is a unique-constraint violation.

@@ -1,5 +1,6 @@
 //! Running a run's steps until it waits, is deferred or ends. Everything a
-//! job does to a run commits in one transaction with the job's removal.
+//! job does to a run is held in the batch's writes (`writes.rs`) and
+//! commits in one transaction with the job's removal.
 
 use std::collections::BTreeMap;
 
@@ -9,31 +10,28 @@ use super::condition::{self, Facts};
 use super::definition::{JourneyDef, Step};
 use super::facts::StepFacts;
 use super::send::{SendOutcome, send};
+use super::writes::StepWrites;
 use super::{AdvanceRun, Journeys, TimeoutRun, props};
 use crate::store::StoreError;
-use crate::store::contacts::set_attribute_in;
-use crate::store::jobs::{ClaimedJob, ProfileChanged, enqueue_in, finish_in};
-use crate::store::runs::{Run, RunStatus, update_run_in};
-use crate::store::timeline::{last_event_times_in, record_in};
+use crate::store::jobs::ProfileChanged;
+use crate::store::runs::{Run, RunStatus};
+use crate::store::timeline::last_event_times_in;
 
 /// Steps one job may take without pausing; validation refuses loops
 /// without a wait, so this only guards against the unforeseen.
 const MAX_STEPS_PER_JOB: usize = 100;
 
-/// Runs one advance (or timeout) job in the caller's transaction and
-/// removes it. Returns `false` when the job's lease was lost: the caller
-/// rolls back.
-#[allow(clippy::too_many_arguments)]
+/// Runs one advance (or timeout) job, reading in the caller's transaction
+/// and writing into `facts.writes`; the caller removes the job with them.
 pub(super) async fn advance_in(
     journeys: &Journeys,
     tx: &mut AnyConnection,
     facts: &mut StepFacts,
-    job: &ClaimedJob,
     run_id: &str,
     seq: i64,
     timed_out: bool,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<(), StoreError> {
     let run = facts.run(tx, journeys, run_id).await?;
     // A job for a transition that already happened (or a run that ended)
     // is stale: the work was done, by this job's earlier attempt or another.
@@ -51,13 +49,13 @@ pub(super) async fn advance_in(
                 }
                 _ => None,
             };
-            move_to(tx, &mut run, next, now).await?;
+            move_to(&mut facts.writes, &mut run, next, now)?;
         } else {
             drive(journeys, tx, facts, &def, &mut run, now).await?;
         }
-        update_run_in(tx, &run).await?;
+        facts.writes.run(&run);
     }
-    finish_in(tx, job).await
+    Ok(())
 }
 
 /// Takes steps until the run pauses or ends.
@@ -70,20 +68,26 @@ async fn drive(
     now: i64,
 ) -> Result<(), StoreError> {
     let Some(mut contact) = facts.contact(tx, &run.contact_id).await? else {
-        return finish_run(tx, run, RunStatus::Exited, Some("contact deleted"), now).await;
+        return finish_run(
+            &mut facts.writes,
+            run,
+            RunStatus::Exited,
+            Some("contact deleted"),
+            now,
+        );
     };
     for _ in 0..MAX_STEPS_PER_JOB {
         let Some(step_id) = run.step.clone() else {
-            return finish_run(tx, run, RunStatus::Completed, None, now).await;
+            return finish_run(&mut facts.writes, run, RunStatus::Completed, None, now);
         };
         let Some((index, step)) = def.step(&step_id) else {
             let why = format!("step `{step_id}` is not in version {}", run.version);
-            return finish_run(tx, run, RunStatus::Exited, Some(&why), now).await;
+            return finish_run(&mut facts.writes, run, RunStatus::Exited, Some(&why), now);
         };
         match step {
             Step::Wait { duration, next, .. } => {
                 run.step = def.resolve(index, next.as_deref());
-                return pause(tx, run, now + duration.millis, now).await;
+                return pause(&mut facts.writes, run, now + duration.millis);
             }
             Step::WaitUntil { event, timeout, .. } => {
                 run.status = RunStatus::Waiting;
@@ -93,8 +97,7 @@ async fn drive(
                     run_id: run.id.clone(),
                     seq: run.seq,
                 };
-                enqueue_in(tx, &job, now + timeout.millis, now).await?;
-                return Ok(());
+                return facts.writes.job(&job, now + timeout.millis);
             }
             Step::Branch {
                 condition,
@@ -106,7 +109,13 @@ async fn drive(
                 let last_events = if kinds.is_empty() {
                     BTreeMap::new()
                 } else {
-                    last_event_times_in(tx, &contact.id, &kinds).await?
+                    // Stored, and written by earlier steps of this batch.
+                    let mut last = last_event_times_in(tx, &contact.id, &kinds).await?;
+                    for (kind, at) in facts.writes.last_event_times(&contact.id, &kinds) {
+                        let known = last.entry(kind).or_insert(at);
+                        *known = (*known).max(at);
+                    }
+                    last
                 };
                 let facts = Facts {
                     contact: &contact,
@@ -124,7 +133,7 @@ async fn drive(
                 name, value, next, ..
             } => {
                 contact.attributes.insert(name.clone(), value.clone());
-                set_attribute_in(tx, &contact, now).await?;
+                facts.writes.attributes(&contact)?;
                 facts.contact_changed(&contact);
                 // Re-scored and re-segmented like any profile change, once
                 // this step has committed.
@@ -132,53 +141,46 @@ async fn drive(
                     contact_id: contact.id.clone(),
                     change: format!("{}:{}:{}", run.id, run.seq, step_id),
                 };
-                enqueue_in(tx, &rescore, now, now).await?;
+                facts.writes.job(&rescore, now)?;
                 run.step = def.resolve(index, next.as_deref());
             }
             Step::Exit { reason, .. } => {
                 let reason = reason.as_deref().unwrap_or("exit step");
-                return finish_run(tx, run, RunStatus::Exited, Some(reason), now).await;
+                return finish_run(&mut facts.writes, run, RunStatus::Exited, Some(reason), now);
             }
             Step::Send { next, .. } => {
                 match send(journeys, tx, facts, def, run, &contact, step, now).await? {
                     SendOutcome::Queued | SendOutcome::Skipped => {
                         run.step = def.resolve(index, next.as_deref());
                     }
-                    SendOutcome::Deferred(until) => return pause(tx, run, until, now).await,
+                    SendOutcome::Deferred(until) => return pause(&mut facts.writes, run, until),
                 }
             }
         }
     }
     finish_run(
-        tx,
+        &mut facts.writes,
         run,
         RunStatus::Exited,
         Some("too many steps without a wait"),
         now,
     )
-    .await
 }
 
 /// The run continues at its current step at `until`.
-async fn pause(
-    tx: &mut AnyConnection,
-    run: &mut Run,
-    until: i64,
-    now: i64,
-) -> Result<(), StoreError> {
+fn pause(writes: &mut StepWrites, run: &mut Run, until: i64) -> Result<(), StoreError> {
     run.seq += 1;
     let job = AdvanceRun {
         run_id: run.id.clone(),
         seq: run.seq,
     };
-    enqueue_in(tx, &job, until, now).await?;
-    Ok(())
+    writes.job(&job, until)
 }
 
 /// Leaves a wait for `next` (or ends the run there is none), continuing
 /// at once in a new job.
-pub(super) async fn move_to(
-    tx: &mut AnyConnection,
+pub(super) fn move_to(
+    writes: &mut StepWrites,
     run: &mut Run,
     next: Option<String>,
     now: i64,
@@ -188,16 +190,16 @@ pub(super) async fn move_to(
     match next {
         Some(step) => {
             run.step = Some(step);
-            pause(tx, run, now, now).await
+            pause(writes, run, now)
         }
-        None => finish_run(tx, run, RunStatus::Completed, None, now).await,
+        None => finish_run(writes, run, RunStatus::Completed, None, now),
     }
 }
 
 /// Ends a run (`completed`, `converted`, `exited`) and says so on the
-/// contact's timeline. The caller writes the run.
-pub(super) async fn finish_run(
-    tx: &mut AnyConnection,
+/// contact's timeline.
+pub(super) fn finish_run(
+    writes: &mut StepWrites,
     run: &mut Run,
     status: RunStatus,
     reason: Option<&str>,
@@ -209,14 +211,14 @@ pub(super) async fn finish_run(
     run.ended_at = Some(now);
     run.exit_reason = reason.map(str::to_owned);
     run.seq += 1;
-    update_run_in(tx, run).await?;
+    writes.run(run);
     if status != RunStatus::Converted {
         let kind = format!("journey.{status}");
         let mut properties = props(&[("journey", &run.journey), ("run", &run.id)]);
         if let Some(reason) = reason {
             properties.extend(props(&[("reason", reason)]));
         }
-        record_in(tx, &run.contact_id, &kind, properties, now).await?;
+        writes.event(&run.contact_id, &kind, &properties, now)?;
     }
     Ok(())
 }

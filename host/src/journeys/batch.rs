@@ -1,10 +1,14 @@
-//! Route, advance and timeout jobs run many at a time: one transaction for
-//! a whole batch, each job inside a savepoint of its own. A commit per job
-//! was most of a step's cost (on PostgreSQL a WAL flush each, on SQLite a
-//! turn at the one write lock); now a batch of jobs shares one. A job that
-//! fails, or whose lease was lost, rolls back to its savepoint and leaves
-//! the others' work standing; its outcome goes back to the scheduler as
-//! before (retried with backoff, or left to the node that holds it).
+//! Route, advance and timeout jobs run many at a time, in one transaction
+//! for a whole batch. A commit per job was most of a step's cost (on
+//! PostgreSQL a WAL flush each, on SQLite a turn at the one write lock);
+//! now a batch of jobs shares one. Steps of runs hold their writes until
+//! the batch ends and then make them one statement per table
+//! (`writes.rs`); events to route run each in a savepoint. A job that
+//! fails takes back its writes and leaves the others' work standing; its
+//! outcome goes back to the scheduler as before (retried with backoff).
+//! A job whose lease was lost is left to the node that holds it.
+
+use sqlx::AnyConnection;
 
 use super::advance::advance_in;
 use super::facts::StepFacts;
@@ -12,8 +16,9 @@ use super::route::route_in;
 use super::{ActiveJourneys, Journeys};
 use crate::store::StoreError;
 use crate::store::jobs::{
-    ClaimedJob, JobOutcome, keep_savepoint_in, savepoint_in, undo_savepoint_in,
+    ClaimedJob, JobOutcome, finish_in, keep_savepoint_in, savepoint_in, undo_savepoint_in,
 };
+use crate::store::step_writes::write_step_batch_in;
 
 /// What one job of a batch asks for.
 pub(super) enum StepJob {
@@ -85,28 +90,107 @@ async fn run_in_one_transaction(
     } else {
         StepFacts::load_events(journeys, &mut tx, &event_ids).await?
     };
+    let outcomes = if needs_routing {
+        route_each(journeys, &mut tx, &mut facts, &active, jobs, now).await?
+    } else {
+        let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
+        let writes = facts.writes.take(finished);
+        let dialect = store.dialect();
+        if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {
+            // Another worker has one of the jobs now (its lease ran out),
+            // and its work counts: nothing of this batch is kept.
+            tx.rollback().await?;
+            if jobs.len() == 1 {
+                return Ok(vec![Ok(JobOutcome::Done)]);
+            }
+            return Err(StoreError::Invalid(
+                "a job's lease ran out during its batch".into(),
+            ));
+        }
+        outcomes
+    };
+    tx.commit().await?;
+    // The batch queued further steps and deliveries.
+    store.jobs_wake().notify();
+    Ok(outcomes)
+}
+
+/// Steps of runs, their writes held in `facts.writes` and made at the end
+/// of the batch, with no savepoint: a step that fails takes back its
+/// writes, and its reads changed nothing. Returns the outcomes and the
+/// jobs done.
+async fn advance_all(
+    journeys: &Journeys,
+    tx: &mut AnyConnection,
+    facts: &mut StepFacts,
+    jobs: &[(ClaimedJob, StepJob)],
+    now: i64,
+) -> (Vec<Result<JobOutcome, StoreError>>, Vec<ClaimedJob>) {
     let mut outcomes = Vec::with_capacity(jobs.len());
-    for (job, step) in jobs {
-        savepoint_in(&mut tx).await?;
-        let (ran, contact) = match step {
+    let mut finished = Vec::with_capacity(jobs.len());
+    for (index, (job, step)) in jobs.iter().enumerate() {
+        let (StepJob::Advance { run_id, seq } | StepJob::Timeout { run_id, seq }) = step else {
+            continue;
+        };
+        facts.writes.begin(index);
+        let timed_out = matches!(step, StepJob::Timeout { .. });
+        let contact = facts.contact_of_run(run_id);
+        match advance_in(journeys, tx, facts, run_id, *seq, timed_out, now).await {
+            Ok(()) => {
+                finished.push(job.clone());
+                outcomes.push(Ok(JobOutcome::Done));
+            }
+            Err(e) => {
+                facts.writes.discard();
+                if let Some(contact) = contact {
+                    facts.forget(&contact);
+                }
+                outcomes.push(Err(e));
+            }
+        }
+    }
+    (outcomes, finished)
+}
+
+/// Events to route, each job in a savepoint of its own with its writes
+/// made before the savepoint is kept: routing reads runs from the
+/// database (an event may wake or end a run an earlier event of the batch
+/// started), so each job's writes must be there for the next.
+async fn route_each(
+    journeys: &Journeys,
+    tx: &mut AnyConnection,
+    facts: &mut StepFacts,
+    active: &ActiveJourneys,
+    jobs: &[(ClaimedJob, StepJob)],
+    now: i64,
+) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
+    let dialect = journeys.pipeline.store.dialect();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (index, (job, step)) in jobs.iter().enumerate() {
+        savepoint_in(tx).await?;
+        facts.writes.begin(index);
+        let ran = match step {
             StepJob::Route { event_id } => {
-                let ran =
-                    route_in(journeys, &mut tx, &mut facts, &active, job, event_id, now).await;
-                (ran, None)
+                route_in(journeys, tx, facts, active, job, event_id, now).await
             }
             StepJob::Advance { run_id, seq } | StepJob::Timeout { run_id, seq } => {
                 let timed_out = matches!(step, StepJob::Timeout { .. });
-                let contact = facts.contact_of_run(run_id);
-                let ran = advance_in(
-                    journeys, &mut tx, &mut facts, job, run_id, *seq, timed_out, now,
-                )
-                .await;
-                (ran, contact)
+                match advance_in(journeys, tx, facts, run_id, *seq, timed_out, now).await {
+                    Ok(()) => finish_in(tx, job).await,
+                    Err(e) => Err(e),
+                }
             }
         };
-        match ran {
+        let written = match ran {
             Ok(true) => {
-                keep_savepoint_in(&mut tx).await?;
+                let writes = facts.writes.take(Vec::new());
+                write_step_batch_in(tx, dialect, &writes, now).await
+            }
+            other => other,
+        };
+        match written {
+            Ok(true) => {
+                keep_savepoint_in(tx).await?;
                 outcomes.push(Ok(JobOutcome::Done));
                 continue;
             }
@@ -115,13 +199,8 @@ async fn run_in_one_transaction(
             Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
             Err(e) => outcomes.push(Err(e)),
         }
-        undo_savepoint_in(&mut tx).await?;
-        if let Some(contact) = contact {
-            facts.forget(&contact);
-        }
+        facts.writes.discard();
+        undo_savepoint_in(tx).await?;
     }
-    tx.commit().await?;
-    // The batch queued further steps and deliveries.
-    store.jobs_wake().notify();
     Ok(outcomes)
 }

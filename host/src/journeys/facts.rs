@@ -6,12 +6,15 @@
 //! frequency cap). A step that rolls back makes its contact's facts be read
 //! again. Anything not loaded (a run enqueued by the batch itself) is read
 //! from the database as before.
+//!
+//! The batch's writes are held here too (`writes`), until the batch ends.
 
 use std::collections::{HashMap, HashSet};
 
 use sqlx::AnyConnection;
 
 use super::Journeys;
+use super::writes::StepWrites;
 use crate::model::{Contact, Event};
 use crate::privacy::address_hash;
 use crate::store::bindings::bindings_in;
@@ -44,6 +47,10 @@ pub(super) struct StepFacts {
     channel_bindings: Option<Vec<BindingDef>>,
     /// Events to route, by id; each taken once, by its job.
     events: HashMap<String, Event>,
+    /// The events that started the loaded runs, for rendering.
+    triggers: HashMap<String, Event>,
+    /// What the batch's steps write, held until the batch ends.
+    pub writes: StepWrites,
 }
 
 impl StepFacts {
@@ -64,6 +71,13 @@ impl StepFacts {
         contact_ids.sort_unstable();
         contact_ids.dedup();
         let contacts = contacts_in(tx, dialect, &contact_ids).await?;
+        let mut trigger_ids: Vec<String> = runs
+            .values()
+            .filter_map(|r| r.trigger_event.clone())
+            .collect();
+        trigger_ids.sort_unstable();
+        trigger_ids.dedup();
+        let triggers = events_in(tx, dialect, &trigger_ids).await?;
         let sends_since = now - journeys.policy.cap.per.millis;
         let secret = signing_secret_in(tx).await?;
         // Every address a send may go to: email, phone, or the id itself.
@@ -87,6 +101,8 @@ impl StepFacts {
             run_contacts,
             contacts,
             events: HashMap::new(),
+            triggers,
+            writes: StepWrites::default(),
         })
     }
 
@@ -120,6 +136,18 @@ impl StepFacts {
         }
     }
 
+    /// The event that started a run, for rendering.
+    pub async fn trigger(
+        &mut self,
+        tx: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<Event>, StoreError> {
+        match self.triggers.get(id) {
+            Some(event) => Ok(Some(event.clone())),
+            None => event_in(tx, id).await,
+        }
+    }
+
     /// The contact of a loaded run.
     pub fn contact_of_run(&self, run_id: &str) -> Option<String> {
         self.run_contacts.get(run_id).cloned()
@@ -131,13 +159,18 @@ impl StepFacts {
         self.loaded.remove(contact_id);
     }
 
-    /// The run (each run is taken once, by its job).
+    /// The run, as an earlier step of the batch left it or as loaded (a
+    /// loaded run is taken once, by its job).
     pub async fn run(
         &mut self,
         tx: &mut AnyConnection,
         journeys: &Journeys,
         id: &str,
     ) -> Result<Option<Run>, StoreError> {
+        if let Some(run) = self.writes.latest_run(id) {
+            self.runs.remove(id);
+            return Ok(Some(run));
+        }
         match self.runs.remove(id) {
             Some(run) => Ok(Some(run)),
             None => run_in(tx, journeys.pipeline.store.dialect(), id).await,

@@ -7,6 +7,7 @@ use sqlx::AnyConnection;
 use super::advance::{finish_run, move_to};
 use super::definition::{JourneyDef, ReEntry, Step, Trigger, properties_match};
 use super::facts::StepFacts;
+use super::writes::StepWrites;
 use super::{ActiveJourneys, AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
@@ -14,13 +15,15 @@ use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
 use crate::store::runs::{
     Purpose, Run, RunStatus, insert_run_in, last_run_in, new_run_id, open_runs_in,
-    set_conversion_value_in, update_run_in,
+    set_conversion_value_in,
 };
 use crate::store::suppressions::suppress_in;
 use crate::store::timeline::record_in;
 
-/// Routes one event in the caller's transaction and removes its job.
-/// Returns `false` when the job's lease was lost: the caller rolls back.
+/// Routes one event in the caller's transaction and removes its job; what
+/// it does to runs is held in `facts.writes`, which the caller writes
+/// before the job's savepoint is kept. Returns `false` when the job's
+/// lease was lost: the caller rolls back.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn route_in(
     journeys: &Journeys,
@@ -46,13 +49,25 @@ pub(super) async fn route_in(
                 .definition_in(tx, &run.journey, run.version)
                 .await?;
             if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
-                finish_run(tx, &mut run, RunStatus::Exited, Some(&event.kind), now).await?;
+                finish_run(
+                    &mut facts.writes,
+                    &mut run,
+                    RunStatus::Exited,
+                    Some(&event.kind),
+                    now,
+                )?;
             } else if let Some(goal) = def
                 .goals
                 .iter()
                 .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
             {
-                finish_run(tx, &mut run, RunStatus::Converted, Some(&goal.event), now).await?;
+                finish_run(
+                    &mut facts.writes,
+                    &mut run,
+                    RunStatus::Converted,
+                    Some(&goal.event),
+                    now,
+                )?;
                 let mut properties = props(&[
                     ("journey", &run.journey),
                     ("run", &run.id),
@@ -72,7 +87,7 @@ pub(super) async fn route_in(
                 }
                 record_in(tx, &contact.id, "journey.converted", properties, now).await?;
             } else {
-                wake(tx, &def, &mut run, &event, now).await?;
+                wake(&mut facts.writes, &def, &mut run, &event, now)?;
             }
         }
         if stopped.is_none() {
@@ -87,8 +102,8 @@ pub(super) async fn route_in(
 }
 
 /// A run waiting for this event moves on to its `on_event` step.
-async fn wake(
-    tx: &mut AnyConnection,
+fn wake(
+    writes: &mut StepWrites,
     def: &JourneyDef,
     run: &mut Run,
     event: &Event,
@@ -110,8 +125,9 @@ async fn wake(
         return Ok(());
     }
     let next = def.resolve(index, on_event.as_deref());
-    move_to(tx, run, next, now).await?;
-    update_run_in(tx, run).await
+    move_to(writes, run, next, now)?;
+    writes.run(run);
+    Ok(())
 }
 
 /// Events that mean "stop": they suppress the contact and end its

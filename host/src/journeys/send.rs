@@ -1,6 +1,7 @@
 //! A send step: the policy gate, then the rendered message into the
-//! outbox with its delivery job — in the step's transaction, so a message
-//! is queued exactly when the run moves past the step.
+//! outbox with its delivery job — in the batch's writes, committed with the
+//! run's move past the step, so a message is queued exactly when the run
+//! moves on.
 
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
@@ -12,9 +13,8 @@ use crate::model::{Contact, Message, Value};
 use crate::policy::{self, Decision, SendFacts};
 use crate::render::{self, JourneyContext, RenderContext};
 use crate::store::StoreError;
-use crate::store::outbox::{OutboxEntry, OutboxStatus, new_outbox_id, queue_message_in};
+use crate::store::outbox::{OutboxEntry, OutboxStatus, new_outbox_id};
 use crate::store::runs::Run;
-use crate::store::timeline::{event_in, record_in};
 
 pub(super) enum SendOutcome {
     Queued,
@@ -84,36 +84,39 @@ pub(super) async fn send(
         ("step", step_id.as_str()),
         ("run", run.id.as_str()),
     ];
-    let skip = async |tx: &mut AnyConnection, reason: &str| {
+    let skip = |facts: &mut StepFacts, reason: &str| {
         let mut properties = props(&base);
         properties.extend(props(&[("reason", reason)]));
-        record_in(tx, &contact.id, "message.skipped", properties, now).await?;
+        facts
+            .writes
+            .event(&contact.id, "message.skipped", &properties, now)?;
         Ok(SendOutcome::Skipped)
     };
     match decision {
-        Decision::Skip { reason } => return skip(tx, &reason).await,
+        Decision::Skip { reason } => return skip(facts, &reason),
         Decision::Defer { until, reason } => {
             let mut properties = props(&base);
             properties.extend(props(&[("reason", &reason)]));
             properties.insert("until".into(), Value::Timestamp(until));
-            record_in(tx, &contact.id, "message.deferred", properties, now).await?;
+            facts
+                .writes
+                .event(&contact.id, "message.deferred", &properties, now)?;
             return Ok(SendOutcome::Deferred(until));
         }
         Decision::Send => {}
     }
     let Some(to) = address else {
         return skip(
-            tx,
+            facts,
             &format!("skipped: the contact has no address for {channel}"),
-        )
-        .await;
+        );
     };
     let variant = pick_variant(variants, &def.name, step_id, &contact.id);
     let Some(template) = variant.map(|v| &v.template).or(template.as_ref()) else {
-        return skip(tx, "skipped: no template").await;
+        return skip(facts, "skipped: no template");
     };
     let trigger = match run.trigger_event.as_deref() {
-        Some(id) => event_in(tx, id).await?,
+        Some(id) => facts.trigger(tx, id).await?,
         None => None,
     };
     let context = RenderContext {
@@ -127,7 +130,7 @@ pub(super) async fn send(
     };
     let rendered = match render::render(template, &context) {
         Ok(rendered) => rendered,
-        Err(e) => return skip(tx, &format!("skipped: the template failed: {e}")).await,
+        Err(e) => return skip(facts, &format!("skipped: the template failed: {e}")),
     };
     let key = idempotency_key(&run.id, step_id, run.seq);
     let variant_name = variant.map(|v| v.name.clone());
@@ -185,11 +188,14 @@ pub(super) async fn send(
         sent_at: None,
     };
     // The key is unique: a second insert for the same step visit is the
-    // same message, already queued.
-    if queue_message_in(tx, &entry, now).await? {
-        if def.purpose == Purpose::Marketing {
-            facts.sent(&contact.id, now);
-        }
+    // same message, already queued, and then neither it nor its event is
+    // written again.
+    let outbox_id = entry.id.clone();
+    facts.writes.message(entry);
+    if def.purpose == Purpose::Marketing {
+        facts.sent(&contact.id, now);
+    }
+    {
         let mut properties = props(&base);
         properties.extend(props(&[
             ("binding", binding),
@@ -200,7 +206,13 @@ pub(super) async fn send(
             properties.insert("variant".into(), Value::Text(v));
         }
         properties.insert("purpose".into(), Value::Text(def.purpose.as_str().into()));
-        record_in(tx, &contact.id, "message.queued", properties, now).await?;
+        facts.writes.event_if_queued(
+            &contact.id,
+            "message.queued",
+            &properties,
+            now,
+            Some(&outbox_id),
+        )?;
     }
     Ok(SendOutcome::Queued)
 }

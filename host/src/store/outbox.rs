@@ -37,6 +37,7 @@ macro_rules! outbox_columns {
         "id, idempotency_key, run_id, journey, step, variant, contact_id, binding, channel, purpose, message, status, provider_id, last_error, created_at, sent_at"
     };
 }
+pub(super) const OUTBOX_COLUMNS: &str = outbox_columns!();
 
 /// Queues a message with its delivery job, in the caller's transaction.
 /// Returns false when a message with the same idempotency key is queued

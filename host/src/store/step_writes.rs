@@ -1,0 +1,343 @@
+//! The writes of a batch of journey steps, made at the end of the batch
+//! with one statement per table (see `bulk.rs`) instead of some ten per
+//! step: queued messages with their delivery jobs, further jobs, timeline
+//! events, run states, changed attributes, and the removal of the finished
+//! jobs. The journeys layer collects them while its steps run.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::AnyConnection;
+
+use super::bulk::{self, Col, EventRow};
+use super::jobs::{ClaimedJob, JobArgs};
+use super::outbox::{DeliverMessage, OutboxEntry};
+use super::runs::Run;
+use super::{Dialect, StoreError, new_id};
+
+/// A job to add unless one with its key exists.
+pub struct NewJob {
+    pub kind: &'static str,
+    pub unique_key: String,
+    /// The job's arguments as JSON.
+    pub payload: String,
+    pub due_at: i64,
+}
+
+impl NewJob {
+    pub fn of<J: JobArgs>(job: &J, due_at: i64) -> Result<NewJob, StoreError> {
+        Ok(NewJob {
+            kind: J::KIND,
+            unique_key: job.unique_key(),
+            payload: serde_json::to_string(job).map_err(|e| {
+                StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND))
+            })?,
+            due_at,
+        })
+    }
+}
+
+/// A timeline event, written only if `queued` (an outbox id) is absent or
+/// that message was queued by this batch.
+pub struct NewEvent {
+    pub id: String,
+    pub contact_id: String,
+    pub kind: String,
+    /// The properties as JSON.
+    pub properties: String,
+    pub at: i64,
+    pub queued: Option<String>,
+}
+
+/// Everything a batch of steps writes.
+#[derive(Default)]
+pub struct StepBatchWrites {
+    /// Each with a delivery job, unless its idempotency key is queued
+    /// already.
+    pub outbox: Vec<OutboxEntry>,
+    pub jobs: Vec<NewJob>,
+    pub events: Vec<NewEvent>,
+    /// The final state of each run the batch changed.
+    pub runs: Vec<Run>,
+    /// `(contact id, attributes as JSON)`: the final attributes of each
+    /// contact the batch changed.
+    pub attributes: Vec<(String, String)>,
+    /// Jobs done, removed if still leased to whoever claimed them.
+    pub finished: Vec<ClaimedJob>,
+}
+
+/// Writes `writes` at `now`. Returns whether every finished job was still
+/// held: if not, the caller must roll back (another worker has a job, and
+/// its work counts).
+pub async fn write_step_batch_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    writes: &StepBatchWrites,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let queued = insert_outbox_in(conn, dialect, &writes.outbox).await?;
+    let mut jobs: Vec<&NewJob> = writes.jobs.iter().collect();
+    let deliveries = writes
+        .outbox
+        .iter()
+        .filter(|entry| queued.contains(&entry.id))
+        .map(|entry| {
+            NewJob::of(
+                &DeliverMessage {
+                    outbox_id: entry.id.clone(),
+                },
+                now,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    jobs.extend(&deliveries);
+    insert_jobs_in(conn, dialect, &jobs, now).await?;
+    let events: Vec<EventRow> = writes
+        .events
+        .iter()
+        .filter(|e| e.queued.as_ref().is_none_or(|id| queued.contains(id)))
+        .map(|e| EventRow {
+            id: &e.id,
+            contact_id: &e.contact_id,
+            kind: &e.kind,
+            at: e.at,
+            properties: e.properties.clone(),
+            client_event_id: None,
+            received_at: e.at,
+            processed_at: Some(e.at),
+        })
+        .collect();
+    bulk::insert_events_in(conn, dialect, &events).await?;
+    update_runs_in(conn, dialect, &writes.runs).await?;
+    update_attributes_in(conn, dialect, &writes.attributes, now).await?;
+    remove_jobs_in(conn, dialect, &writes.finished).await
+}
+
+/// Inserts the entries whose key is new; returns their ids.
+async fn insert_outbox_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    entries: &[OutboxEntry],
+) -> Result<HashSet<String>, StoreError> {
+    if entries.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("idempotency_key", Col::Text),
+            ("run_id", Col::Text),
+            ("journey", Col::Text),
+            ("step", Col::Text),
+            ("variant", Col::Text),
+            ("contact_id", Col::Text),
+            ("binding", Col::Text),
+            ("channel", Col::Text),
+            ("purpose", Col::Text),
+            ("message", Col::Text),
+            ("status", Col::Text),
+            ("provider_id", Col::Text),
+            ("last_error", Col::Text),
+            ("created_at", Col::Int),
+            ("sent_at", Col::Int),
+        ],
+    );
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+    let sql = format!(
+        "INSERT INTO outbox ({columns}) SELECT {selected} FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING RETURNING id",
+        columns = super::outbox::OUTBOX_COLUMNS,
+        selected = super::outbox::OUTBOX_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let rows = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(entries)?)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn insert_jobs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[&NewJob],
+    now: i64,
+) -> Result<(), StoreError> {
+    #[derive(Serialize)]
+    struct JobRow<'a> {
+        id: String,
+        kind: &'a str,
+        unique_key: &'a str,
+        payload: &'a str,
+        due_at: i64,
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<JobRow> = jobs
+        .iter()
+        .map(|job| JobRow {
+            id: new_id("j"),
+            kind: job.kind,
+            unique_key: &job.unique_key,
+            payload: &job.payload,
+            due_at: job.due_at,
+        })
+        .collect();
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("kind", Col::Text),
+            ("unique_key", Col::Text),
+            ("payload", Col::Text),
+            ("due_at", Col::Int),
+        ],
+    );
+    let sql = format!(
+        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
+         SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn update_runs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    runs: &[Run],
+) -> Result<(), StoreError> {
+    #[derive(Serialize)]
+    struct RunRow<'a> {
+        id: &'a str,
+        status: &'a str,
+        step: Option<&'a str>,
+        seq: i64,
+        waiting_for: Option<&'a str>,
+        ended_at: Option<i64>,
+        exit_reason: Option<&'a str>,
+    }
+    if runs.is_empty() {
+        return Ok(());
+    }
+    // The last state of each run; sorted, so that two PostgreSQL batches
+    // lock rows in the same order.
+    let mut last: HashMap<&str, &Run> = HashMap::new();
+    for run in runs {
+        last.insert(&run.id, run);
+    }
+    let mut rows: Vec<RunRow> = last
+        .into_values()
+        .map(|run| RunRow {
+            id: &run.id,
+            status: run.status.as_str(),
+            step: run.step.as_deref(),
+            seq: run.seq,
+            waiting_for: run.waiting_for.as_deref(),
+            ended_at: run.ended_at,
+            exit_reason: run.exit_reason.as_deref(),
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| a.id.cmp(b.id));
+    let from = bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("status", Col::Text),
+            ("step", Col::Text),
+            ("seq", Col::Int),
+            ("waiting_for", Col::Text),
+            ("ended_at", Col::Int),
+            ("exit_reason", Col::Text),
+        ],
+    );
+    let sql = format!(
+        "UPDATE journey_runs SET status = j.status, step = j.step, seq = j.seq, \
+         waiting_for = j.waiting_for, ended_at = j.ended_at, exit_reason = j.exit_reason \
+         FROM {from} WHERE journey_runs.id = j.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn update_attributes_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    changed: &[(String, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    #[derive(Serialize)]
+    struct AttributesRow<'a> {
+        id: &'a str,
+        attributes: &'a str,
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    for (id, attributes) in changed {
+        last.insert(id, attributes);
+    }
+    let mut rows: Vec<AttributesRow> = last
+        .into_iter()
+        .map(|(id, attributes)| AttributesRow { id, attributes })
+        .collect();
+    rows.sort_unstable_by(|a, b| a.id.cmp(b.id));
+    let from = bulk::json_rows(dialect, 1, &[("id", Col::Text), ("attributes", Col::Text)]);
+    let sql = format!(
+        "UPDATE contacts SET attributes = j.attributes, updated_at = $2 \
+         FROM {from} WHERE contacts.id = j.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Removes the jobs still leased to whoever claimed them; whether all were.
+async fn remove_jobs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[ClaimedJob],
+) -> Result<bool, StoreError> {
+    #[derive(Serialize)]
+    struct Held<'a> {
+        id: &'a str,
+        leased_by: &'a str,
+    }
+    if jobs.is_empty() {
+        return Ok(true);
+    }
+    let rows: Vec<Held> = jobs
+        .iter()
+        .map(|job| Held {
+            id: &job.id,
+            leased_by: &job.leased_by,
+        })
+        .collect();
+    let from = bulk::json_rows(dialect, 1, &[("id", Col::Text), ("leased_by", Col::Text)]);
+    let sql =
+        format!("DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from})");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(bulk::to_json(&rows)?)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == jobs.len() as u64)
+}
