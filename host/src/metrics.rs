@@ -120,6 +120,10 @@ fn describe() {
         "Wasm instructions (fuel) used by plugin calls, per plugin version"
     );
     describe_counter!(
+        "nachfass_deliveries_deferred_total",
+        "Messages held back by their channel binding's rate limit, per binding"
+    );
+    describe_counter!(
         "nachfass_plugin_breaker_trips_total",
         "Bindings the circuit breaker paused"
     );

@@ -6,6 +6,8 @@
 //! Deliveries run in batches: a few reads for the batch, the plugin calls
 //! side by side, the outcomes in small groups of one transaction each as
 //! the calls come back (so the window stays as small as it was).
+//! A binding with a rate takes its batch's tokens from its cluster-wide
+//! bucket before any call; the messages beyond them wait, uncounted.
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use tracing::Instrument;
 use crate::journeys::{Journeys, props};
 use crate::model::{Delivery, Message, SendError, Value};
 use crate::runtime::{Binding, CallResult, Plugin, World};
-use crate::store::bindings::bindings_in;
+use crate::store::bindings::{BindingDef, bindings_in};
 use crate::store::jobs::{
     ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in, keep_savepoint_in, savepoint_in,
     undo_savepoint_in,
@@ -101,6 +103,8 @@ pub async fn deliver_batch(
     let mut waiting = std::collections::VecDeque::new();
     for (index, plan) in plans.into_iter().enumerate() {
         match plan {
+            // Nothing to write (a deferral, say): no transaction for it.
+            Plan::Done(Ok(Settlement::Job(outcome))) => outcomes[index] = Some(Ok(outcome)),
             Plan::Done(settlement) => ready.push((index, settlement)),
             Plan::Call(call) => waiting.push_back((index, *call)),
         }
@@ -246,7 +250,7 @@ async fn plan(
     let suppressions = suppressions_of_in(&mut conn, store.dialect(), &contacts).await?;
     let bindings = bindings_in(&mut conn, BindingKind::Channel).await?;
     drop(conn);
-    Ok(jobs
+    let mut plans: Vec<Plan> = jobs
         .iter()
         .map(|(job, args)| {
             let Some(entry) = entries
@@ -302,7 +306,59 @@ async fn plan(
                 message,
             }))
         })
-        .collect())
+        .collect();
+    hold_to_rate(journeys, &bindings, &mut plans).await?;
+    Ok(plans)
+}
+
+/// Holds back the calls beyond what each rate-limited binding's bucket
+/// grants. The tokens are taken for the whole batch at once, the first
+/// calls (oldest due) get them, and the rest are deferred to when theirs
+/// come: no attempt counted, no call made, nothing for the breaker to
+/// see. Bindings without a rate cost nothing here.
+async fn hold_to_rate(
+    journeys: &Journeys,
+    bindings: &[BindingDef],
+    plans: &mut [Plan],
+) -> Result<(), StoreError> {
+    for def in bindings {
+        let Some(rate) = &def.rate else {
+            continue;
+        };
+        let calls: Vec<usize> = plans
+            .iter()
+            .enumerate()
+            .filter(|(_, plan)| matches!(plan, Plan::Call(call) if call.entry.binding == def.name))
+            .map(|(index, _)| index)
+            .collect();
+        if calls.is_empty() {
+            continue;
+        }
+        let want = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+        let now = journeys.pipeline.clock.now();
+        let grant = journeys
+            .pipeline
+            .store
+            .take_tokens(&def.name, rate, want, now)
+            .await?;
+        let held = calls
+            .get(usize::try_from(grant.granted).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        for (index, until) in held.iter().zip(grant.deferred_to) {
+            plans[*index] = Plan::Done(Ok(Settlement::Job(JobOutcome::Defer { until })));
+        }
+        if !held.is_empty() {
+            metrics::counter!("nachfass_deliveries_deferred_total", "binding" => def.name.clone())
+                .increment(held.len() as u64);
+            tracing::info!(
+                binding = %def.name,
+                granted = grant.granted,
+                deferred = held.len(),
+                "delivery rate limit reached; messages deferred"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Hands one message to its plugin, holding `place` among the calls at

@@ -203,7 +203,7 @@ impl Scheduler {
     }
 
     /// Records what became of `job`: done (its work already committed),
-    /// retried with backoff, or failed for good.
+    /// retried with backoff, deferred without counting, or failed for good.
     async fn record(&self, job: &ClaimedJob, ran: Result<JobOutcome, StoreError>) {
         let store = &self.journeys.pipeline.store;
         let max_attempts = self.registry.max_attempts(&job.kind);
@@ -222,6 +222,7 @@ impl Scheduler {
             JobOutcome::Done => "done",
             JobOutcome::Retry { .. } => "retry",
             JobOutcome::Failed { .. } => "failed",
+            JobOutcome::Defer { .. } => "deferred",
         };
         metrics::counter!("nachfass_jobs_total", "kind" => job.kind.clone(), "outcome" => label)
             .increment(1);
@@ -235,6 +236,7 @@ impl Scheduler {
                 tracing::warn!(job = %job.id, attempt = job.attempts, error, "job failed for good");
                 store.fail_job(job, error, now).await
             }
+            JobOutcome::Defer { until } => store.defer_job(job, *until).await,
         };
         // The lease runs out and the job comes back: nothing is lost.
         if let Err(e) = written {

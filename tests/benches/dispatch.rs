@@ -129,6 +129,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         allow_http: vec![format!("127.0.0.1:{port}")],
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&hook, 0).await.unwrap();

@@ -76,6 +76,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&scorer, 0).await.unwrap();
@@ -93,6 +94,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         store.create_binding(&def, 0).await.unwrap();

@@ -100,6 +100,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
             allow_http: vec![format!("127.0.0.1:{hook_port}")],
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         },
         BindingDef {
@@ -110,6 +111,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         },
     ];

@@ -205,6 +205,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, contacts: usiz
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&def, 0).await.unwrap();

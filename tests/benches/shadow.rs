@@ -114,6 +114,7 @@ async fn bench(dialect: &str, url: &str) {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         store.create_binding(&def, 0).await.unwrap();

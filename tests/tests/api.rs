@@ -643,6 +643,7 @@ async fn journeys_are_validated_versioned_and_enrolled_over_http(dialect: &'stat
         allow_http: vec!["127.0.0.1:9".into()],
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&hook, 0).await.unwrap();

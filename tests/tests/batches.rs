@@ -48,6 +48,7 @@ fn binding(name: &str, kind: BindingKind, plugin: &str, config: &[(&str, &str)])
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     }
 }

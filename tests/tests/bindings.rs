@@ -614,3 +614,119 @@ async fn bindings_follow_live_or_pin_a_version_sqlite() {
 async fn bindings_follow_live_or_pin_a_version_postgres() {
     bindings_follow_live_or_pin_a_version("postgres").await;
 }
+
+/// A channel binding's delivery rate: shown as given, changed with PUT,
+/// and every bad one refused with the field named, changing nothing.
+async fn a_rate_is_checked_and_shown(dialect: &str) {
+    let s = setup(dialect).await;
+    upload(&s, guests::WEBHOOK).await;
+    upload(&s, guests::ENGAGEMENT).await;
+    let hook = |rate: Value| {
+        json!({ "name": "sms", "kind": "channel", "plugin": "webhook",
+                "config": { "url": "http://127.0.0.1:9/hook", "secret": "s3cret" },
+                "allow_http": ["127.0.0.1:9"], "rate": rate })
+    };
+    let listed = || async {
+        let (status, listed) =
+            call(&s.router, "GET", "/v1/bindings", &s.admin, Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        listed["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "sms")
+            .cloned()
+    };
+    let bad = [
+        (
+            json!({ "per_second": -1 }),
+            "rate.per_second must be a positive number",
+        ),
+        (
+            json!({ "per_second": 0 }),
+            "rate.per_second must be a positive number",
+        ),
+        (json!({ "per_second": "NaN" }), "per_second"),
+        (json!({ "per_second": 1e9 }), "more than the most allowed"),
+        (
+            json!({ "per_minute": 0.001 }),
+            "slower than the slowest allowed",
+        ),
+        (
+            json!({ "per_second": 10, "burst": 0 }),
+            "rate.burst must be between 1",
+        ),
+        (json!({ "per_second": 10, "per_minute": 600 }), "not both"),
+        (json!({ "burst": 5 }), "needs per_second or per_minute"),
+        (
+            json!({ "per_second": 10, "bursts": 5 }),
+            "unknown field `bursts`",
+        ),
+    ];
+    for (rate, why) in &bad {
+        let (status, refused) = bind(&s, hook(rate.clone())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{rate}: {refused}"
+        );
+        assert!(message(&refused).contains(why), "{rate}: {refused}");
+        assert!(listed().await.is_none(), "{rate}: nothing was stored");
+    }
+    let (status, refused) = bind(
+        &s,
+        json!({ "name": "eng", "kind": "scorer", "plugin": "engagement", "rate": { "per_second": 10 } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        message(&refused).contains("only channel bindings send messages and may have a rate"),
+        "{refused}"
+    );
+
+    let (status, created) = bind(&s, hook(json!({ "per_second": 10, "burst": 20 }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let shown = listed().await.unwrap();
+    assert_eq!(shown["rate"], json!({ "per_second": 10.0, "burst": 20 }));
+    let put = |body: Value| {
+        call(
+            &s.router,
+            "PUT",
+            "/v1/bindings/sms",
+            &s.admin,
+            Body::from(body.to_string()),
+        )
+    };
+    for (rate, why) in &bad {
+        let (status, refused) = put(hook(rate.clone())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{rate}: {refused}"
+        );
+        assert!(message(&refused).contains(why), "{rate}: {refused}");
+    }
+    assert_eq!(listed().await.unwrap()["rate"], shown["rate"], "unchanged");
+    let (status, changed) = put(hook(json!({ "per_minute": 30 }))).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(
+        listed().await.unwrap()["rate"],
+        json!({ "per_minute": 30.0 })
+    );
+    let mut unlimited = hook(Value::Null);
+    unlimited.as_object_mut().unwrap().remove("rate");
+    let (status, changed) = put(unlimited).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert!(listed().await.unwrap().get("rate").is_none());
+    s.temp.cleanup(s.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_is_checked_and_shown_sqlite() {
+    a_rate_is_checked_and_shown("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_is_checked_and_shown_postgres() {
+    a_rate_is_checked_and_shown("postgres").await;
+}

@@ -152,6 +152,7 @@ impl World {
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         store.create_binding(&binding, 0).await.unwrap();

@@ -94,6 +94,7 @@ impl Api {
             version: None,
             limits: Default::default(),
             paused: None,
+            rate: None,
         };
         store.create_binding(&hook, 0).await.unwrap();
         let clock = Arc::new(ManualClock::new(NOW));
@@ -702,6 +703,7 @@ async fn health_and_readiness_answer_without_a_key(dialect: &str) {
         version: None,
         limits: Default::default(),
         paused: None,
+        rate: None,
     };
     api.store.create_binding(&missing, 0).await.unwrap();
     let (status, ready) = api.send("GET", "/readyz", None, None).await;

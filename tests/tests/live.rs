@@ -46,6 +46,7 @@ async fn touchpoints_move_score_stage_and_segments(dialect: &'static str) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&scorer, 0).await.unwrap();
@@ -60,6 +61,7 @@ async fn touchpoints_move_score_stage_and_segments(dialect: &'static str) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&engaged, 0).await.unwrap();
@@ -178,6 +180,7 @@ async fn a_failing_scorer_never_loses_the_touchpoint(dialect: &'static str) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&def, 0).await.unwrap();
@@ -236,6 +239,7 @@ async fn profile_changes_replace_the_profile_score_instead_of_adding_up(dialect:
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     store.create_binding(&def, 0).await.unwrap();

@@ -226,3 +226,46 @@ nachfass_tests::on_both_databases!(
     #[tokio::test]
     events_are_idempotent_create_contacts_and_fill_the_timeline
 );
+
+/// Two stores on one database (two nodes) taking tokens of one bucket at
+/// once never get more than it holds; the clock refills it.
+async fn a_rate_bucket_is_shared_by_concurrent_takers(dialect: &'static str) {
+    use nachfass::store::{Rate, Store};
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let a = Store::connect(&url).await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    let rate = Rate {
+        per_second: Some(1.0),
+        per_minute: None,
+        burst: Some(5),
+    };
+    let now = 1_000_000;
+    let takes = (0..16).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.take_tokens("sms", &rate, 1, now).await.unwrap() })
+    });
+    let mut granted = 0;
+    let mut deferred = Vec::new();
+    for take in takes {
+        let grant = take.await.unwrap();
+        granted += grant.granted;
+        deferred.extend(grant.deferred_to);
+    }
+    assert_eq!(granted, 5, "{dialect}: the burst, no more");
+    deferred.sort_unstable();
+    // One token a second, each deferred message its own.
+    let expected: Vec<i64> = (1..=11).map(|s| now + s * 1000).collect();
+    assert_eq!(deferred, expected, "{dialect}");
+    // Three seconds later the clock has added three tokens, for whoever
+    // takes first: deferred messages take theirs when they come due, like
+    // any other.
+    let later = b.take_tokens("sms", &rate, 10, now + 3000).await.unwrap();
+    assert_eq!(later.granted, 3, "{dialect}");
+    b.pool().close().await;
+    temp.cleanup(a).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_rate_bucket_is_shared_by_concurrent_takers
+);

@@ -167,6 +167,7 @@ pub async fn demo(
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         match store.create_binding(&def, now).await {
@@ -214,6 +215,7 @@ pub async fn demo(
         version: None,
         limits: Default::default(),
         paused: None,
+        rate: None,
     };
     store.delete_binding(CHANNEL).await.map_err(fail)?;
     store.create_binding(&channel, now).await.map_err(fail)?;

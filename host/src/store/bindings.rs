@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::rates::Rate;
 use super::tracking::audit_in;
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::ScoreChange;
@@ -56,6 +57,10 @@ pub struct BindingDef {
     /// defaults. Checked against the server's maxima when bound.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// A channel's delivery rate limit, for the whole cluster:
+    /// `{"per_second": 10, "burst": 20}` or `{"per_minute": 30}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
     /// Set (to the reason) when the circuit breaker paused the binding: it
     /// then contributes no score and changes no membership until an
     /// operator resumes it.
@@ -128,7 +133,14 @@ impl Store {
         }
         let limits =
             serde_json::to_string(&def.limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, limits, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        let rate = rate_column(def)?;
+        let mut tx = self.write_tx().await?;
+        // A bucket left by an earlier binding of this name starts over.
+        sqlx::query("DELETE FROM rate_buckets WHERE binding = $1")
+            .bind(def.name.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO bindings (name, kind, plugin, config, allow_http, limits, created_at, version, rate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(def.name.clone())
             .bind(def.kind.as_str())
             .bind(def.plugin.clone())
@@ -137,7 +149,8 @@ impl Store {
             .bind(limits)
             .bind(now)
             .bind(def.version.clone())
-            .execute(&self.pool)
+            .bind(rate)
+            .execute(&mut *tx)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -146,6 +159,7 @@ impl Store {
                     e.into()
                 }
             })?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -290,6 +304,10 @@ impl Store {
             .bind(name.to_owned())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM rate_buckets WHERE binding = $1")
+            .bind(name.to_owned())
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM bindings WHERE name = $1")
             .bind(name.to_owned())
             .execute(&mut *tx)
@@ -300,22 +318,25 @@ impl Store {
 }
 
 impl Store {
-    /// Replaces a binding's plugin, pin, configuration, allow-list and
-    /// limits (its name and kind stay). A paused binding stays paused.
+    /// Replaces a binding's plugin, pin, configuration, allow-list, limits
+    /// and rate (its name and kind stay). A paused binding stays paused; a
+    /// rate's bucket keeps its tokens, up to a new burst.
     pub async fn update_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
         let config =
             serde_json::to_string(&def.config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let limits =
             serde_json::to_string(&def.limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rate = rate_column(def)?;
         let done = sqlx::query(
-            "UPDATE bindings SET plugin = $1, version = $2, config = $3, allow_http = $4, limits = $5 \
-             WHERE name = $6 AND kind = $7",
+            "UPDATE bindings SET plugin = $1, version = $2, config = $3, allow_http = $4, limits = $5, rate = $6 \
+             WHERE name = $7 AND kind = $8",
         )
         .bind(def.plugin.clone())
         .bind(def.version.clone())
         .bind(config)
         .bind(def.allow_http.join(","))
         .bind(limits)
+        .bind(rate)
         .bind(def.name.clone())
         .bind(def.kind.as_str())
         .execute(&self.pool)
@@ -435,7 +456,7 @@ pub async fn bindings_in(
     kind: BindingKind,
 ) -> Result<Vec<BindingDef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, plugin, version, config, allow_http, limits, paused FROM bindings WHERE kind = $1 ORDER BY name",
+        "SELECT name, plugin, version, config, allow_http, limits, rate, paused FROM bindings WHERE kind = $1 ORDER BY name",
     )
     .bind(kind.as_str())
     .fetch_all(conn)
@@ -445,6 +466,7 @@ pub async fn bindings_in(
             let config: String = row.try_get("config")?;
             let allow_http: String = row.try_get("allow_http")?;
             let limits: String = row.try_get("limits")?;
+            let rate: Option<String> = row.try_get("rate")?;
             Ok(BindingDef {
                 name: row.try_get("name")?,
                 kind,
@@ -459,8 +481,31 @@ pub async fn bindings_in(
                     .collect(),
                 limits: serde_json::from_str(&limits)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                rate: rate
+                    .map(|r| serde_json::from_str(&r))
+                    .transpose()
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
                 paused: row.try_get("paused")?,
             })
         })
         .collect()
+}
+
+/// A binding's rate as stored (JSON, or NULL), once it is checked: only
+/// channels send, so only they may have one.
+fn rate_column(def: &BindingDef) -> Result<Option<String>, StoreError> {
+    let Some(rate) = &def.rate else {
+        return Ok(None);
+    };
+    if def.kind != BindingKind::Channel {
+        return Err(StoreError::Invalid(format!(
+            "only channel bindings send messages and may have a rate; remove rate from {} binding `{}`",
+            def.kind.as_str(),
+            def.name
+        )));
+    }
+    rate.check().map_err(StoreError::Invalid)?;
+    serde_json::to_string(rate)
+        .map(Some)
+        .map_err(|e| StoreError::Invalid(e.to_string()))
 }

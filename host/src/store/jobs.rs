@@ -54,6 +54,9 @@ pub enum JobOutcome {
     Retry { after_ms: i64, error: String },
     /// Out of attempts or unrecoverable; recorded.
     Failed { error: String },
+    /// Not run, and not counted as an attempt: due again at `until` (a
+    /// delivery held back by its binding's rate limit).
+    Defer { until: i64 },
 }
 
 /// A job leased to this worker.
@@ -678,6 +681,21 @@ impl Store {
         )
         .bind(due_at)
         .bind(error.to_owned())
+        .bind(job.id.clone())
+        .bind(job.leased_by.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a job back, due at `due_at`, with the attempt its claim counted
+    /// given back: it did not run.
+    pub async fn defer_job(&self, job: &ClaimedJob, due_at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET due_at = $1, lease_until = NULL, leased_by = NULL, \
+             attempts = attempts - 1 WHERE id = $2 AND leased_by = $3",
+        )
+        .bind(due_at)
         .bind(job.id.clone())
         .bind(job.leased_by.clone())
         .execute(&self.pool)

@@ -93,6 +93,7 @@ async fn a_delivery_batch_settles_each_message_alone(dialect: &'static str) {
         allow_http: vec!["127.0.0.1:1".into()],
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     w.store.create_binding(&down, 0).await.unwrap();
@@ -291,6 +292,7 @@ async fn a_retargeting_audience_follows_its_segment(dialect: &'static str) {
         allow_http: Vec::new(),
         limits: Default::default(),
         paused: None,
+        rate: None,
         version: None,
     };
     w.store.create_binding(&segment, 0).await.unwrap();

@@ -9,6 +9,7 @@
 mod delivery;
 mod kpis;
 mod privacy;
+mod rate;
 mod ready_made;
 mod tracking;
 mod world;

@@ -67,6 +67,7 @@ impl World {
             allow_http: vec![sink.addr.to_string()],
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         store.create_binding(&hook, 0).await.unwrap();
@@ -278,6 +279,7 @@ impl World {
             allow_http: vec![self.sink.addr.to_string()],
             limits: Default::default(),
             paused: None,
+            rate: None,
             version: None,
         };
         self.store.create_binding(&def, 0).await.unwrap();
