@@ -19,16 +19,17 @@ use crate::model::{Delivery, Message, SendError, Value};
 use crate::runtime::{Binding, CallResult, Plugin, World};
 use crate::store::bindings::{BindingDef, bindings_in};
 use crate::store::jobs::{
-    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in, keep_savepoint_in, savepoint_in,
-    undo_savepoint_in,
+    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in, finish_many_in, keep_savepoint_in,
+    savepoint_in, undo_savepoint_in,
 };
 use crate::store::outbox::{
-    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxStatus, Purpose, outbox_entries_in,
-    settle_outbox_in,
+    DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxSettle, OutboxStatus, Purpose,
+    outbox_entries_in, settle_outbox_in, settle_outbox_many_in,
 };
+use crate::store::step_writes::{NewEvent, insert_new_events_in};
 use crate::store::suppressions::suppressions_of_in;
 use crate::store::timeline::record_in;
-use crate::store::{BindingKind, StoreError};
+use crate::store::{BindingKind, Dialect, StoreError, new_event_id};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
     registry.register_batch(
@@ -67,6 +68,35 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The timeline event that says what became of the message.
+    fn event(&self) -> (&'static str, crate::model::Fields) {
+        let entry = &self.entry;
+        let kind = match self.status {
+            OutboxStatus::Delivered => "message.sent",
+            OutboxStatus::Cancelled => "message.cancelled",
+            OutboxStatus::Pending | OutboxStatus::Failed => "message.failed",
+        };
+        let mut properties = props(&[
+            ("journey", &entry.journey),
+            ("step", &entry.step),
+            ("run", &entry.run_id),
+            ("binding", &entry.binding),
+            ("channel", &entry.channel),
+            ("purpose", entry.purpose.as_str()),
+            ("message", &entry.idempotency_key),
+        ]);
+        for (key, value) in [
+            ("variant", entry.variant.as_deref()),
+            ("provider_id", self.provider_id.as_deref()),
+            ("reason", self.reason.as_deref()),
+        ] {
+            if let Some(value) = value {
+                properties.insert(key.into(), Value::Text(value.to_owned()));
+            }
+        }
+        (kind, properties)
+    }
+
     /// A new state with no provider id.
     fn settle(entry: &OutboxEntry, status: OutboxStatus, reason: Option<String>) -> Settlement {
         Settlement::Write(Some(Box::new(Outcome {
@@ -433,16 +463,32 @@ fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
     }
 }
 
-/// Writes the settlements of a batch in one transaction, each job in a
-/// savepoint of its own: an outcome (status, provider id, reason) with its
-/// timeline event, and the job's removal.
+/// Writes the settlements of a group in one transaction: the outcomes
+/// (status, provider id, reason) with their timeline events, and the jobs'
+/// removal, one statement each. If a job's lease was lost meanwhile, that
+/// is undone and each job is written in a savepoint of its own instead, so
+/// the others' outcomes stand.
 async fn settle_all(
     journeys: &Journeys,
     jobs: &[&ClaimedJob],
     settlements: Vec<Result<Settlement, StoreError>>,
 ) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
     let now = journeys.pipeline.clock.now();
-    let mut tx = journeys.pipeline.store.write_tx().await?;
+    let store = &journeys.pipeline.store;
+    let mut tx = store.write_tx().await?;
+    if settle_together_in(&mut tx, store.dialect(), jobs, &settlements, now).await? {
+        tx.commit().await?;
+        return Ok(settlements
+            .into_iter()
+            .map(|settlement| match settlement {
+                Ok(Settlement::Write(_)) => Ok(JobOutcome::Done),
+                Ok(Settlement::Job(outcome)) => Ok(outcome),
+                Err(e) => Err(e),
+            })
+            .collect());
+    }
+    tx.rollback().await?;
+    let mut tx = store.write_tx().await?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, settlement) in jobs.iter().zip(settlements) {
         let outcome = match settlement {
@@ -473,6 +519,49 @@ async fn settle_all(
     Ok(outcomes)
 }
 
+/// Writes every `Write` settlement of the group at once; `false` when a
+/// job's lease was lost (the caller rolls back).
+async fn settle_together_in(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[&ClaimedJob],
+    settlements: &[Result<Settlement, StoreError>],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut finished = Vec::new();
+    let mut settles = Vec::new();
+    let mut events = Vec::new();
+    for (job, settlement) in jobs.iter().zip(settlements) {
+        let Ok(Settlement::Write(outcome)) = settlement else {
+            continue;
+        };
+        finished.push(*job);
+        if let Some(outcome) = outcome {
+            settles.push(OutboxSettle {
+                id: &outcome.entry.id,
+                status: outcome.status,
+                provider_id: outcome.provider_id.as_deref(),
+                last_error: outcome.reason.as_deref(),
+                sent_at: (outcome.status == OutboxStatus::Delivered).then_some(now),
+            });
+            let (kind, properties) = outcome.event();
+            events.push(NewEvent {
+                id: new_event_id(),
+                contact_id: outcome.entry.contact_id.clone(),
+                kind: kind.to_owned(),
+                properties: serde_json::to_string(&properties)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                at: now,
+                queued: None,
+            });
+        }
+    }
+    settle_outbox_many_in(tx, dialect, &settles).await?;
+    let events: Vec<&NewEvent> = events.iter().collect();
+    insert_new_events_in(tx, dialect, &events).await?;
+    finish_many_in(tx, dialect, &finished).await
+}
+
 /// Records `outcome` and removes the job, in the caller's transaction;
 /// `false` when the job's lease was lost (the caller undoes this).
 async fn settle_in(
@@ -481,39 +570,18 @@ async fn settle_in(
     outcome: Option<&Outcome>,
     now: i64,
 ) -> Result<bool, StoreError> {
-    if let Some(Outcome {
-        entry,
-        status,
-        provider_id,
-        reason,
-    }) = outcome
-    {
-        let (status, provider_id, reason) = (*status, provider_id.as_deref(), reason.as_deref());
-        settle_outbox_in(tx, &entry.id, status, provider_id, reason, now).await?;
-        let kind = match status {
-            OutboxStatus::Delivered => "message.sent",
-            OutboxStatus::Cancelled => "message.cancelled",
-            OutboxStatus::Pending | OutboxStatus::Failed => "message.failed",
-        };
-        let mut properties = props(&[
-            ("journey", &entry.journey),
-            ("step", &entry.step),
-            ("run", &entry.run_id),
-            ("binding", &entry.binding),
-            ("channel", &entry.channel),
-            ("purpose", entry.purpose.as_str()),
-            ("message", &entry.idempotency_key),
-        ]);
-        for (key, value) in [
-            ("variant", entry.variant.as_deref()),
-            ("provider_id", provider_id),
-            ("reason", reason),
-        ] {
-            if let Some(value) = value {
-                properties.insert(key.into(), Value::Text(value.to_owned()));
-            }
-        }
-        record_in(tx, &entry.contact_id, kind, properties, now).await?;
+    if let Some(outcome) = outcome {
+        settle_outbox_in(
+            tx,
+            &outcome.entry.id,
+            outcome.status,
+            outcome.provider_id.as_deref(),
+            outcome.reason.as_deref(),
+            now,
+        )
+        .await?;
+        let (kind, properties) = outcome.event();
+        record_in(tx, &outcome.entry.contact_id, kind, properties, now).await?;
     }
     finish_in(tx, job).await
 }

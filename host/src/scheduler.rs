@@ -255,7 +255,10 @@ impl Scheduler {
             tokio::time::sleep(every).await;
             let until = self.journeys.pipeline.clock.now() + lease_ms;
             let lost = match jobs {
-                [job] => store.extend_lease(job, until).await.map(|held| u64::from(!held)),
+                [job] => store
+                    .extend_lease(job, until)
+                    .await
+                    .map(|held| u64::from(!held)),
                 _ => store.extend_leases(jobs, until).await,
             };
             match lost {

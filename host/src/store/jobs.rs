@@ -521,6 +521,46 @@ pub async fn finish_in(conn: &mut AnyConnection, job: &ClaimedJob) -> Result<boo
     Ok(done.rows_affected() == 1)
 }
 
+/// Removes `jobs` if each is still leased to whoever claimed it, in one
+/// statement; whether all were (if not, the caller rolls back: another
+/// worker has one of them, and its work counts).
+pub async fn finish_many_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[&ClaimedJob],
+) -> Result<bool, StoreError> {
+    #[derive(Serialize)]
+    struct Held<'a> {
+        id: &'a str,
+        leased_by: &'a str,
+    }
+    if jobs.is_empty() {
+        return Ok(true);
+    }
+    let rows: Vec<Held> = jobs
+        .iter()
+        .map(|job| Held {
+            id: &job.id,
+            leased_by: &job.leased_by,
+        })
+        .collect();
+    let from = super::bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", super::bulk::Col::Text),
+            ("leased_by", super::bulk::Col::Text),
+        ],
+    );
+    let sql =
+        format!("DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from})");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(&rows)?)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == jobs.len() as u64)
+}
+
 impl Store {
     pub async fn enqueue<J: JobArgs>(
         &self,

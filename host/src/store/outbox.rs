@@ -129,6 +129,49 @@ pub async fn settle_outbox_in(
     Ok(())
 }
 
+/// One message's outcome, for [`settle_outbox_many_in`].
+#[derive(Serialize)]
+pub struct OutboxSettle<'a> {
+    pub id: &'a str,
+    pub status: OutboxStatus,
+    pub provider_id: Option<&'a str>,
+    pub last_error: Option<&'a str>,
+    /// When it was delivered, if it was.
+    pub sent_at: Option<i64>,
+}
+
+/// [`settle_outbox_in`] for many messages in one statement.
+pub async fn settle_outbox_many_in(
+    conn: &mut AnyConnection,
+    dialect: super::Dialect,
+    settles: &[OutboxSettle<'_>],
+) -> Result<(), StoreError> {
+    use super::bulk::{Col, json_rows, to_json};
+    if settles.is_empty() {
+        return Ok(());
+    }
+    let from = json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("status", Col::Text),
+            ("provider_id", Col::Text),
+            ("last_error", Col::Text),
+            ("sent_at", Col::Int),
+        ],
+    );
+    let sql = format!(
+        "UPDATE outbox SET status = j.status, provider_id = j.provider_id, last_error = j.last_error, \
+         sent_at = j.sent_at, attempts = attempts + 1 FROM {from} WHERE outbox.id = j.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(settles)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// When the contact's marketing messages since `since` were queued.
 pub async fn marketing_sends_since_in(
     conn: &mut AnyConnection,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::bulk::{self, Col, EventRow};
-use super::jobs::{ClaimedJob, JobArgs};
+use super::jobs::{ClaimedJob, JobArgs, finish_many_in};
 use super::outbox::{DeliverMessage, OutboxEntry};
 use super::runs::Run;
 use super::{Dialect, StoreError, new_id};
@@ -92,10 +92,26 @@ pub async fn write_step_batch_in(
         .collect::<Result<Vec<_>, _>>()?;
     jobs.extend(&deliveries);
     insert_jobs_in(conn, dialect, &jobs, now).await?;
-    let events: Vec<EventRow> = writes
+    let events: Vec<&NewEvent> = writes
         .events
         .iter()
         .filter(|e| e.queued.as_ref().is_none_or(|id| queued.contains(id)))
+        .collect();
+    insert_new_events_in(conn, dialect, &events).await?;
+    update_runs_in(conn, dialect, &writes.runs).await?;
+    update_attributes_in(conn, dialect, &writes.attributes, now).await?;
+    let finished: Vec<&ClaimedJob> = writes.finished.iter().collect();
+    finish_many_in(conn, dialect, &finished).await
+}
+
+/// Inserts timeline events in one statement.
+pub async fn insert_new_events_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    events: &[&NewEvent],
+) -> Result<(), StoreError> {
+    let rows: Vec<EventRow> = events
+        .iter()
         .map(|e| EventRow {
             id: &e.id,
             contact_id: &e.contact_id,
@@ -107,10 +123,7 @@ pub async fn write_step_batch_in(
             processed_at: Some(e.at),
         })
         .collect();
-    bulk::insert_events_in(conn, dialect, &events).await?;
-    update_runs_in(conn, dialect, &writes.runs).await?;
-    update_attributes_in(conn, dialect, &writes.attributes, now).await?;
-    remove_jobs_in(conn, dialect, &writes.finished).await
+    bulk::insert_events_in(conn, dialect, &rows).await
 }
 
 /// Inserts the entries whose key is new; returns their ids.
@@ -309,35 +322,4 @@ async fn update_attributes_in(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Removes the jobs still leased to whoever claimed them; whether all were.
-async fn remove_jobs_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    jobs: &[ClaimedJob],
-) -> Result<bool, StoreError> {
-    #[derive(Serialize)]
-    struct Held<'a> {
-        id: &'a str,
-        leased_by: &'a str,
-    }
-    if jobs.is_empty() {
-        return Ok(true);
-    }
-    let rows: Vec<Held> = jobs
-        .iter()
-        .map(|job| Held {
-            id: &job.id,
-            leased_by: &job.leased_by,
-        })
-        .collect();
-    let from = bulk::json_rows(dialect, 1, &[("id", Col::Text), ("leased_by", Col::Text)]);
-    let sql =
-        format!("DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from})");
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(&rows)?)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == jobs.len() as u64)
 }
