@@ -195,25 +195,23 @@ pub(super) async fn send(
     if def.purpose == Purpose::Marketing {
         facts.sent(&contact.id, now);
     }
-    {
-        let mut properties = props(&base);
-        properties.extend(props(&[
-            ("binding", binding),
-            ("channel", &channel),
-            ("message", &key),
-        ]));
-        if let Some(v) = variant_name {
-            properties.insert("variant".into(), Value::Text(v));
-        }
-        properties.insert("purpose".into(), Value::Text(def.purpose.as_str().into()));
-        facts.writes.event_if_queued(
-            &contact.id,
-            "message.queued",
-            &properties,
-            now,
-            Some(&outbox_id),
-        )?;
+    let mut properties = props(&base);
+    properties.extend(props(&[
+        ("binding", binding),
+        ("channel", &channel),
+        ("message", &key),
+    ]));
+    if let Some(v) = variant_name {
+        properties.insert("variant".into(), Value::Text(v));
     }
+    properties.insert("purpose".into(), Value::Text(def.purpose.as_str().into()));
+    facts.writes.event_if_queued(
+        &contact.id,
+        "message.queued",
+        &properties,
+        now,
+        Some(&outbox_id),
+    )?;
     Ok(SendOutcome::Queued)
 }
 
