@@ -28,6 +28,7 @@ use nachfass_tests::{DAY, TempStore, guests, on_both_databases, runtime};
 
 /// Monday 2026-11-23, 10:00 in Berlin.
 const NOW: i64 = 1_795_424_400_000;
+const HOUR: i64 = 60 * 60 * 1000;
 
 struct World {
     store: Store,
@@ -813,6 +814,90 @@ async fn a_failing_step_rolls_back_alone(dialect: &'static str) {
 on_both_databases!(
     #[tokio::test]
     a_failing_step_rolls_back_alone
+);
+
+/// A batch of steps holds its writes until its end and removes its jobs
+/// only if it still holds every lease: when another worker took one of
+/// them over meanwhile, nothing of the batch is kept, the jobs run again
+/// one by one, and the taken-over job is left to the worker that holds it.
+async fn a_batch_with_a_lost_lease_keeps_nothing_of_that_job(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"welcome","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"later","type":"wait","duration":"1h"},
+                          {"id":"tag","type":"set_attribute","name":"welcomed","value":"yes"}]}"#,
+        )
+        .await
+        .unwrap();
+    for email in ["ada@example.org", "bob@example.org", "cem@example.org"] {
+        w.pipeline()
+            .ingest(&event(email, "signup", NOW))
+            .await
+            .unwrap();
+    }
+    w.scheduler().run_until_idle().await.unwrap();
+    // The three runs wait an hour; claim their steps as this worker would.
+    w.clock.set(NOW + HOUR);
+    let claimed: Vec<_> = w
+        .store
+        .claim_jobs("this-worker", NOW + HOUR, 60_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|job| job.kind == "advance")
+        .collect();
+    assert_eq!(claimed.len(), 3, "{dialect}: {claimed:?}");
+    // Another worker takes one of them over (this one's lease ran out).
+    let taken = claimed[1].clone();
+    sqlx::query("UPDATE jobs SET leased_by = 'other-worker' WHERE id = $1")
+        .bind(taken.id.clone())
+        .execute(w.store.pool())
+        .await
+        .unwrap();
+    let registry = nachfass::scheduler::job_registry();
+    let outcomes = registry
+        .run_batch(w.journeys.clone(), claimed.clone())
+        .await;
+    assert_eq!(outcomes.len(), 3, "{dialect}");
+    assert!(
+        outcomes.iter().all(|o| o.is_ok()),
+        "{dialect}: {outcomes:?}"
+    );
+
+    let mut tagged = 0;
+    for email in ["ada@example.org", "bob@example.org", "cem@example.org"] {
+        let id = w.store.find_contact_id(email).await;
+        let runs = w.store.contact_runs(&id).await.unwrap();
+        let contact = w.store.contact(&id).await.unwrap();
+        let welcomed = contact.attributes.get("welcomed").is_some();
+        if welcomed {
+            tagged += 1;
+            assert_eq!(runs[0].status, "completed", "{dialect}: {email}");
+        } else {
+            // The taken-over step: its run is where the wait left it,
+            // due to go on at `tag`.
+            assert_eq!(runs[0].status, "active", "{dialect}: {email}");
+            assert_eq!(runs[0].step.as_deref(), Some("tag"), "{dialect}: {email}");
+        }
+    }
+    assert_eq!(tagged, 2, "{dialect}");
+    // Only the taken-over job is left, still the other worker's.
+    let left: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, leased_by FROM jobs WHERE kind = 'advance'")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        vec![(taken.id.clone(), Some("other-worker".to_owned()))],
+        "{dialect}"
+    );
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_batch_with_a_lost_lease_keeps_nothing_of_that_job
 );
 
 /// A running server claims only the kinds it runs, named (a claim of
