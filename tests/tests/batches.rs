@@ -900,6 +900,55 @@ on_both_databases!(
     a_batch_with_a_lost_lease_keeps_nothing_of_that_job
 );
 
+/// Steps of one batch see the timeline events earlier steps of the batch
+/// wrote, though those are written only when the batch ends: a branch on
+/// `journey.completed` sees the run that completed a moment before it.
+async fn a_branch_sees_events_written_earlier_in_its_batch(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.journeys
+        .save(
+            br#"{"name":"first","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"pause","type":"wait","duration":"59m"}]}"#,
+        )
+        .await
+        .unwrap();
+    w.journeys
+        .save(
+            br#"{"name":"second","trigger":{"event":{"kind":"signup"}},
+                 "steps":[{"id":"pause","type":"wait","duration":"1h"},
+                          {"id":"check","type":"branch",
+                           "condition":{"had_event":{"kind":"journey.completed","within":"1h"}},
+                           "then":"seen","else":"unseen"},
+                          {"id":"seen","type":"set_attribute","name":"saw","value":"yes","next":"end"},
+                          {"id":"unseen","type":"set_attribute","name":"saw","value":"no"},
+                          {"id":"end","type":"exit"}]}"#,
+        )
+        .await
+        .unwrap();
+    w.pipeline()
+        .ingest(&event("ada@example.org", "signup", NOW))
+        .await
+        .unwrap();
+    let scheduler = w.scheduler();
+    scheduler.run_until_idle().await.unwrap();
+    // Both waits are over: one batch runs the end of `first` (oldest due
+    // first), then the branch of `second`.
+    w.clock.set(NOW + HOUR);
+    scheduler.run_until_idle().await.unwrap();
+    let id = w.store.find_contact_id("ada@example.org").await;
+    let contact = w.store.contact(&id).await.unwrap();
+    assert_eq!(
+        contact.attributes.get("saw"),
+        Some(&Value::Text("yes".into())),
+        "{dialect}"
+    );
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    a_branch_sees_events_written_earlier_in_its_batch
+);
+
 /// A running server claims only the kinds it runs, named (a claim of
 /// "every kind but these" would walk all due steps): a job of a kind this
 /// node does not know waits untouched for a node that does, while a known
