@@ -253,7 +253,7 @@ async fn queue_confirmation(
         created_at: now,
         sent_at: None,
     };
-    queue_message_in(tx, &entry, now).await?;
+    queue_message_in(tx, journeys.pipeline.store.dialect(), &entry, now).await?;
     Ok(())
 }
 

@@ -19,16 +19,15 @@ use crate::model::{Delivery, Message, SendError, Value};
 use crate::runtime::{Binding, CallResult, Plugin, World};
 use crate::store::bindings::{BindingDef, bindings_in};
 use crate::store::jobs::{
-    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_in, finish_many_in, keep_savepoint_in,
-    savepoint_in, undo_savepoint_in,
+    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_many_in, keep_savepoint_in, savepoint_in,
+    undo_savepoint_in,
 };
 use crate::store::outbox::{
     DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxSettle, OutboxStatus, Purpose,
-    outbox_entries_in, settle_outbox_in, settle_outbox_many_in,
+    outbox_entries_in, settle_outbox_many_in,
 };
 use crate::store::step_writes::{NewEvent, insert_new_events_in};
 use crate::store::suppressions::suppressions_of_in;
-use crate::store::timeline::record_in;
 use crate::store::{BindingKind, Dialect, StoreError, new_event_id};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
@@ -491,8 +490,8 @@ async fn settle_all(
     let mut tx = store.write_tx().await?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, settlement) in jobs.iter().zip(settlements) {
-        let outcome = match settlement {
-            Ok(Settlement::Write(outcome)) => outcome,
+        match settlement {
+            Ok(Settlement::Write(_)) => {}
             Ok(Settlement::Job(outcome)) => {
                 outcomes.push(Ok(outcome));
                 continue;
@@ -501,9 +500,10 @@ async fn settle_all(
                 outcomes.push(Err(e));
                 continue;
             }
-        };
+        }
         savepoint_in(&mut tx).await?;
-        match settle_in(&mut tx, job, outcome.as_deref(), now).await {
+        let alone = std::slice::from_ref(&settlement);
+        match settle_together_in(&mut tx, store.dialect(), &[*job], alone, now).await {
             Ok(true) => {
                 keep_savepoint_in(&mut tx).await?;
                 outcomes.push(Ok(JobOutcome::Done));
@@ -560,28 +560,4 @@ async fn settle_together_in(
     let events: Vec<&NewEvent> = events.iter().collect();
     insert_new_events_in(tx, dialect, &events).await?;
     finish_many_in(tx, dialect, &finished).await
-}
-
-/// Records `outcome` and removes the job, in the caller's transaction;
-/// `false` when the job's lease was lost (the caller undoes this).
-async fn settle_in(
-    tx: &mut AnyConnection,
-    job: &ClaimedJob,
-    outcome: Option<&Outcome>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    if let Some(outcome) = outcome {
-        settle_outbox_in(
-            tx,
-            &outcome.entry.id,
-            outcome.status,
-            outcome.provider_id.as_deref(),
-            outcome.reason.as_deref(),
-            now,
-        )
-        .await?;
-        let (kind, properties) = outcome.event();
-        record_in(tx, &outcome.entry.contact_id, kind, properties, now).await?;
-    }
-    finish_in(tx, job).await
 }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use crate::model::{Contact, Fields};
 use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, JobArgs};
+use crate::store::jobs::{ClaimedJob, JobArgs, NewJob};
 use crate::store::outbox::OutboxEntry;
 use crate::store::runs::Run;
-use crate::store::step_writes::{NewEvent, NewJob, StepBatchWrites};
+use crate::store::step_writes::{NewEvent, StepBatchWrites};
 
 #[derive(Default)]
 pub(super) struct StepWrites {

@@ -376,22 +376,6 @@ pub async fn contacts_in(
     Ok(contacts)
 }
 
-pub async fn set_attribute_in(
-    conn: &mut AnyConnection,
-    contact: &Contact,
-    now: i64,
-) -> Result<(), StoreError> {
-    let attributes = serde_json::to_string(&contact.attributes)
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query("UPDATE contacts SET attributes = $1, updated_at = $2 WHERE id = $3")
-        .bind(attributes)
-        .bind(now)
-        .bind(contact.id.clone())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -284,6 +284,28 @@ pub async fn enqueue_in<J: JobArgs>(
     enqueue_row_in(conn, J::KIND, &job.unique_key(), &payload, due_at, now).await
 }
 
+/// A job to add unless one with its key exists, as stored.
+pub struct NewJob {
+    pub kind: &'static str,
+    pub unique_key: String,
+    /// The job's arguments as JSON.
+    pub payload: String,
+    pub due_at: i64,
+}
+
+impl NewJob {
+    pub fn of<J: JobArgs>(job: &J, due_at: i64) -> Result<NewJob, StoreError> {
+        Ok(NewJob {
+            kind: J::KIND,
+            unique_key: job.unique_key(),
+            payload: serde_json::to_string(job).map_err(|e| {
+                StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND))
+            })?,
+            due_at,
+        })
+    }
+}
+
 /// Adds many jobs of one kind in one statement (the batched ingest queues
 /// a route job per event), each unless one with its key exists. Returns
 /// how many were added.
@@ -294,47 +316,62 @@ pub async fn enqueue_many_in<J: JobArgs>(
     due_at: i64,
     now: i64,
 ) -> Result<u64, StoreError> {
+    let rows = jobs
+        .iter()
+        .map(|job| NewJob::of(job, due_at))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    enqueue_rows_in(conn, dialect, &rows, now).await
+}
+
+/// Adds jobs of any kinds and due times in one statement, each unless one
+/// with its key exists. Returns how many were added.
+pub async fn enqueue_rows_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<u64, StoreError> {
     #[derive(Serialize)]
-    struct JobRow {
+    struct JobRow<'a> {
         id: String,
-        unique_key: String,
-        payload: String,
+        kind: &'a str,
+        unique_key: &'a str,
+        payload: &'a str,
+        due_at: i64,
     }
     if jobs.is_empty() {
         return Ok(0);
     }
-    let rows = jobs
+    let rows: Vec<JobRow> = jobs
         .iter()
-        .map(|job| {
-            Ok(JobRow {
-                id: new_id("j"),
-                unique_key: job.unique_key(),
-                payload: serde_json::to_string(job).map_err(|e| {
-                    StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND))
-                })?,
-            })
+        .map(|job| JobRow {
+            id: new_id("j"),
+            kind: job.kind,
+            unique_key: &job.unique_key,
+            payload: &job.payload,
+            due_at: job.due_at,
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect();
     use super::bulk::{Col, json_rows, to_json};
     let from = json_rows(
         dialect,
         1,
         &[
             ("id", Col::Text),
+            ("kind", Col::Text),
             ("unique_key", Col::Text),
             ("payload", Col::Text),
+            ("due_at", Col::Int),
         ],
     );
     // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
     let sql = format!(
         "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
-         SELECT j.id, $2, j.unique_key, j.payload, $3, $4 FROM {from} WHERE true \
+         SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true \
          ON CONFLICT DO NOTHING"
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(to_json(&rows)?)
-        .bind(J::KIND)
-        .bind(due_at)
         .bind(now)
         .execute(conn)
         .await?;

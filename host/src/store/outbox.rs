@@ -1,13 +1,13 @@
 //! The outbox: messages queued for a channel binding, each with its
 //! delivery job, written in the step's transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::jobs::{JobArgs, enqueue_in};
-use super::{Store, StoreError, new_id};
+use super::jobs::{JobArgs, NewJob, enqueue_rows_in};
+use super::{Dialect, Store, StoreError, new_id};
 pub use crate::model::status::{OutboxStatus, Purpose};
 
 /// A message queued for a channel binding.
@@ -37,24 +37,86 @@ macro_rules! outbox_columns {
         "id, idempotency_key, run_id, journey, step, variant, contact_id, binding, channel, purpose, message, status, provider_id, last_error, created_at, sent_at"
     };
 }
-pub(super) const OUTBOX_COLUMNS: &str = outbox_columns!();
+const OUTBOX_COLUMNS: &str = outbox_columns!();
 
 /// Queues a message with its delivery job, in the caller's transaction.
 /// Returns false when a message with the same idempotency key is queued
 /// already (then nothing is added).
 pub async fn queue_message_in(
-    tx: &mut AnyConnection,
+    conn: &mut AnyConnection,
+    dialect: Dialect,
     entry: &OutboxEntry,
     now: i64,
 ) -> Result<bool, StoreError> {
-    if !insert_outbox_in(tx, entry).await? {
-        return Ok(false);
+    let queued = queue_messages_in(conn, dialect, std::slice::from_ref(entry), now).await?;
+    Ok(queued.contains(&entry.id))
+}
+
+/// Queues many messages, each with its delivery job, in two statements.
+/// Returns the ids of those queued: a message whose idempotency key is
+/// queued already is not added again.
+pub async fn queue_messages_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    entries: &[OutboxEntry],
+    now: i64,
+) -> Result<HashSet<String>, StoreError> {
+    use super::bulk::{Col, json_rows, to_json};
+    if entries.is_empty() {
+        return Ok(HashSet::new());
     }
-    let job = DeliverMessage {
-        outbox_id: entry.id.clone(),
-    };
-    enqueue_in(tx, &job, now, now).await?;
-    Ok(true)
+    let from = json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("idempotency_key", Col::Text),
+            ("run_id", Col::Text),
+            ("journey", Col::Text),
+            ("step", Col::Text),
+            ("variant", Col::Text),
+            ("contact_id", Col::Text),
+            ("binding", Col::Text),
+            ("channel", Col::Text),
+            ("purpose", Col::Text),
+            ("message", Col::Text),
+            ("status", Col::Text),
+            ("provider_id", Col::Text),
+            ("last_error", Col::Text),
+            ("created_at", Col::Int),
+            ("sent_at", Col::Int),
+        ],
+    );
+    let selected: Vec<String> = OUTBOX_COLUMNS
+        .split(", ")
+        .map(|c| format!("j.{c}"))
+        .collect();
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+    let sql = format!(
+        "INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING RETURNING id",
+        selected.join(", ")
+    );
+    let queued: HashSet<String> = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(entries)?)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let deliveries = entries
+        .iter()
+        .filter(|entry| queued.contains(&entry.id))
+        .map(|entry| {
+            NewJob::of(
+                &DeliverMessage {
+                    outbox_id: entry.id.clone(),
+                },
+                now,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    enqueue_rows_in(conn, dialect, &deliveries, now).await?;
+    Ok(queued)
 }
 
 /// Attempts before a message that keeps failing transiently is given up.
@@ -74,59 +136,6 @@ impl JobArgs for DeliverMessage {
     fn unique_key(&self) -> String {
         format!("deliver:{}", self.outbox_id)
     }
-}
-
-pub async fn insert_outbox_in(
-    conn: &mut AnyConnection,
-    entry: &OutboxEntry,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(concat!(
-        "INSERT INTO outbox (",
-        outbox_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-         ON CONFLICT DO NOTHING"
-    ))
-    .bind(entry.id.clone())
-    .bind(entry.idempotency_key.clone())
-    .bind(entry.run_id.clone())
-    .bind(entry.journey.clone())
-    .bind(entry.step.clone())
-    .bind(entry.variant.clone())
-    .bind(entry.contact_id.clone())
-    .bind(entry.binding.clone())
-    .bind(entry.channel.clone())
-    .bind(entry.purpose)
-    .bind(entry.message.clone())
-    .bind(entry.status)
-    .bind(entry.provider_id.clone())
-    .bind(entry.last_error.clone())
-    .bind(entry.created_at)
-    .bind(entry.sent_at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Sets an outbox entry's outcome.
-pub async fn settle_outbox_in(
-    conn: &mut AnyConnection,
-    id: &str,
-    status: OutboxStatus,
-    provider_id: Option<&str>,
-    error: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE outbox SET status = $1, provider_id = $2, last_error = $3, sent_at = $4, attempts = attempts + 1 WHERE id = $5",
-    )
-    .bind(status)
-    .bind(provider_id.map(str::to_owned))
-    .bind(error.map(str::to_owned))
-    .bind((status == OutboxStatus::Delivered).then_some(now))
-    .bind(id.to_owned())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// One message's outcome, for [`settle_outbox_many_in`].

@@ -171,22 +171,6 @@ pub async fn set_conversion_value_in(
     Ok(())
 }
 
-pub async fn update_run_in(conn: &mut AnyConnection, run: &Run) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE journey_runs SET status = $1, step = $2, seq = $3, waiting_for = $4, ended_at = $5, exit_reason = $6 WHERE id = $7",
-    )
-    .bind(run.status)
-    .bind(run.step.clone())
-    .bind(run.seq)
-    .bind(run.waiting_for.clone())
-    .bind(run.ended_at)
-    .bind(run.exit_reason.clone())
-    .bind(run.id.clone())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 impl Store {
     /// Runs by status, for one journey.
     pub async fn run_counts(&self, journey: &str) -> Result<BTreeMap<String, i64>, StoreError> {

@@ -4,38 +4,16 @@
 //! events, run states, changed attributes, and the removal of the finished
 //! jobs. The journeys layer collects them while its steps run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::bulk::{self, Col, EventRow};
-use super::jobs::{ClaimedJob, JobArgs, finish_many_in};
-use super::outbox::{DeliverMessage, OutboxEntry};
+use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, finish_many_in};
+use super::outbox::{OutboxEntry, queue_messages_in};
 use super::runs::Run;
-use super::{Dialect, StoreError, new_id};
-
-/// A job to add unless one with its key exists.
-pub struct NewJob {
-    pub kind: &'static str,
-    pub unique_key: String,
-    /// The job's arguments as JSON.
-    pub payload: String,
-    pub due_at: i64,
-}
-
-impl NewJob {
-    pub fn of<J: JobArgs>(job: &J, due_at: i64) -> Result<NewJob, StoreError> {
-        Ok(NewJob {
-            kind: J::KIND,
-            unique_key: job.unique_key(),
-            payload: serde_json::to_string(job).map_err(|e| {
-                StoreError::Invalid(format!("job {} cannot be stored: {e}", J::KIND))
-            })?,
-            due_at,
-        })
-    }
-}
+use super::{Dialect, StoreError};
 
 /// A timeline event, written only if `queued` (an outbox id) is absent or
 /// that message was queued by this batch.
@@ -75,23 +53,8 @@ pub async fn write_step_batch_in(
     writes: &StepBatchWrites,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let queued = insert_outbox_in(conn, dialect, &writes.outbox).await?;
-    let mut jobs: Vec<&NewJob> = writes.jobs.iter().collect();
-    let deliveries = writes
-        .outbox
-        .iter()
-        .filter(|entry| queued.contains(&entry.id))
-        .map(|entry| {
-            NewJob::of(
-                &DeliverMessage {
-                    outbox_id: entry.id.clone(),
-                },
-                now,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    jobs.extend(&deliveries);
-    insert_jobs_in(conn, dialect, &jobs, now).await?;
+    let queued = queue_messages_in(conn, dialect, &writes.outbox, now).await?;
+    enqueue_rows_in(conn, dialect, &writes.jobs, now).await?;
     let events: Vec<&NewEvent> = writes
         .events
         .iter()
@@ -124,106 +87,6 @@ pub async fn insert_new_events_in(
         })
         .collect();
     bulk::insert_events_in(conn, dialect, &rows).await
-}
-
-/// Inserts the entries whose key is new; returns their ids.
-async fn insert_outbox_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    entries: &[OutboxEntry],
-) -> Result<HashSet<String>, StoreError> {
-    if entries.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let from = bulk::json_rows(
-        dialect,
-        1,
-        &[
-            ("id", Col::Text),
-            ("idempotency_key", Col::Text),
-            ("run_id", Col::Text),
-            ("journey", Col::Text),
-            ("step", Col::Text),
-            ("variant", Col::Text),
-            ("contact_id", Col::Text),
-            ("binding", Col::Text),
-            ("channel", Col::Text),
-            ("purpose", Col::Text),
-            ("message", Col::Text),
-            ("status", Col::Text),
-            ("provider_id", Col::Text),
-            ("last_error", Col::Text),
-            ("created_at", Col::Int),
-            ("sent_at", Col::Int),
-        ],
-    );
-    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
-    let sql = format!(
-        "INSERT INTO outbox ({columns}) SELECT {selected} FROM {from} WHERE true \
-         ON CONFLICT DO NOTHING RETURNING id",
-        columns = super::outbox::OUTBOX_COLUMNS,
-        selected = super::outbox::OUTBOX_COLUMNS
-            .split(", ")
-            .map(|c| format!("j.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    let rows = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(entries)?)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().collect())
-}
-
-async fn insert_jobs_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    jobs: &[&NewJob],
-    now: i64,
-) -> Result<(), StoreError> {
-    #[derive(Serialize)]
-    struct JobRow<'a> {
-        id: String,
-        kind: &'a str,
-        unique_key: &'a str,
-        payload: &'a str,
-        due_at: i64,
-    }
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<JobRow> = jobs
-        .iter()
-        .map(|job| JobRow {
-            id: new_id("j"),
-            kind: job.kind,
-            unique_key: &job.unique_key,
-            payload: &job.payload,
-            due_at: job.due_at,
-        })
-        .collect();
-    let from = bulk::json_rows(
-        dialect,
-        1,
-        &[
-            ("id", Col::Text),
-            ("kind", Col::Text),
-            ("unique_key", Col::Text),
-            ("payload", Col::Text),
-            ("due_at", Col::Int),
-        ],
-    );
-    let sql = format!(
-        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
-         SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true \
-         ON CONFLICT DO NOTHING"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(&rows)?)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 async fn update_runs_in(
