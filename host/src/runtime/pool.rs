@@ -36,6 +36,8 @@ const COMPACT_GUARD: u64 = 64 << 10;
 const DECOMMIT_BATCH: usize = 32;
 /// Bytes of each table zeroed in place instead of given back.
 const TABLE_KEEP_RESIDENT: usize = 16 << 10;
+/// Bytes of each linear memory reset in place instead of given back.
+const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
 
 /// How linear memories are laid out in the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +107,13 @@ impl PoolPlan {
             // table's first pages are zeroed in place: each `madvise` made
             // every core flush its TLB, which was a fifth of a delivery's
             // cost. Either way the next instance sees nothing of the last.
+            // Up to a MiB of a memory's pages stay resident and are reset
+            // in place; with PAGEMAP_SCAN (Linux 6.7+) only the pages the
+            // instance dirtied are, so reuse neither faults nor flushes.
             .decommit_batch_size(DECOMMIT_BATCH)
-            .table_keep_resident(TABLE_KEEP_RESIDENT);
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .consume_fuel(limits.consume_fuel)

@@ -1,6 +1,6 @@
 //! Set-based writes for the hot path: the rows of a whole batch go to the
 //! database as one JSON array bound to one parameter, read back as rows
-//! (SQLite `json_each`, PostgreSQL `jsonb_to_recordset`), so a batch costs
+//! (SQLite `jsonb_each`, PostgreSQL `jsonb_to_recordset`), so a batch costs
 //! one statement per table instead of one per row, and the statement's
 //! text never changes with the batch size (prepared once per connection).
 //!
@@ -32,7 +32,10 @@ pub(super) fn json_rows(dialect: Dialect, param: usize, columns: &[(&str, Col)])
                 .iter()
                 .map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}"))
                 .collect();
-            format!("(SELECT {} FROM json_each(${param})) AS j", list.join(", "))
+            // `jsonb_each` hands each row object over in SQLite's binary
+            // form; `json_each` would render it as text for every column
+            // read from it, and `json_extract` would parse that text again.
+            format!("(SELECT {} FROM jsonb_each(${param})) AS j", list.join(", "))
         }
         Dialect::Postgres => {
             let list: Vec<String> = columns

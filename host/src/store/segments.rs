@@ -260,7 +260,7 @@ impl Store {
                 Dialect::Sqlite => {
                     "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
                      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2, $3, $4, $3, $3 \
-                     FROM json_each($1)"
+                     FROM jsonb_each($1)"
                 }
                 Dialect::Postgres => {
                     "INSERT INTO events (id, contact_id, kind, at, properties, received_at, processed_at) \
