@@ -111,7 +111,10 @@ pub struct Store {
 /// Settings every SQLite connection gets: WAL lets readers run beside the
 /// one writer; the busy timeout queues writers (autocommit statements, other
 /// processes) instead of failing, long enough for a batch of steps or a
-/// group of events ahead of them.
+/// group of events ahead of them. The WAL is copied back into the database
+/// every 8,000 pages (32 MiB) rather than SQLite's 1,000: the hot pages of
+/// jobs and outbox were copied back again and again, and under a backlog of
+/// sends that cost a twelfth of the time.
 async fn prepare_connection(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
@@ -121,6 +124,7 @@ async fn prepare_connection(
         conn.execute("PRAGMA foreign_keys = ON").await?;
         conn.execute("PRAGMA busy_timeout = 30000").await?;
         conn.execute("PRAGMA synchronous = NORMAL").await?;
+        conn.execute("PRAGMA wal_autocheckpoint = 8000").await?;
     }
     Ok(())
 }
