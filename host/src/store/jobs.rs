@@ -449,7 +449,43 @@ impl<'a> KindFilter<'a> {
             KindFilter::Except(kinds) => (format!("AND kind NOT IN ({}) ", list(kinds)), kinds),
         }
     }
+
+    /// PostgreSQL: the kinds to claim from, as a `FROM` item `k(kind)`,
+    /// with the JSON list to bind at `$param` if the item needs one. Each
+    /// kind is then read from the `(kind, due_at)` index on its own: one
+    /// index ordered by due time alone led the planner, guided by
+    /// statistics that a queue outdates within seconds, to walk past every
+    /// due job of the other lanes (tens of thousands of deliveries in front
+    /// of the due steps, 8 ms a claim). The kinds present are found by a
+    /// loose scan of that index, a probe per kind.
+    fn postgres_kinds(&self, param: usize) -> (String, Option<String>) {
+        let json = |kinds: &[&str]| serde_json::Value::from(kinds.to_vec()).to_string();
+        match self {
+            KindFilter::Only(kinds) => (
+                format!("jsonb_array_elements_text(${param}::jsonb) AS k(kind)"),
+                Some(json(kinds)),
+            ),
+            KindFilter::Any => (format!("({PRESENT_KINDS}) AS k"), None),
+            KindFilter::Except(kinds) => (
+                format!(
+                    "(SELECT kind FROM ({PRESENT_KINDS}) AS present WHERE kind NOT IN \
+                     (SELECT jsonb_array_elements_text(${param}::jsonb))) AS k"
+                ),
+                Some(json(kinds)),
+            ),
+        }
+    }
 }
+
+/// PostgreSQL: the kinds of jobs that are not failed, by a loose scan of
+/// the `(kind, due_at)` index (one probe per kind instead of a pass over
+/// every job).
+const PRESENT_KINDS: &str = "WITH RECURSIVE kinds(kind) AS (\
+     SELECT MIN(kind) FROM jobs WHERE failed_at IS NULL \
+     UNION ALL SELECT (SELECT MIN(kind) FROM jobs WHERE failed_at IS NULL AND kind > kinds.kind) \
+     FROM kinds WHERE kinds.kind IS NOT NULL) \
+     SELECT kind FROM kinds WHERE kind IS NOT NULL";
+
 
 /// Applies the profile effects (scores, stages, segments) of stored
 /// events that were accepted but not applied: the node that accepted
@@ -633,28 +669,49 @@ impl Store {
         if filter == KindFilter::Only(&[]) {
             return Ok(Vec::new());
         }
-        let (kinds, kind_values) = filter.condition(5);
-        let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            // One writer at a time: the write transaction is the lock.
-            Dialect::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM jobs WHERE due_at <= $3 AND failed_at IS NULL \
-             AND (lease_until IS NULL OR lease_until < $3) {kinds}ORDER BY due_at LIMIT $4 {lock}) \
-             RETURNING id, kind, payload, due_at, attempts"
-        );
         let mut tx = self.write_tx().await?;
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(now + lease_ms)
-            .bind(worker.to_owned())
-            .bind(now)
-            .bind(i64::from(limit));
-        for kind in kind_values {
-            query = query.bind(*kind);
-        }
-        let rows = query.fetch_all(&mut *tx).await?;
+        let rows = match self.dialect {
+            // One writer at a time: the write transaction is the lock.
+            Dialect::Sqlite => {
+                let (kinds, kind_values) = filter.condition(5);
+                let sql = format!(
+                    "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE due_at <= $3 AND failed_at IS NULL \
+                     AND (lease_until IS NULL OR lease_until < $3) {kinds}ORDER BY due_at LIMIT $4) \
+                     RETURNING id, kind, payload, due_at, attempts"
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(now + lease_ms)
+                    .bind(worker.to_owned())
+                    .bind(now)
+                    .bind(i64::from(limit));
+                for kind in kind_values {
+                    query = query.bind(*kind);
+                }
+                query.fetch_all(&mut *tx).await?
+            }
+            Dialect::Postgres => {
+                let (kinds, list) = filter.postgres_kinds(5);
+                let sql = format!(
+                    "UPDATE jobs SET lease_until = $1, leased_by = $2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT due.id FROM {kinds} CROSS JOIN LATERAL \
+                     (SELECT id, due_at FROM jobs WHERE jobs.kind = k.kind AND due_at <= $3 \
+                     AND failed_at IS NULL AND (lease_until IS NULL OR lease_until < $3) \
+                     ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
+                     ORDER BY due.due_at LIMIT $4) \
+                     RETURNING id, kind, payload, due_at, attempts"
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(now + lease_ms)
+                    .bind(worker.to_owned())
+                    .bind(now)
+                    .bind(i64::from(limit));
+                if let Some(list) = list {
+                    query = query.bind(list);
+                }
+                query.fetch_all(&mut *tx).await?
+            }
+        };
         tx.commit().await?;
         let mut jobs = rows
             .iter()
@@ -822,7 +879,15 @@ impl Store {
 
     /// When the next job falls due, if any waits.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT MIN(due_at) AS next FROM jobs WHERE failed_at IS NULL")
+        let sql = match self.dialect {
+            Dialect::Sqlite => "SELECT MIN(due_at) AS next FROM jobs WHERE failed_at IS NULL".to_owned(),
+            // A probe per kind in the `(kind, due_at)` index.
+            Dialect::Postgres => format!(
+                "SELECT MIN((SELECT MIN(due_at) FROM jobs WHERE jobs.kind = k.kind \
+                 AND failed_at IS NULL)) AS next FROM ({PRESENT_KINDS}) AS k"
+            ),
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("next")?)
