@@ -57,12 +57,19 @@ pub(super) fn json_rows(dialect: Dialect, param: usize, columns: &[(&str, Col)])
     }
 }
 
-/// The strings of the JSON array bound at `$param`, as a subquery for
-/// `column IN …`.
-pub(super) fn json_list(dialect: Dialect, param: usize) -> String {
+/// `column` is one of the strings of the JSON array bound at `$param`.
+///
+/// PostgreSQL gets `= ANY(ARRAY(…))`, which it answers through the
+/// column's index whatever its statistics say. As `IN (SELECT …)` it is a
+/// semi-join, and the planner, trusting statistics from when the table was
+/// small (a new database, a campaign's first minutes), hashed the list and
+/// read the whole table: 6 ms at 50k events, growing with every event.
+pub(super) fn json_in(dialect: Dialect, column: &str, param: usize) -> String {
     match dialect {
-        Dialect::Sqlite => format!("(SELECT value FROM json_each(${param}))"),
-        Dialect::Postgres => format!("(SELECT jsonb_array_elements_text(${param}::jsonb))"),
+        Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(${param}))"),
+        Dialect::Postgres => {
+            format!("{column} = ANY(ARRAY(SELECT jsonb_array_elements_text(${param}::jsonb)))")
+        }
     }
 }
 

@@ -99,8 +99,8 @@ pub async fn consents_in(
     let sql = match dialect {
         super::Dialect::Sqlite => format!(
             "SELECT contact_id, channel, status, updated_at FROM consents \
-             WHERE purpose = $1 AND contact_id IN {}",
-            super::bulk::json_list(dialect, 2)
+             WHERE purpose = $1 AND {}",
+            super::bulk::json_in(dialect, "contact_id", 2)
         ),
         // Contact by contact through the primary key: as a semi-join the
         // planner hashed the list and read every consent (8 ms a batch

@@ -345,11 +345,11 @@ pub async fn contacts_in(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let list = super::bulk::json_list(dialect, 1);
     let ids = super::bulk::to_json(ids)?;
     let sql = format!(
         "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-         FROM contacts WHERE id IN {list}"
+         FROM contacts WHERE {}",
+        super::bulk::json_in(dialect, "id", 1)
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(ids.clone())
@@ -361,7 +361,8 @@ pub async fn contacts_in(
         contacts.insert(contact.id.clone(), contact);
     }
     let sql = format!(
-        "SELECT contact_id, segment FROM segment_members WHERE contact_id IN {list} ORDER BY segment"
+        "SELECT contact_id, segment FROM segment_members WHERE {} ORDER BY segment",
+        super::bulk::json_in(dialect, "contact_id", 1)
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(ids)

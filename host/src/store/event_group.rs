@@ -335,8 +335,8 @@ impl Store {
             return Ok(());
         }
         let sql = format!(
-            "SELECT id FROM contacts WHERE id IN {}",
-            bulk::json_list(self.dialect, 1)
+            "SELECT id FROM contacts WHERE {}",
+            bulk::json_in(self.dialect, "id", 1)
         );
         let found: HashSet<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(bulk::to_json(&ids)?)
@@ -413,10 +413,10 @@ impl Store {
             return Ok(identities);
         }
         let sql = format!(
-            "SELECT id, email, external_id FROM contacts WHERE email IN {} \
-             UNION SELECT id, email, external_id FROM contacts WHERE external_id IN {}",
-            bulk::json_list(self.dialect, 1),
-            bulk::json_list(self.dialect, 2)
+            "SELECT id, email, external_id FROM contacts WHERE {} \
+             UNION SELECT id, email, external_id FROM contacts WHERE {}",
+            bulk::json_in(self.dialect, "email", 1),
+            bulk::json_in(self.dialect, "external_id", 2)
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(bulk::to_json(&emails)?)

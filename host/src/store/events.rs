@@ -365,8 +365,8 @@ impl Store {
             return Ok(found);
         }
         let sql = format!(
-            "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE client_event_id IN {}",
-            super::bulk::json_list(self.dialect, 1)
+            "SELECT id, contact_id, kind, at, properties, client_event_id FROM events WHERE {}",
+            super::bulk::json_in(self.dialect, "client_event_id", 1)
         );
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(super::bulk::to_json(client_event_ids)?)

@@ -766,14 +766,14 @@ impl Store {
         let Some(first) = jobs.first() else {
             return Ok(0);
         };
-        let list = super::bulk::json_list(self.dialect, 3);
+        let held = super::bulk::json_in(self.dialect, "id", 3);
         let sql = match self.dialect {
             Dialect::Sqlite => {
-                format!("UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND id IN {list}")
+                format!("UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND {held}")
             }
             Dialect::Postgres => format!(
                 "UPDATE jobs SET lease_until = $1 WHERE id IN \
-                 (SELECT id FROM jobs WHERE leased_by = $2 AND id IN {list} \
+                 (SELECT id FROM jobs WHERE leased_by = $2 AND {held} \
                   ORDER BY id FOR UPDATE SKIP LOCKED)"
             ),
         };
@@ -791,8 +791,8 @@ impl Store {
         // Skipped or gone: finished (deleted) is not lost; leased to
         // someone else, or given back, is.
         let sql = format!(
-            "SELECT COUNT(*) FROM jobs WHERE (leased_by IS NULL OR leased_by <> $1) AND id IN {}",
-            super::bulk::json_list(self.dialect, 2)
+            "SELECT COUNT(*) FROM jobs WHERE (leased_by IS NULL OR leased_by <> $1) AND {}",
+            super::bulk::json_in(self.dialect, "id", 2)
         );
         let lost: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(first.leased_by.clone())

@@ -215,8 +215,8 @@ pub async fn marketing_sends_of_in(
     let sql = match dialect {
         super::Dialect::Sqlite => format!(
             "SELECT contact_id, created_at FROM outbox WHERE purpose = $1 AND created_at > $2 \
-             AND status IN ($3, $4) AND contact_id IN {}",
-            super::bulk::json_list(dialect, 5)
+             AND status IN ($3, $4) AND {}",
+            super::bulk::json_in(dialect, "contact_id", 5)
         ),
         // Contact by contact through `outbox_by_contact`. As a semi-join,
         // the planner, trusting statistics from before the campaign began,
@@ -257,9 +257,9 @@ pub async fn outbox_entries_in(
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT {} FROM outbox WHERE id IN {}",
+        "SELECT {} FROM outbox WHERE {}",
         outbox_columns!(),
-        super::bulk::json_list(dialect, 1)
+        super::bulk::json_in(dialect, "id", 1)
     );
     let entries = sqlx::query_as::<_, OutboxEntry>(sqlx::AssertSqlSafe(sql))
         .bind(super::bulk::to_json(ids)?)

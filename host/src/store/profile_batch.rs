@@ -59,8 +59,8 @@ impl Store {
     pub async fn unprocessed_events(&self, ids: &[String]) -> Result<Vec<Event>, StoreError> {
         let sql = format!(
             "SELECT id, contact_id, kind, at, properties FROM events \
-             WHERE processed_at IS NULL AND id IN {}",
-            bulk::json_list(self.dialect, 1)
+             WHERE processed_at IS NULL AND {}",
+            bulk::json_in(self.dialect, "id", 1)
         );
         let mut found = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(bulk::to_json(ids)?)
@@ -84,11 +84,11 @@ impl Store {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, Contact>, StoreError> {
-        let list = bulk::json_list(self.dialect, 1);
         let ids = bulk::to_json(ids)?;
         let sql = format!(
             "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-             FROM contacts WHERE id IN {list}"
+             FROM contacts WHERE {}",
+            bulk::json_in(self.dialect, "id", 1)
         );
         let mut contacts = HashMap::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -100,8 +100,9 @@ impl Store {
             contacts.insert(contact.id.clone(), contact);
         }
         let sql = format!(
-            "SELECT contact_id, segment FROM segment_members WHERE contact_id IN {list} \
-             ORDER BY contact_id, segment"
+            "SELECT contact_id, segment FROM segment_members WHERE {} \
+             ORDER BY contact_id, segment",
+            bulk::json_in(self.dialect, "contact_id", 1)
         );
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(ids)
@@ -129,9 +130,9 @@ impl Store {
                     SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
                     SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
                     MAX(at) AS last_at \
-             FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND contact_id IN {} \
+             FROM events WHERE at <= $3 AND processed_at IS NOT NULL AND {} \
              GROUP BY contact_id, kind ORDER BY contact_id, kind",
-            bulk::json_list(self.dialect, 4)
+            bulk::json_in(self.dialect, "contact_id", 4)
         );
         let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -170,8 +171,8 @@ impl Store {
         // The claim: only the worker whose update takes every event of the
         // batch writes its effects.
         let sql = format!(
-            "UPDATE events SET processed_at = $1 WHERE processed_at IS NULL AND id IN {}",
-            bulk::json_list(dialect, 2)
+            "UPDATE events SET processed_at = $1 WHERE processed_at IS NULL AND {}",
+            bulk::json_in(dialect, "id", 2)
         );
         let claimed = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)

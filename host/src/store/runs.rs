@@ -77,9 +77,9 @@ pub async fn runs_in(
         Dialect::Sqlite => "",
     };
     let sql = format!(
-        "SELECT {} FROM journey_runs WHERE id IN {}{lock}",
+        "SELECT {} FROM journey_runs WHERE {}{lock}",
         run_columns!(),
-        super::bulk::json_list(dialect, 1)
+        super::bulk::json_in(dialect, "id", 1)
     );
     let runs = sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql))
         .bind(super::bulk::to_json(ids)?)

@@ -45,8 +45,8 @@ pub async fn suppressions_of_in(
     }
     let sql = format!(
         "SELECT contact_id, channel, reason, scope, at FROM suppressions \
-         WHERE contact_id IN {} ORDER BY at",
-        super::bulk::json_list(dialect, 1)
+         WHERE {} ORDER BY at",
+        super::bulk::json_in(dialect, "contact_id", 1)
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(super::bulk::to_json(contact_ids)?)

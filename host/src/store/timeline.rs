@@ -63,8 +63,8 @@ pub async fn events_in(
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT id, contact_id, kind, at, properties FROM events WHERE id IN {}",
-        super::bulk::json_list(dialect, 1)
+        "SELECT id, contact_id, kind, at, properties FROM events WHERE {}",
+        super::bulk::json_in(dialect, "id", 1)
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(super::bulk::to_json(ids)?)

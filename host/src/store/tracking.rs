@@ -244,8 +244,8 @@ pub async fn erased_of_in(
         return Ok(HashMap::new());
     }
     let sql = format!(
-        "SELECT address_hash, at FROM erased_addresses WHERE address_hash IN {}",
-        super::bulk::json_list(dialect, 1)
+        "SELECT address_hash, at FROM erased_addresses WHERE {}",
+        super::bulk::json_in(dialect, "address_hash", 1)
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(super::bulk::to_json(address_hashes)?)
