@@ -35,7 +35,10 @@ pub(super) fn json_rows(dialect: Dialect, param: usize, columns: &[(&str, Col)])
             // `jsonb_each` hands each row object over in SQLite's binary
             // form; `json_each` would render it as text for every column
             // read from it, and `json_extract` would parse that text again.
-            format!("(SELECT {} FROM jsonb_each(${param})) AS j", list.join(", "))
+            format!(
+                "(SELECT {} FROM jsonb_each(${param})) AS j",
+                list.join(", ")
+            )
         }
         Dialect::Postgres => {
             let list: Vec<String> = columns

@@ -106,7 +106,7 @@ pub async fn consents_in(
         // planner hashed the list and read every consent (8 ms a batch
         // at 200k contacts).
         super::Dialect::Postgres => "SELECT c.id AS contact_id, s.channel, s.status, s.updated_at \
-             FROM jsonb_array_elements_text($2::jsonb) AS c(id) CROSS JOIN LATERAL \
+             FROM (SELECT DISTINCT jsonb_array_elements_text($2::jsonb)) AS c(id) CROSS JOIN LATERAL \
              (SELECT channel, status, updated_at FROM consents \
              WHERE consents.contact_id = c.id AND purpose = $1) AS s"
             .to_owned(),

@@ -486,7 +486,6 @@ const PRESENT_KINDS: &str = "WITH RECURSIVE kinds(kind) AS (\
      FROM kinds WHERE kinds.kind IS NOT NULL) \
      SELECT kind FROM kinds WHERE kind IS NOT NULL";
 
-
 /// Applies the profile effects (scores, stages, segments) of stored
 /// events that were accepted but not applied: the node that accepted
 /// them normally applies them at once and this job then finds nothing to
@@ -880,7 +879,9 @@ impl Store {
     /// When the next job falls due, if any waits.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let sql = match self.dialect {
-            Dialect::Sqlite => "SELECT MIN(due_at) AS next FROM jobs WHERE failed_at IS NULL".to_owned(),
+            Dialect::Sqlite => {
+                "SELECT MIN(due_at) AS next FROM jobs WHERE failed_at IS NULL".to_owned()
+            }
             // A probe per kind in the `(kind, due_at)` index.
             Dialect::Postgres => format!(
                 "SELECT MIN((SELECT MIN(due_at) FROM jobs WHERE jobs.kind = k.kind \

@@ -223,7 +223,7 @@ pub async fn marketing_sends_of_in(
         // read every message queued since `since` through `outbox_by_time`
         // instead: 50 ms a batch once a campaign had queued 200k.
         super::Dialect::Postgres => "SELECT c.id AS contact_id, o.created_at \
-             FROM jsonb_array_elements_text($5::jsonb) AS c(id) CROSS JOIN LATERAL \
+             FROM (SELECT DISTINCT jsonb_array_elements_text($5::jsonb)) AS c(id) CROSS JOIN LATERAL \
              (SELECT created_at FROM outbox WHERE outbox.contact_id = c.id AND purpose = $1 \
              AND created_at > $2 AND status IN ($3, $4)) AS o"
             .to_owned(),
