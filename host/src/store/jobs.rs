@@ -668,8 +668,8 @@ impl Store {
         if filter == KindFilter::Only(&[]) {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await?;
-        let rows = match self.dialect {
+        // The statement, and the kinds to bind after the four shared values.
+        let (sql, kinds) = match self.dialect {
             // One writer at a time: the write transaction is the lock.
             Dialect::Sqlite => {
                 let (kinds, kind_values) = filter.condition(5);
@@ -679,15 +679,7 @@ impl Store {
                      AND (lease_until IS NULL OR lease_until < $3) {kinds}ORDER BY due_at LIMIT $4) \
                      RETURNING id, kind, payload, due_at, attempts"
                 );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(now + lease_ms)
-                    .bind(worker.to_owned())
-                    .bind(now)
-                    .bind(i64::from(limit));
-                for kind in kind_values {
-                    query = query.bind(*kind);
-                }
-                query.fetch_all(&mut *tx).await?
+                (sql, kind_values.iter().map(|k| (*k).to_owned()).collect())
             }
             Dialect::Postgres => {
                 let (kinds, list) = filter.postgres_kinds(5);
@@ -700,17 +692,19 @@ impl Store {
                      ORDER BY due.due_at LIMIT $4) \
                      RETURNING id, kind, payload, due_at, attempts"
                 );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(now + lease_ms)
-                    .bind(worker.to_owned())
-                    .bind(now)
-                    .bind(i64::from(limit));
-                if let Some(list) = list {
-                    query = query.bind(list);
-                }
-                query.fetch_all(&mut *tx).await?
+                (sql, list.into_iter().collect::<Vec<String>>())
             }
         };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(now + lease_ms)
+            .bind(worker.to_owned())
+            .bind(now)
+            .bind(i64::from(limit));
+        for kind in kinds {
+            query = query.bind(kind);
+        }
+        let mut tx = self.write_tx().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut jobs = rows
             .iter()
