@@ -96,21 +96,11 @@ pub async fn consents_in(
     if contact_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let sql = match dialect {
-        super::Dialect::Sqlite => format!(
-            "SELECT contact_id, channel, status, updated_at FROM consents \
-             WHERE purpose = $1 AND {}",
-            super::bulk::json_in(dialect, "contact_id", 2)
-        ),
-        // Contact by contact through the primary key: as a semi-join the
-        // planner hashed the list and read every consent (8 ms a batch
-        // at 200k contacts).
-        super::Dialect::Postgres => "SELECT c.id AS contact_id, s.channel, s.status, s.updated_at \
-             FROM (SELECT DISTINCT jsonb_array_elements_text($2::jsonb)) AS c(id) CROSS JOIN LATERAL \
-             (SELECT channel, status, updated_at FROM consents \
-             WHERE consents.contact_id = c.id AND purpose = $1) AS s"
-            .to_owned(),
-    };
+    let sql = format!(
+        "SELECT contact_id, channel, status, updated_at FROM consents \
+         WHERE purpose = $1 AND {}",
+        super::bulk::json_in(dialect, "contact_id", 2)
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(purpose)
         .bind(super::bulk::to_json(contact_ids)?)
