@@ -280,23 +280,17 @@ impl<'a> Rebuild<'a> {
     }
 
     /// Reads the page after `after` (contacts with their memberships and
-    /// activity, three queries) and asks the rule about it.
+    /// activity: one statement on SQLite, three on PostgreSQL) and asks the
+    /// rule about it.
     async fn evaluate(&self, after: Option<&str>, now: i64) -> Result<Page, StoreError> {
         let store = &self.pipeline.store;
         let started = Instant::now();
-        let page = store.contacts_page(after, REBUILD_PAGE).await?;
-        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        let items = store
+            .contacts_with_activity(after, REBUILD_PAGE, now)
+            .await?;
+        let Some(last) = items.last().map(|(contact, _)| contact.id.clone()) else {
             return Ok(Page::Done);
         };
-        let last = last.id.clone();
-        let mut activity = store.activity_range(&first.id, &last, now).await?;
-        let items: Vec<_> = page
-            .into_iter()
-            .map(|contact| {
-                let summary = activity.remove(&contact.id).unwrap_or_default();
-                (contact, summary)
-            })
-            .collect();
         Timing::add(&self.timing.read, started);
         let started = Instant::now();
         // The calls of a page run side by side (each on its own sandbox):

@@ -269,3 +269,123 @@ nachfass_tests::on_both_databases!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     a_rate_bucket_is_shared_by_concurrent_takers
 );
+
+/// A page of contacts as rules see it carries each contact exactly as it
+/// is read alone: attributes of every type, segments, and the activity
+/// summary as of `now` (later events left out).
+async fn a_page_of_contacts_is_each_contact_as_read_alone(dialect: &'static str) {
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let now = 100 * DAY;
+    let attributes = [
+        ("plan".to_owned(), Value::Text("pro \"team\" ü".into())),
+        ("seats".to_owned(), Value::Integer(-12)),
+        ("ratio".to_owned(), Value::Float(0.1 + 0.2)),
+        ("trial".to_owned(), Value::Boolean(true)),
+        ("churned".to_owned(), Value::Null),
+        ("renews".to_owned(), Value::Timestamp(now + 7 * DAY)),
+        (
+            "tags".to_owned(),
+            Value::Texts(vec!["b2b".into(), "eu".into()]),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (i, email) in ["a@page.example", "b@page.example", "c@page.example"]
+        .into_iter()
+        .enumerate()
+    {
+        let input = ContactInput {
+            email: (i != 1).then(|| email.to_owned()),
+            external_id: (i == 1).then(|| "crm-1".to_owned()),
+            timezone: (i == 2).then(|| "Europe/Berlin".to_owned()),
+            attributes: attributes[..i * 3].iter().cloned().collect(),
+            ..ContactInput::default()
+        };
+        ids.push(
+            store
+                .upsert_contact(&input, i as i64)
+                .await
+                .unwrap()
+                .contact
+                .id,
+        );
+    }
+    for (segment, contact) in [("vip", 0), ("eu", 0), ("eu", 2)] {
+        store
+            .set_membership(segment, &ids[contact], true, 1)
+            .await
+            .unwrap();
+    }
+    for (kind, contact, at) in [
+        ("page.visited", 0, now - 40 * DAY),
+        ("page.visited", 0, now - 2 * DAY),
+        ("page.visited", 0, now - 1000),
+        ("email.opened", 0, now),
+        ("email.opened", 0, now + 1),
+        ("download", 2, now - 3 * DAY),
+    ] {
+        let input = EventInput {
+            kind: kind.into(),
+            at: Some(at),
+            contact_id: Some(ids[contact].clone()),
+            ..EventInput::default()
+        };
+        store.ingest_event(&input, now).await.unwrap();
+    }
+    ids.sort();
+
+    let first = store.contacts_with_activity(None, 2, now).await.unwrap();
+    let rest = store
+        .contacts_with_activity(Some(&first[1].0.id), 2, now)
+        .await
+        .unwrap();
+    assert_eq!((first.len(), rest.len()), (2, 1), "{dialect}");
+    let page: Vec<_> = first.into_iter().chain(rest).collect();
+    for ((contact, activity), id) in page.iter().zip(&ids) {
+        let mut alone = store.contact(id).await.unwrap();
+        alone.segments = store.memberships(id).await.unwrap();
+        assert_eq!(contact, &alone, "{dialect}");
+        let mut expected = store.activity(id, now).await.unwrap();
+        expected.sort_by(|a, b| a.kind.cmp(&b.kind));
+        assert_eq!(activity, &expected, "{dialect}: {id}");
+    }
+    let busy = page.iter().find(|(c, _)| c.segments.len() == 2).unwrap();
+    assert_eq!(busy.0.segments, ["eu", "vip"], "{dialect}");
+    let visits = busy.1.iter().find(|a| a.kind == "page.visited").unwrap();
+    assert_eq!(
+        (visits.total, visits.last_30_days, visits.last_24_hours),
+        (3, 2, 1),
+        "{dialect}"
+    );
+    assert_eq!(
+        busy.1
+            .iter()
+            .find(|a| a.kind == "email.opened")
+            .unwrap()
+            .total,
+        1,
+        "{dialect}: an event after now is not counted"
+    );
+    let rich = page.iter().find(|(c, _)| c.attributes.len() == 6).unwrap();
+    assert_eq!(
+        rich.0.attributes["ratio"],
+        Value::Float(0.1 + 0.2),
+        "{dialect}"
+    );
+
+    let plain = store.contacts_page(None, 10).await.unwrap();
+    let with_activity: Vec<_> = page.into_iter().map(|(c, _)| c).collect();
+    assert_eq!(plain, with_activity, "{dialect}");
+    assert!(
+        store
+            .contacts_page(Some(&ids[2]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_page_of_contacts_is_each_contact_as_read_alone
+);
