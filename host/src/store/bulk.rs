@@ -60,6 +60,23 @@ pub(super) fn json_rows(dialect: Dialect, param: usize, columns: &[(&str, Col)])
     }
 }
 
+/// For `UPDATE … FROM {json_rows} AS j WHERE table.key = j.key`: the same
+/// match once more as `AND column = ANY(…)` over the rows' `key` field on
+/// PostgreSQL (nothing on SQLite, which looks each row up by its key).
+///
+/// PostgreSQL guesses 100 rows for `jsonb_to_recordset`, and with a table
+/// of a few thousand rows it hashed them and read the whole table to join
+/// (1-2.5 ms a statement at 4k contacts in the ingest bench). With the keys
+/// as an array it reads the rows through the key's index.
+pub(super) fn rows_match(dialect: Dialect, column: &str, param: usize, key: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => String::new(),
+        Dialect::Postgres => format!(
+            " AND {column} = ANY(ARRAY(SELECT r->>'{key}' FROM jsonb_array_elements(${param}::jsonb) AS r))"
+        ),
+    }
+}
+
 /// `column` is one of the strings of the JSON array bound at `$param`.
 ///
 /// PostgreSQL gets `= ANY(ARRAY(…))`, which it answers through the

@@ -541,12 +541,13 @@ async fn update_seen(
         1,
         &[("id", Col::Text), ("at", Col::Int), ("touched", Col::Bool)],
     );
+    let keyed = bulk::rows_match(dialect, "contacts.id", 1, "id");
     let sql = format!(
         "UPDATE contacts SET \
          last_seen_at = CASE WHEN j.at IS NOT NULL AND (contacts.last_seen_at IS NULL OR contacts.last_seen_at < j.at) \
                         THEN j.at ELSE contacts.last_seen_at END, \
          updated_at = CASE WHEN j.touched THEN $2 ELSE contacts.updated_at END \
-         FROM {from} WHERE contacts.id = j.id"
+         FROM {from} WHERE contacts.id = j.id{keyed}"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(bulk::to_json(rows)?)

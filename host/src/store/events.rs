@@ -424,7 +424,8 @@ impl Store {
     }
 
     /// Per event kind: total, last 24 hours, last 30 days, newest time —
-    /// the summary segment rules and scorers receive.
+    /// the summary segment rules and scorers receive (`at + 0`: see
+    /// [`Store::applied_activity`]).
     pub async fn activity(
         &self,
         contact_id: &str,
@@ -435,7 +436,7 @@ impl Store {
                     SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
                     SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
                     MAX(at) AS last_at \
-             FROM events WHERE contact_id = $3 AND at <= $4 GROUP BY kind ORDER BY kind",
+             FROM events WHERE contact_id = $3 AND at + 0 <= $4 GROUP BY kind ORDER BY kind",
         )
         .bind(now - DAY_MS)
         .bind(now - 30 * DAY_MS)

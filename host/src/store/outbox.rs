@@ -170,9 +170,10 @@ pub async fn settle_outbox_many_in(
             ("sent_at", Col::Int),
         ],
     );
+    let keyed = super::bulk::rows_match(dialect, "outbox.id", 1, "id");
     let sql = format!(
         "UPDATE outbox SET status = j.status, provider_id = j.provider_id, last_error = j.last_error, \
-         sent_at = j.sent_at, attempts = attempts + 1 FROM {from} WHERE outbox.id = j.id"
+         sent_at = j.sent_at, attempts = attempts + 1 FROM {from} WHERE outbox.id = j.id{keyed}"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(to_json(settles)?)

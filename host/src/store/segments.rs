@@ -172,7 +172,7 @@ impl Store {
     }
 
     /// Activity summaries of every contact with an id in `first..=last`, in
-    /// one query.
+    /// one query (`at + 0`: see [`Store::applied_activity`]).
     async fn activity_range(
         &self,
         first: &str,
@@ -184,7 +184,7 @@ impl Store {
                     SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
                     SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
                     MAX(at) AS last_at \
-             FROM events WHERE contact_id >= $3 AND contact_id <= $4 AND at <= $5 \
+             FROM events WHERE contact_id >= $3 AND contact_id <= $4 AND at + 0 <= $5 \
              GROUP BY contact_id, kind ORDER BY contact_id, kind",
         )
         .bind(now - DAY_MS)

@@ -139,10 +139,11 @@ async fn update_runs_in(
             ("exit_reason", Col::Text),
         ],
     );
+    let keyed = bulk::rows_match(dialect, "journey_runs.id", 1, "id");
     let sql = format!(
         "UPDATE journey_runs SET status = j.status, step = j.step, seq = j.seq, \
          waiting_for = j.waiting_for, ended_at = j.ended_at, exit_reason = j.exit_reason \
-         FROM {from} WHERE journey_runs.id = j.id"
+         FROM {from} WHERE journey_runs.id = j.id{keyed}"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(bulk::to_json(&rows)?)
@@ -175,9 +176,10 @@ async fn update_attributes_in(
         .collect();
     rows.sort_unstable_by(|a, b| a.id.cmp(b.id));
     let from = bulk::json_rows(dialect, 1, &[("id", Col::Text), ("attributes", Col::Text)]);
+    let keyed = bulk::rows_match(dialect, "contacts.id", 1, "id");
     let sql = format!(
         "UPDATE contacts SET attributes = j.attributes, updated_at = $2 \
-         FROM {from} WHERE contacts.id = j.id"
+         FROM {from} WHERE contacts.id = j.id{keyed}"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(bulk::to_json(&rows)?)
