@@ -295,12 +295,7 @@ async fn main() {
                 .unwrap();
             let (server, _) = base.rsplit_once('/').unwrap();
             bench("postgres", &format!("{server}/{name}"), registry, contacts).await;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE {name} WITH (FORCE)"
-                )))
-                .await
-                .unwrap();
+            nachfass_tests::drop_bench_database(&mut admin, &name).await;
         }
         Err(_) => println!(
             "postgres: skipped; set NACHFASS_TEST_POSTGRES_URL (tests/support/postgres.sh prints one)"

@@ -347,3 +347,19 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// Drops a bench's database. Autovacuum may still be working on a freshly
+/// filled one, and only a superuser may end it: the drop is tried again for
+/// a minute, then the database is left with a note rather than failing a
+/// run whose figures are already printed.
+pub async fn drop_bench_database(admin: &mut sqlx::AnyConnection, name: &str) {
+    use sqlx::Executor;
+    for _ in 0..60 {
+        let drop = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        match admin.execute(drop).await {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    }
+    eprintln!("could not drop database {name} (still in use); drop it by hand");
+}
