@@ -128,6 +128,24 @@ async fn prepare_connection(
         conn.execute("PRAGMA synchronous = NORMAL").await?;
         conn.execute("PRAGMA wal_autocheckpoint = 8000").await?;
         conn.execute("PRAGMA temp_store = MEMORY").await?;
+    } else {
+        // sqlx prepares every statement once per connection, and after five
+        // runs PostgreSQL keeps one generic plan for it, costed with the
+        // table sizes of that moment. A queue, an outbox or a new
+        // database's events outgrow those within seconds, and autovacuum's
+        // next ANALYZE (which would replan) is up to a minute away: the
+        // ingest bench's reads went through whole tables, 2-6 ms each,
+        // where their indexes answer in 0.1 ms. Planned for each run, a
+        // statement sees the tables as they are; planning our statements
+        // costs far less than one such scan. (It also replans the foreign-key
+        // checks PostgreSQL runs per inserted row: a 1M rebuild's first
+        // build writes at 27k contacts/s with it, 37-42k without. Unnamed
+        // statements, which sqlx sends without a statement cache, keep
+        // those checks cached but cost a round trip each: 200k sends in
+        // 68.9 s against 83.5 s this way, but the million in 516 s against
+        // 457 s, and single-event ingest at 996/s against 1,300-1,390/s.)
+        conn.execute("SET plan_cache_mode = force_custom_plan")
+            .await?;
     }
     Ok(())
 }
@@ -144,23 +162,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
-        let sep = if url.contains('?') { '&' } else { '?' };
         let url = match dialect {
-            Dialect::Sqlite if !url.contains("mode=") => format!("{url}{sep}mode=rwc"),
-            // No statement cache on PostgreSQL. A statement prepared once per
-            // connection gets, after five runs, one generic plan costed with
-            // the table sizes of that moment; a queue, an outbox or a new
-            // database's events outgrow those within seconds, long before
-            // autovacuum's next ANALYZE replans it, and the ingest bench's
-            // batch reads went through whole tables (2-6 ms each, 0.1 ms
-            // through their indexes). Unnamed statements are planned for each
-            // run with the tables as they are. `plan_cache_mode =
-            // force_custom_plan` did the same for our statements but also
-            // replanned the foreign-key checks PostgreSQL runs for every
-            // inserted row, which are always right as cached: 200k sends took
-            // 83.5 s with it and 68.9 s this way (120-130 s cached).
-            Dialect::Postgres if !url.contains("statement-cache-capacity=") => {
-                format!("{url}{sep}statement-cache-capacity=0")
+            Dialect::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
             }
             _ => url.to_owned(),
         };
