@@ -48,6 +48,16 @@ pub use traits::{Channel, Scorer, SegmentRule};
 pub mod __private {
     pub use crate::bindings;
     pub use wit_bindgen;
+
+    /// Lets a batch's inputs go without freeing them one by one. The host
+    /// runs every call on a fresh instance and drops its linear memory
+    /// afterwards, so each string's `free` would be work thrown away: it
+    /// was about a tenth of a batch's cost. Only the guest build skips it.
+    pub fn discard_inputs<T>(items: Vec<T>) {
+        if cfg!(target_family = "wasm") {
+            std::mem::forget(items);
+        }
+    }
 }
 
 /// Exports a [`SegmentRule`] implementation as the plugin's entry point.
@@ -70,7 +80,10 @@ macro_rules! export_segment_rule {
                 fn matches_batch(
                     items: ::std::vec::Vec<$crate::RuleInput>,
                 ) -> ::std::result::Result<::std::vec::Vec<bool>, $crate::PluginError> {
-                    <$rule as $crate::SegmentRule>::matches_batch(&$crate::Ctx::host(), &items)
+                    let answers =
+                        <$rule as $crate::SegmentRule>::matches_batch(&$crate::Ctx::host(), &items);
+                    $crate::__private::discard_inputs(items);
+                    answers
                 }
             }
             $crate::__private::bindings::segment_rule::__export_segment_rule!(
@@ -107,7 +120,10 @@ macro_rules! export_scorer {
                     >,
                     $crate::PluginError,
                 > {
-                    <$scorer as $crate::Scorer>::on_event_batch(&$crate::Ctx::host(), &items)
+                    let answers =
+                        <$scorer as $crate::Scorer>::on_event_batch(&$crate::Ctx::host(), &items);
+                    $crate::__private::discard_inputs(items);
+                    answers
                 }
                 fn on_profile(
                     contact: $crate::Contact,

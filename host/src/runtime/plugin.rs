@@ -13,17 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::Instrument;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 use wasmtime::{Store, Trap};
 
 use super::Runtime;
 use super::bindings::{channel, latest, segment_rule, since_v0_1_0, types as wit};
 use super::convert;
 use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
-use super::limits::Limits;
+use super::limits::{Limits, RuntimeLimits};
 use super::manifest::{Manifest, World};
 use super::sandbox::{self, Binding, CallState};
 use super::signature::SignedBy;
+use super::views;
 use crate::model;
 
 mod session;
@@ -37,17 +38,27 @@ pub type CallResult<T, E = model::PluginError> = Result<Result<T, E>, RuntimeErr
 /// each version's `host` and `mail` imports); scorers gained
 /// `on-event-batch` in 0.2.0.
 enum WorldPre {
-    SegmentRule(segment_rule::SegmentRulePre<CallState>),
+    SegmentRule(
+        segment_rule::SegmentRulePre<CallState>,
+        ComponentExportIndex,
+    ),
     Scorer(ScorerPre),
     Channel(channel::ChannelPre<CallState>),
 }
 
+/// A batch export's place in the component, found once at load. Batches
+/// call it with [`views`] of the host's records rather than through
+/// `bindgen!`'s owned types, so nothing is cloned on the way in.
 enum ScorerPre {
-    /// `nachfass:plugin@0.2.0` and later: a batch is one call.
-    Batch(latest::scorer::ScorerPre<CallState>),
+    /// `nachfass:plugin@0.2.0` and later: a batch is one call of
+    /// `on-event-batch`.
+    Batch(latest::scorer::ScorerPre<CallState>, ComponentExportIndex),
     /// `nachfass:plugin@0.1.0`: a batch is one `on-event` per item, on one
     /// instance.
-    PerItem(since_v0_1_0::scorer::ScorerPre<CallState>),
+    PerItem(
+        since_v0_1_0::scorer::ScorerPre<CallState>,
+        ComponentExportIndex,
+    ),
 }
 
 enum ScorerInstance {
@@ -57,12 +68,69 @@ enum ScorerInstance {
 
 type Answer<T> = Result<T, wit::PluginError>;
 
+/// Where `name` sits among the component's exports.
+fn export_index(
+    component: &Component,
+    name: &str,
+) -> Result<ComponentExportIndex, wasmtime::Error> {
+    component
+        .get_export_index(None, name)
+        .ok_or_else(|| wasmtime::format_err!("the component exports no function `{name}`"))
+}
+
 impl ScorerPre {
     async fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<ScorerInstance> {
         Ok(match self {
-            ScorerPre::Batch(pre) => ScorerInstance::Batch(pre.instantiate_async(store).await?),
-            ScorerPre::PerItem(pre) => ScorerInstance::PerItem(pre.instantiate_async(store).await?),
+            ScorerPre::Batch(pre, _) => ScorerInstance::Batch(pre.instantiate_async(store).await?),
+            ScorerPre::PerItem(pre, _) => {
+                ScorerInstance::PerItem(pre.instantiate_async(store).await?)
+            }
         })
+    }
+
+    /// The whole batch on one fresh instance: one call since 0.2.0, one
+    /// call per item before.
+    async fn on_event_batch(
+        &self,
+        store: &mut Store<CallState>,
+        limits: &Limits,
+        runtime: &RuntimeLimits,
+        items: &[views::ScorerInputView<'_>],
+    ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
+        match self {
+            ScorerPre::Batch(pre, index) => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, runtime);
+                let batch = instance
+                    .get_typed_func::<(&[views::ScorerInputView],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
+                        &mut *store,
+                        index,
+                    )?;
+                Ok(batch.call_async(&mut *store, (items,)).await?.0)
+            }
+            ScorerPre::PerItem(pre, index) => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                sandbox::start_call_budget(store, limits, runtime);
+                let on_event = instance.get_typed_func::<(
+                    &views::ContactView,
+                    &views::EventView,
+                    &[views::ActivityView],
+                ), (Answer<wit::ScoreChange>,)>(
+                    &mut *store, index
+                )?;
+                let mut answers = Vec::with_capacity(items.len());
+                for item in items {
+                    let (contact, event, activity) = item.parts();
+                    answers.push(
+                        on_event
+                            .call_async(&mut *store, (contact, event, activity))
+                            .await?
+                            .0,
+                    );
+                }
+                Ok(Ok(answers))
+            }
+        }
     }
 }
 
@@ -92,29 +160,6 @@ impl ScorerInstance {
         match self {
             ScorerInstance::Batch(world) => world.call_on_profile(store, contact).await,
             ScorerInstance::PerItem(world) => world.call_on_profile(store, contact).await,
-        }
-    }
-
-    /// The whole batch on this one instance: one call since 0.2.0, one call
-    /// per item before.
-    async fn on_event_batch(
-        &self,
-        store: &mut Store<CallState>,
-        items: &[wit::ScorerInput],
-    ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
-        match self {
-            ScorerInstance::Batch(world) => world.call_on_event_batch(store, items).await,
-            ScorerInstance::PerItem(world) => {
-                let mut answers = Vec::with_capacity(items.len());
-                for item in items {
-                    answers.push(
-                        world
-                            .call_on_event(&mut *store, &item.contact, &item.event, &item.activity)
-                            .await?,
-                    );
-                }
-                Ok(Ok(answers))
-            }
         }
     }
 }
@@ -222,12 +267,23 @@ impl Plugin {
         let pre = match world {
             World::SegmentRule => WorldPre::SegmentRule(
                 segment_rule::SegmentRulePre::new(instance_pre).map_err(wrong_world)?,
+                export_index(&component, "matches-batch").map_err(wrong_world)?,
             ),
             World::Scorer => WorldPre::Scorer(
                 if api == super::manifest::API_VERSION_0_1 {
-                    since_v0_1_0::scorer::ScorerPre::new(instance_pre).map(ScorerPre::PerItem)
+                    since_v0_1_0::scorer::ScorerPre::new(instance_pre).and_then(|pre| {
+                        Ok(ScorerPre::PerItem(
+                            pre,
+                            export_index(&component, "on-event")?,
+                        ))
+                    })
                 } else {
-                    latest::scorer::ScorerPre::new(instance_pre).map(ScorerPre::Batch)
+                    latest::scorer::ScorerPre::new(instance_pre).and_then(|pre| {
+                        Ok(ScorerPre::Batch(
+                            pre,
+                            export_index(&component, "on-event-batch")?,
+                        ))
+                    })
                 }
                 .map_err(wrong_world)?,
             ),
@@ -306,7 +362,7 @@ impl Plugin {
     pub async fn probe(&self, binding: &Arc<Binding>, now: i64) -> Result<(), RuntimeError> {
         let limits = &binding.limits;
         match &self.pre {
-            WorldPre::SegmentRule(pre) => {
+            WorldPre::SegmentRule(pre, _) => {
                 self.run("instantiate", binding, limits, now, 1, async |store| {
                     pre.instantiate_async(store).await.map(drop)
                 })
@@ -335,7 +391,7 @@ impl Plugin {
         contact: &model::Contact,
         activity: &[model::ActivityCount],
     ) -> CallResult<bool> {
-        let WorldPre::SegmentRule(pre) = &self.pre else {
+        let WorldPre::SegmentRule(pre, _) = &self.pre else {
             return Err(self.not_a(World::SegmentRule));
         };
         let contact = wit::Contact::from(contact);
@@ -358,15 +414,12 @@ impl Plugin {
         now: i64,
         items: &[(model::Contact, Vec<model::ActivityCount>)],
     ) -> CallResult<Vec<bool>> {
-        let WorldPre::SegmentRule(pre) = &self.pre else {
+        let WorldPre::SegmentRule(pre, index) = &self.pre else {
             return Err(self.not_a(World::SegmentRule));
         };
-        let inputs: Vec<wit::RuleInput> = items
+        let inputs: Vec<views::RuleInputView> = items
             .iter()
-            .map(|(contact, activity)| wit::RuleInput {
-                contact: contact.into(),
-                activity: convert::activity(activity),
-            })
+            .map(|(contact, activity)| views::rule_input(contact, activity))
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
@@ -377,9 +430,14 @@ impl Plugin {
                 now,
                 items.len(),
                 async |store| {
-                    let world = pre.instantiate_async(&mut *store).await?;
+                    let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
                     sandbox::start_call_budget(store, &limits, self.runtime.limits());
-                    world.call_matches_batch(&mut *store, &inputs).await
+                    let batch = instance
+                        .get_typed_func::<(&[views::RuleInputView],), (Answer<Vec<bool>>,)>(
+                            &mut *store,
+                            index,
+                        )?;
+                    Ok(batch.call_async(&mut *store, (&inputs,)).await?.0)
                 },
             )
             .await?;
@@ -441,13 +499,9 @@ impl Plugin {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<wit::ScorerInput> = items
+        let inputs: Vec<views::ScorerInputView> = items
             .iter()
-            .map(|item| wit::ScorerInput {
-                contact: item.contact.into(),
-                event: item.event.into(),
-                activity: convert::activity(item.activity),
-            })
+            .map(|item| views::scorer_input(item.contact, item.event, item.activity))
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
@@ -458,9 +512,8 @@ impl Plugin {
                 now,
                 items.len(),
                 async |store| {
-                    let world = pre.instantiate(&mut *store).await?;
-                    sandbox::start_call_budget(store, &limits, self.runtime.limits());
-                    world.on_event_batch(&mut *store, &inputs).await
+                    pre.on_event_batch(store, &limits, self.runtime.limits(), &inputs)
+                        .await
                 },
             )
             .await?;

@@ -124,6 +124,11 @@ impl PoolPlan {
             // because the sandbox depends on it).
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `perf` can name the plugins' compiled functions (it reads
+        // /tmp/perf-<pid>.map) when an operator profiles a node.
+        if std::env::var_os("NACHFASS_PERF_MAP").is_some() {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if self.layout == Layout::Compact {
             wasm.memory_reservation(limits.max_memory_bytes as u64)
                 .memory_guard_size(COMPACT_GUARD)
