@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::model::ActivityCount;
+use tracing::Instrument;
+
+use crate::model::{ActivityCount, Contact};
 use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, Plugin, World};
 use crate::scoring::runtime_binding;
@@ -167,9 +169,10 @@ struct Rebuild<'a> {
     timing: Timing,
 }
 
-/// Time spent per phase, in nanoseconds, logged when a rebuild ends. The
-/// next page is read and evaluated while one is written, so the phases
-/// overlap and may add up to more than the whole (hence atomics too).
+/// Time spent per phase, in nanoseconds, logged when a rebuild ends. A
+/// page is read while the one before it is evaluated and the one before
+/// that written, so `read` is the time spent waiting for reads, and the
+/// phases may add up to more than the whole (hence atomics too).
 #[derive(Default)]
 struct Timing {
     read: AtomicU64,
@@ -186,6 +189,13 @@ impl Timing {
     fn seconds(counter: &AtomicU64) -> f64 {
         Duration::from_nanos(counter.load(Ordering::Relaxed)).as_secs_f64()
     }
+}
+
+/// A page being read on a task of its own, with the time its activity
+/// windows end at: the rule is asked about the page at that same time.
+struct PageRead {
+    now: i64,
+    task: tokio::task::JoinHandle<Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError>>,
 }
 
 /// How a rebuild run ended.
@@ -229,7 +239,8 @@ impl<'a> Rebuild<'a> {
     /// With `task`, each page's transaction also records the task's cursor
     /// and progress and renews the job's lease, so a crash resumes at the
     /// first page not committed and nothing is applied or counted twice.
-    /// While a page is written, the next one is read and evaluated.
+    /// Three pages are in flight: while one is written, the next is
+    /// evaluated and the one after it read.
     async fn run(
         &self,
         mut after: Option<String>,
@@ -239,12 +250,15 @@ impl<'a> Rebuild<'a> {
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
         let mut evaluated = 0;
-        let mut next = self.evaluate(after.as_deref(), now()).await?;
+        let (mut next, mut reading) = self.evaluate(self.read(after.clone(), now()), &now).await?;
         let outcome = loop {
             let page = match next {
                 Page::Done => break Outcome::Done,
                 Page::Failed(error) => break Outcome::Failed(error),
                 Page::Evaluated(page) => page,
+            };
+            let Some(read) = reading.take() else {
+                break Outcome::Done;
             };
             let step = task.map(|(job, task)| TaskStep {
                 job,
@@ -253,18 +267,20 @@ impl<'a> Rebuild<'a> {
                 cursor: &page.last,
                 evaluated: page.evaluated,
             });
-            let (changes, following) = tokio::join!(
-                self.apply(&page, step, now()),
-                self.evaluate(Some(&page.last), now())
-            );
+            let (changes, following) =
+                tokio::join!(self.apply(&page, step, now()), self.evaluate(read, &now));
             let Some(changes) = changes? else {
                 break Outcome::LeaseLost;
             };
             evaluated += page.evaluated;
             applied(&page, changes);
             after = Some(page.last);
-            next = following?;
+            (next, reading) = following?;
         };
+        // A read begun for a page that will not be evaluated is let go.
+        if let Some(read) = reading {
+            read.task.abort();
+        }
         let elapsed = started.elapsed().as_secs_f64();
         tracing::info!(
             segment = %self.binding.name,
@@ -279,19 +295,43 @@ impl<'a> Rebuild<'a> {
         Ok(outcome)
     }
 
-    /// Reads the page after `after` (contacts with their memberships and
-    /// activity: one statement on SQLite, three on PostgreSQL) and asks the
-    /// rule about it.
-    async fn evaluate(&self, after: Option<&str>, now: i64) -> Result<Page, StoreError> {
-        let store = &self.pipeline.store;
+    /// Starts reading the page after `after` (contacts with their
+    /// memberships and activity: one statement on SQLite, three on
+    /// PostgreSQL) on a task of its own, so that it goes on while the page
+    /// before it is evaluated: on SQLite the read runs on the connection's
+    /// thread and the rule on the runtime's, so the two overlap.
+    fn read(&self, after: Option<String>, now: i64) -> PageRead {
+        let store = self.pipeline.store.clone();
+        let task = tokio::spawn(
+            async move {
+                store
+                    .contacts_with_activity(after.as_deref(), REBUILD_PAGE, now)
+                    .await
+            }
+            .in_current_span(),
+        );
+        PageRead { now, task }
+    }
+
+    /// Waits for `read`, starts reading the page after it, and asks the
+    /// rule about this one.
+    async fn evaluate(
+        &self,
+        read: PageRead,
+        now: impl Fn() -> i64,
+    ) -> Result<(Page, Option<PageRead>), StoreError> {
         let started = Instant::now();
-        let items = store
-            .contacts_with_activity(after, REBUILD_PAGE, now)
-            .await?;
+        let items = match read.task.await {
+            Ok(items) => items?,
+            // The read panicked: carry the panic on as if it had happened here.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let Some(last) = items.last().map(|(contact, _)| contact.id.clone()) else {
-            return Ok(Page::Done);
+            return Ok((Page::Done, None));
         };
         Timing::add(&self.timing.read, started);
+        let following = self.read(Some(last.clone()), now());
+        let now = read.now;
         let started = Instant::now();
         // The calls of a page run side by side (each on its own sandbox):
         // copying contacts into the rule is the rebuild's largest cost,
@@ -341,14 +381,18 @@ impl<'a> Rebuild<'a> {
         }
         Timing::add(&self.timing.rules, started);
         if let Some(error) = failure {
-            return Ok(Page::Failed(error));
+            following.task.abort();
+            return Ok((Page::Failed(error), None));
         }
-        Ok(Page::Evaluated(Evaluated {
-            last,
-            evaluated: i64::try_from(evaluated).unwrap_or(i64::MAX),
-            enter,
-            leave,
-        }))
+        Ok((
+            Page::Evaluated(Evaluated {
+                last,
+                evaluated: i64::try_from(evaluated).unwrap_or(i64::MAX),
+                enter,
+                leave,
+            }),
+            Some(following),
+        ))
     }
 
     /// Writes the page's membership changes (and the task's step) in one
