@@ -195,8 +195,11 @@ impl Timing {
 /// windows end at: the rule is asked about the page at that same time.
 struct PageRead {
     now: i64,
-    task: tokio::task::JoinHandle<Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError>>,
+    task: tokio::task::JoinHandle<Result<ContactsPage, StoreError>>,
 }
+
+/// Contacts with their activity, as a page read returns them.
+type ContactsPage = Vec<(Contact, Vec<ActivityCount>)>;
 
 /// How a rebuild run ended.
 enum Outcome {
