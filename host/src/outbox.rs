@@ -28,7 +28,7 @@ use crate::store::outbox::{
 };
 use crate::store::step_writes::{NewEvent, insert_new_events_in};
 use crate::store::suppressions::suppressions_of_in;
-use crate::store::{BindingKind, Dialect, StoreError, new_event_id};
+use crate::store::{BindingKind, Dialect, StoreError, cached_plans_from_here_in, new_event_id};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
     registry.register_batch(
@@ -475,6 +475,8 @@ async fn settle_all(
     let now = journeys.pipeline.clock.now();
     let store = &journeys.pipeline.store;
     let mut tx = store.write_tx().await?;
+    // Only writes follow, each row of events checked by its foreign key.
+    cached_plans_from_here_in(&mut tx, store.dialect()).await?;
     if settle_together_in(&mut tx, store.dialect(), jobs, &settlements, now).await? {
         tx.commit().await?;
         return Ok(settlements

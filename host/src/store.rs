@@ -144,8 +144,27 @@ async fn prepare_connection(
         // those checks cached but cost a round trip each: 200k sends in
         // 68.9 s against 83.5 s this way, but the million in 516 s against
         // 457 s, and single-event ingest at 996/s against 1,300-1,390/s.)
+        // Transactions that insert many rows after their reads switch back
+        // for the rest of the transaction: `cached_plans_from_here_in`.
         conn.execute("SET plan_cache_mode = force_custom_plan")
             .await?;
+    }
+    Ok(())
+}
+
+/// From here to the end of the transaction on `conn`, PostgreSQL may keep
+/// cached plans again. For a transaction's bulk writes, after its reads:
+/// every row they insert is checked against its parent table by a
+/// foreign-key query, which `force_custom_plan` would plan afresh for each
+/// row, at more than the row's own cost. The write statements themselves
+/// run once per transaction and shape their plans to hold under either
+/// mode (see `bulk.rs`). Nothing to do on SQLite.
+pub(crate) async fn cached_plans_from_here_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<(), StoreError> {
+    if dialect == Dialect::Postgres {
+        conn.execute("SET LOCAL plan_cache_mode = auto").await?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::jobs::{ClaimedJob, renew_lease_in};
 use super::tasks::advance_cursor_in;
-use super::{Dialect, Store, StoreError, new_id};
+use super::{Dialect, Store, StoreError, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -274,15 +274,8 @@ impl Store {
         now: i64,
     ) -> Result<Option<PageChanges>, StoreError> {
         let mut tx = self.write_tx().await?;
-        if self.dialect == Dialect::Postgres && !(enter.is_empty() && leave.is_empty()) {
-            // Each membership and event row a page writes is checked against
-            // `contacts` by its foreign key. Planned afresh for every row,
-            // as this pool's statements are (see `prepare_connection`),
-            // those checks cost more than the rows: the first build of 1M
-            // contacts went at 25k/s. The page's own statements run once.
-            sqlx::query("SET LOCAL plan_cache_mode = auto")
-                .execute(&mut *tx)
-                .await?;
+        if !(enter.is_empty() && leave.is_empty()) {
+            cached_plans_from_here_in(&mut tx, self.dialect).await?;
         }
         if let Some(step) = &step
             && !renew_lease_in(&mut tx, step.job, now + step.job.lease_ms).await?
