@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::bulk::{self, Col, EventRow};
 use super::contacts::{normalize_email, normalize_external_id};
 use super::events::{PROCESS_GRACE_MS, validate_kind};
-use super::{Dialect, Store, StoreError, is_unique_violation, new_id};
+use super::{Dialect, Store, StoreError, cached_plans_from_here_in, is_unique_violation, new_id};
 use crate::model::Event;
 use crate::store::{EventInput, Ingested};
 
@@ -213,6 +213,8 @@ impl Store {
             .await
             .map_err(conflict_on_unique)?;
         }
+        // The reads are done; each event row is checked by its foreign key.
+        cached_plans_from_here_in(&mut tx, dialect).await?;
         insert_contacts(&mut tx, dialect, &created, &named, &last_seen, now).await?;
         let rows = events
             .iter()

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::bulk::{self, Col};
 use super::events::{DAY_MS, activity_from_row, from_row as event_from_row};
-use super::{Dialect, Store, StoreError, new_id};
+use super::{Dialect, Store, StoreError, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
 
 /// One effect of a batch, in the order it happened.
@@ -201,6 +201,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // Only inserts and keyed updates follow, each inserted row checked
+        // by its foreign key.
+        cached_plans_from_here_in(&mut tx, dialect).await?;
         if routes {
             let jobs: Vec<super::jobs::RouteEvent> = events
                 .iter()
