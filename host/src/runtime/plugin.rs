@@ -37,6 +37,10 @@ pub type CallResult<T, E = model::PluginError> = Result<Result<T, E>, RuntimeErr
 /// version, so one pre-instance type serves them all (the linker offers
 /// each version's `host` and `mail` imports); scorers gained
 /// `on-event-batch` in 0.2.0.
+///
+/// Batch exports are called through their place in the component, found
+/// once at load, with [`views`] of the host's records rather than through
+/// `bindgen!`'s owned types, so nothing is cloned on the way in.
 enum WorldPre {
     SegmentRule(
         segment_rule::SegmentRulePre<CallState>,
@@ -46,9 +50,6 @@ enum WorldPre {
     Channel(channel::ChannelPre<CallState>),
 }
 
-/// A batch export's place in the component, found once at load. Batches
-/// call it with [`views`] of the host's records rather than through
-/// `bindgen!`'s owned types, so nothing is cloned on the way in.
 enum ScorerPre {
     /// `nachfass:plugin@0.2.0` and later: a batch is one call of
     /// `on-event-batch`.
