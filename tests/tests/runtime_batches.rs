@@ -1,6 +1,7 @@
 //! Batches in the real sandbox: a scorer batch runs on one instance (one
 //! `on-event-batch` call for `nachfass:plugin@0.2.0`, one `on-event` per
-//! item for 0.1.0) and answers like single calls; a trap or an exhausted
+//! item for 0.1.0) and answers like single calls, every field reaching the
+//! plugin alike either way; a trap or an exhausted
 //! budget fails the whole batch and nothing reaches the next one; the
 //! instance pool says clearly when it is full, and starts under an
 //! address-space limit.
@@ -134,6 +135,147 @@ fn ok(delta: i64, reason: &str) -> Result<ScoreChange, PluginError> {
         delta,
         reasons: vec![reason.to_owned()],
     })
+}
+
+/// The SDK's records for the host's, built here independently of the
+/// host's own conversions, to print what a plugin must have been given.
+fn sdk_value(value: &nachfass::model::Value) -> nachfass_sdk::Value {
+    use nachfass::model::Value;
+    match value {
+        Value::Null => nachfass_sdk::Value::Null,
+        Value::Boolean(b) => nachfass_sdk::Value::Boolean(*b),
+        Value::Integer(i) => nachfass_sdk::Value::Integer(*i),
+        Value::Float(f) => nachfass_sdk::Value::Float(*f),
+        Value::Text(t) => nachfass_sdk::Value::Text(t.clone()),
+        Value::Timestamp(t) => nachfass_sdk::Value::Timestamp(*t),
+        Value::Texts(t) => nachfass_sdk::Value::Texts(t.clone()),
+    }
+}
+
+fn sdk_fields(fields: &nachfass::model::Fields) -> Vec<nachfass_sdk::Field> {
+    fields
+        .iter()
+        .map(|(key, value)| nachfass_sdk::Field {
+            key: key.clone(),
+            value: sdk_value(value),
+        })
+        .collect()
+}
+
+fn echoed(contact: &Contact, event: &Event, activity: &[ActivityCount]) -> Vec<String> {
+    let contact = nachfass_sdk::Contact {
+        id: contact.id.clone(),
+        email: contact.email.clone(),
+        phone: contact.phone.clone(),
+        timezone: contact.timezone.clone(),
+        score: contact.score,
+        stage: contact.stage.clone(),
+        attributes: sdk_fields(&contact.attributes),
+        segments: contact.segments.clone(),
+        created_at: contact.created_at,
+        last_seen_at: contact.last_seen_at,
+    };
+    let event = nachfass_sdk::Event {
+        id: event.id.clone(),
+        contact_id: event.contact_id.clone(),
+        kind: event.kind.clone(),
+        at: event.at,
+        properties: sdk_fields(&event.properties),
+    };
+    let activity: Vec<nachfass_sdk::ActivityCount> = activity
+        .iter()
+        .map(|a| nachfass_sdk::ActivityCount {
+            kind: a.kind.clone(),
+            total: a.total,
+            last_24_hours: a.last_24_hours,
+            last_30_days: a.last_30_days,
+            last_at: a.last_at,
+        })
+        .collect();
+    vec![
+        format!("{contact:?}"),
+        format!("{event:?}"),
+        format!("{activity:?}"),
+    ]
+}
+
+/// Batches lower borrowed views of the host's records, single calls the
+/// types `bindgen!` generates: every field, optional or not, and every
+/// kind of value must reach the plugin the same either way.
+#[tokio::test]
+async fn every_field_reaches_the_plugin_alike_in_batches_and_single_calls() {
+    let plugin = load(&guests::ECHO_INPUT.packed()).await;
+    let b = binding();
+    let full: Contact = serde_json::from_value(serde_json::json!({
+        "id": "full", "email": "full@acme.example", "external_id": "crm-7",
+        "phone": "+4930123456", "timezone": "Europe/Berlin", "score": -12,
+        "stage": "mql", "segments": ["a-list", "mittelstand"],
+        "created_at": 1_000, "last_seen_at": 2_000,
+        "attributes": {
+            "none": null, "vip": true, "employees": 250, "ratio": 0.30000000000000004,
+            "industry": "software", "tags": ["b2b", "saas", ""], "empty": []
+        }
+    }))
+    .unwrap();
+    let mut timestamped = full.clone();
+    timestamped.attributes.insert(
+        "renewal".into(),
+        nachfass::model::Value::Timestamp(1_700_000_000_000),
+    );
+    let bare: Contact = serde_json::from_value(serde_json::json!({ "id": "bare" })).unwrap();
+    let mut rich_event = event("full", "page.visited", Some("https://acme.example/ü"));
+    rich_event.properties.insert(
+        "plan".into(),
+        nachfass::model::Value::Texts(vec!["pro".into()]),
+    );
+    let activity = vec![
+        ActivityCount {
+            kind: "email.opened".into(),
+            total: 7,
+            last_24_hours: 2,
+            last_30_days: 5,
+            last_at: Some(1_900),
+        },
+        ActivityCount {
+            kind: "download".into(),
+            total: 1,
+            last_24_hours: 0,
+            last_30_days: 0,
+            last_at: None,
+        },
+    ];
+    let items = vec![
+        (timestamped, rich_event, activity),
+        (bare.clone(), event("bare", "signup", None), vec![]),
+        (
+            full,
+            event("full", "email.opened", None),
+            today("email.opened", 3),
+        ),
+    ];
+    let batched = plugin
+        .on_event_batch(&b, 1_000, &inputs(&items))
+        .await
+        .unwrap();
+    for ((contact, event, activity), answer) in items.iter().zip(&batched) {
+        let expected = echoed(contact, event, activity);
+        assert_eq!(
+            answer.as_ref().unwrap().reasons,
+            expected,
+            "batch, {}",
+            contact.id
+        );
+        let single = plugin
+            .on_event(&b, 1_000, contact, event, activity)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(single.reasons, expected, "single call, {}", contact.id);
+    }
+    // What was printed is the data, not a placeholder.
+    let first = &batched[0].as_ref().unwrap().reasons;
+    assert!(first[0].contains("Europe/Berlin") && first[0].contains("0.30000000000000004"));
+    assert!(first[0].contains("1700000000000") && first[1].contains("acme.example/ü"));
 }
 
 #[tokio::test]
