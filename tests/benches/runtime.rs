@@ -36,7 +36,7 @@ use nachfass::runtime::{
 };
 use nachfass_sdk::Scorer as _;
 use nachfass_sdk::SegmentRule as _;
-use nachfass_tests::{guests, languages, runtime};
+use nachfass_tests::{guests, languages, runtime, sdk_records};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -304,66 +304,6 @@ impl Native {
     }
 }
 
-fn sdk_value(value: &Value) -> nachfass_sdk::Value {
-    match value {
-        Value::Null => nachfass_sdk::Value::Null,
-        Value::Boolean(b) => nachfass_sdk::Value::Boolean(*b),
-        Value::Integer(i) => nachfass_sdk::Value::Integer(*i),
-        Value::Float(f) => nachfass_sdk::Value::Float(*f),
-        Value::Text(t) => nachfass_sdk::Value::Text(t.clone()),
-        Value::Timestamp(t) => nachfass_sdk::Value::Timestamp(*t),
-        Value::Texts(t) => nachfass_sdk::Value::Texts(t.clone()),
-    }
-}
-
-fn sdk_fields(fields: &nachfass::model::Fields) -> Vec<nachfass_sdk::Field> {
-    fields
-        .iter()
-        .map(|(key, value)| nachfass_sdk::Field {
-            key: key.clone(),
-            value: sdk_value(value),
-        })
-        .collect()
-}
-
-fn sdk_contact(c: &Contact) -> nachfass_sdk::Contact {
-    nachfass_sdk::Contact {
-        id: c.id.clone(),
-        email: c.email.clone(),
-        phone: c.phone.clone(),
-        timezone: c.timezone.clone(),
-        score: c.score,
-        stage: c.stage.clone(),
-        attributes: sdk_fields(&c.attributes),
-        segments: c.segments.clone(),
-        created_at: c.created_at,
-        last_seen_at: c.last_seen_at,
-    }
-}
-
-fn sdk_event(e: &Event) -> nachfass_sdk::Event {
-    nachfass_sdk::Event {
-        id: e.id.clone(),
-        contact_id: e.contact_id.clone(),
-        kind: e.kind.clone(),
-        at: e.at,
-        properties: sdk_fields(&e.properties),
-    }
-}
-
-fn sdk_activity(activity: &[ActivityCount]) -> Vec<nachfass_sdk::ActivityCount> {
-    activity
-        .iter()
-        .map(|a| nachfass_sdk::ActivityCount {
-            kind: a.kind.clone(),
-            total: a.total,
-            last_24_hours: a.last_24_hours,
-            last_30_days: a.last_30_days,
-            last_at: a.last_at,
-        })
-        .collect()
-}
-
 impl ScorerBinding for Native {
     async fn on_event_batch(
         &self,
@@ -375,9 +315,9 @@ impl ScorerBinding for Native {
             .iter()
             .map(|item| {
                 nachfass_sdk::ScorerInput::new(
-                    sdk_contact(item.contact),
-                    sdk_event(item.event),
-                    sdk_activity(item.activity),
+                    sdk_records::contact(item.contact),
+                    sdk_records::event(item.event),
+                    sdk_records::activity(item.activity),
                 )
             })
             .collect();
@@ -405,7 +345,10 @@ impl SegmentBinding for Native {
         let inputs: Vec<nachfass_sdk::RuleInput> = items
             .iter()
             .map(|(contact, activity)| {
-                nachfass_sdk::RuleInput::new(sdk_contact(contact), sdk_activity(activity))
+                nachfass_sdk::RuleInput::new(
+                    sdk_records::contact(contact),
+                    sdk_records::activity(activity),
+                )
             })
             .collect();
         attribute_match::AttributeMatch::matches_batch(&ctx, &inputs).unwrap()

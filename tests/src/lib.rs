@@ -10,6 +10,7 @@ use nachfass::runtime::{Manifest, Runtime, RuntimeConfig};
 
 pub mod client;
 pub mod languages;
+pub mod sdk_records;
 pub mod server;
 pub mod world;
 

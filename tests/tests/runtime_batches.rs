@@ -19,7 +19,7 @@ use nachfass::runtime::{
     Binding, Limits, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, ScorerInput,
     World,
 };
-use nachfass_tests::{guests, languages, runtime};
+use nachfass_tests::{guests, languages, runtime, sdk_records};
 
 fn binding() -> Arc<Binding> {
     // Functional tests are not about wall time; a loaded CI machine must
@@ -137,65 +137,12 @@ fn ok(delta: i64, reason: &str) -> Result<ScoreChange, PluginError> {
     })
 }
 
-/// The SDK's records for the host's, built here independently of the
-/// host's own conversions, to print what a plugin must have been given.
-fn sdk_value(value: &nachfass::model::Value) -> nachfass_sdk::Value {
-    use nachfass::model::Value;
-    match value {
-        Value::Null => nachfass_sdk::Value::Null,
-        Value::Boolean(b) => nachfass_sdk::Value::Boolean(*b),
-        Value::Integer(i) => nachfass_sdk::Value::Integer(*i),
-        Value::Float(f) => nachfass_sdk::Value::Float(*f),
-        Value::Text(t) => nachfass_sdk::Value::Text(t.clone()),
-        Value::Timestamp(t) => nachfass_sdk::Value::Timestamp(*t),
-        Value::Texts(t) => nachfass_sdk::Value::Texts(t.clone()),
-    }
-}
-
-fn sdk_fields(fields: &nachfass::model::Fields) -> Vec<nachfass_sdk::Field> {
-    fields
-        .iter()
-        .map(|(key, value)| nachfass_sdk::Field {
-            key: key.clone(),
-            value: sdk_value(value),
-        })
-        .collect()
-}
-
+/// What the echo fixture must print for an item.
 fn echoed(contact: &Contact, event: &Event, activity: &[ActivityCount]) -> Vec<String> {
-    let contact = nachfass_sdk::Contact {
-        id: contact.id.clone(),
-        email: contact.email.clone(),
-        phone: contact.phone.clone(),
-        timezone: contact.timezone.clone(),
-        score: contact.score,
-        stage: contact.stage.clone(),
-        attributes: sdk_fields(&contact.attributes),
-        segments: contact.segments.clone(),
-        created_at: contact.created_at,
-        last_seen_at: contact.last_seen_at,
-    };
-    let event = nachfass_sdk::Event {
-        id: event.id.clone(),
-        contact_id: event.contact_id.clone(),
-        kind: event.kind.clone(),
-        at: event.at,
-        properties: sdk_fields(&event.properties),
-    };
-    let activity: Vec<nachfass_sdk::ActivityCount> = activity
-        .iter()
-        .map(|a| nachfass_sdk::ActivityCount {
-            kind: a.kind.clone(),
-            total: a.total,
-            last_24_hours: a.last_24_hours,
-            last_30_days: a.last_30_days,
-            last_at: a.last_at,
-        })
-        .collect();
     vec![
-        format!("{contact:?}"),
-        format!("{event:?}"),
-        format!("{activity:?}"),
+        format!("{:?}", sdk_records::contact(contact)),
+        format!("{:?}", sdk_records::event(event)),
+        format!("{:?}", sdk_records::activity(activity)),
     ]
 }
 
