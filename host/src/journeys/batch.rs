@@ -14,11 +14,11 @@ use super::advance::advance_in;
 use super::facts::StepFacts;
 use super::route::route_in;
 use super::{ActiveJourneys, Journeys};
-use crate::store::StoreError;
 use crate::store::jobs::{
     ClaimedJob, JobOutcome, finish_in, keep_savepoint_in, savepoint_in, undo_savepoint_in,
 };
-use crate::store::step_writes::{write_last_step_batch_in, write_step_batch_in};
+use crate::store::step_writes::write_step_batch_in;
+use crate::store::{StoreError, cached_plans_from_here_in};
 
 /// What one job of a batch asks for.
 pub(super) enum StepJob {
@@ -96,7 +96,9 @@ async fn run_in_one_transaction(
         let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
         let writes = facts.writes.take(finished);
         let dialect = store.dialect();
-        if !write_last_step_batch_in(&mut tx, dialect, &writes, now).await? {
+        // The batch's reads are done: its writes come last.
+        cached_plans_from_here_in(&mut tx, dialect).await?;
+        if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {
             // Another worker has one of the jobs now (its lease ran out),
             // and its work counts: nothing of this batch is kept.
             tx.rollback().await?;

@@ -98,10 +98,14 @@ impl ScorerPre {
         runtime: &RuntimeLimits,
         items: &[views::ScorerInputView<'_>],
     ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
+        let instance_pre = match self {
+            ScorerPre::Batch(pre, _) => pre.instance_pre(),
+            ScorerPre::PerItem(pre, _) => pre.instance_pre(),
+        };
+        let instance = instance_pre.instantiate_async(&mut *store).await?;
+        sandbox::start_call_budget(store, limits, runtime);
         match self {
-            ScorerPre::Batch(pre, index) => {
-                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
-                sandbox::start_call_budget(store, limits, runtime);
+            ScorerPre::Batch(_, index) => {
                 let batch = instance
                     .get_typed_func::<(&[views::ScorerInputView],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
                         &mut *store,
@@ -109,9 +113,7 @@ impl ScorerPre {
                     )?;
                 Ok(batch.call_async(&mut *store, (items,)).await?.0)
             }
-            ScorerPre::PerItem(pre, index) => {
-                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
-                sandbox::start_call_budget(store, limits, runtime);
+            ScorerPre::PerItem(_, index) => {
                 let on_event = instance.get_typed_func::<(
                     &views::ContactView,
                     &views::EventView,

@@ -26,11 +26,7 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Contact>, StoreError> {
-        let limit = i64::from(limit.clamp(1, 10_000));
-        let page = match self.dialect {
-            Dialect::Sqlite => self.page_as_json(after, limit, None).await?,
-            Dialect::Postgres => self.page_by_rows(after, limit, None).await?,
-        };
+        let page = self.page(after, limit, None).await?;
         Ok(page.into_iter().map(|(contact, _)| contact).collect())
     }
 
@@ -42,10 +38,21 @@ impl Store {
         limit: u32,
         now: i64,
     ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
+        self.page(after, limit, Some(now)).await
+    }
+
+    /// Up to `limit` (1 to 10,000) contacts after `after`, in id order,
+    /// each with its activity as of `activity_at` (none without it).
+    async fn page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        activity_at: Option<i64>,
+    ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
         let limit = i64::from(limit.clamp(1, 10_000));
         match self.dialect {
-            Dialect::Sqlite => self.page_as_json(after, limit, Some(now)).await,
-            Dialect::Postgres => self.page_by_rows(after, limit, Some(now)).await,
+            Dialect::Sqlite => self.page_as_json(after, limit, activity_at).await,
+            Dialect::Postgres => self.page_by_rows(after, limit, activity_at).await,
         }
     }
 

@@ -13,7 +13,7 @@ use super::bulk::{self, Col, EventRow};
 use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, finish_many_in};
 use super::outbox::{OutboxEntry, queue_messages_in};
 use super::runs::Run;
-use super::{Dialect, StoreError, cached_plans_from_here_in};
+use super::{Dialect, StoreError};
 
 /// A timeline event, written only if `queued` (an outbox id) is absent or
 /// that message was queued by this batch.
@@ -42,20 +42,6 @@ pub struct StepBatchWrites {
     pub attributes: Vec<(String, String)>,
     /// Jobs done, removed if still leased to whoever claimed them.
     pub finished: Vec<ClaimedJob>,
-}
-
-/// Writes the batch's `writes` at `now`, as the transaction's last
-/// statements. Returns whether every finished job was still held: if not,
-/// the caller must roll back (another worker has a job, and its work
-/// counts).
-pub async fn write_last_step_batch_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    writes: &StepBatchWrites,
-    now: i64,
-) -> Result<bool, StoreError> {
-    cached_plans_from_here_in(conn, dialect).await?;
-    write_step_batch_in(conn, dialect, writes, now).await
 }
 
 /// Writes `writes` at `now`. Returns whether every finished job was still
