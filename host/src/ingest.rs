@@ -37,7 +37,7 @@ impl Pipeline {
         inputs: &[EventInput],
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
         let (results, fresh) = self.store_batch(inputs).await?;
-        self.apply_fresh(vec![fresh]).await;
+        self.apply_fresh(fresh).await;
         Ok(results)
     }
 
@@ -60,22 +60,21 @@ impl Pipeline {
     }
 
     /// The second half of [`Pipeline::ingest_batch`]: applies the effects
-    /// of stored groups' new events, in the order they were stored, as
-    /// one batch. Each group's backstop job, named by its first event,
-    /// goes with the batch.
-    pub(crate) async fn apply_fresh(&self, groups: Vec<Vec<Event>>) {
-        let backstops: Vec<String> = groups
-            .iter()
-            .filter_map(|group| group.first().map(|first| first.id.clone()))
-            .collect();
-        let fresh: Vec<Event> = groups.into_iter().flatten().collect();
-        if fresh.is_empty() {
+    /// of stored events as one batch, named for the backstop job by the
+    /// first of them.
+    pub(crate) async fn apply_fresh(&self, fresh: Vec<Event>) {
+        let Some(first) = fresh.first() else {
             return;
-        }
+        };
         metrics::counter!("nachfass_events_ingested_total").increment(fresh.len() as u64);
         let span = tracing::debug_span!("apply_events", events = fresh.len());
-        if let Err(e) = self.apply_events(fresh, &backstops).instrument(span).await {
-            tracing::warn!(error = %e, "applying events failed; their process_events jobs retry");
+        let backstop = first.id.clone();
+        if let Err(e) = self
+            .apply_events(fresh, Some(&backstop))
+            .instrument(span)
+            .await
+        {
+            tracing::warn!(error = %e, "applying events failed; their process_events job retries");
         }
     }
 

@@ -532,7 +532,7 @@ async fn membership_changes_of_a_batch_land_like_one_write_at_a_time(dialect: &'
         change("new", true),
     ];
     let applied = store
-        .apply_profile_effects(std::slice::from_ref(&event.id), &effects, &[], NOW)
+        .apply_profile_effects(std::slice::from_ref(&event.id), &effects, None, NOW)
         .await
         .unwrap();
     assert_eq!(applied, Applied::Done, "{dialect}");
@@ -566,7 +566,7 @@ async fn membership_changes_of_a_batch_land_like_one_write_at_a_time(dialect: &'
     // Applied once: a second worker finds the event taken.
     assert_eq!(
         store
-            .apply_profile_effects(&[event.id], &effects, &[], NOW)
+            .apply_profile_effects(&[event.id], &effects, None, NOW)
             .await
             .unwrap(),
         Applied::Raced,
@@ -662,65 +662,9 @@ on_both_databases!(
     accepted_events_are_applied_once_after_a_crash
 );
 
-/// Stored groups applied together: the one batch takes every group's
-/// backstop job with it, and a group not in the batch keeps its own.
-async fn a_batch_of_stored_groups_takes_each_groups_backstop(dialect: &'static str) {
-    let w = world(dialect).await;
-    let mut groups = Vec::new();
-    for email in EMAILS {
-        let stored = w
-            .store
-            .ingest_events(
-                &[
-                    event(email, "download", NOW),
-                    event(email, "email.opened", NOW),
-                ],
-                NOW,
-            )
-            .await
-            .unwrap();
-        let ids: Vec<String> = stored
-            .iter()
-            .map(|r| r.as_ref().unwrap().event.id.clone())
-            .collect();
-        groups.push(ids);
-    }
-    let backstops = |w: &World| {
-        let pool = w.store.pool().clone();
-        async move {
-            let keys: Vec<(String,)> = sqlx::query_as(
-                "SELECT unique_key FROM jobs WHERE kind = 'process_events' ORDER BY unique_key",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            keys.into_iter().map(|(key,)| key).collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(backstops(&w).await.len(), 3, "{dialect}: one per group");
-    let events: Vec<String> = groups[..2].concat();
-    let firsts = [groups[0][0].clone(), groups[1][0].clone()];
-    let applied = w
-        .store
-        .apply_profile_effects(&events, &[], &firsts, NOW)
-        .await
-        .unwrap();
-    assert_eq!(applied, Applied::Done, "{dialect}");
-    assert_eq!(
-        backstops(&w).await,
-        [format!("process:{}", groups[2][0])],
-        "{dialect}: the third group was not in the batch"
-    );
-    w.close().await;
-}
-on_both_databases!(
-    #[tokio::test]
-    a_batch_of_stored_groups_takes_each_groups_backstop
-);
-
 /// Single requests arriving together go through the queue's groups
-/// (stored, then applied together, several groups at a time when the
-/// node is busy) and end as the same events one at a time would.
+/// (stored in one transaction, applied as one batch while the next group
+/// is stored) and end as the same events one at a time would.
 async fn single_requests_arriving_together_end_as_one_at_a_time(dialect: &'static str) {
     let inputs: Vec<EventInput> = (0..48)
         .map(|i| {

@@ -35,17 +35,16 @@ impl Pipeline {
     /// backstop of a batch this node applied at once).
     pub async fn process_events(&self, ids: &[String]) -> Result<(), StoreError> {
         let events = self.store.unprocessed_events(ids).await?;
-        self.apply_events(events, &[]).await
+        self.apply_events(events, None).await
     }
 
     /// Computes and writes the effects of `events`, stored and not yet
-    /// applied, in one transaction; with them go the backstop
-    /// `process_events` jobs of their stored groups, each named by its
-    /// group's first event (`backstops`).
+    /// applied, in one transaction; with them goes the group's backstop
+    /// `process_events` job, named by the group's first event.
     pub(crate) async fn apply_events(
         &self,
         mut events: Vec<Event>,
-        backstops: &[String],
+        backstop: Option<&str>,
     ) -> Result<(), StoreError> {
         for _ in 0..RACE_RETRIES {
             if events.is_empty() {
@@ -56,7 +55,7 @@ impl Pipeline {
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             match self
                 .store
-                .apply_profile_effects(&ids, &effects, backstops, now)
+                .apply_profile_effects(&ids, &effects, backstop, now)
                 .await?
             {
                 Applied::Done => return Ok(()),

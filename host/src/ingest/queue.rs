@@ -5,11 +5,10 @@
 //! and the busier the node, the larger the groups. Every caller is
 //! answered after its event is committed and its effects applied.
 //!
-//! Storing and applying are two stages: while one batch of effects is
-//! applied, the next groups are stored. The applying stage takes every
-//! group stored meanwhile as one batch (the busier the node, the larger
-//! the batch), in the order they were stored, so the events of a contact
-//! are applied in order.
+//! Storing and applying are two stages: while one group's effects are
+//! applied, the next group is stored. The applying stage takes the groups
+//! one at a time in the order they were stored, so the events of a
+//! contact are applied in order.
 
 use std::sync::{Arc, OnceLock};
 
@@ -25,10 +24,6 @@ pub const MAX_GROUP: usize = 1000;
 /// Requests waiting beyond this many are turned away by the channel's
 /// back pressure (the caller waits for room).
 const WAITING: usize = 10 * MAX_GROUP;
-
-/// Stored groups waiting for the applying stage; the storing stage waits
-/// beyond this many.
-const STORED_WAITING: usize = 8;
 
 struct Waiting {
     input: EventInput,
@@ -81,7 +76,8 @@ struct Stored {
 }
 
 async fn work(pipeline: Pipeline, mut receiver: mpsc::Receiver<Waiting>) {
-    let (applying, to_apply) = mpsc::channel(STORED_WAITING);
+    // One stored group may wait while another is applied.
+    let (applying, to_apply) = mpsc::channel(1);
     tokio::spawn(apply(pipeline.clone(), to_apply));
     let mut group = Vec::with_capacity(MAX_GROUP);
     while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
@@ -114,27 +110,17 @@ async fn work(pipeline: Pipeline, mut receiver: mpsc::Receiver<Waiting>) {
     }
 }
 
-/// The applying stage: the groups stored meanwhile as one batch of up to
-/// [`MAX_GROUP`] events, in the order stored; their callers are answered
-/// once its effects are applied.
+/// The applying stage: one group at a time, in the order stored; its
+/// callers are answered once its effects are applied.
 async fn apply(pipeline: Pipeline, mut to_apply: mpsc::Receiver<Stored>) {
-    let mut waiting = Vec::with_capacity(STORED_WAITING);
-    while to_apply.recv_many(&mut waiting, STORED_WAITING).await > 0 {
-        let mut stored = waiting.drain(..).peekable();
-        while stored.peek().is_some() {
-            let (mut groups, mut answers, mut events) = (Vec::new(), Vec::new(), 0);
-            while let Some(next) =
-                stored.next_if(|next| groups.is_empty() || events + next.fresh.len() <= MAX_GROUP)
-            {
-                events += next.fresh.len();
-                groups.push(next.fresh);
-                answers.push((next.replies, next.results));
-            }
-            pipeline.apply_fresh(groups).await;
-            for (replies, results) in answers {
-                answer(replies, results);
-            }
-        }
+    while let Some(Stored {
+        results,
+        fresh,
+        replies,
+    }) = to_apply.recv().await
+    {
+        pipeline.apply_fresh(fresh).await;
+        answer(replies, results);
     }
 }
 

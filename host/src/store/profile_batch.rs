@@ -161,14 +161,14 @@ impl Store {
     /// Marks `events` applied and writes `effects`, all in one
     /// transaction with one statement per table, then queues the route
     /// jobs of the events and of the timeline events the effects caused
-    /// (when journeys exist). The `process_events` jobs that were the
-    /// backstops of the stored groups (`backstops`, each group's first
-    /// event), not yet taken by a worker, go with them.
+    /// (when journeys exist). The `process_events` job that was the
+    /// group's backstop (`backstop`, its first event), not yet taken by a
+    /// worker, goes with it.
     pub async fn apply_profile_effects(
         &self,
         events: &[String],
         effects: &[ProfileEffect],
-        backstops: &[String],
+        backstop: Option<&str>,
         now: i64,
     ) -> Result<Applied, StoreError> {
         let dialect = self.dialect;
@@ -189,24 +189,17 @@ impl Store {
         if usize::try_from(claimed).ok() != Some(events.len()) {
             return Ok(Applied::Raced);
         }
-        if !backstops.is_empty() {
-            let keys: Vec<String> = backstops
-                .iter()
-                .map(|first| {
-                    super::jobs::JobArgs::unique_key(&super::jobs::ProcessEvents {
-                        events: vec![first.clone()],
-                    })
-                })
-                .collect();
-            let sql = format!(
-                "DELETE FROM jobs WHERE kind = $1 AND leased_by IS NULL AND {}",
-                bulk::json_in(dialect, "unique_key", 2)
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(<super::jobs::ProcessEvents as super::jobs::JobArgs>::KIND)
-                .bind(bulk::to_json(&keys)?)
-                .execute(&mut *tx)
-                .await?;
+        if let Some(first) = backstop {
+            let job = super::jobs::ProcessEvents {
+                events: vec![first.to_owned()],
+            };
+            sqlx::query(
+                "DELETE FROM jobs WHERE kind = $1 AND unique_key = $2 AND leased_by IS NULL",
+            )
+            .bind(<super::jobs::ProcessEvents as super::jobs::JobArgs>::KIND)
+            .bind(super::jobs::JobArgs::unique_key(&job))
+            .execute(&mut *tx)
+            .await?;
         }
         // Only inserts and keyed updates follow, each inserted row checked
         // by its foreign key.
