@@ -1,8 +1,9 @@
-//! Ingest: store touchpoints (a group in one transaction, `queue.rs`
-//! gathers single requests into groups), then apply their effects on
-//! scores, stages and segment memberships as one batch (`batch.rs`).
-//! Profile changes (upsert, update, merge) are scored and re-segmented
-//! here too. Data flow: store → score → segment → route.
+//! Ingest: store touchpoints as a group (`queue.rs` gathers single
+//! requests into groups) and apply their effects on scores, stages and
+//! segment memberships as one batch (`batch.rs`): on PostgreSQL in the
+//! group's one transaction, on SQLite in a second one. Profile changes
+//! (upsert, update, merge) are scored and re-segmented here too. Data
+//! flow: store → score → segment → route.
 
 use tracing::Instrument;
 
@@ -10,12 +11,22 @@ use crate::model::{Contact, Event, Fields, Value};
 pub use crate::pipeline::Pipeline;
 use crate::scoring;
 use crate::segments;
-use crate::store::{ContactInput, ContactRecord, EventInput, Ingested, MergeReport, StoreError};
+use crate::store::{
+    Applying, ContactInput, ContactRecord, Dialect, EventInput, Ingested, MergeReport, StoreError,
+    custom_plans_from_here_in,
+};
 
 mod batch;
 mod queue;
 
 pub use queue::IngestQueue;
+
+/// How a group's one transaction ended.
+enum OneTransaction {
+    Committed(Vec<Result<Ingested, StoreError>>),
+    /// Failed before its commit: nothing of the group was written.
+    NotWritten(StoreError),
+}
 
 impl Pipeline {
     /// Stores the event; a new one (not a resend) is scored and the
@@ -27,24 +38,76 @@ impl Pipeline {
             .unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into())))
     }
 
-    /// Stores a group of events in one transaction (one result per input,
-    /// in order; a bad item is refused on its own), then applies the new
-    /// ones' effects (scores, stages, segments) as one batch. Stored is
-    /// durable: should applying fail, the `process_events` job queued with
-    /// the events applies them later.
+    /// Stores a group of events (one result per input, in order; a bad
+    /// item is refused on its own) and applies the new ones' effects
+    /// (scores, stages, segments) as one batch.
+    ///
+    /// On PostgreSQL both happen in one transaction: the events are
+    /// stored applied, with no backstop job to queue and delete and no
+    /// second commit. Should that transaction fail before its commit
+    /// (a concurrent writer took an identity meanwhile), the group goes
+    /// the SQLite way. On SQLite the group is stored in one transaction
+    /// and applied in a second: its one writer connection is not held
+    /// while plugins run. Stored is durable: should applying fail, the
+    /// `process_events` job queued with the events applies them later.
     pub async fn ingest_batch(
         &self,
         inputs: &[EventInput],
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        if self.store.dialect() == Dialect::Postgres {
+            match self.store_applied(inputs).await? {
+                OneTransaction::Committed(results) => return Ok(results),
+                OneTransaction::NotWritten(e) => {
+                    tracing::debug!(error = %e, events = inputs.len(), "storing and applying a group in one transaction failed; storing it, then applying it");
+                }
+            }
+        }
         let (results, fresh) = self.store_batch(inputs).await?;
         self.apply_fresh(fresh).await;
         Ok(results)
     }
 
-    /// The first half of [`Pipeline::ingest_batch`]: stores the group in
-    /// one transaction; answers the results and the new events (not
-    /// resends) whose effects are still to apply.
-    pub(crate) async fn store_batch(
+    /// A group stored and applied in one transaction (PostgreSQL). An
+    /// error before the commit wrote nothing; a failed commit is the
+    /// caller's error, as any commit's.
+    async fn store_applied(&self, inputs: &[EventInput]) -> Result<OneTransaction, StoreError> {
+        let now = self.clock.now();
+        let store = &self.store;
+        let attempt = async {
+            let prepared = store.prepare_group(inputs).await?;
+            let mut tx = store.write_tx().await?;
+            let written = store
+                .write_group_in(&mut tx, inputs, prepared, now, Applying::InTransaction)
+                .await?;
+            if !written.fresh.is_empty() {
+                let ids: Vec<String> = written.fresh.iter().map(|e| e.id.clone()).collect();
+                // The group's writes left cached plans on; its reads of
+                // lists need their own.
+                custom_plans_from_here_in(&mut tx, store.dialect()).await?;
+                let effects = self.effects_of(&mut tx, &written.fresh, &ids, now).await?;
+                store
+                    .write_profile_effects_in(&mut tx, &ids, &effects, now)
+                    .await?;
+            }
+            Ok::<_, StoreError>((tx, written))
+        };
+        let span = tracing::debug_span!("store_applied", events = inputs.len());
+        let (tx, written) = match attempt.instrument(span).await {
+            Ok(ready) => ready,
+            Err(e) => return Ok(OneTransaction::NotWritten(e)),
+        };
+        tx.commit().await?;
+        store.jobs_wake().notify();
+        metrics::counter!("nachfass_events_ingested_total").increment(written.fresh.len() as u64);
+        Ok(OneTransaction::Committed(
+            store.group_results(inputs, written, now).await,
+        ))
+    }
+
+    /// The first half of the SQLite way of [`Pipeline::ingest_batch`]:
+    /// stores the group in one transaction; answers the results and the
+    /// new events (not resends) whose effects are still to apply.
+    async fn store_batch(
         &self,
         inputs: &[EventInput],
     ) -> Result<(Vec<Result<Ingested, StoreError>>, Vec<Event>), StoreError> {
@@ -59,10 +122,10 @@ impl Pipeline {
         Ok((results, fresh))
     }
 
-    /// The second half of [`Pipeline::ingest_batch`]: applies the effects
-    /// of stored events as one batch, named for the backstop job by the
-    /// first of them.
-    pub(crate) async fn apply_fresh(&self, fresh: Vec<Event>) {
+    /// The second half of the SQLite way of [`Pipeline::ingest_batch`]:
+    /// applies the effects of stored events as one batch, named for the
+    /// backstop job by the first of them.
+    async fn apply_fresh(&self, fresh: Vec<Event>) {
         let Some(first) = fresh.first() else {
             return;
         };

@@ -45,6 +45,7 @@ pub use backtests::{Backtest, BacktestRow};
 pub use bindings::{BindingDef, BindingKind, ScoreEntry};
 pub use consents::Consent;
 pub use contacts::{ContactInput, ContactRecord, Identity};
+pub use event_group::{Applying, PreparedGroup, WrittenGroup};
 pub use events::{EventInput, Ingested};
 pub use jobs::{ClaimedJob, QueueCounts};
 pub use journeys::JourneyVersion;
@@ -165,6 +166,21 @@ pub(crate) async fn cached_plans_from_here_in(
 ) -> Result<(), StoreError> {
     if dialect == Dialect::Postgres {
         conn.execute("SET LOCAL plan_cache_mode = auto").await?;
+    }
+    Ok(())
+}
+
+/// From here to the end of the transaction on `conn`, PostgreSQL plans
+/// each statement for its parameters again (the connection's setting,
+/// undoing [`cached_plans_from_here_in`]): for reads of lists, whose
+/// generic plans would go through whole tables. Nothing to do on SQLite.
+pub(crate) async fn custom_plans_from_here_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<(), StoreError> {
+    if dialect == Dialect::Postgres {
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
     }
     Ok(())
 }

@@ -662,9 +662,10 @@ on_both_databases!(
     accepted_events_are_applied_once_after_a_crash
 );
 
-/// Single requests arriving together go through the queue's groups
-/// (stored in one transaction, applied as one batch while the next group
-/// is stored) and end as the same events one at a time would.
+/// Single requests arriving together go through the queue's groups (a
+/// contact's events in one group, stored and applied in one transaction
+/// on PostgreSQL, in two on SQLite) and end as the same events one at a
+/// time would.
 async fn single_requests_arriving_together_end_as_one_at_a_time(dialect: &'static str) {
     let inputs: Vec<EventInput> = (0..48)
         .map(|i| {

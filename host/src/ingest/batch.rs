@@ -51,7 +51,9 @@ impl Pipeline {
                 return Ok(());
             }
             let now = self.clock.now();
-            let effects = self.effects_of(&events, now).await?;
+            let mut conn = self.store.pool().acquire().await?;
+            let effects = self.effects_of(&mut conn, &events, &[], now).await?;
+            drop(conn);
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             match self
                 .store
@@ -90,10 +92,15 @@ impl Pipeline {
         Ok(live)
     }
 
-    /// The effects of `events`, in the order they happen.
-    async fn effects_of(
+    /// The effects of `events`, in the order they happen, reading their
+    /// contacts on `conn`. `applying`: events stored applied in the
+    /// transaction on `conn`, left out of the activity (each is added in
+    /// its turn).
+    pub(super) async fn effects_of(
         &self,
+        conn: &mut sqlx::AnyConnection,
         events: &[Event],
+        applying: &[String],
         now: i64,
     ) -> Result<Vec<ProfileEffect>, StoreError> {
         let scorers = self.live(BindingKind::Scorer, World::Scorer).await?;
@@ -112,8 +119,11 @@ impl Pipeline {
             }
             queue.push(event);
         }
-        let mut contacts = self.store.contacts_with_segments(&order).await?;
-        let mut activity = self.store.applied_activity(&order, now).await?;
+        let mut contacts = self.store.contacts_with_segments_in(conn, &order).await?;
+        let mut activity = self
+            .store
+            .applied_activity_in(conn, &order, applying, now)
+            .await?;
         let rounds = by_contact.values().map(Vec::len).max().unwrap_or(0);
         let mut effects = Vec::new();
         for round in 0..rounds {

@@ -1,9 +1,11 @@
 //! Group commit for single-event requests: events that arrive while a
 //! group is being stored and applied wait for the next group, which takes
-//! all of them (up to [`MAX_GROUP`]) in one transaction and one batch of
-//! plugin calls. Nothing waits for a timer: a lone request goes at once,
-//! and the busier the node, the larger the groups. Every caller is
-//! answered after its event is committed and its effects applied.
+//! all of them (up to [`MAX_GROUP`]) as one batch request would
+//! ([`Pipeline::ingest_batch`]: one batch of plugin calls, and on
+//! PostgreSQL one transaction). Nothing waits for a timer: a lone request
+//! goes at once, and the busier the node, the larger the groups. Every
+//! caller is answered after its event is committed and its effects
+//! applied.
 //!
 //! One group at a time, stored and then applied, so the events of a
 //! contact are applied in the order they were stored. Storing the next
@@ -76,11 +78,8 @@ async fn work(pipeline: Pipeline, mut receiver: mpsc::Receiver<Waiting>) {
         let (inputs, replies): (Vec<EventInput>, Vec<_>) =
             group.drain(..).map(|w| (w.input, w.reply)).unzip();
         metrics::histogram!("nachfass_ingest_group_size").record(inputs.len() as f64);
-        match pipeline.store_batch(&inputs).await {
-            Ok((results, fresh)) => {
-                pipeline.apply_fresh(fresh).await;
-                answer(replies, results);
-            }
+        match pipeline.ingest_batch(&inputs).await {
+            Ok(results) => answer(replies, results),
             Err(e) => {
                 tracing::warn!(error = %e, events = inputs.len(), "storing a group of events failed");
                 let detail = e.to_string();

@@ -125,6 +125,32 @@ enum Item {
     Store { contact_id: String, created: bool },
 }
 
+/// When the effects of a group's own events are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applying {
+    /// By a later transaction: each event waits unapplied, with the
+    /// group's `process_events` backstop job.
+    Later,
+    /// In the group's own transaction, before it commits: the events are
+    /// stored applied and need no backstop.
+    InTransaction,
+}
+
+/// A group checked against the client event ids already stored, to be
+/// written by [`Store::write_group_in`].
+pub struct PreparedGroup {
+    items: Vec<Option<Item>>,
+}
+
+/// A group written in a transaction that has not committed yet.
+pub struct WrittenGroup {
+    /// (input index, event, contact created by it)
+    events: Vec<(usize, Event, bool)>,
+    items: Vec<Option<Item>>,
+    /// The group's own new events (not system events), in input order.
+    pub fresh: Vec<Event>,
+}
+
 impl Store {
     /// The group commit of [`Store::ingest_events`]: one result per input.
     /// A database error (a concurrent writer took an identity or client
@@ -134,6 +160,20 @@ impl Store {
         inputs: &[EventInput],
         now: i64,
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        let prepared = self.prepare_group(inputs).await?;
+        let mut tx = self.write_tx().await?;
+        let written = self
+            .write_group_in(&mut tx, inputs, prepared, now, Applying::Later)
+            .await?;
+        tx.commit().await?;
+        self.jobs_wake.notify();
+        Ok(self.group_results(inputs, written, now).await)
+    }
+
+    /// The reads of a group before its transaction: client event ids
+    /// stored already (a resend is answered as one) or repeated within
+    /// the group, and unknown kinds.
+    pub async fn prepare_group(&self, inputs: &[EventInput]) -> Result<PreparedGroup, StoreError> {
         let client_ids: Vec<&str> = inputs
             .iter()
             .filter_map(|i| i.client_event_id.as_deref())
@@ -159,20 +199,33 @@ impl Store {
                 }
                 first_with.insert(client_id, index);
             }
-            // Its contact is found below, in the transaction.
+            // Its contact is found in the transaction.
             items.push(None);
         }
+        Ok(PreparedGroup { items })
+    }
 
+    /// Writes a prepared group in `tx`: finds or creates its contacts and
+    /// stores its events. With [`Applying::InTransaction`] the caller
+    /// writes their effects in `tx` before it commits.
+    pub async fn write_group_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        inputs: &[EventInput],
+        prepared: PreparedGroup,
+        now: i64,
+        applying: Applying,
+    ) -> Result<WrittenGroup, StoreError> {
+        let PreparedGroup { mut items } = prepared;
         let dialect = self.dialect;
         let routes = self.routes_events();
-        let mut tx = self.write_tx().await?;
-        self.find_contacts(&mut tx, inputs, &mut items).await?;
+        self.find_contacts(tx, inputs, &mut items).await?;
         let Identities {
             contacts: named,
             changes,
             created,
             ..
-        } = self.resolve_identities(&mut tx, inputs, &mut items).await?;
+        } = self.resolve_identities(tx, inputs, &mut items).await?;
 
         // The events, and per contact the newest time of its own events.
         let mut events: Vec<(usize, Event, bool)> = Vec::new();
@@ -209,13 +262,13 @@ impl Store {
             .bind(external_id.clone())
             .bind(now)
             .bind(id.clone())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(conflict_on_unique)?;
         }
         // The reads are done; each event row is checked by its foreign key.
-        cached_plans_from_here_in(&mut tx, dialect).await?;
-        insert_contacts(&mut tx, dialect, &created, &named, &last_seen, now).await?;
+        cached_plans_from_here_in(tx, dialect).await?;
+        insert_contacts(tx, dialect, &created, &named, &last_seen, now).await?;
         let rows = events
             .iter()
             .map(|(index, event, _)| {
@@ -229,11 +282,12 @@ impl Store {
                         .map_err(|e| StoreError::Invalid(e.to_string()))?,
                     client_event_id: input.client_event_id.as_deref(),
                     received_at: now,
-                    processed_at: input.system.then_some(now),
+                    processed_at: (input.system || applying == Applying::InTransaction)
+                        .then_some(now),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        bulk::insert_events_in(&mut tx, dialect, &rows).await?;
+        bulk::insert_events_in(tx, dialect, &rows).await?;
         drop(rows);
         // Stored contacts the group saw or found: `last_seen_at` moves
         // forward, `updated_at` as the identity upsert wrote it.
@@ -262,7 +316,7 @@ impl Store {
             }
         }
         let seen_rows: Vec<SeenRow<'_>> = seen.into_values().collect();
-        update_seen(&mut tx, dialect, &seen_rows, now).await?;
+        update_seen(tx, dialect, &seen_rows, now).await?;
         let system: Vec<super::jobs::RouteEvent> = events
             .iter()
             .filter(|(index, _, _)| inputs[*index].system)
@@ -271,26 +325,40 @@ impl Store {
             })
             .collect();
         if routes {
-            super::jobs::enqueue_many_in(&mut tx, dialect, &system, now, now).await?;
+            super::jobs::enqueue_many_in(tx, dialect, &system, now, now).await?;
         }
-        let own: Vec<String> = events
+        let fresh: Vec<Event> = events
             .iter()
             .filter(|(index, _, _)| !inputs[*index].system)
-            .map(|(_, event, _)| event.id.clone())
+            .map(|(_, event, _)| event.clone())
             .collect();
-        if !own.is_empty() {
-            let job = super::jobs::ProcessEvents { events: own };
-            super::jobs::enqueue_in(&mut tx, &job, now + PROCESS_GRACE_MS, now).await?;
+        if !fresh.is_empty() && applying == Applying::Later {
+            let job = super::jobs::ProcessEvents {
+                events: fresh.iter().map(|e| e.id.clone()).collect(),
+            };
+            super::jobs::enqueue_in(tx, &job, now + PROCESS_GRACE_MS, now).await?;
         }
         bulk::count_days_in(
-            &mut tx,
+            tx,
             dialect,
             events.iter().map(|(_, e, _)| (e.id.as_str(), e.at)),
         )
         .await?;
-        tx.commit().await?;
-        self.jobs_wake.notify();
+        Ok(WrittenGroup {
+            events,
+            items,
+            fresh,
+        })
+    }
 
+    /// One result per input of a group whose transaction committed.
+    pub async fn group_results(
+        &self,
+        inputs: &[EventInput],
+        written: WrittenGroup,
+        now: i64,
+    ) -> Vec<Result<Ingested, StoreError>> {
+        let WrittenGroup { events, items, .. } = written;
         let mut results: Vec<Option<Result<Ingested, StoreError>>> =
             inputs.iter().map(|_| None).collect();
         for (index, event, contact_created) in events {
@@ -314,10 +382,10 @@ impl Store {
                 Some(Item::Store { .. }) | None => {}
             }
         }
-        Ok(results
+        results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Invalid("event was not stored".into()))))
-            .collect())
+            .collect()
     }
 
     /// Items naming a `contact_id`: stored if it exists, refused if not.

@@ -79,9 +79,10 @@ impl Store {
     }
 
     /// The contacts of `ids` with their segment memberships, by id (a
-    /// deleted contact is missing).
-    pub async fn contacts_with_segments(
+    /// deleted contact is missing), read on `conn`.
+    pub async fn contacts_with_segments_in(
         &self,
+        conn: &mut sqlx::AnyConnection,
         ids: &[String],
     ) -> Result<HashMap<String, Contact>, StoreError> {
         let ids = bulk::to_json(ids)?;
@@ -93,7 +94,7 @@ impl Store {
         let mut contacts = HashMap::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(ids.clone())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?
         {
             let contact = super::contacts::from_row(&row)?;
@@ -106,7 +107,7 @@ impl Store {
         );
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?
         {
             let contact_id: String = row.try_get("contact_id")?;
@@ -118,17 +119,21 @@ impl Store {
     }
 
     /// Per contact of `ids`: the activity summary at `now` over its
-    /// applied events (events still waiting for their effects are left
-    /// out: the batch that applies them adds each in its turn).
+    /// applied events, read on `conn`. Events still waiting for their
+    /// effects are left out, and so are `applying` (a group stored applied
+    /// in the transaction that now computes its effects): the batch that
+    /// applies them adds each in its turn.
     ///
     /// `at + 0`: the time bound must never pick the index on `at`. Every
     /// stored event is due by now, so that index leads through the whole
     /// table; PostgreSQL took it whenever its statistics were older than
     /// the table's growth (seen at 2-3.5 ms a group in the ingest bench, a
     /// figure that grows with the table). The contacts' index is the way.
-    pub async fn applied_activity(
+    pub async fn applied_activity_in(
         &self,
+        conn: &mut sqlx::AnyConnection,
         ids: &[String],
+        applying: &[String],
         now: i64,
     ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
         let sql = format!(
@@ -136,9 +141,10 @@ impl Store {
                     SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
                     SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
                     MAX(at) AS last_at \
-             FROM events WHERE at + 0 <= $3 AND processed_at IS NOT NULL AND {} \
+             FROM events WHERE at + 0 <= $3 AND processed_at IS NOT NULL AND {} AND NOT ({}) \
              GROUP BY contact_id, kind ORDER BY contact_id, kind",
-            bulk::json_in(self.dialect, "contact_id", 4)
+            bulk::json_in(self.dialect, "contact_id", 4),
+            bulk::json_in(self.dialect, "id", 5)
         );
         let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -146,7 +152,8 @@ impl Store {
             .bind(now - 30 * DAY_MS)
             .bind(now)
             .bind(bulk::to_json(ids)?)
-            .fetch_all(&self.pool)
+            .bind(bulk::to_json(applying)?)
+            .fetch_all(conn)
             .await?
         {
             let contact_id: String = row.try_get("contact_id")?;
@@ -172,7 +179,6 @@ impl Store {
         now: i64,
     ) -> Result<Applied, StoreError> {
         let dialect = self.dialect;
-        let routes = self.routes_events();
         let mut tx = self.write_tx().await?;
         // The claim: only the worker whose update takes every event of the
         // batch writes its effects.
@@ -201,9 +207,28 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        self.write_profile_effects_in(&mut tx, events, effects, now)
+            .await?;
+        tx.commit().await?;
+        self.jobs_wake.notify();
+        Ok(Applied::Done)
+    }
+
+    /// The writes of [`Store::apply_profile_effects`] in `tx`, for events
+    /// that are marked applied already: the effects, the timeline events
+    /// they caused, and the route jobs of both (when journeys exist).
+    pub async fn write_profile_effects_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        events: &[String],
+        effects: &[ProfileEffect],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect;
+        let routes = self.routes_events();
         // Only inserts and keyed updates follow, each inserted row checked
         // by its foreign key.
-        cached_plans_from_here_in(&mut tx, dialect).await?;
+        cached_plans_from_here_in(tx, dialect).await?;
         if routes {
             let jobs: Vec<super::jobs::RouteEvent> = events
                 .iter()
@@ -211,11 +236,11 @@ impl Store {
                     event_id: id.clone(),
                 })
                 .collect();
-            super::jobs::enqueue_many_in(&mut tx, dialect, &jobs, now, now).await?;
+            super::jobs::enqueue_many_in(tx, dialect, &jobs, now, now).await?;
         }
-        insert_score_changes(&mut tx, dialect, effects, now).await?;
-        let changed = write_memberships(&mut tx, dialect, effects, now).await?;
-        update_contacts(&mut tx, dialect, effects, now).await?;
+        insert_score_changes(tx, dialect, effects, now).await?;
+        let changed = write_memberships(tx, dialect, effects, now).await?;
+        update_contacts(tx, dialect, effects, now).await?;
 
         // The timeline events the effects caused, in the order they happened.
         let mut caused: Vec<(String, &str, &'static str, Fields)> = Vec::new();
@@ -276,7 +301,7 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        bulk::insert_events_in(&mut tx, dialect, &rows).await?;
+        bulk::insert_events_in(tx, dialect, &rows).await?;
         if routes {
             let jobs: Vec<super::jobs::RouteEvent> = caused
                 .iter()
@@ -284,17 +309,15 @@ impl Store {
                     event_id: id.clone(),
                 })
                 .collect();
-            super::jobs::enqueue_many_in(&mut tx, dialect, &jobs, now, now).await?;
+            super::jobs::enqueue_many_in(tx, dialect, &jobs, now, now).await?;
         }
         bulk::count_days_in(
-            &mut tx,
+            tx,
             dialect,
             caused.iter().map(|(id, ..)| (id.as_str(), now)),
         )
         .await?;
-        tx.commit().await?;
-        self.jobs_wake.notify();
-        Ok(Applied::Done)
+        Ok(())
     }
 }
 
