@@ -79,16 +79,19 @@ impl Pipeline {
             let written = store
                 .write_group_in(&mut tx, inputs, prepared, now, Applying::InTransaction)
                 .await?;
-            if !written.fresh.is_empty() {
-                let ids: Vec<String> = written.fresh.iter().map(|e| e.id.clone()).collect();
+            let ids: Vec<String> = written.fresh.iter().map(|e| e.id.clone()).collect();
+            let effects = if written.fresh.is_empty() {
+                Vec::new()
+            } else {
                 // The group's writes left cached plans on; its reads of
                 // lists need their own.
                 custom_plans_from_here_in(&mut tx, store.dialect()).await?;
-                let effects = self.effects_of(&mut tx, &written.fresh, &ids, now).await?;
-                store
-                    .write_profile_effects_in(&mut tx, &ids, &effects, now)
-                    .await?;
-            }
+                self.effects_of(&mut tx, &written.fresh, &ids, now).await?
+            };
+            let stored: Vec<&Event> = written.stored().collect();
+            store
+                .write_profile_effects_in(&mut tx, &ids, &effects, &stored, now)
+                .await?;
             Ok::<_, StoreError>((tx, written))
         };
         let span = tracing::debug_span!("store_applied", events = inputs.len());

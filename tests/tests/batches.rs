@@ -733,6 +733,19 @@ async fn single_requests_arriving_together_end_as_one_at_a_time(dialect: &'stati
         (0, 0),
         "{dialect}: every group applied, every backstop gone"
     );
+    // The dashboard's day counters count the same events either way (a
+    // group in one transaction counts its own and the caused events at
+    // its end).
+    let days = one_by_one.store.events_per_day(0).await.unwrap();
+    assert!(
+        days.iter().map(|(_, n)| n).sum::<i64>() >= 48,
+        "{dialect}: {days:?}"
+    );
+    assert_eq!(
+        together.store.events_per_day(0).await.unwrap(),
+        days,
+        "{dialect}"
+    );
     one_by_one.close().await;
     together.close().await;
 }

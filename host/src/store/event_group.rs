@@ -142,13 +142,25 @@ pub struct PreparedGroup {
     items: Vec<Option<Item>>,
 }
 
-/// A group written in a transaction that has not committed yet.
+/// A group written in a transaction that has not committed yet. With
+/// [`Applying::InTransaction`] its events are not counted on their days
+/// yet: [`Store::write_profile_effects_in`] counts them with the events
+/// the effects cause, in one statement at the end of the transaction, so
+/// that the day counters' rows are locked in one order and only until
+/// the commit, not while plugins run.
 pub struct WrittenGroup {
     /// (input index, event, contact created by it)
     events: Vec<(usize, Event, bool)>,
     items: Vec<Option<Item>>,
     /// The group's own new events (not system events), in input order.
     pub fresh: Vec<Event>,
+}
+
+impl WrittenGroup {
+    /// Every event the group stored, its own and system events alike.
+    pub fn stored(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter().map(|(_, event, _)| event)
+    }
 }
 
 impl Store {
@@ -338,12 +350,14 @@ impl Store {
             };
             super::jobs::enqueue_in(tx, &job, now + PROCESS_GRACE_MS, now).await?;
         }
-        bulk::count_days_in(
-            tx,
-            dialect,
-            events.iter().map(|(_, e, _)| (e.id.as_str(), e.at)),
-        )
-        .await?;
+        if applying == Applying::Later {
+            bulk::count_days_in(
+                tx,
+                dialect,
+                events.iter().map(|(_, e, _)| (e.id.as_str(), e.at)),
+            )
+            .await?;
+        }
         Ok(WrittenGroup {
             events,
             items,

@@ -207,7 +207,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        self.write_profile_effects_in(&mut tx, events, effects, now)
+        self.write_profile_effects_in(&mut tx, events, effects, &[], now)
             .await?;
         tx.commit().await?;
         self.jobs_wake.notify();
@@ -217,11 +217,14 @@ impl Store {
     /// The writes of [`Store::apply_profile_effects`] in `tx`, for events
     /// that are marked applied already: the effects, the timeline events
     /// they caused, and the route jobs of both (when journeys exist).
+    /// `uncounted`: events stored in `tx` and not yet counted on their
+    /// days, counted with the caused ones.
     pub async fn write_profile_effects_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         events: &[String],
         effects: &[ProfileEffect],
+        uncounted: &[&Event],
         now: i64,
     ) -> Result<(), StoreError> {
         let dialect = self.dialect;
@@ -314,7 +317,10 @@ impl Store {
         bulk::count_days_in(
             tx,
             dialect,
-            caused.iter().map(|(id, ..)| (id.as_str(), now)),
+            caused
+                .iter()
+                .map(|(id, ..)| (id.as_str(), now))
+                .chain(uncounted.iter().map(|e| (e.id.as_str(), e.at))),
         )
         .await?;
         Ok(())
