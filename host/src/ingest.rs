@@ -79,14 +79,15 @@ impl Pipeline {
             let written = store
                 .write_group_in(&mut tx, inputs, prepared, now, Applying::InTransaction)
                 .await?;
-            let ids: Vec<String> = written.fresh.iter().map(|e| e.id.clone()).collect();
-            let effects = if written.fresh.is_empty() {
+            let fresh: Vec<Event> = written.fresh().cloned().collect();
+            let ids: Vec<String> = fresh.iter().map(|e| e.id.clone()).collect();
+            let effects = if fresh.is_empty() {
                 Vec::new()
             } else {
                 // The group's writes left cached plans on; its reads of
                 // lists need their own.
                 custom_plans_from_here_in(&mut tx, store.dialect()).await?;
-                self.effects_of(&mut tx, &written.fresh, &ids, now).await?
+                self.effects_of(&mut tx, &fresh, &ids, now).await?
             };
             let stored: Vec<&Event> = written.stored().collect();
             store
@@ -101,7 +102,8 @@ impl Pipeline {
         };
         tx.commit().await?;
         store.jobs_wake().notify();
-        metrics::counter!("nachfass_events_ingested_total").increment(written.fresh.len() as u64);
+        metrics::counter!("nachfass_events_ingested_total")
+            .increment(written.fresh().count() as u64);
         Ok(OneTransaction::Committed(
             store.group_results(inputs, written, now).await,
         ))

@@ -152,14 +152,20 @@ pub struct WrittenGroup {
     /// (input index, event, contact created by it)
     events: Vec<(usize, Event, bool)>,
     items: Vec<Option<Item>>,
-    /// The group's own new events (not system events), in input order.
-    pub fresh: Vec<Event>,
+    /// Where in `events` the group's own events are (not system events).
+    own: Vec<usize>,
 }
 
 impl WrittenGroup {
     /// Every event the group stored, its own and system events alike.
     pub fn stored(&self) -> impl Iterator<Item = &Event> {
         self.events.iter().map(|(_, event, _)| event)
+    }
+
+    /// The group's own new events (not system events), in input order:
+    /// those whose effects are to apply.
+    pub fn fresh(&self) -> impl Iterator<Item = &Event> {
+        self.own.iter().map(|&at| &self.events[at].1)
     }
 }
 
@@ -339,14 +345,12 @@ impl Store {
         if routes {
             super::jobs::enqueue_many_in(tx, dialect, &system, now, now).await?;
         }
-        let fresh: Vec<Event> = events
-            .iter()
-            .filter(|(index, _, _)| !inputs[*index].system)
-            .map(|(_, event, _)| event.clone())
+        let own: Vec<usize> = (0..events.len())
+            .filter(|&at| !inputs[events[at].0].system)
             .collect();
-        if !fresh.is_empty() && applying == Applying::Later {
+        if !own.is_empty() && applying == Applying::Later {
             let job = super::jobs::ProcessEvents {
-                events: fresh.iter().map(|e| e.id.clone()).collect(),
+                events: own.iter().map(|&at| events[at].1.id.clone()).collect(),
             };
             super::jobs::enqueue_in(tx, &job, now + PROCESS_GRACE_MS, now).await?;
         }
@@ -358,11 +362,7 @@ impl Store {
             )
             .await?;
         }
-        Ok(WrittenGroup {
-            events,
-            items,
-            fresh,
-        })
+        Ok(WrittenGroup { events, items, own })
     }
 
     /// One result per input of a group whose transaction committed.
