@@ -3,20 +3,20 @@
 //! PostgreSQL a WAL flush each, on SQLite a turn at the one write lock);
 //! now a batch of jobs shares one. Steps of runs hold their writes until
 //! the batch ends and then make them one statement per table
-//! (`writes.rs`); events to route run each in a savepoint. A job that
-//! fails takes back its writes and leaves the others' work standing; its
-//! outcome goes back to the scheduler as before (retried with backoff).
+//! (`writes.rs`), and so do events to route (`route.rs`). A step that
+//! fails takes back its writes and leaves the others' work standing; an
+//! event that fails to route makes the batch's events route again one by
+//! one. Failed jobs go back to the scheduler as before (retried with
+//! backoff).
 //! A job whose lease was lost is left to the node that holds it.
 
 use sqlx::AnyConnection;
 
 use super::advance::advance_in;
 use super::facts::StepFacts;
-use super::route::route_in;
+use super::route::{route_in, start_runs_in};
 use super::{ActiveJourneys, Journeys};
-use crate::store::jobs::{
-    ClaimedJob, JobOutcome, finish_in, keep_savepoint_in, savepoint_in, undo_savepoint_in,
-};
+use crate::store::jobs::{ClaimedJob, JobOutcome};
 use crate::store::step_writes::write_step_batch_in;
 use crate::store::{StoreError, cached_plans_from_here_in};
 
@@ -90,27 +90,38 @@ async fn run_in_one_transaction(
     } else {
         StepFacts::load_events(journeys, &mut tx, &event_ids).await?
     };
-    let outcomes = if needs_routing {
-        route_each(journeys, &mut tx, &mut facts, &active, jobs, now).await?
-    } else {
-        let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
-        let writes = facts.writes.take(finished);
-        let dialect = store.dialect();
+    let dialect = store.dialect();
+    let (outcomes, writes) = if needs_routing {
+        route_all(journeys, &mut tx, &mut facts, &active, jobs, now).await?;
         // The batch's reads are done: its writes come last.
         cached_plans_from_here_in(&mut tx, dialect).await?;
-        if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {
-            // Another worker has one of the jobs now (its lease ran out),
-            // and its work counts: nothing of this batch is kept.
-            tx.rollback().await?;
-            if jobs.len() == 1 {
-                return Ok(vec![Ok(JobOutcome::Done)]);
-            }
-            return Err(StoreError::Invalid(
-                "a job's lease ran out during its batch".into(),
+        if !start_runs_in(&mut tx, dialect, &mut facts.writes, now).await? && jobs.len() > 1 {
+            // Another node started one of the runs a moment ago. Later
+            // events of the batch may have routed to the run not started:
+            // each event is routed again on its own.
+            return Err(StoreError::Conflict(
+                "a run the batch started was started by another node".into(),
             ));
         }
-        outcomes
+        let finished = jobs.iter().map(|(job, _)| job.clone()).collect();
+        let outcomes = jobs.iter().map(|_| Ok(JobOutcome::Done)).collect();
+        (outcomes, facts.writes.take(finished))
+    } else {
+        let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
+        cached_plans_from_here_in(&mut tx, dialect).await?;
+        (outcomes, facts.writes.take(finished))
     };
+    if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {
+        // Another worker has one of the jobs now (its lease ran out),
+        // and its work counts: nothing of this batch is kept.
+        tx.rollback().await?;
+        if jobs.len() == 1 {
+            return Ok(vec![Ok(JobOutcome::Done)]);
+        }
+        return Err(StoreError::Invalid(
+            "a job's lease ran out during its batch".into(),
+        ));
+    }
     tx.commit().await?;
     // The batch queued further steps and deliveries.
     store.jobs_wake().notify();
@@ -154,55 +165,25 @@ async fn advance_all(
     (outcomes, finished)
 }
 
-/// Events to route, each job in a savepoint of its own with its writes
-/// made before the savepoint is kept: routing reads runs from the
-/// database (an event may wake or end a run an earlier event of the batch
-/// started), so each job's writes must be there for the next.
-async fn route_each(
+/// Events to route, in order, each seeing the runs as the events before
+/// it left them. A job that fails fails the batch, whose jobs then run
+/// again one by one (`run_steps`).
+async fn route_all(
     journeys: &Journeys,
     tx: &mut AnyConnection,
     facts: &mut StepFacts,
     active: &ActiveJourneys,
     jobs: &[(ClaimedJob, StepJob)],
     now: i64,
-) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
-    let dialect = journeys.pipeline.store.dialect();
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for (index, (job, step)) in jobs.iter().enumerate() {
-        savepoint_in(tx).await?;
+) -> Result<(), StoreError> {
+    for (index, (_, step)) in jobs.iter().enumerate() {
+        let StepJob::Route { event_id } = step else {
+            return Err(StoreError::Invalid(
+                "a batch of events to route holds a step of a run".into(),
+            ));
+        };
         facts.writes.begin(index);
-        let ran = match step {
-            StepJob::Route { event_id } => {
-                route_in(journeys, tx, facts, active, job, event_id, now).await
-            }
-            StepJob::Advance { run_id, seq } | StepJob::Timeout { run_id, seq } => {
-                let timed_out = matches!(step, StepJob::Timeout { .. });
-                match advance_in(journeys, tx, facts, run_id, *seq, timed_out, now).await {
-                    Ok(()) => finish_in(tx, job).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        let written = match ran {
-            Ok(true) => {
-                let writes = facts.writes.take(Vec::new());
-                write_step_batch_in(tx, dialect, &writes, now).await
-            }
-            other => other,
-        };
-        match written {
-            Ok(true) => {
-                keep_savepoint_in(tx).await?;
-                outcomes.push(Ok(JobOutcome::Done));
-                continue;
-            }
-            // The lease ran out and another worker has the job: its work
-            // here is undone, and the other worker's counts.
-            Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
-            Err(e) => outcomes.push(Err(e)),
-        }
-        facts.writes.discard();
-        undo_savepoint_in(tx).await?;
+        route_in(journeys, tx, facts, active, event_id, now).await?;
     }
-    Ok(outcomes)
+    Ok(())
 }

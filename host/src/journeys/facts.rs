@@ -21,11 +21,11 @@ use crate::store::bindings::bindings_in;
 use crate::store::consents::{ConsentStatus, Purpose, consent_in, consents_in};
 use crate::store::contacts::{contact_in, contacts_in};
 use crate::store::outbox::{marketing_sends_of_in, marketing_sends_since_in};
-use crate::store::runs::{Run, run_in, runs_in};
+use crate::store::runs::{Run, latest_runs_of_in, run_in, runs_in};
 use crate::store::suppressions::{Suppression, suppressions_in, suppressions_of_in};
 use crate::store::timeline::{event_in, events_in};
 use crate::store::tracking::{erased_at_in, erased_of_in, signing_secret_in};
-use crate::store::{BindingDef, BindingKind, StoreError};
+use crate::store::{BindingDef, BindingKind, Dialect, StoreError};
 
 #[derive(Default)]
 pub(super) struct StepFacts {
@@ -49,6 +49,11 @@ pub(super) struct StepFacts {
     events: HashMap<String, Event>,
     /// The events that started the loaded runs, for rendering.
     triggers: HashMap<String, Event>,
+    /// Routing: the latest run of each journey, by contact and journey, as
+    /// the batch's routing leaves them (open runs among them).
+    latest_runs: HashMap<(String, String), Run>,
+    /// Contacts whose latest runs are loaded.
+    runs_loaded: HashSet<String>,
     /// What the batch's steps write, held until the batch ends.
     pub writes: StepWrites,
 }
@@ -100,14 +105,13 @@ impl StepFacts {
             runs,
             run_contacts,
             contacts,
-            events: HashMap::new(),
             triggers,
-            writes: StepWrites::default(),
+            ..StepFacts::default()
         })
     }
 
-    /// Loads the events routed by a batch and their contacts (routing
-    /// changes neither).
+    /// Loads the events routed by a batch, their contacts (routing changes
+    /// neither) and the contacts' latest runs.
     pub async fn load_events(
         journeys: &Journeys,
         tx: &mut AnyConnection,
@@ -120,9 +124,48 @@ impl StepFacts {
         contact_ids.dedup();
         Ok(StepFacts {
             contacts: contacts_in(tx, dialect, &contact_ids).await?,
+            latest_runs: latest_runs_of_in(tx, dialect, &contact_ids).await?,
+            runs_loaded: contact_ids.into_iter().collect(),
             events,
             ..StepFacts::default()
         })
+    }
+
+    /// The contact's open runs as routing left them, oldest first; read
+    /// (and locked) now if the batch did not load them.
+    pub async fn open_runs(
+        &mut self,
+        tx: &mut AnyConnection,
+        dialect: Dialect,
+        contact_id: &str,
+    ) -> Result<Vec<Run>, StoreError> {
+        if !self.runs_loaded.contains(contact_id) {
+            let ids = [contact_id.to_owned()];
+            self.latest_runs
+                .extend(latest_runs_of_in(tx, dialect, &ids).await?);
+            self.runs_loaded.insert(contact_id.to_owned());
+        }
+        let mut open: Vec<Run> = self
+            .latest_runs
+            .values()
+            .filter(|run| run.contact_id == contact_id && run.ended_at.is_none())
+            .cloned()
+            .collect();
+        open.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        Ok(open)
+    }
+
+    /// The contact's latest run of `journey` as routing left it (after
+    /// [`Self::open_runs`] for that contact).
+    pub fn latest_run(&self, contact_id: &str, journey: &str) -> Option<&Run> {
+        self.latest_runs
+            .get(&(contact_id.to_owned(), journey.to_owned()))
+    }
+
+    /// Routing changed or started `run`: later events of the batch see it.
+    pub fn run_routed(&mut self, run: &Run) {
+        self.latest_runs
+            .insert((run.contact_id.clone(), run.journey.clone()), run.clone());
     }
 
     pub async fn event(

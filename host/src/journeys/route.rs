@@ -1,6 +1,10 @@
 //! Routing a new event: stop events suppress and end marketing runs, goals
-//! convert runs, waiting runs wake, and triggers enrol — all in the one
-//! transaction that also removes the route job.
+//! convert runs, waiting runs wake, and triggers enrol. A batch of events
+//! reads its contacts' runs once (`StepFacts::load_events`), routes each
+//! event in order against the runs as the earlier ones left them, and
+//! writes what changed at its end, one statement per table.
+
+use std::collections::HashSet;
 
 use sqlx::AnyConnection;
 
@@ -11,94 +15,123 @@ use super::writes::StepWrites;
 use super::{ActiveJourneys, AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
 use crate::policy::Suppression;
-use crate::store::StoreError;
-use crate::store::jobs::{ClaimedJob, enqueue_in, finish_in};
+use crate::store::jobs::enqueue_in;
 use crate::store::runs::{
-    Purpose, Run, RunStatus, insert_run_in, last_run_in, new_run_id, open_runs_in,
-    set_conversion_value_in,
+    Purpose, Run, RunStatus, insert_run_in, insert_runs_in, last_run_in, new_run_id,
 };
+use crate::store::step_writes::NewEvent;
 use crate::store::suppressions::suppress_in;
 use crate::store::timeline::record_in;
+use crate::store::{Dialect, StoreError};
 
-/// Routes one event in the caller's transaction and removes its job; what
-/// it does to runs is held in `facts.writes`, which the caller writes
-/// before the job's savepoint is kept. Returns `false` when the job's
-/// lease was lost: the caller rolls back.
-#[allow(clippy::too_many_arguments)]
+/// Routes one event of a batch: what it does to runs is held in `facts`
+/// (for the events after it) and in `facts.writes` (for the batch's end).
+/// A suppression, which stops later sends at once, is written here.
 pub(super) async fn route_in(
     journeys: &Journeys,
     tx: &mut AnyConnection,
     facts: &mut StepFacts,
     active: &ActiveJourneys,
-    job: &ClaimedJob,
     event_id: &str,
     now: i64,
-) -> Result<bool, StoreError> {
-    let found = match facts.event(tx, event_id).await? {
-        Some(event) => facts
-            .contact(tx, &event.contact_id)
-            .await?
-            .map(|contact| (event, contact)),
-        None => None,
+) -> Result<(), StoreError> {
+    let Some(event) = facts.event(tx, event_id).await? else {
+        return Ok(());
     };
     // The contact may have been deleted since; then there is nothing to do.
-    if let Some((event, contact)) = found {
-        let stopped = apply_stop(tx, &event, now).await?;
-        for mut run in open_runs_in(tx, journeys.pipeline.store.dialect(), &contact.id).await? {
-            let def = journeys
-                .definition_in(tx, &run.journey, run.version)
-                .await?;
-            if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
-                finish_run(
-                    &mut facts.writes,
-                    &mut run,
-                    RunStatus::Exited,
-                    Some(&event.kind),
-                    now,
-                )?;
-            } else if let Some(goal) = def
-                .goals
-                .iter()
-                .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
-            {
-                finish_run(
-                    &mut facts.writes,
-                    &mut run,
-                    RunStatus::Converted,
-                    Some(&goal.event),
-                    now,
-                )?;
-                let mut properties = props(&[
-                    ("journey", &run.journey),
-                    ("run", &run.id),
-                    ("goal", &goal.event),
-                ]);
-                if let Some(value) = event.properties.get("value") {
-                    properties.insert("value".into(), value.clone());
-                    let amount = match value {
-                        Value::Integer(i) => Some(*i as f64),
-                        Value::Float(f) => Some(*f),
-                        Value::Text(t) => t.parse().ok(),
-                        _ => None,
-                    };
-                    if let Some(amount) = amount {
-                        set_conversion_value_in(tx, &run.id, amount).await?;
-                    }
+    let Some(contact) = facts.contact(tx, &event.contact_id).await? else {
+        return Ok(());
+    };
+    let dialect = journeys.pipeline.store.dialect();
+    let stopped = apply_stop(tx, &event, now).await?;
+    for mut run in facts.open_runs(tx, dialect, &contact.id).await? {
+        let def = journeys
+            .definition_in(tx, &run.journey, run.version)
+            .await?;
+        if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
+            finish_run(
+                &mut facts.writes,
+                &mut run,
+                RunStatus::Exited,
+                Some(&event.kind),
+                now,
+            )?;
+        } else if let Some(goal) = def
+            .goals
+            .iter()
+            .find(|g| g.event == event.kind && properties_match(&g.filter, &event.properties))
+        {
+            finish_run(
+                &mut facts.writes,
+                &mut run,
+                RunStatus::Converted,
+                Some(&goal.event),
+                now,
+            )?;
+            let mut properties = props(&[
+                ("journey", &run.journey),
+                ("run", &run.id),
+                ("goal", &goal.event),
+            ]);
+            if let Some(value) = event.properties.get("value") {
+                properties.insert("value".into(), value.clone());
+                let amount = match value {
+                    Value::Integer(i) => Some(*i as f64),
+                    Value::Float(f) => Some(*f),
+                    Value::Text(t) => t.parse().ok(),
+                    _ => None,
+                };
+                if let Some(amount) = amount {
+                    facts.writes.conversion(&run.id, amount);
                 }
-                record_in(tx, &contact.id, "journey.converted", properties, now).await?;
-            } else {
-                wake(&mut facts.writes, &def, &mut run, &event, now)?;
             }
+            facts
+                .writes
+                .event(&contact.id, "journey.converted", &properties, now)?;
+        } else {
+            wake(&mut facts.writes, &def, &mut run, &event, now)?;
         }
-        if stopped.is_none() {
-            for (version, def) in active.iter() {
-                if triggers(&def.trigger, &event, &contact) {
-                    enroll(tx, def, *version, &contact.id, Some(&event.id), now).await?;
-                }
+        facts.run_routed(&run);
+    }
+    if stopped.is_none() {
+        for (version, def) in active.iter() {
+            if !triggers(&def.trigger, &event, &contact) {
+                continue;
+            }
+            let last = facts.latest_run(&contact.id, &def.name);
+            if let Some(run) = new_run(def, *version, &contact.id, Some(&event.id), last, now) {
+                facts.writes.new_run(&run, &entered(&run))?;
+                facts.run_routed(&run);
             }
         }
     }
-    finish_in(tx, job).await
+    Ok(())
+}
+
+/// Starts the runs routing held back in `writes`, in one statement, and
+/// adds each started run's first job and `journey.entered` event to
+/// `writes`. Returns whether all started: a run is not started when its
+/// contact has one of that journey open already (another node enrolled
+/// them a moment ago; one run is enough).
+pub(super) async fn start_runs_in(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    writes: &mut StepWrites,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let (runs, events): (Vec<Run>, Vec<NewEvent>) = writes.take_new_runs().into_iter().unzip();
+    let started: HashSet<String> = insert_runs_in(tx, dialect, &runs).await?;
+    for (run, entered) in runs.iter().zip(events) {
+        if started.contains(&run.id) {
+            let first = AdvanceRun {
+                run_id: run.id.clone(),
+                seq: 0,
+            };
+            writes.job(&first, now)?;
+            writes.started(entered);
+        }
+    }
+    Ok(started.len() == runs.len())
 }
 
 /// A run waiting for this event moves on to its `on_event` step.
@@ -183,17 +216,18 @@ fn triggers(trigger: &Trigger, event: &Event, contact: &Contact) -> bool {
     }
 }
 
-/// Starts a run if the re-entry policy allows. `cause` is the event (or
-/// sweep) that enrolled the contact; the same cause never enrols twice.
-pub(super) async fn enroll(
-    tx: &mut AnyConnection,
+/// The run a trigger starts, if the re-entry policy allows one after
+/// `last` (the contact's latest run of the journey). `cause` is the event
+/// (or sweep) that enrolled the contact; the same cause never enrols twice.
+fn new_run(
     def: &JourneyDef,
     version: i64,
     contact_id: &str,
     cause: Option<&str>,
+    last: Option<&Run>,
     now: i64,
-) -> Result<Option<String>, StoreError> {
-    if let Some(last) = last_run_in(tx, &def.name, contact_id).await? {
+) -> Option<Run> {
+    if let Some(last) = last {
         let allowed = last.ended_at.is_some()
             && cause.is_none_or(|c| last.trigger_event.as_deref() != Some(c))
             && match &def.re_entry {
@@ -202,13 +236,11 @@ pub(super) async fn enroll(
                 ReEntry::After(span) => last.started_at + span.millis <= now,
             };
         if !allowed {
-            return Ok(None);
+            return None;
         }
     }
-    let Some(first) = def.steps.first() else {
-        return Ok(None);
-    };
-    let run = Run {
+    let first = def.steps.first()?;
+    Some(Run {
         id: new_run_id(),
         journey: def.name.clone(),
         version,
@@ -222,6 +254,32 @@ pub(super) async fn enroll(
         started_at: now,
         ended_at: None,
         exit_reason: None,
+    })
+}
+
+/// The properties of a run's `journey.entered` event.
+fn entered(run: &Run) -> crate::model::Fields {
+    let version = run.version.to_string();
+    props(&[
+        ("journey", &run.journey),
+        ("version", &version),
+        ("run", &run.id),
+    ])
+}
+
+/// Starts a run now, in the caller's transaction, if the re-entry policy
+/// allows (a sweep, an enrolment by hand). Returns the new run's id.
+pub(super) async fn enroll(
+    tx: &mut AnyConnection,
+    def: &JourneyDef,
+    version: i64,
+    contact_id: &str,
+    cause: Option<&str>,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    let last = last_run_in(tx, &def.name, contact_id).await?;
+    let Some(run) = new_run(def, version, contact_id, cause, last.as_ref(), now) else {
+        return Ok(None);
     };
     // Another worker enrolled the contact a moment ago: one run is enough.
     if !insert_run_in(tx, &run).await? {
@@ -232,18 +290,6 @@ pub(super) async fn enroll(
         seq: 0,
     };
     enqueue_in(tx, &job, now, now).await?;
-    let version = version.to_string();
-    record_in(
-        tx,
-        contact_id,
-        "journey.entered",
-        props(&[
-            ("journey", &def.name),
-            ("version", &version),
-            ("run", &run.id),
-        ]),
-        now,
-    )
-    .await?;
+    record_in(tx, contact_id, "journey.entered", entered(&run), now).await?;
     Ok(Some(run.id))
 }

@@ -21,6 +21,12 @@ pub(super) struct StepWrites {
     jobs: Vec<(usize, NewJob)>,
     events: Vec<(usize, NewEvent)>,
     runs: Vec<(usize, Run)>,
+    /// Runs routing started, inserted before the other writes, each with
+    /// its `journey.entered` event (its id taken when routing started it,
+    /// so the timeline keeps the order of what routing did).
+    new_runs: Vec<(usize, Run, NewEvent)>,
+    /// `(run id, value)`: what a goal event brought.
+    conversions: Vec<(usize, String, f64)>,
     attributes: Vec<(usize, String, String)>,
 }
 
@@ -37,6 +43,8 @@ impl StepWrites {
         self.jobs.retain(|(j, _)| *j != job);
         self.events.retain(|(j, _)| *j != job);
         self.runs.retain(|(j, _)| *j != job);
+        self.new_runs.retain(|(j, _, _)| *j != job);
+        self.conversions.retain(|(j, _, _)| *j != job);
         self.attributes.retain(|(j, _, _)| *j != job);
     }
 
@@ -61,19 +69,8 @@ impl StepWrites {
         at: i64,
         queued: Option<&str>,
     ) -> Result<(), StoreError> {
-        let properties =
-            serde_json::to_string(properties).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.events.push((
-            self.job,
-            NewEvent {
-                id: crate::store::new_event_id(),
-                contact_id: contact_id.to_owned(),
-                kind: kind.to_owned(),
-                properties,
-                at,
-                queued: queued.map(str::to_owned),
-            },
-        ));
+        let event = new_event(contact_id, kind, properties, at, queued)?;
+        self.events.push((self.job, event));
         Ok(())
     }
 
@@ -85,6 +82,38 @@ impl StepWrites {
     /// The run's state as the batch leaves it (the last one written wins).
     pub fn run(&mut self, run: &Run) {
         self.runs.push((self.job, run.clone()));
+    }
+
+    /// A run to start, with the event that says so; both are written
+    /// only if the run is started (see `route::start_runs_in`).
+    pub fn new_run(&mut self, run: &Run, entered: &Fields) -> Result<(), StoreError> {
+        let event = new_event(
+            &run.contact_id,
+            "journey.entered",
+            entered,
+            run.started_at,
+            None,
+        )?;
+        self.new_runs.push((self.job, run.clone(), event));
+        Ok(())
+    }
+
+    /// The runs to start with their events, taken.
+    pub fn take_new_runs(&mut self) -> Vec<(Run, NewEvent)> {
+        std::mem::take(&mut self.new_runs)
+            .into_iter()
+            .map(|(_, run, event)| (run, event))
+            .collect()
+    }
+
+    /// The event of a run that was started.
+    pub fn started(&mut self, entered: NewEvent) {
+        self.events.push((self.job, entered));
+    }
+
+    /// The value a goal event brought to the run it converted.
+    pub fn conversion(&mut self, run_id: &str, value: f64) {
+        self.conversions.push((self.job, run_id.to_owned(), value));
     }
 
     /// A message for the outbox, with its delivery job.
@@ -129,6 +158,11 @@ impl StepWrites {
             jobs: taken.jobs.into_iter().map(|(_, j)| j).collect(),
             events: taken.events.into_iter().map(|(_, e)| e).collect(),
             runs: taken.runs.into_iter().map(|(_, r)| r).collect(),
+            conversions: taken
+                .conversions
+                .into_iter()
+                .map(|(_, id, value)| (id, value))
+                .collect(),
             attributes: taken
                 .attributes
                 .into_iter()
@@ -137,4 +171,23 @@ impl StepWrites {
             finished,
         }
     }
+}
+
+fn new_event(
+    contact_id: &str,
+    kind: &str,
+    properties: &Fields,
+    at: i64,
+    queued: Option<&str>,
+) -> Result<NewEvent, StoreError> {
+    let properties =
+        serde_json::to_string(properties).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok(NewEvent {
+        id: crate::store::new_event_id(),
+        contact_id: contact_id.to_owned(),
+        kind: kind.to_owned(),
+        properties,
+        at,
+        queued: queued.map(str::to_owned),
+    })
 }

@@ -720,7 +720,10 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        jobs.sort_by_key(|j| j.due_at);
+        // Ids are time-ordered: jobs due in the same millisecond (the route
+        // jobs of a contact's events stored together) run in the order they
+        // were queued.
+        jobs.sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
         Ok(jobs)
     }
 

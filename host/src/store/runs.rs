@@ -2,7 +2,7 @@
 //! ending in `_in` run inside the caller's transaction, so a step's state
 //! change, its outbox row and its timeline events commit together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
@@ -88,34 +88,6 @@ pub async fn runs_in(
     Ok(runs.into_iter().map(|r| (r.id.clone(), r)).collect())
 }
 
-/// The contact's open runs, locked for this transaction on PostgreSQL so a
-/// concurrent step job waits instead of overwriting the routing's change.
-pub async fn open_runs_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    contact_id: &str,
-) -> Result<Vec<Run>, StoreError> {
-    macro_rules! open_runs {
-        ($lock:literal) => {
-            concat!(
-                "SELECT ",
-                run_columns!(),
-                " FROM journey_runs WHERE contact_id = $1 AND ended_at IS NULL ORDER BY started_at",
-                $lock
-            )
-        };
-    }
-    let sql = match dialect {
-        Dialect::Postgres => open_runs!(" FOR UPDATE"),
-        Dialect::Sqlite => open_runs!(""),
-    };
-    let runs = sqlx::query_as::<_, Run>(sql)
-        .bind(contact_id.to_owned())
-        .fetch_all(conn)
-        .await?;
-    Ok(runs)
-}
-
 /// The contact's latest run of a journey.
 pub async fn last_run_in(
     conn: &mut AnyConnection,
@@ -155,6 +127,91 @@ pub async fn insert_run_in(conn: &mut AnyConnection, run: &Run) -> Result<bool, 
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The latest run of each journey for each of `contact_ids`, by contact
+/// and journey: what routing a batch of events reads. An open run is its
+/// journey's latest (a contact enters again only after the last run
+/// ended), so these hold every open run too. On PostgreSQL they are locked
+/// for this transaction in id order, as [`runs_in`] locks: a step of one of
+/// these runs waits instead of overwriting what routing changes.
+pub async fn latest_runs_of_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    contact_ids: &[String],
+) -> Result<HashMap<(String, String), Run>, StoreError> {
+    if contact_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lock = match dialect {
+        Dialect::Postgres => " ORDER BY id FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT {columns} FROM journey_runs WHERE id IN (SELECT id FROM \
+         (SELECT id, ROW_NUMBER() OVER (PARTITION BY contact_id, journey \
+          ORDER BY started_at DESC, id DESC) AS newest \
+          FROM journey_runs WHERE {contacts}) AS ranked WHERE newest = 1){lock}",
+        columns = run_columns!(),
+        contacts = super::bulk::json_in(dialect, "contact_id", 1)
+    );
+    let runs = sqlx::query_as::<_, Run>(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(contact_ids)?)
+        .fetch_all(conn)
+        .await?;
+    Ok(runs
+        .into_iter()
+        .map(|run| ((run.contact_id.clone(), run.journey.clone()), run))
+        .collect())
+}
+
+/// Starts `runs` in one statement, each unless its contact has a run of
+/// that journey open already (another node enrolled them a moment ago).
+/// Returns the ids of the runs started.
+pub async fn insert_runs_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    runs: &[Run],
+) -> Result<HashSet<String>, StoreError> {
+    use super::bulk::Col;
+    if runs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let from = super::bulk::json_rows(
+        dialect,
+        1,
+        &[
+            ("id", Col::Text),
+            ("journey", Col::Text),
+            ("version", Col::Int),
+            ("contact_id", Col::Text),
+            ("purpose", Col::Text),
+            ("status", Col::Text),
+            ("step", Col::Text),
+            ("seq", Col::Int),
+            ("waiting_for", Col::Text),
+            ("trigger_event", Col::Text),
+            ("started_at", Col::Int),
+            ("ended_at", Col::Int),
+            ("exit_reason", Col::Text),
+        ],
+    );
+    let selected: Vec<String> = run_columns!()
+        .split(", ")
+        .map(|c| format!("j.{c}"))
+        .collect();
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
+    let sql = format!(
+        "INSERT INTO journey_runs ({}) SELECT {} FROM {from} WHERE true \
+         ON CONFLICT DO NOTHING RETURNING id",
+        run_columns!(),
+        selected.join(", ")
+    );
+    let started = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        .bind(super::bulk::to_json(runs)?)
+        .fetch_all(conn)
+        .await?;
+    Ok(started.into_iter().collect())
 }
 
 /// The value the goal event brought (an order's total), for revenue.

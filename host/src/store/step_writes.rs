@@ -12,7 +12,7 @@ use sqlx::AnyConnection;
 use super::bulk::{self, Col, EventRow};
 use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, finish_many_in};
 use super::outbox::{OutboxEntry, queue_messages_in};
-use super::runs::Run;
+use super::runs::{Run, set_conversion_value_in};
 use super::{Dialect, StoreError};
 
 /// A timeline event, written only if `queued` (an outbox id) is absent or
@@ -37,6 +37,9 @@ pub struct StepBatchWrites {
     pub events: Vec<NewEvent>,
     /// The final state of each run the batch changed.
     pub runs: Vec<Run>,
+    /// `(run id, value)`: what goal events brought to the runs they
+    /// converted.
+    pub conversions: Vec<(String, f64)>,
     /// `(contact id, attributes as JSON)`: the final attributes of each
     /// contact the batch changed.
     pub attributes: Vec<(String, String)>,
@@ -62,6 +65,10 @@ pub async fn write_step_batch_in(
         .collect();
     insert_new_events_in(conn, dialect, &events).await?;
     update_runs_in(conn, dialect, &writes.runs).await?;
+    // One per converting goal event: rare next to the rows above.
+    for (run_id, value) in &writes.conversions {
+        set_conversion_value_in(conn, run_id, *value).await?;
+    }
     update_attributes_in(conn, dialect, &writes.attributes, now).await?;
     let finished: Vec<&ClaimedJob> = writes.finished.iter().collect();
     finish_many_in(conn, dialect, &finished).await

@@ -11,5 +11,6 @@ mod kpis;
 mod privacy;
 mod rate;
 mod ready_made;
+mod routing;
 mod tracking;
 mod world;

@@ -1,0 +1,128 @@
+//! Events routed together: a batch of route jobs reads its contacts' runs
+//! once and routes each event against the runs as the events before it
+//! left them, so an event sees the run an earlier event of its batch
+//! started, converted or ended.
+
+use nachfass::model::Value;
+use nachfass::store::EventInput;
+use nachfass::store::jobs::{JobArgs, RouteEvent};
+use sqlx::Row;
+
+use super::world::*;
+
+/// Stores a touchpoint without running the scheduler: its route job waits
+/// for the next round, with the others stored before it.
+async fn stored(w: &World, email: &str, kind: &str, properties: &[(&str, &str)]) {
+    let input = EventInput {
+        kind: kind.into(),
+        email: Some(email.into()),
+        properties: properties
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+            .collect(),
+        ..EventInput::default()
+    };
+    w.journeys.pipeline.ingest(&input).await.unwrap();
+    // Each a millisecond later: the route jobs are due in arrival order.
+    w.clock.advance(1);
+}
+
+async fn events_routed_in_one_batch_see_each_others_runs(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let def = serde_json::json!({ "name": "offer", "trigger": { "event": { "kind": "signup" } },
+        "goals": [ { "event": "purchase" } ],
+        "steps": [
+            { "id": "offer", "type": "send", "binding": "mail-hook",
+              "template": { "subject": "Angebot", "text": "…" } },
+            { "id": "pause", "type": "wait", "duration": "5d" } ] });
+    w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    let [buyer, leaver, twice, earlier] =
+        ["buyer", "leaver", "twice", "earlier"].map(|name| format!("{name}@routing.example"));
+    let mut ids = Vec::new();
+    for email in [&buyer, &leaver, &twice, &earlier] {
+        ids.push(w.contact(email).await);
+    }
+    // A run from before the batch, in its pause.
+    w.ingest(&earlier, "signup", &[]).await;
+    assert_eq!(
+        w.run_status(&ids[3], "offer").await,
+        vec!["active"],
+        "{dialect}"
+    );
+
+    stored(&w, &buyer, "signup", &[]).await;
+    stored(&w, &leaver, "signup", &[]).await;
+    stored(&w, &twice, "signup", &[]).await;
+    stored(&w, &buyer, "purchase", &[("value", "50")]).await;
+    stored(&w, &leaver, "email.unsubscribed", &[]).await;
+    stored(&w, &twice, "signup", &[]).await;
+    stored(&w, &earlier, "purchase", &[("value", "20")]).await;
+    let due: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = $1")
+        .bind(RouteEvent::KIND)
+        .fetch_one(w.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        due >= 7,
+        "{dialect}: {due} route jobs wait, one per stored event and those their effects caused"
+    );
+    w.run().await;
+
+    assert_eq!(
+        w.run_status(&ids[0], "offer").await,
+        vec!["converted"],
+        "{dialect}"
+    );
+    assert_eq!(
+        w.run_status(&ids[1], "offer").await,
+        vec!["exited"],
+        "{dialect}"
+    );
+    assert_eq!(
+        w.reasons(&ids[1], "journey.exited").await,
+        vec!["email.unsubscribed"],
+        "{dialect}"
+    );
+    assert_eq!(
+        w.run_status(&ids[2], "offer").await.len(),
+        1,
+        "{dialect}: the second signup finds the run the first started"
+    );
+    assert_eq!(
+        w.run_status(&ids[3], "offer").await,
+        vec!["converted"],
+        "{dialect}"
+    );
+    let kinds = w.kinds(&ids[0]).await;
+    let entered = kinds.iter().position(|k| k == "journey.entered");
+    let converted = kinds.iter().position(|k| k == "journey.converted");
+    assert!(
+        entered.is_some() && entered < converted,
+        "{dialect}: {kinds:?}"
+    );
+    // The runs that ended before their first step sent nothing.
+    assert!(w.subjects(&buyer).is_empty(), "{dialect}");
+    assert!(w.subjects(&leaver).is_empty(), "{dialect}");
+    assert_eq!(w.subjects(&twice), vec!["Angebot"], "{dialect}");
+    let values: Vec<(String, f64)> = sqlx::query(
+        "SELECT contact_id, conversion_value FROM journey_runs \
+         WHERE conversion_value IS NOT NULL ORDER BY conversion_value",
+    )
+    .fetch_all(w.store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect();
+    assert_eq!(
+        values,
+        vec![(ids[3].clone(), 20.0), (ids[0].clone(), 50.0)],
+        "{dialect}: a run started in the batch takes its goal's value too"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    events_routed_in_one_batch_see_each_others_runs
+);
