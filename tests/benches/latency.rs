@@ -199,6 +199,24 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     .iter()
     .map(|row| row.try_get::<i64, _>("lag").unwrap() as f64)
     .collect();
+    // Where the time between goes: the send step queued the message (its
+    // outbox row), then the delivery sent it.
+    let stages: Vec<(f64, f64)> = sqlx::query(
+        "SELECT o.created_at - e.received_at AS queued, o.sent_at - o.created_at AS sending \
+         FROM outbox o JOIN journey_runs r ON r.id = o.run_id JOIN events e ON e.id = r.trigger_event \
+         WHERE o.sent_at IS NOT NULL",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| {
+        (
+            row.try_get::<i64, _>("queued").unwrap() as f64,
+            row.try_get::<i64, _>("sending").unwrap() as f64,
+        )
+    })
+    .collect();
     println!(
         "{dialect}: {total} purchases at {rate}/s ({:.1} s offered, {failed} failed), 1 scorer, journey → webhook:",
         offered.as_secs_f64()
@@ -207,6 +225,14 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
         "{dialect}:   event accepted → journey step scheduled ({} runs): {}",
         scheduled.len(),
         percentiles(scheduled)
+    );
+    println!(
+        "{dialect}:   event accepted → message queued: {}",
+        percentiles(stages.iter().map(|s| s.0).collect())
+    );
+    println!(
+        "{dialect}:   message queued → sent: {}",
+        percentiles(stages.iter().map(|s| s.1).collect())
     );
     println!(
         "{dialect}:   event sent → receipt received ({} of {total}): {}",

@@ -15,7 +15,8 @@ use sqlx::AnyConnection;
 use super::advance::advance_in;
 use super::facts::StepFacts;
 use super::route::{route_in, start_runs_in};
-use super::{ActiveJourneys, Journeys};
+use super::writes::StepWrites;
+use super::{ActiveJourneys, AdvanceRun, Journeys};
 use crate::store::jobs::{ClaimedJob, JobOutcome};
 use crate::store::step_writes::write_step_batch_in;
 use crate::store::{StoreError, cached_plans_from_here_in};
@@ -93,9 +94,8 @@ async fn run_in_one_transaction(
     let dialect = store.dialect();
     let (outcomes, writes) = if needs_routing {
         route_all(journeys, &mut tx, &mut facts, &active, jobs, now).await?;
-        // The batch's reads are done: its writes come last.
-        cached_plans_from_here_in(&mut tx, dialect).await?;
-        if !start_runs_in(&mut tx, dialect, &mut facts.writes, now).await? && jobs.len() > 1 {
+        let (started, all) = start_runs_in(&mut tx, dialect, &mut facts.writes).await?;
+        if !all && jobs.len() > 1 {
             // Another node started one of the runs a moment ago. Later
             // events of the batch may have routed to the run not started:
             // each event is routed again on its own.
@@ -103,9 +103,13 @@ async fn run_in_one_transaction(
                 "a run the batch started was started by another node".into(),
             ));
         }
+        let writes = std::mem::take(&mut facts.writes);
+        let mut steps = first_steps(journeys, &mut tx, writes, &started, jobs.len(), now).await?;
+        // The batch's reads are done: its writes come last.
+        cached_plans_from_here_in(&mut tx, dialect).await?;
         let finished = jobs.iter().map(|(job, _)| job.clone()).collect();
         let outcomes = jobs.iter().map(|_| Ok(JobOutcome::Done)).collect();
-        (outcomes, facts.writes.take(finished))
+        (outcomes, steps.writes.take(finished))
     } else {
         let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
         cached_plans_from_here_in(&mut tx, dialect).await?;
@@ -163,6 +167,47 @@ async fn advance_all(
         }
     }
     (outcomes, finished)
+}
+
+/// The first steps of the runs routing `started`, in the same
+/// transaction: a trigger's message is queued when the event is routed,
+/// without a job, claim and commit of its own between. `writes` (the
+/// routing's) go on in the returned facts, the steps' after them. A run
+/// whose first step fails gets its job as before and is retried with
+/// backoff; the routing stands.
+async fn first_steps(
+    journeys: &Journeys,
+    tx: &mut AnyConnection,
+    writes: StepWrites,
+    started: &[String],
+    routed: usize,
+    now: i64,
+) -> Result<StepFacts, StoreError> {
+    let mut steps = if started.is_empty() {
+        StepFacts::default()
+    } else {
+        StepFacts::load(journeys, tx, started, now).await?
+    };
+    steps.writes = writes;
+    for (index, run_id) in started.iter().enumerate() {
+        // Tagged after the routed jobs: a failing step takes back its own
+        // writes only.
+        steps.writes.begin(routed + index);
+        let contact = steps.contact_of_run(run_id);
+        if let Err(e) = advance_in(journeys, tx, &mut steps, run_id, 0, false, now).await {
+            tracing::info!(run = %run_id, error = %e, "a run's first step failed; its job retries it");
+            steps.writes.discard();
+            if let Some(contact) = contact {
+                steps.forget(&contact);
+            }
+            let first = AdvanceRun {
+                run_id: run_id.clone(),
+                seq: 0,
+            };
+            steps.writes.job(&first, now)?;
+        }
+    }
+    Ok(steps)
 }
 
 /// Events to route, in order, each seeing the runs as the events before

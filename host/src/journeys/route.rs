@@ -109,29 +109,26 @@ pub(super) async fn route_in(
 }
 
 /// Starts the runs routing held back in `writes`, in one statement, and
-/// adds each started run's first job and `journey.entered` event to
-/// `writes`. Returns whether all started: a run is not started when its
+/// adds each started run's `journey.entered` event to `writes`. Returns
+/// the runs started, and whether all were: a run is not started when its
 /// contact has one of that journey open already (another node enrolled
 /// them a moment ago; one run is enough).
 pub(super) async fn start_runs_in(
     tx: &mut AnyConnection,
     dialect: Dialect,
     writes: &mut StepWrites,
-    now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<(Vec<String>, bool), StoreError> {
     let (runs, events): (Vec<Run>, Vec<NewEvent>) = writes.take_new_runs().into_iter().unzip();
     let started: HashSet<String> = insert_runs_in(tx, dialect, &runs).await?;
+    let mut ids = Vec::with_capacity(started.len());
     for (run, entered) in runs.iter().zip(events) {
         if started.contains(&run.id) {
-            let first = AdvanceRun {
-                run_id: run.id.clone(),
-                seq: 0,
-            };
-            writes.job(&first, now)?;
             writes.started(entered);
+            ids.push(run.id.clone());
         }
     }
-    Ok(started.len() == runs.len())
+    let all = ids.len() == runs.len();
+    Ok((ids, all))
 }
 
 /// A run waiting for this event moves on to its `on_event` step.

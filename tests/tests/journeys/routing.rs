@@ -3,6 +3,7 @@
 //! left them, so an event sees the run an earlier event of its batch
 //! started, converted or ended.
 
+use nachfass::journeys::AdvanceRun;
 use nachfass::model::Value;
 use nachfass::store::EventInput;
 use nachfass::store::jobs::{JobArgs, RouteEvent};
@@ -125,4 +126,41 @@ async fn events_routed_in_one_batch_see_each_others_runs(dialect: &'static str) 
 nachfass_tests::on_both_databases!(
     #[tokio::test]
     events_routed_in_one_batch_see_each_others_runs
+);
+
+async fn a_trigger_queues_its_first_message_in_the_routing_batch(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    offer_journey(&w).await;
+    let id = w.contact("first@routing.example").await;
+    stored(&w, "first@routing.example", "signup", &[]).await;
+    // One round: it claims the event's route job; the run's first step (a
+    // send) runs in the same transaction, with no job of its own between.
+    assert!(w.scheduler.tick().await.unwrap() >= 1, "{dialect}");
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE contact_id = $1")
+        .bind(id.clone())
+        .fetch_one(w.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        queued, 1,
+        "{dialect}: the message is queued after one round"
+    );
+    let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = $1")
+        .bind(AdvanceRun::KIND)
+        .fetch_one(w.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1, "{dialect}: only the pause's job waits");
+    w.run().await;
+    assert_eq!(
+        w.subjects("first@routing.example"),
+        vec!["Ihr Angebot"],
+        "{dialect}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_trigger_queues_its_first_message_in_the_routing_batch
 );
