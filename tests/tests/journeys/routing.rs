@@ -4,27 +4,15 @@
 //! started, converted or ended.
 
 use nachfass::journeys::AdvanceRun;
-use nachfass::model::Value;
-use nachfass::store::EventInput;
 use nachfass::store::jobs::{JobArgs, RouteEvent};
 use sqlx::Row;
 
 use super::world::*;
 
-/// Stores a touchpoint without running the scheduler: its route job waits
-/// for the next round, with the others stored before it.
+/// Stores a touchpoint for the next scheduler round, a millisecond after
+/// the one before: the route jobs are due in arrival order.
 async fn stored(w: &World, email: &str, kind: &str, properties: &[(&str, &str)]) {
-    let input = EventInput {
-        kind: kind.into(),
-        email: Some(email.into()),
-        properties: properties
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
-            .collect(),
-        ..EventInput::default()
-    };
-    w.journeys.pipeline.ingest(&input).await.unwrap();
-    // Each a millisecond later: the route jobs are due in arrival order.
+    w.stored(email, kind, properties).await;
     w.clock.advance(1);
 }
 

@@ -114,6 +114,19 @@ impl World {
         kind: &str,
         properties: &[(&str, &str)],
     ) -> Event {
+        let event = self.stored(email, kind, properties).await;
+        self.run().await;
+        event
+    }
+
+    /// Stores a touchpoint without running the scheduler: its route job
+    /// waits for the next round.
+    pub(crate) async fn stored(
+        &self,
+        email: &str,
+        kind: &str,
+        properties: &[(&str, &str)],
+    ) -> Event {
         let input = EventInput {
             kind: kind.into(),
             email: Some(email.into()),
@@ -123,9 +136,7 @@ impl World {
                 .collect(),
             ..EventInput::default()
         };
-        let event = self.journeys.pipeline.ingest(&input).await.unwrap().event;
-        self.run().await;
-        event
+        self.journeys.pipeline.ingest(&input).await.unwrap().event
     }
 
     pub(crate) async fn run(&self) {
