@@ -49,11 +49,10 @@ pub(super) struct StepFacts {
     events: HashMap<String, Event>,
     /// The events that started the loaded runs, for rendering.
     triggers: HashMap<String, Event>,
-    /// Routing: the latest run of each journey, by contact and journey, as
-    /// the batch's routing leaves them (open runs among them).
-    latest_runs: HashMap<(String, String), Run>,
-    /// Contacts whose latest runs are loaded.
-    runs_loaded: HashSet<String>,
+    /// Routing: the latest run of each journey, by contact, then journey,
+    /// as the batch's routing leaves them (open runs among them). A contact
+    /// is here once its runs are loaded, if only with none.
+    latest_runs: HashMap<String, HashMap<String, Run>>,
     /// What the batch's steps write, held until the batch ends.
     pub writes: StepWrites,
 }
@@ -122,13 +121,14 @@ impl StepFacts {
         let mut contact_ids: Vec<String> = events.values().map(|e| e.contact_id.clone()).collect();
         contact_ids.sort_unstable();
         contact_ids.dedup();
-        Ok(StepFacts {
+        let mut facts = StepFacts {
             contacts: contacts_in(tx, dialect, &contact_ids).await?,
-            latest_runs: latest_runs_of_in(tx, dialect, &contact_ids).await?,
-            runs_loaded: contact_ids.into_iter().collect(),
             events,
             ..StepFacts::default()
-        })
+        };
+        let runs = latest_runs_of_in(tx, dialect, &contact_ids).await?;
+        facts.runs_loaded(&contact_ids, runs);
+        Ok(facts)
     }
 
     /// The contact's open runs as routing left them, oldest first; read
@@ -139,16 +139,17 @@ impl StepFacts {
         dialect: Dialect,
         contact_id: &str,
     ) -> Result<Vec<Run>, StoreError> {
-        if !self.runs_loaded.contains(contact_id) {
+        if !self.latest_runs.contains_key(contact_id) {
             let ids = [contact_id.to_owned()];
-            self.latest_runs
-                .extend(latest_runs_of_in(tx, dialect, &ids).await?);
-            self.runs_loaded.insert(contact_id.to_owned());
+            let runs = latest_runs_of_in(tx, dialect, &ids).await?;
+            self.runs_loaded(&ids, runs);
         }
         let mut open: Vec<Run> = self
             .latest_runs
-            .values()
-            .filter(|run| run.contact_id == contact_id && run.ended_at.is_none())
+            .get(contact_id)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|run| run.ended_at.is_none())
             .cloned()
             .collect();
         open.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
@@ -158,14 +159,26 @@ impl StepFacts {
     /// The contact's latest run of `journey` as routing left it (after
     /// [`Self::open_runs`] for that contact).
     pub fn latest_run(&self, contact_id: &str, journey: &str) -> Option<&Run> {
-        self.latest_runs
-            .get(&(contact_id.to_owned(), journey.to_owned()))
+        self.latest_runs.get(contact_id)?.get(journey)
+    }
+
+    /// The latest runs of `contact_ids`, as read: each contact is known
+    /// from now on, if only with no runs.
+    fn runs_loaded(&mut self, contact_ids: &[String], runs: Vec<Run>) {
+        for id in contact_ids {
+            self.latest_runs.entry(id.clone()).or_default();
+        }
+        for run in runs {
+            self.run_routed(run);
+        }
     }
 
     /// Routing changed or started `run`: later events of the batch see it.
-    pub fn run_routed(&mut self, run: &Run) {
+    pub fn run_routed(&mut self, run: Run) {
         self.latest_runs
-            .insert((run.contact_id.clone(), run.journey.clone()), run.clone());
+            .entry(run.contact_id.clone())
+            .or_default()
+            .insert(run.journey.clone(), run);
     }
 
     pub async fn event(

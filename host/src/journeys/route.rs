@@ -91,7 +91,7 @@ pub(super) async fn route_in(
         } else {
             wake(&mut facts.writes, &def, &mut run, &event, now)?;
         }
-        facts.run_routed(&run);
+        facts.run_routed(run);
     }
     if stopped.is_none() {
         for (version, def) in active.iter() {
@@ -101,7 +101,7 @@ pub(super) async fn route_in(
             let last = facts.latest_run(&contact.id, &def.name);
             if let Some(run) = new_run(def, *version, &contact.id, Some(&event.id), last, now) {
                 facts.writes.new_run(&run, &entered(&run))?;
-                facts.run_routed(&run);
+                facts.run_routed(run);
             }
         }
     }

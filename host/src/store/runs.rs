@@ -129,8 +129,8 @@ pub async fn insert_run_in(conn: &mut AnyConnection, run: &Run) -> Result<bool, 
     Ok(done.rows_affected() == 1)
 }
 
-/// The latest run of each journey for each of `contact_ids`, by contact
-/// and journey: what routing a batch of events reads. An open run is its
+/// The latest run of each journey for each of `contact_ids`: what
+/// routing a batch of events reads. An open run is its
 /// journey's latest (a contact enters again only after the last run
 /// ended), so these hold every open run too. On PostgreSQL they are locked
 /// for this transaction in id order, as [`runs_in`] locks: a step of one of
@@ -139,9 +139,9 @@ pub async fn latest_runs_of_in(
     conn: &mut AnyConnection,
     dialect: Dialect,
     contact_ids: &[String],
-) -> Result<HashMap<(String, String), Run>, StoreError> {
+) -> Result<Vec<Run>, StoreError> {
     if contact_ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Vec::new());
     }
     let lock = match dialect {
         Dialect::Postgres => " ORDER BY id FOR UPDATE",
@@ -159,10 +159,7 @@ pub async fn latest_runs_of_in(
         .bind(super::bulk::to_json(contact_ids)?)
         .fetch_all(conn)
         .await?;
-    Ok(runs
-        .into_iter()
-        .map(|run| ((run.contact_id.clone(), run.journey.clone()), run))
-        .collect())
+    Ok(runs)
 }
 
 /// Starts `runs` in one statement, each unless its contact has a run of
