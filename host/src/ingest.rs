@@ -13,7 +13,6 @@ use crate::scoring;
 use crate::segments;
 use crate::store::{
     Applying, ContactInput, ContactRecord, Dialect, EventInput, Ingested, MergeReport, StoreError,
-    custom_plans_from_here_in,
 };
 
 mod batch;
@@ -81,17 +80,16 @@ impl Pipeline {
                 .await?;
             let fresh: Vec<Event> = written.fresh().cloned().collect();
             let ids: Vec<String> = fresh.iter().map(|e| e.id.clone()).collect();
+            // The group's events are not stored yet: the effects are
+            // computed over the activity before them, each added in its
+            // turn, and then stored with what they caused.
             let effects = if fresh.is_empty() {
                 Vec::new()
             } else {
-                // The group's writes left cached plans on; its reads of
-                // lists need their own.
-                custom_plans_from_here_in(&mut tx, store.dialect()).await?;
-                self.effects_of(&mut tx, &fresh, &ids, now).await?
+                self.effects_of(&mut tx, &fresh, now).await?
             };
-            let stored: Vec<&Event> = written.stored().collect();
             store
-                .write_profile_effects_in(&mut tx, &ids, &effects, &stored, now)
+                .write_profile_effects_in(&mut tx, &ids, &effects, Some(&written), now)
                 .await?;
             Ok::<_, StoreError>((tx, written))
         };

@@ -170,21 +170,6 @@ pub(crate) async fn cached_plans_from_here_in(
     Ok(())
 }
 
-/// From here to the end of the transaction on `conn`, PostgreSQL plans
-/// each statement for its parameters again (the connection's setting,
-/// undoing [`cached_plans_from_here_in`]): for reads of lists, whose
-/// generic plans would go through whole tables. Nothing to do on SQLite.
-pub(crate) async fn custom_plans_from_here_in(
-    conn: &mut sqlx::AnyConnection,
-    dialect: Dialect,
-) -> Result<(), StoreError> {
-    if dialect == Dialect::Postgres {
-        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            .await?;
-    }
-    Ok(())
-}
-
 impl Store {
     /// Connects to `sqlite://path` (created if missing) or `postgres://…`
     /// and runs the migrations of that dialect.

@@ -14,7 +14,8 @@ use crate::model::{ActivityCount, Contact, Event};
 use crate::pipeline::Pipeline;
 use crate::runtime::{Binding, Plugin, ScorerInput, World};
 use crate::scoring::runtime_binding;
-use crate::store::{Applied, BindingDef, BindingKind, ProfileEffect, StoreError};
+use crate::store::bindings::profile_bindings_in;
+use crate::store::{Applied, BindingDef, ProfileEffect, StoreError};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -52,7 +53,7 @@ impl Pipeline {
             }
             let now = self.clock.now();
             let mut conn = self.store.pool().acquire().await?;
-            let effects = self.effects_of(&mut conn, &events, &[], now).await?;
+            let effects = self.effects_of(&mut conn, &events, now).await?;
             drop(conn);
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             match self
@@ -71,9 +72,22 @@ impl Pipeline {
         ))
     }
 
-    async fn live(&self, kind: BindingKind, world: World) -> Result<Vec<Live>, StoreError> {
+    /// The scorer and the segment bindings that apply events now, with
+    /// the plugins they run on this node, read on `conn`.
+    async fn live(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(Vec<Live>, Vec<Live>), StoreError> {
+        let (scorers, segments) = profile_bindings_in(conn).await?;
+        Ok((
+            self.runnable(scorers, World::Scorer),
+            self.runnable(segments, World::SegmentRule),
+        ))
+    }
+
+    fn runnable(&self, defs: Vec<BindingDef>, world: World) -> Vec<Live> {
         let mut live = Vec::new();
-        for def in self.store.bindings(kind).await? {
+        for def in defs {
             // Paused by the circuit breaker: no effect until resumed.
             if def.paused.is_some() {
                 continue;
@@ -89,22 +103,20 @@ impl Pipeline {
                 binding,
             });
         }
-        Ok(live)
+        live
     }
 
     /// The effects of `events`, in the order they happen, reading their
-    /// contacts on `conn`. `applying`: events stored applied in the
-    /// transaction on `conn`, left out of the activity (each is added in
-    /// its turn).
+    /// contacts on `conn`. Their contacts' activity is read from the
+    /// applied events: `events` are not among them (not applied yet, or
+    /// not stored yet), and each is added in its turn.
     pub(super) async fn effects_of(
         &self,
         conn: &mut sqlx::AnyConnection,
         events: &[Event],
-        applying: &[String],
         now: i64,
     ) -> Result<Vec<ProfileEffect>, StoreError> {
-        let scorers = self.live(BindingKind::Scorer, World::Scorer).await?;
-        let segments = self.live(BindingKind::Segment, World::SegmentRule).await?;
+        let (scorers, segments) = self.live(conn).await?;
         // A purchase makes a customer even where nothing scores.
         let stages_move = |kind: &str| !scorers.is_empty() || kind == "purchase";
         if segments.is_empty() && !events.iter().any(|e| stages_move(&e.kind)) {
@@ -120,10 +132,7 @@ impl Pipeline {
             queue.push(event);
         }
         let mut contacts = self.store.contacts_with_segments_in(conn, &order).await?;
-        let mut activity = self
-            .store
-            .applied_activity_in(conn, &order, applying, now)
-            .await?;
+        let mut activity = self.store.applied_activity_in(conn, &order, now).await?;
         let rounds = by_contact.values().map(Vec::len).max().unwrap_or(0);
         let mut effects = Vec::new();
         for round in 0..rounds {

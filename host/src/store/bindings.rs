@@ -455,14 +455,41 @@ pub async fn bindings_in(
     conn: &mut sqlx::AnyConnection,
     kind: BindingKind,
 ) -> Result<Vec<BindingDef>, StoreError> {
+    bindings_of_kinds_in(conn, kind, kind).await
+}
+
+/// The scorer and the segment bindings, in one read on the caller's
+/// connection: what applying events runs.
+pub async fn profile_bindings_in(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<(Vec<BindingDef>, Vec<BindingDef>), StoreError> {
+    let all = bindings_of_kinds_in(conn, BindingKind::Scorer, BindingKind::Segment).await?;
+    Ok(all
+        .into_iter()
+        .partition(|def| def.kind == BindingKind::Scorer))
+}
+
+/// The bindings of kind `a` or `b`, by name.
+async fn bindings_of_kinds_in(
+    conn: &mut sqlx::AnyConnection,
+    a: BindingKind,
+    b: BindingKind,
+) -> Result<Vec<BindingDef>, StoreError> {
     let rows = sqlx::query(
-        "SELECT name, plugin, version, config, allow_http, limits, rate, paused FROM bindings WHERE kind = $1 ORDER BY name",
+        "SELECT name, kind, plugin, version, config, allow_http, limits, rate, paused FROM bindings \
+         WHERE kind IN ($1, $2) ORDER BY name",
     )
-    .bind(kind.as_str())
+    .bind(a.as_str())
+    .bind(b.as_str())
     .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            let kind = [a, b]
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .ok_or_else(|| StoreError::Invalid(format!("binding of unknown kind `{kind}`")))?;
             let config: String = row.try_get("config")?;
             let allow_http: String = row.try_get("allow_http")?;
             let limits: String = row.try_get("limits")?;

@@ -143,30 +143,82 @@ pub struct PreparedGroup {
 }
 
 /// A group written in a transaction that has not committed yet. With
-/// [`Applying::InTransaction`] its events are not counted on their days
-/// yet: [`Store::write_profile_effects_in`] counts them with the events
-/// the effects cause, in one statement at the end of the transaction, so
-/// that the day counters' rows are locked in one order and only until
-/// the commit, not while plugins run.
+/// [`Applying::InTransaction`] only its contacts are written so far:
+/// [`Store::write_profile_effects_in`] inserts its events with the events
+/// their effects cause, queues their route jobs and counts them on their
+/// days, one statement each at the end of the transaction. So the
+/// effects are computed before the transaction switches to cached plans
+/// for its writes, and the day counters' rows are locked in one order and
+/// only until the commit, not while plugins run.
 pub struct WrittenGroup {
-    /// (input index, event, contact created by it)
-    events: Vec<(usize, Event, bool)>,
+    events: Vec<GroupEvent>,
     items: Vec<Option<Item>>,
     /// Where in `events` the group's own events are (not system events).
     own: Vec<usize>,
+    /// Whether `events` are still to insert (see above).
+    unwritten: bool,
+}
+
+/// One event of a group.
+struct GroupEvent {
+    /// Where in the group's inputs.
+    index: usize,
+    event: Event,
+    /// Its contact was created for it.
+    contact_created: bool,
+    client_event_id: Option<String>,
+    system: bool,
 }
 
 impl WrittenGroup {
-    /// Every event the group stored, its own and system events alike.
-    pub fn stored(&self) -> impl Iterator<Item = &Event> {
-        self.events.iter().map(|(_, event, _)| event)
-    }
-
     /// The group's own new events (not system events), in input order:
     /// those whose effects are to apply.
     pub fn fresh(&self) -> impl Iterator<Item = &Event> {
-        self.own.iter().map(|&at| &self.events[at].1)
+        self.own.iter().map(|&at| &self.events[at].event)
     }
+
+    /// The group's events still to insert (none once they are): rows
+    /// marked applied, and the ids of the system events among them (to
+    /// route).
+    pub(super) fn unwritten_rows(
+        &self,
+        now: i64,
+    ) -> Result<(Vec<EventRow<'_>>, Vec<&str>), StoreError> {
+        if !self.unwritten {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let rows = self
+            .events
+            .iter()
+            .map(|e| event_row(e, now, Some(now)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let system = self
+            .events
+            .iter()
+            .filter(|e| e.system)
+            .map(|e| e.event.id.as_str())
+            .collect();
+        Ok((rows, system))
+    }
+}
+
+/// The row of a group's event.
+fn event_row(
+    e: &GroupEvent,
+    now: i64,
+    processed_at: Option<i64>,
+) -> Result<EventRow<'_>, StoreError> {
+    Ok(EventRow {
+        id: &e.event.id,
+        contact_id: &e.event.contact_id,
+        kind: &e.event.kind,
+        at: e.event.at,
+        properties: serde_json::to_string(&e.event.properties)
+            .map_err(|err| StoreError::Invalid(err.to_string()))?,
+        client_event_id: e.client_event_id.as_deref(),
+        received_at: now,
+        processed_at,
+    })
 }
 
 impl Store {
@@ -225,7 +277,8 @@ impl Store {
 
     /// Writes a prepared group in `tx`: finds or creates its contacts and
     /// stores its events. With [`Applying::InTransaction`] the caller
-    /// writes their effects in `tx` before it commits.
+    /// computes their effects and writes them with the events
+    /// ([`Store::write_profile_effects_in`]) in `tx` before it commits.
     pub async fn write_group_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -246,7 +299,7 @@ impl Store {
         } = self.resolve_identities(tx, inputs, &mut items).await?;
 
         // The events, and per contact the newest time of its own events.
-        let mut events: Vec<(usize, Event, bool)> = Vec::new();
+        let mut events: Vec<GroupEvent> = Vec::new();
         let mut last_seen: BTreeMap<&str, i64> = BTreeMap::new();
         for (index, item) in items.iter().enumerate() {
             let Some(Item::Store {
@@ -269,8 +322,15 @@ impl Store {
                 at,
                 properties: input.properties.clone(),
             };
-            events.push((index, event, *created));
+            events.push(GroupEvent {
+                index,
+                event,
+                contact_created: *created,
+                client_event_id: input.client_event_id.clone(),
+                system: input.system,
+            });
         }
+        let unwritten = applying == Applying::InTransaction;
 
         for (id, email, external_id) in &changes {
             sqlx::query(
@@ -284,29 +344,18 @@ impl Store {
             .await
             .map_err(conflict_on_unique)?;
         }
-        // The reads are done; each event row is checked by its foreign key.
-        cached_plans_from_here_in(tx, dialect).await?;
+        if !unwritten {
+            // The reads are done; each event row is checked by its foreign key.
+            cached_plans_from_here_in(tx, dialect).await?;
+        }
         insert_contacts(tx, dialect, &created, &named, &last_seen, now).await?;
-        let rows = events
-            .iter()
-            .map(|(index, event, _)| {
-                let input = &inputs[*index];
-                Ok(EventRow {
-                    id: &event.id,
-                    contact_id: &event.contact_id,
-                    kind: &event.kind,
-                    at: event.at,
-                    properties: serde_json::to_string(&event.properties)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    client_event_id: input.client_event_id.as_deref(),
-                    received_at: now,
-                    processed_at: (input.system || applying == Applying::InTransaction)
-                        .then_some(now),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        bulk::insert_events_in(tx, dialect, &rows).await?;
-        drop(rows);
+        if !unwritten {
+            let rows = events
+                .iter()
+                .map(|e| event_row(e, now, e.system.then_some(now)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            bulk::insert_events_in(tx, dialect, &rows).await?;
+        }
         // Stored contacts the group saw or found: `last_seen_at` moves
         // forward, `updated_at` as the identity upsert wrote it.
         let mut seen: BTreeMap<&str, SeenRow<'_>> = BTreeMap::new();
@@ -335,34 +384,37 @@ impl Store {
         }
         let seen_rows: Vec<SeenRow<'_>> = seen.into_values().collect();
         update_seen(tx, dialect, &seen_rows, now).await?;
-        let system: Vec<super::jobs::RouteEvent> = events
-            .iter()
-            .filter(|(index, _, _)| inputs[*index].system)
-            .map(|(_, event, _)| super::jobs::RouteEvent {
-                event_id: event.id.clone(),
-            })
-            .collect();
-        if routes {
-            super::jobs::enqueue_many_in(tx, dialect, &system, now, now).await?;
-        }
-        let own: Vec<usize> = (0..events.len())
-            .filter(|&at| !inputs[events[at].0].system)
-            .collect();
-        if !own.is_empty() && applying == Applying::Later {
-            let job = super::jobs::ProcessEvents {
-                events: own.iter().map(|&at| events[at].1.id.clone()).collect(),
-            };
-            super::jobs::enqueue_in(tx, &job, now + PROCESS_GRACE_MS, now).await?;
-        }
-        if applying == Applying::Later {
+        let own: Vec<usize> = (0..events.len()).filter(|&at| !events[at].system).collect();
+        if !unwritten {
+            if routes {
+                let system: Vec<super::jobs::RouteEvent> = events
+                    .iter()
+                    .filter(|e| e.system)
+                    .map(|e| super::jobs::RouteEvent {
+                        event_id: e.event.id.clone(),
+                    })
+                    .collect();
+                super::jobs::enqueue_many_in(tx, dialect, &system, now, now).await?;
+            }
+            if !own.is_empty() {
+                let job = super::jobs::ProcessEvents {
+                    events: own.iter().map(|&at| events[at].event.id.clone()).collect(),
+                };
+                super::jobs::enqueue_in(tx, &job, now + PROCESS_GRACE_MS, now).await?;
+            }
             bulk::count_days_in(
                 tx,
                 dialect,
-                events.iter().map(|(_, e, _)| (e.id.as_str(), e.at)),
+                events.iter().map(|e| (e.event.id.as_str(), e.event.at)),
             )
             .await?;
         }
-        Ok(WrittenGroup { events, items, own })
+        Ok(WrittenGroup {
+            events,
+            items,
+            own,
+            unwritten,
+        })
     }
 
     /// One result per input of a group whose transaction committed.
@@ -375,11 +427,11 @@ impl Store {
         let WrittenGroup { events, items, .. } = written;
         let mut results: Vec<Option<Result<Ingested, StoreError>>> =
             inputs.iter().map(|_| None).collect();
-        for (index, event, contact_created) in events {
-            results[index] = Some(Ok(Ingested {
-                event,
+        for e in events {
+            results[e.index] = Some(Ok(Ingested {
+                event: e.event,
                 duplicate: false,
-                contact_created,
+                contact_created: e.contact_created,
             }));
         }
         for (index, item) in items.into_iter().enumerate() {

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::bulk::{self, Col};
 use super::events::{DAY_MS, activity_from_row, from_row as event_from_row};
-use super::{Dialect, Store, StoreError, cached_plans_from_here_in, new_id};
+use super::{Dialect, Store, StoreError, WrittenGroup, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
 
 /// One effect of a batch, in the order it happened.
@@ -120,9 +120,8 @@ impl Store {
 
     /// Per contact of `ids`: the activity summary at `now` over its
     /// applied events, read on `conn`. Events still waiting for their
-    /// effects are left out, and so are `applying` (a group stored applied
-    /// in the transaction that now computes its effects): the batch that
-    /// applies them adds each in its turn.
+    /// effects are left out: the batch that applies them adds each in its
+    /// turn.
     ///
     /// `at + 0`: the time bound must never pick the index on `at`. Every
     /// stored event is due by now, so that index leads through the whole
@@ -133,7 +132,6 @@ impl Store {
         &self,
         conn: &mut sqlx::AnyConnection,
         ids: &[String],
-        applying: &[String],
         now: i64,
     ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
         let sql = format!(
@@ -141,10 +139,9 @@ impl Store {
                     SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
                     SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
                     MAX(at) AS last_at \
-             FROM events WHERE at + 0 <= $3 AND processed_at IS NOT NULL AND {} AND NOT ({}) \
+             FROM events WHERE at + 0 <= $3 AND processed_at IS NOT NULL AND {} \
              GROUP BY contact_id, kind ORDER BY contact_id, kind",
-            bulk::json_in(self.dialect, "contact_id", 4),
-            bulk::json_in(self.dialect, "id", 5)
+            bulk::json_in(self.dialect, "contact_id", 4)
         );
         let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -152,7 +149,6 @@ impl Store {
             .bind(now - 30 * DAY_MS)
             .bind(now)
             .bind(bulk::to_json(ids)?)
-            .bind(bulk::to_json(applying)?)
             .fetch_all(conn)
             .await?
         {
@@ -207,43 +203,36 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        self.write_profile_effects_in(&mut tx, events, effects, &[], now)
+        self.write_profile_effects_in(&mut tx, events, effects, None, now)
             .await?;
         tx.commit().await?;
         self.jobs_wake.notify();
         Ok(Applied::Done)
     }
 
-    /// The writes of [`Store::apply_profile_effects`] in `tx`, for events
-    /// that are marked applied already: the effects, the timeline events
-    /// they caused, and the route jobs of both (when journeys exist).
-    /// `uncounted`: events stored in `tx` and not yet counted on their
-    /// days, counted with the caused ones.
+    /// The writes of [`Store::apply_profile_effects`] in `tx`, for
+    /// `events`, which are marked applied already or are the own events of
+    /// `group`: the effects, the timeline events they caused, and the route
+    /// jobs of all (when journeys exist). `group`: a group written in `tx`
+    /// with [`super::Applying::InTransaction`], whose events are stored here
+    /// with the caused ones and counted on their days with them.
     pub async fn write_profile_effects_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         events: &[String],
         effects: &[ProfileEffect],
-        uncounted: &[&Event],
+        group: Option<&WrittenGroup>,
         now: i64,
     ) -> Result<(), StoreError> {
         let dialect = self.dialect;
         let routes = self.routes_events();
-        // Only inserts and keyed updates follow, each inserted row checked
-        // by its foreign key.
+        // Planned for this run: a cached plan, costed when the table was
+        // small, goes on reading the whole of it (seen in a new database).
+        update_contacts(tx, dialect, effects, now).await?;
+        // Inserts follow, each row checked by its foreign key.
         cached_plans_from_here_in(tx, dialect).await?;
-        if routes {
-            let jobs: Vec<super::jobs::RouteEvent> = events
-                .iter()
-                .map(|id| super::jobs::RouteEvent {
-                    event_id: id.clone(),
-                })
-                .collect();
-            super::jobs::enqueue_many_in(tx, dialect, &jobs, now, now).await?;
-        }
         insert_score_changes(tx, dialect, effects, now).await?;
         let changed = write_memberships(tx, dialect, effects, now).await?;
-        update_contacts(tx, dialect, effects, now).await?;
 
         // The timeline events the effects caused, in the order they happened.
         let mut caused: Vec<(String, &str, &'static str, Fields)> = Vec::new();
@@ -288,7 +277,12 @@ impl Store {
                 ProfileEffect::Membership { .. } => {}
             }
         }
-        let rows = caused
+        let (mut rows, system) = match group {
+            Some(group) => group.unwritten_rows(now)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        // The group's events come first: they caused the others.
+        let caused_rows = caused
             .iter()
             .map(|(id, contact_id, kind, properties)| {
                 Ok(bulk::EventRow {
@@ -304,25 +298,24 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        rows.extend(caused_rows);
         bulk::insert_events_in(tx, dialect, &rows).await?;
         if routes {
-            let jobs: Vec<super::jobs::RouteEvent> = caused
+            // In the order they happened: the group's system events (stored
+            // as they came), then the applied ones, then what they caused.
+            let jobs: Vec<super::jobs::RouteEvent> = system
                 .iter()
-                .map(|(id, ..)| super::jobs::RouteEvent {
-                    event_id: id.clone(),
+                .copied()
+                .chain(events.iter().map(String::as_str))
+                .chain(caused.iter().map(|(id, ..)| id.as_str()))
+                .map(|id| super::jobs::RouteEvent {
+                    event_id: id.to_owned(),
                 })
                 .collect();
             super::jobs::enqueue_many_in(tx, dialect, &jobs, now, now).await?;
         }
-        bulk::count_days_in(
-            tx,
-            dialect,
-            caused
-                .iter()
-                .map(|(id, ..)| (id.as_str(), now))
-                .chain(uncounted.iter().map(|e| (e.id.as_str(), e.at))),
-        )
-        .await?;
+        // Every row inserted here: the caused events, and the group's.
+        bulk::count_days_in(tx, dialect, rows.iter().map(|row| (row.id, row.at))).await?;
         Ok(())
     }
 }
