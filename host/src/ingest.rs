@@ -73,8 +73,8 @@ impl Pipeline {
         let now = self.clock.now();
         let store = &self.store;
         let attempt = async {
-            let prepared = store.prepare_group(inputs).await?;
             let mut tx = store.write_tx().await?;
+            let prepared = store.prepare_group_in(&mut tx, inputs).await?;
             let written = store
                 .write_group_in(&mut tx, inputs, prepared, now, Applying::InTransaction)
                 .await?;

@@ -475,8 +475,6 @@ async fn settle_all(
     let now = journeys.pipeline.clock.now();
     let store = &journeys.pipeline.store;
     let mut tx = store.write_tx().await?;
-    // Only writes follow, each row of events checked by its foreign key.
-    cached_plans_from_here_in(&mut tx, store.dialect()).await?;
     if settle_together_in(&mut tx, store.dialect(), jobs, &settlements, now).await? {
         tx.commit().await?;
         return Ok(settlements
@@ -558,8 +556,14 @@ async fn settle_together_in(
             });
         }
     }
+    // Keyed updates and deletes first, planned for their run (see
+    // `write_step_batch_in`), then the inserts on cached plans.
+    if !finish_many_in(tx, dialect, &finished).await? {
+        return Ok(false);
+    }
     settle_outbox_many_in(tx, dialect, &settles).await?;
+    cached_plans_from_here_in(tx, dialect).await?;
     let events: Vec<&NewEvent> = events.iter().collect();
     insert_new_events_in(tx, dialect, &events).await?;
-    finish_many_in(tx, dialect, &finished).await
+    Ok(true)
 }

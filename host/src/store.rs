@@ -154,12 +154,13 @@ async fn prepare_connection(
 }
 
 /// From here to the end of the transaction on `conn`, PostgreSQL may keep
-/// cached plans again. For a transaction's bulk writes, after its reads:
-/// every row they insert is checked against its parent table by a
-/// foreign-key query, which `force_custom_plan` would plan afresh for each
-/// row, at more than the row's own cost. The write statements themselves
-/// run once per transaction and shape their plans to hold under either
-/// mode (see `bulk.rs`). Nothing to do on SQLite.
+/// cached plans again. For a transaction's inserts, after its reads and
+/// its keyed updates and deletes: every row they insert is checked
+/// against its parent table by a foreign-key query, which
+/// `force_custom_plan` would plan afresh for each row, at more than the
+/// row's own cost. Updates and deletes stay before it: a cached plan for
+/// one, costed while its table was small, reads the whole table ever
+/// after (a new database's first minutes). Nothing to do on SQLite.
 pub(crate) async fn cached_plans_from_here_in(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,

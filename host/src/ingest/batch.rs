@@ -131,8 +131,7 @@ impl Pipeline {
             }
             queue.push(event);
         }
-        let mut contacts = self.store.contacts_with_segments_in(conn, &order).await?;
-        let mut activity = self.store.applied_activity_in(conn, &order, now).await?;
+        let (mut contacts, mut activity) = self.store.profiles_in(conn, &order, now).await?;
         let rounds = by_contact.values().map(Vec::len).max().unwrap_or(0);
         let mut effects = Vec::new();
         for round in 0..rounds {

@@ -17,9 +17,9 @@ use super::facts::StepFacts;
 use super::route::{route_in, start_runs_in};
 use super::writes::StepWrites;
 use super::{ActiveJourneys, AdvanceRun, Journeys};
+use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, JobOutcome};
 use crate::store::step_writes::write_step_batch_in;
-use crate::store::{StoreError, cached_plans_from_here_in};
 
 /// What one job of a batch asks for.
 pub(super) enum StepJob {
@@ -105,14 +105,11 @@ async fn run_in_one_transaction(
         }
         let writes = std::mem::take(&mut facts.writes);
         let mut steps = first_steps(journeys, &mut tx, writes, &started, jobs.len(), now).await?;
-        // The batch's reads are done: its writes come last.
-        cached_plans_from_here_in(&mut tx, dialect).await?;
         let finished = jobs.iter().map(|(job, _)| job.clone()).collect();
         let outcomes = jobs.iter().map(|_| Ok(JobOutcome::Done)).collect();
         (outcomes, steps.writes.take(finished))
     } else {
         let (outcomes, finished) = advance_all(journeys, &mut tx, &mut facts, jobs, now).await;
-        cached_plans_from_here_in(&mut tx, dialect).await?;
         (outcomes, facts.writes.take(finished))
     };
     if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {

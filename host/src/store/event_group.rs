@@ -230,7 +230,10 @@ impl Store {
         inputs: &[EventInput],
         now: i64,
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        let prepared = self.prepare_group(inputs).await?;
+        let prepared = {
+            let mut conn = self.pool.acquire().await?;
+            self.prepare_group_in(&mut conn, inputs).await?
+        };
         let mut tx = self.write_tx().await?;
         let written = self
             .write_group_in(&mut tx, inputs, prepared, now, Applying::Later)
@@ -240,15 +243,21 @@ impl Store {
         Ok(self.group_results(inputs, written, now).await)
     }
 
-    /// The reads of a group before its transaction: client event ids
-    /// stored already (a resend is answered as one) or repeated within
-    /// the group, and unknown kinds.
-    pub async fn prepare_group(&self, inputs: &[EventInput]) -> Result<PreparedGroup, StoreError> {
+    /// The reads of a group before it is written: client event ids stored
+    /// already (a resend is answered as one) or repeated within the group,
+    /// and unknown kinds. On `conn`: SQLite's before the write
+    /// transaction, so its one writer is not held for them; PostgreSQL's in
+    /// it, which spares taking a second connection from the pool.
+    pub async fn prepare_group_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        inputs: &[EventInput],
+    ) -> Result<PreparedGroup, StoreError> {
         let client_ids: Vec<&str> = inputs
             .iter()
             .filter_map(|i| i.client_event_id.as_deref())
             .collect();
-        let known = self.events_by_client_ids(&client_ids).await?;
+        let known = self.events_by_client_ids_in(conn, &client_ids).await?;
         let mut items: Vec<Option<Item>> = Vec::with_capacity(inputs.len());
         // A client event id seen earlier in this group: the item that stores it.
         let mut first_with: HashMap<&str, usize> = HashMap::new();

@@ -356,8 +356,9 @@ impl Store {
     }
 
     /// The stored events of these client event ids, by client event id.
-    pub(super) async fn events_by_client_ids(
+    pub(super) async fn events_by_client_ids_in(
         &self,
+        conn: &mut sqlx::AnyConnection,
         client_event_ids: &[&str],
     ) -> Result<HashMap<String, Event>, StoreError> {
         let mut found = HashMap::new();
@@ -370,7 +371,7 @@ impl Store {
         );
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(super::bulk::to_json(client_event_ids)?)
-            .fetch_all(&self.pool)
+            .fetch_all(conn)
             .await?
         {
             let client_id: String = row.try_get("client_event_id")?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::bulk::{self, Col};
-use super::events::{DAY_MS, activity_from_row, from_row as event_from_row};
+use super::events::{DAY_MS, from_row as event_from_row};
 use super::{Dialect, Store, StoreError, WrittenGroup, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
 
@@ -78,87 +78,98 @@ impl Store {
         Ok(found)
     }
 
-    /// The contacts of `ids` with their segment memberships, by id (a
-    /// deleted contact is missing), read on `conn`.
-    pub async fn contacts_with_segments_in(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        ids: &[String],
-    ) -> Result<HashMap<String, Contact>, StoreError> {
-        let ids = bulk::to_json(ids)?;
-        let sql = format!(
-            "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-             FROM contacts WHERE {}",
-            bulk::json_in(self.dialect, "id", 1)
-        );
-        let mut contacts = HashMap::new();
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(ids.clone())
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let contact = super::contacts::from_row(&row)?;
-            contacts.insert(contact.id.clone(), contact);
-        }
-        let sql = format!(
-            "SELECT contact_id, segment FROM segment_members WHERE {} \
-             ORDER BY contact_id, segment",
-            bulk::json_in(self.dialect, "contact_id", 1)
-        );
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let contact_id: String = row.try_get("contact_id")?;
-            if let Some(contact) = contacts.get_mut(&contact_id) {
-                contact.segments.push(row.try_get("segment")?);
-            }
-        }
-        Ok(contacts)
-    }
-
-    /// Per contact of `ids`: the activity summary at `now` over its
-    /// applied events, read on `conn`. Events still waiting for their
-    /// effects are left out: the batch that applies them adds each in its
-    /// turn.
+    /// The contacts of `ids` (a deleted contact is missing) with their
+    /// segment memberships, and their activity summaries at `now` over
+    /// their applied events, read on `conn` in one query.
     ///
+    /// Events still waiting for their effects are left out of the
+    /// activity: the batch that applies them adds each in its turn.
     /// `at + 0`: the time bound must never pick the index on `at`. Every
     /// stored event is due by now, so that index leads through the whole
     /// table; PostgreSQL took it whenever its statistics were older than
     /// the table's growth (seen at 2-3.5 ms a group in the ingest bench, a
-    /// figure that grows with the table). The contacts' index is the way.
-    pub async fn applied_activity_in(
+    /// figure that grows with the table). The contact's index is the way.
+    pub async fn profiles_in(
         &self,
         conn: &mut sqlx::AnyConnection,
         ids: &[String],
         now: i64,
-    ) -> Result<HashMap<String, Vec<ActivityCount>>, StoreError> {
+    ) -> Result<
+        (
+            HashMap<String, Contact>,
+            HashMap<String, Vec<ActivityCount>>,
+        ),
+        StoreError,
+    > {
+        // Per contact, its segments' names and its activity (one array of
+        // kind, total, last 24 hours, last 30 days, last at per kind), each
+        // as one JSON array.
+        let (segments, activity) = match self.dialect {
+            Dialect::Sqlite => (
+                "(SELECT json_group_array(m.segment) FROM segment_members m \
+                 WHERE m.contact_id = contacts.id)",
+                "(SELECT json_group_array(json_array(kind, total, last_24_hours, last_30_days, last_at)) \
+                 FROM (SELECT e.kind AS kind, COUNT(*) AS total, SUM(e.at > $2) AS last_24_hours, \
+                              SUM(e.at > $3) AS last_30_days, MAX(e.at) AS last_at \
+                       FROM events e WHERE e.contact_id = contacts.id AND e.at + 0 <= $4 \
+                         AND e.processed_at IS NOT NULL GROUP BY e.kind))",
+            ),
+            Dialect::Postgres => (
+                "(SELECT COALESCE(jsonb_agg(m.segment), '[]')::text \
+                 FROM segment_members m WHERE m.contact_id = contacts.id)",
+                "(SELECT COALESCE(jsonb_agg(jsonb_build_array(kind, total, last_24_hours, last_30_days, last_at)), '[]')::text \
+                 FROM (SELECT e.kind AS kind, COUNT(*) AS total, \
+                              SUM(CASE WHEN e.at > $2 THEN 1 ELSE 0 END) AS last_24_hours, \
+                              SUM(CASE WHEN e.at > $3 THEN 1 ELSE 0 END) AS last_30_days, MAX(e.at) AS last_at \
+                       FROM events e WHERE e.contact_id = contacts.id AND e.at + 0 <= $4 \
+                         AND e.processed_at IS NOT NULL GROUP BY e.kind) AS a)",
+            ),
+        };
         let sql = format!(
-            "SELECT contact_id, kind, COUNT(*) AS total, \
-                    SUM(CASE WHEN at > $1 THEN 1 ELSE 0 END) AS last_24_hours, \
-                    SUM(CASE WHEN at > $2 THEN 1 ELSE 0 END) AS last_30_days, \
-                    MAX(at) AS last_at \
-             FROM events WHERE at + 0 <= $3 AND processed_at IS NOT NULL AND {} \
-             GROUP BY contact_id, kind ORDER BY contact_id, kind",
-            bulk::json_in(self.dialect, "contact_id", 4)
+            "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at, \
+                    {segments} AS segments, {activity} AS activity \
+             FROM contacts WHERE {}",
+            bulk::json_in(self.dialect, "id", 1)
         );
-        let mut activity: HashMap<String, Vec<ActivityCount>> = HashMap::new();
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bulk::to_json(ids)?)
             .bind(now - DAY_MS)
             .bind(now - 30 * DAY_MS)
             .bind(now)
-            .bind(bulk::to_json(ids)?)
-            .fetch_all(conn)
-            .await?
-        {
-            let contact_id: String = row.try_get("contact_id")?;
-            activity
-                .entry(contact_id)
-                .or_default()
-                .push(activity_from_row(&row)?);
+            .fetch_all(&mut *conn)
+            .await?;
+        let invalid =
+            |e: serde_json::Error| StoreError::Invalid(format!("stored profile is not valid: {e}"));
+        let (mut contacts, mut activities) = (HashMap::new(), HashMap::new());
+        for row in rows {
+            let mut contact = super::contacts::from_row(&row)?;
+            let segments: String = row.try_get("segments")?;
+            contact.segments = serde_json::from_str(&segments).map_err(invalid)?;
+            let activity: String = row.try_get("activity")?;
+            let mut activity: Vec<ActivityCount> =
+                serde_json::from_str::<Vec<(String, u32, u32, u32, Option<i64>)>>(&activity)
+                    .map_err(invalid)?
+                    .into_iter()
+                    .map(
+                        |(kind, total, last_24_hours, last_30_days, last_at)| ActivityCount {
+                            kind,
+                            total,
+                            last_24_hours,
+                            last_30_days,
+                            last_at,
+                        },
+                    )
+                    .collect();
+            // In name order, as the rest of the pipeline keeps them; the
+            // aggregates promise no order.
+            contact.segments.sort();
+            activity.sort_by(|a, b| a.kind.cmp(&b.kind));
+            if !activity.is_empty() {
+                activities.insert(contact.id.clone(), activity);
+            }
+            contacts.insert(contact.id.clone(), contact);
         }
-        Ok(activity)
+        Ok((contacts, activities))
     }
 
     /// Marks `events` applied and writes `effects`, all in one
