@@ -15,6 +15,93 @@ use sqlx::AnyConnection;
 
 use super::{Dialect, StoreError};
 
+/// A write built but not yet run: its SQL (parameters from `$1`) and the
+/// values of its parameters. [`run_writes_in`] runs several as one.
+pub(super) struct Write {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+/// The value of a parameter of a [`Write`].
+pub(super) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Write {
+    /// Runs it alone on `conn`; answers the rows it changed.
+    pub async fn execute(self, conn: &mut AnyConnection) -> Result<u64, StoreError> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        for param in self.params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(n) => query.bind(n),
+            };
+        }
+        Ok(query.execute(conn).await?.rows_affected())
+    }
+}
+
+/// Runs `writes`, none of which may depend on another's rows. On
+/// PostgreSQL they go as one statement, one round trip: each but the last
+/// becomes a data-modifying `WITH` item, which PostgreSQL runs exactly
+/// once whether the rest reads it or not (and each sees the rows as they
+/// were before the statement). On SQLite, which has no such items and no
+/// round trips, one after the other.
+pub(super) async fn run_writes_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    writes: Vec<Write>,
+) -> Result<(), StoreError> {
+    if dialect == Dialect::Sqlite || writes.len() < 2 {
+        for write in writes {
+            write.execute(conn).await?;
+        }
+        return Ok(());
+    }
+    let mut items = Vec::with_capacity(writes.len());
+    let mut params = Vec::new();
+    for write in writes {
+        items.push(shift_params(&write.sql, params.len()));
+        params.extend(write.params);
+    }
+    let last = items.pop().unwrap_or_default();
+    let with: Vec<String> = items
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| format!("w{i} AS ({sql})"))
+        .collect();
+    Write {
+        sql: format!("WITH {} {last}", with.join(", ")),
+        params,
+    }
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `sql` with every parameter `$n` renamed `$(n + by)`.
+fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
+}
+
 /// A column of the rows read from a JSON array.
 #[derive(Clone, Copy)]
 pub(super) enum Col {
@@ -118,8 +205,19 @@ pub(super) async fn insert_events_in(
     dialect: Dialect,
     rows: &[EventRow<'_>],
 ) -> Result<(), StoreError> {
+    if let Some(write) = events_write(dialect, rows)? {
+        write.execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// The insert of `rows` into `events`, if any.
+pub(super) fn events_write(
+    dialect: Dialect,
+    rows: &[EventRow<'_>],
+) -> Result<Option<Write>, StoreError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let from = json_rows(
         dialect,
@@ -140,11 +238,10 @@ pub(super) async fn insert_events_in(
          SELECT j.id, j.contact_id, j.kind, j.at, j.properties, j.client_event_id, j.received_at, j.processed_at \
          FROM {from}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to_json(rows)?)
-        .execute(conn)
-        .await?;
-    Ok(())
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(to_json(rows)?)],
+    }))
 }
 
 /// Counts touchpoints on their days, for the dashboard (see
@@ -156,6 +253,17 @@ pub(super) async fn count_days_in<'a>(
     dialect: Dialect,
     events: impl IntoIterator<Item = (&'a str, i64)>,
 ) -> Result<(), StoreError> {
+    if let Some(write) = days_write(dialect, events)? {
+        write.execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// The count of [`count_days_in`] as a write, if there is anything to count.
+pub(super) fn days_write<'a>(
+    dialect: Dialect,
+    events: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Result<Option<Write>, StoreError> {
     #[derive(Serialize)]
     struct DayRow {
         day: i64,
@@ -172,7 +280,7 @@ pub(super) async fn count_days_in<'a>(
             .or_default() += 1;
     }
     if counts.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let rows: Vec<DayRow> = counts
         .into_iter()
@@ -189,9 +297,22 @@ pub(super) async fn count_days_in<'a>(
          WHERE true ORDER BY j.day, j.shard \
          ON CONFLICT (day, shard) DO UPDATE SET events = event_days.events + excluded.events"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to_json(&rows)?)
-        .execute(conn)
-        .await?;
-    Ok(())
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(to_json(&rows)?)],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shift_params;
+
+    #[test]
+    fn parameters_are_renumbered_and_nothing_else() {
+        assert_eq!(
+            shift_params("SELECT $1, $2::jsonb, '$.id', $10 FROM t", 3),
+            "SELECT $4, $5::jsonb, '$.id', $13 FROM t"
+        );
+        assert_eq!(shift_params("no parameters $", 2), "no parameters $");
+    }
 }

@@ -331,6 +331,19 @@ pub async fn enqueue_rows_in(
     jobs: &[NewJob],
     now: i64,
 ) -> Result<u64, StoreError> {
+    match jobs_write(dialect, jobs, now)? {
+        Some(write) => write.execute(conn).await,
+        None => Ok(0),
+    }
+}
+
+/// The insert of [`enqueue_rows_in`] as a write, if there are jobs.
+pub(super) fn jobs_write(
+    dialect: Dialect,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<Option<super::bulk::Write>, StoreError> {
+    use super::bulk::{Col, Param, Write, json_rows, to_json};
     #[derive(Serialize)]
     struct JobRow<'a> {
         id: String,
@@ -340,7 +353,7 @@ pub async fn enqueue_rows_in(
         due_at: i64,
     }
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let rows: Vec<JobRow> = jobs
         .iter()
@@ -352,7 +365,6 @@ pub async fn enqueue_rows_in(
             due_at: job.due_at,
         })
         .collect();
-    use super::bulk::{Col, json_rows, to_json};
     let from = json_rows(
         dialect,
         1,
@@ -370,12 +382,10 @@ pub async fn enqueue_rows_in(
          SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true \
          ON CONFLICT DO NOTHING"
     );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to_json(&rows)?)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(to_json(&rows)?), Param::Int(now)],
+    }))
 }
 
 /// Adds a job row as it is (for kinds whose arguments are built here).

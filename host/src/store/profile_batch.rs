@@ -242,7 +242,6 @@ impl Store {
         update_contacts(tx, dialect, effects, now).await?;
         // Inserts follow, each row checked by its foreign key.
         cached_plans_from_here_in(tx, dialect).await?;
-        insert_score_changes(tx, dialect, effects, now).await?;
         let changed = write_memberships(tx, dialect, effects, now).await?;
 
         // The timeline events the effects caused, in the order they happened.
@@ -310,24 +309,34 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         rows.extend(caused_rows);
-        bulk::insert_events_in(tx, dialect, &rows).await?;
+        // The rest in one statement on PostgreSQL (see `run_writes_in`).
+        let mut writes = Vec::new();
+        writes.extend(score_changes_write(dialect, effects, now)?);
+        writes.extend(bulk::events_write(dialect, &rows)?);
         if routes {
             // In the order they happened: the group's system events (stored
             // as they came), then the applied ones, then what they caused.
-            let jobs: Vec<super::jobs::RouteEvent> = system
+            let jobs = system
                 .iter()
                 .copied()
                 .chain(events.iter().map(String::as_str))
                 .chain(caused.iter().map(|(id, ..)| id.as_str()))
-                .map(|id| super::jobs::RouteEvent {
-                    event_id: id.to_owned(),
+                .map(|id| {
+                    let job = super::jobs::RouteEvent {
+                        event_id: id.to_owned(),
+                    };
+                    super::jobs::NewJob::of(&job, now)
                 })
-                .collect();
-            super::jobs::enqueue_many_in(tx, dialect, &jobs, now, now).await?;
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            writes.extend(super::jobs::jobs_write(dialect, &jobs, now)?);
         }
         // Every row inserted here: the caused events, and the group's.
-        bulk::count_days_in(tx, dialect, rows.iter().map(|row| (row.id, row.at))).await?;
-        Ok(())
+        // Last: the counter rows stay locked until the commit.
+        writes.extend(bulk::days_write(
+            dialect,
+            rows.iter().map(|row| (row.id, row.at)),
+        )?);
+        bulk::run_writes_in(tx, dialect, writes).await
     }
 }
 
@@ -338,13 +347,12 @@ fn text_fields<const N: usize>(properties: [(&str, String); N]) -> Fields {
         .collect()
 }
 
-/// The scorers' changes, one row each.
-async fn insert_score_changes(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+/// The insert of the scorers' changes, one row each, if any.
+fn score_changes_write(
     dialect: Dialect,
     effects: &[ProfileEffect],
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<Option<bulk::Write>, StoreError> {
     #[derive(Serialize)]
     struct ScoreRow<'a> {
         id: String,
@@ -376,7 +384,7 @@ async fn insert_score_changes(
         }
     }
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let from = bulk::json_rows(
         dialect,
@@ -394,12 +402,13 @@ async fn insert_score_changes(
         "INSERT INTO score_changes (id, contact_id, binding, delta, reasons, event_id, at) \
          SELECT j.id, j.contact_id, j.binding, j.delta, j.reasons, j.event_id, $2 FROM {from}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(&rows)?)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    Ok(Some(bulk::Write {
+        sql,
+        params: vec![
+            bulk::Param::Text(bulk::to_json(&rows)?),
+            bulk::Param::Int(now),
+        ],
+    }))
 }
 
 /// Scores move by the sum of a contact's changes (a concurrent writer's
