@@ -379,7 +379,7 @@ impl Scheduler {
             let free = room.saturating_sub(running.len());
             // Seen: a wake while the lane is full is served by the claim
             // that follows a finished job.
-            wake.borrow_and_update();
+            let seen = wake.borrow_and_update().seen_by(&lane.kinds);
             let mut more_due = false;
             if free > 0 {
                 let now = self.journeys.pipeline.clock.now();
@@ -438,11 +438,21 @@ impl Scheduler {
             if more_due && running.len() < room {
                 continue;
             }
-            tokio::select! {
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                _ = wake.changed() => {}
-                _ = tokio::time::sleep(self.config.idle) => {}
-                _ = shutdown.changed() => {}
+            let idle = tokio::time::sleep(self.config.idle);
+            tokio::pin!(idle);
+            loop {
+                tokio::select! {
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                    changed = wake.changed() => {
+                        // Jobs of other lanes' kinds only: wait on.
+                        if changed.is_ok() && wake.borrow_and_update().seen_by(&lane.kinds) == seen {
+                            continue;
+                        }
+                    }
+                    _ = &mut idle => {}
+                    _ = shutdown.changed() => {}
+                }
+                break;
             }
         }
         while running.join_next().await.is_some() {}
@@ -499,18 +509,29 @@ async fn listen_for_jobs(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        wake.notify();
+        // From here this node's own commits come back as notices too.
+        wake.set_listening(true);
+        wake.wake_all();
         loop {
             tokio::select! {
                 notice = listener.recv() => match notice {
-                    Ok(_) => wake.notify(),
+                    // The kinds the commit inserted, comma-separated; none
+                    // from a node whose trigger predates them.
+                    Ok(notice) if !notice.payload().is_empty() => {
+                        wake.wake_kinds(notice.payload().split(','));
+                    }
+                    Ok(_) => wake.wake_all(),
                     Err(e) => {
                         tracing::warn!(error = %e, "job listener lost its connection");
-                        wake.notify();
+                        wake.set_listening(false);
+                        wake.wake_all();
                         break;
                     }
                 },
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    wake.set_listening(false);
+                    return;
+                }
             }
         }
     }

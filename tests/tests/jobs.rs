@@ -356,3 +356,55 @@ async fn killed_rebuild_finishes_after_restart_sqlite() {
 async fn killed_rebuild_finishes_after_restart_postgres() {
     killed_rebuild_finishes_after_restart("postgres").await;
 }
+
+/// The jobs notice of a commit names the kinds it inserted, so each node
+/// wakes only the scheduler lanes that claim them; an insert that added
+/// no job (all there already) sends none.
+#[tokio::test]
+async fn the_jobs_notice_names_the_kinds_inserted_postgres() {
+    use nachfass::store::Dialect;
+    use nachfass::store::jobs::{NewJob, enqueue_rows_in};
+
+    let (url, temp) = database("postgres").await;
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("nachfass_jobs").await.unwrap();
+    let flaky = |name: &str| {
+        NewJob::of(
+            &Flaky {
+                name: name.to_owned(),
+            },
+            NOW,
+        )
+        .unwrap()
+    };
+    let slow = NewJob::of(&Slow { name: "a".into() }, NOW).unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let both = [flaky("a"), slow, flaky("b")];
+    let added = enqueue_rows_in(&mut conn, Dialect::Postgres, &both, NOW)
+        .await
+        .unwrap();
+    assert_eq!(added, 3);
+    let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    assert_eq!(notice.payload(), "flaky_test_job,slow_test_job");
+
+    // The same jobs again: nothing inserted, no notice. The next notice is
+    // that of the one new job after them.
+    let again = enqueue_rows_in(&mut conn, Dialect::Postgres, &both, NOW)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    enqueue_rows_in(&mut conn, Dialect::Postgres, &[flaky("c")], NOW)
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    assert_eq!(notice.payload(), "flaky_test_job");
+    drop(conn);
+    temp.cleanup(store).await;
+}

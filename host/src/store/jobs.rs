@@ -9,6 +9,7 @@
 //! have workers: adding a kind touches its own module and one
 //! registration, nothing else.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -412,27 +413,91 @@ pub(super) async fn enqueue_row_in(
     Ok(done.rows_affected() == 1)
 }
 
-/// Wakes this node's scheduler lanes: a counter every lane watches, so a
-/// wake that comes while a lane is busy is not lost. Jobs committed on
-/// another node arrive through PostgreSQL `LISTEN nachfass_jobs` (a
-/// trigger notifies on every insert) and the lanes' poll.
-#[derive(Clone, Debug)]
-pub struct JobsWake(Arc<tokio::sync::watch::Sender<u64>>);
+/// Wakes this node's scheduler lanes when jobs are committed: counters
+/// every lane watches (one for all, one per kind named), so a wake that
+/// comes while a lane is busy is not lost, and a lane looks only when
+/// jobs of its kinds may have come.
+///
+/// On PostgreSQL, once the scheduler listens (`LISTEN nachfass_jobs`; a
+/// trigger notifies with the kinds each commit inserted), this node's
+/// own commits come back that way too, with their kinds: [`notify`]
+/// does nothing then, so a commit wakes each lane once, not twice.
+///
+/// [`notify`]: JobsWake::notify
+#[derive(Clone, Debug, Default)]
+pub struct JobsWake(Arc<WakeShared>);
 
-impl Default for JobsWake {
+#[derive(Debug)]
+struct WakeShared {
+    woken: tokio::sync::watch::Sender<Woken>,
+    /// The scheduler hears every commit through PostgreSQL.
+    listening: std::sync::atomic::AtomicBool,
+}
+
+impl Default for WakeShared {
     fn default() -> Self {
-        JobsWake(Arc::new(tokio::sync::watch::Sender::new(0)))
+        WakeShared {
+            woken: tokio::sync::watch::Sender::new(Woken::default()),
+            listening: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// How often jobs were committed: of any kind, and of each kind named.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Woken {
+    any: u64,
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Woken {
+    /// What a lane of `kinds` remembers of this state.
+    pub fn seen_by(&self, kinds: &[&str]) -> (u64, Vec<u64>) {
+        (
+            self.any,
+            kinds
+                .iter()
+                .map(|kind| self.kinds.get(*kind).copied().unwrap_or(0))
+                .collect(),
+        )
     }
 }
 
 impl JobsWake {
-    /// Jobs were committed: every lane looks at once.
+    /// This node committed jobs: every lane looks at once (unless the
+    /// commit's notice from PostgreSQL will wake them, see above).
     pub fn notify(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        if !self.0.listening.load(std::sync::atomic::Ordering::Acquire) {
+            self.wake_all();
+        }
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+    /// Jobs of unknown kinds were committed (or notices may have been
+    /// missed): every lane looks.
+    pub fn wake_all(&self) {
+        self.0.woken.send_modify(|w| w.any = w.any.wrapping_add(1));
+    }
+
+    /// Jobs of `kinds` were committed: the lanes that claim them look.
+    pub fn wake_kinds<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) {
+        self.0.woken.send_modify(|w| {
+            for kind in kinds {
+                let n = w.kinds.entry(kind.to_owned()).or_default();
+                *n = n.wrapping_add(1);
+            }
+        });
+    }
+
+    /// Whether every commit is heard through PostgreSQL (set by the
+    /// scheduler's listener while it listens).
+    pub fn set_listening(&self, listening: bool) {
+        self.0
+            .listening
+            .store(listening, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Woken> {
+        self.0.woken.subscribe()
     }
 }
 
@@ -920,5 +985,28 @@ mod tests {
         let spread: std::collections::HashSet<i64> =
             (0..50).map(|i| backoff(3, &format!("job{i}"))).collect();
         assert!(spread.len() > 10, "jitter spreads retries: {spread:?}");
+    }
+
+    #[test]
+    fn a_lane_sees_wakes_of_its_kinds_and_of_all() {
+        let wake = JobsWake::default();
+        let lane = ["deliver"];
+        let seen = |wake: &JobsWake| wake.subscribe().borrow().seen_by(&lane);
+        let start = seen(&wake);
+        wake.wake_kinds(["advance", "route"]);
+        assert_eq!(seen(&wake), start, "other lanes' kinds");
+        wake.wake_kinds(["route", "deliver"]);
+        let after_kind = seen(&wake);
+        assert_ne!(after_kind, start);
+        wake.wake_all();
+        assert_ne!(seen(&wake), after_kind);
+        // Listening, this node's commits come back as notices instead.
+        let before = seen(&wake);
+        wake.set_listening(true);
+        wake.notify();
+        assert_eq!(seen(&wake), before);
+        wake.set_listening(false);
+        wake.notify();
+        assert_ne!(seen(&wake), before);
     }
 }
