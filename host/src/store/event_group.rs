@@ -146,10 +146,10 @@ pub struct PreparedGroup {
 /// [`Applying::InTransaction`] only its contacts are written so far:
 /// [`Store::write_profile_effects_in`] inserts its events with the events
 /// their effects cause, queues their route jobs and counts them on their
-/// days, one statement each at the end of the transaction. So the
-/// effects are computed before the transaction switches to cached plans
-/// for its writes, and the day counters' rows are locked in one order and
-/// only until the commit, not while plugins run.
+/// days, in the transaction's last statement. So the effects are computed
+/// before the transaction switches to cached plans for its inserts, and
+/// the day counters' rows are locked in one order and only until the
+/// commit, not while plugins run.
 pub struct WrittenGroup {
     events: Vec<GroupEvent>,
     items: Vec<Option<Item>>,
