@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::bulk::{self, Col};
-use super::events::{DAY_MS, from_row as event_from_row};
+use super::events::{DAY_MS, activity_from_json, from_row as event_from_row};
 use super::{Dialect, Store, StoreError, WrittenGroup, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact, Event, Fields, Value};
 
@@ -146,20 +146,8 @@ impl Store {
             let segments: String = row.try_get("segments")?;
             contact.segments = serde_json::from_str(&segments).map_err(invalid)?;
             let activity: String = row.try_get("activity")?;
-            let mut activity: Vec<ActivityCount> =
-                serde_json::from_str::<Vec<(String, u32, u32, u32, Option<i64>)>>(&activity)
-                    .map_err(invalid)?
-                    .into_iter()
-                    .map(
-                        |(kind, total, last_24_hours, last_30_days, last_at)| ActivityCount {
-                            kind,
-                            total,
-                            last_24_hours,
-                            last_30_days,
-                            last_at,
-                        },
-                    )
-                    .collect();
+            let mut activity =
+                activity_from_json(serde_json::from_str(&activity).map_err(invalid)?);
             // In name order, as the rest of the pipeline keeps them; the
             // aggregates promise no order.
             contact.segments.sort();

@@ -92,9 +92,9 @@ impl Store {
             .bind(now - 30 * DAY_MS)
             .fetch_one(&self.pool)
             .await?;
-        type Activity = (String, u32, u32, u32, Option<i64>);
-        let mut page: Vec<(Contact, Vec<Activity>)> = serde_json::from_str(&json)
-            .map_err(|e| StoreError::Invalid(format!("stored contacts are not valid: {e}")))?;
+        let mut page: Vec<(Contact, Vec<super::events::ActivityJson>)> =
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Invalid(format!("stored contacts are not valid: {e}")))?;
         // Sorted here rather than by SQLite, which would sort through a
         // temporary b-tree per page and per contact; the page comes in id
         // order already, so this is one pass.
@@ -103,19 +103,7 @@ impl Store {
             .into_iter()
             .map(|(mut contact, activity)| {
                 contact.segments.sort();
-                let activity = activity
-                    .into_iter()
-                    .map(
-                        |(kind, total, last_24_hours, last_30_days, last_at)| ActivityCount {
-                            kind,
-                            total,
-                            last_24_hours,
-                            last_30_days,
-                            last_at,
-                        },
-                    )
-                    .collect();
-                (contact, activity)
+                (contact, super::events::activity_from_json(activity))
             })
             .collect())
     }
