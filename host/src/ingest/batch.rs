@@ -85,6 +85,7 @@ impl Pipeline {
         ))
     }
 
+    /// Those of `defs` that run here: not paused, their plugin installed.
     fn runnable(&self, defs: Vec<BindingDef>, world: World) -> Vec<Live> {
         let mut live = Vec::new();
         for def in defs {

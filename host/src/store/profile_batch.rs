@@ -43,6 +43,12 @@ pub enum ProfileEffect {
     },
 }
 
+/// Contacts by id, and the activity summaries of those that have any.
+pub type Profiles = (
+    HashMap<String, Contact>,
+    HashMap<String, Vec<ActivityCount>>,
+);
+
 /// What applying a batch did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -94,13 +100,7 @@ impl Store {
         conn: &mut sqlx::AnyConnection,
         ids: &[String],
         now: i64,
-    ) -> Result<
-        (
-            HashMap<String, Contact>,
-            HashMap<String, Vec<ActivityCount>>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<Profiles, StoreError> {
         // Per contact, its segments' names and its activity (one array of
         // kind, total, last 24 hours, last 30 days, last at per kind), each
         // as one JSON array.
