@@ -173,6 +173,7 @@ impl StepWrites {
     }
 }
 
+/// A timeline event to write, with its id taken now.
 fn new_event(
     contact_id: &str,
     kind: &str,

@@ -62,6 +62,16 @@ pub async fn run_in(
     Ok(run)
 }
 
+/// The end of a read of runs that locks them for this transaction on
+/// PostgreSQL, in id order, so two transactions lock alike and cannot
+/// deadlock on them (SQLite's one writer needs no lock).
+fn locked_in_id_order(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => " ORDER BY id FOR UPDATE",
+        Dialect::Sqlite => "",
+    }
+}
+
 /// The runs of `ids` that exist, by id, locked for this transaction on
 /// PostgreSQL (in id order, so two batches lock alike) as [`run_in`] does.
 pub async fn runs_in(
@@ -72,10 +82,7 @@ pub async fn runs_in(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let lock = match dialect {
-        Dialect::Postgres => " ORDER BY id FOR UPDATE",
-        Dialect::Sqlite => "",
-    };
+    let lock = locked_in_id_order(dialect);
     let sql = format!(
         "SELECT {} FROM journey_runs WHERE {}{lock}",
         run_columns!(),
@@ -143,10 +150,7 @@ pub async fn latest_runs_of_in(
     if contact_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let lock = match dialect {
-        Dialect::Postgres => " ORDER BY id FOR UPDATE",
-        Dialect::Sqlite => "",
-    };
+    let lock = locked_in_id_order(dialect);
     let sql = format!(
         "SELECT {columns} FROM journey_runs WHERE id IN (SELECT id FROM \
          (SELECT id, ROW_NUMBER() OVER (PARTITION BY contact_id, journey \
