@@ -25,6 +25,7 @@ use super::manifest::{Manifest, World};
 use super::sandbox::{self, Binding, CallState};
 use super::signature::SignedBy;
 use super::views;
+pub use super::views::ScorerInput;
 use crate::model;
 
 mod session;
@@ -96,7 +97,7 @@ impl ScorerPre {
         store: &mut Store<CallState>,
         limits: &Limits,
         runtime: &RuntimeLimits,
-        items: &[views::ScorerInputView<'_>],
+        items: &[ScorerInput<'_>],
     ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
         let instance_pre = match self {
             ScorerPre::Batch(pre, _) => pre.instance_pre(),
@@ -107,7 +108,7 @@ impl ScorerPre {
         match self {
             ScorerPre::Batch(_, index) => {
                 let batch = instance
-                    .get_typed_func::<(&[views::ScorerInputView],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
+                    .get_typed_func::<(&[ScorerInput],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
                         &mut *store,
                         index,
                     )?;
@@ -123,10 +124,12 @@ impl ScorerPre {
                 )?;
                 let mut answers = Vec::with_capacity(items.len());
                 for item in items {
-                    let (contact, event, activity) = item.parts();
+                    let contact = views::contact(item.contact);
+                    let event = views::event(item.event);
+                    let activity = views::activity(item.activity);
                     answers.push(
                         on_event
-                            .call_async(&mut *store, (contact, event, activity))
+                            .call_async(&mut *store, (&contact, &event, &activity))
                             .await?
                             .0,
                     );
@@ -165,15 +168,6 @@ impl ScorerInstance {
             ScorerInstance::PerItem(world) => world.call_on_profile(store, contact).await,
         }
     }
-}
-
-/// One touchpoint to score in a batch: the contact and its activity as
-/// they were before this event.
-#[derive(Clone, Copy, Debug)]
-pub struct ScorerInput<'a> {
-    pub contact: &'a model::Contact,
-    pub event: &'a model::Event,
-    pub activity: &'a [model::ActivityCount],
 }
 
 /// Call counters of one plugin version. A batch counts as one call per
@@ -420,9 +414,9 @@ impl Plugin {
         let WorldPre::SegmentRule(pre, index) = &self.pre else {
             return Err(self.not_a(World::SegmentRule));
         };
-        let inputs: Vec<views::RuleInputView> = items
+        let inputs: Vec<views::RuleInput> = items
             .iter()
-            .map(|(contact, activity)| views::rule_input(contact, activity))
+            .map(|(contact, activity)| views::RuleInput { contact, activity })
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
@@ -436,7 +430,7 @@ impl Plugin {
                     let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
                     sandbox::start_call_budget(store, &limits, self.runtime.limits());
                     let batch = instance
-                        .get_typed_func::<(&[views::RuleInputView],), (Answer<Vec<bool>>,)>(
+                        .get_typed_func::<(&[views::RuleInput],), (Answer<Vec<bool>>,)>(
                             &mut *store,
                             index,
                         )?;
@@ -502,10 +496,6 @@ impl Plugin {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<views::ScorerInputView> = items
-            .iter()
-            .map(|item| views::scorer_input(item.contact, item.event, item.activity))
-            .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
             .run(
@@ -515,7 +505,7 @@ impl Plugin {
                 now,
                 items.len(),
                 async |store| {
-                    pre.on_event_batch(store, &limits, self.runtime.limits(), &inputs)
+                    pre.on_event_batch(store, &limits, self.runtime.limits(), items)
                         .await
                 },
             )

@@ -6,8 +6,15 @@
 //! views borrow the host's strings and have the WIT records' shapes
 //! (names and types are checked against the component's export when the
 //! function is looked up), so a contact is copied once, into the guest.
+//!
+//! The items of a batch go further: [`RuleInput`] and [`ScorerInput`] hold
+//! only references to the host's records and are written into the guest by
+//! hand (`views/lowering.rs`), one record at a time; the views serve single
+//! calls and give the batch items their type.
 
 use wasmtime::component::{ComponentType, Lower};
+
+mod lowering;
 
 use crate::model;
 
@@ -78,18 +85,19 @@ pub struct ActivityView<'a> {
     last_at: Option<i64>,
 }
 
-/// `rule-input`: one contact of `matches-batch`.
+/// `rule-input` as the component declares it: the type and layout that
+/// [`RuleInput`] is checked against and written in.
 #[derive(ComponentType, Lower)]
 #[component(record)]
-pub struct RuleInputView<'a> {
+pub struct RuleInputRecord<'a> {
     contact: ContactView<'a>,
     activity: Vec<ActivityView<'a>>,
 }
 
-/// `scorer-input`: one touchpoint of `on-event-batch`.
+/// `scorer-input` as the component declares it, for [`ScorerInput`].
 #[derive(ComponentType, Lower)]
 #[component(record)]
-pub struct ScorerInputView<'a> {
+pub struct ScorerInputRecord<'a> {
     contact: ContactView<'a>,
     event: EventView<'a>,
     activity: Vec<ActivityView<'a>>,
@@ -155,31 +163,39 @@ pub fn activity(activity: &[model::ActivityCount]) -> Vec<ActivityView<'_>> {
         .collect()
 }
 
-pub fn rule_input<'a>(
-    contact: &'a model::Contact,
-    activity: &'a [model::ActivityCount],
-) -> RuleInputView<'a> {
-    RuleInputView {
-        contact: self::contact(contact),
-        activity: self::activity(activity),
+/// One contact of `matches-batch`: a `rule-input` lowered straight from
+/// the host's records (`views/lowering.rs`).
+#[derive(Clone, Copy)]
+pub struct RuleInput<'a> {
+    pub contact: &'a model::Contact,
+    pub activity: &'a [model::ActivityCount],
+}
+
+/// One touchpoint to score in a batch: the contact and its activity as
+/// they were before this event. Lowered straight from the host's records
+/// as a `scorer-input` of `on-event-batch`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScorerInput<'a> {
+    pub contact: &'a model::Contact,
+    pub event: &'a model::Event,
+    pub activity: &'a [model::ActivityCount],
+}
+
+impl RuleInput<'_> {
+    fn record(&self) -> RuleInputRecord<'_> {
+        RuleInputRecord {
+            contact: contact(self.contact),
+            activity: activity(self.activity),
+        }
     }
 }
 
-pub fn scorer_input<'a>(
-    contact: &'a model::Contact,
-    event: &'a model::Event,
-    activity: &'a [model::ActivityCount],
-) -> ScorerInputView<'a> {
-    ScorerInputView {
-        contact: self::contact(contact),
-        event: self::event(event),
-        activity: self::activity(activity),
-    }
-}
-
-impl<'a> ScorerInputView<'a> {
-    /// The arguments of `on-event` for this item.
-    pub fn parts(&self) -> (&ContactView<'a>, &EventView<'a>, &[ActivityView<'a>]) {
-        (&self.contact, &self.event, &self.activity)
+impl ScorerInput<'_> {
+    fn record(&self) -> ScorerInputRecord<'_> {
+        ScorerInputRecord {
+            contact: contact(self.contact),
+            event: event(self.event),
+            activity: activity(self.activity),
+        }
     }
 }
