@@ -39,7 +39,7 @@ const OPTION_S64: CanonicalAbiInfo = <Option<i64> as ComponentType>::ABI;
 
 /// `contact`: id, email, phone, timezone, score, stage, attributes,
 /// segments, created-at, last-seen-at.
-const CONTACT: [usize; 10] = offsets([
+const CONTACT_FIELDS: [CanonicalAbiInfo; 10] = [
     STRING,
     OPTION_STRING,
     OPTION_STRING,
@@ -50,39 +50,34 @@ const CONTACT: [usize; 10] = offsets([
     LIST,
     S64,
     OPTION_S64,
-]);
+];
 /// `event`: id, contact-id, kind, at, properties.
-const EVENT: [usize; 5] = offsets([STRING, STRING, STRING, S64, LIST]);
+const EVENT_FIELDS: [CanonicalAbiInfo; 5] = [STRING, STRING, STRING, S64, LIST];
 /// `field`: key, value.
-const FIELD: [usize; 2] = offsets([STRING, ValueView::ABI]);
+const FIELD_FIELDS: [CanonicalAbiInfo; 2] = [STRING, ValueView::ABI];
 /// `activity-count`: kind, total, last-24-hours, last-30-days, last-at.
-const ACTIVITY: [usize; 5] = offsets([STRING, U32, U32, U32, OPTION_S64]);
+const ACTIVITY_FIELDS: [CanonicalAbiInfo; 5] = [STRING, U32, U32, U32, OPTION_S64];
 /// `rule-input`: contact, activity.
-const RULE_INPUT: [usize; 2] = offsets([ContactView::ABI, LIST]);
+const RULE_INPUT_FIELDS: [CanonicalAbiInfo; 2] = [ContactView::ABI, LIST];
 /// `scorer-input`: contact, event, activity.
-const SCORER_INPUT: [usize; 3] = offsets([ContactView::ABI, EventView::ABI, LIST]);
-const RULE_INPUT_SIZE: usize = size([ContactView::ABI, LIST]) as usize;
-const SCORER_INPUT_SIZE: usize = size([ContactView::ABI, EventView::ABI, LIST]) as usize;
+const SCORER_INPUT_FIELDS: [CanonicalAbiInfo; 3] = [ContactView::ABI, EventView::ABI, LIST];
 
-// The offsets above end where the derived records do.
+const CONTACT: [usize; 10] = offsets(CONTACT_FIELDS);
+const EVENT: [usize; 5] = offsets(EVENT_FIELDS);
+const FIELD: [usize; 2] = offsets(FIELD_FIELDS);
+const ACTIVITY: [usize; 5] = offsets(ACTIVITY_FIELDS);
+const RULE_INPUT: [usize; 2] = offsets(RULE_INPUT_FIELDS);
+const SCORER_INPUT: [usize; 3] = offsets(SCORER_INPUT_FIELDS);
+const RULE_INPUT_SIZE: usize = size(RULE_INPUT_FIELDS) as usize;
+const SCORER_INPUT_SIZE: usize = size(SCORER_INPUT_FIELDS) as usize;
+
+// The field lists above end where the derived records do: a field added to
+// a view and not here stops the build.
 const _: () = {
-    assert!(
-        size([
-            STRING,
-            OPTION_STRING,
-            OPTION_STRING,
-            OPTION_STRING,
-            S64,
-            STRING,
-            LIST,
-            LIST,
-            S64,
-            OPTION_S64
-        ]) == ContactView::ABI.size32
-    );
-    assert!(size([STRING, STRING, STRING, S64, LIST]) == EventView::ABI.size32);
-    assert!(size([STRING, ValueView::ABI]) == FieldView::ABI.size32);
-    assert!(size([STRING, U32, U32, U32, OPTION_S64]) == ActivityView::ABI.size32);
+    assert!(size(CONTACT_FIELDS) == ContactView::ABI.size32);
+    assert!(size(EVENT_FIELDS) == EventView::ABI.size32);
+    assert!(size(FIELD_FIELDS) == FieldView::ABI.size32);
+    assert!(size(ACTIVITY_FIELDS) == ActivityView::ABI.size32);
     assert!(RULE_INPUT_SIZE == RuleInputRecord::ABI.size32 as usize);
     assert!(SCORER_INPUT_SIZE == ScorerInputRecord::ABI.size32 as usize);
 };
@@ -182,7 +177,9 @@ fn list<'a, T, I: ExactSizeIterator>(
     let ptr = cx.realloc(0, 0, record.align32, bytes)?;
     let mut chunk = [0u8; CHUNK];
     let (mut filled, mut copied) = (0, 0);
-    for item in items {
+    // `take`: an iterator that said less than it holds cannot write past
+    // the allocation.
+    for item in items.take(count) {
         if filled + size > CHUNK {
             cx.as_slice_mut()[ptr + copied..][..filled].copy_from_slice(&chunk[..filled]);
             copied += filled;
