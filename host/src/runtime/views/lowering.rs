@@ -2,8 +2,8 @@
 //!
 //! wasmtime's derived lowering writes a record field by field, and each
 //! write looks the instance's memory up again: about a tenth of a batch's
-//! time under `perf`. The views above also need two vectors per item (the
-//! attributes, the activity). Here an item is written from the host's
+//! time under `perf`. The views in `views.rs` also need two vectors per
+//! item (the attributes, the activity). Here an item is written from the host's
 //! records: each record is filled in a buffer on the stack and copied into
 //! the guest once. Strings and lists still get one call of the guest's
 //! `realloc` each, as the canonical ABI asks, so a guest that frees its
