@@ -449,8 +449,6 @@ impl Store {
     }
 }
 
-/// An `ActivityCount` from a row with kind, total, last_24_hours,
-/// last_30_days and last_at.
 /// An activity count as a query aggregates it into JSON: kind, total,
 /// last 24 hours, last 30 days, last at.
 pub(super) type ActivityJson = (String, u32, u32, u32, Option<i64>);
@@ -471,6 +469,8 @@ pub(super) fn activity_from_json(counts: Vec<ActivityJson>) -> Vec<ActivityCount
         .collect()
 }
 
+/// An `ActivityCount` from a row with kind, total, last_24_hours,
+/// last_30_days and last_at.
 pub(super) fn activity_from_row(row: &sqlx::any::AnyRow) -> Result<ActivityCount, StoreError> {
     let count = |column: &str| -> Result<u32, StoreError> {
         let n: i64 = row.try_get(column)?;
