@@ -31,3 +31,12 @@ pub mod shadow;
 pub mod stages;
 pub mod store;
 pub mod tracking;
+
+/// Every binary built on this crate (the server and CLI, the tests, the
+/// benches) allocates through mimalloc; with its `override` feature the C
+/// code linked in (SQLite) does too. The host allocates per row, record
+/// and request, many small blocks freed on another thread than the one
+/// that made them, which glibc's allocator serves slowly: under `perf` it
+/// was the largest single cost of the host's side of a plugin batch.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -5,6 +5,8 @@
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench ingest`
 //! Sizes: NACHFASS_BENCH_EVENTS (single-event requests, default 20000),
 //! NACHFASS_BENCH_BATCHES (requests of 1,000 events, default 50).
+//! NACHFASS_BENCH_NO_BINDINGS=1 runs the same requests with no binding at
+//! all, for what the plugins cost end to end.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -68,36 +70,44 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
         .create_api_key("bench", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let scorer = BindingDef {
-        name: "engagement".into(),
-        kind: BindingKind::Scorer,
-        plugin: "engagement".into(),
-        config: Default::default(),
-        allow_http: Vec::new(),
-        limits: Default::default(),
-        paused: None,
-        rate: None,
-        version: None,
+    let with_bindings = std::env::var_os("NACHFASS_BENCH_NO_BINDINGS").is_none();
+    let bindings = if with_bindings {
+        "1 scorer + 10 segments"
+    } else {
+        "no bindings"
     };
-    store.create_binding(&scorer, 0).await.unwrap();
-    for i in 0..10 {
-        let config = [
-            ("attribute", "contact.score".to_owned()),
-            ("op", "gt".to_owned()),
-            ("value", (i * 5).to_string()),
-        ];
-        let def = BindingDef {
-            name: format!("score-over-{}", i * 5),
-            kind: BindingKind::Segment,
-            plugin: "attribute-match".into(),
-            config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    if with_bindings {
+        let scorer = BindingDef {
+            name: "engagement".into(),
+            kind: BindingKind::Scorer,
+            plugin: "engagement".into(),
+            config: Default::default(),
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
             rate: None,
             version: None,
         };
-        store.create_binding(&def, 0).await.unwrap();
+        store.create_binding(&scorer, 0).await.unwrap();
+        for i in 0..10 {
+            let config = [
+                ("attribute", "contact.score".to_owned()),
+                ("op", "gt".to_owned()),
+                ("value", (i * 5).to_string()),
+            ];
+            let def = BindingDef {
+                name: format!("score-over-{}", i * 5),
+                kind: BindingKind::Segment,
+                plugin: "attribute-match".into(),
+                config: config.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                allow_http: Vec::new(),
+                limits: Default::default(),
+                paused: None,
+                rate: None,
+                version: None,
+            };
+            store.create_binding(&def, 0).await.unwrap();
+        }
     }
     let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, Arc::new(SystemClock));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,7 +124,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     let singles: Vec<String> = (0..events).map(|i| event_json(i, 5000, "s")).collect();
     let (seconds, failed) = send_all(port, &key, clients, singles, 201).await;
     println!(
-        "{dialect}: {events} single-event requests, 1 scorer + 10 segments, {clients} clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
+        "{dialect}: {events} single-event requests, {bindings}, {clients} clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
         events as f64 / seconds
     );
     // Batches of 1,000 events (new and known contacts mixed), 2 clients.
@@ -129,7 +139,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
         .collect();
     let (seconds, failed) = send_all(port, &key, 2, bodies, 201).await;
     println!(
-        "{dialect}: {batches} batches of 1,000 events, 1 scorer + 10 segments, 2 clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
+        "{dialect}: {batches} batches of 1,000 events, {bindings}, 2 clients: {:.0} events/s ({seconds:.2} s, {failed} failed)",
         (batches * 1000) as f64 / seconds
     );
     server.abort();
