@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::runtime::LimitOverrides;
-use crate::runtime::manifest::{self, ConfigKey, Manifest, ManifestError};
+use crate::runtime::manifest::{self, ConfigKey, ContactPart, Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -100,6 +100,15 @@ pub fn manifest_from_toml(
             .map_err(|e: toml::de::Error| bad(format!("limits: {e}")))?,
         None => LimitOverrides::default(),
     };
+    let reads: Option<Vec<ContactPart>> = match meta.get("reads") {
+        Some(value) => Some(
+            value
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| bad(format!("reads: {e}")))?,
+        ),
+        None => None,
+    };
     let author = field("authors")
         .and_then(|a| a.as_array().cloned())
         .unwrap_or_default()
@@ -134,6 +143,7 @@ pub fn manifest_from_toml(
         capabilities,
         http_hosts,
         limits,
+        reads,
     };
     manifest.validate()?;
     Ok(manifest)
@@ -214,6 +224,12 @@ fn manifest_from_json_parts(
         Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("limits: {e}"))?,
         None => LimitOverrides::default(),
     };
+    let reads: Option<Vec<ContactPart>> = match meta.get("reads") {
+        Some(value) => {
+            Some(serde_json::from_value(value.clone()).map_err(|e| format!("reads: {e}"))?)
+        }
+        None => None,
+    };
     // `author = "A"` (package.json), `authors = [{name = "A"}]` (PEP 621),
     // or `{"name": "A"}` objects in either.
     let person = |v: &serde_json::Value| match v {
@@ -243,6 +259,7 @@ fn manifest_from_json_parts(
         capabilities,
         http_hosts,
         limits,
+        reads,
     };
     manifest.validate().map_err(|e| e.to_string())?;
     Ok(manifest)

@@ -29,7 +29,7 @@ use wasmtime::component::{Component, Linker};
 
 pub use error::{LoadError, RuntimeError, RuntimeErrorKind};
 pub use limits::{DEFAULT_FUEL, LimitOverrides, Limits, RuntimeLimits};
-pub use manifest::{Manifest, World};
+pub use manifest::{ContactPart, ContactParts, Manifest, World};
 pub use plugin::{CallResult, CallUsage, Plugin, ScorerInput, ScorerSession, take_last_usage};
 pub use pool::PoolPlan;
 pub use registry::Registry;

@@ -302,13 +302,16 @@ impl<'a> Rebuild<'a> {
     /// memberships and activity: one statement on SQLite, three on
     /// PostgreSQL) on a task of its own, so that it goes on while the page
     /// before it is evaluated: on SQLite the read runs on the connection's
-    /// thread and the rule on the runtime's, so the two overlap.
+    /// thread and the rule on the runtime's, so the two overlap. A rule
+    /// that does not read activity (its manifest's `reads`) is not handed
+    /// any, so none is summed for it.
     fn read(&self, after: Option<String>, now: i64) -> PageRead {
         let store = self.pipeline.store.clone();
+        let activity_at = Some(now).filter(|_| self.plugin.contact_parts().activity);
         let task = tokio::spawn(
             async move {
                 store
-                    .contacts_with_activity(after.as_deref(), REBUILD_PAGE, now)
+                    .contacts_for_rule(after.as_deref(), REBUILD_PAGE, activity_at)
                     .await
             }
             .in_current_span(),

@@ -93,6 +93,8 @@ async fn upload_bind_and_swap_while_ingesting_without_a_failed_request(dialect: 
     );
     let mut wrong_world = guests::ENGAGEMENT.manifest();
     wrong_world.world = nachfass::runtime::World::Channel;
+    // A channel is handed no contact: `reads` alone would be refused.
+    wrong_world.reads = None;
     let (status, error) = upload(
         &router,
         &admin,
@@ -579,4 +581,61 @@ async fn upgrades_asking_for_more_wait_for_approval_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_asking_for_more_wait_for_approval_postgres() {
     upgrades_asking_for_more_wait_for_approval("postgres").await;
+}
+
+/// `reads` is a capability: a scorer version that would be handed more of
+/// a contact than the live one (its email and phone, say) waits for an
+/// admin like a new HTTP host; one that reads less goes live at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_reading_more_of_a_contact_waits_for_approval() {
+    use nachfass::runtime::ContactPart;
+    let (url, temp) = database("sqlite").await;
+    let (node, _registry) = node(&url, "sqlite").await;
+    let store = nachfass::store::Store::connect(&url).await.unwrap();
+    let (_, admin) = store
+        .create_api_key("admin", &[Scope::Admin], 0)
+        .await
+        .unwrap();
+    let scorer = |version: &str, reads: &[ContactPart]| {
+        let mut manifest = guests::ENGAGEMENT.manifest();
+        manifest.version = version.into();
+        manifest.reads = Some(reads.to_vec());
+        embed(&guests::ENGAGEMENT.bytes(), &manifest).unwrap()
+    };
+    let (status, first) = upload(&node, &admin, scorer("1.0.0", &[ContactPart::Activity])).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+
+    let wider = scorer(
+        "1.1.0",
+        &[ContactPart::Activity, ContactPart::ContactPoints],
+    );
+    let (status, held) = upload(&node, &admin, wider).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{held}");
+    let asked = json!({ "imports": [], "config": [], "http_hosts": [], "limits": {}, "reads": ["contact-points"] });
+    assert_eq!(held["review"]["needs_approval"], asked, "{held}");
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap()
+            .contains("reads contact-points"),
+        "{held}"
+    );
+    let (status, approved) = post_json(
+        &node,
+        "/v1/plugins/engagement/versions/1.1.0/approve",
+        &admin,
+        json!({ "reads": ["contact-points"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["live"], "engagement@1.1.0");
+
+    let (status, narrower) = upload(&node, &admin, scorer("1.2.0", &[ContactPart::Activity])).await;
+    assert_eq!(
+        (status, narrower["review"].clone()),
+        (StatusCode::CREATED, Value::Null),
+        "{narrower}"
+    );
+    drop(node);
+    temp.cleanup(store).await;
 }

@@ -16,8 +16,8 @@ use nachfass::model::{ActivityCount, Contact, Event, PluginError, ScoreChange};
 use nachfass::runtime::cache::{ArtifactCache, content_hash};
 use nachfass::runtime::sandbox::{self, CallState};
 use nachfass::runtime::{
-    Binding, Limits, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind, RuntimeLimits, ScorerInput,
-    World,
+    Binding, ContactPart, ContactParts, Limits, Plugin, Runtime, RuntimeConfig, RuntimeErrorKind,
+    RuntimeLimits, ScorerInput, World,
 };
 use nachfass_tests::{guests, languages, runtime, sdk_records};
 
@@ -223,6 +223,84 @@ async fn every_field_reaches_the_plugin_alike_in_batches_and_single_calls() {
     let first = &batched[0].as_ref().unwrap().reasons;
     assert!(first[0].contains("Europe/Berlin") && first[0].contains("0.30000000000000004"));
     assert!(first[0].contains("1700000000000") && first[1].contains("acme.example/ü"));
+}
+
+/// A plugin is handed only the parts of a contact its manifest `reads`:
+/// the others arrive empty, in batches, single calls and profile scoring
+/// alike, whatever the contact holds.
+#[tokio::test]
+async fn a_plugin_is_handed_only_the_parts_it_reads() {
+    let contact: Contact = serde_json::from_value(serde_json::json!({
+        "id": "c1", "email": "c1@acme.example", "phone": "+4930123456",
+        "timezone": "Europe/Berlin", "score": 7, "stage": "lead",
+        "segments": ["a-list"], "created_at": 1_000, "last_seen_at": 2_000,
+        "attributes": { "industry": "software" }
+    }))
+    .unwrap();
+    let touch = event("c1", "email.opened", Some("https://acme.example/"));
+    let activity = today("email.opened", 3);
+    let items = vec![(contact.clone(), touch.clone(), activity.clone())];
+    let b = binding();
+    for reads in [
+        vec![],
+        vec![ContactPart::Attributes],
+        vec![ContactPart::ContactPoints, ContactPart::Activity],
+        vec![ContactPart::Segments],
+    ] {
+        let mut manifest = guests::ECHO_INPUT.manifest();
+        manifest.reads = Some(reads.clone());
+        let plugin = runtime()
+            .load(guests::ECHO_INPUT.bytes(), manifest)
+            .await
+            .unwrap();
+        let parts = ContactParts::of(&reads);
+        assert_eq!(plugin.contact_parts(), parts);
+        let mut shown = contact.clone();
+        if !parts.contact_points {
+            (shown.email, shown.phone) = (None, None);
+        }
+        if !parts.attributes {
+            shown.attributes.clear();
+        }
+        if !parts.segments {
+            shown.segments.clear();
+        }
+        let shown_activity = if parts.activity {
+            activity.clone()
+        } else {
+            vec![]
+        };
+        let expected = echoed(&shown, &touch, &shown_activity);
+        let batched = plugin
+            .on_event_batch(&b, 1_000, &inputs(&items))
+            .await
+            .unwrap();
+        assert_eq!(
+            batched[0].as_ref().unwrap().reasons,
+            expected,
+            "batch, {reads:?}"
+        );
+        let single = plugin
+            .on_event(&b, 1_000, &contact, &touch, &activity)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(single.reasons, expected, "single call, {reads:?}");
+        // What was held back is really gone from what the plugin printed.
+        let printed = &batched[0].as_ref().unwrap().reasons[0];
+        assert_eq!(
+            printed.contains("c1@acme.example"),
+            parts.contact_points,
+            "{printed}"
+        );
+        assert_eq!(printed.contains("software"), parts.attributes, "{printed}");
+        assert_eq!(printed.contains("a-list"), parts.segments, "{printed}");
+        assert!(printed.contains("Europe/Berlin") && printed.contains("lead"));
+    }
+    // Without `reads`, the whole contact, as before the field existed.
+    let whole = load(&guests::ECHO_INPUT.packed()).await;
+    assert_eq!(whole.manifest().reads, None);
+    assert_eq!(whole.contact_parts(), ContactParts::ALL);
 }
 
 #[tokio::test]

@@ -545,6 +545,14 @@ fn new(
         }
     };
     std::fs::create_dir_all(root.join("src")).map_err(fail)?;
+    let reads_hint = match world {
+        World::Channel => "",
+        World::SegmentRule | World::Scorer => {
+            "# The parts of a contact it reads (contact-points, attributes, segments,\n\
+             # activity): the host hands it nothing else. Without `reads`, all of them.\n\
+             # reads = [\"contact-points\"]\n"
+        }
+    };
     let cargo_toml = format!(
         r#"[package]
 name = "{name}"
@@ -561,7 +569,7 @@ nachfass-sdk = {sdk_dep}
 [package.metadata.nachfass]
 world = "{world}"
 config = []
-
+{reads_hint}
 # Built on its own, not as part of an enclosing workspace.
 [workspace]
 "#

@@ -1,7 +1,7 @@
 //! What a plugin version may do, and what an upgrade asks for beyond the
 //! live version: the interfaces its component imports, the configuration
-//! keys it reads, the hosts it may reach over HTTP and the limits it asks
-//! for. Only additions count; an admin approves them before such a version
+//! keys it reads, the hosts it may reach over HTTP, the limits it asks
+//! for and the parts of a contact it is handed (`reads`). Only additions count; an admin approves them before such a version
 //! goes live (see `crate::plugins`).
 
 use std::collections::BTreeSet;
@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::limits::{LimitOverrides, Limits};
+use super::manifest::{ContactParts, World};
 use super::outgoing_http::covers;
 use super::plugin::Plugin;
 
@@ -39,6 +40,8 @@ pub struct Capabilities {
     http: HttpReach,
     /// The world's defaults with what the manifest asks for.
     limits: Limits,
+    /// The parts of a contact it is handed (`contact-points`, ...).
+    reads: BTreeSet<String>,
 }
 
 /// What a version asks for beyond another: the body of an approval.
@@ -58,6 +61,10 @@ pub struct CapabilityDiff {
     /// Limits raised above the live version's, with the new values.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// Parts of a contact it would be handed and the live version is not
+    /// (`contact-points`, `attributes`, `segments`, `activity`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub reads: BTreeSet<String>,
 }
 
 impl Capabilities {
@@ -82,6 +89,7 @@ impl Capabilities {
             config: manifest.config.iter().map(|k| k.key.clone()).collect(),
             http,
             limits: Limits::for_world(manifest.world).with_overrides(&manifest.limits),
+            reads: parts_read(manifest.world, plugin.contact_parts()),
         }
     }
 
@@ -111,8 +119,27 @@ impl Capabilities {
                 max_output_bytes: (new.max_output_bytes > old.max_output_bytes)
                     .then_some(new.max_output_bytes),
             },
+            reads: self.reads.difference(&live.reads).cloned().collect(),
         }
     }
+}
+
+/// The parts of a contact a plugin of `world` is handed, by name. A
+/// channel is handed messages, never a contact.
+fn parts_read(world: World, parts: ContactParts) -> BTreeSet<String> {
+    if world == World::Channel {
+        return BTreeSet::new();
+    }
+    [
+        ("contact-points", parts.contact_points),
+        ("attributes", parts.attributes),
+        ("segments", parts.segments),
+        ("activity", parts.activity),
+    ]
+    .into_iter()
+    .filter(|(_, read)| *read)
+    .map(|(name, _)| name.to_owned())
+    .collect()
 }
 
 impl CapabilityDiff {
@@ -151,6 +178,7 @@ impl CapabilityDiff {
                     granted.limits.max_output_bytes,
                 ),
             },
+            reads: self.reads.difference(&granted.reads).cloned().collect(),
         }
     }
 
@@ -169,6 +197,7 @@ impl CapabilityDiff {
                     .max_output_bytes
                     .max(other.limits.max_output_bytes),
             },
+            reads: self.reads.union(&other.reads).cloned().collect(),
         }
     }
 }
@@ -186,6 +215,9 @@ impl fmt::Display for CapabilityDiff {
         }
         if !self.imports.is_empty() {
             parts.push(format!("imports {}", list(&self.imports)));
+        }
+        if !self.reads.is_empty() {
+            parts.push(format!("reads {}", list(&self.reads)));
         }
         let limits = [
             ("fuel", self.limits.fuel),
@@ -231,7 +263,6 @@ fn compatible(import: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::runtime::World;
 
     fn caps(imports: &[&str], config: &[&str], http: HttpReach) -> Capabilities {
         Capabilities {
@@ -239,7 +270,31 @@ mod tests {
             config: config.iter().map(|c| (*c).to_owned()).collect(),
             http,
             limits: Limits::for_world(World::Channel),
+            reads: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn reading_more_of_a_contact_counts() {
+        let activity_only = ContactParts {
+            activity: true,
+            ..ContactParts::of(&[])
+        };
+        let mut live = caps(&[], &[], HttpReach::Nowhere);
+        live.reads = parts_read(World::Scorer, activity_only);
+        let mut next = live.clone();
+        next.reads = parts_read(World::Scorer, ContactParts::ALL);
+        let diff = next.added_since(&live);
+        assert_eq!(
+            diff.to_string(),
+            "reads attributes, contact-points, segments"
+        );
+        assert!(
+            live.added_since(&next).is_empty(),
+            "reading less asks nothing"
+        );
+        assert!(diff.beyond(&diff).is_empty());
+        assert!(parts_read(World::Channel, ContactParts::ALL).is_empty());
     }
 
     #[test]

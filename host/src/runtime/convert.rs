@@ -2,6 +2,7 @@
 //! boundary.
 
 use super::bindings::types as wit;
+use super::manifest::ContactParts;
 use crate::model;
 
 fn value(value: &model::Value) -> wit::Value {
@@ -26,20 +27,35 @@ fn fields(fields: &model::Fields) -> Vec<wit::Field> {
         .collect()
 }
 
+/// The whole contact.
 impl From<&model::Contact> for wit::Contact {
     fn from(c: &model::Contact) -> Self {
-        wit::Contact {
-            id: c.id.clone(),
-            email: c.email.clone(),
-            phone: c.phone.clone(),
-            timezone: c.timezone.clone(),
-            score: c.score,
-            stage: c.stage.clone(),
-            attributes: fields(&c.attributes),
-            segments: c.segments.clone(),
-            created_at: c.created_at,
-            last_seen_at: c.last_seen_at,
-        }
+        contact(c, ContactParts::ALL)
+    }
+}
+
+/// `c` as a plugin that reads `parts` is shown it: the other parts empty.
+pub fn contact(c: &model::Contact, parts: ContactParts) -> wit::Contact {
+    let contact_points = |value: &Option<String>| value.clone().filter(|_| parts.contact_points);
+    wit::Contact {
+        id: c.id.clone(),
+        email: contact_points(&c.email),
+        phone: contact_points(&c.phone),
+        timezone: c.timezone.clone(),
+        score: c.score,
+        stage: c.stage.clone(),
+        attributes: if parts.attributes {
+            fields(&c.attributes)
+        } else {
+            Vec::new()
+        },
+        segments: if parts.segments {
+            c.segments.clone()
+        } else {
+            Vec::new()
+        },
+        created_at: c.created_at,
+        last_seen_at: c.last_seen_at,
     }
 }
 

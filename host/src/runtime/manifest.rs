@@ -98,6 +98,61 @@ pub struct Manifest {
     /// defaults of its bindings (a binding's own `limits` still win).
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// The parts of a contact a segment rule or scorer reads. The host
+    /// hands it nothing else: the others arrive empty. Without `reads` a
+    /// plugin is handed the whole contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Vec<ContactPart>>,
+}
+
+/// A part of a contact that a plugin may declare it reads. A contact's id,
+/// score, stage, time zone and times are always handed over; each of these
+/// only to a plugin that names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContactPart {
+    /// The email address and phone number.
+    ContactPoints,
+    /// The custom attributes.
+    Attributes,
+    /// The names of the segments the contact belongs to.
+    Segments,
+    /// The activity summary (counts per event kind).
+    Activity,
+}
+
+/// What a plugin is handed of each contact, from its manifest's `reads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContactParts {
+    pub contact_points: bool,
+    pub attributes: bool,
+    pub segments: bool,
+    pub activity: bool,
+}
+
+impl ContactParts {
+    /// The whole contact: what a plugin without `reads` is handed.
+    pub const ALL: ContactParts = ContactParts {
+        contact_points: true,
+        attributes: true,
+        segments: true,
+        activity: true,
+    };
+
+    /// `activity` if the plugin reads it, else nothing.
+    pub fn activity<'a, T>(&self, activity: &'a [T]) -> &'a [T] {
+        if self.activity { activity } else { &[] }
+    }
+
+    /// Exactly the parts named.
+    pub fn of(parts: &[ContactPart]) -> ContactParts {
+        ContactParts {
+            contact_points: parts.contains(&ContactPart::ContactPoints),
+            attributes: parts.contains(&ContactPart::Attributes),
+            segments: parts.contains(&ContactPart::Segments),
+            activity: parts.contains(&ContactPart::Activity),
+        }
+    }
 }
 
 fn default_api() -> String {
@@ -141,6 +196,13 @@ impl Manifest {
     /// The version, parsed; [`Manifest::validate`] guarantees it parses.
     pub fn semver(&self) -> semver::Version {
         semver::Version::parse(&self.version).unwrap_or_else(|_| semver::Version::new(0, 0, 0))
+    }
+
+    /// What the plugin is handed of each contact.
+    pub fn contact_parts(&self) -> ContactParts {
+        self.reads
+            .as_deref()
+            .map_or(ContactParts::ALL, ContactParts::of)
     }
 
     /// `name@version`, the plugin's identity in the registry.
@@ -189,6 +251,11 @@ impl Manifest {
                 "http_hosts: only a channel may reach hosts over HTTP, this is a {}; remove http_hosts",
                 self.world
             )));
+        }
+        if self.reads.is_some() && self.world == World::Channel {
+            return Err(ManifestError::Invalid(
+                "reads: a channel is handed messages, not contacts; remove reads".into(),
+            ));
         }
         if let Some(bad) = self.http_hosts.iter().find(|h| !is_destination(h)) {
             return Err(ManifestError::Invalid(format!(
@@ -423,6 +490,7 @@ mod tests {
             capabilities: vec![],
             http_hosts: vec![],
             limits: LimitOverrides::default(),
+            reads: None,
         }
     }
 
@@ -473,6 +541,36 @@ mod tests {
         );
         let missing = m.check_config([]).unwrap_err();
         assert!(missing.contains("needs configuration: days"), "{missing}");
+    }
+
+    #[test]
+    fn reads_names_the_parts_a_plugin_is_handed() {
+        assert_eq!(manifest().contact_parts(), ContactParts::ALL);
+        let json =
+            br#"{"name":"x","version":"1.0.0","world":"scorer","reads":["activity","attributes"]}"#;
+        let parts = Manifest::from_json(json).unwrap().contact_parts();
+        assert_eq!(
+            parts,
+            ContactParts {
+                contact_points: false,
+                attributes: true,
+                segments: false,
+                activity: true,
+            }
+        );
+        let nothing = br#"{"name":"x","version":"1.0.0","world":"scorer","reads":[]}"#;
+        assert!(
+            !Manifest::from_json(nothing)
+                .unwrap()
+                .contact_parts()
+                .attributes
+        );
+        let typo = br#"{"name":"x","version":"1.0.0","world":"scorer","reads":["emails"]}"#;
+        let why = Manifest::from_json(typo).unwrap_err().to_string();
+        assert!(why.contains("contact-points"), "{why}");
+        let channel = br#"{"name":"x","version":"1.0.0","world":"channel","reads":["activity"]}"#;
+        let why = Manifest::from_json(channel).unwrap_err().to_string();
+        assert!(why.contains("remove reads"), "{why}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::bindings::{channel, latest, segment_rule, since_v0_1_0, types as wit}
 use super::convert;
 use super::error::{LoadError, RuntimeError, RuntimeErrorKind};
 use super::limits::{Limits, RuntimeLimits};
-use super::manifest::{Manifest, World};
+use super::manifest::{ContactParts, Manifest, World};
 use super::sandbox::{self, Binding, CallState};
 use super::signature::SignedBy;
 use super::views;
@@ -98,6 +98,7 @@ impl ScorerPre {
         limits: &Limits,
         runtime: &RuntimeLimits,
         items: &[ScorerInput<'_>],
+        parts: ContactParts,
     ) -> wasmtime::Result<Answer<Vec<Answer<wit::ScoreChange>>>> {
         let instance_pre = match self {
             ScorerPre::Batch(pre, _) => pre.instance_pre(),
@@ -107,12 +108,16 @@ impl ScorerPre {
         sandbox::start_call_budget(store, limits, runtime);
         match self {
             ScorerPre::Batch(_, index) => {
+                let items: Vec<views::ScorerItem> = items
+                    .iter()
+                    .map(|&input| views::ScorerItem { input, parts })
+                    .collect();
                 let batch = instance
-                    .get_typed_func::<(&[ScorerInput],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
+                    .get_typed_func::<(&[views::ScorerItem],), (Answer<Vec<Answer<wit::ScoreChange>>>,)>(
                         &mut *store,
                         index,
                     )?;
-                Ok(batch.call_async(&mut *store, (items,)).await?.0)
+                Ok(batch.call_async(&mut *store, (&items,)).await?.0)
             }
             ScorerPre::PerItem(_, index) => {
                 let on_event = instance.get_typed_func::<(
@@ -124,9 +129,9 @@ impl ScorerPre {
                 )?;
                 let mut answers = Vec::with_capacity(items.len());
                 for item in items {
-                    let contact = views::contact(item.contact);
+                    let contact = views::contact(item.contact, parts);
                     let event = views::event(item.event);
-                    let activity = views::activity(item.activity);
+                    let activity = views::activity(parts.activity(item.activity));
                     answers.push(
                         on_event
                             .call_async(&mut *store, (&contact, &event, &activity))
@@ -209,6 +214,8 @@ pub fn take_last_usage() -> Option<CallUsage> {
 /// One compiled, type-checked plugin version, ready to call.
 pub struct Plugin {
     manifest: Manifest,
+    /// What the plugin is shown of each contact (its manifest's `reads`).
+    parts: ContactParts,
     imports: Vec<String>,
     exports: Vec<String>,
     api: String,
@@ -293,6 +300,7 @@ impl Plugin {
             exports,
             api,
             id: manifest.id().into(),
+            parts: manifest.contact_parts(),
             manifest,
             hash,
             from_cache,
@@ -305,6 +313,12 @@ impl Plugin {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The parts of a contact the plugin is shown, from its manifest's
+    /// `reads`; a caller need not load the others for it.
+    pub fn contact_parts(&self) -> ContactParts {
+        self.parts
     }
 
     /// Names of the interfaces and functions the component imports.
@@ -391,8 +405,8 @@ impl Plugin {
         let WorldPre::SegmentRule(pre, _) = &self.pre else {
             return Err(self.not_a(World::SegmentRule));
         };
-        let contact = wit::Contact::from(contact);
-        let activity = convert::activity(activity);
+        let contact = convert::contact(contact, self.parts);
+        let activity = convert::activity(self.parts.activity(activity));
         let limits = &binding.limits;
         let answer = self
             .run("matches", binding, limits, now, 1, async |store| {
@@ -416,7 +430,11 @@ impl Plugin {
         };
         let inputs: Vec<views::RuleInput> = items
             .iter()
-            .map(|(contact, activity)| views::RuleInput { contact, activity })
+            .map(|(contact, activity)| views::RuleInput {
+                contact,
+                activity,
+                parts: self.parts,
+            })
             .collect();
         let limits = binding.limits.scaled(items.len());
         let answer = self
@@ -461,8 +479,9 @@ impl Plugin {
         let WorldPre::Scorer(pre) = &self.pre else {
             return Err(self.not_a(World::Scorer));
         };
-        let (contact, event) = (wit::Contact::from(contact), wit::Event::from(event));
-        let activity = convert::activity(activity);
+        let contact = convert::contact(contact, self.parts);
+        let event = wit::Event::from(event);
+        let activity = convert::activity(self.parts.activity(activity));
         let limits = &binding.limits;
         let answer = self
             .run("on-event", binding, limits, now, 1, async |store| {
@@ -505,7 +524,7 @@ impl Plugin {
                 now,
                 items.len(),
                 async |store| {
-                    pre.on_event_batch(store, &limits, self.runtime.limits(), items)
+                    pre.on_event_batch(store, &limits, self.runtime.limits(), items, self.parts)
                         .await
                 },
             )
@@ -553,7 +572,7 @@ impl Plugin {
         let WorldPre::Scorer(pre) = &self.pre else {
             return Err(self.not_a(World::Scorer));
         };
-        let contact = wit::Contact::from(contact);
+        let contact = convert::contact(contact, self.parts);
         let limits = &binding.limits;
         let answer = self
             .run("on-profile", binding, limits, now, 1, async |store| {

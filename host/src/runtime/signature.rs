@@ -335,6 +335,7 @@ mod tests {
             capabilities: vec![],
             http_hosts: vec![],
             limits: Default::default(),
+            reads: None,
         };
         // A component header, one opaque custom section standing for the
         // code, then the manifest.

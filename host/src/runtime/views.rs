@@ -11,11 +11,15 @@
 //! only references to the host's records and are written into the guest by
 //! hand (`views/lowering.rs`), one record at a time; the views serve single
 //! calls and give the batch items their type.
+//!
+//! Every view shows a plugin only the parts of a contact its manifest
+//! `reads` ([`ContactParts`]): the others are written empty.
 
 use wasmtime::component::{ComponentType, Lower};
 
 mod lowering;
 
+use super::manifest::ContactParts;
 use crate::model;
 
 #[derive(ComponentType, Lower)]
@@ -125,16 +129,22 @@ fn fields(fields: &model::Fields) -> Vec<FieldView<'_>> {
         .collect()
 }
 
-pub fn contact(c: &model::Contact) -> ContactView<'_> {
+/// `c` as a plugin that reads `parts` is shown it.
+pub fn contact(c: &model::Contact, parts: ContactParts) -> ContactView<'_> {
+    let contact_points = parts.contact_points;
     ContactView {
         id: &c.id,
-        email: c.email.as_deref(),
-        phone: c.phone.as_deref(),
+        email: c.email.as_deref().filter(|_| contact_points),
+        phone: c.phone.as_deref().filter(|_| contact_points),
         timezone: c.timezone.as_deref(),
         score: c.score,
         stage: &c.stage,
-        attributes: fields(&c.attributes),
-        segments: &c.segments,
+        attributes: if parts.attributes {
+            fields(&c.attributes)
+        } else {
+            Vec::new()
+        },
+        segments: if parts.segments { &c.segments } else { &[] },
         created_at: c.created_at,
         last_seen_at: c.last_seen_at,
     }
@@ -164,16 +174,16 @@ pub fn activity(activity: &[model::ActivityCount]) -> Vec<ActivityView<'_>> {
 }
 
 /// One contact of `matches-batch`: a `rule-input` lowered straight from
-/// the host's records (`views/lowering.rs`).
+/// the host's records (`views/lowering.rs`), showing `parts`.
 #[derive(Clone, Copy)]
 pub struct RuleInput<'a> {
     pub contact: &'a model::Contact,
     pub activity: &'a [model::ActivityCount],
+    pub parts: ContactParts,
 }
 
 /// One touchpoint to score in a batch: the contact and its activity as
-/// they were before this event. Lowered straight from the host's records
-/// as a `scorer-input` of `on-event-batch`.
+/// they were before this event.
 #[derive(Clone, Copy, Debug)]
 pub struct ScorerInput<'a> {
     pub contact: &'a model::Contact,
@@ -181,21 +191,30 @@ pub struct ScorerInput<'a> {
     pub activity: &'a [model::ActivityCount],
 }
 
+/// A [`ScorerInput`] as a scorer that reads `parts` is shown it: a
+/// `scorer-input` of `on-event-batch`, lowered straight from the host's
+/// records.
+#[derive(Clone, Copy)]
+pub struct ScorerItem<'a> {
+    pub input: ScorerInput<'a>,
+    pub parts: ContactParts,
+}
+
 impl RuleInput<'_> {
     fn record(&self) -> RuleInputRecord<'_> {
         RuleInputRecord {
-            contact: contact(self.contact),
-            activity: activity(self.activity),
+            contact: contact(self.contact, self.parts),
+            activity: activity(self.parts.activity(self.activity)),
         }
     }
 }
 
-impl ScorerInput<'_> {
+impl ScorerItem<'_> {
     fn record(&self) -> ScorerInputRecord<'_> {
         ScorerInputRecord {
-            contact: contact(self.contact),
-            event: event(self.event),
-            activity: activity(self.activity),
+            contact: contact(self.input.contact, self.parts),
+            event: event(self.input.event),
+            activity: activity(self.parts.activity(self.input.activity)),
         }
     }
 }

@@ -41,6 +41,18 @@ impl Store {
         self.page(after, limit, Some(now)).await
     }
 
+    /// What a segment rule is asked about: [`Store::contacts_page`] with
+    /// each contact's activity summary as of `activity_at`, or with none
+    /// (and without summing any) for a rule that does not read activity.
+    pub async fn contacts_for_rule(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        activity_at: Option<i64>,
+    ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
+        self.page(after, limit, activity_at).await
+    }
+
     /// Up to `limit` (1 to 10,000) contacts after `after`, in id order,
     /// each with its activity as of `activity_at` (none without it).
     async fn page(

@@ -55,8 +55,10 @@ impl ScorerSession<'_> {
         event: &model::Event,
         activity: &[model::ActivityCount],
     ) -> CallResult<model::ScoreChange> {
-        let (contact, event) = (wit::Contact::from(contact), wit::Event::from(event));
-        let activity = convert::activity(activity);
+        let parts = self.plugin.contact_parts();
+        let contact = convert::contact(contact, parts);
+        let event = wit::Event::from(event);
+        let activity = convert::activity(parts.activity(activity));
         let reused = self.instance.is_some();
         let answer = self.call(now, &contact, &event, &activity).await;
         match answer {

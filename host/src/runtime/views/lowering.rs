@@ -25,10 +25,11 @@ use wasmtime::component::__internal::{
 use wasmtime::component::{ComponentType, Lower};
 
 use super::{
-    ActivityView, ContactView, EventView, FieldView, RuleInput, RuleInputRecord, ScorerInput,
-    ScorerInputRecord, ValueView,
+    ActivityView, ContactView, EventView, FieldView, RuleInput, RuleInputRecord, ScorerInputRecord,
+    ScorerItem, ValueView,
 };
 use crate::model;
+use crate::runtime::manifest::ContactParts;
 
 const STRING: CanonicalAbiInfo = <str as ComponentType>::ABI;
 const LIST: CanonicalAbiInfo = <[u8] as ComponentType>::ABI;
@@ -282,9 +283,12 @@ fn activity<T>(
     })
 }
 
+/// `c` as a plugin that reads `parts` is shown it: the parts it does not
+/// read are written empty (`none`, no items).
 fn contact<T>(
     cx: &mut LowerContext<'_, T>,
     c: &model::Contact,
+    parts: ContactParts,
     out: &mut [u8],
 ) -> wasmtime::Result<()> {
     let [
@@ -300,13 +304,23 @@ fn contact<T>(
         last_seen_at,
     ] = CONTACT;
     put_pair(out, id, string(cx, &c.id)?);
-    option_string(cx, c.email.as_deref(), &mut out[email..])?;
-    option_string(cx, c.phone.as_deref(), &mut out[phone..])?;
+    let contact_points = parts.contact_points;
+    let email_shown = c.email.as_deref().filter(|_| contact_points);
+    option_string(cx, email_shown, &mut out[email..])?;
+    let phone_shown = c.phone.as_deref().filter(|_| contact_points);
+    option_string(cx, phone_shown, &mut out[phone..])?;
     option_string(cx, c.timezone.as_deref(), &mut out[timezone..])?;
     put(out, score, &c.score.to_le_bytes());
     put_pair(out, stage, string(cx, &c.stage)?);
-    put_pair(out, attributes, fields(cx, &c.attributes)?);
-    put_pair(out, segments, strings(cx, &c.segments)?);
+    let no_fields = model::Fields::new();
+    let attributes_shown = if parts.attributes {
+        &c.attributes
+    } else {
+        &no_fields
+    };
+    put_pair(out, attributes, fields(cx, attributes_shown)?);
+    let segments_shown: &[String] = if parts.segments { &c.segments } else { &[] };
+    put_pair(out, segments, strings(cx, segments_shown)?);
     put(out, created_at, &c.created_at.to_le_bytes());
     option_s64(c.last_seen_at, &mut out[last_seen_at..]);
     Ok(())
@@ -329,19 +343,22 @@ fn event<T>(
 impl RuleInput<'_> {
     fn write<T>(&self, cx: &mut LowerContext<'_, T>, offset: usize) -> wasmtime::Result<()> {
         let mut out = [0u8; RULE_INPUT_SIZE];
-        contact(cx, self.contact, &mut out[RULE_INPUT[0]..])?;
-        put_pair(&mut out, RULE_INPUT[1], activity(cx, self.activity)?);
+        contact(cx, self.contact, self.parts, &mut out[RULE_INPUT[0]..])?;
+        let shown = self.parts.activity(self.activity);
+        put_pair(&mut out, RULE_INPUT[1], activity(cx, shown)?);
         cx.as_slice_mut()[offset..][..out.len()].copy_from_slice(&out);
         Ok(())
     }
 }
 
-impl ScorerInput<'_> {
+impl ScorerItem<'_> {
     fn write<T>(&self, cx: &mut LowerContext<'_, T>, offset: usize) -> wasmtime::Result<()> {
         let mut out = [0u8; SCORER_INPUT_SIZE];
-        contact(cx, self.contact, &mut out[SCORER_INPUT[0]..])?;
-        event(cx, self.event, &mut out[SCORER_INPUT[1]..])?;
-        put_pair(&mut out, SCORER_INPUT[2], activity(cx, self.activity)?);
+        let input = &self.input;
+        contact(cx, input.contact, self.parts, &mut out[SCORER_INPUT[0]..])?;
+        event(cx, input.event, &mut out[SCORER_INPUT[1]..])?;
+        let shown = self.parts.activity(input.activity);
+        put_pair(&mut out, SCORER_INPUT[2], activity(cx, shown)?);
         cx.as_slice_mut()[offset..][..out.len()].copy_from_slice(&out);
         Ok(())
     }
@@ -412,4 +429,4 @@ macro_rules! lowered_by_hand {
 }
 
 lowered_by_hand!(RuleInput, RuleInputRecord);
-lowered_by_hand!(ScorerInput, ScorerInputRecord);
+lowered_by_hand!(ScorerItem, ScorerInputRecord);
