@@ -629,6 +629,16 @@ async fn an_upgrade_reading_more_of_a_contact_waits_for_approval() {
     .await;
     assert_eq!(status, StatusCode::OK, "{approved}");
     assert_eq!(approved["live"], "engagement@1.1.0");
+    // Operators see what the live version is handed.
+    let (_, listed) = call(&node, "GET", "/v1/plugins", &admin, Body::empty(), false).await;
+    let engagement = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "engagement")
+        .cloned()
+        .unwrap();
+    assert_eq!(engagement["reads"], json!(["contact-points", "activity"]));
 
     let (status, narrower) = upload(&node, &admin, scorer("1.2.0", &[ContactPart::Activity])).await;
     assert_eq!(

@@ -130,16 +130,11 @@ fn parts_read(world: World, parts: ContactParts) -> BTreeSet<String> {
     if world == World::Channel {
         return BTreeSet::new();
     }
-    [
-        ("contact-points", parts.contact_points),
-        ("attributes", parts.attributes),
-        ("segments", parts.segments),
-        ("activity", parts.activity),
-    ]
-    .into_iter()
-    .filter(|(_, read)| *read)
-    .map(|(name, _)| name.to_owned())
-    .collect()
+    parts
+        .named()
+        .into_iter()
+        .map(|part| part.as_str().to_owned())
+        .collect()
 }
 
 impl CapabilityDiff {

@@ -121,6 +121,24 @@ pub enum ContactPart {
     Activity,
 }
 
+impl ContactPart {
+    pub const ALL: [ContactPart; 4] = [
+        ContactPart::ContactPoints,
+        ContactPart::Attributes,
+        ContactPart::Segments,
+        ContactPart::Activity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactPart::ContactPoints => "contact-points",
+            ContactPart::Attributes => "attributes",
+            ContactPart::Segments => "segments",
+            ContactPart::Activity => "activity",
+        }
+    }
+}
+
 /// What a plugin is handed of each contact, from its manifest's `reads`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContactParts {
@@ -142,6 +160,19 @@ impl ContactParts {
     /// `activity` if the plugin reads it, else nothing.
     pub fn activity<'a, T>(&self, activity: &'a [T]) -> &'a [T] {
         if self.activity { activity } else { &[] }
+    }
+
+    /// The parts handed over, by name.
+    pub fn named(&self) -> Vec<ContactPart> {
+        ContactPart::ALL
+            .into_iter()
+            .filter(|part| match part {
+                ContactPart::ContactPoints => self.contact_points,
+                ContactPart::Attributes => self.attributes,
+                ContactPart::Segments => self.segments,
+                ContactPart::Activity => self.activity,
+            })
+            .collect()
     }
 
     /// Exactly the parts named.

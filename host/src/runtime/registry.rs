@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::Runtime;
 use super::breaker::Breakers;
 use super::error::LoadError;
-use super::manifest::{Manifest, World};
+use super::manifest::{ContactPart, Manifest, World};
 use super::plugin::Plugin;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,9 @@ pub struct PluginSummary {
     /// Each version's component hash (SHA-256 of the uploaded bytes), so a
     /// deploy can tell an installed version from a new build of it.
     pub sha256: BTreeMap<String, String>,
+    /// The parts of a contact the live version is handed (its manifest's
+    /// `reads`); none for a channel, which is handed messages.
+    pub reads: Vec<ContactPart>,
 }
 
 struct Slot {
@@ -413,6 +416,10 @@ impl Registry {
                         .map(|p| p.manifest().version.clone()),
                     versions: state.versions.keys().map(ToString::to_string).collect(),
                     description: live.manifest().description.clone(),
+                    reads: match slot.world {
+                        World::Channel => Vec::new(),
+                        World::SegmentRule | World::Scorer => live.contact_parts().named(),
+                    },
                     signed_by: state
                         .versions
                         .iter()
