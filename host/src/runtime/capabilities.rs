@@ -1,8 +1,9 @@
 //! What a plugin version may do, and what an upgrade asks for beyond the
 //! live version: the interfaces its component imports, the configuration
 //! keys it reads, the hosts it may reach over HTTP, the limits it asks
-//! for and the parts of a contact it is handed (`reads`). Only additions count; an admin approves them before such a version
-//! goes live (see `crate::plugins`).
+//! for and the parts of a contact it is handed (`reads`). Only additions
+//! count; an admin approves them before such a version goes live (see
+//! `crate::plugins`).
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -105,9 +105,9 @@ pub struct Manifest {
     pub reads: Option<Vec<ContactPart>>,
 }
 
-/// A part of a contact that a plugin may declare it reads. A contact's id,
-/// score, stage, time zone and times are always handed over; each of these
-/// only to a plugin that names it.
+/// A part of a contact that a plugin may declare it reads; each reaches
+/// only a plugin that names it. A contact's id, score, stage, time zone
+/// and times are always handed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContactPart {
