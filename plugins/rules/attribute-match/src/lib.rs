@@ -156,7 +156,7 @@ mod tests {
             .config("attribute", attribute)
             .config("op", op)
             .config("value", value);
-        AttributeMatch::matches(&host.ctx(), contact, &[]).unwrap()
+        host.matches::<AttributeMatch>(contact, &[]).unwrap()
     }
 
     fn acme() -> Contact {
@@ -212,17 +212,17 @@ mod tests {
             .config("attribute", "x")
             .config("op", "like")
             .config("value", "1");
-        let err = AttributeMatch::matches(&host.ctx(), &acme(), &[]).unwrap_err();
+        let err = host.matches::<AttributeMatch>(&acme(), &[]).unwrap_err();
         assert_eq!(err.code, "bad-config");
         assert!(err.message.contains("`like` is unknown"), "{}", err.message);
         let host = TestHost::new()
             .config("attribute", "x")
             .config("op", "gt")
             .config("value", "lots");
-        assert!(AttributeMatch::matches(&host.ctx(), &acme(), &[]).is_err());
+        assert!(host.matches::<AttributeMatch>(&acme(), &[]).is_err());
         let host = TestHost::new().config("op", "eq").config("value", "x");
         assert!(
-            AttributeMatch::matches(&host.ctx(), &acme(), &[])
+            host.matches::<AttributeMatch>(&acme(), &[])
                 .unwrap_err()
                 .message
                 .contains("attribute")

@@ -106,7 +106,7 @@ mod tests {
 
     fn inactive(host: &TestHost, activity: &[ActivityCount]) -> bool {
         let contact = Contact::new("c").with_created_at(NOW - 400 * DAY);
-        InactiveDays::matches(&host.ctx(), &contact, activity).unwrap()
+        host.matches::<InactiveDays>(&contact, activity).unwrap()
     }
 
     #[test]
@@ -151,16 +151,18 @@ mod tests {
     fn a_contact_without_activity_counts_from_creation() {
         let host = TestHost::new().config("days", "30").now(NOW);
         let fresh = Contact::new("new").with_created_at(NOW - 2 * DAY);
-        assert!(!InactiveDays::matches(&host.ctx(), &fresh, &[]).unwrap());
+        assert!(!host.matches::<InactiveDays>(&fresh, &[]).unwrap());
         let old = Contact::new("old").with_created_at(NOW - 31 * DAY);
-        assert!(InactiveDays::matches(&host.ctx(), &old, &[]).unwrap());
+        assert!(host.matches::<InactiveDays>(&old, &[]).unwrap());
     }
 
     #[test]
     fn bad_days_are_rejected() {
         for days in ["0", "-3", "soon"] {
             let host = TestHost::new().config("days", days).now(NOW);
-            let err = InactiveDays::matches(&host.ctx(), &Contact::new("c"), &[]).unwrap_err();
+            let err = host
+                .matches::<InactiveDays>(&Contact::new("c"), &[])
+                .unwrap_err();
             assert_eq!(err.code, "bad-config", "{days}");
         }
     }

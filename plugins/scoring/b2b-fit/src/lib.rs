@@ -112,7 +112,7 @@ mod tests {
             .with_attr("employees", 320)
             .with_attr("position", "Head of Marketing")
             .with_attr("budget", "25000");
-        let change = B2bFit::on_profile(&TestHost::new().ctx(), &contact).unwrap();
+        let change = TestHost::new().on_profile::<B2bFit>(&contact).unwrap();
         assert_eq!(change.delta, 20 + 15 + 15 + 15);
         assert_eq!(
             change.reasons,
@@ -135,13 +135,15 @@ mod tests {
             .with_attr("industry", "retail")
             .with_attr("employees", 12)
             .with_attr("position", "Senior Buyer");
-        let change = B2bFit::on_profile(&host.ctx(), &contact).unwrap();
+        let change = host.on_profile::<B2bFit>(&contact).unwrap();
         assert_eq!(change.delta, 30 + 10 + 25);
     }
 
     #[test]
     fn an_empty_profile_is_worth_nothing() {
-        let change = B2bFit::on_profile(&TestHost::new().ctx(), &Contact::new("c")).unwrap();
+        let change = TestHost::new()
+            .on_profile::<B2bFit>(&Contact::new("c"))
+            .unwrap();
         assert_eq!(change, ScoreChange::none());
     }
 
@@ -149,11 +151,11 @@ mod tests {
     fn malformed_tables_name_the_key() {
         let host = TestHost::new().config("size_points", "lots:5");
         let contact = Contact::new("c").with_attr("employees", 3);
-        let err = B2bFit::on_profile(&host.ctx(), &contact).unwrap_err();
+        let err = host.on_profile::<B2bFit>(&contact).unwrap_err();
         assert!(err.message.contains("size_points"), "{}", err.message);
         let host = TestHost::new().config("industry_points", "software=5");
         assert_eq!(
-            B2bFit::on_profile(&host.ctx(), &contact).unwrap_err().code,
+            host.on_profile::<B2bFit>(&contact).unwrap_err().code,
             "bad-config"
         );
     }
@@ -161,8 +163,9 @@ mod tests {
     #[test]
     fn profile_changes_do_not_score_events() {
         let event = Event::new("page.visited", 0);
-        let change =
-            B2bFit::on_event(&TestHost::new().ctx(), &Contact::new("c"), &event, &[]).unwrap();
+        let change = TestHost::new()
+            .on_event::<B2bFit>(&Contact::new("c"), &event, &[])
+            .unwrap();
         assert_eq!(change.delta, 0);
     }
 }

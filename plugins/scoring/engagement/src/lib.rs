@@ -133,7 +133,8 @@ mod tests {
 
     fn score(host: &TestHost, event: Event, today: u32) -> ScoreChange {
         let activity = [ActivityCount::new(&event.kind, today, Some(0)).with_last_24_hours(today)];
-        Engagement::on_event(&host.ctx(), &Contact::new("c"), &event, &activity).unwrap()
+        host.on_event::<Engagement>(&Contact::new("c"), &event, &activity)
+            .unwrap()
     }
 
     #[test]
@@ -225,7 +226,7 @@ mod tests {
         assert_eq!(err.code, "bad-config");
         let host = TestHost::new().config("max_per_day", "many");
         assert!(
-            Engagement::on_event(&host.ctx(), &Contact::new("c"), &Event::new("x", 0), &[])
+            host.on_event::<Engagement>(&Contact::new("c"), &Event::new("x", 0), &[])
                 .is_err()
         );
     }
