@@ -36,24 +36,16 @@ impl From<&model::Contact> for wit::Contact {
 
 /// `c` as a plugin that reads `parts` is shown it: the other parts empty.
 pub fn contact(c: &model::Contact, parts: ContactParts) -> wit::Contact {
-    let contact_points = |value: &Option<String>| value.clone().filter(|_| parts.contact_points);
+    let shown = super::views::shown(c, parts);
     wit::Contact {
         id: c.id.clone(),
-        email: contact_points(&c.email),
-        phone: contact_points(&c.phone),
+        email: shown.email.map(str::to_owned),
+        phone: shown.phone.map(str::to_owned),
         timezone: c.timezone.clone(),
         score: c.score,
         stage: c.stage.clone(),
-        attributes: if parts.attributes {
-            fields(&c.attributes)
-        } else {
-            Vec::new()
-        },
-        segments: if parts.segments {
-            c.segments.clone()
-        } else {
-            Vec::new()
-        },
+        attributes: fields(shown.attributes),
+        segments: shown.segments.to_vec(),
         created_at: c.created_at,
         last_seen_at: c.last_seen_at,
     }

@@ -129,22 +129,44 @@ fn fields(fields: &model::Fields) -> Vec<FieldView<'_>> {
         .collect()
 }
 
-/// `c` as a plugin that reads `parts` is shown it.
-pub fn contact(c: &model::Contact, parts: ContactParts) -> ContactView<'_> {
+/// The parts of `c` a plugin that reads `parts` is shown, the others
+/// empty: the one place that decides, for single calls (`convert.rs`),
+/// views and batch items (`views/lowering.rs`) alike.
+pub(super) struct Shown<'a> {
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub attributes: &'a model::Fields,
+    pub segments: &'a [String],
+}
+
+static NO_FIELDS: model::Fields = model::Fields::new();
+
+pub(super) fn shown(c: &model::Contact, parts: ContactParts) -> Shown<'_> {
     let contact_points = parts.contact_points;
-    ContactView {
-        id: &c.id,
+    Shown {
         email: c.email.as_deref().filter(|_| contact_points),
         phone: c.phone.as_deref().filter(|_| contact_points),
+        attributes: if parts.attributes {
+            &c.attributes
+        } else {
+            &NO_FIELDS
+        },
+        segments: if parts.segments { &c.segments } else { &[] },
+    }
+}
+
+/// `c` as a plugin that reads `parts` is shown it.
+pub fn contact(c: &model::Contact, parts: ContactParts) -> ContactView<'_> {
+    let shown = shown(c, parts);
+    ContactView {
+        id: &c.id,
+        email: shown.email,
+        phone: shown.phone,
         timezone: c.timezone.as_deref(),
         score: c.score,
         stage: &c.stage,
-        attributes: if parts.attributes {
-            fields(&c.attributes)
-        } else {
-            Vec::new()
-        },
-        segments: if parts.segments { &c.segments } else { &[] },
+        attributes: fields(shown.attributes),
+        segments: shown.segments,
         created_at: c.created_at,
         last_seen_at: c.last_seen_at,
     }

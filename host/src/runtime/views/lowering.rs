@@ -303,24 +303,15 @@ fn contact<T>(
         created_at,
         last_seen_at,
     ] = CONTACT;
+    let shown = super::shown(c, parts);
     put_pair(out, id, string(cx, &c.id)?);
-    let contact_points = parts.contact_points;
-    let email_shown = c.email.as_deref().filter(|_| contact_points);
-    option_string(cx, email_shown, &mut out[email..])?;
-    let phone_shown = c.phone.as_deref().filter(|_| contact_points);
-    option_string(cx, phone_shown, &mut out[phone..])?;
+    option_string(cx, shown.email, &mut out[email..])?;
+    option_string(cx, shown.phone, &mut out[phone..])?;
     option_string(cx, c.timezone.as_deref(), &mut out[timezone..])?;
     put(out, score, &c.score.to_le_bytes());
     put_pair(out, stage, string(cx, &c.stage)?);
-    let no_fields = model::Fields::new();
-    let attributes_shown = if parts.attributes {
-        &c.attributes
-    } else {
-        &no_fields
-    };
-    put_pair(out, attributes, fields(cx, attributes_shown)?);
-    let segments_shown: &[String] = if parts.segments { &c.segments } else { &[] };
-    put_pair(out, segments, strings(cx, segments_shown)?);
+    put_pair(out, attributes, fields(cx, shown.attributes)?);
+    put_pair(out, segments, strings(cx, shown.segments)?);
     put(out, created_at, &c.created_at.to_le_bytes());
     option_s64(c.last_seen_at, &mut out[last_seen_at..]);
     Ok(())
