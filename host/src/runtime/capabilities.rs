@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::limits::{LimitOverrides, Limits};
-use super::manifest::{ContactParts, World};
+use super::manifest::ContactParts;
 use super::outgoing_http::covers;
 use super::plugin::Plugin;
 
@@ -90,7 +90,7 @@ impl Capabilities {
             config: manifest.config.iter().map(|k| k.key.clone()).collect(),
             http,
             limits: Limits::for_world(manifest.world).with_overrides(&manifest.limits),
-            reads: parts_read(manifest.world, plugin.contact_parts()),
+            reads: parts_read(plugin.contact_parts()),
         }
     }
 
@@ -125,12 +125,8 @@ impl Capabilities {
     }
 }
 
-/// The parts of a contact a plugin of `world` is handed, by name. A
-/// channel is handed messages, never a contact.
-fn parts_read(world: World, parts: ContactParts) -> BTreeSet<String> {
-    if world == World::Channel {
-        return BTreeSet::new();
-    }
+/// The parts of a contact a plugin is handed, by name.
+fn parts_read(parts: ContactParts) -> BTreeSet<String> {
     parts
         .named()
         .into_iter()
@@ -259,6 +255,7 @@ fn compatible(import: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::runtime::World;
 
     fn caps(imports: &[&str], config: &[&str], http: HttpReach) -> Capabilities {
         Capabilities {
@@ -277,9 +274,9 @@ mod tests {
             ..ContactParts::of(&[])
         };
         let mut live = caps(&[], &[], HttpReach::Nowhere);
-        live.reads = parts_read(World::Scorer, activity_only);
+        live.reads = parts_read(activity_only);
         let mut next = live.clone();
-        next.reads = parts_read(World::Scorer, ContactParts::ALL);
+        next.reads = parts_read(ContactParts::ALL);
         let diff = next.added_since(&live);
         assert_eq!(
             diff.to_string(),
@@ -290,7 +287,6 @@ mod tests {
             "reading less asks nothing"
         );
         assert!(diff.beyond(&diff).is_empty());
-        assert!(parts_read(World::Channel, ContactParts::ALL).is_empty());
     }
 
     #[test]

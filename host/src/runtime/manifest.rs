@@ -229,11 +229,14 @@ impl Manifest {
         semver::Version::parse(&self.version).unwrap_or_else(|_| semver::Version::new(0, 0, 0))
     }
 
-    /// What the plugin is handed of each contact.
+    /// What the plugin is handed of each contact: nothing for a channel,
+    /// which is handed messages.
     pub fn contact_parts(&self) -> ContactParts {
-        self.reads
-            .as_deref()
-            .map_or(ContactParts::ALL, ContactParts::of)
+        match (self.world, self.reads.as_deref()) {
+            (World::Channel, _) => ContactParts::of(&[]),
+            (_, Some(parts)) => ContactParts::of(parts),
+            (_, None) => ContactParts::ALL,
+        }
     }
 
     /// `name@version`, the plugin's identity in the registry.
@@ -599,6 +602,9 @@ mod tests {
         let typo = br#"{"name":"x","version":"1.0.0","world":"scorer","reads":["emails"]}"#;
         let why = Manifest::from_json(typo).unwrap_err().to_string();
         assert!(why.contains("contact-points"), "{why}");
+        let mut channel = manifest();
+        channel.world = World::Channel;
+        assert!(channel.contact_parts().named().is_empty());
         let channel = br#"{"name":"x","version":"1.0.0","world":"channel","reads":["activity"]}"#;
         let why = Manifest::from_json(channel).unwrap_err().to_string();
         assert!(why.contains("remove reads"), "{why}");

@@ -416,10 +416,7 @@ impl Registry {
                         .map(|p| p.manifest().version.clone()),
                     versions: state.versions.keys().map(ToString::to_string).collect(),
                     description: live.manifest().description.clone(),
-                    reads: match slot.world {
-                        World::Channel => Vec::new(),
-                        World::SegmentRule | World::Scorer => live.contact_parts().named(),
-                    },
+                    reads: live.contact_parts().named(),
                     signed_by: state
                         .versions
                         .iter()
