@@ -10,7 +10,9 @@
 //! show what `Any` costs on this path. On SQLite and on PostgreSQL.
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench rebuild`
-//! Size: NACHFASS_BENCH_CONTACTS (default 1000000).
+//! Size: NACHFASS_BENCH_CONTACTS (default 1000000). `NACHFASS_BENCH_ROUTED=1`:
+//! with a journey active, so that every entry also queues its route job.
+//! `NACHFASS_BENCH_ONLY=sqlite` or `postgres`: one database.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -211,6 +213,18 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, contacts: usiz
         version: None,
     };
     store.create_binding(&def, 0).await.unwrap();
+    if std::env::var("NACHFASS_BENCH_ROUTED").is_ok_and(|v| v == "1") {
+        // An active journey: every event the rebuild writes is routed.
+        let journey = serde_json::json!({ "name": "welcome-mittelstand",
+            "trigger": { "segment_entered": "mittelstand" },
+            "steps": [ { "id": "wait", "type": "wait", "duration": "1d" } ] });
+        store
+            .save_journey("welcome-mittelstand", &journey.to_string(), 0)
+            .await
+            .unwrap();
+        store.refresh_routing().await.unwrap();
+        println!("{dialect}: a journey is active, so each entry queues its route job");
+    }
     let pipeline = Pipeline {
         store: store.clone(),
         registry,
@@ -272,19 +286,24 @@ async fn main() {
         .install_file(&guests::ATTRIBUTE_MATCH.packed(), Activation::Now)
         .await
         .unwrap();
+    let only = std::env::var("NACHFASS_BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
-    bench(
-        "sqlite",
-        &format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("bench.db").display()
-        ),
-        registry.clone(),
-        contacts,
-    )
-    .await;
+    if only != "postgres" {
+        bench(
+            "sqlite",
+            &format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            registry.clone(),
+            contacts,
+        )
+        .await;
+    }
     match std::env::var("NACHFASS_TEST_POSTGRES_URL") {
+        Ok(_) if only == "sqlite" => {}
         Ok(base) => {
+            sqlx::any::install_default_drivers();
             let name = format!("nachfass_rebuild_{}", std::process::id());
             let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
                 .await

@@ -55,16 +55,21 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
         registry.clone(),
         Arc::new(ManualClock::new(DAY)),
     );
-    // The rebuild is a durable job: a scheduler runs it.
     let journeys = Journeys::new(pipeline, Policy::default());
-    let scheduler = Scheduler::new(journeys.clone(), SchedulerConfig::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(scheduler.run_forever(stopped));
-    let router = app(AppState::with_journeys(journeys, None));
+    let router = app(AppState::with_journeys(journeys.clone(), None));
     let binding = json!({ "name": "mittelstand", "kind": "segment", "plugin": "attribute-match",
                           "config": { "attribute": "employees", "op": "gt", "value": "249" } });
     let (status, _) = call(&router, "POST", "/v1/bindings", &admin, Some(binding)).await;
     assert_eq!(status, StatusCode::CREATED, "{dialect}");
+    // A journey for every contact entering the segment: the rebuild's
+    // entries are routed to it like any other event.
+    let welcome = json!({ "name": "welcome-mittelstand", "trigger": { "segment_entered": "mittelstand" },
+                          "steps": [ { "id": "pause", "type": "wait", "duration": "1h" } ] });
+    journeys.save(welcome.to_string().as_bytes()).await.unwrap();
+    // The rebuild is a durable job: a scheduler runs it.
+    let scheduler = Scheduler::new(journeys, SchedulerConfig::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.run_forever(stopped));
 
     let mut shown = Json::Null;
     for _ in 0..600 {
@@ -113,6 +118,27 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
     .await
     .unwrap();
     assert_eq!((written, unprocessed), (expected, 0), "{dialect}");
+    // Each entry started the journey once.
+    let mut started = 0;
+    for _ in 0..600 {
+        started = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT contact_id) FROM journey_runs WHERE journey = 'welcome-mittelstand'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if started >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM journey_runs WHERE journey = 'welcome-mittelstand'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((started, runs), (expected, expected), "{dialect}");
     stop.send(true).unwrap();
     running.await.unwrap();
     temp.cleanup(store).await;

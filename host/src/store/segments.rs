@@ -402,10 +402,11 @@ impl Store {
         // profile effects of their own) and routed to journeys at once.
         let routed = self.routes_events() && !event_ids.is_empty();
         if routed {
-            for event_id in event_ids {
-                super::jobs::enqueue_in(tx, &super::jobs::RouteEvent { event_id }, now, now)
-                    .await?;
-            }
+            let jobs: Vec<super::jobs::RouteEvent> = event_ids
+                .into_iter()
+                .map(|event_id| super::jobs::RouteEvent { event_id })
+                .collect();
+            super::jobs::enqueue_many_in(tx, self.dialect, &jobs, now, now).await?;
         }
         Ok(Written {
             entered: i64::try_from(entered.len()).unwrap_or(i64::MAX),
