@@ -384,7 +384,11 @@ async fn a_page_of_contacts_is_each_contact_as_read_alone(dialect: &'static str)
         .contacts_for_rule(end.as_deref(), None, None)
         .await
         .unwrap();
-    assert_eq!(without_activity, [(page[2].0.clone(), Vec::new())], "{dialect}");
+    assert_eq!(
+        without_activity,
+        [(page[2].0.clone(), Vec::new())],
+        "{dialect}"
+    );
     assert_eq!(
         store.page_end(end.as_deref(), 2).await.unwrap(),
         None,
