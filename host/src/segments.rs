@@ -192,11 +192,9 @@ impl Timing {
 }
 
 /// A page being read on a task of its own, with the time its activity
-/// windows end at (the rule is asked about the page at that same time)
-/// and the id it ends at (`None`: the last page).
+/// windows end at: the rule is asked about the page at that same time.
 struct PageRead {
     now: i64,
-    through: Option<String>,
     task: tokio::task::JoinHandle<Result<ContactsPage, StoreError>>,
 }
 
@@ -244,8 +242,8 @@ impl<'a> Rebuild<'a> {
     /// With `task`, each page's transaction also records the task's cursor
     /// and progress and renews the job's lease, so a crash resumes at the
     /// first page not committed and nothing is applied or counted twice.
-    /// Four pages are in flight: while one is written, the next is
-    /// evaluated and the two after it read.
+    /// Three pages are in flight: while one is written, the next is
+    /// evaluated and the one after it read.
     async fn run(
         &self,
         mut after: Option<String>,
@@ -255,13 +253,15 @@ impl<'a> Rebuild<'a> {
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
         let mut evaluated = 0;
-        let first = self.read(after.clone(), now()).await?;
-        let (mut next, mut reading) = self.evaluate(first, &now).await?;
+        let (mut next, mut reading) = self.evaluate(self.read(after.clone(), now()), &now).await?;
         let outcome = loop {
             let page = match next {
                 Page::Done => break Outcome::Done,
                 Page::Failed(error) => break Outcome::Failed(error),
                 Page::Evaluated(page) => page,
+            };
+            let Some(read) = reading.take() else {
+                break Outcome::Done;
             };
             let step = task.map(|(job, task)| TaskStep {
                 job,
@@ -270,24 +270,15 @@ impl<'a> Rebuild<'a> {
                 cursor: &page.last,
                 evaluated: page.evaluated,
             });
-            let (changes, following) = match reading.take() {
-                Some(read) => {
-                    let (changes, following) =
-                        tokio::join!(self.apply(&page, step, now()), self.evaluate(read, &now));
-                    (changes, Some(following))
-                }
-                None => (self.apply(&page, step, now()).await, None),
-            };
+            let (changes, following) =
+                tokio::join!(self.apply(&page, step, now()), self.evaluate(read, &now));
             let Some(changes) = changes? else {
                 break Outcome::LeaseLost;
             };
             evaluated += page.evaluated;
             applied(&page, changes);
             after = Some(page.last);
-            match following {
-                Some(following) => (next, reading) = following?,
-                None => break Outcome::Done,
-            }
+            (next, reading) = following?;
         };
         // A read begun for a page that will not be evaluated is let go.
         if let Some(read) = reading {
@@ -307,28 +298,25 @@ impl<'a> Rebuild<'a> {
         Ok(outcome)
     }
 
-    /// Finds where the page after `after` ends and starts reading it
-    /// (contacts with their memberships and activity: one statement on
-    /// SQLite, three on PostgreSQL) on a task of its own, so that it goes
-    /// on while the page before it is read and evaluated: on SQLite each
-    /// read runs on its connection's thread and the rule on the runtime's,
-    /// so a multi-core node reads two pages and evaluates a third at once.
-    /// A rule that does not read activity (its manifest's `reads`) is not
-    /// handed any, so none is summed for it.
-    async fn read(&self, after: Option<String>, now: i64) -> Result<PageRead, StoreError> {
+    /// Starts reading the page after `after` (contacts with their
+    /// memberships and activity: one statement on SQLite, three on
+    /// PostgreSQL) on a task of its own, so that it goes on while the page
+    /// before it is evaluated: on SQLite the read runs on the connection's
+    /// thread and the rule on the runtime's, so the two overlap. A rule
+    /// that does not read activity (its manifest's `reads`) is not handed
+    /// any, so none is summed for it.
+    fn read(&self, after: Option<String>, now: i64) -> PageRead {
         let store = self.pipeline.store.clone();
-        let through = store.page_end(after.as_deref(), REBUILD_PAGE).await?;
         let activity_at = Some(now).filter(|_| self.plugin.contact_parts().activity);
-        let end = through.clone();
         let task = tokio::spawn(
             async move {
                 store
-                    .contacts_for_rule(after.as_deref(), end.as_deref(), activity_at)
+                    .contacts_for_rule(after.as_deref(), REBUILD_PAGE, activity_at)
                     .await
             }
             .in_current_span(),
         );
-        Ok(PageRead { now, through, task })
+        PageRead { now, task }
     }
 
     /// Waits for `read`, starts reading the page after it, and asks the
@@ -339,29 +327,16 @@ impl<'a> Rebuild<'a> {
         now: impl Fn() -> i64,
     ) -> Result<(Page, Option<PageRead>), StoreError> {
         let started = Instant::now();
-        // The page after this one is read while this one is.
-        let following = match &read.through {
-            Some(through) => Some(self.read(Some(through.clone()), now()).await?),
-            None => None,
-        };
         let items = match read.task.await {
             Ok(items) => items?,
             // The read panicked: carry the panic on as if it had happened here.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        Timing::add(&self.timing.read, started);
-        // The page ends where it was found to end, even if the contact there
-        // is gone by now. A page read to the end is followed by one more
-        // read after its last contact, for contacts created meanwhile.
-        let (last, following) = match (read.through, items.last()) {
-            (Some(through), _) => (through, following),
-            (None, Some((contact, _))) => {
-                let last = contact.id.clone();
-                let following = self.read(Some(last.clone()), now()).await?;
-                (last, Some(following))
-            }
-            (None, None) => return Ok((Page::Done, None)),
+        let Some(last) = items.last().map(|(contact, _)| contact.id.clone()) else {
+            return Ok((Page::Done, None));
         };
+        Timing::add(&self.timing.read, started);
+        let following = self.read(Some(last.clone()), now());
         let now = read.now;
         let started = Instant::now();
         // The calls of a page run side by side (each on its own sandbox):
@@ -412,9 +387,7 @@ impl<'a> Rebuild<'a> {
         }
         Timing::add(&self.timing.rules, started);
         if let Some(error) = failure {
-            if let Some(following) = following {
-                following.task.abort();
-            }
+            following.task.abort();
             return Ok((Page::Failed(error), None));
         }
         Ok((
@@ -424,7 +397,7 @@ impl<'a> Rebuild<'a> {
                 enter,
                 leave,
             }),
-            following,
+            Some(following),
         ))
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::jobs::{ClaimedJob, renew_lease_in};
 use super::tasks::advance_cursor_in;
@@ -10,30 +10,6 @@ use super::{Dialect, Store, StoreError, cached_plans_from_here_in, new_id};
 use crate::model::{ActivityCount, Contact};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-
-/// The most contacts one page read returns without an end.
-const PAGE_MAX: u32 = 10_000;
-
-/// Which contacts after a cursor a page read returns.
-#[derive(Clone, Copy)]
-enum Range<'a> {
-    /// The first so many.
-    First(u32),
-    /// All up to and including this id. No limit: contacts created during a
-    /// rebuild get ids after the existing ones (time-ordered), so a range
-    /// found by [`Store::page_end`] barely grows while it waits to be read.
-    Through(&'a str),
-}
-
-impl Range<'_> {
-    /// The condition after `id > $1`, with its value bound at `$2`.
-    fn condition(self) -> &'static str {
-        match self {
-            Range::First(_) => "ORDER BY id LIMIT $2",
-            Range::Through(_) => "AND id <= $2 ORDER BY id",
-        }
-    }
-}
 
 impl Store {
     pub async fn count_contacts(&self) -> Result<i64, StoreError> {
@@ -65,64 +41,30 @@ impl Store {
         self.page(after, limit, Some(now)).await
     }
 
-    /// The id of the `size`-th contact after `after`, in id order: where a
-    /// page of that size ends, found through the id index alone. `None`:
-    /// fewer contacts than that are left. Knowing where a page ends, a
-    /// reader can start on the page after it before this one is read.
-    pub async fn page_end(
-        &self,
-        after: Option<&str>,
-        size: u32,
-    ) -> Result<Option<String>, StoreError> {
-        let end = sqlx::query_scalar(
-            "SELECT id FROM contacts WHERE id > $1 ORDER BY id LIMIT 1 OFFSET $2",
-        )
-        .bind(after.unwrap_or("").to_owned())
-        .bind(i64::from(size.max(1)) - 1)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(end)
-    }
-
-    /// What a segment rule is asked about: the contacts after `after` up to
-    /// and including `through` (a [`Store::page_end`]), or the
-    /// [`PAGE_MAX`] first ones without it, with their segments filled in
-    /// and each one's activity summary as of `activity_at`, or none (and
-    /// without summing any) for a rule that does not read activity.
+    /// What a segment rule is asked about: [`Store::contacts_page`] with
+    /// each contact's activity summary as of `activity_at`, or with none
+    /// (and without summing any) for a rule that does not read activity.
     pub async fn contacts_for_rule(
         &self,
         after: Option<&str>,
-        through: Option<&str>,
+        limit: u32,
         activity_at: Option<i64>,
     ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
-        let range = match through {
-            Some(through) => Range::Through(through),
-            None => Range::First(PAGE_MAX),
-        };
-        self.read_range(after, range, activity_at).await
+        self.page(after, limit, activity_at).await
     }
 
-    /// Up to `limit` (1 to [`PAGE_MAX`]) contacts after `after`, in id
-    /// order, each with its activity as of `activity_at` (none without it).
+    /// Up to `limit` (1 to 10,000) contacts after `after`, in id order,
+    /// each with its activity as of `activity_at` (none without it).
     async fn page(
         &self,
         after: Option<&str>,
         limit: u32,
         activity_at: Option<i64>,
     ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
-        let range = Range::First(limit.clamp(1, PAGE_MAX));
-        self.read_range(after, range, activity_at).await
-    }
-
-    async fn read_range(
-        &self,
-        after: Option<&str>,
-        range: Range<'_>,
-        activity_at: Option<i64>,
-    ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
+        let limit = i64::from(limit.clamp(1, 10_000));
         match self.dialect {
-            Dialect::Sqlite => self.page_as_json(after, range, activity_at).await,
-            Dialect::Postgres => self.page_by_rows(after, range, activity_at).await,
+            Dialect::Sqlite => self.page_as_json(after, limit, activity_at).await,
+            Dialect::Postgres => self.page_by_rows(after, limit, activity_at).await,
         }
     }
 
@@ -135,11 +77,10 @@ impl Store {
     async fn page_as_json(
         &self,
         after: Option<&str>,
-        range: Range<'_>,
+        limit: i64,
         activity_at: Option<i64>,
     ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
-        let sql = format!(
-            "SELECT json_group_array(json_array(\
+        const SQL: &str = "SELECT json_group_array(json_array(\
                json_object('id', c.id, 'email', c.email, 'external_id', c.external_id, \
                  'phone', c.phone, 'timezone', c.timezone, 'score', c.score, 'stage', c.stage, \
                  'attributes', json(c.attributes), 'created_at', c.created_at, \
@@ -153,20 +94,16 @@ impl Store {
                          MAX(e.at) AS last_at \
                        FROM events e WHERE e.contact_id = c.id AND e.at <= $3 \
                        GROUP BY e.kind ORDER BY e.kind))) END)) \
-             FROM (SELECT * FROM contacts WHERE id > $1 {}) AS c",
-            range.condition()
-        );
+             FROM (SELECT * FROM contacts WHERE id > $1 ORDER BY id LIMIT $2) AS c";
         let now = activity_at.unwrap_or(0);
-        let query = sqlx::query_scalar(AssertSqlSafe(sql)).bind(after.unwrap_or("").to_owned());
-        let json: String = match range {
-            Range::First(limit) => query.bind(i64::from(limit)),
-            Range::Through(through) => query.bind(through.to_owned()),
-        }
-        .bind(activity_at)
-        .bind(now - DAY_MS)
-        .bind(now - 30 * DAY_MS)
-        .fetch_one(&self.pool)
-        .await?;
+        let json: String = sqlx::query_scalar(SQL)
+            .bind(after.unwrap_or("").to_owned())
+            .bind(limit)
+            .bind(activity_at)
+            .bind(now - DAY_MS)
+            .bind(now - 30 * DAY_MS)
+            .fetch_one(&self.pool)
+            .await?;
         let mut page: Vec<(Contact, Vec<super::events::ActivityJson>)> =
             serde_json::from_str(&json)
                 .map_err(|e| StoreError::Invalid(format!("stored contacts are not valid: {e}")))?;
@@ -188,19 +125,15 @@ impl Store {
     async fn page_by_rows(
         &self,
         after: Option<&str>,
-        range: Range<'_>,
+        limit: i64,
         activity_at: Option<i64>,
     ) -> Result<Vec<(Contact, Vec<ActivityCount>)>, StoreError> {
-        let sql = format!(
+        let rows = sqlx::query(
             "SELECT id, email, external_id, phone, timezone, score, stage, attributes, created_at, last_seen_at \
-             FROM contacts WHERE id > $1 {}",
-            range.condition()
-        );
-        let query = sqlx::query(AssertSqlSafe(sql)).bind(after.unwrap_or("").to_owned());
-        let rows = match range {
-            Range::First(limit) => query.bind(i64::from(limit)),
-            Range::Through(through) => query.bind(through.to_owned()),
-        }
+             FROM contacts WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or("").to_owned())
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         let mut contacts = rows
