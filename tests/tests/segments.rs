@@ -106,8 +106,12 @@ async fn creating_a_segment_rebuilds_it_with_visible_progress(dialect: &'static 
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["members"].as_array().unwrap().len(), 10, "{dialect}");
     let member = page["members"][0].as_str().unwrap();
+    // Entering may already have started the journey (`journey.entered`).
     let timeline = store.timeline(member, 5, None).await.unwrap();
-    assert_eq!(timeline[0].kind, "segment.entered", "{dialect}");
+    assert!(
+        timeline.iter().any(|e| e.kind == "segment.entered"),
+        "{dialect}: {timeline:?}"
+    );
     // One event per contact that entered, each born processed: nachfass's
     // own events have no profile effects left to apply.
     let (written, unprocessed): (i64, i64) = sqlx::query_as(
