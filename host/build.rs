@@ -28,6 +28,9 @@ fn main() {
         .expect("host/ lies in the workspace")
         .to_path_buf();
     guests::build_guests(&root);
+    // `sqlx::migrate!` embeds the migrations, but on stable Rust a new
+    // migration file alone would not make cargo build the host again.
+    println!("cargo:rerun-if-changed=migrations");
     let plugins = root.join("plugins");
     let target_dir = root.join("target/guest");
 
