@@ -159,9 +159,9 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     for second in 1.. {
         tokio::time::sleep(Duration::from_secs(1)).await;
         peak_rss = peak_rss.max(rss_bytes());
-        // Counting a queue of a million jobs every second would take the
-        // scheduler's CPU: until every message has come, it is counted
-        // every half minute (in case some never come).
+        // Counting a queue of a million jobs every second would take CPU
+        // from the run it measures: until every message has come, it is
+        // counted every half minute (in case some never come).
         if received.load(Ordering::Relaxed) < steps as u64 && second % 30 != 0 {
             continue;
         }

@@ -91,25 +91,27 @@ async fn rebuild_once(dialect: &str, pipeline: &Pipeline, what: &str) -> f64 {
     let jobs = store.claim_jobs("bench", now, 600_000, 10).await.unwrap();
     let job = jobs.iter().find(|j| j.payload.contains(&task)).unwrap();
     let started = Instant::now();
-    let cpu = cpu_seconds();
+    let cpu_at_start = cpu_seconds();
     nachfass::segments::run_rebuild_task(pipeline, job, &task)
         .await
         .unwrap();
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().zip(cpu).map(|(end, start)| end - start);
+    let cpu_used = cpu_seconds()
+        .zip(cpu_at_start)
+        .map(|(end, start)| end - start);
     let progress = store.task(&task).await.unwrap();
     assert!(progress.done && progress.error.is_none(), "{progress:?}");
     let rate = progress.evaluated as f64 / elapsed;
     // The bench's own CPU time (not the PostgreSQL server's): on a busy
     // box it varies less than the time on the clock.
-    let cpu = cpu.map_or(String::new(), |cpu| {
+    let cpu_figures = cpu_used.map_or(String::new(), |cpu| {
         format!(
             "; {cpu:.2} CPU s in this process, {:.2} µs a contact",
             cpu * 1e6 / progress.evaluated.max(1) as f64
         )
     });
     println!(
-        "{dialect}: segment rebuild, {what}: {} contacts ({} entered, {} left) in {elapsed:.2} s: {rate:.0} contacts/s{cpu}",
+        "{dialect}: segment rebuild, {what}: {} contacts ({} entered, {} left) in {elapsed:.2} s: {rate:.0} contacts/s{cpu_figures}",
         progress.evaluated, progress.entered, progress.left,
     );
     rate
