@@ -4,31 +4,28 @@
 //! between the provider's accept and that commit is the one window in
 //! which a message can go out twice, with the same key both times.
 //! Deliveries run in batches: a few reads for the batch, the plugin calls
-//! side by side, the outcomes in small groups of one transaction each as
+//! side by side, the outcomes in small groups written together as
 //! the calls come back (so the window stays as small as it was).
 //! A binding with a rate takes its batch's tokens from its cluster-wide
 //! bucket before any call; the messages beyond them wait, uncounted.
 
 use std::sync::Arc;
 
-use sqlx::AnyConnection;
 use tracing::Instrument;
 
 use crate::journeys::{Journeys, props};
 use crate::model::{Delivery, Message, SendError, Value};
 use crate::runtime::{Binding, CallResult, Plugin, World};
 use crate::store::bindings::{BindingDef, bindings_in};
-use crate::store::jobs::{
-    ClaimedJob, JobOutcome, JobRegistry, backoff, finish_many_in, keep_savepoint_in, savepoint_in,
-    undo_savepoint_in,
-};
+use crate::store::delivery_writes::DeliveryEnd;
+use crate::store::jobs::{ClaimedJob, JobOutcome, JobRegistry, backoff};
 use crate::store::outbox::{
     DeliverMessage, MAX_DELIVERY_ATTEMPTS, OutboxEntry, OutboxSettle, OutboxStatus, Purpose,
-    outbox_entries_in, settle_outbox_many_in,
+    outbox_entries_in,
 };
-use crate::store::step_writes::{NewEvent, insert_new_events_in};
+use crate::store::step_writes::NewEvent;
 use crate::store::suppressions::suppressions_of_in;
-use crate::store::{BindingKind, Dialect, StoreError, cached_plans_from_here_in, new_event_id};
+use crate::store::{BindingKind, StoreError, new_event_id};
 
 pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
     registry.register_batch(
@@ -44,7 +41,7 @@ pub fn register_jobs(registry: &mut JobRegistry<Journeys>) {
 /// node has at most 64 — as many as it ran at once before batches.
 const CALLS_AT_ONCE: usize = 32;
 
-/// Outcomes written in one transaction: half the calls, so one group is
+/// Outcomes written together: half the calls, so one group is
 /// written while the other half is out.
 const SETTLE_GROUP: usize = 16;
 
@@ -109,8 +106,8 @@ impl Outcome {
 
 /// Delivers the messages of a batch of jobs: a few reads for all of them
 /// (entries, suppressions, bindings), the plugin calls side by side, and
-/// the outcomes in groups of one transaction as the calls come back, each
-/// job in a savepoint of its own. One outcome per job, in order.
+/// the outcomes in groups written together as the calls come back. One
+/// outcome per job, in order.
 pub async fn deliver_batch(
     journeys: &Arc<Journeys>,
     jobs: Vec<(ClaimedJob, DeliverMessage)>,
@@ -462,108 +459,62 @@ fn retry(job: &ClaimedJob, error: String) -> JobOutcome {
     }
 }
 
-/// Writes the settlements of a group in one transaction: the outcomes
-/// (status, provider id, reason) with their timeline events, and the jobs'
-/// removal, one statement each. If a job's lease was lost meanwhile, that
-/// is undone and each job is written in a savepoint of its own instead, so
-/// the others' outcomes stand.
+/// Writes the settlements of a group together (see `delivery_writes`):
+/// the outcomes (status, provider id, reason) with their timeline events,
+/// and the jobs' removal. A job whose lease was lost meanwhile is done
+/// here: another worker has it, and nothing of it is written.
 async fn settle_all(
     journeys: &Journeys,
     jobs: &[&ClaimedJob],
     settlements: Vec<Result<Settlement, StoreError>>,
 ) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
     let now = journeys.pipeline.clock.now();
-    let store = &journeys.pipeline.store;
-    let mut tx = store.write_tx().await?;
-    if settle_together_in(&mut tx, store.dialect(), jobs, &settlements, now).await? {
-        tx.commit().await?;
-        return Ok(settlements
-            .into_iter()
-            .map(|settlement| match settlement {
-                Ok(Settlement::Write(_)) => Ok(JobOutcome::Done),
-                Ok(Settlement::Job(outcome)) => Ok(outcome),
-                Err(e) => Err(e),
-            })
-            .collect());
-    }
-    tx.rollback().await?;
-    let mut tx = store.write_tx().await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for (job, settlement) in jobs.iter().zip(settlements) {
-        match settlement {
-            Ok(Settlement::Write(_)) => {}
-            Ok(Settlement::Job(outcome)) => {
-                outcomes.push(Ok(outcome));
-                continue;
-            }
-            Err(e) => {
-                outcomes.push(Err(e));
-                continue;
-            }
-        }
-        savepoint_in(&mut tx).await?;
-        let alone = std::slice::from_ref(&settlement);
-        match settle_together_in(&mut tx, store.dialect(), &[*job], alone, now).await {
-            Ok(true) => {
-                keep_savepoint_in(&mut tx).await?;
-                outcomes.push(Ok(JobOutcome::Done));
-                continue;
-            }
-            // The lease ran out and another worker has the job.
-            Ok(false) => outcomes.push(Ok(JobOutcome::Done)),
-            Err(e) => outcomes.push(Err(e)),
-        }
-        undo_savepoint_in(&mut tx).await?;
-    }
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-/// Writes every `Write` settlement of the group at once; `false` when a
-/// job's lease was lost (the caller rolls back).
-async fn settle_together_in(
-    tx: &mut AnyConnection,
-    dialect: Dialect,
-    jobs: &[&ClaimedJob],
-    settlements: &[Result<Settlement, StoreError>],
-    now: i64,
-) -> Result<bool, StoreError> {
-    let mut finished = Vec::new();
-    let mut settles = Vec::new();
-    let mut events = Vec::new();
-    for (job, settlement) in jobs.iter().zip(settlements) {
+    let mut written = Vec::new();
+    for (job, settlement) in jobs.iter().zip(&settlements) {
         let Ok(Settlement::Write(outcome)) = settlement else {
             continue;
         };
-        finished.push(*job);
-        if let Some(outcome) = outcome {
-            settles.push(OutboxSettle {
-                id: &outcome.entry.id,
-                status: outcome.status,
-                provider_id: outcome.provider_id.as_deref(),
-                last_error: outcome.reason.as_deref(),
-                sent_at: (outcome.status == OutboxStatus::Delivered).then_some(now),
-            });
-            let (kind, properties) = outcome.event();
-            events.push(NewEvent {
-                id: new_event_id(),
-                contact_id: outcome.entry.contact_id.clone(),
-                kind: kind.to_owned(),
-                properties: serde_json::to_string(&properties)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                at: now,
-                queued: None,
-            });
-        }
+        let outcome = match outcome {
+            Some(outcome) => {
+                let (kind, properties) = outcome.event();
+                let event = NewEvent {
+                    id: new_event_id(),
+                    contact_id: outcome.entry.contact_id.clone(),
+                    kind: kind.to_owned(),
+                    properties: serde_json::to_string(&properties)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    at: now,
+                    queued: None,
+                };
+                Some((outcome, event))
+            }
+            None => None,
+        };
+        written.push((*job, outcome));
     }
-    // Keyed updates and deletes first, planned for their run (see
-    // `write_step_batch_in`), then the inserts on cached plans.
-    if !finish_many_in(tx, dialect, &finished).await? {
-        return Ok(false);
-    }
-    settle_outbox_many_in(tx, dialect, &settles).await?;
-    cached_plans_from_here_in(tx, dialect).await?;
-    let events: Vec<&NewEvent> = events.iter().collect();
-    insert_new_events_in(tx, dialect, &events).await?;
-    Ok(true)
+    let ends: Vec<DeliveryEnd> = written
+        .iter()
+        .map(|(job, outcome)| DeliveryEnd {
+            job,
+            outcome: outcome.as_ref().map(|(outcome, event)| {
+                let settle = OutboxSettle {
+                    id: &outcome.entry.id,
+                    status: outcome.status,
+                    provider_id: outcome.provider_id.as_deref(),
+                    last_error: outcome.reason.as_deref(),
+                    sent_at: (outcome.status == OutboxStatus::Delivered).then_some(now),
+                };
+                (settle, event)
+            }),
+        })
+        .collect();
+    journeys.pipeline.store.end_deliveries(&ends).await?;
+    Ok(settlements
+        .into_iter()
+        .map(|settlement| match settlement {
+            Ok(Settlement::Write(_)) => Ok(JobOutcome::Done),
+            Ok(Settlement::Job(outcome)) => Ok(outcome),
+            Err(e) => Err(e),
+        })
+        .collect())
 }

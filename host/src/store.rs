@@ -12,6 +12,7 @@ pub mod bindings;
 mod bulk;
 pub mod consents;
 pub mod contacts;
+pub mod delivery_writes;
 mod event_group;
 mod events;
 pub mod jobs;

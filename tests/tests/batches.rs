@@ -835,7 +835,7 @@ on_both_databases!(
 );
 
 /// Journey steps run in batches, one transaction for all: a step that
-/// fails rolls back to its own savepoint (nothing it wrote stays) and is
+/// fails takes back its own writes (nothing it wrote stays) and is
 /// retried, while the other steps of the batch commit.
 async fn a_failing_step_rolls_back_alone(dialect: &'static str) {
     let w = world(dialect).await;

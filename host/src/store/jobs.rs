@@ -615,30 +615,6 @@ impl JobArgs for RouteEvent {
     }
 }
 
-/// Opens one job's part of a transaction that several jobs share (a
-/// batch): [`keep_savepoint_in`] or [`undo_savepoint_in`] closes it, so
-/// each job's work is kept or undone alone.
-pub async fn savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    sqlx::query("SAVEPOINT nachfass_job").execute(conn).await?;
-    Ok(())
-}
-
-/// Keeps the work since [`savepoint_in`].
-pub async fn keep_savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    sqlx::query("RELEASE SAVEPOINT nachfass_job")
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Undoes the work since [`savepoint_in`]; the transaction goes on.
-pub async fn undo_savepoint_in(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    sqlx::query("ROLLBACK TO SAVEPOINT nachfass_job")
-        .execute(&mut *conn)
-        .await?;
-    keep_savepoint_in(conn).await
-}
-
 /// Moves a held job's lease to `until`, in the caller's transaction (a
 /// long job records its progress and keeps its lease together). Returns
 /// `false` when this worker no longer holds the job.

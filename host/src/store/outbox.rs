@@ -139,7 +139,7 @@ impl JobArgs for DeliverMessage {
 }
 
 /// One message's outcome, for [`settle_outbox_many_in`].
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct OutboxSettle<'a> {
     pub id: &'a str,
     pub status: OutboxStatus,

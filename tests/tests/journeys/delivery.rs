@@ -1,8 +1,10 @@
 //! Delivery: the frequency cap across journeys, retries and refusals, a
 //! running contact on its version, SMS and ads audiences as channels.
 
+use nachfass::clock::Clock;
 use nachfass::journeys::ready_made;
 use nachfass::model::Value;
+use nachfass::store::jobs::{JobOutcome, KindFilter};
 use nachfass::store::{BindingDef, BindingKind};
 use nachfass_tests::DAY;
 
@@ -143,6 +145,115 @@ async fn a_delivery_batch_settles_each_message_alone(dialect: &'static str) {
 nachfass_tests::on_both_databases!(
     #[tokio::test]
     a_delivery_batch_settles_each_message_alone
+);
+
+/// A delivery group writes the outcome of each message whose job this
+/// worker still holds. When another worker took a job over meanwhile (the
+/// lease ran out), that message's outcome is left to it: nothing of it is
+/// written, and its job stays the other worker's. The others stand.
+async fn a_delivery_with_a_lost_lease_is_left_to_its_new_worker(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let definition = serde_json::json!({
+        "name": "later", "trigger": {"event": {"kind": "trial.started"}},
+        "steps": [
+            {"id": "pause", "type": "wait", "duration": "1h"},
+            {"id": "hello", "type": "send", "binding": "mail-hook",
+             "template": {"subject": "Hallo", "text": "Hallo"}}]
+    });
+    w.journeys
+        .save(definition.to_string().as_bytes())
+        .await
+        .unwrap();
+    let emails = ["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"];
+    let mut contacts = Vec::new();
+    for email in emails {
+        contacts.push(w.contact(email).await);
+        w.ingest(email, "trial.started", &[]).await;
+    }
+    // The waits end: run the sends' steps, but not their deliveries.
+    w.clock.set(w.clock.now() + HOUR);
+    let registry = nachfass::scheduler::job_registry();
+    let steps = w
+        .store
+        .claim_jobs_of(
+            KindFilter::Only(&["advance"]),
+            "this-worker",
+            w.clock.now(),
+            60_000,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(steps.len(), 3, "{dialect}: {steps:?}");
+    registry.run_batch(w.journeys.clone(), steps).await;
+    let deliveries = w
+        .store
+        .claim_jobs_of(
+            KindFilter::Only(&["deliver"]),
+            "this-worker",
+            w.clock.now(),
+            60_000,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
+    // Another worker takes the second one over.
+    let taken = deliveries[1].clone();
+    sqlx::query("UPDATE jobs SET leased_by = 'other-worker' WHERE id = $1")
+        .bind(taken.id.clone())
+        .execute(w.store.pool())
+        .await
+        .unwrap();
+    let outcomes = registry.run_batch(w.journeys.clone(), deliveries).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(JobOutcome::Done))),
+        "{dialect}: {outcomes:?}"
+    );
+    // All three went out (the plugin call comes before the write), and
+    // two are recorded as sent.
+    assert_eq!(w.sink.received().len(), 3, "{dialect}");
+    let mut statuses = Vec::new();
+    for contact in &contacts {
+        let sent = w
+            .kinds(contact)
+            .await
+            .iter()
+            .filter(|k| *k == "message.sent")
+            .count();
+        let outbox = w.store.contact_outbox(contact).await.unwrap();
+        statuses.push((outbox[0].status.as_str().to_owned(), sent));
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("delivered".to_owned(), 1),
+            ("delivered".to_owned(), 1),
+            ("pending".to_owned(), 0)
+        ],
+        "{dialect}"
+    );
+    let left: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, kind, leased_by FROM jobs")
+            .fetch_all(w.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        [(
+            taken.id,
+            "deliver".to_owned(),
+            Some("other-worker".to_owned())
+        )],
+        "{dialect}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_delivery_with_a_lost_lease_is_left_to_its_new_worker
 );
 
 async fn failing_receivers_are_retried_with_backoff_then_given_up(dialect: &'static str) {
