@@ -31,6 +31,11 @@ pub(super) enum Param {
 impl Write {
     /// Runs it alone on `conn`; answers the rows it changed.
     pub async fn execute(self, conn: &mut AnyConnection) -> Result<u64, StoreError> {
+        Ok(self.query().execute(conn).await?.rows_affected())
+    }
+
+    /// Its statement with its parameters bound.
+    pub fn query(self) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql));
         for param in self.params {
             query = match param {
@@ -38,26 +43,28 @@ impl Write {
                 Param::Int(n) => query.bind(n),
             };
         }
-        Ok(query.execute(conn).await?.rows_affected())
+        query
     }
 }
 
-/// Runs `writes`, none of which may depend on another's rows. On
-/// PostgreSQL they go as one statement, one round trip: each but the last
-/// becomes a data-modifying `WITH` item, which PostgreSQL runs exactly
-/// once whether the rest reads it or not (and each sees the rows as they
-/// were before the statement). On SQLite, which has no such items and no
-/// round trips, one after the other.
+/// Runs `writes`, none of which may depend on another's rows, and
+/// answers the rows the last one changed. On PostgreSQL they go as one
+/// statement, one round trip: each but the last becomes a data-modifying
+/// `WITH` item, which PostgreSQL runs exactly once whether the rest reads
+/// it or not (and each sees the rows as they were before the statement).
+/// On SQLite, which has no such items and no round trips, one after the
+/// other.
 pub(super) async fn run_writes_in(
     conn: &mut AnyConnection,
     dialect: Dialect,
     writes: Vec<Write>,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     if dialect == Dialect::Sqlite || writes.len() < 2 {
+        let mut changed = 0;
         for write in writes {
-            write.execute(conn).await?;
+            changed = write.execute(conn).await?;
         }
-        return Ok(());
+        return Ok(changed);
     }
     let mut items = Vec::with_capacity(writes.len());
     let mut params = Vec::new();
@@ -76,8 +83,7 @@ pub(super) async fn run_writes_in(
         params,
     }
     .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// `sql` with every parameter `$n` renamed `$(n + by)`.

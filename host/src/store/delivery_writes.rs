@@ -16,9 +16,10 @@
 use std::collections::HashSet;
 
 use serde::Serialize;
+use sqlx::Row;
 
-use super::bulk::{self, Col};
-use super::jobs::ClaimedJob;
+use super::bulk::{self, Col, Param, Write};
+use super::jobs::{ClaimedJob, held_removal};
 use super::outbox::{OutboxSettle, settle_outbox_many_in};
 use super::step_writes::{NewEvent, insert_new_events_in};
 use super::{Dialect, Store, StoreError};
@@ -29,13 +30,6 @@ pub struct DeliveryEnd<'a> {
     /// The message's new state and the event that says so; none when the
     /// message was settled already (only the job is removed).
     pub outcome: Option<(OutboxSettle<'a>, &'a NewEvent)>,
-}
-
-/// A job to remove if it is still held.
-#[derive(Serialize)]
-struct HeldJob<'a> {
-    id: &'a str,
-    leased_by: &'a str,
 }
 
 /// A message's new state and its event, as one row of the statement.
@@ -69,24 +63,10 @@ impl Store {
     }
 }
 
-fn held_jobs(ends: &[DeliveryEnd<'_>]) -> Result<String, StoreError> {
-    let jobs: Vec<HeldJob> = ends
-        .iter()
-        .map(|end| HeldJob {
-            id: &end.job.id,
-            leased_by: &end.job.leased_by,
-        })
-        .collect();
-    bulk::to_json(&jobs)
-}
-
-/// The removal of the held jobs among `$1`, answering their ids.
-fn remove_held_sql(dialect: Dialect) -> String {
-    let from = bulk::json_rows(dialect, 1, &[("id", Col::Text), ("leased_by", Col::Text)]);
-    format!(
-        "DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from}) \
-         RETURNING id"
-    )
+/// The removal of the held jobs of `ends` (see `held_removal`).
+fn removal(dialect: Dialect, ends: &[DeliveryEnd<'_>]) -> Result<Write, StoreError> {
+    let jobs: Vec<&ClaimedJob> = ends.iter().map(|end| end.job).collect();
+    held_removal(dialect, &jobs)?.ok_or_else(|| StoreError::Invalid("no jobs to remove".into()))
 }
 
 async fn end_in_one_statement(
@@ -129,6 +109,11 @@ async fn end_in_one_statement(
     // Each `WITH` item runs once, whether read or not; the outcomes read
     // the removal's answer, so only held jobs' messages change. An event
     // is a timeline event like any other: received and processed at once.
+    let Write {
+        sql: remove,
+        mut params,
+    } = removal(Dialect::Postgres, ends)?;
+    params.push(Param::Text(bulk::to_json(&rows)?));
     let sql = format!(
         "WITH done AS ({remove}), \
          settled AS (UPDATE outbox SET status = j.status, provider_id = j.provider_id, \
@@ -137,15 +122,13 @@ async fn end_in_one_statement(
          logged AS (INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, \
          received_at, processed_at) SELECT j.event_id, j.contact_id, j.kind, j.at, j.properties, \
          NULL, j.at, j.at FROM {outcomes} WHERE j.job IN (SELECT id FROM done)) \
-         SELECT id FROM done",
-        remove = remove_held_sql(Dialect::Postgres),
+         SELECT id FROM done"
     );
-    let done = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-        .bind(held_jobs(ends)?)
-        .bind(bulk::to_json(&rows)?)
+    let done = Write { sql, params }
+        .query()
         .fetch_all(store.pool())
         .await?;
-    Ok(done.into_iter().collect())
+    done.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 
 async fn end_in_one_transaction(
@@ -153,13 +136,13 @@ async fn end_in_one_transaction(
     ends: &[DeliveryEnd<'_>],
 ) -> Result<HashSet<String>, StoreError> {
     let mut tx = store.write_tx().await?;
-    let done: HashSet<String> =
-        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(remove_held_sql(Dialect::Sqlite)))
-            .bind(held_jobs(ends)?)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+    let done = removal(Dialect::Sqlite, ends)?
+        .query()
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<HashSet<String>, _>>()?;
     let outcomes: Vec<&(OutboxSettle, &NewEvent)> = ends
         .iter()
         .filter(|end| done.contains(&end.job.id))

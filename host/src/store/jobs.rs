@@ -644,21 +644,21 @@ pub async fn finish_in(conn: &mut AnyConnection, job: &ClaimedJob) -> Result<boo
     Ok(done.rows_affected() == 1)
 }
 
-/// Removes `jobs` if each is still leased to whoever claimed it, in one
-/// statement; whether all were (if not, the caller rolls back: another
-/// worker has one of them, and its work counts).
-pub async fn finish_many_in(
-    conn: &mut AnyConnection,
+/// The removal of those of `jobs` still leased to whoever claimed them,
+/// answering their ids (none when `jobs` is empty). Another worker that
+/// took a job over holds it now, and its work counts.
+pub(super) fn held_removal(
     dialect: Dialect,
     jobs: &[&ClaimedJob],
-) -> Result<bool, StoreError> {
+) -> Result<Option<super::bulk::Write>, StoreError> {
+    use super::bulk::{Col, Param, Write, json_rows, to_json};
     #[derive(Serialize)]
     struct Held<'a> {
         id: &'a str,
         leased_by: &'a str,
     }
     if jobs.is_empty() {
-        return Ok(true);
+        return Ok(None);
     }
     let rows: Vec<Held> = jobs
         .iter()
@@ -667,21 +667,14 @@ pub async fn finish_many_in(
             leased_by: &job.leased_by,
         })
         .collect();
-    let from = super::bulk::json_rows(
-        dialect,
-        1,
-        &[
-            ("id", super::bulk::Col::Text),
-            ("leased_by", super::bulk::Col::Text),
-        ],
-    );
-    let sql =
-        format!("DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from})");
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(super::bulk::to_json(&rows)?)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == jobs.len() as u64)
+    let from = json_rows(dialect, 1, &[("id", Col::Text), ("leased_by", Col::Text)]);
+    Ok(Some(Write {
+        sql: format!(
+            "DELETE FROM jobs WHERE (id, leased_by) IN (SELECT j.id, j.leased_by FROM {from}) \
+             RETURNING id"
+        ),
+        params: vec![Param::Text(to_json(&rows)?)],
+    }))
 }
 
 impl Store {
@@ -754,9 +747,18 @@ impl Store {
         for kind in kinds {
             query = query.bind(kind);
         }
-        let mut tx = self.write_tx().await?;
-        let rows = query.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows = match self.dialect {
+            // One statement is atomic on its own: one round trip, where a
+            // transaction around it took three (BEGIN and COMMIT), each a
+            // wait for the lane on a busy node.
+            Dialect::Postgres => query.fetch_all(&self.pool).await?,
+            Dialect::Sqlite => {
+                let mut tx = self.write_tx().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+        };
         let mut jobs = rows
             .iter()
             .map(|row| {

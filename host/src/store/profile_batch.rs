@@ -324,7 +324,8 @@ impl Store {
             dialect,
             rows.iter().map(|row| (row.id, row.at)),
         )?);
-        bulk::run_writes_in(tx, dialect, writes).await
+        bulk::run_writes_in(tx, dialect, writes).await?;
+        Ok(())
     }
 }
 

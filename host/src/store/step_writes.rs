@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use super::bulk::{self, Col, EventRow};
-use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, finish_many_in};
+use super::bulk::{self, Col, EventRow, Param, Write, run_writes_in};
+use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, held_removal};
 use super::outbox::{OutboxEntry, queue_messages_in};
 use super::runs::{Run, set_conversion_value_in};
 use super::{Dialect, StoreError, cached_plans_from_here_in};
@@ -59,17 +59,24 @@ pub async fn write_step_batch_in(
     // Keyed updates and deletes first, each planned for its run: a cached
     // plan, costed while a table was small (a new database), goes on
     // reading the whole table as it grows (1 ms a batch at 3,000 runs, and
-    // growing, in the latency bench).
+    // growing, in the latency bench). One statement on PostgreSQL (see
+    // `run_writes_in`), the jobs' removal last, so that its count is the
+    // statement's answer.
     let finished: Vec<&ClaimedJob> = writes.finished.iter().collect();
-    if !finish_many_in(conn, dialect, &finished).await? {
+    let mut keyed = Vec::new();
+    keyed.extend(runs_write(dialect, &writes.runs)?);
+    keyed.extend(attributes_write(dialect, &writes.attributes, now)?);
+    let removal = held_removal(dialect, &finished)?;
+    let removing = removal.is_some();
+    keyed.extend(removal);
+    let removed = run_writes_in(conn, dialect, keyed).await?;
+    if removing && removed != finished.len() as u64 {
         return Ok(false);
     }
-    update_runs_in(conn, dialect, &writes.runs).await?;
     // One per converting goal event: rare next to the rows above.
     for (run_id, value) in &writes.conversions {
         set_conversion_value_in(conn, run_id, *value).await?;
     }
-    update_attributes_in(conn, dialect, &writes.attributes, now).await?;
     // Then the inserts, each row checked by its foreign keys on cached plans.
     cached_plans_from_here_in(conn, dialect).await?;
     let queued = queue_messages_in(conn, dialect, &writes.outbox, now).await?;
@@ -105,11 +112,8 @@ pub async fn insert_new_events_in(
     bulk::insert_events_in(conn, dialect, &rows).await
 }
 
-async fn update_runs_in(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    runs: &[Run],
-) -> Result<(), StoreError> {
+/// The update of each run to its last state in `runs`, if any.
+fn runs_write(dialect: Dialect, runs: &[Run]) -> Result<Option<Write>, StoreError> {
     #[derive(Serialize)]
     struct RunRow<'a> {
         id: &'a str,
@@ -121,7 +125,7 @@ async fn update_runs_in(
         exit_reason: Option<&'a str>,
     }
     if runs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // The last state of each run; sorted, so that two PostgreSQL batches
     // lock rows in the same order.
@@ -161,26 +165,25 @@ async fn update_runs_in(
          waiting_for = j.waiting_for, ended_at = j.ended_at, exit_reason = j.exit_reason \
          FROM {from} WHERE journey_runs.id = j.id{keyed}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(&rows)?)
-        .execute(conn)
-        .await?;
-    Ok(())
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(bulk::to_json(&rows)?)],
+    }))
 }
 
-async fn update_attributes_in(
-    conn: &mut AnyConnection,
+/// The update of each contact to its last attributes in `changed`, if any.
+fn attributes_write(
     dialect: Dialect,
     changed: &[(String, String)],
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<Option<Write>, StoreError> {
     #[derive(Serialize)]
     struct AttributesRow<'a> {
         id: &'a str,
         attributes: &'a str,
     }
     if changed.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut last: HashMap<&str, &str> = HashMap::new();
     for (id, attributes) in changed {
@@ -197,10 +200,8 @@ async fn update_attributes_in(
         "UPDATE contacts SET attributes = j.attributes, updated_at = $2 \
          FROM {from} WHERE contacts.id = j.id{keyed}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(bulk::to_json(&rows)?)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(bulk::to_json(&rows)?), Param::Int(now)],
+    }))
 }
