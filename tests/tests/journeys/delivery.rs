@@ -173,30 +173,22 @@ async fn a_delivery_with_a_lost_lease_is_left_to_its_new_worker(dialect: &'stati
     // The waits end: run the sends' steps, but not their deliveries.
     w.clock.set(w.clock.now() + HOUR);
     let registry = nachfass::scheduler::job_registry();
-    let steps = w
-        .store
-        .claim_jobs_of(
-            KindFilter::Only(&["advance"]),
-            "this-worker",
-            w.clock.now(),
-            60_000,
-            10,
-        )
-        .await
-        .unwrap();
+    let claim = async |kind: &str| {
+        w.store
+            .claim_jobs_of(
+                KindFilter::Only(&[kind]),
+                "this-worker",
+                w.clock.now(),
+                60_000,
+                10,
+            )
+            .await
+            .unwrap()
+    };
+    let steps = claim("advance").await;
     assert_eq!(steps.len(), 3, "{dialect}: {steps:?}");
     registry.run_batch(w.journeys.clone(), steps).await;
-    let deliveries = w
-        .store
-        .claim_jobs_of(
-            KindFilter::Only(&["deliver"]),
-            "this-worker",
-            w.clock.now(),
-            60_000,
-            10,
-        )
-        .await
-        .unwrap();
+    let deliveries = claim("deliver").await;
     assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
     // Another worker takes the second one over.
     let taken = deliveries[1].clone();
