@@ -508,7 +508,13 @@ async fn settle_all(
             }),
         })
         .collect();
-    journeys.pipeline.store.end_deliveries(&ends).await?;
+    let removed = journeys.pipeline.store.end_deliveries(&ends).await?;
+    if removed.len() < ends.len() {
+        tracing::info!(
+            left = ends.len() - removed.len(),
+            "deliveries another worker took over were left to it"
+        );
+    }
     Ok(settlements
         .into_iter()
         .map(|settlement| match settlement {
