@@ -57,7 +57,7 @@ impl Write {
 pub(super) async fn run_writes_in(
     conn: &mut AnyConnection,
     dialect: Dialect,
-    writes: Vec<Write>,
+    mut writes: Vec<Write>,
 ) -> Result<u64, StoreError> {
     if dialect == Dialect::Sqlite || writes.len() < 2 {
         let mut changed = 0;
@@ -66,24 +66,38 @@ pub(super) async fn run_writes_in(
         }
         return Ok(changed);
     }
-    let mut items = Vec::with_capacity(writes.len());
+    let Some(last) = writes.pop() else {
+        return Ok(0);
+    };
+    let items = writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, write)| (format!("w{i}"), write))
+        .collect();
+    one_statement(items, last).execute(conn).await
+}
+
+/// `items`, each a data-modifying `WITH` item under its name, then
+/// `last`, as one PostgreSQL statement: its rows, or its count, are the
+/// statement's. An item may read an earlier one's `RETURNING` rows
+/// (`SELECT id FROM name`); each is run exactly once, whether read or
+/// not, and each sees the tables as they were before the statement.
+pub(super) fn one_statement(items: Vec<(String, Write)>, last: Write) -> Write {
+    let mut with = Vec::with_capacity(items.len());
     let mut params = Vec::new();
-    for write in writes {
-        items.push(shift_params(&write.sql, params.len()));
+    for (name, write) in items {
+        with.push(format!(
+            "{name} AS ({})",
+            shift_params(&write.sql, params.len())
+        ));
         params.extend(write.params);
     }
-    let last = items.pop().unwrap_or_default();
-    let with: Vec<String> = items
-        .iter()
-        .enumerate()
-        .map(|(i, sql)| format!("w{i} AS ({sql})"))
-        .collect();
+    let last_sql = shift_params(&last.sql, params.len());
+    params.extend(last.params);
     Write {
-        sql: format!("WITH {} {last}", with.join(", ")),
+        sql: format!("WITH {} {last_sql}", with.join(", ")),
         params,
     }
-    .execute(conn)
-    .await
 }
 
 /// `sql` with every parameter `$n` renamed `$(n + by)`.
@@ -114,6 +128,39 @@ pub(super) enum Col {
     Text,
     Int,
     Bool,
+}
+
+/// Which rows of a batch a write keeps, in a statement of several (see
+/// [`one_statement`]): a condition on `j.keep`, a text field the rows
+/// carry for it alone (read, never written), checked against an earlier
+/// item's rows. For example: only the messages whose delivery jobs this
+/// worker still held and removed.
+#[derive(Clone, Copy)]
+pub(super) struct Keep<'a>(pub &'a str);
+
+impl Keep<'_> {
+    /// `columns`, with `keep` when rows are kept by a condition.
+    pub fn columns<'c>(keep: Option<Self>, columns: &[(&'c str, Col)]) -> Vec<(&'c str, Col)> {
+        let mut all = columns.to_vec();
+        if keep.is_some() {
+            all.push(("keep", Col::Text));
+        }
+        all
+    }
+
+    /// ` AND (condition)` for a `WHERE`, when rows are kept by one.
+    pub fn and(keep: Option<Self>) -> String {
+        keep.map(|Keep(condition)| format!(" AND ({condition})"))
+            .unwrap_or_default()
+    }
+}
+
+/// A row of a batch with its value for a [`Keep`] condition.
+#[derive(Serialize)]
+pub(super) struct Kept<'a, R> {
+    #[serde(flatten)]
+    pub row: R,
+    pub keep: Option<&'a str>,
 }
 
 /// The rows of the JSON array bound at `$param`, as a `FROM` item named
@@ -225,29 +272,49 @@ pub(super) fn events_write(
     if rows.is_empty() {
         return Ok(None);
     }
+    Ok(Some(Write {
+        sql: events_insert(dialect, None),
+        params: vec![Param::Text(to_json(rows)?)],
+    }))
+}
+
+/// The insert into `events` of those of `rows` that `keep` keeps.
+pub(super) fn kept_events_write(
+    dialect: Dialect,
+    rows: &[Kept<'_, EventRow<'_>>],
+    keep: Keep<'_>,
+) -> Result<Write, StoreError> {
+    Ok(Write {
+        sql: events_insert(dialect, Some(keep)),
+        params: vec![Param::Text(to_json(rows)?)],
+    })
+}
+
+/// The insert into `events` of the rows bound at `$1`.
+fn events_insert(dialect: Dialect, keep: Option<Keep<'_>>) -> String {
     let from = json_rows(
         dialect,
         1,
-        &[
-            ("id", Col::Text),
-            ("contact_id", Col::Text),
-            ("kind", Col::Text),
-            ("at", Col::Int),
-            ("properties", Col::Text),
-            ("client_event_id", Col::Text),
-            ("received_at", Col::Int),
-            ("processed_at", Col::Int),
-        ],
+        &Keep::columns(
+            keep,
+            &[
+                ("id", Col::Text),
+                ("contact_id", Col::Text),
+                ("kind", Col::Text),
+                ("at", Col::Int),
+                ("properties", Col::Text),
+                ("client_event_id", Col::Text),
+                ("received_at", Col::Int),
+                ("processed_at", Col::Int),
+            ],
+        ),
     );
-    let sql = format!(
+    format!(
         "INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, received_at, processed_at) \
          SELECT j.id, j.contact_id, j.kind, j.at, j.properties, j.client_event_id, j.received_at, j.processed_at \
-         FROM {from}"
-    );
-    Ok(Some(Write {
-        sql,
-        params: vec![Param::Text(to_json(rows)?)],
-    }))
+         FROM {from} WHERE true{}",
+        Keep::and(keep)
+    )
 }
 
 /// Counts touchpoints on their days, for the dashboard (see

@@ -15,13 +15,12 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
 use sqlx::Row;
 
-use super::bulk::{self, Col, Param, Write};
+use super::bulk::{self, Keep, Kept, Write};
 use super::jobs::{ClaimedJob, held_removal};
-use super::outbox::{OutboxSettle, settle_outbox_many_in};
-use super::step_writes::{NewEvent, insert_new_events_in};
+use super::outbox::{OutboxSettle, kept_settle_write, settle_outbox_many_in};
+use super::step_writes::{NewEvent, event_row, insert_new_events_in};
 use super::{Dialect, Store, StoreError};
 
 /// A delivery job's end.
@@ -30,19 +29,6 @@ pub struct DeliveryEnd<'a> {
     /// The message's new state and the event that says so; none when the
     /// message was settled already (only the job is removed).
     pub outcome: Option<(OutboxSettle<'a>, &'a NewEvent)>,
-}
-
-/// A message's new state and its event, as one row of the statement.
-#[derive(Serialize)]
-struct OutcomeRow<'a> {
-    job: &'a str,
-    #[serde(flatten)]
-    settle: &'a OutboxSettle<'a>,
-    event_id: &'a str,
-    contact_id: &'a str,
-    kind: &'a str,
-    properties: &'a str,
-    at: i64,
 }
 
 impl Store {
@@ -73,61 +59,39 @@ async fn end_in_one_statement(
     store: &Store,
     ends: &[DeliveryEnd<'_>],
 ) -> Result<HashSet<String>, StoreError> {
-    let rows: Vec<OutcomeRow> = ends
-        .iter()
-        .filter_map(|end| {
-            let (settle, event) = end.outcome.as_ref()?;
-            Some(OutcomeRow {
-                job: &end.job.id,
-                settle,
-                event_id: &event.id,
-                contact_id: &event.contact_id,
-                kind: &event.kind,
-                properties: &event.properties,
-                at: event.at,
-            })
-        })
-        .collect();
-    let outcomes = bulk::json_rows(
-        Dialect::Postgres,
-        2,
-        &[
-            ("job", Col::Text),
-            ("id", Col::Text),
-            ("status", Col::Text),
-            ("provider_id", Col::Text),
-            ("last_error", Col::Text),
-            ("sent_at", Col::Int),
-            ("event_id", Col::Text),
-            ("contact_id", Col::Text),
-            ("kind", Col::Text),
-            ("properties", Col::Text),
-            ("at", Col::Int),
+    let mut settles = Vec::with_capacity(ends.len());
+    let mut events = Vec::with_capacity(ends.len());
+    for end in ends {
+        let Some((settle, event)) = &end.outcome else {
+            continue;
+        };
+        let keep = Some(end.job.id.as_str());
+        settles.push(Kept { row: settle, keep });
+        events.push(Kept {
+            row: event_row(event),
+            keep,
+        });
+    }
+    // Only the messages of the jobs the removal answers change.
+    let held = Keep("j.keep IN (SELECT id FROM done)");
+    let statement = bulk::one_statement(
+        vec![
+            ("done".into(), removal(Dialect::Postgres, ends)?),
+            (
+                "settled".into(),
+                kept_settle_write(Dialect::Postgres, &settles, held)?,
+            ),
+            (
+                "logged".into(),
+                bulk::kept_events_write(Dialect::Postgres, &events, held)?,
+            ),
         ],
+        Write {
+            sql: "SELECT id FROM done".into(),
+            params: Vec::new(),
+        },
     );
-    let keyed = bulk::rows_match(Dialect::Postgres, "outbox.id", 2, "id");
-    // Each `WITH` item runs once, whether read or not; the outcomes read
-    // the removal's answer, so only held jobs' messages change. An event
-    // is a timeline event like any other: received and processed at once.
-    let Write {
-        sql: remove,
-        mut params,
-    } = removal(Dialect::Postgres, ends)?;
-    params.push(Param::Text(bulk::to_json(&rows)?));
-    let sql = format!(
-        "WITH done AS ({remove}), \
-         settled AS (UPDATE outbox SET status = j.status, provider_id = j.provider_id, \
-         last_error = j.last_error, sent_at = j.sent_at, attempts = attempts + 1 \
-         FROM {outcomes} WHERE outbox.id = j.id{keyed} AND j.job IN (SELECT id FROM done)), \
-         logged AS (INSERT INTO events (id, contact_id, kind, at, properties, client_event_id, \
-         received_at, processed_at) SELECT j.event_id, j.contact_id, j.kind, j.at, j.properties, \
-         NULL, j.at, j.at FROM {outcomes} WHERE j.job IN (SELECT id FROM done)) \
-         SELECT id FROM done"
-    );
-    let done = Write { sql, params }
-        .query()
-        .fetch_all(store.pool())
-        .await?;
+    let done = statement.query().fetch_all(store.pool()).await?;
     done.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 
+use super::bulk::{Col, Keep, Kept, Param, Write, json_rows, rows_match, to_json};
 use super::jobs::{JobArgs, NewJob, enqueue_rows_in};
 use super::{Dialect, Store, StoreError, new_id};
 pub use crate::model::status::{OutboxStatus, Purpose};
@@ -61,7 +62,6 @@ pub async fn queue_messages_in(
     entries: &[OutboxEntry],
     now: i64,
 ) -> Result<HashSet<String>, StoreError> {
-    use super::bulk::{Col, json_rows, to_json};
     if entries.is_empty() {
         return Ok(HashSet::new());
     }
@@ -152,34 +152,55 @@ pub struct OutboxSettle<'a> {
 /// [`settle_outbox_in`] for many messages in one statement.
 pub async fn settle_outbox_many_in(
     conn: &mut AnyConnection,
-    dialect: super::Dialect,
+    dialect: Dialect,
     settles: &[OutboxSettle<'_>],
 ) -> Result<(), StoreError> {
-    use super::bulk::{Col, json_rows, to_json};
     if settles.is_empty() {
         return Ok(());
     }
+    Write {
+        sql: settle_update(dialect, None),
+        params: vec![Param::Text(to_json(settles)?)],
+    }
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The settle of those of `settles` that `keep` keeps.
+pub(super) fn kept_settle_write(
+    dialect: Dialect,
+    settles: &[Kept<'_, &OutboxSettle<'_>>],
+    keep: Keep<'_>,
+) -> Result<Write, StoreError> {
+    Ok(Write {
+        sql: settle_update(dialect, Some(keep)),
+        params: vec![Param::Text(to_json(settles)?)],
+    })
+}
+
+/// The update of each message of the rows bound at `$1` to its outcome.
+fn settle_update(dialect: Dialect, keep: Option<Keep<'_>>) -> String {
     let from = json_rows(
         dialect,
         1,
-        &[
-            ("id", Col::Text),
-            ("status", Col::Text),
-            ("provider_id", Col::Text),
-            ("last_error", Col::Text),
-            ("sent_at", Col::Int),
-        ],
+        &Keep::columns(
+            keep,
+            &[
+                ("id", Col::Text),
+                ("status", Col::Text),
+                ("provider_id", Col::Text),
+                ("last_error", Col::Text),
+                ("sent_at", Col::Int),
+            ],
+        ),
     );
-    let keyed = super::bulk::rows_match(dialect, "outbox.id", 1, "id");
-    let sql = format!(
+    let keyed = rows_match(dialect, "outbox.id", 1, "id");
+    format!(
         "UPDATE outbox SET status = j.status, provider_id = j.provider_id, last_error = j.last_error, \
-         sent_at = j.sent_at, attempts = attempts + 1 FROM {from} WHERE outbox.id = j.id{keyed}"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to_json(settles)?)
-        .execute(conn)
-        .await?;
-    Ok(())
+         sent_at = j.sent_at, attempts = attempts + 1 FROM {from} WHERE outbox.id = j.id{keyed}{}",
+        Keep::and(keep)
+    )
 }
 
 /// When the contact's marketing messages since `since` were queued.

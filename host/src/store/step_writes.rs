@@ -96,20 +96,22 @@ pub async fn insert_new_events_in(
     dialect: Dialect,
     events: &[&NewEvent],
 ) -> Result<(), StoreError> {
-    let rows: Vec<EventRow> = events
-        .iter()
-        .map(|e| EventRow {
-            id: &e.id,
-            contact_id: &e.contact_id,
-            kind: &e.kind,
-            at: e.at,
-            properties: e.properties.clone(),
-            client_event_id: None,
-            received_at: e.at,
-            processed_at: Some(e.at),
-        })
-        .collect();
+    let rows: Vec<EventRow> = events.iter().map(|e| event_row(e)).collect();
     bulk::insert_events_in(conn, dialect, &rows).await
+}
+
+/// The row of a timeline event: received and processed when it happened.
+pub(super) fn event_row(event: &NewEvent) -> EventRow<'_> {
+    EventRow {
+        id: &event.id,
+        contact_id: &event.contact_id,
+        kind: &event.kind,
+        at: event.at,
+        properties: event.properties.clone(),
+        client_event_id: None,
+        received_at: event.at,
+        processed_at: Some(event.at),
+    }
 }
 
 /// The update of each run to its last state in `runs`, if any.
