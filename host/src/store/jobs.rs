@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
+use super::bulk::{Col, Keep, Kept, Param, Write, json_rows, to_json};
 use super::{Dialect, Store, StoreError, new_id};
 
 /// Attempts before a job that keeps failing is marked failed, unless its
@@ -343,50 +344,83 @@ pub(super) fn jobs_write(
     dialect: Dialect,
     jobs: &[NewJob],
     now: i64,
-) -> Result<Option<super::bulk::Write>, StoreError> {
-    use super::bulk::{Col, Param, Write, json_rows, to_json};
-    #[derive(Serialize)]
-    struct JobRow<'a> {
-        id: String,
-        kind: &'a str,
-        unique_key: &'a str,
-        payload: &'a str,
-        due_at: i64,
-    }
+) -> Result<Option<Write>, StoreError> {
     if jobs.is_empty() {
         return Ok(None);
     }
-    let rows: Vec<JobRow> = jobs
+    let rows: Vec<JobRow> = jobs.iter().map(JobRow::of).collect();
+    Ok(Some(Write {
+        sql: jobs_insert(dialect, None),
+        params: vec![Param::Text(to_json(&rows)?), Param::Int(now)],
+    }))
+}
+
+/// The insert of those of `jobs` that `keep` keeps.
+pub(super) fn kept_jobs_write(
+    dialect: Dialect,
+    jobs: &[Kept<'_, &NewJob>],
+    keep: Keep<'_>,
+    now: i64,
+) -> Result<Write, StoreError> {
+    let rows: Vec<Kept<JobRow>> = jobs
         .iter()
-        .map(|job| JobRow {
+        .map(|job| Kept {
+            row: JobRow::of(job.row),
+            keep: job.keep,
+        })
+        .collect();
+    Ok(Write {
+        sql: jobs_insert(dialect, Some(keep)),
+        params: vec![Param::Text(to_json(&rows)?), Param::Int(now)],
+    })
+}
+
+/// A new job as a row to insert, with its id.
+#[derive(Serialize)]
+struct JobRow<'a> {
+    id: String,
+    kind: &'a str,
+    unique_key: &'a str,
+    payload: &'a str,
+    due_at: i64,
+}
+
+impl<'a> JobRow<'a> {
+    fn of(job: &'a NewJob) -> Self {
+        JobRow {
             id: new_id("j"),
             kind: job.kind,
             unique_key: &job.unique_key,
             payload: &job.payload,
             due_at: job.due_at,
-        })
-        .collect();
+        }
+    }
+}
+
+/// The insert of the job rows bound at `$1`, created at `$2`; a job whose
+/// unique key is queued already is not added again.
+fn jobs_insert(dialect: Dialect, keep: Option<Keep<'_>>) -> String {
     let from = json_rows(
         dialect,
         1,
-        &[
-            ("id", Col::Text),
-            ("kind", Col::Text),
-            ("unique_key", Col::Text),
-            ("payload", Col::Text),
-            ("due_at", Col::Int),
-        ],
+        &Keep::columns(
+            keep,
+            &[
+                ("id", Col::Text),
+                ("kind", Col::Text),
+                ("unique_key", Col::Text),
+                ("payload", Col::Text),
+                ("due_at", Col::Int),
+            ],
+        ),
     );
     // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's `ON`.
-    let sql = format!(
+    format!(
         "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
-         SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true \
-         ON CONFLICT DO NOTHING"
-    );
-    Ok(Some(Write {
-        sql,
-        params: vec![Param::Text(to_json(&rows)?), Param::Int(now)],
-    }))
+         SELECT j.id, j.kind, j.unique_key, j.payload, j.due_at, $2 FROM {from} WHERE true{} \
+         ON CONFLICT DO NOTHING",
+        Keep::and(keep)
+    )
 }
 
 /// Adds a job row as it is (for kinds whose arguments are built here).
@@ -650,8 +684,7 @@ pub async fn finish_in(conn: &mut AnyConnection, job: &ClaimedJob) -> Result<boo
 pub(super) fn held_removal(
     dialect: Dialect,
     jobs: &[&ClaimedJob],
-) -> Result<Option<super::bulk::Write>, StoreError> {
-    use super::bulk::{Col, Param, Write, json_rows, to_json};
+) -> Result<Option<Write>, StoreError> {
     #[derive(Serialize)]
     struct Held<'a> {
         id: &'a str,

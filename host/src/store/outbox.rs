@@ -62,8 +62,34 @@ pub async fn queue_messages_in(
     entries: &[OutboxEntry],
     now: i64,
 ) -> Result<HashSet<String>, StoreError> {
-    if entries.is_empty() {
+    let Some(insert) = outbox_write(dialect, entries)? else {
         return Ok(HashSet::new());
+    };
+    let queued: HashSet<String> = insert
+        .query()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let deliveries: Vec<NewJob> = delivery_jobs(entries, now)?
+        .into_iter()
+        .filter(|(_, outbox_id)| queued.contains(*outbox_id))
+        .map(|(job, _)| job)
+        .collect();
+    enqueue_rows_in(conn, dialect, &deliveries, now).await?;
+    Ok(queued)
+}
+
+/// The insert of `entries` into the outbox, if any, answering the ids of
+/// those queued (`RETURNING id`): a message whose idempotency key is
+/// queued already is not added again.
+pub(super) fn outbox_write(
+    dialect: Dialect,
+    entries: &[OutboxEntry],
+) -> Result<Option<Write>, StoreError> {
+    if entries.is_empty() {
+        return Ok(None);
     }
     let from = json_rows(
         dialect,
@@ -97,26 +123,30 @@ pub async fn queue_messages_in(
          ON CONFLICT DO NOTHING RETURNING id",
         selected.join(", ")
     );
-    let queued: HashSet<String> = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-        .bind(to_json(entries)?)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-    let deliveries = entries
+    Ok(Some(Write {
+        sql,
+        params: vec![Param::Text(to_json(entries)?)],
+    }))
+}
+
+/// The delivery job of each of `entries`, with the message's id: to be
+/// added only for the messages queued.
+pub(super) fn delivery_jobs(
+    entries: &[OutboxEntry],
+    now: i64,
+) -> Result<Vec<(NewJob, &str)>, StoreError> {
+    entries
         .iter()
-        .filter(|entry| queued.contains(&entry.id))
         .map(|entry| {
-            NewJob::of(
+            let job = NewJob::of(
                 &DeliverMessage {
                     outbox_id: entry.id.clone(),
                 },
                 now,
-            )
+            )?;
+            Ok((job, entry.id.as_str()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    enqueue_rows_in(conn, dialect, &deliveries, now).await?;
-    Ok(queued)
+        .collect()
 }
 
 /// Attempts before a message that keeps failing transiently is given up.

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use super::bulk::{self, Col, EventRow, Param, Write, run_writes_in};
-use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, held_removal};
-use super::outbox::{OutboxEntry, queue_messages_in};
+use super::bulk::{self, Col, EventRow, Keep, Kept, Param, Write, run_writes_in};
+use super::jobs::{ClaimedJob, NewJob, enqueue_rows_in, held_removal, kept_jobs_write};
+use super::outbox::{OutboxEntry, delivery_jobs, outbox_write, queue_messages_in};
 use super::runs::{Run, set_conversion_value_in};
 use super::{Dialect, StoreError, cached_plans_from_here_in};
 
@@ -79,15 +79,85 @@ pub async fn write_step_batch_in(
     }
     // Then the inserts, each row checked by its foreign keys on cached plans.
     cached_plans_from_here_in(conn, dialect).await?;
-    let queued = queue_messages_in(conn, dialect, &writes.outbox, now).await?;
-    enqueue_rows_in(conn, dialect, &writes.jobs, now).await?;
-    let events: Vec<&NewEvent> = writes
+    match dialect {
+        Dialect::Postgres => insert_in_one_statement(conn, writes, now).await?,
+        Dialect::Sqlite => {
+            let queued = queue_messages_in(conn, dialect, &writes.outbox, now).await?;
+            enqueue_rows_in(conn, dialect, &writes.jobs, now).await?;
+            let events: Vec<&NewEvent> = writes
+                .events
+                .iter()
+                .filter(|e| e.queued.as_ref().is_none_or(|id| queued.contains(id)))
+                .collect();
+            insert_new_events_in(conn, dialect, &events).await?;
+        }
+    }
+    Ok(true)
+}
+
+/// The batch's messages, jobs and events as one PostgreSQL statement, one
+/// round trip where three statements took four (the messages' delivery
+/// jobs were one of their own). A message whose idempotency key is queued
+/// already is not queued again, and neither its delivery job nor its
+/// `message.queued` event is added: both are kept only for the messages
+/// the outbox insert answers.
+async fn insert_in_one_statement(
+    conn: &mut AnyConnection,
+    writes: &StepBatchWrites,
+    now: i64,
+) -> Result<(), StoreError> {
+    let dialect = Dialect::Postgres;
+    let deliveries = delivery_jobs(&writes.outbox, now)?;
+    let jobs: Vec<Kept<&NewJob>> = writes
+        .jobs
+        .iter()
+        .map(|job| Kept {
+            row: job,
+            keep: None,
+        })
+        .chain(deliveries.iter().map(|(job, outbox_id)| Kept {
+            row: job,
+            keep: Some(outbox_id),
+        }))
+        .collect();
+    let events: Vec<Kept<EventRow>> = writes
         .events
         .iter()
-        .filter(|e| e.queued.as_ref().is_none_or(|id| queued.contains(id)))
+        .map(|event| Kept {
+            row: event_row(event),
+            keep: event.queued.as_deref(),
+        })
         .collect();
-    insert_new_events_in(conn, dialect, &events).await?;
-    Ok(true)
+    let mut items = Vec::new();
+    let mut last = Write {
+        sql: "SELECT 1".into(),
+        params: Vec::new(),
+    };
+    // Without messages there is no `queued` item, and no row has a `keep`
+    // value to check.
+    let mut queued = Keep("j.keep IS NULL");
+    if let Some(outbox) = outbox_write(dialect, &writes.outbox)? {
+        items.push(("queued".to_owned(), outbox));
+        last.sql = "SELECT id FROM queued".into();
+        queued = Keep("j.keep IS NULL OR j.keep IN (SELECT id FROM queued)");
+    }
+    if !jobs.is_empty() {
+        items.push((
+            "enqueued".to_owned(),
+            kept_jobs_write(dialect, &jobs, queued, now)?,
+        ));
+    }
+    if !events.is_empty() {
+        items.push((
+            "logged".to_owned(),
+            bulk::kept_events_write(dialect, &events, queued)?,
+        ));
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+    bulk::one_statement(items, last).execute(conn).await?;
+    Ok(())
 }
 
 /// Inserts timeline events in one statement.

@@ -173,22 +173,10 @@ async fn a_delivery_with_a_lost_lease_is_left_to_its_new_worker(dialect: &'stati
     // The waits end: run the sends' steps, but not their deliveries.
     w.clock.set(w.clock.now() + HOUR);
     let registry = nachfass::scheduler::job_registry();
-    let claim = async |kind: &str| {
-        w.store
-            .claim_jobs_of(
-                KindFilter::Only(&[kind]),
-                "this-worker",
-                w.clock.now(),
-                60_000,
-                10,
-            )
-            .await
-            .unwrap()
-    };
-    let steps = claim("advance").await;
+    let steps = claim_all(&w, "advance").await;
     assert_eq!(steps.len(), 3, "{dialect}: {steps:?}");
     registry.run_batch(w.journeys.clone(), steps).await;
-    let deliveries = claim("deliver").await;
+    let deliveries = claim_all(&w, "deliver").await;
     assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
     // Another worker takes the second one over.
     let taken = deliveries[1].clone();
@@ -247,6 +235,115 @@ nachfass_tests::on_both_databases!(
     #[tokio::test]
     a_delivery_with_a_lost_lease_is_left_to_its_new_worker
 );
+
+/// A send step that runs again (a retry after a crash between the step's
+/// writes and its job's end) queues nothing new: its message's
+/// idempotency key is queued already, so neither a second message nor a
+/// second delivery job nor a second `message.queued` event is written,
+/// while the batch's other writes stand.
+async fn a_send_that_runs_again_queues_nothing_twice(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let definition = serde_json::json!({
+        "name": "later", "trigger": {"event": {"kind": "trial.started"}},
+        "steps": [
+            {"id": "pause", "type": "wait", "duration": "1h"},
+            {"id": "hello", "type": "send", "binding": "mail-hook",
+             "template": {"subject": "Hallo", "text": "Hallo"}}]
+    });
+    w.journeys
+        .save(definition.to_string().as_bytes())
+        .await
+        .unwrap();
+    let emails = ["ada@b2b.example", "bob@b2b.example"];
+    let mut contacts = Vec::new();
+    for email in emails {
+        contacts.push(w.contact(email).await);
+        w.ingest(email, "trial.started", &[]).await;
+    }
+    w.clock.set(w.clock.now() + HOUR);
+    // Bob's run and step job as they are before the send.
+    let run = w.store.contact_runs(&contacts[1]).await.unwrap().remove(0);
+    let (kind, unique_key, payload, due_at): (String, String, String, i64) =
+        sqlx::query_as("SELECT kind, unique_key, payload, due_at FROM jobs WHERE payload LIKE $1")
+            .bind(format!("%{}%", run.id))
+            .fetch_one(w.store.pool())
+            .await
+            .unwrap();
+    let registry = nachfass::scheduler::job_registry();
+    let steps = claim_all(&w, "advance").await;
+    assert_eq!(steps.len(), 2, "{dialect}: {steps:?}");
+    registry.run_batch(w.journeys.clone(), steps).await;
+    // Bob's send runs again, as if its first run's job had not ended.
+    sqlx::query(
+        "UPDATE journey_runs SET status = $1, step = $2, seq = $3, ended_at = NULL, \
+         exit_reason = NULL WHERE id = $4",
+    )
+    .bind(run.status.clone())
+    .bind(run.step.clone())
+    .bind(run.seq)
+    .bind(run.id.clone())
+    .execute(w.store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, unique_key, payload, due_at, created_at) \
+         VALUES ('again', $1, $2, $3, $4, $4)",
+    )
+    .bind(kind)
+    .bind(unique_key)
+    .bind(payload)
+    .bind(due_at)
+    .execute(w.store.pool())
+    .await
+    .unwrap();
+    let again = claim_all(&w, "advance").await;
+    assert_eq!(again.len(), 1, "{dialect}: {again:?}");
+    let outcomes = registry.run_batch(w.journeys.clone(), again).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(JobOutcome::Done))),
+        "{dialect}: {outcomes:?}"
+    );
+    // The step ran again: its run completed a second time...
+    let runs = w.store.contact_runs(&contacts[1]).await.unwrap();
+    assert_eq!(runs[0].status, "completed", "{dialect}");
+    // ...and each contact still has one message, one delivery job and one
+    // `message.queued` event.
+    for contact in &contacts {
+        let outbox = w.store.contact_outbox(contact).await.unwrap();
+        assert_eq!(outbox.len(), 1, "{dialect}: {outbox:?}");
+        let queued = w
+            .kinds(contact)
+            .await
+            .iter()
+            .filter(|k| *k == "message.queued")
+            .count();
+        assert_eq!(queued, 1, "{dialect}");
+    }
+    let deliveries = claim_all(&w, "deliver").await;
+    assert_eq!(deliveries.len(), 2, "{dialect}: {deliveries:?}");
+    registry.run_batch(w.journeys.clone(), deliveries).await;
+    assert_eq!(w.sink.received().len(), 2, "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_send_that_runs_again_queues_nothing_twice
+);
+
+/// Claims this worker's due jobs of `kind`, ten at most.
+async fn claim_all(w: &World, kind: &str) -> Vec<nachfass::store::ClaimedJob> {
+    w.store
+        .claim_jobs_of(
+            KindFilter::Only(&[kind]),
+            "this-worker",
+            w.clock.now(),
+            60_000,
+            10,
+        )
+        .await
+        .unwrap()
+}
 
 async fn failing_receivers_are_retried_with_backoff_then_given_up(dialect: &'static str) {
     let w = world(dialect, 503).await;
