@@ -278,7 +278,7 @@ async fn a_send_that_runs_again_queues_nothing_twice(dialect: &'static str) {
         "UPDATE journey_runs SET status = $1, step = $2, seq = $3, ended_at = NULL, \
          exit_reason = NULL WHERE id = $4",
     )
-    .bind(run.status.clone())
+    .bind(run.status)
     .bind(run.step.clone())
     .bind(run.seq)
     .bind(run.id.clone())
