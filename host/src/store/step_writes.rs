@@ -95,9 +95,9 @@ pub async fn write_step_batch_in(
     Ok(true)
 }
 
-/// The batch's messages, jobs and events as one PostgreSQL statement, one
-/// round trip where three statements took four (the messages' delivery
-/// jobs were one of their own). A message whose idempotency key is queued
+/// The batch's messages, jobs and events as one PostgreSQL statement: one
+/// round trip instead of four statements (the messages, their delivery
+/// jobs, the other jobs, the events). A message whose idempotency key is queued
 /// already is not queued again, and neither its delivery job nor its
 /// `message.queued` event is added: both are kept only for the messages
 /// the outbox insert answers.
