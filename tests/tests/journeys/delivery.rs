@@ -153,23 +153,11 @@ nachfass_tests::on_both_databases!(
 /// written, and its job stays the other worker's. The others stand.
 async fn a_delivery_with_a_lost_lease_is_left_to_its_new_worker(dialect: &'static str) {
     let w = world(dialect, 200).await;
-    let definition = serde_json::json!({
-        "name": "later", "trigger": {"event": {"kind": "trial.started"}},
-        "steps": [
-            {"id": "pause", "type": "wait", "duration": "1h"},
-            {"id": "hello", "type": "send", "binding": "mail-hook",
-             "template": {"subject": "Hallo", "text": "Hallo"}}]
-    });
-    w.journeys
-        .save(definition.to_string().as_bytes())
-        .await
-        .unwrap();
-    let emails = ["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"];
-    let mut contacts = Vec::new();
-    for email in emails {
-        contacts.push(w.contact(email).await);
-        w.ingest(email, "trial.started", &[]).await;
-    }
+    let contacts = send_in_an_hour(
+        &w,
+        &["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"],
+    )
+    .await;
     // The waits end: run the sends' steps, but not their deliveries.
     w.clock.set(w.clock.now() + HOUR);
     let registry = nachfass::scheduler::job_registry();
@@ -243,23 +231,7 @@ nachfass_tests::on_both_databases!(
 /// while the batch's other writes stand.
 async fn a_send_that_runs_again_queues_nothing_twice(dialect: &'static str) {
     let w = world(dialect, 200).await;
-    let definition = serde_json::json!({
-        "name": "later", "trigger": {"event": {"kind": "trial.started"}},
-        "steps": [
-            {"id": "pause", "type": "wait", "duration": "1h"},
-            {"id": "hello", "type": "send", "binding": "mail-hook",
-             "template": {"subject": "Hallo", "text": "Hallo"}}]
-    });
-    w.journeys
-        .save(definition.to_string().as_bytes())
-        .await
-        .unwrap();
-    let emails = ["ada@b2b.example", "bob@b2b.example"];
-    let mut contacts = Vec::new();
-    for email in emails {
-        contacts.push(w.contact(email).await);
-        w.ingest(email, "trial.started", &[]).await;
-    }
+    let contacts = send_in_an_hour(&w, &["ada@b2b.example", "bob@b2b.example"]).await;
     w.clock.set(w.clock.now() + HOUR);
     // Bob's run and step job as they are before the send.
     let run = w.store.contact_runs(&contacts[1]).await.unwrap().remove(0);
@@ -330,6 +302,28 @@ nachfass_tests::on_both_databases!(
     #[tokio::test]
     a_send_that_runs_again_queues_nothing_twice
 );
+
+/// Starts, for each of `emails`, a journey that sends an hour later;
+/// answers their contact ids.
+async fn send_in_an_hour(w: &World, emails: &[&str]) -> Vec<String> {
+    let definition = serde_json::json!({
+        "name": "later", "trigger": {"event": {"kind": "trial.started"}},
+        "steps": [
+            {"id": "pause", "type": "wait", "duration": "1h"},
+            {"id": "hello", "type": "send", "binding": "mail-hook",
+             "template": {"subject": "Hallo", "text": "Hallo"}}]
+    });
+    w.journeys
+        .save(definition.to_string().as_bytes())
+        .await
+        .unwrap();
+    let mut contacts = Vec::new();
+    for email in emails {
+        contacts.push(w.contact(email).await);
+        w.ingest(email, "trial.started", &[]).await;
+    }
+    contacts
+}
 
 /// Claims this worker's due jobs of `kind`, ten at most.
 async fn claim_all(w: &World, kind: &str) -> Vec<nachfass::store::ClaimedJob> {
