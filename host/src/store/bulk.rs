@@ -8,6 +8,7 @@
 //! two PostgreSQL transactions take those locks in the same order and
 //! cannot deadlock on them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -245,8 +246,9 @@ pub(super) struct EventRow<'a> {
     pub contact_id: &'a str,
     pub kind: &'a str,
     pub at: i64,
-    /// The properties as stored: JSON text.
-    pub properties: String,
+    /// The properties as stored: JSON text, borrowed when the caller
+    /// holds it already (a step's or a delivery's event).
+    pub properties: Cow<'a, str>,
     pub client_event_id: Option<&'a str>,
     pub received_at: i64,
     pub processed_at: Option<i64>,

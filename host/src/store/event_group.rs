@@ -214,7 +214,8 @@ fn event_row(
         kind: &e.event.kind,
         at: e.event.at,
         properties: serde_json::to_string(&e.event.properties)
-            .map_err(|err| StoreError::Invalid(err.to_string()))?,
+            .map_err(|err| StoreError::Invalid(err.to_string()))?
+            .into(),
         client_event_id: e.client_event_id.as_deref(),
         received_at: now,
         processed_at,

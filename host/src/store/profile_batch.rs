@@ -289,7 +289,8 @@ impl Store {
                     kind,
                     at: now,
                     properties: serde_json::to_string(properties)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?
+                        .into(),
                     client_event_id: None,
                     received_at: now,
                     processed_at: Some(now),

@@ -177,7 +177,7 @@ pub(super) fn event_row(event: &NewEvent) -> EventRow<'_> {
         contact_id: &event.contact_id,
         kind: &event.kind,
         at: event.at,
-        properties: event.properties.clone(),
+        properties: event.properties.as_str().into(),
         client_event_id: None,
         received_at: event.at,
         processed_at: Some(event.at),
