@@ -21,7 +21,7 @@ use super::bulk::{self, Keep, Kept, Write};
 use super::jobs::{ClaimedJob, held_removal};
 use super::outbox::{OutboxSettle, kept_settle_write, settle_outbox_many_in};
 use super::step_writes::{NewEvent, event_row, insert_new_events_in};
-use super::{Dialect, Store, StoreError};
+use super::{CACHED_CHECKS_ITEM, Dialect, Store, StoreError};
 
 /// A delivery job's end.
 pub struct DeliveryEnd<'a> {
@@ -85,9 +85,18 @@ async fn end_in_one_statement(
                 "logged".into(),
                 bulk::kept_events_write(Dialect::Postgres, &events, held)?,
             ),
+            (
+                "checks".into(),
+                Write {
+                    sql: CACHED_CHECKS_ITEM.into(),
+                    params: Vec::new(),
+                },
+            ),
         ],
+        // Read `checks` wherever a job was removed: only then are events
+        // inserted, and so checked.
         Write {
-            sql: "SELECT id FROM done".into(),
+            sql: "SELECT done.id FROM done CROSS JOIN checks".into(),
             params: Vec::new(),
         },
     );
