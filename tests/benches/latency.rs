@@ -8,12 +8,16 @@
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench latency`
 //! Rate and length: NACHFASS_BENCH_RATE (events/s), NACHFASS_BENCH_SECONDS.
+//! `NACHFASS_BENCH_CHANNEL=email` sends each receipt as an email through
+//! the real `smtp-email` component and the host's SMTP connection to a
+//! real SMTP server on 127.0.0.1 (aiosmtpd), and measures event sent →
+//! email accepted by it.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nachfass::api::{AppState, app};
 use nachfass::clock::SystemClock;
@@ -25,6 +29,7 @@ use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::scoring::StageThresholds;
 use nachfass::store::{BindingDef, BindingKind, Scope};
+use nachfass_tests::smtp::SmtpSink;
 use nachfass_tests::{guests, runtime};
 use sqlx::Row;
 
@@ -37,6 +42,52 @@ fn env(name: &str, default: usize) -> usize {
 
 /// When each recipient's message arrived, in µs since the bench began.
 type Arrivals = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Where the receipts go: the webhook component's receiver, or a real
+/// SMTP server through the email component.
+enum Receiver {
+    Hook(Arrivals),
+    Smtp(SmtpSink, SystemTime),
+}
+
+impl Receiver {
+    /// How many receipts have arrived so far.
+    fn count(&self) -> usize {
+        match self {
+            Receiver::Hook(arrivals) => arrivals.lock().unwrap().len(),
+            Receiver::Smtp(sink, _) => sink.accepted(),
+        }
+    }
+
+    /// When each recipient's receipt arrived, in µs since the bench
+    /// began: for an email, when the SMTP server wrote it, just before it
+    /// answered that it accepted it (the file's time, which the kernel
+    /// keeps to a clock tick, a few ms).
+    fn arrivals(&self) -> HashMap<String, u64> {
+        match self {
+            Receiver::Hook(arrivals) => arrivals.lock().unwrap().clone(),
+            Receiver::Smtp(sink, began) => sink
+                .messages(false)
+                .into_iter()
+                .filter_map(|(text, written)| {
+                    let to = header(&text, "to")?;
+                    let at = written.duration_since(*began).ok()?.as_micros() as u64;
+                    Some((to.trim_matches(['<', '>']).to_owned(), at))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A header's value in a raw message.
+fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
 
 async fn receiver(epoch: Instant) -> (u16, Arrivals) {
     let arrivals: Arrivals = Arc::default();
@@ -76,28 +127,44 @@ fn percentiles(mut values: Vec<f64>) -> String {
     )
 }
 
-async fn bench(dialect: &str, registry: Arc<Registry>) {
+async fn bench(dialect: &str, registry: Arc<Registry>, email: bool) {
     let epoch = Instant::now();
+    let began = SystemTime::now();
     let (store, temp) = nachfass_tests::store(dialect).await;
     let (_, key) = store
         .create_api_key("bench", &[Scope::Admin], 0)
         .await
         .unwrap();
-    let (hook_port, arrivals) = receiver(epoch).await;
+    let (receiver, channel) = if email {
+        let sink = SmtpSink::start();
+        let config = [
+            ("from".to_owned(), "Shop <shop@latency.example>".to_owned()),
+            ("smtp_host".to_owned(), "127.0.0.1".to_owned()),
+            ("smtp_port".to_owned(), sink.port.to_string()),
+            ("smtp_tls".to_owned(), "none".to_owned()),
+        ];
+        let channel = ("smtp-email", config.into(), Vec::new());
+        (Receiver::Smtp(sink, began), channel)
+    } else {
+        let (hook_port, arrivals) = receiver(epoch).await;
+        let config = [
+            (
+                "url".to_owned(),
+                format!("http://127.0.0.1:{hook_port}/hook"),
+            ),
+            ("secret".to_owned(), "s".to_owned()),
+        ];
+        let allow = vec![format!("127.0.0.1:{hook_port}")];
+        (Receiver::Hook(arrivals), ("webhook", config.into(), allow))
+    };
+    let (plugin, config, allow_http) = channel;
     let bindings = [
         BindingDef {
-            name: "hook".into(),
+            name: "receipts".into(),
             kind: BindingKind::Channel,
-            plugin: "webhook".into(),
-            config: [
-                (
-                    "url".to_owned(),
-                    format!("http://127.0.0.1:{hook_port}/hook"),
-                ),
-                ("secret".to_owned(), "s".to_owned()),
-            ]
-            .into(),
-            allow_http: vec![format!("127.0.0.1:{hook_port}")],
+            plugin: plugin.into(),
+            config,
+            allow_http,
             limits: Default::default(),
             paused: None,
             rate: None,
@@ -128,7 +195,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     journeys
         .save(
             br#"{"name":"receipt","purpose":"transactional","trigger":{"event":{"kind":"purchase"}},
-                 "steps":[{"id":"receipt","type":"send","binding":"hook",
+                 "steps":[{"id":"receipt","type":"send","binding":"receipts",
                            "template":{"subject":"Danke","text":"Danke fuer Ihren Einkauf"}}]}"#,
         )
         .await
@@ -178,14 +245,12 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     let offered = epoch.elapsed();
     // Wait for the last receipts (bounded).
     let waiting = Instant::now();
-    while arrivals.lock().unwrap().len() < total - failed
-        && waiting.elapsed() < Duration::from_secs(120)
-    {
+    while receiver.count() < total - failed && waiting.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivered: Vec<f64> = {
         let sent = sent.lock().unwrap();
-        let arrivals = arrivals.lock().unwrap();
+        let arrivals = receiver.arrivals();
         sent.iter()
             .filter_map(|(email, at)| Some((*arrivals.get(email)? as f64 - *at as f64) / 1000.0))
             .collect()
@@ -218,7 +283,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
     })
     .collect();
     println!(
-        "{dialect}: {total} purchases at {rate}/s ({:.1} s offered, {failed} failed), 1 scorer, journey → webhook:",
+        "{dialect}: {total} purchases at {rate}/s ({:.1} s offered, {failed} failed), 1 scorer, journey → {plugin}:",
         offered.as_secs_f64()
     );
     println!(
@@ -235,7 +300,12 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
         percentiles(stages.iter().map(|s| s.1).collect())
     );
     println!(
-        "{dialect}:   event sent → receipt received ({} of {total}): {}",
+        "{dialect}:   event sent → receipt {} ({} of {total}): {}",
+        if email {
+            "accepted by the SMTP server"
+        } else {
+            "received"
+        },
         delivered.len(),
         percentiles(delivered)
     );
@@ -248,15 +318,16 @@ async fn bench(dialect: &str, registry: Arc<Registry>) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let registry = Arc::new(Registry::new(runtime()));
-    for guest in [guests::WEBHOOK, guests::ENGAGEMENT] {
+    let email = std::env::var("NACHFASS_BENCH_CHANNEL").is_ok_and(|c| c == "email");
+    for guest in [guests::WEBHOOK, guests::SMTP_EMAIL, guests::ENGAGEMENT] {
         registry
             .install_file(&guest.packed(), Activation::Now)
             .await
             .unwrap();
     }
-    bench("sqlite", registry.clone()).await;
+    bench("sqlite", registry.clone(), email).await;
     if std::env::var("NACHFASS_TEST_POSTGRES_URL").is_ok() {
-        bench("postgres", registry).await;
+        bench("postgres", registry, email).await;
     } else {
         println!(
             "postgres: skipped; set NACHFASS_TEST_POSTGRES_URL (tests/support/postgres.sh prints one)"

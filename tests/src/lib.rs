@@ -12,6 +12,7 @@ pub mod client;
 pub mod languages;
 pub mod sdk_records;
 pub mod server;
+pub mod smtp;
 pub mod world;
 
 /// A guest crate and the component cargo built from it.

@@ -1,10 +1,12 @@
 //! `nachfass` as a real child process, and a small blocking HTTP client
 //! for talking to it on 127.0.0.1.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The debug binary `tests/run` builds before the tests: beside the test
@@ -25,11 +27,23 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// A port on 127.0.0.1 that was free a moment ago, for a child process
+/// to listen on. Never the same one twice in a test process: the kernel
+/// may hand a port it just freed to the next test's `bind`, and then two
+/// tests running side by side would start their servers on one port, the
+/// second server fail to listen, and its test talk to the first's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Creates an admin key with `nachfass keys create` and returns its secret.

@@ -5,9 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -20,66 +17,12 @@ use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
-use nachfass_tests::server::free_port;
+use nachfass_tests::smtp::SmtpSink;
 use nachfass_tests::{DAY, TempStore, guests, runtime};
 
 const HOUR: i64 = 60 * 60 * 1000;
 /// Monday 2026-11-23, 10:00 in Berlin.
 const MONDAY_10: i64 = 1_795_424_400_000;
-
-/// aiosmtpd on 127.0.0.1, writing what it accepts to a directory.
-struct SmtpSink {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start() -> SmtpSink {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs (tests/run installs aiosmtpd)");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(
-            ready.trim(),
-            "ready",
-            "the SMTP sink did not start: is aiosmtpd installed?"
-        );
-        SmtpSink { child, port, dir }
-    }
-
-    /// Accepted messages (or refused attempts), oldest first.
-    fn messages(&self, refused: bool) -> Vec<Mail> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(".refused.eml") == refused)
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|p| Mail(std::fs::read_to_string(p).unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One raw message as the SMTP server received it.
 struct Mail(String);
@@ -241,6 +184,7 @@ impl World {
         self.smtp
             .messages(false)
             .into_iter()
+            .map(|(text, _)| Mail(text))
             .filter(|m| m.to().contains(address))
             .collect()
     }
@@ -463,7 +407,7 @@ async fn a_refused_mail_is_retried_with_the_same_message_id(dialect: &'static st
     w.pass(HOUR).await;
     let accepted = w.mails_to("eva+retry@shop.example");
     assert_eq!(accepted.len(), 1, "{dialect}");
-    let refused = &w.smtp.messages(true)[0];
+    let refused = Mail(w.smtp.messages(true).remove(0).0);
     assert_eq!(
         accepted[0].header("Message-ID"),
         refused.header("Message-ID"),

@@ -33,12 +33,7 @@ struct LocalRegistry {
 impl LocalRegistry {
     async fn start() -> LocalRegistry {
         let storage = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("127.0.0.1:{}", nachfass_tests::server::free_port());
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,

@@ -1,0 +1,81 @@
+//! aiosmtpd on 127.0.0.1 (`tests/support/smtp_sink.py`), writing what it
+//! accepts to a directory: the real SMTP server of the email tests and of
+//! the latency bench's email run.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::SystemTime;
+
+use crate::server::free_port;
+
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    /// Starts the server and waits until it listens.
+    pub fn start() -> SmtpSink {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (tests/run installs aiosmtpd)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut ready)
+            .expect("the SMTP sink's first line");
+        assert_eq!(
+            ready.trim(),
+            "ready",
+            "the SMTP sink did not start: is aiosmtpd installed?"
+        );
+        SmtpSink { child, port, dir }
+    }
+
+    /// Accepted messages (or refused attempts), oldest first: each one's
+    /// raw text, and when the server wrote it, just before it answered.
+    pub fn messages(&self, refused: bool) -> Vec<(String, SystemTime)> {
+        let mut files = self.files(refused);
+        files.sort();
+        files
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).expect("a message the sink wrote");
+                let written = std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .expect("the file's modification time");
+                (text, written)
+            })
+            .collect()
+    }
+
+    /// How many messages it accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.files(false).len()
+    }
+
+    fn files(&self, refused: bool) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .expect("the sink's directory")
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".eml"))
+            .filter(|p| p.to_string_lossy().ends_with(".refused.eml") == refused)
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
