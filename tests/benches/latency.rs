@@ -61,32 +61,28 @@ impl Receiver {
 
     /// When each recipient's receipt arrived, in µs since the bench
     /// began: for an email, when the SMTP server wrote it, just before it
-    /// answered that it accepted it (the file's time, which the kernel
-    /// keeps to a clock tick, a few ms).
+    /// answered that it accepted it.
     fn arrivals(&self) -> HashMap<String, u64> {
         match self {
             Receiver::Hook(arrivals) => arrivals.lock().unwrap().clone(),
             Receiver::Smtp(sink, began) => sink
                 .messages(false)
                 .into_iter()
-                .filter_map(|(text, written)| {
-                    let to = header(&text, "to")?;
-                    let at = written.duration_since(*began).ok()?.as_micros() as u64;
-                    Some((to.trim_matches(['<', '>']).to_owned(), at))
+                .filter_map(|mail| {
+                    let at = mail.written.duration_since(*began).ok()?.as_micros() as u64;
+                    Some((mail.to().trim_matches(['<', '>']).to_owned(), at))
                 })
                 .collect(),
         }
     }
-}
 
-/// A header's value in a raw message.
-fn header(message: &str, name: &str) -> Option<String> {
-    let head = message.split("\r\n\r\n").next()?;
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_owned())
-    })
+    /// What an arrival is.
+    fn arrival(&self) -> &'static str {
+        match self {
+            Receiver::Hook(_) => "received",
+            Receiver::Smtp(..) => "accepted by the SMTP server",
+        }
+    }
 }
 
 async fn receiver(epoch: Instant) -> (u16, Arrivals) {
@@ -301,11 +297,7 @@ async fn bench(dialect: &str, registry: Arc<Registry>, email: bool) {
     );
     println!(
         "{dialect}:   event sent → receipt {} ({} of {total}): {}",
-        if email {
-            "accepted by the SMTP server"
-        } else {
-            "received"
-        },
+        receiver.arrival(),
         delivered.len(),
         percentiles(delivered)
     );

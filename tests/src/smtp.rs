@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::SystemTime;
 
+use base64::Engine;
+
 use crate::server::free_port;
 
 pub struct SmtpSink {
@@ -41,19 +43,17 @@ impl SmtpSink {
         SmtpSink { child, port, dir }
     }
 
-    /// Accepted messages (or refused attempts), oldest first: each one's
-    /// raw text, and when the server wrote it, just before it answered.
-    pub fn messages(&self, refused: bool) -> Vec<(String, SystemTime)> {
+    /// Accepted messages (or refused attempts), oldest first.
+    pub fn messages(&self, refused: bool) -> Vec<Mail> {
         let mut files = self.files(refused);
         files.sort();
         files
             .iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(path).expect("a message the sink wrote");
-                let written = std::fs::metadata(path)
+            .map(|path| Mail {
+                text: std::fs::read_to_string(path).expect("a message the sink wrote"),
+                written: std::fs::metadata(path)
                     .and_then(|m| m.modified())
-                    .expect("the file's modification time");
-                (text, written)
+                    .expect("the file's modification time"),
             })
             .collect()
     }
@@ -77,5 +77,50 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One raw message as the SMTP server received it.
+pub struct Mail {
+    pub text: String,
+    /// When the server wrote it, just before it answered: the file's
+    /// time, which the kernel keeps to a clock tick (a few ms).
+    pub written: SystemTime,
+}
+
+impl Mail {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (head, _) = self
+            .text
+            .split_once("\n\n")
+            .or_else(|| self.text.split_once("\r\n\r\n"))?;
+        let prefix = format!("{}: ", name.to_ascii_lowercase());
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    }
+
+    /// Every base64 part, decoded (the text part first, then the HTML).
+    pub fn parts(&self) -> Vec<String> {
+        let body = self.text.replace("\r\n", "\n");
+        body.split("Content-Transfer-Encoding: base64\n\n")
+            .skip(1)
+            .map(|rest| {
+                let encoded: String = rest
+                    .lines()
+                    .take_while(|l| !l.is_empty() && !l.starts_with("--"))
+                    .collect();
+                String::from_utf8(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .expect("a base64 part"),
+                )
+                .expect("a UTF-8 part")
+            })
+            .collect()
+    }
+
+    pub fn to(&self) -> String {
+        self.header("To").unwrap_or_default()
     }
 }

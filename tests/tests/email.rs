@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use nachfass::clock::{Clock, ManualClock};
 use nachfass::journeys::{Journeys, ready_made};
 use nachfass::model::Value;
@@ -17,52 +16,12 @@ use nachfass::runtime::Registry;
 use nachfass::runtime::registry::Activation;
 use nachfass::scheduler::{Scheduler, SchedulerConfig};
 use nachfass::store::{BindingDef, BindingKind, Consent, EventInput, Store};
-use nachfass_tests::smtp::SmtpSink;
+use nachfass_tests::smtp::{Mail, SmtpSink};
 use nachfass_tests::{DAY, TempStore, guests, runtime};
 
 const HOUR: i64 = 60 * 60 * 1000;
 /// Monday 2026-11-23, 10:00 in Berlin.
 const MONDAY_10: i64 = 1_795_424_400_000;
-
-/// One raw message as the SMTP server received it.
-struct Mail(String);
-
-impl Mail {
-    fn header(&self, name: &str) -> Option<String> {
-        let (head, _) = self
-            .0
-            .split_once("\n\n")
-            .or_else(|| self.0.split_once("\r\n\r\n"))?;
-        let prefix = format!("{}: ", name.to_ascii_lowercase());
-        head.lines()
-            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
-            .map(|l| l[prefix.len()..].trim().to_owned())
-    }
-
-    /// Every base64 part, decoded (the text part first, then the HTML).
-    fn parts(&self) -> Vec<String> {
-        let body = self.0.replace("\r\n", "\n");
-        body.split("Content-Transfer-Encoding: base64\n\n")
-            .skip(1)
-            .map(|rest| {
-                let encoded: String = rest
-                    .lines()
-                    .take_while(|l| !l.is_empty() && !l.starts_with("--"))
-                    .collect();
-                String::from_utf8(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(encoded)
-                        .unwrap(),
-                )
-                .unwrap()
-            })
-            .collect()
-    }
-
-    fn to(&self) -> String {
-        self.header("To").unwrap_or_default()
-    }
-}
 
 struct World {
     store: Store,
@@ -184,7 +143,6 @@ impl World {
         self.smtp
             .messages(false)
             .into_iter()
-            .map(|(text, _)| Mail(text))
             .filter(|m| m.to().contains(address))
             .collect()
     }
@@ -407,7 +365,7 @@ async fn a_refused_mail_is_retried_with_the_same_message_id(dialect: &'static st
     w.pass(HOUR).await;
     let accepted = w.mails_to("eva+retry@shop.example");
     assert_eq!(accepted.len(), 1, "{dialect}");
-    let refused = Mail(w.smtp.messages(true).remove(0).0);
+    let refused = w.smtp.messages(true).remove(0);
     assert_eq!(
         accepted[0].header("Message-ID"),
         refused.header("Message-ID"),
