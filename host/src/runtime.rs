@@ -16,6 +16,7 @@ pub mod pool;
 pub mod registry;
 pub mod sandbox;
 pub mod signature;
+mod smtp_sessions;
 mod views;
 pub mod watch;
 

@@ -58,6 +58,16 @@ impl SmtpSink {
             .collect()
     }
 
+    /// The client port of the session each accepted message came in on,
+    /// in the order accepted: as many ports as sessions the client used.
+    pub fn session_ports(&self) -> Vec<u16> {
+        std::fs::read_to_string(self.dir.path().join("sessions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|port| port.parse().expect("a port the sink wrote"))
+            .collect()
+    }
+
     /// How many messages it accepted so far.
     pub fn accepted(&self) -> usize {
         self.files(false).len()

@@ -5,6 +5,8 @@ Usage: smtp_sink.py PORT DIR. Prints "ready" once listening and runs until
 its standard input closes. Each accepted message is written to
 DIR/<n>.eml; a recipient whose address contains "+retry" is refused once
 with 451 (try again later) and that attempt is kept as DIR/<n>.refused.eml.
+The client port of each accepted message's session is appended to
+DIR/sessions.log, so a test can count the sessions a client used.
 """
 import pathlib
 import sys
@@ -27,6 +29,8 @@ class Sink:
                 (self.dir / f"{self.count:05}.refused.eml").write_bytes(envelope.content)
                 return "451 4.3.0 try again later"
         (self.dir / f"{self.count:05}.eml").write_bytes(envelope.content)
+        with open(self.dir / "sessions.log", "a") as log:
+            log.write(f"{session.peer[1]}\n")
         return f"250 OK queued as {self.count}"
 
 

@@ -34,7 +34,12 @@ struct World {
 }
 
 impl World {
-    async fn new(store: Store, temp: TempStore, registry: Arc<Registry>) -> World {
+    async fn new(
+        store: Store,
+        temp: TempStore,
+        registry: Arc<Registry>,
+        smtp_sessions: Option<&str>,
+    ) -> World {
         let smtp = SmtpSink::start();
         let clock = Arc::new(ManualClock::new(MONDAY_10));
         let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
@@ -49,6 +54,7 @@ impl World {
                 ("smtp_tls", "none".to_owned()),
             ]
             .into_iter()
+            .chain(smtp_sessions.map(|n| ("smtp_sessions", n.to_owned())))
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             allow_http: Vec::new(),
@@ -174,13 +180,18 @@ impl World {
 
 /// A world on one database with the SMTP connector installed.
 async fn world(dialect: &'static str) -> World {
+    world_with_sessions(dialect, None).await
+}
+
+/// The same, with the binding's `smtp_sessions` set.
+async fn world_with_sessions(dialect: &'static str, smtp_sessions: Option<&str>) -> World {
     let registry = Arc::new(Registry::new(runtime()));
     registry
         .install_file(&guests::SMTP_EMAIL.packed(), Activation::Now)
         .await
         .unwrap();
     let (store, temp) = nachfass_tests::store(dialect).await;
-    World::new(store, temp, registry).await
+    World::new(store, temp, registry, smtp_sessions).await
 }
 
 fn link(html: &str, marker: &str) -> String {
@@ -500,4 +511,60 @@ async fn double_opt_in_grants_consent_only_after_the_click(dialect: &'static str
 nachfass_tests::on_both_databases!(
     #[tokio::test]
     double_opt_in_grants_consent_only_after_the_click
+);
+
+async fn a_burst_of_mails_shares_a_few_smtp_sessions(dialect: &'static str) {
+    let w = world_with_sessions(dialect, Some("2")).await;
+    w.install("cart-abandonment").await;
+    let count = 24;
+    for i in 0..count {
+        let email = format!("kunde{i}@kunde.example");
+        w.contact(&email, "Kim").await;
+        w.ingest(&email, "cart.abandoned", &[("total", "19.00")])
+            .await;
+    }
+    // All reminders fall due at once: the deliveries lane calls the
+    // connector for all of them side by side.
+    w.pass(HOUR).await;
+    assert_eq!(w.smtp.accepted(), count, "{dialect}");
+    let ports = w.smtp.session_ports();
+    assert_eq!(ports.len(), count, "{dialect}");
+    let sessions: std::collections::HashSet<u16> = ports.into_iter().collect();
+    assert!(
+        (1..=2).contains(&sessions.len()),
+        "{dialect}: {count} mails came over {} sessions; the binding allows 2",
+        sessions.len()
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_burst_of_mails_shares_a_few_smtp_sessions
+);
+
+async fn a_bad_session_count_fails_the_message_and_says_why(dialect: &'static str) {
+    let w = world_with_sessions(dialect, Some("0")).await;
+    w.install("post-purchase-thank-you").await;
+    let eva = w
+        .ingest("eva@shop.example", "purchase", &[("order_id", "A-8")])
+        .await;
+    assert_eq!(w.smtp.accepted(), 0, "{dialect}");
+    let entry = w.store.contact_outbox(&eva).await.unwrap().remove(0);
+    assert_eq!(
+        entry.status,
+        nachfass::model::status::OutboxStatus::Failed,
+        "{dialect}: a configuration error is not retried"
+    );
+    let why = entry.last_error.unwrap_or_default();
+    assert!(
+        why.contains("smtp_sessions `0` must be a number from 1 to 64"),
+        "{dialect}: {why}"
+    );
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_bad_session_count_fails_the_message_and_says_why
 );
