@@ -20,6 +20,13 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts the server and waits until it listens.
     pub fn start() -> SmtpSink {
+        SmtpSink::start_with(&[])
+    }
+
+    /// The same, with the script's further arguments: `starttls` or `tls`
+    /// (with a certificate from a test CA, see [`SmtpSink::ca_pem`]), then
+    /// a login the server requires.
+    pub fn start_with(arguments: &[&str]) -> SmtpSink {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
@@ -27,6 +34,7 @@ impl SmtpSink {
             .arg(script)
             .arg(port.to_string())
             .arg(dir.path())
+            .args(arguments)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -56,6 +64,11 @@ impl SmtpSink {
                     .expect("the file's modification time"),
             })
             .collect()
+    }
+
+    /// The certificate of the CA that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca.pem")).expect("a TLS sink's CA")
     }
 
     /// The client port of the session each accepted message came in on,

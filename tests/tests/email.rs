@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use nachfass::clock::{Clock, ManualClock};
@@ -34,29 +35,34 @@ struct World {
 }
 
 impl World {
+    /// A world whose `mail` binding sends to `smtp` in plain text, with
+    /// `config` added to (or replacing) the binding's configuration.
     async fn new(
         store: Store,
         temp: TempStore,
         registry: Arc<Registry>,
-        smtp_sessions: Option<&str>,
+        smtp: SmtpSink,
+        config: &[(&str, &str)],
     ) -> World {
-        let smtp = SmtpSink::start();
         let clock = Arc::new(ManualClock::new(MONDAY_10));
         let pipeline = nachfass_tests::world::pipeline(store.clone(), registry, clock.clone());
+        let mut binding_config: BTreeMap<String, String> = [
+            ("from", "Beispiel Shop <news@shop.example>".to_owned()),
+            ("smtp_host", "127.0.0.1".to_owned()),
+            ("smtp_port", smtp.port.to_string()),
+            ("smtp_tls", "none".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (key, value) in config {
+            binding_config.insert((*key).to_owned(), (*value).to_owned());
+        }
         let binding = BindingDef {
             name: "mail".into(),
             kind: BindingKind::Channel,
             plugin: "smtp-email".into(),
-            config: [
-                ("from", "Beispiel Shop <news@shop.example>".to_owned()),
-                ("smtp_host", "127.0.0.1".to_owned()),
-                ("smtp_port", smtp.port.to_string()),
-                ("smtp_tls", "none".to_owned()),
-            ]
-            .into_iter()
-            .chain(smtp_sessions.map(|n| ("smtp_sessions", n.to_owned())))
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+            config: binding_config,
             allow_http: Vec::new(),
             limits: Default::default(),
             paused: None,
@@ -171,6 +177,16 @@ impl World {
         (response.status().as_u16(), location)
     }
 
+    /// Why the deliveries waiting for a retry failed last.
+    async fn delivery_errors(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT last_error FROM jobs WHERE kind = 'deliver' AND last_error IS NOT NULL",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
+    }
+
     async fn close(mut self) {
         if let Some(temp) = self.temp.take() {
             temp.cleanup(self.store.clone()).await;
@@ -180,18 +196,18 @@ impl World {
 
 /// A world on one database with the SMTP connector installed.
 async fn world(dialect: &'static str) -> World {
-    world_with_sessions(dialect, None).await
+    world_with(dialect, SmtpSink::start(), &[]).await
 }
 
-/// The same, with the binding's `smtp_sessions` set.
-async fn world_with_sessions(dialect: &'static str, smtp_sessions: Option<&str>) -> World {
+/// The same, sending to `smtp` with `config` added to the binding's.
+async fn world_with(dialect: &'static str, smtp: SmtpSink, config: &[(&str, &str)]) -> World {
     let registry = Arc::new(Registry::new(runtime()));
     registry
         .install_file(&guests::SMTP_EMAIL.packed(), Activation::Now)
         .await
         .unwrap();
     let (store, temp) = nachfass_tests::store(dialect).await;
-    World::new(store, temp, registry, smtp_sessions).await
+    World::new(store, temp, registry, smtp, config).await
 }
 
 fn link(html: &str, marker: &str) -> String {
@@ -514,7 +530,7 @@ nachfass_tests::on_both_databases!(
 );
 
 async fn a_burst_of_mails_shares_a_few_smtp_sessions(dialect: &'static str) {
-    let w = world_with_sessions(dialect, Some("2")).await;
+    let w = world_with(dialect, SmtpSink::start(), &[("smtp_sessions", "2")]).await;
     w.install("cart-abandonment").await;
     let count = 24;
     for i in 0..count {
@@ -529,7 +545,7 @@ async fn a_burst_of_mails_shares_a_few_smtp_sessions(dialect: &'static str) {
     assert_eq!(w.smtp.accepted(), count, "{dialect}");
     let ports = w.smtp.session_ports();
     assert_eq!(ports.len(), count, "{dialect}");
-    let sessions: std::collections::HashSet<u16> = ports.into_iter().collect();
+    let sessions: HashSet<u16> = ports.into_iter().collect();
     assert!(
         (1..=2).contains(&sessions.len()),
         "{dialect}: {count} mails came over {} sessions; the binding allows 2",
@@ -544,7 +560,7 @@ nachfass_tests::on_both_databases!(
 );
 
 async fn a_bad_session_count_fails_the_message_and_says_why(dialect: &'static str) {
-    let w = world_with_sessions(dialect, Some("0")).await;
+    let w = world_with(dialect, SmtpSink::start(), &[("smtp_sessions", "0")]).await;
     w.install("post-purchase-thank-you").await;
     let eva = w
         .ingest("eva@shop.example", "purchase", &[("order_id", "A-8")])
@@ -568,3 +584,73 @@ nachfass_tests::on_both_databases!(
     #[tokio::test]
     a_bad_session_count_fails_the_message_and_says_why
 );
+
+/// The TLS tests need no second database: the store plays no part in how
+/// the host speaks to the SMTP server.
+#[tokio::test]
+async fn tls_and_starttls_with_a_login_reach_a_server_of_a_private_ca() {
+    for mode in ["tls", "starttls"] {
+        let smtp = SmtpSink::start_with(&[mode, "versand", "geheim"]);
+        let ca = smtp.ca_pem();
+        let w = world_with(
+            "sqlite",
+            smtp,
+            &[
+                ("smtp_tls", mode),
+                ("smtp_ca", &ca),
+                ("smtp_user", "versand"),
+                ("smtp_password", "geheim"),
+            ],
+        )
+        .await;
+        w.install("post-purchase-thank-you").await;
+        w.ingest("eva@shop.example", "purchase", &[("order_id", "A-9")])
+            .await;
+        let mails = w.mails_to("eva@shop.example");
+        assert_eq!(mails.len(), 1, "{mode}: {:?}", w.delivery_errors().await);
+        assert_eq!(
+            mails[0].parts()[0].lines().next(),
+            Some("Guten Tag,"),
+            "{mode}"
+        );
+        w.close().await;
+    }
+}
+
+/// Nothing is sent to a server the host cannot verify, or in plain text
+/// when the binding asks for STARTTLS; the message waits for a retry and
+/// the outbox says why.
+#[tokio::test]
+async fn no_mail_goes_to_an_unverified_server_or_in_plain_text() {
+    let cases = [
+        (
+            "tls",
+            SmtpSink::start_with(&["tls"]),
+            "give the CA's certificate as smtp_ca",
+        ),
+        (
+            "starttls",
+            SmtpSink::start_with(&["starttls"]),
+            "give the CA's certificate as smtp_ca",
+        ),
+        ("starttls", SmtpSink::start(), "STARTTLS is not supported"),
+    ];
+    for (mode, smtp, why) in cases {
+        let w = world_with("sqlite", smtp, &[("smtp_tls", mode)]).await;
+        w.install("post-purchase-thank-you").await;
+        let eva = w
+            .ingest("eva@shop.example", "purchase", &[("order_id", "A-10")])
+            .await;
+        assert_eq!(w.smtp.accepted(), 0, "{mode}");
+        let entry = w.store.contact_outbox(&eva).await.unwrap().remove(0);
+        assert_eq!(
+            entry.status,
+            nachfass::model::status::OutboxStatus::Pending,
+            "{mode}: retried later, as when a server is down"
+        );
+        let errors = w.delivery_errors().await;
+        assert_eq!(errors.len(), 1, "{mode}: {errors:?}");
+        assert!(errors[0].contains(why), "{mode}: {errors:?}");
+        w.close().await;
+    }
+}

@@ -4,6 +4,7 @@
 //! Sessions are kept per server and login (`smtp_sessions.rs`): a burst of
 //! mails reuses open SMTP sessions instead of opening one (with TLS) per
 //! message, and never holds more than the binding's `smtp_sessions`.
+//! TLS trusts the public roots, and a private CA given as `smtp_ca`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -11,7 +12,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use lettre::Address;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::TlsParameters;
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::bindings::mail::{Host, MailError};
 use super::bindings::since_v0_1_0::mail as mail_v0_1;
@@ -50,6 +53,7 @@ impl CallState {
             "smtp_user",
             "smtp_password",
             "smtp_sessions",
+            "smtp_ca",
         ]
         .map(|k| config.get(k).map_or("", String::as_str))
         .join("\n");
@@ -93,16 +97,24 @@ impl CallState {
                     ))
                 })?,
         };
+        let extra_roots = match config.get("smtp_ca") {
+            Some(pem) => certificates(pem)?,
+            None => Vec::new(),
+        };
+        let tls_error = |e: &dyn std::fmt::Display| permanent(format!("TLS for {host}: {e}"));
         let encryption = match tls_mode {
             "none" => Encryption::None,
-            "starttls" => Encryption::StartTls(
-                TlsParameters::new(host.clone())
-                    .map_err(|e| permanent(format!("TLS for {host}: {e}")))?,
-            ),
+            "starttls" => {
+                let mut parameters = TlsParameters::builder(host.clone());
+                for root in &extra_roots {
+                    let ca = Certificate::from_der(root.to_vec()).map_err(|e| tls_error(&e))?;
+                    parameters = parameters.add_root_certificate(ca);
+                }
+                Encryption::StartTls(parameters.build_rustls().map_err(|e| tls_error(&e))?)
+            }
             "tls" => {
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|e| permanent(format!("TLS for {host}: {e}")))?;
-                Encryption::Implicit(tls_config()?, name)
+                let name = ServerName::try_from(host.clone()).map_err(|e| tls_error(&e))?;
+                Encryption::Implicit(tls_config(extra_roots).map_err(|e| tls_error(&e))?, name)
             }
             other => {
                 return Err(permanent(format!(
@@ -124,23 +136,38 @@ impl CallState {
     }
 }
 
-/// TLS for servers spoken to in TLS from the first byte: the public roots
-/// and ring, as lettre uses for STARTTLS.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, MailError> {
-    static CONFIG: LazyLock<Result<Arc<rustls::ClientConfig>, String>> = LazyLock::new(|| {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
-        .map_err(|e| e.to_string())
-    });
-    CONFIG
-        .clone()
-        .map_err(|e| MailError::Transient(format!("no TLS configuration: {e}")))
+/// The certificates of `smtp_ca`: a private CA trusted besides the public
+/// roots, for a relay inside the company.
+fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, MailError> {
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| permanent(format!("smtp_ca is not PEM certificates: {e}")))?;
+    if certificates.is_empty() {
+        return Err(permanent(
+            "smtp_ca holds no certificate: give the CA's certificate in PEM (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certificates)
+}
+
+/// TLS from the first byte: the public roots and `smtp_ca`, with ring, as
+/// lettre does for STARTTLS.
+fn tls_config(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for root in extra_roots {
+        roots.add(root)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Host for CallState {
@@ -162,7 +189,15 @@ impl Host for CallState {
                 Ok(format!("{} {}", response.code(), text.join(" ")))
             }
             Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
-            Err(e) => Err(MailError::Transient(e.to_string())),
+            Err(e) => {
+                let mut why = e.to_string();
+                if why.contains("invalid peer certificate") {
+                    why.push_str(
+                        " (for a server whose CA is not public, give the CA's certificate as smtp_ca)",
+                    );
+                }
+                Err(MailError::Transient(why))
+            }
         }
     }
 }
