@@ -96,6 +96,8 @@ pub struct Scheduler {
     config: SchedulerConfig,
     /// This node's name on its leases.
     worker: String,
+    /// Claims the lanes of [`Scheduler::run_forever`] made.
+    claims: std::sync::atomic::AtomicU64,
 }
 
 impl Scheduler {
@@ -114,11 +116,18 @@ impl Scheduler {
             registry,
             config,
             worker: format!("node-{}", uuid::Uuid::new_v4().simple()),
+            claims: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub fn worker(&self) -> &str {
         &self.worker
+    }
+
+    /// How many claims the lanes have made so far: about one per batch
+    /// under load and none while nothing is due, between polls.
+    pub fn claims_made(&self) -> u64 {
+        self.claims.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Claims one batch of due jobs and runs them. Returns how many.
@@ -400,7 +409,14 @@ impl Scheduler {
                     )
                     .await
                 {
+                    // Nothing due: no task to wait for. A task that ends at
+                    // once would wake this loop to claim again at once,
+                    // polling the database as fast as it answers.
+                    Ok(jobs) if jobs.is_empty() => {
+                        self.count_claim(&lane, false);
+                    }
                     Ok(jobs) => {
+                        self.count_claim(&lane, true);
                         more_due = jobs.len() == limit as usize;
                         if lane.batched {
                             // The kinds of one claim run one after another.
@@ -456,6 +472,16 @@ impl Scheduler {
             }
         }
         while running.join_next().await.is_some() {}
+    }
+}
+
+impl Scheduler {
+    fn count_claim(&self, lane: &Lane, found: bool) {
+        self.claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let found = if found { "jobs" } else { "none" };
+        metrics::counter!("nachfass_job_claims_total", "lane" => lane.name, "found" => found)
+            .increment(1);
     }
 }
 

@@ -834,6 +834,37 @@ on_both_databases!(
     a_committed_job_wakes_a_sleeping_scheduler
 );
 
+/// A scheduler with nothing due sleeps until a commit wakes it or its poll
+/// comes round: no lane claims again and again in the meantime.
+async fn an_idle_scheduler_leaves_the_database_alone(dialect: &'static str) {
+    let w = world(dialect).await;
+    w.clock.set(NOW);
+    let config = SchedulerConfig {
+        idle: Duration::from_secs(60),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::new(w.journeys.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.clone().run_forever(stopped));
+    // The lanes' first claims, and on PostgreSQL the one after LISTEN.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = scheduler.claims_made();
+    assert!(before > 0, "{dialect}: the lanes started");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let claims = scheduler.claims_made() - before;
+    assert!(
+        claims <= 3,
+        "{dialect}: {claims} claims in an idle second; the poll is once a minute"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    w.close().await;
+}
+on_both_databases!(
+    #[tokio::test]
+    an_idle_scheduler_leaves_the_database_alone
+);
+
 /// Journey steps run in batches, one transaction for all: a step that
 /// fails takes back its own writes (nothing it wrote stays) and is
 /// retried, while the other steps of the batch commit.
