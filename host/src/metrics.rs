@@ -101,6 +101,10 @@ fn describe() {
         "nachfass_jobs_total",
         "Scheduler jobs run, by kind and outcome"
     );
+    describe_counter!(
+        "nachfass_job_claims_total",
+        "Claims of due jobs by the scheduler's lanes, by lane and whether they found any"
+    );
     describe_histogram!(
         "nachfass_job_lag_seconds",
         Unit::Seconds,
