@@ -782,6 +782,25 @@ on_both_databases!(
     a_lane_claims_only_its_kinds
 );
 
+/// A scheduler running `run_forever` that polls once a minute, with its
+/// stop signal and its task.
+fn sleepy_scheduler(
+    w: &World,
+) -> (
+    Arc<Scheduler>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = SchedulerConfig {
+        idle: Duration::from_secs(60),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::new(w.journeys.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.clone().run_forever(stopped));
+    (scheduler, stop, running)
+}
+
 async fn a_committed_job_wakes_a_sleeping_scheduler(dialect: &'static str) {
     let w = world(dialect).await;
     w.journeys
@@ -793,13 +812,7 @@ async fn a_committed_job_wakes_a_sleeping_scheduler(dialect: &'static str) {
         .unwrap();
     w.clock.set(NOW);
     // Polls once a minute: only a wake can make it run the route job soon.
-    let config = SchedulerConfig {
-        idle: Duration::from_secs(60),
-        ..SchedulerConfig::default()
-    };
-    let scheduler = Scheduler::new(w.journeys.clone(), config);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(scheduler.run_forever(stopped));
+    let (_, stop, running) = sleepy_scheduler(&w);
     // Let the lanes reach their first sleep.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ada = w
@@ -839,13 +852,7 @@ on_both_databases!(
 async fn an_idle_scheduler_leaves_the_database_alone(dialect: &'static str) {
     let w = world(dialect).await;
     w.clock.set(NOW);
-    let config = SchedulerConfig {
-        idle: Duration::from_secs(60),
-        ..SchedulerConfig::default()
-    };
-    let scheduler = Scheduler::new(w.journeys.clone(), config);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(scheduler.clone().run_forever(stopped));
+    let (scheduler, stop, running) = sleepy_scheduler(&w);
     // The lanes' first claims, and on PostgreSQL the one after LISTEN.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = scheduler.claims_made();
