@@ -64,9 +64,10 @@ impl Dice {
 }
 
 /// The two databases' runs take turns. Side by side, four debug servers
-/// and PostgreSQL share two cores, and a node starved past its lease (3 s)
-/// loses jobs it is still sending to the other node: repeats that are the
-/// test's own load, not the kills' windows this test bounds.
+/// and PostgreSQL share two cores; one such run counted 402 repeats, over
+/// the bound, most likely from a node starved past its lease (3 s) whose
+/// jobs the other node sent again: the test's own load, not the kills'
+/// windows this test bounds.
 static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn journeys_survive_sigkill_without_losing_or_repeating_a_step(dialect: &'static str) {
