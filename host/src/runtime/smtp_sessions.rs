@@ -181,28 +181,19 @@ impl SmtpServer {
             port: self.port,
             source,
         };
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "no answer in time");
-        let tcp = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| timed_out())
-        .flatten()
-        .map_err(failed)?;
+        let tcp = within_connect_timeout(TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+            .map_err(failed)?;
         tcp.set_nodelay(true).map_err(failed)?;
         let mut connection = match &self.encryption {
             Encryption::None | Encryption::StartTls(_) => {
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await?
             }
             Encryption::Implicit(config, name) => {
-                let tls = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
+                let tls = within_connect_timeout(
                     tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp),
                 )
                 .await
-                .map_err(|_| timed_out())
-                .flatten()
                 .map_err(failed)?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(ImplicitTls(tls)), &self.hello)
                     .await?
@@ -216,6 +207,15 @@ impl SmtpServer {
         }
         Ok(connection)
     }
+}
+
+/// A step of opening a connection (TCP, TLS), bounded by
+/// [`CONNECT_TIMEOUT`].
+async fn within_connect_timeout<T>(step: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(CONNECT_TIMEOUT, step)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+        .flatten()
 }
 
 /// Closes the sessions idle past [`IDLE_TIMEOUT`], until the server is gone.
