@@ -67,24 +67,21 @@ impl Receiver {
     /// began: for an email, when the SMTP server wrote it, just before it
     /// answered that it accepted it.
     fn arrivals(&self) -> HashMap<String, u64> {
-        match self {
-            Receiver::Hook(arrivals) => arrivals.lock().unwrap().clone(),
-            Receiver::Smtp(sink, began) => sink
-                .messages(false)
-                .into_iter()
-                .filter_map(|mail| {
-                    let at = mail.written.duration_since(*began).ok()?.as_micros() as u64;
-                    Some((mail.to().trim_matches(['<', '>']).to_owned(), at))
-                })
-                .collect(),
-            Receiver::InProcessSmtp(server, began) => server
-                .arrivals()
-                .into_iter()
-                .filter_map(|(to, at)| {
-                    Some((to, at.duration_since(*began).ok()?.as_micros() as u64))
-                })
-                .collect(),
-        }
+        let (accepted, began) = match self {
+            Receiver::Hook(arrivals) => return arrivals.lock().unwrap().clone(),
+            Receiver::Smtp(sink, began) => (
+                sink.messages(false)
+                    .into_iter()
+                    .map(|mail| (mail.to().trim_matches(['<', '>']).to_owned(), mail.written))
+                    .collect(),
+                began,
+            ),
+            Receiver::InProcessSmtp(server, began) => (server.arrivals(), began),
+        };
+        accepted
+            .into_iter()
+            .filter_map(|(to, at)| Some((to, at.duration_since(*began).ok()?.as_micros() as u64)))
+            .collect()
     }
 
     /// What an arrival is.
