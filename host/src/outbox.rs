@@ -139,13 +139,25 @@ pub async fn deliver_batch(
     let mut calls = tokio::task::JoinSet::new();
     // The places of calls whose outcomes wait to be written.
     let mut held = Vec::new();
+    let mut given_back = 0;
     loop {
         while let Some(place) = waiting
             .front()
             .and_then(|_| places.clone().try_acquire_owned().ok())
         {
-            if let Some((index, call)) = waiting.pop_front() {
+            let Some((index, call)) = waiting.pop_front() else {
+                break;
+            };
+            // A lease this node cannot confirm may run out during the call
+            // and the message be sent again by the node that takes it over:
+            // the job goes back unsent instead, for whoever claims it next.
+            let now = journeys.pipeline.clock.now();
+            let job = &jobs[index];
+            if job.lease.has_time_to_spare(now, job.lease_ms) {
                 calls.spawn(make_call(journeys.clone(), index, call, place));
+            } else {
+                outcomes[index] = Some(Ok(JobOutcome::Defer { until: now }));
+                given_back += 1;
             }
         }
         while let Some(done) = calls.try_join_next() {
@@ -166,6 +178,12 @@ pub async fn deliver_batch(
         if let Some(done) = calls.join_next().await {
             collect(done, &mut ready, &mut held);
         }
+    }
+    if given_back > 0 {
+        tracing::warn!(
+            given_back,
+            "deliveries given back unsent: their leases could not be extended in time"
+        );
     }
     outcomes
         .into_iter()

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -62,7 +63,7 @@ pub enum JobOutcome {
 }
 
 /// A job leased to this worker.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ClaimedJob {
     pub id: String,
     pub kind: String,
@@ -73,6 +74,41 @@ pub struct ClaimedJob {
     pub leased_by: String,
     /// How long a lease lasts; long work extends it by this much.
     pub lease_ms: i64,
+    /// Until when this worker knows the lease is its own.
+    pub lease: LeaseHold,
+}
+
+/// The end of a claimed job's lease as far as its worker knows: set by
+/// the claim, moved on by every extension that reached the database.
+/// Work that cannot be taken back (a message handed to its provider)
+/// starts only while the lease has time to spare: a worker whose
+/// extensions stall (a starved process, a slow or unreachable database)
+/// stops starting such work before its lease can run out under it and
+/// another node runs the same job.
+#[derive(Clone, Debug)]
+pub struct LeaseHold(Arc<AtomicI64>);
+
+impl LeaseHold {
+    pub fn new(until: i64) -> LeaseHold {
+        LeaseHold(Arc::new(AtomicI64::new(until)))
+    }
+
+    pub fn until(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The database holds the lease until `until` (never moves it back).
+    pub fn confirm(&self, until: i64) {
+        self.0.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether at least half of a `lease_ms` lease is left at `now`. The
+    /// scheduler extends leases every third of their length, so a worker
+    /// whose extensions arrive keeps more than that; less means they are
+    /// a sixth of a lease late or more (10 s of the default minute).
+    pub fn has_time_to_spare(&self, now: i64, lease_ms: i64) -> bool {
+        self.until() - now >= lease_ms / 2
+    }
 }
 
 impl ClaimedJob {
@@ -803,6 +839,7 @@ impl Store {
                     attempts: row.try_get("attempts")?,
                     leased_by: worker.to_owned(),
                     lease_ms,
+                    lease: LeaseHold::new(now + lease_ms),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -814,8 +851,8 @@ impl Store {
     }
 
     /// Extends a running job's lease to `until` while this worker holds
-    /// it. Returns `false` when the lease was lost (another node may run the
-    /// job now).
+    /// it, and moves its [`LeaseHold`] on. Returns `false` when the lease
+    /// was lost (another node may run the job now).
     pub async fn extend_lease(&self, job: &ClaimedJob, until: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND leased_by = $3 AND lease_until < $1",
@@ -825,20 +862,24 @@ impl Store {
         .bind(job.leased_by.clone())
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 1 {
-            return Ok(true);
+        if done.rows_affected() == 0 {
+            // Not moved: either held with a later lease already, or lost.
+            let held = sqlx::query("SELECT 1 AS held FROM jobs WHERE id = $1 AND leased_by = $2")
+                .bind(job.id.clone())
+                .bind(job.leased_by.clone())
+                .fetch_optional(&self.pool)
+                .await?;
+            if held.is_none() {
+                return Ok(false);
+            }
         }
-        // Not moved: either held with a later lease already, or lost.
-        let held = sqlx::query("SELECT 1 AS held FROM jobs WHERE id = $1 AND leased_by = $2")
-            .bind(job.id.clone())
-            .bind(job.leased_by.clone())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(held.is_some())
+        job.lease.confirm(until);
+        Ok(true)
     }
 
     /// Extends the leases of running `jobs` (a batch) to `until` in one
-    /// statement. Returns how many this worker no longer holds.
+    /// statement, and moves the [`LeaseHold`] of each job extended on.
+    /// Returns how many this worker no longer holds.
     ///
     /// On PostgreSQL, rows locked by a transaction (the batch's own, which
     /// is finishing those jobs) are skipped rather than waited for: a
@@ -850,24 +891,30 @@ impl Store {
         };
         let held = super::bulk::json_in(self.dialect, "id", 3);
         let sql = match self.dialect {
-            Dialect::Sqlite => {
-                format!("UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND {held}")
-            }
+            Dialect::Sqlite => format!(
+                "UPDATE jobs SET lease_until = $1 WHERE leased_by = $2 AND {held} RETURNING id"
+            ),
             Dialect::Postgres => format!(
                 "UPDATE jobs SET lease_until = $1 WHERE id IN \
                  (SELECT id FROM jobs WHERE leased_by = $2 AND {held} \
-                  ORDER BY id FOR UPDATE SKIP LOCKED)"
+                  ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id"
             ),
         };
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         let ids = super::bulk::to_json(&ids)?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(until)
-            .bind(first.leased_by.clone())
-            .bind(ids.clone())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == jobs.len() as u64 {
+        let extended: std::collections::HashSet<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(until)
+                .bind(first.leased_by.clone())
+                .bind(ids.clone())
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        for job in jobs.iter().filter(|job| extended.contains(&job.id)) {
+            job.lease.confirm(until);
+        }
+        if extended.len() == jobs.len() {
             return Ok(0);
         }
         // Skipped or gone: finished (deleted) is not lost; leased to

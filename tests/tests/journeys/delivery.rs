@@ -224,6 +224,92 @@ nachfass_tests::on_both_databases!(
     a_delivery_with_a_lost_lease_is_left_to_its_new_worker
 );
 
+/// A worker that cannot confirm a delivery's lease for half of its length
+/// (its extensions stall) does not hand the message to its provider: the
+/// lease could run out during the call, and the worker that took the job
+/// over would send it again. The job is given back unsent, and goes out
+/// once, from the next claim. A job whose lease was extended meanwhile is
+/// sent as usual.
+async fn a_delivery_whose_lease_is_in_doubt_goes_back_unsent(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let contacts = send_in_an_hour(
+        &w,
+        &["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"],
+    )
+    .await;
+    w.clock.set(w.clock.now() + HOUR);
+    let registry = nachfass::scheduler::job_registry();
+    let steps = claim_all(&w, "advance").await;
+    registry.run_batch(w.journeys.clone(), steps).await;
+    let deliveries = claim_all(&w, "deliver").await;
+    assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
+    // 31 s of the 60 s lease pass without an extension, except for the
+    // second job's.
+    w.clock.set(w.clock.now() + 31_000);
+    let lost = w
+        .store
+        .extend_leases(&deliveries[1..2], w.clock.now() + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(lost, 0, "{dialect}");
+    let outcomes = registry
+        .run_batch(w.journeys.clone(), deliveries.clone())
+        .await;
+    let now = w.clock.now();
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [
+                Ok(JobOutcome::Defer { until: a }),
+                Ok(JobOutcome::Done),
+                Ok(JobOutcome::Defer { until: c })
+            ] if *a == now && *c == now
+        ),
+        "{dialect}: {outcomes:?}"
+    );
+    assert_eq!(
+        w.sink.received().len(),
+        1,
+        "{dialect}: only the confirmed one went out"
+    );
+    // The scheduler gives the two back; the next claim sends them.
+    for job in [&deliveries[0], &deliveries[2]] {
+        w.store.defer_job(job, now).await.unwrap();
+    }
+    let again = claim_all(&w, "deliver").await;
+    assert_eq!(again.len(), 2, "{dialect}: {again:?}");
+    registry.run_batch(w.journeys.clone(), again).await;
+    let mut keys: Vec<String> = w
+        .sink
+        .received()
+        .iter()
+        .map(|request| {
+            request
+                .header("idempotency-key")
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    keys.sort();
+    let received = keys.len();
+    keys.dedup();
+    assert_eq!(
+        (received, keys.len()),
+        (3, 3),
+        "{dialect}: each message once"
+    );
+    for contact in &contacts {
+        let outbox = w.store.contact_outbox(contact).await.unwrap();
+        assert_eq!(outbox[0].status.as_str(), "delivered", "{dialect}");
+    }
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_delivery_whose_lease_is_in_doubt_goes_back_unsent
+);
+
 /// A send step that runs again (a retry after a crash between the step's
 /// writes and its job's end) queues nothing new: its message's
 /// idempotency key is queued already, so neither a second message nor a
