@@ -128,6 +128,10 @@ fn describe() {
         "Messages held back by their channel binding's rate limit, per binding"
     );
     describe_counter!(
+        "nachfass_deliveries_given_back_total",
+        "Messages given back unsent because this node could not extend their leases in time (a stalled node or database)"
+    );
+    describe_counter!(
         "nachfass_plugin_breaker_trips_total",
         "Bindings the circuit breaker paused"
     );

@@ -139,7 +139,7 @@ pub async fn deliver_batch(
     let mut calls = tokio::task::JoinSet::new();
     // The places of calls whose outcomes wait to be written.
     let mut held = Vec::new();
-    let mut given_back = 0;
+    let mut given_back = 0u64;
     loop {
         while let Some(place) = waiting
             .front()
@@ -180,6 +180,7 @@ pub async fn deliver_batch(
         }
     }
     if given_back > 0 {
+        metrics::counter!("nachfass_deliveries_given_back_total").increment(given_back);
         tracing::warn!(
             given_back,
             "deliveries given back unsent: their leases could not be extended in time"
