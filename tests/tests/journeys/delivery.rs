@@ -153,19 +153,8 @@ nachfass_tests::on_both_databases!(
 /// written, and its job stays the other worker's. The others stand.
 async fn a_delivery_with_a_lost_lease_is_left_to_its_new_worker(dialect: &'static str) {
     let w = world(dialect, 200).await;
-    let contacts = send_in_an_hour(
-        &w,
-        &["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"],
-    )
-    .await;
-    // The waits end: run the sends' steps, but not their deliveries.
-    w.clock.set(w.clock.now() + HOUR);
+    let (contacts, deliveries) = three_deliveries_claimed(&w, dialect).await;
     let registry = nachfass::scheduler::job_registry();
-    let steps = claim_all(&w, "advance").await;
-    assert_eq!(steps.len(), 3, "{dialect}: {steps:?}");
-    registry.run_batch(w.journeys.clone(), steps).await;
-    let deliveries = claim_all(&w, "deliver").await;
-    assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
     // Another worker takes the second one over.
     let taken = deliveries[1].clone();
     sqlx::query("UPDATE jobs SET leased_by = 'other-worker' WHERE id = $1")
@@ -233,17 +222,8 @@ nachfass_tests::on_both_databases!(
 async fn a_delivery_whose_lease_is_in_doubt_goes_back_unsent(dialect: &'static str) {
     let metrics = nachfass::metrics::install().expect("the metrics recorder");
     let w = world(dialect, 200).await;
-    let contacts = send_in_an_hour(
-        &w,
-        &["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"],
-    )
-    .await;
-    w.clock.set(w.clock.now() + HOUR);
+    let (contacts, deliveries) = three_deliveries_claimed(&w, dialect).await;
     let registry = nachfass::scheduler::job_registry();
-    let steps = claim_all(&w, "advance").await;
-    registry.run_batch(w.journeys.clone(), steps).await;
-    let deliveries = claim_all(&w, "deliver").await;
-    assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
     // 31 s of the 60 s lease pass without an extension, except for the
     // second job's.
     w.clock.set(w.clock.now() + 31_000);
@@ -419,6 +399,29 @@ async fn send_in_an_hour(w: &World, emails: &[&str]) -> Vec<String> {
         w.ingest(email, "trial.started", &[]).await;
     }
     contacts
+}
+
+/// Three contacts whose sends came due an hour later: their steps have
+/// run, their deliveries are claimed by this worker and not yet run.
+/// Answers the contacts and the deliveries.
+async fn three_deliveries_claimed(
+    w: &World,
+    dialect: &str,
+) -> (Vec<String>, Vec<nachfass::store::ClaimedJob>) {
+    let contacts = send_in_an_hour(
+        w,
+        &["ada@b2b.example", "bob@b2b.example", "cem@b2b.example"],
+    )
+    .await;
+    w.clock.set(w.clock.now() + HOUR);
+    let steps = claim_all(w, "advance").await;
+    assert_eq!(steps.len(), 3, "{dialect}: {steps:?}");
+    nachfass::scheduler::job_registry()
+        .run_batch(w.journeys.clone(), steps)
+        .await;
+    let deliveries = claim_all(w, "deliver").await;
+    assert_eq!(deliveries.len(), 3, "{dialect}: {deliveries:?}");
+    (contacts, deliveries)
 }
 
 /// Claims this worker's due jobs of `kind`, ten at most.
