@@ -948,8 +948,9 @@ on_both_databases!(
 
 /// A batch of steps holds its writes until its end and removes its jobs
 /// only if it still holds every lease: when another worker took one of
-/// them over meanwhile, nothing of the batch is kept, the jobs run again
-/// one by one, and the taken-over job is left to the worker that holds it.
+/// them over meanwhile, nothing of the batch is kept, the jobs still held
+/// run again together, and the taken-over job is left to the worker that
+/// holds it.
 async fn a_batch_with_a_lost_lease_keeps_nothing_of_that_job(dialect: &'static str) {
     let w = world(dialect).await;
     w.journeys

@@ -34,30 +34,100 @@ pub(super) async fn run_steps(
     jobs: Vec<(ClaimedJob, StepJob)>,
 ) -> Vec<Result<JobOutcome, StoreError>> {
     match run_in_one_transaction(journeys, &jobs).await {
-        Ok(outcomes) => outcomes,
+        Ok(BatchEnd::Committed(outcomes)) => outcomes,
+        // Left to the worker that holds it now.
+        Ok(BatchEnd::LeaseLost) if jobs.len() == 1 => vec![Ok(JobOutcome::Done)],
+        Ok(BatchEnd::LeaseLost) => run_held_again(journeys, jobs).await,
         Err(e) if jobs.len() == 1 => vec![Err(e)],
         // Nothing of the batch committed (a lost connection, a deadlock
         // with another node's batch): each job runs again on its own, so
         // one bad moment does not cost a whole batch its backoff.
         Err(e) => {
             tracing::info!(error = %e, jobs = jobs.len(), "a batch of steps failed; running its jobs one by one");
-            let mut outcomes = Vec::with_capacity(jobs.len());
-            for job in jobs.chunks(1) {
-                let mut ran = match run_in_one_transaction(journeys, job).await {
-                    Ok(ran) => ran,
-                    Err(e) => vec![Err(e)],
-                };
-                outcomes.append(&mut ran);
-            }
-            outcomes
+            one_by_one(journeys, &jobs).await
         }
     }
+}
+
+/// How a batch's transaction ended.
+enum BatchEnd {
+    Committed(Vec<Result<JobOutcome, StoreError>>),
+    /// Another worker holds one of the jobs now (its lease ran out), and
+    /// its work counts: nothing of the batch was kept.
+    LeaseLost,
+}
+
+/// After a batch that kept nothing because leases were lost: the jobs
+/// taken over are left to their new worker, and the others run again as
+/// one batch. On a node too slow to extend its leases in time, a hundred
+/// transactions one by one would only slow it down further.
+async fn run_held_again(
+    journeys: &Journeys,
+    jobs: Vec<(ClaimedJob, StepJob)>,
+) -> Vec<Result<JobOutcome, StoreError>> {
+    let claimed: Vec<ClaimedJob> = jobs.iter().map(|(job, _)| job.clone()).collect();
+    let held = match journeys.pipeline.store.still_held(&claimed).await {
+        // None lost after all (a removal that missed a job for another
+        // reason): rather than repeat the batch, each job runs alone.
+        Ok(held) if held.len() == jobs.len() => return one_by_one(journeys, &jobs).await,
+        Ok(held) => held,
+        Err(e) => {
+            tracing::info!(error = %e, "could not tell which leases are still held; running the batch's jobs one by one");
+            return one_by_one(journeys, &jobs).await;
+        }
+    };
+    tracing::info!(
+        lost = jobs.len() - held.len(),
+        held = held.len(),
+        "a batch of steps lost leases; its held jobs run again together"
+    );
+    let is_held: Vec<bool> = jobs.iter().map(|(job, _)| held.contains(&job.id)).collect();
+    let again: Vec<(ClaimedJob, StepJob)> = jobs
+        .into_iter()
+        .zip(&is_held)
+        .filter_map(|(job, held)| held.then_some(job))
+        .collect();
+    let mut ran = if again.is_empty() {
+        Vec::new()
+    } else {
+        Box::pin(run_steps(journeys, again)).await
+    }
+    .into_iter();
+    is_held
+        .into_iter()
+        .map(|held| {
+            if held {
+                ran.next().unwrap_or_else(|| {
+                    Err(StoreError::Invalid("a step batch lost an outcome".into()))
+                })
+            } else {
+                // Left to the worker that holds it now.
+                Ok(JobOutcome::Done)
+            }
+        })
+        .collect()
+}
+
+/// Each of `jobs` in a transaction of its own.
+async fn one_by_one(
+    journeys: &Journeys,
+    jobs: &[(ClaimedJob, StepJob)],
+) -> Vec<Result<JobOutcome, StoreError>> {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs.chunks(1) {
+        match run_in_one_transaction(journeys, job).await {
+            Ok(BatchEnd::Committed(mut ran)) => outcomes.append(&mut ran),
+            Ok(BatchEnd::LeaseLost) => outcomes.push(Ok(JobOutcome::Done)),
+            Err(e) => outcomes.push(Err(e)),
+        }
+    }
+    outcomes
 }
 
 async fn run_in_one_transaction(
     journeys: &Journeys,
     jobs: &[(ClaimedJob, StepJob)],
-) -> Result<Vec<Result<JobOutcome, StoreError>>, StoreError> {
+) -> Result<BatchEnd, StoreError> {
     let needs_routing = jobs
         .iter()
         .any(|(_, step)| matches!(step, StepJob::Route { .. }));
@@ -113,20 +183,13 @@ async fn run_in_one_transaction(
         (outcomes, facts.writes.take(finished))
     };
     if !write_step_batch_in(&mut tx, dialect, &writes, now).await? {
-        // Another worker has one of the jobs now (its lease ran out),
-        // and its work counts: nothing of this batch is kept.
         tx.rollback().await?;
-        if jobs.len() == 1 {
-            return Ok(vec![Ok(JobOutcome::Done)]);
-        }
-        return Err(StoreError::Invalid(
-            "a job's lease ran out during its batch".into(),
-        ));
+        return Ok(BatchEnd::LeaseLost);
     }
     tx.commit().await?;
     // The batch queued further steps and deliveries.
     store.jobs_wake().notify();
-    Ok(outcomes)
+    Ok(BatchEnd::Committed(outcomes))
 }
 
 /// Steps of runs, their writes held in `facts.writes` and made at the end

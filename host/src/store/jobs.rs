@@ -931,6 +931,27 @@ impl Store {
         Ok(u64::try_from(lost).unwrap_or(0))
     }
 
+    /// The ids of those of `jobs` this worker still holds.
+    pub async fn still_held(
+        &self,
+        jobs: &[ClaimedJob],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let Some(first) = jobs.first() else {
+            return Ok(Default::default());
+        };
+        let sql = format!(
+            "SELECT id FROM jobs WHERE leased_by = $1 AND {}",
+            super::bulk::json_in(self.dialect, "id", 2)
+        );
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let held: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(first.leased_by.clone())
+            .bind(super::bulk::to_json(&ids)?)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(held.into_iter().collect())
+    }
+
     /// Gives a job back to run again at `due_at`, noting why.
     pub async fn retry_job(
         &self,
