@@ -65,7 +65,7 @@ async fn run_held_again(
     journeys: &Journeys,
     jobs: Vec<(ClaimedJob, StepJob)>,
 ) -> Vec<Result<JobOutcome, StoreError>> {
-    let claimed: Vec<ClaimedJob> = jobs.iter().map(|(job, _)| job.clone()).collect();
+    let claimed: Vec<&ClaimedJob> = jobs.iter().map(|(job, _)| job).collect();
     let held = match journeys.pipeline.store.still_held(&claimed).await {
         // None lost after all (a removal that missed a job for another
         // reason): rather than repeat the batch, each job runs alone.

@@ -862,16 +862,9 @@ impl Store {
         .bind(job.leased_by.clone())
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            // Not moved: either held with a later lease already, or lost.
-            let held = sqlx::query("SELECT 1 AS held FROM jobs WHERE id = $1 AND leased_by = $2")
-                .bind(job.id.clone())
-                .bind(job.leased_by.clone())
-                .fetch_optional(&self.pool)
-                .await?;
-            if held.is_none() {
-                return Ok(false);
-            }
+        // Not moved: either held with a later lease already, or lost.
+        if done.rows_affected() == 0 && self.still_held(&[job]).await?.is_empty() {
+            return Ok(false);
         }
         job.lease.confirm(until);
         Ok(true)
@@ -934,7 +927,7 @@ impl Store {
     /// The ids of those of `jobs` this worker still holds.
     pub async fn still_held(
         &self,
-        jobs: &[ClaimedJob],
+        jobs: &[&ClaimedJob],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
         let Some(first) = jobs.first() else {
             return Ok(Default::default());
