@@ -3,7 +3,9 @@
 //! (consent, suppression, frequency cap, send window), rendered into the
 //! outbox and then delivered through the real webhook component to a
 //! receiver on 127.0.0.1. Prints throughput and the p50/p99 lateness of
-//! queueing (outbox written) and of delivery, on SQLite and PostgreSQL.
+//! queueing (outbox written) and of delivery, on SQLite and PostgreSQL,
+//! and how many deliveries a node gave back unsent because it could not
+//! confirm their leases (a stalled node or database).
 //!
 //! `NACHFASS_TEST_POSTGRES_URL=$(bash tests/support/postgres.sh) cargo bench -p nachfass-tests --bench dispatch`
 //! Size: NACHFASS_BENCH_STEPS (default 1000000); NACHFASS_BENCH_ONLY=sqlite
@@ -153,6 +155,8 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     // The server's own loop: its lanes for steps and deliveries.
     let scheduler = Scheduler::new(journeys, SchedulerConfig::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The counter is the process's: both databases' runs add to it.
+    let given_back_before = counter("nachfass_deliveries_given_back_total");
     let started = Instant::now();
     let running = tokio::spawn(scheduler.run_forever(stopped));
     let mut peak_rss = 0;
@@ -178,6 +182,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     let elapsed = started.elapsed();
     stop.send(true).unwrap();
     running.await.unwrap();
+    let given_back = counter("nachfass_deliveries_given_back_total") - given_back_before;
 
     let rows = sqlx::query(
         "SELECT o.created_at - r.started_at AS queued, o.sent_at - r.started_at AS sent \
@@ -193,7 +198,8 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     println!(
         "{dialect}: {steps} sends due within one minute: all delivered after {:.1} s ({:.0} steps/s); \
          lateness queued p50 {:.1} s p99 {:.1} s, delivered p50 {:.1} s p99 {:.1} s; \
-         {} delivered, {} received; peak RSS {} MB; seeding took {:.1} s",
+         {} delivered, {} received; {given_back} given back unsent (leases in doubt); \
+         peak RSS {} MB; seeding took {:.1} s",
         elapsed.as_secs_f64(),
         steps as f64 / elapsed.as_secs_f64(),
         percentile(&queued, 0.5) as f64 / 1000.0,
@@ -205,6 +211,22 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         peak_rss / 1_000_000,
         seeded.as_secs_f64(),
     );
+}
+
+/// A counter of this process's metrics, as `/metrics` would show it.
+fn counter(name: &str) -> f64 {
+    nachfass::metrics::install()
+        .map(|handle| handle.render())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// This process's resident memory now (server, scheduler and receiver
@@ -222,6 +244,9 @@ fn rss_bytes() -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As `serve` does: the server's metrics are recorded, and the run
+    // reports the ones that tell of trouble.
+    nachfass::metrics::install();
     let steps = std::env::var("NACHFASS_BENCH_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())
