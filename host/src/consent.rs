@@ -211,7 +211,7 @@ async fn queue_confirmation(
         _ => contact.email.clone(),
     }
     .ok_or_else(|| StoreError::Invalid(format!("the contact has no address for {channel}")))?;
-    let tracking = journeys.tracking_in(tx).await?;
+    let tracking = journeys.tracking();
     let link = tracking.url(TokenKind::Confirm, request_id);
     let name = match contact.attributes.get("first_name") {
         Some(Value::Text(name)) => format!(" {name}"),
@@ -264,7 +264,7 @@ pub async fn confirmation_state(
     journeys: &Journeys,
     token: &str,
 ) -> Result<Option<ConfirmationState>, StoreError> {
-    let tracking = journeys.tracking().await?;
+    let tracking = journeys.tracking();
     let Some((TokenKind::Confirm, request_id)) = tracking.verify(token) else {
         return Ok(None);
     };
@@ -296,7 +296,7 @@ pub async fn confirm(
     ip: Option<&str>,
     user_agent: Option<&str>,
 ) -> Result<Option<Confirmation>, StoreError> {
-    let tracking = journeys.tracking().await?;
+    let tracking = journeys.tracking();
     let Some((TokenKind::Confirm, request_id)) = tracking.verify(token) else {
         return Ok(None);
     };

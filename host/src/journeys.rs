@@ -187,24 +187,15 @@ impl Journeys {
         *lock(&self.tracking) = None;
     }
 
-    pub async fn tracking(&self) -> Result<Tracking, StoreError> {
-        let mut conn = self.pipeline.store.pool().acquire().await?;
-        self.tracking_in(&mut conn).await
-    }
-
-    /// The link signer, with the secret read (or made) on the caller's
-    /// connection the first time.
-    pub(crate) async fn tracking_in(
-        &self,
-        conn: &mut AnyConnection,
-    ) -> Result<Tracking, StoreError> {
+    /// The link signer, with the database's secret.
+    pub fn tracking(&self) -> Tracking {
         if let Some(tracking) = lock(&self.tracking).clone() {
-            return Ok(tracking);
+            return tracking;
         }
-        let secret = crate::store::tracking::signing_secret_in(conn).await?;
-        let tracking = Tracking::new(&secret, &lock(&self.public_url));
+        let secret = self.pipeline.store.signing_secret();
+        let tracking = Tracking::new(secret, &lock(&self.public_url));
         *lock(&self.tracking) = Some(tracking.clone());
-        Ok(tracking)
+        tracking
     }
 
     fn now(&self) -> i64 {

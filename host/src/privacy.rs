@@ -73,14 +73,14 @@ pub async fn erase(
     let now = pipeline.clock.now();
     let contact = store.contact(contact_id).await?;
     let events = store.all_events(contact_id).await?.len();
-    let secret = store.signing_secret().await?;
+    let secret = store.signing_secret();
     let addresses: Vec<&String> = [&contact.email, &contact.phone]
         .into_iter()
         .flatten()
         .collect();
     for address in &addresses {
         store
-            .remember_erased(&address_hash(&secret, address), now)
+            .remember_erased(&address_hash(secret, address), now)
             .await?;
     }
     store.delete_contact(contact_id).await?;

@@ -108,6 +108,9 @@ pub struct Store {
     /// handler) is a lottery with sleeps of up to 100 ms between tries, so a
     /// busy writer (a batch of steps) could starve another (deliveries).
     writer: Option<AnyPool>,
+    /// What signs tracking links and hashes erased addresses (see
+    /// `tracking.rs`): the database's, read once at connect.
+    signing_secret: Arc<[u8]>,
 }
 
 /// Settings every SQLite connection gets: WAL lets readers run beside the
@@ -251,6 +254,13 @@ impl Store {
             ),
             Dialect::Postgres => None,
         };
+        // Made (if new) here, in a statement of its own, so that it is
+        // committed before anything signs or hashes with it: made inside a
+        // batch that rolled back, it would vanish while this node kept it.
+        let signing_secret: Arc<[u8]> = {
+            let mut conn = pool.acquire().await?;
+            tracking::signing_secret_in(&mut conn).await?.into()
+        };
         let store = Store {
             pool,
             dialect,
@@ -262,6 +272,7 @@ impl Store {
             )),
             api_keys: Arc::default(),
             writer,
+            signing_secret,
         };
         store.refresh_routing().await?;
         Ok(store)

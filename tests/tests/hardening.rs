@@ -630,8 +630,6 @@ async fn a_merge_keeps_messages_consents_and_suppressions(dialect: &str) {
     let unsubscribe = api
         .journeys
         .tracking()
-        .await
-        .unwrap()
         .token(TokenKind::Unsubscribe, &outbox[0].id);
     nachfass::privacy::unsubscribe(&api.journeys.pipeline, &alt, "test", &json!({}))
         .await

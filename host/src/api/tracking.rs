@@ -40,7 +40,7 @@ async fn message_of(
     token: &str,
     wanted: fn(TokenKind) -> bool,
 ) -> Result<(TokenKind, OutboxEntry), ApiError> {
-    let tracking = state.journeys.tracking().await?;
+    let tracking = state.journeys.tracking();
     let (kind, outbox_id) = tracking
         .verify(token)
         .filter(|(k, _)| wanted(*k))

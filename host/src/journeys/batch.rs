@@ -15,10 +15,10 @@ use sqlx::AnyConnection;
 use super::advance::advance_in;
 use super::facts::StepFacts;
 use super::route::{route_in, start_runs_in};
-use super::writes::StepWrites;
 use super::{ActiveJourneys, AdvanceRun, Journeys};
 use crate::store::StoreError;
 use crate::store::jobs::{ClaimedJob, JobOutcome};
+use crate::store::runs::Run;
 use crate::store::step_writes::write_step_batch_in;
 
 /// What one job of a batch asks for.
@@ -173,8 +173,8 @@ async fn run_in_one_transaction(
                 "a run the batch started was started by another node".into(),
             ));
         }
-        let writes = std::mem::take(&mut facts.writes);
-        let mut steps = first_steps(journeys, &mut tx, writes, &started, jobs.len(), now).await?;
+        let mut steps =
+            first_steps(journeys, &mut tx, &mut facts, started, jobs.len(), now).await?;
         let finished = jobs.iter().map(|(job, _)| job.clone()).collect();
         let outcomes = jobs.iter().map(|_| Ok(JobOutcome::Done)).collect();
         (outcomes, steps.writes.take(finished))
@@ -231,28 +231,30 @@ async fn advance_all(
 
 /// The first steps of the runs routing `started`, in the same
 /// transaction: a trigger's message is queued when the event is routed,
-/// without a job, claim and commit of its own between. `writes` (the
-/// routing's) go on in the returned facts, the steps' after them. A run
+/// without a job, claim and commit of its own between. The routing's
+/// writes (taken from `routed`) go on in the returned facts, the steps'
+/// after them; so do its contacts and events, not read again. A run
 /// whose first step fails gets its job as before and is retried with
 /// backoff; the routing stands.
 async fn first_steps(
     journeys: &Journeys,
     tx: &mut AnyConnection,
-    writes: StepWrites,
-    started: &[String],
-    routed: usize,
+    routed: &mut StepFacts,
+    started: Vec<Run>,
+    routed_jobs: usize,
     now: i64,
 ) -> Result<StepFacts, StoreError> {
+    let run_ids: Vec<String> = started.iter().map(|run| run.id.clone()).collect();
     let mut steps = if started.is_empty() {
         StepFacts::default()
     } else {
-        StepFacts::load(journeys, tx, started, now).await?
+        StepFacts::for_started(journeys, tx, started, routed, now).await?
     };
-    steps.writes = writes;
-    for (index, run_id) in started.iter().enumerate() {
+    steps.writes = std::mem::take(&mut routed.writes);
+    for (index, run_id) in run_ids.iter().enumerate() {
         // Tagged after the routed jobs: a failing step takes back its own
         // writes only.
-        steps.writes.begin(routed + index);
+        steps.writes.begin(routed_jobs + index);
         let contact = steps.contact_of_run(run_id);
         if let Err(e) = advance_in(journeys, tx, &mut steps, run_id, 0, false, now).await {
             tracing::info!(run = %run_id, error = %e, "a run's first step failed; its job retries it");

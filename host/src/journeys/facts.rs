@@ -24,7 +24,7 @@ use crate::store::outbox::{marketing_sends_of_in, marketing_sends_since_in};
 use crate::store::runs::{Run, latest_runs_of_in, run_in, runs_in};
 use crate::store::suppressions::{Suppression, suppressions_in, suppressions_of_in};
 use crate::store::timeline::{event_in, events_in};
-use crate::store::tracking::{erased_at_in, erased_of_in, signing_secret_in};
+use crate::store::tracking::{erased_at_in, erased_of_in};
 use crate::store::{BindingDef, BindingKind, Dialect, StoreError};
 
 #[derive(Default)]
@@ -43,9 +43,9 @@ pub(super) struct StepFacts {
     /// Erasure times of the loaded contacts' addresses, by address hash.
     erased: HashMap<String, i64>,
     erased_checked: HashSet<String>,
-    secret: Option<Vec<u8>>,
     channel_bindings: Option<Vec<BindingDef>>,
-    /// Events to route, by id; each taken once, by its job.
+    /// Events to route, by id; kept for the first steps of the runs they
+    /// start (see [`Self::for_started`]).
     events: HashMap<String, Event>,
     /// The events that started the loaded runs, for rendering.
     triggers: HashMap<String, Event>,
@@ -67,11 +67,7 @@ impl StepFacts {
     ) -> Result<StepFacts, StoreError> {
         let dialect = journeys.pipeline.store.dialect();
         let runs = runs_in(tx, dialect, run_ids).await?;
-        let run_contacts: HashMap<String, String> = runs
-            .values()
-            .map(|r| (r.id.clone(), r.contact_id.clone()))
-            .collect();
-        let mut contact_ids: Vec<String> = run_contacts.values().cloned().collect();
+        let mut contact_ids: Vec<String> = runs.values().map(|r| r.contact_id.clone()).collect();
         contact_ids.sort_unstable();
         contact_ids.dedup();
         let contacts = contacts_in(tx, dialect, &contact_ids).await?;
@@ -82,14 +78,62 @@ impl StepFacts {
         trigger_ids.sort_unstable();
         trigger_ids.dedup();
         let triggers = events_in(tx, dialect, &trigger_ids).await?;
+        StepFacts::for_runs(journeys, tx, runs, contacts, triggers, now).await
+    }
+
+    /// The first steps of the runs a batch of events started: the runs as
+    /// written, their contacts and trigger events as routing read them
+    /// (routing changes neither). Three reads fewer for every such batch
+    /// than [`Self::load`], which would read back what it has at hand.
+    pub async fn for_started(
+        journeys: &Journeys,
+        tx: &mut AnyConnection,
+        started: Vec<Run>,
+        routed: &mut StepFacts,
+        now: i64,
+    ) -> Result<StepFacts, StoreError> {
+        let mut contacts = HashMap::new();
+        let mut triggers = HashMap::new();
+        for run in &started {
+            if let Some(contact) = routed.contacts.get(&run.contact_id) {
+                contacts.insert(run.contact_id.clone(), contact.clone());
+            }
+            let trigger = run.trigger_event.as_ref();
+            if let Some((id, event)) = trigger.and_then(|id| routed.events.remove_entry(id)) {
+                triggers.insert(id, event);
+            }
+        }
+        let runs = started.into_iter().map(|r| (r.id.clone(), r)).collect();
+        StepFacts::for_runs(journeys, tx, runs, contacts, triggers, now).await
+    }
+
+    /// The facts of steps of `runs`, whose contacts and trigger events are
+    /// known: the gate's reads for those contacts (consents, suppressions,
+    /// recent sends, erased addresses) and the channel bindings.
+    async fn for_runs(
+        journeys: &Journeys,
+        tx: &mut AnyConnection,
+        runs: HashMap<String, Run>,
+        contacts: HashMap<String, Contact>,
+        triggers: HashMap<String, Event>,
+        now: i64,
+    ) -> Result<StepFacts, StoreError> {
+        let dialect = journeys.pipeline.store.dialect();
+        let run_contacts: HashMap<String, String> = runs
+            .values()
+            .map(|r| (r.id.clone(), r.contact_id.clone()))
+            .collect();
+        let mut contact_ids: Vec<String> = run_contacts.values().cloned().collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
         let sends_since = now - journeys.policy.cap.per.millis;
-        let secret = signing_secret_in(tx).await?;
+        let secret = journeys.pipeline.store.signing_secret();
         // Every address a send may go to: email, phone, or the id itself.
         let hashes: Vec<String> = contacts
             .values()
             .flat_map(|c| [c.email.as_deref(), c.phone.as_deref(), Some(c.id.as_str())])
             .flatten()
-            .map(|address| address_hash(&secret, address))
+            .map(|address| address_hash(secret, address))
             .collect();
         Ok(StepFacts {
             consents: consents_in(tx, dialect, &contact_ids, Purpose::Marketing).await?,
@@ -98,7 +142,6 @@ impl StepFacts {
             erased: erased_of_in(tx, dialect, &hashes).await?,
             erased_checked: hashes.into_iter().collect(),
             channel_bindings: Some(bindings_in(tx, BindingKind::Channel).await?),
-            secret: Some(secret),
             loaded: contacts.keys().cloned().collect(),
             sends_since,
             runs,
@@ -186,8 +229,8 @@ impl StepFacts {
         tx: &mut AnyConnection,
         id: &str,
     ) -> Result<Option<Event>, StoreError> {
-        match self.events.remove(id) {
-            Some(event) => Ok(Some(event)),
+        match self.events.get(id) {
+            Some(event) => Ok(Some(event.clone())),
             None => event_in(tx, id).await,
         }
     }
@@ -308,22 +351,15 @@ impl StepFacts {
         }
     }
 
-    pub async fn secret(&mut self, tx: &mut AnyConnection) -> Result<Vec<u8>, StoreError> {
-        if let Some(secret) = &self.secret {
-            return Ok(secret.clone());
-        }
-        let secret = signing_secret_in(tx).await?;
-        self.secret = Some(secret.clone());
-        Ok(secret)
-    }
-
-    /// When `address` was erased, if it was.
+    /// When `address` was erased, if it was (`secret`: the store's
+    /// signing secret, which its hash is made with).
     pub async fn erased_at(
         &mut self,
         tx: &mut AnyConnection,
+        secret: &[u8],
         address: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let hash = address_hash(&self.secret(tx).await?, address);
+        let hash = address_hash(secret, address);
         if self.erased_checked.contains(&hash) {
             return Ok(self.erased.get(&hash).copied());
         }

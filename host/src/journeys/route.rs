@@ -117,18 +117,18 @@ pub(super) async fn start_runs_in(
     tx: &mut AnyConnection,
     dialect: Dialect,
     writes: &mut StepWrites,
-) -> Result<(Vec<String>, bool), StoreError> {
+) -> Result<(Vec<Run>, bool), StoreError> {
     let (runs, events): (Vec<Run>, Vec<NewEvent>) = writes.take_new_runs().into_iter().unzip();
-    let started: HashSet<String> = insert_runs_in(tx, dialect, &runs).await?;
-    let mut ids = Vec::with_capacity(started.len());
-    for (run, entered) in runs.iter().zip(events) {
-        if started.contains(&run.id) {
+    let inserted: HashSet<String> = insert_runs_in(tx, dialect, &runs).await?;
+    let all = inserted.len() == runs.len();
+    let mut started = Vec::with_capacity(inserted.len());
+    for (run, entered) in runs.into_iter().zip(events) {
+        if inserted.contains(&run.id) {
             writes.started(entered);
-            ids.push(run.id.clone());
+            started.push(run);
         }
     }
-    let all = ids.len() == runs.len();
-    Ok((ids, all))
+    Ok((started, all))
 }
 
 /// A run waiting for this event moves on to its `on_event` step.

@@ -58,7 +58,10 @@ pub(super) async fn send(
         _ => Some(contact.email.clone().unwrap_or_else(|| contact.id.clone())),
     };
     let erased_at = match &address {
-        Some(address) => facts.erased_at(tx, address).await?,
+        Some(address) => {
+            let secret = journeys.pipeline.store.signing_secret();
+            facts.erased_at(tx, secret, address).await?
+        }
         None => None,
     };
     let suppressions = facts.suppressions(tx, &contact.id).await?;
@@ -157,7 +160,7 @@ pub(super) async fn send(
     // Messages people read get tracked links and an unsubscribe link; an
     // ads audience update is no message.
     if channel != "audience" {
-        let tracking = journeys.tracking_in(tx).await?;
+        let tracking = journeys.tracking();
         let origins = crate::tracking::template_origins(&[
             &template.text,
             template.html.as_deref().unwrap_or(""),

@@ -10,7 +10,7 @@ use super::{Store, StoreError, new_id};
 
 /// The server's secret for signed links and address hashes: made once,
 /// shared by every node through the database.
-pub async fn signing_secret_in(conn: &mut AnyConnection) -> Result<Vec<u8>, StoreError> {
+pub(super) async fn signing_secret_in(conn: &mut AnyConnection) -> Result<Vec<u8>, StoreError> {
     let read = async |conn: &mut AnyConnection| -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE key = 'signing_secret'")
             .fetch_optional(conn)
@@ -85,9 +85,10 @@ pub async fn audit_in(
 }
 
 impl Store {
-    pub async fn signing_secret(&self) -> Result<Vec<u8>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        signing_secret_in(&mut conn).await
+    /// The database's signing secret: made once, never changed, so read
+    /// once, at connect.
+    pub fn signing_secret(&self) -> &[u8] {
+        &self.signing_secret
     }
 
     /// Records what a recipient did with a message; returns how many times
