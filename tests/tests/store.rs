@@ -270,6 +270,40 @@ nachfass_tests::on_both_databases!(
     a_rate_bucket_is_shared_by_concurrent_takers
 );
 
+/// The signing secret (tracking links, hashes of erased addresses) is the
+/// database's: made by the first node's connect and committed by the
+/// time it has connected, so nothing can sign with a secret that a
+/// rolled-back batch took with it; every later node reads the same.
+async fn nodes_share_one_committed_signing_secret(dialect: &'static str) {
+    use nachfass::store::Store;
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let a = Store::connect(&url).await.unwrap();
+    assert_eq!(a.signing_secret().len(), 32, "{dialect}");
+    let stored: String =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'signing_secret'")
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
+    let hex: String = a
+        .signing_secret()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(stored, hex, "{dialect}");
+    let (b, c) = tokio::join!(Store::connect(&url), Store::connect(&url));
+    let (b, c) = (b.unwrap(), c.unwrap());
+    assert_eq!(b.signing_secret(), a.signing_secret(), "{dialect}");
+    assert_eq!(c.signing_secret(), a.signing_secret(), "{dialect}");
+    b.pool().close().await;
+    c.pool().close().await;
+    temp.cleanup(a).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    nodes_share_one_committed_signing_secret
+);
+
 /// A page of contacts as rules see it carries each contact exactly as it
 /// is read alone: attributes of every type, segments, and the activity
 /// summary as of `now` (later events left out).
