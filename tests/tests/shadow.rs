@@ -754,9 +754,10 @@ async fn a_shadow_runs_and_is_promoted_on_every_node_postgres() {
     assert_eq!(status, 201, "{body}");
 
     let event = json!({ "kind": "page.visited", "email": "n@example.org" }).to_string();
-    // The reason B's scorer gave for a new event; none while B has no
-    // live version of the plugin yet (it hears of the upload at A through
-    // LISTEN/NOTIFY and compiles it, which takes a moment on a busy box).
+    // The reason B's scorer gave for a new event; none while it is not
+    // scored yet: B hears of the upload at A through LISTEN/NOTIFY and
+    // compiles it, and an event whose effects could not be applied with
+    // its answer is scored by its job a moment later.
     let score_at_b = || {
         let (status, ingested) = http(port_b, "POST", "/v1/events", Some(&key), Some(&event));
         assert_eq!(status, 201, "{ingested}");
