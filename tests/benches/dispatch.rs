@@ -156,7 +156,7 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     let scheduler = Scheduler::new(journeys, SchedulerConfig::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The counter is the process's: both databases' runs add to it.
-    let given_back_before = counter("nachfass_deliveries_given_back_total");
+    let given_back_before = nachfass_tests::counter("nachfass_deliveries_given_back_total");
     let started = Instant::now();
     let running = tokio::spawn(scheduler.run_forever(stopped));
     let mut peak_rss = 0;
@@ -182,7 +182,8 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
     let elapsed = started.elapsed();
     stop.send(true).unwrap();
     running.await.unwrap();
-    let given_back = counter("nachfass_deliveries_given_back_total") - given_back_before;
+    let given_back =
+        nachfass_tests::counter("nachfass_deliveries_given_back_total") - given_back_before;
 
     let rows = sqlx::query(
         "SELECT o.created_at - r.started_at AS queued, o.sent_at - r.started_at AS sent \
@@ -211,22 +212,6 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, steps: usize) 
         peak_rss / 1_000_000,
         seeded.as_secs_f64(),
     );
-}
-
-/// A counter of this process's metrics, as `/metrics` would show it.
-fn counter(name: &str) -> f64 {
-    nachfass::metrics::install()
-        .map(|handle| handle.render())
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 /// This process's resident memory now (server, scheduler and receiver

@@ -226,6 +226,23 @@ impl Drop for HttpSink {
     }
 }
 
+/// A counter of this process's metrics (a label-free one), as `/metrics`
+/// shows it; 0 before it first counts or without a recorder.
+pub fn counter(name: &str) -> f64 {
+    nachfass::metrics::install()
+        .map(|handle| handle.render())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// A fresh database on each dialect, as URLs: an SQLite file in a temp dir
 /// and a new database on the PostgreSQL server at
 /// `NACHFASS_TEST_POSTGRES_URL` (`tests/run` starts one).

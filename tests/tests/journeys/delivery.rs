@@ -220,7 +220,7 @@ nachfass_tests::on_both_databases!(
 /// once, from the next claim. A job whose lease was extended meanwhile is
 /// sent as usual.
 async fn a_delivery_whose_lease_is_in_doubt_goes_back_unsent(dialect: &'static str) {
-    let metrics = nachfass::metrics::install().expect("the metrics recorder");
+    nachfass::metrics::install().expect("the metrics recorder");
     let w = world(dialect, 200).await;
     let (contacts, deliveries) = three_deliveries_claimed(&w, dialect).await;
     let registry = nachfass::scheduler::job_registry();
@@ -255,12 +255,7 @@ async fn a_delivery_whose_lease_is_in_doubt_goes_back_unsent(dialect: &'static s
     );
     // Operators see it (both databases' cases count into this process's
     // one counter, so at least this case's two).
-    let given_back: f64 = metrics
-        .render()
-        .lines()
-        .find_map(|line| line.strip_prefix("nachfass_deliveries_given_back_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0);
+    let given_back = nachfass_tests::counter("nachfass_deliveries_given_back_total");
     assert!(given_back >= 2.0, "{dialect}: {given_back}");
     // The scheduler gives the two back; the next claim sends them.
     for job in [&deliveries[0], &deliveries[2]] {
