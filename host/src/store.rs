@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use api_keys::{ApiKey, Scope};
 pub use backtests::{Backtest, BacktestRow};
@@ -239,7 +239,20 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         match dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Dialect::Sqlite => {
+                // sqlx's migration lock is PostgreSQL's advisory lock and
+                // does nothing on SQLite: two processes starting on a new
+                // file (a `serve` and a CLI command) both read "nothing
+                // applied", and the second then fails creating a table
+                // the first made. The whole run holds SQLite's write lock
+                // instead (each migration a savepoint inside it): the
+                // second waits for the busy timeout's length at most, then
+                // finds every migration applied.
+                let mut conn = pool.acquire().await?;
+                let mut run = conn.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::migrate!("migrations/sqlite").run(&mut *run).await?;
+                run.commit().await?;
+            }
             Dialect::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         let writer = match dialect {

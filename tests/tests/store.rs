@@ -304,6 +304,116 @@ nachfass_tests::on_both_databases!(
     nodes_share_one_committed_signing_secret
 );
 
+/// Nodes that start together on a new database (a `serve` and a CLI
+/// command, two replicas) migrate it once between them: every one
+/// connects, and the schema is whole. PostgreSQL serialises the runs with
+/// sqlx's advisory lock; SQLite has none, so the store holds its write
+/// lock around the whole run.
+async fn nodes_connecting_at_once_migrate_a_new_database_once(dialect: &'static str) {
+    use nachfass::store::Store;
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let (a, b, c, d) = tokio::join!(
+        Store::connect(&url),
+        Store::connect(&url),
+        Store::connect(&url),
+        Store::connect(&url)
+    );
+    let nodes: Vec<Store> = [a, b, c, d]
+        .into_iter()
+        .map(|node| node.unwrap_or_else(|e| panic!("{dialect}: a node failed to connect: {e}")))
+        .collect();
+    for node in &nodes {
+        assert_eq!(node.migrations_pending().await.unwrap(), 0, "{dialect}");
+        assert_eq!(
+            node.signing_secret(),
+            nodes[0].signing_secret(),
+            "{dialect}"
+        );
+    }
+    // Every node writes through the schema it found.
+    for (i, node) in nodes.iter().enumerate() {
+        let input = ContactInput {
+            email: Some(format!("node{i}@migrate.example")),
+            ..ContactInput::default()
+        };
+        node.upsert_contact(&input, 1).await.unwrap();
+    }
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts")
+        .fetch_one(nodes[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(contacts, 4, "{dialect}");
+    let mut nodes = nodes.into_iter();
+    let first = nodes.next().unwrap();
+    for node in nodes {
+        node.pool().close().await;
+    }
+    temp.cleanup(first).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    nodes_connecting_at_once_migrate_a_new_database_once
+);
+
+/// A database left at an older schema (here: migrations up to 0009) is
+/// upgraded in place by the next connect, its rows kept and carried into
+/// the new columns (a queued job's kind, read from its payload since
+/// 0015).
+async fn an_older_database_is_upgraded_in_place(dialect: &'static str) {
+    use nachfass::store::Store;
+    sqlx::any::install_default_drivers();
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let old = match dialect {
+        "sqlite" => {
+            let pool = sqlx::AnyPool::connect(&format!("{url}?mode=rwc"))
+                .await
+                .unwrap();
+            sqlx::migrate!("../host/migrations/sqlite")
+                .run_to(9, &pool)
+                .await
+                .unwrap();
+            pool
+        }
+        _ => {
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::migrate!("../host/migrations/postgres")
+                .run_to(9, &pool)
+                .await
+                .unwrap();
+            pool
+        }
+    };
+    for statement in [
+        "INSERT INTO contacts (id, email, created_at, updated_at) VALUES ('c1', 'old@upgrade.example', 1, 1)",
+        "INSERT INTO jobs (id, unique_key, payload, due_at, created_at) \
+         VALUES ('j1', 'k1', '{\"job\":\"deliver\",\"outbox_id\":\"o1\"}', 5, 1)",
+    ] {
+        sqlx::query(statement).execute(&old).await.unwrap();
+    }
+    old.close().await;
+
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.migrations_pending().await.unwrap(), 0, "{dialect}");
+    let contact = store.contact("c1").await.unwrap();
+    assert_eq!(
+        contact.email.as_deref(),
+        Some("old@upgrade.example"),
+        "{dialect}"
+    );
+    let kind: String = sqlx::query_scalar("SELECT kind FROM jobs WHERE id = 'j1'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kind, "deliver", "{dialect}");
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_older_database_is_upgraded_in_place
+);
+
 /// A page of contacts as rules see it carries each contact exactly as it
 /// is read alone: attributes of every type, segments, and the activity
 /// summary as of `now` (later events left out).
