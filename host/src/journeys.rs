@@ -219,7 +219,6 @@ impl Journeys {
             .store
             .save_journey(&def.name, &canonical, now)
             .await?;
-        self.pipeline.store.refresh_routing().await?;
         self.forget_active();
         sweep::schedule_next(self, &def.name, version, def, now).await?;
         Ok(Saved {

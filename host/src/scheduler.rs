@@ -352,15 +352,7 @@ impl Scheduler {
             running.spawn(self.clone().run_lane(lane, shutdown.clone()));
         }
         let mut shutdown = shutdown;
-        let mut refreshed = tokio::time::Instant::now();
         while !*shutdown.borrow() {
-            // Journeys saved on another node start routing events here too.
-            if refreshed.elapsed() > Duration::from_secs(5) {
-                refreshed = tokio::time::Instant::now();
-                if let Err(e) = store.refresh_routing().await {
-                    tracing::warn!(error = %e, "could not refresh journey routing");
-                }
-            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}

@@ -90,8 +90,9 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-    /// Whether a journey exists: then every new event also queues a job
-    /// that routes it to journeys, in the event's own transaction.
+    /// Whether a journey exists, known: then every new event also queues a
+    /// job that routes it to journeys, in the event's own transaction
+    /// (`routes_events_in`).
     routing: Arc<AtomicBool>,
     /// Wakes this node's scheduler when jobs were committed here.
     jobs_wake: jobs::JobsWake,
@@ -287,20 +288,28 @@ impl Store {
             writer,
             signing_secret,
         };
-        store.refresh_routing().await?;
         Ok(store)
     }
 
-    /// Re-reads whether any journey is active (another node may have saved
-    /// one).
-    pub async fn refresh_routing(&self) -> Result<(), StoreError> {
-        let any = self.has_journeys().await?;
-        self.routing.store(any, Ordering::SeqCst);
-        Ok(())
-    }
-
-    pub(crate) fn routes_events(&self) -> bool {
-        self.routing.load(Ordering::SeqCst)
+    /// Whether new events are routed to journeys (queue a route job): once
+    /// any journey was saved, on any node. Journeys are never deleted,
+    /// and a stopped one's running runs still wait for goals, events and
+    /// stop events, so once true it stays true and is kept here. Until
+    /// then it is read in `conn`, the events' own transaction, so no node
+    /// routes late: the first events stored after another node saved the
+    /// first journey are routed, scheduler on this node or not.
+    pub(crate) async fn routes_events_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<bool, StoreError> {
+        if self.routing.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let any = journeys::any_journey_in(conn).await?;
+        if any {
+            self.routing.store(true, Ordering::Relaxed);
+        }
+        Ok(any)
     }
 
     /// A transaction that will write, on SQLite on the writer connection

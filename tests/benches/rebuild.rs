@@ -244,7 +244,6 @@ async fn bench(dialect: &str, url: &str, registry: Arc<Registry>, contacts: usiz
             .save_journey("welcome-mittelstand", &journey.to_string(), 0)
             .await
             .unwrap();
-        store.refresh_routing().await.unwrap();
         println!("{dialect}: a journey is active, so each entry queues its route job");
     }
     let pipeline = Pipeline {

@@ -317,7 +317,6 @@ async fn set_active(
         return Err(ApiError::NotFound(format!("journey {name} does not exist")));
     }
     state.journeys.forget_active();
-    state.pipeline.store.refresh_routing().await?;
     Ok(Json(Activity {
         name: name.to_owned(),
         active,

@@ -14,13 +14,12 @@ use super::facts::StepFacts;
 use super::writes::StepWrites;
 use super::{ActiveJourneys, AdvanceRun, Journeys, props};
 use crate::model::{Contact, Event, Value};
-use crate::policy::Suppression;
 use crate::store::jobs::enqueue_in;
 use crate::store::runs::{
     Purpose, Run, RunStatus, insert_run_in, insert_runs_in, last_run_in, new_run_id,
 };
 use crate::store::step_writes::NewEvent;
-use crate::store::suppressions::suppress_in;
+use crate::store::suppressions::{stop_of, suppress_in};
 use crate::store::timeline::record_in;
 use crate::store::{Dialect, StoreError};
 
@@ -48,7 +47,10 @@ pub(super) async fn route_in(
         let def = journeys
             .definition_in(tx, &run.journey, run.version)
             .await?;
-        if stopped.is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing) {
+        if stopped
+            .as_deref()
+            .is_some_and(|scope| scope == "all" || run.purpose == Purpose::Marketing)
+        {
             finish_run(
                 &mut facts.writes,
                 &mut run,
@@ -167,32 +169,12 @@ async fn apply_stop(
     tx: &mut AnyConnection,
     event: &Event,
     now: i64,
-) -> Result<Option<&'static str>, StoreError> {
-    let text = |key: &str| match event.properties.get(key) {
-        Some(Value::Text(t)) => Some(t.as_str()),
-        _ => None,
-    };
-    // `email.unsubscribed`, `sms.complained`: the channel, then what happened.
-    let (channel, what) = event
-        .kind
-        .split_once('.')
-        .unwrap_or(("*", event.kind.as_str()));
-    let (channel, reason, scope) = match what {
-        "unsubscribed" => (text("channel").unwrap_or("*"), "unsubscribed", "marketing"),
-        "objected" => ("*", "objected", "marketing"),
-        "bounced" if text("type") == Some("hard") => (channel, "hard_bounced", "all"),
-        "hard_bounced" => (channel, "hard_bounced", "all"),
-        "complained" => (channel, "complained", "all"),
-        _ => return Ok(None),
-    };
-    let suppression = Suppression {
-        channel: channel.to_owned(),
-        reason: reason.to_owned(),
-        scope: scope.to_owned(),
-        at: now,
+) -> Result<Option<String>, StoreError> {
+    let Some(suppression) = stop_of(&event.kind, &event.properties, now) else {
+        return Ok(None);
     };
     suppress_in(tx, &event.contact_id, &suppression).await?;
-    Ok(Some(scope))
+    Ok(Some(suppression.scope))
 }
 
 fn triggers(trigger: &Trigger, event: &Event, contact: &Contact) -> bool {

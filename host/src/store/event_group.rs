@@ -14,6 +14,7 @@ use sqlx::Row;
 use super::bulk::{self, Col, EventRow};
 use super::contacts::{normalize_email, normalize_external_id};
 use super::events::{PROCESS_GRACE_MS, validate_kind};
+use super::suppressions::stop_of;
 use super::{Dialect, Store, StoreError, cached_plans_from_here_in, is_unique_violation, new_id};
 use crate::model::Event;
 use crate::store::{EventInput, Ingested};
@@ -157,6 +158,9 @@ pub struct WrittenGroup {
     own: Vec<usize>,
     /// Whether `events` are still to insert (see above).
     unwritten: bool,
+    /// Whether its events are routed to journeys: decided once per
+    /// transaction, for the effects written after it too.
+    pub(super) routes: bool,
 }
 
 /// One event of a group.
@@ -299,7 +303,7 @@ impl Store {
     ) -> Result<WrittenGroup, StoreError> {
         let PreparedGroup { mut items } = prepared;
         let dialect = self.dialect;
-        let routes = self.routes_events();
+        let routes = self.routes_events_in(tx).await?;
         self.find_contacts(tx, inputs, &mut items).await?;
         let Identities {
             contacts: named,
@@ -395,6 +399,18 @@ impl Store {
         let seen_rows: Vec<SeenRow<'_>> = seen.into_values().collect();
         update_seen(tx, dialect, &seen_rows, now).await?;
         let own: Vec<usize> = (0..events.len()).filter(|&at| !events[at].system).collect();
+        if !routes {
+            // No journey yet, so no event is routed, but a stop event still
+            // suppresses: its route job applies that (see `stop_of`).
+            let stops: Vec<super::jobs::RouteEvent> = events
+                .iter()
+                .filter(|e| stop_of(&e.event.kind, &e.event.properties, now).is_some())
+                .map(|e| super::jobs::RouteEvent {
+                    event_id: e.event.id.clone(),
+                })
+                .collect();
+            super::jobs::enqueue_many_in(tx, dialect, &stops, now, now).await?;
+        }
         if !unwritten {
             if routes {
                 let system: Vec<super::jobs::RouteEvent> = events
@@ -424,6 +440,7 @@ impl Store {
             items,
             own,
             unwritten,
+            routes,
         })
     }
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use sqlx::Row;
 
 use super::contacts::{ContactInput, upsert_in};
+use super::suppressions::stop_of;
 use super::{Store, StoreError, is_unique_violation, new_id};
 use crate::model::{ActivityCount, Event, Fields};
 
@@ -193,7 +194,16 @@ pub(super) async fn store_in(
         .bind(contact_id)
         .execute(&mut **tx)
         .await?;
-    } else if routes {
+    }
+    // A system event is routed at once, a contact's own event once its
+    // effects are applied (`ProcessEvents`). With no journey yet only a
+    // stop event is, at once: it still suppresses (see `stop_of`).
+    let route_now = if routes {
+        input.system
+    } else {
+        stop_of(&event.kind, &event.properties, now).is_some()
+    };
+    if route_now {
         let job = super::jobs::RouteEvent {
             event_id: event.id.clone(),
         };
@@ -232,7 +242,8 @@ impl Store {
             return self.resent(input, existing).await;
         }
         let mut tx = self.write_tx().await?;
-        let stored = store_in(&mut tx, input, now, self.routes_events()).await;
+        let routes = self.routes_events_in(&mut tx).await?;
+        let stored = store_in(&mut tx, input, now, routes).await;
         let ingested = match stored {
             Ok(ingested) => ingested,
             // A concurrent resend won the race: report its event.

@@ -118,14 +118,15 @@ impl Store {
         .await?;
         rows.iter().map(version_from_row).collect()
     }
+}
 
-    /// Whether any journey exists, so ingest routes events to journeys.
-    pub async fn has_journeys(&self) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM journey_states WHERE active = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
-    }
+/// Whether any journey was ever saved, active or stopped (see
+/// [`Store::routes_events_in`]).
+pub(super) async fn any_journey_in(conn: &mut AnyConnection) -> Result<bool, StoreError> {
+    let found = sqlx::query("SELECT name FROM journey_states LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
 }
 
 async fn set_active_in(

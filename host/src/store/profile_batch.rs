@@ -163,7 +163,7 @@ impl Store {
     /// Marks `events` applied and writes `effects`, all in one
     /// transaction with one statement per table, then queues the route
     /// jobs of the events and of the timeline events the effects caused
-    /// (when journeys exist). The `process_events` job that was the
+    /// (once a journey exists). The `process_events` job that was the
     /// group's backstop (`backstop`, its first event), not yet taken by a
     /// worker, goes with it.
     pub async fn apply_profile_effects(
@@ -212,7 +212,7 @@ impl Store {
     /// The writes of [`Store::apply_profile_effects`] in `tx`, for
     /// `events`, which are marked applied already or are the own events of
     /// `group`: the effects, the timeline events they caused, and the route
-    /// jobs of all (when journeys exist). `group`: a group written in `tx`
+    /// jobs of all (once a journey exists). `group`: a group written in `tx`
     /// with [`super::Applying::InTransaction`], whose events are stored here
     /// with the caused ones and counted on their days with them.
     pub async fn write_profile_effects_in(
@@ -224,7 +224,10 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let dialect = self.dialect;
-        let routes = self.routes_events();
+        let routes = match group {
+            Some(group) => group.routes,
+            None => self.routes_events_in(tx).await?,
+        };
         // Planned for this run: a cached plan, costed when the table was
         // small, goes on reading the whole of it (seen in a new database).
         update_contacts(tx, dialect, effects, now).await?;

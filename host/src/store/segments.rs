@@ -400,7 +400,7 @@ impl Store {
         }
         // Events nachfass writes about a contact are born processed (no
         // profile effects of their own) and routed to journeys at once.
-        let routed = self.routes_events() && !event_ids.is_empty();
+        let routed = !event_ids.is_empty() && self.routes_events_in(tx).await?;
         if routed {
             let jobs: Vec<super::jobs::RouteEvent> = event_ids
                 .into_iter()

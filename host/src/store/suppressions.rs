@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{Store, StoreError};
+use crate::model::{Fields, Value};
 
 /// A reason never to send to a contact on a channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, FromRow, utoipa::ToSchema)]
@@ -18,6 +19,33 @@ pub struct Suppression {
     /// `marketing` or `all`.
     pub scope: String,
     pub at: i64,
+}
+
+/// The suppression a touchpoint of `kind` means, if it is a stop event:
+/// `email.unsubscribed` (a channel, then what happened; the channel
+/// property names the one unsubscribed from), `*.objected`, a hard
+/// `*.bounced` or `*.hard_bounced`, `*.complained`. The host applies it
+/// whenever such an event is stored, whether or not a journey exists.
+pub fn stop_of(kind: &str, properties: &Fields, at: i64) -> Option<Suppression> {
+    let text = |key: &str| match properties.get(key) {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    };
+    let (channel, what) = kind.split_once('.').unwrap_or(("*", kind));
+    let (channel, reason, scope) = match what {
+        "unsubscribed" => (text("channel").unwrap_or("*"), "unsubscribed", "marketing"),
+        "objected" => ("*", "objected", "marketing"),
+        "bounced" if text("type") == Some("hard") => (channel, "hard_bounced", "all"),
+        "hard_bounced" => (channel, "hard_bounced", "all"),
+        "complained" => (channel, "complained", "all"),
+        _ => return None,
+    };
+    Some(Suppression {
+        channel: channel.to_owned(),
+        reason: reason.to_owned(),
+        scope: scope.to_owned(),
+        at,
+    })
 }
 
 pub async fn suppressions_in(

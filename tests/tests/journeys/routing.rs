@@ -3,6 +3,7 @@
 //! left them, so an event sees the run an earlier event of its batch
 //! started, converted or ended.
 
+use nachfass::clock::Clock;
 use nachfass::journeys::AdvanceRun;
 use nachfass::store::jobs::{JobArgs, RouteEvent};
 use sqlx::Row;
@@ -151,4 +152,152 @@ async fn a_trigger_queues_its_first_message_in_the_routing_batch(dialect: &'stat
 nachfass_tests::on_both_databases!(
     #[tokio::test]
     a_trigger_queues_its_first_message_in_the_routing_batch
+);
+
+/// Stopping a journey stops new entries; its running runs go on, and so
+/// they still convert on their goal and end on a stop event, even when
+/// no journey takes new entries any more.
+async fn a_stopped_journeys_runs_still_meet_goals_and_stops(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let def = serde_json::json!({ "name": "offer", "trigger": { "event": { "kind": "signup" } },
+        "goals": [ { "event": "purchase" } ],
+        "steps": [
+            { "id": "offer", "type": "send", "binding": "mail-hook",
+              "template": { "subject": "Angebot", "text": "…" } },
+            { "id": "pause", "type": "wait", "duration": "5d" },
+            { "id": "again", "type": "send", "binding": "mail-hook",
+              "template": { "subject": "Noch einmal", "text": "…" } } ] });
+    w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    let [buyer, leaver, late] = ["buyer", "leaver", "late"].map(|n| format!("{n}@stopped.example"));
+    let mut ids = Vec::new();
+    for email in [&buyer, &leaver, &late] {
+        ids.push(w.contact(email).await);
+    }
+    w.ingest(&buyer, "signup", &[]).await;
+    w.ingest(&leaver, "signup", &[]).await;
+    assert!(
+        w.store
+            .set_journey_active("offer", false, w.clock.now())
+            .await
+            .unwrap(),
+        "{dialect}"
+    );
+    w.journeys.forget_active();
+
+    w.ingest(&buyer, "purchase", &[]).await;
+    w.ingest(&leaver, "email.complained", &[]).await;
+    w.ingest(&late, "signup", &[]).await;
+    assert_eq!(
+        w.run_status(&ids[0], "offer").await,
+        vec!["converted"],
+        "{dialect}"
+    );
+    assert_eq!(
+        w.run_status(&ids[1], "offer").await,
+        vec!["exited"],
+        "{dialect}"
+    );
+    assert_eq!(
+        w.store.suppressions(&ids[1]).await.unwrap()[0].reason,
+        "complained",
+        "{dialect}"
+    );
+    assert!(
+        w.run_status(&ids[2], "offer").await.is_empty(),
+        "{dialect}: a stopped journey takes no new entries"
+    );
+    w.pass(6 * 24 * HOUR).await;
+    assert_eq!(w.subjects(&buyer), vec!["Angebot"], "{dialect}");
+    assert_eq!(w.subjects(&leaver), vec!["Angebot"], "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_stopped_journeys_runs_still_meet_goals_and_stops
+);
+
+/// A stop event suppresses its contact even before any journey exists:
+/// an unsubscribe or hard bounce imported (or reported by a provider) on
+/// day one keeps the first campaign away from that address.
+async fn stop_events_suppress_before_any_journey_exists(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    let [gone, bounced, kept] = ["gone", "bounced", "kept"].map(|n| format!("{n}@before.example"));
+    let mut ids = Vec::new();
+    for email in [&gone, &bounced, &kept] {
+        ids.push(w.contact(email).await);
+    }
+    w.ingest(&gone, "email.unsubscribed", &[]).await;
+    // The journey's messages go out through the webhook channel.
+    w.ingest(&bounced, "webhook.bounced", &[("type", "hard")])
+        .await;
+    w.ingest(&kept, "webhook.bounced", &[("type", "soft")])
+        .await;
+    let reasons = |s: Vec<nachfass::store::suppressions::Suppression>| -> Vec<String> {
+        s.into_iter()
+            .map(|s| format!("{} {}", s.reason, s.scope))
+            .collect()
+    };
+    assert_eq!(
+        reasons(w.store.suppressions(&ids[0]).await.unwrap()),
+        ["unsubscribed marketing"],
+        "{dialect}"
+    );
+    assert_eq!(
+        reasons(w.store.suppressions(&ids[1]).await.unwrap()),
+        ["hard_bounced all"],
+        "{dialect}"
+    );
+    assert!(
+        w.store.suppressions(&ids[2]).await.unwrap().is_empty(),
+        "{dialect}"
+    );
+
+    offer_journey(&w).await;
+    for email in [&gone, &bounced, &kept] {
+        w.ingest(email, "signup", &[]).await;
+    }
+    assert!(w.subjects(&gone).is_empty(), "{dialect}");
+    assert!(w.subjects(&bounced).is_empty(), "{dialect}");
+    assert_eq!(w.subjects(&kept), vec!["Ihr Angebot"], "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    stop_events_suppress_before_any_journey_exists
+);
+
+/// A node that connected before the first journey was saved (on another
+/// node) routes the events it stores from then on, scheduler or not: the
+/// node does not wait to hear of the journey.
+async fn a_node_routes_events_once_another_node_saved_a_journey(dialect: &'static str) {
+    let (url, temp) = nachfass_tests::database(dialect).await;
+    let a = nachfass::store::Store::connect(&url).await.unwrap();
+    let b = nachfass::store::Store::connect(&url).await.unwrap();
+    let w = World::new(a, temp, registry().await, 200).await;
+    let at_b = nachfass_tests::world::pipeline(b.clone(), registry().await, w.clock.clone());
+    let id = w.contact("b@nodes.example").await;
+    offer_journey(&w).await;
+
+    let signup = nachfass::store::EventInput {
+        kind: "signup".into(),
+        contact_id: Some(id.clone()),
+        ..Default::default()
+    };
+    at_b.ingest(&signup).await.unwrap();
+    w.run().await;
+    assert_eq!(w.run_status(&id, "offer").await.len(), 1, "{dialect}");
+    assert_eq!(
+        w.subjects("b@nodes.example"),
+        vec!["Ihr Angebot"],
+        "{dialect}"
+    );
+    b.pool().close().await;
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_node_routes_events_once_another_node_saved_a_journey
 );
