@@ -228,6 +228,24 @@ impl Journeys {
         })
     }
 
+    /// Stops or resumes a journey's new entries (running runs go on).
+    /// Resuming a scheduled journey queues its next sweep: a sweep that
+    /// fell due while it was stopped ended its chain of sweeps. `false`
+    /// when there is no such journey.
+    pub async fn set_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
+        let now = self.now();
+        let store = &self.pipeline.store;
+        if !store.set_journey_active(name, active, now).await? {
+            return Ok(false);
+        }
+        self.forget_active();
+        if active {
+            let (latest, def) = self.latest(name).await?;
+            sweep::schedule_next(self, name, latest.version, &def, now).await?;
+        }
+        Ok(true)
+    }
+
     /// The bindings and segments a definition may name.
     pub async fn known(&self) -> Result<Known, StoreError> {
         let store = &self.pipeline.store;

@@ -307,16 +307,9 @@ async fn set_active(
     name: &str,
     active: bool,
 ) -> Result<Json<Activity>, ApiError> {
-    let now = state.pipeline.clock.now();
-    if !state
-        .pipeline
-        .store
-        .set_journey_active(name, active, now)
-        .await?
-    {
+    if !state.journeys.set_active(name, active).await? {
         return Err(ApiError::NotFound(format!("journey {name} does not exist")));
     }
-    state.journeys.forget_active();
     Ok(Json(Activity {
         name: name.to_owned(),
         active,

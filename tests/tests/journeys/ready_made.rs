@@ -373,3 +373,54 @@ nachfass_tests::on_both_databases!(
     #[tokio::test]
     scheduled_sweeps_wake_up_inactive_contacts_and_win_back_customers
 );
+
+/// A scheduled journey stopped over one of its sweeps sweeps again once
+/// resumed: the sweep that fell due while it was stopped enrolled nobody
+/// and ended its chain of sweeps, and resuming queues the next one.
+async fn a_resumed_scheduled_journey_sweeps_again(dialect: &'static str) {
+    let w = world(dialect, 200).await;
+    w.contact("ada@sweep.example").await;
+    let def = serde_json::json!({ "name": "daily",
+        "trigger": { "schedule": { "cron": "0 0 11 * * *", "timezone": "Europe/Berlin" } },
+        "steps": [ { "id": "hello", "type": "send", "binding": "mail-hook",
+                     "template": { "subject": "Guten Morgen", "text": "…" } } ] });
+    w.journeys.save(def.to_string().as_bytes()).await.unwrap();
+    assert!(
+        w.journeys.set_active("daily", false).await.unwrap(),
+        "{dialect}"
+    );
+    // Monday 11:00 falls due while it is stopped.
+    w.pass(2 * HOUR).await;
+    assert!(w.subjects("ada@sweep.example").is_empty(), "{dialect}");
+    assert!(
+        w.journeys.set_active("daily", true).await.unwrap(),
+        "{dialect}"
+    );
+    // Tuesday 11:00.
+    w.pass(DAY).await;
+    assert_eq!(
+        w.subjects("ada@sweep.example"),
+        ["Guten Morgen"],
+        "{dialect}"
+    );
+    // Stopped and resumed before the next sweep: still one sweep a day.
+    assert!(
+        w.journeys.set_active("daily", false).await.unwrap(),
+        "{dialect}"
+    );
+    assert!(
+        w.journeys.set_active("daily", true).await.unwrap(),
+        "{dialect}"
+    );
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'sweep'")
+        .fetch_one(w.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "{dialect}");
+    w.close().await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_resumed_scheduled_journey_sweeps_again
+);

@@ -176,13 +176,9 @@ async fn a_stopped_journeys_runs_still_meet_goals_and_stops(dialect: &'static st
     w.ingest(&buyer, "signup", &[]).await;
     w.ingest(&leaver, "signup", &[]).await;
     assert!(
-        w.store
-            .set_journey_active("offer", false, w.clock.now())
-            .await
-            .unwrap(),
+        w.journeys.set_active("offer", false).await.unwrap(),
         "{dialect}"
     );
-    w.journeys.forget_active();
 
     w.ingest(&buyer, "purchase", &[]).await;
     w.ingest(&leaver, "email.complained", &[]).await;
