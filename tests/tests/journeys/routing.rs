@@ -3,7 +3,6 @@
 //! left them, so an event sees the run an earlier event of its batch
 //! started, converted or ended.
 
-use nachfass::clock::Clock;
 use nachfass::journeys::AdvanceRun;
 use nachfass::store::jobs::{JobArgs, RouteEvent};
 use sqlx::Row;
