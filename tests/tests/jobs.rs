@@ -246,6 +246,80 @@ fn segment(port: u16, key: &str) -> Value {
     segment
 }
 
+/// A lease is one claim's, not its worker's: when a job's lease ran out
+/// under a stalled batch and the same node claimed it again, whatever the
+/// stalled batch then does with its old claim (give it back unsent,
+/// retry, fail, finish, extend) changes nothing of the new one. Before,
+/// a give-back matched the node's name and made the job due at once while
+/// the new claim was delivering it, so another worker sent it again.
+async fn a_stale_claim_cannot_touch_the_same_nodes_new_claim(dialect: &'static str) {
+    let (store, temp) = store(dialect).await;
+    let job = Flaky {
+        name: "stale".into(),
+    };
+    store.enqueue(&job, NOW, NOW).await.unwrap();
+    let stale = store.claim_jobs("node-a", NOW, 1_000, 10).await.unwrap();
+    assert_eq!(stale.len(), 1, "{dialect}");
+    // The lease ran out; the same node claims the job again.
+    let fresh = store
+        .claim_jobs("node-a", NOW + 2_000, 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 1, "{dialect}");
+    let (stale, fresh) = (&stale[0], &fresh[0]);
+    assert_eq!(stale.id, fresh.id, "{dialect}");
+
+    store.defer_job(stale, NOW + 2_000).await.unwrap();
+    store.retry_job(stale, NOW + 2_000, "stale").await.unwrap();
+    store.fail_job(stale, "stale", NOW + 2_000).await.unwrap();
+    assert!(
+        !store.extend_lease(stale, NOW + 60_000).await.unwrap(),
+        "{dialect}"
+    );
+    let row = sqlx::query("SELECT lease_until, failed_at, attempts FROM jobs WHERE id = $1")
+        .bind(fresh.id.clone())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<Option<i64>, _>("lease_until"),
+            row.get::<Option<i64>, _>("failed_at"),
+            row.get::<i64, _>("attempts"),
+        ),
+        (Some(NOW + 3_000), None, 2),
+        "{dialect}: the new claim's lease stands"
+    );
+    assert!(
+        store
+            .claim_jobs("node-b", NOW + 2_500, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{dialect}: no other worker can take the job meanwhile"
+    );
+    let mut conn = store.pool().acquire().await.unwrap();
+    assert!(
+        !nachfass::store::jobs::finish_in(&mut conn, stale)
+            .await
+            .unwrap(),
+        "{dialect}"
+    );
+    assert!(
+        nachfass::store::jobs::finish_in(&mut conn, fresh)
+            .await
+            .unwrap(),
+        "{dialect}"
+    );
+    drop(conn);
+    temp.cleanup(store).await;
+}
+
+nachfass_tests::on_both_databases!(
+    #[tokio::test]
+    a_stale_claim_cannot_touch_the_same_nodes_new_claim
+);
+
 async fn killed_rebuild_finishes_after_restart(dialect: &str) {
     let (url, temp) = database(dialect).await;
     let store = nachfass::store::Store::connect(&url).await.unwrap();

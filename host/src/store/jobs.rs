@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,6 +71,9 @@ pub struct ClaimedJob {
     pub due_at: i64,
     /// Including this one.
     pub attempts: i64,
+    /// The claim's lease token: the worker's name and the claim's number
+    /// in this process (`node-…/42`), matched by every write that needs
+    /// the lease.
     pub leased_by: String,
     /// How long a lease lasts; long work extends it by this much.
     pub lease_ms: i64,
@@ -781,6 +784,13 @@ impl Store {
         if filter == KindFilter::Only(&[]) {
             return Ok(Vec::new());
         }
+        // A lease is this claim's, not the worker's: a batch that stalled
+        // past its lease, whose jobs the same node then claimed again, must
+        // not give back, retry, fail or finish the new claim's jobs (a
+        // give-back made a job due again while the new claim delivered
+        // it). Every check of a lease matches this token.
+        static CLAIMS: AtomicU64 = AtomicU64::new(0);
+        let lease_token = format!("{worker}/{}", CLAIMS.fetch_add(1, Ordering::Relaxed));
         // The statement, and the kinds to bind after the four shared values.
         let (sql, kinds) = match self.dialect {
             // One writer at a time: the write transaction is the lock.
@@ -810,7 +820,7 @@ impl Store {
         };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(now + lease_ms)
-            .bind(worker.to_owned())
+            .bind(lease_token.clone())
             .bind(now)
             .bind(i64::from(limit));
         for kind in kinds {
@@ -837,7 +847,7 @@ impl Store {
                     payload: row.try_get("payload")?,
                     due_at: row.try_get("due_at")?,
                     attempts: row.try_get("attempts")?,
-                    leased_by: worker.to_owned(),
+                    leased_by: lease_token.clone(),
                     lease_ms,
                     lease: LeaseHold::new(now + lease_ms),
                 })
