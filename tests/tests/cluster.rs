@@ -365,3 +365,46 @@ async fn the_breaker_rolls_back_on_every_node_postgres() {
     let store = nachfass::store::Store::connect(&url).await.unwrap();
     temp.cleanup(store).await;
 }
+
+/// Two nodes changing a plugin's live version at once take turns: a
+/// breaker's rollback of 2.0.0 that starts while another node activates
+/// a hotfix 3.0.0 waits for it and finds 2.0.0 no longer live, where
+/// before it read 2.0.0 unlocked and then set 1.0.0 over the hotfix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_rollback_does_not_undo_a_concurrent_activation_postgres() {
+    use nachfass::store::plugins::BreakerRollback;
+    let (store, temp) = nachfass_tests::store("postgres").await;
+    sqlx::query(
+        "INSERT INTO plugins (name, world, live, previous, updated_at) \
+         VALUES ('scorer', 'scorer', '2.0.0', '1.0.0', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // The other node's activation, not yet committed.
+    let mut activation = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT live FROM plugins WHERE name = 'scorer' FOR UPDATE")
+        .execute(&mut *activation)
+        .await
+        .unwrap();
+    let rollback = tokio::spawn({
+        let store = store.clone();
+        async move { store.breaker_rollback("scorer", "2.0.0", "trips", 1).await }
+    });
+    // Time for the rollback to read the row (a wait, not a measurement).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("UPDATE plugins SET live = '3.0.0', previous = '2.0.0' WHERE name = 'scorer'")
+        .execute(&mut *activation)
+        .await
+        .unwrap();
+    activation.commit().await.unwrap();
+
+    assert_eq!(rollback.await.unwrap().unwrap(), BreakerRollback::NotLive);
+    let live: (String, Option<String>) =
+        sqlx::query_as("SELECT live, previous FROM plugins WHERE name = 'scorer'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(live, ("3.0.0".to_owned(), Some("2.0.0".to_owned())));
+    temp.cleanup(store).await;
+}

@@ -203,6 +203,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let changed = set_live_in(
             &mut tx,
+            self.dialect,
             name,
             version,
             only_if_newer,
@@ -268,7 +269,17 @@ impl Store {
             now,
         )
         .await?;
-        set_live_in(&mut tx, name, version, false, Some(against), actor, now).await?;
+        set_live_in(
+            &mut tx,
+            self.dialect,
+            name,
+            version,
+            false,
+            Some(against),
+            actor,
+            now,
+        )
+        .await?;
         notify_in(&mut tx, self.dialect).await?;
         tx.commit().await?;
         Ok(())
@@ -321,15 +332,9 @@ impl Store {
         now: i64,
     ) -> Result<BreakerRollback, StoreError> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT live, previous FROM plugins WHERE name = $1")
-            .bind(name.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
+        let Some((live, previous)) = live_versions_in(&mut tx, self.dialect, name).await? else {
             return Ok(BreakerRollback::NotLive);
         };
-        let live: String = row.try_get("live")?;
-        let previous: Option<String> = row.try_get("previous")?;
         if live != version {
             return Ok(BreakerRollback::NotLive);
         }
@@ -375,15 +380,11 @@ impl Store {
         now: i64,
     ) -> Result<String, StoreError> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT live, previous FROM plugins WHERE name = $1")
-            .bind(name.to_owned())
-            .fetch_optional(&mut *tx)
+        let (live, previous) = live_versions_in(&mut tx, self.dialect, name)
             .await?
             .ok_or_else(|| {
                 StoreError::NotFound(format!("no plugin named `{name}` is installed"))
             })?;
-        let live: String = row.try_get("live")?;
-        let previous: Option<String> = row.try_get("previous")?;
         let Some(previous) = previous else {
             return Err(StoreError::Conflict(format!(
                 "plugin `{name}` has no previous version to roll back to"
@@ -418,10 +419,35 @@ impl Store {
     }
 }
 
+/// A plugin's live and previous versions, the row locked until the end
+/// of the transaction on PostgreSQL (on SQLite the write transaction is
+/// the lock). Two nodes changing the live version at once (an activation
+/// and a breaker's rollback, two approvals) so take turns, the second
+/// deciding on what the first wrote: read unlocked, a rollback could
+/// undo an activation committed meanwhile, and two approvals of the same
+/// live version could both pass their check.
+async fn live_versions_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    name: &str,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    let sql = match dialect {
+        Dialect::Postgres => "SELECT live, previous FROM plugins WHERE name = $1 FOR UPDATE",
+        Dialect::Sqlite => "SELECT live, previous FROM plugins WHERE name = $1",
+    };
+    let row = sqlx::query(sql)
+        .bind(name.to_owned())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|row| Ok((row.try_get("live")?, row.try_get("previous")?)))
+        .transpose()
+}
+
 /// The body of [`Store::set_live_plugin`], inside the caller's
 /// transaction; announcing and committing are the caller's.
 async fn set_live_in(
     tx: &mut sqlx::AnyConnection,
+    dialect: Dialect,
     name: &str,
     version: &str,
     only_if_newer: bool,
@@ -453,11 +479,9 @@ async fn set_live_in(
         });
     };
     let world: String = stored.try_get("world")?;
-    let current = sqlx::query("SELECT live FROM plugins WHERE name = $1")
-        .bind(name.to_owned())
-        .fetch_optional(&mut *tx)
-        .await?;
-    let live: Option<String> = current.map(|row| row.try_get("live")).transpose()?;
+    let live = live_versions_in(&mut *tx, dialect, name)
+        .await?
+        .map(|(live, _)| live);
     if let Some(expected) = expect_live
         && live.as_deref() != Some(expected)
     {
