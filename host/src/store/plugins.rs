@@ -445,6 +445,7 @@ async fn live_versions_in(
 
 /// The body of [`Store::set_live_plugin`], inside the caller's
 /// transaction; announcing and committing are the caller's.
+#[allow(clippy::too_many_arguments)]
 async fn set_live_in(
     tx: &mut sqlx::AnyConnection,
     dialect: Dialect,
