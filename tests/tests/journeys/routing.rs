@@ -27,10 +27,7 @@ async fn events_routed_in_one_batch_see_each_others_runs(dialect: &'static str) 
     w.journeys.save(def.to_string().as_bytes()).await.unwrap();
     let [buyer, leaver, twice, earlier] =
         ["buyer", "leaver", "twice", "earlier"].map(|name| format!("{name}@routing.example"));
-    let mut ids = Vec::new();
-    for email in [&buyer, &leaver, &twice, &earlier] {
-        ids.push(w.contact(email).await);
-    }
+    let ids = w.contacts(&[&buyer, &leaver, &twice, &earlier]).await;
     // A run from before the batch, in its pause.
     w.ingest(&earlier, "signup", &[]).await;
     assert_eq!(
@@ -168,10 +165,7 @@ async fn a_stopped_journeys_runs_still_meet_goals_and_stops(dialect: &'static st
               "template": { "subject": "Noch einmal", "text": "…" } } ] });
     w.journeys.save(def.to_string().as_bytes()).await.unwrap();
     let [buyer, leaver, late] = ["buyer", "leaver", "late"].map(|n| format!("{n}@stopped.example"));
-    let mut ids = Vec::new();
-    for email in [&buyer, &leaver, &late] {
-        ids.push(w.contact(email).await);
-    }
+    let ids = w.contacts(&[&buyer, &leaver, &late]).await;
     w.ingest(&buyer, "signup", &[]).await;
     w.ingest(&leaver, "signup", &[]).await;
     assert!(
@@ -218,10 +212,7 @@ nachfass_tests::on_both_databases!(
 async fn stop_events_suppress_before_any_journey_exists(dialect: &'static str) {
     let w = world(dialect, 200).await;
     let [gone, bounced, kept] = ["gone", "bounced", "kept"].map(|n| format!("{n}@before.example"));
-    let mut ids = Vec::new();
-    for email in [&gone, &bounced, &kept] {
-        ids.push(w.contact(email).await);
-    }
+    let ids = w.contacts(&[&gone, &bounced, &kept]).await;
     w.ingest(&gone, "email.unsubscribed", &[]).await;
     // The journey's messages go out through the webhook channel.
     w.ingest(&bounced, "webhook.bounced", &[("type", "hard")])

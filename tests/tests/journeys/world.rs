@@ -108,6 +108,15 @@ impl World {
         id
     }
 
+    /// [`World::contact`] for each of `emails`: their ids, in order.
+    pub(crate) async fn contacts(&self, emails: &[impl AsRef<str>]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for email in emails {
+            ids.push(self.contact(email.as_ref()).await);
+        }
+        ids
+    }
+
     pub(crate) async fn ingest(
         &self,
         email: &str,
