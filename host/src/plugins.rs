@@ -356,8 +356,9 @@ impl Plugins {
 
     /// Brings this node's registry in line with the database: loads the
     /// versions it lacks (compiled artifacts come from the disk cache) and
-    /// sets each plugin's live and previous version. Returns the plugins
-    /// whose live version changed here.
+    /// sets each plugin's live and previous version; forgets this node's
+    /// breaker counts of paused bindings. Returns the plugins whose live
+    /// version changed here.
     pub async fn reconcile(&self) -> Result<Vec<String>, PluginsError> {
         let _guard = self.registry.sync_guard().await;
         for stored in self.store.plugin_versions().await? {
@@ -397,6 +398,15 @@ impl Plugins {
             }
         }
         self.sync_shadows().await?;
+        // A binding paused by any node's breaker: this node forgets the
+        // calls it counted for it, so that after a resume it counts afresh
+        // here too, as the node that tripped does. (Paused, it is not
+        // called, so nothing new is counted meanwhile.)
+        for def in self.store.all_bindings().await? {
+            if def.paused.is_some() {
+                self.registry.breakers().reset(&def.name);
+            }
+        }
         Ok(changed)
     }
 

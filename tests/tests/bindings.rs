@@ -451,6 +451,73 @@ async fn the_breaker_pauses_a_binding_without_a_previous_version_postgres() {
     the_breaker_pauses_a_binding_without_a_previous_version("postgres").await;
 }
 
+/// A resume holds on every node. Each node counts its own calls; when
+/// one node trips and pauses a binding, another may still hold failures
+/// from before the pause. It forgets them once it learns of the pause
+/// (its periodic reconcile), so after the operator's resume it counts
+/// afresh there too, where two good calls used to trip it again.
+async fn a_resume_counts_afresh_on_every_node(dialect: &str) {
+    use nachfass::plugins::Plugins;
+    use nachfass::runtime::Registry;
+    use nachfass::store::{BindingDef, BindingKind};
+    let (store, temp) = nachfass_tests::store(dialect).await;
+    let def = BindingDef {
+        name: "flaky".into(),
+        kind: BindingKind::Scorer,
+        plugin: "flaky-scorer".into(),
+        config: Default::default(),
+        allow_http: Vec::new(),
+        limits: Default::default(),
+        paused: None,
+        rate: None,
+        version: None,
+    };
+    store.create_binding(&def, 0).await.unwrap();
+    // This node: 18 calls, 12 failed; not yet enough calls to trip.
+    let registry = std::sync::Arc::new(Registry::new(nachfass_tests::runtime()));
+    let breakers = registry.breakers();
+    for call in 0..18 {
+        let failed = call % 3 != 0;
+        assert_eq!(
+            breakers.record("flaky", "flaky-scorer@2.0.0", failed),
+            None,
+            "{dialect}"
+        );
+    }
+    // Another node tripped and paused the binding; this node reconciles.
+    assert!(
+        store
+            .pause_binding("flaky", "circuit breaker", 1)
+            .await
+            .unwrap(),
+        "{dialect}"
+    );
+    let clock = std::sync::Arc::new(nachfass::clock::ManualClock::new(1));
+    Plugins::new(store.clone(), registry.clone(), clock)
+        .reconcile()
+        .await
+        .unwrap();
+    assert!(store.resume_binding("flaky", 2).await.unwrap(), "{dialect}");
+    for _ in 0..2 {
+        assert_eq!(
+            breakers.record("flaky", "flaky-scorer@2.0.0", false),
+            None,
+            "{dialect}"
+        );
+    }
+    temp.cleanup(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_counts_afresh_on_every_node_sqlite() {
+    a_resume_counts_afresh_on_every_node("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_counts_afresh_on_every_node_postgres() {
+    a_resume_counts_afresh_on_every_node("postgres").await;
+}
+
 /// version-tag built as 1.0.0 or 2.0.0, packed under one name.
 fn tag(version: u8) -> Vec<u8> {
     let guest = if version == 1 {
