@@ -90,9 +90,9 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-    /// Whether a journey exists, known: then every new event also queues a
-    /// job that routes it to journeys, in the event's own transaction
-    /// (`routes_events_in`).
+    /// Set once this node knows a journey exists: then every new event also
+    /// queues a job that routes it to journeys, in the event's own
+    /// transaction (`routes_events_in`).
     routing: Arc<AtomicBool>,
     /// Wakes this node's scheduler when jobs were committed here.
     jobs_wake: jobs::JobsWake,
