@@ -12,13 +12,13 @@ use crate::journeys::send::idempotency_key;
 use crate::journeys::{Journeys, props};
 use crate::model::{Contact, Message, Value};
 use crate::store::Consent;
-use crate::store::StoreError;
 use crate::store::consents::{ConsentStatus, Purpose, write_consent_in};
 use crate::store::contacts::contact_in;
 use crate::store::jobs::{ClaimedJob, JobArgs, JobOutcome, JobRegistry, enqueue_in, finish_in};
 use crate::store::outbox::{OutboxEntry, OutboxStatus, new_outbox_id, queue_message_in};
 use crate::store::timeline::record_in;
 use crate::store::tracking::audit_in;
+use crate::store::{Dialect, StoreError};
 use crate::tracking::TokenKind;
 
 const HOUR: i64 = 60 * 60 * 1000;
@@ -56,6 +56,13 @@ pub enum Confirmation {
     Expired,
 }
 
+/// How [`pending_in`] reads a request: to show it, or to change it.
+#[derive(Clone, Copy)]
+enum Decide {
+    ReadOnly,
+    Locked(Dialect),
+}
+
 #[derive(sqlx::FromRow)]
 struct Pending {
     contact_id: String,
@@ -68,14 +75,27 @@ struct Pending {
     created_at: i64,
 }
 
-async fn pending_in(conn: &mut AnyConnection, id: &str) -> Result<Option<Pending>, StoreError> {
-    let pending = sqlx::query_as::<_, Pending>(
-        "SELECT contact_id, channel, purpose, binding, status, source, text_version, created_at \
-         FROM consent_requests WHERE id = $1",
-    )
-    .bind(id.to_owned())
-    .fetch_optional(conn)
-    .await?;
+/// A request as stored. `Decide::Locked` (a confirmation, reminder or
+/// expiry about to change it) keeps its row locked until the transaction
+/// ends on PostgreSQL (on SQLite the write transaction is the lock): a
+/// click and the expiry at the same moment take turns, the second seeing
+/// what the first decided. Read unlocked, the expiry could mark expired a
+/// request confirmed meanwhile, beside the consent it granted.
+async fn pending_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    decide: Decide,
+) -> Result<Option<Pending>, StoreError> {
+    const READ: &str = "SELECT contact_id, channel, purpose, binding, status, source, \
+         text_version, created_at FROM consent_requests WHERE id = $1";
+    let sql = match decide {
+        Decide::Locked(Dialect::Postgres) => format!("{READ} FOR UPDATE"),
+        Decide::Locked(Dialect::Sqlite) | Decide::ReadOnly => READ.to_owned(),
+    };
+    let pending = sqlx::query_as::<_, Pending>(sqlx::AssertSqlSafe(sql))
+        .bind(id.to_owned())
+        .fetch_optional(conn)
+        .await?;
     Ok(pending)
 }
 
@@ -270,7 +290,7 @@ pub async fn confirmation_state(
     };
     let now = journeys.pipeline.clock.now();
     let mut conn = journeys.pipeline.store.pool().acquire().await?;
-    let Some(pending) = pending_in(&mut conn, &request_id).await? else {
+    let Some(pending) = pending_in(&mut conn, &request_id, Decide::ReadOnly).await? else {
         return Ok(None);
     };
     Ok(Some(match pending.status.as_str() {
@@ -301,8 +321,10 @@ pub async fn confirm(
         return Ok(None);
     };
     let now = journeys.pipeline.clock.now();
-    let mut tx = journeys.pipeline.store.write_tx().await?;
-    let Some(pending) = pending_in(&mut tx, &request_id).await? else {
+    let store = &journeys.pipeline.store;
+    let mut tx = store.write_tx().await?;
+    let Some(pending) = pending_in(&mut tx, &request_id, Decide::Locked(store.dialect())).await?
+    else {
         return Ok(None);
     };
     let outcome = match pending.status.as_str() {
@@ -405,8 +427,9 @@ pub(crate) async fn remind(
     request_id: &str,
 ) -> Result<JobOutcome, StoreError> {
     let now = journeys.pipeline.clock.now();
-    let mut tx = journeys.pipeline.store.write_tx().await?;
-    if let Some(pending) = pending_in(&mut tx, request_id)
+    let store = &journeys.pipeline.store;
+    let mut tx = store.write_tx().await?;
+    if let Some(pending) = pending_in(&mut tx, request_id, Decide::Locked(store.dialect()))
         .await?
         .filter(|p| p.status == "pending")
         && let Some(contact) = contact_in(&mut tx, &pending.contact_id).await?
@@ -441,8 +464,9 @@ pub(crate) async fn expire(
     request_id: &str,
 ) -> Result<JobOutcome, StoreError> {
     let now = journeys.pipeline.clock.now();
-    let mut tx = journeys.pipeline.store.write_tx().await?;
-    if let Some(pending) = pending_in(&mut tx, request_id)
+    let store = &journeys.pipeline.store;
+    let mut tx = store.write_tx().await?;
+    if let Some(pending) = pending_in(&mut tx, request_id, Decide::Locked(store.dialect()))
         .await?
         .filter(|p| p.status == "pending")
     {

@@ -529,6 +529,67 @@ nachfass_tests::on_both_databases!(
     double_opt_in_grants_consent_only_after_the_click
 );
 
+/// A confirmation and the request's expiry at the same moment take turns
+/// (PostgreSQL; on SQLite the write transaction is the lock): an expiry
+/// that starts while a confirmation holds the request waits for it, then
+/// leaves the confirmed request alone. Before, it read "pending" unlocked
+/// and marked the request expired beside the consent it had granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_racing_a_confirmation_leaves_it_confirmed_postgres() {
+    let w = world("postgres").await;
+    w.install("content-follow-up").await;
+    let id = w.ingest("ada@b2b.example", "contact.imported", &[]).await;
+    let asked = nachfass::consent::ConsentRequest {
+        channel: "email".into(),
+        purpose: Purpose::Marketing,
+        binding: "mail".into(),
+        source: Some("newsletter form".into()),
+        text_version: None,
+        ip: None,
+        user_agent: None,
+    };
+    let request = nachfass::consent::request(&w.journeys, &id, &asked, "k_site")
+        .await
+        .unwrap();
+    w.scheduler.run_until_idle().await.unwrap();
+    // A week later the expiry is due, and the click comes: its
+    // transaction holds the request.
+    w.clock.advance(8 * DAY);
+    let mut confirming = w.store.pool().begin().await.unwrap();
+    sqlx::query("SELECT status FROM consent_requests WHERE id = $1 FOR UPDATE")
+        .bind(request.clone())
+        .execute(&mut *confirming)
+        .await
+        .unwrap();
+    let expiry = tokio::spawn({
+        let scheduler = w.scheduler.clone();
+        async move { scheduler.run_until_idle().await }
+    });
+    // Time for the expiry to read the request (a wait, not a measurement).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("UPDATE consent_requests SET status = 'confirmed', decided_at = 1 WHERE id = $1")
+        .bind(request.clone())
+        .execute(&mut *confirming)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consents SET status = 'granted' WHERE contact_id = $1")
+        .bind(id.clone())
+        .execute(&mut *confirming)
+        .await
+        .unwrap();
+    confirming.commit().await.unwrap();
+    expiry.await.unwrap().unwrap();
+
+    let status: String = sqlx::query_scalar("SELECT status FROM consent_requests WHERE id = $1")
+        .bind(request)
+        .fetch_one(w.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "confirmed");
+    assert_eq!(w.store.consents(&id).await.unwrap()[0].status, "granted");
+    w.close().await;
+}
+
 async fn a_burst_of_mails_shares_a_few_smtp_sessions(dialect: &'static str) {
     let w = world_with(dialect, SmtpSink::start(), &[("smtp_sessions", "2")]).await;
     w.install("cart-abandonment").await;
