@@ -351,13 +351,7 @@ impl Scheduler {
         for lane in lanes {
             running.spawn(self.clone().run_lane(lane, shutdown.clone()));
         }
-        let mut shutdown = shutdown;
-        while !*shutdown.borrow() {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
+        // Each lane returns once `shutdown` turns true and its jobs finished.
         while running.join_next().await.is_some() {}
     }
 
